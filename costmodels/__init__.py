@@ -1,0 +1,1 @@
+"""Built-in cost models; each module registers through the lcpress hooks."""

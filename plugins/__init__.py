@@ -1,0 +1,1 @@
+"""Built-in compression schemes; each module registers through the lcpress hooks."""

@@ -1,0 +1,168 @@
+"""Low-rank compression with automatic rank selection — a template for scheme plugins.
+
+The C step of Idelbayev & Carreira-Perpiñán: for a weight matrix W with
+singular values s, every candidate rank r has error ``Σ_{i>r} s_i²`` (from one
+decomposition) and a cost ``C(r)`` from the task's cost model; the core picks
+``argmin_r α·C(r) + μ/2·error(r)``. This module only states the candidates and
+builds the factors: selection, budgets and cost models come from the core.
+
+Candidate ranks are multiples of ``rank_multiple`` (hardware executes such
+shapes well); the dense layer is always a candidate too. Convolutions are
+factorized in the ``channel`` shape (k×k conv then 1×1), the ``spatial``
+shape (k×1 then 1×k), or whichever of the two has the lower objective
+(``auto``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+import lcpress
+from lcpress import Candidates, CStepContext, Options, Scheme, State, option
+from lcpress.forms import Dense, Form, LayerSpec, LowRank
+from lcpress.linalg import Spectrum, spectrum
+from lcpress.views import from_matrix, to_matrix
+
+Shape = Literal["channel", "spatial"]
+
+
+@dataclass
+class LowRankOptions(Options):
+    rank: int | None = option(None, help="fixed rank for every layer of the task; empty = automatic rank selection")
+    rank_multiple: int = option(8, help="candidate ranks are multiples of this; 1 allows every rank")
+    shape: Literal["channel", "spatial", "auto"] = option(
+        "channel", help="how a conv weight becomes a matrix: channel (k×k then 1×1), spatial (k×1 then 1×k), auto"
+    )
+
+    def validate(self) -> None:
+        if self.rank is not None and self.rank < 1:
+            self.fail("rank", f"must be at least 1, got {self.rank}")
+        if self.rank_multiple < 1:
+            self.fail("rank_multiple", f"must be at least 1, got {self.rank_multiple}")
+
+
+class LowRankScheme(Scheme):
+    """W ≈ A·B with A m×r and B r×n; realized as two thin layers."""
+
+    name = "low_rank"
+    Options = LowRankOptions
+    selects = True
+    options: LowRankOptions
+
+    def check_layer(self, spec: LayerSpec | None, module: nn.Module | None) -> str | None:
+        if spec is not None and spec.kind == "conv2d" and spec.groups != 1:
+            return "low_rank factorizes convolutions with groups=1 only"
+        return None
+
+    def _shapes(self, w: torch.Tensor) -> list[Shape]:
+        if w.dim() != 4:
+            return ["channel"]
+        return ["channel", "spatial"] if self.options.shape == "auto" else [self.options.shape]
+
+    def candidates(self, w: torch.Tensor, ctx: CStepContext) -> Candidates | None:
+        if self.options.rank is not None:
+            return None
+        forms: list[Form] = [Dense()]
+        errors = [w.new_zeros((), dtype=torch.float64)]
+        spectra: dict[str, Spectrum] = {}
+        step = self.options.rank_multiple
+        for shape in self._shapes(w):
+            spec = spectra[shape] = spectrum(to_matrix(w, shape))
+            tail = spec.tail_errors()
+            for r in range(step, spec.full_rank, step):
+                forms.append(LowRank(r, shape))
+                errors.append(tail[r])
+        return Candidates(forms, torch.stack(errors), spectra)
+
+    def compress(self, w: torch.Tensor, ctx: CStepContext) -> State:
+        form = ctx.chosen_form()
+        spectra = ctx.candidates.data if ctx.candidates is not None else {}
+        if form is None:  # fixed rank: take the shape with the smaller error at that rank
+            best = None
+            for shape in self._shapes(w):
+                spec = spectra[shape] = spectrum(to_matrix(w, shape))
+                rank = min(self.options.rank, spec.full_rank)
+                err = float(spec.tail_errors()[rank])
+                if best is None or err < best[0]:
+                    best = (err, LowRank(rank, shape))
+            form = best[1]
+        if isinstance(form, Dense):
+            return State({"weight": w.detach().clone()}, {"form": "dense"})
+        a, b = spectra[form.shape].factors(form.rank)
+        meta = {"form": "low_rank", "rank": form.rank, "shape": form.shape, "weight_shape": list(w.shape)}
+        return State({"a": a.contiguous(), "b": b.contiguous()}, meta)
+
+    def decompress(self, state: State) -> torch.Tensor:
+        if state.meta["form"] == "dense":
+            return state.tensors["weight"]
+        product = state.tensors["a"] @ state.tensors["b"]
+        return from_matrix(product, tuple(state.meta["weight_shape"]), state.meta["shape"])
+
+    def form(self, state: State) -> Form:
+        if state.meta["form"] == "dense":
+            return Dense()
+        return LowRank(int(state.meta["rank"]), state.meta["shape"])
+
+    def realize(self, state: State, module: nn.Module) -> nn.Module:
+        if state.meta["form"] == "dense":
+            return super().realize(state, module)
+        a, b = state.tensors["a"], state.tensors["b"]
+        if isinstance(module, nn.Linear):
+            return factorized_linear(module, a, b)
+        if isinstance(module, nn.Conv2d):
+            if state.meta["shape"] == "spatial" and module.padding_mode != "zeros":
+                return super().realize(state, module)  # split padding would differ from the original
+            return factorized_conv(module, a, b, state.meta["shape"])
+        raise TypeError(f"low_rank cannot realize a {type(module).__name__}")
+
+
+def factorized_linear(module: nn.Linear, a: torch.Tensor, b: torch.Tensor) -> nn.Sequential:
+    """Linear(in→r, no bias) then Linear(r→out, bias) computing ``x (A B)ᵀ + bias``."""
+    kw = {"device": module.weight.device, "dtype": module.weight.dtype}
+    rank = a.shape[1]
+    first = nn.Linear(module.in_features, rank, bias=False, **kw)
+    second = nn.Linear(rank, module.out_features, bias=module.bias is not None, **kw)
+    with torch.no_grad():
+        first.weight.copy_(b)
+        second.weight.copy_(a)
+        if module.bias is not None:
+            second.bias.copy_(module.bias)
+    return nn.Sequential(first, second)
+
+
+def factorized_conv(module: nn.Conv2d, a: torch.Tensor, b: torch.Tensor, shape: Shape) -> nn.Sequential:
+    """Two convolutions computing ``module`` with its weight replaced by the factorized one."""
+    kw = {"device": module.weight.device, "dtype": module.weight.dtype}
+    out, cin, kh, kwid = module.weight.shape
+    (sh, sw), (dh, dw) = module.stride, module.dilation
+    if isinstance(module.padding, str):
+        raise ValueError(f"cannot factorize a conv with padding={module.padding!r}; use explicit padding")
+    ph, pw = module.padding
+    if shape == "channel":
+        rank = b.shape[0]
+        first = nn.Conv2d(cin, rank, (kh, kwid), module.stride, module.padding, module.dilation,
+                          bias=False, padding_mode=module.padding_mode, **kw)
+        second = nn.Conv2d(rank, out, 1, bias=module.bias is not None, **kw)
+        first_w = b.reshape(rank, cin, kh, kwid)
+        second_w = a.reshape(out, rank, 1, 1)
+    else:
+        rank = a.shape[1]
+        first = nn.Conv2d(cin, rank, (kh, 1), (sh, 1), (ph, 0), (dh, 1), bias=False, **kw)
+        second = nn.Conv2d(rank, out, (1, kwid), (1, sw), (0, pw), (1, dw), bias=module.bias is not None, **kw)
+        first_w = a.T.reshape(rank, cin, kh, 1)
+        second_w = b.reshape(rank, out, kwid).permute(1, 0, 2).reshape(out, rank, 1, kwid)
+    with torch.no_grad():
+        first.weight.copy_(first_w)
+        second.weight.copy_(second_w)
+        if module.bias is not None:
+            second.bias.copy_(module.bias)
+    return nn.Sequential(first, second)
+
+
+@lcpress.hookimpl
+def lcpress_register_schemes(register) -> None:
+    register(LowRankScheme)

@@ -1,0 +1,197 @@
+"""``lcpress.compress``: the whole pipeline in one call.
+
+config → trace → tasks → LC engine (DC, L/C steps, checkpoints) → realize →
+verify → report → save. Like ``torchao.quantize_``, the model is changed in
+place: on return its compressed layers are realized modules. The CLI is a thin
+shell over this function.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .checkpoint import FileCheckpointer, RunDirectory
+from .config import LCConfig, load_config
+from .costmodel import CostModel
+from .engine import EvalFn, LCEngine, TrainFn
+from .errors import ConfigError, LcpressError
+from .graph import ModelGraph, trace
+from .modelfile import save
+from .registry import get_registry
+from .realize import RealizedLayer, load_compressed, realize, verify
+from .report import format_table, layer_table, totals
+from .scheme import State
+from .tasks import Task, plan_tasks
+from .training import SupervisedTrainer, accuracy
+
+log = logging.getLogger("lcpress")
+
+#: Cost models every report shows, besides those the tasks use.
+REPORTED_COST_MODELS = ("params", "flops")
+
+
+@dataclass
+class CompressionResult:
+    """What a compression returns: the realized model and everything measured."""
+
+    model: nn.Module
+    history: pd.DataFrame
+    layers: pd.DataFrame
+    records: list[RealizedLayer]
+    states: list[State]
+    tasks: list[Task]
+    graph: ModelGraph
+    dense_metric: float | None
+    metric: float | None
+    max_abs_error: float
+    config: LCConfig
+    run_dir: Path | None = None
+    totals: dict[str, float] = field(default_factory=dict)
+
+    def summary(self, metric_name: str = "metric") -> str:
+        """The per-layer table, totals and metrics, as text."""
+        lines = [format_table(self.layers)]
+        if self.dense_metric is not None and self.metric is not None:
+            lines.append(f"{metric_name}: dense {self.dense_metric:.4f} → compressed {self.metric:.4f}")
+        lines.append(f"realized model vs Δ(θ): max |difference| = {self.max_abs_error:.2e}")
+        return "\n".join(lines)
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Save the realized model (see :func:`lcpress.save`)."""
+        return save(self.model, path, config=self.config.to_dict(), overwrite=overwrite)
+
+
+def compress(
+    model: nn.Module,
+    config: LCConfig | dict[str, Any] | str | Path,
+    train_fn: TrainFn | None = None,
+    eval_fn: EvalFn | None = None,
+    *,
+    loaders: tuple[Any, Any] | None = None,
+    example_input: Any = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> CompressionResult:
+    """Compress ``model`` in place with the LC algorithm and return the result.
+
+    :param model: a trained model; its compressed layers are replaced in place.
+    :param config: an :class:`LCConfig`, a dict of the YAML structure, or a YAML path.
+    :param train_fn: ``train_fn(model, penalty, step)`` runs one L step: the user's
+        training loop with ``penalty()`` added to the loss. Default: the built-in
+        supervised trainer over ``loaders[0]`` (config ``train`` section).
+    :param eval_fn: ``eval_fn(model) -> float``, e.g. test accuracy; run on the
+        compressed weights after every step. Default: accuracy on ``loaders[1]``.
+    :param loaders: ``(train_loader, eval_loader)`` for the defaults above.
+    :param example_input: one input batch, traced to learn layer shapes.
+        Default: the first batch of the eval (else train) loader.
+    :param resume: continue the run in ``config.output_dir`` from its checkpoint.
+    :param force: replace whatever run ``config.output_dir`` holds.
+    """
+    config = load_config(config)
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' was asked for but torch sees no CUDA device; use device: cpu")
+    model.to(device)
+    example_input = _example_input(example_input, loaders, device)
+    train_fn, eval_fn = _default_fns(train_fn, eval_fn, loaders, config, device, progress)
+
+    graph = trace(model, example_input)
+    registry = get_registry()
+    cost_models = _cost_models(config, registry)
+    tasks = plan_tasks(model, graph, config.tasks, registry, cost_models)
+
+    run_dir = RunDirectory(config.output_dir) if config.output_dir else None
+    resuming = run_dir.prepare(resume=resume, force=force, config=config.to_dict()) if run_dir else False
+    if resume and run_dir is None:
+        raise ConfigError("output_dir: resuming needs the run directory of the run to continue")
+    checkpointer = FileCheckpointer(run_dir.checkpoint_path, config.to_dict()) if run_dir and config.checkpoint else None
+
+    torch.manual_seed(config.seed)
+    dense_metric = float(eval_fn(model)) if eval_fn is not None else None
+    engine = LCEngine(model, tasks, config.schedule, train_fn, eval_fn, graph=graph, report_costs=cost_models,
+                      seed=config.seed, checkpointer=checkpointer, progress=progress)
+    if resuming:
+        tensors, meta = FileCheckpointer(run_dir.checkpoint_path, {}).load()
+        engine.restore(tensors, meta["engine"])
+        log.info("resuming %s after LC step %d", run_dir.path, engine.next_step - 1)
+    engine.run()
+    return _finish(model, engine, graph, cost_models, config, example_input, dense_metric, run_dir)
+
+
+def _finish(model, engine: LCEngine, graph, cost_models, config, example_input, dense_metric, run_dir) -> CompressionResult:
+    states = list(engine.states)
+    load_compressed(engine.tasks, states)  # the model now computes with Δ(θ) …
+    reference = copy.deepcopy(model)  # … and this dense copy is what the realized model must match
+    records = realize(model, engine.tasks, states, graph.aliases)
+    max_err = verify(model, reference, example_input)
+    model.lcpress_layers = [r.to_dict() for r in records]
+    schemes = {name: t.scheme.name for t in engine.tasks for name in t.layers}
+    table = layer_table(graph, engine.forms(), cost_models, schemes, [r.name for r in records if r.realized])
+    history = pd.DataFrame(engine.history)
+    metric = history["metric"].iloc[-1] if "metric" in history else None
+    result = CompressionResult(model, history, table, records, states, engine.tasks, graph, dense_metric,
+                               None if metric is None else float(metric), max_err, config, None, totals(table))
+    if run_dir is not None:
+        result.run_dir = run_dir.path
+        history.to_csv(run_dir.file("history.csv"), index=False)
+        table.to_csv(run_dir.file("layers.csv"), index=False)
+        result.save(run_dir.file("model.safetensors"), overwrite=True)
+        run_dir.mark_finished(dense_metric=dense_metric, metric=result.metric, max_abs_error=max_err,
+                              totals=result.totals)
+    return result
+
+
+def _example_input(example_input: Any, loaders: tuple[Any, Any] | None, device: torch.device) -> Any:
+    if example_input is None:
+        if loaders is None:
+            raise ConfigError("give example_input= (one input batch) or loaders= so lcpress can trace layer shapes")
+        source = loaders[1] if loaders[1] is not None else loaders[0]
+        batch = next(iter(source))
+        example_input = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if isinstance(example_input, torch.Tensor):
+            example_input = example_input[:1]  # costs are per sample unless an example batch is given
+    if isinstance(example_input, torch.Tensor):
+        return example_input.to(device)
+    return example_input
+
+
+def _default_fns(train_fn, eval_fn, loaders, config: LCConfig, device, progress) -> tuple[TrainFn | None, EvalFn | None]:
+    if train_fn is None and config.schedule.steps > 0:
+        if loaders is None or loaders[0] is None:
+            raise ConfigError(
+                "schedule.steps > 0 needs an L step: pass train_fn=…, or loaders=(train, eval) for the built-in "
+                "trainer; or set schedule.steps: 0 for direct compression only"
+            )
+        train_fn = SupervisedTrainer(loaders[0], config.train, device=device, progress=progress)
+    if eval_fn is None and loaders is not None and loaders[1] is not None:
+        eval_loader = loaders[1]
+
+        def eval_fn(model: nn.Module) -> float:
+            return accuracy(model, eval_loader, device)
+
+    return train_fn, eval_fn
+
+
+def _cost_models(config: LCConfig, registry) -> dict[str, CostModel]:
+    names = list(REPORTED_COST_MODELS)
+    for task in config.tasks:
+        names.append(task.cost)
+        if task.target is not None:
+            names.append(task.target.cost)
+    models: dict[str, CostModel] = {}
+    for name in dict.fromkeys(names):
+        model = registry.cost_model(name)()
+        reason = model.unavailable_reason()
+        if reason and name not in REPORTED_COST_MODELS:
+            raise LcpressError(f"cost model {name!r} is not available here: {reason}")
+        models[name] = model
+    return models

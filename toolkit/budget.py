@@ -1,0 +1,89 @@
+"""Choosing forms: per-layer α trade-off, or one global budget by bisection.
+
+Every selecting C step minimises, per layer, ``α·C(form) + μ/2·error(form)``.
+Dividing by μ/2 shows that only ``t = 2α/μ`` matters, and the total cost of
+the chosen forms falls as ``t`` grows. A global budget ("a quarter of the
+FLOPs") is met by bisection on ``log t`` shared by every layer of the group:
+the smallest ``t`` whose choices fit the budget. This is the Lagrangian
+relaxation of ``min Σ error  s.t.  Σ cost ≤ budget``, solved exactly over the
+discrete candidate sets, up to one candidate step per layer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+
+@dataclass
+class Choice:
+    """What a group's selection decided."""
+
+    indices: list[int]
+    trade_off: float  # t = 2α/μ actually used
+    total_cost: float
+    budget: float | None = None
+
+    @property
+    def feasible(self) -> bool:
+        return self.budget is None or self.total_cost <= self.budget * (1 + 1e-9)
+
+
+def pick(costs: torch.Tensor, errors: torch.Tensor, trade_off: float) -> int:
+    """argmin over candidates of ``trade_off·cost + error`` (first index on ties)."""
+    return int(torch.argmin(trade_off * costs + errors))
+
+
+def choose_with_alpha(
+    costs: Sequence[torch.Tensor], errors: Sequence[torch.Tensor], alpha: float, mu: float
+) -> Choice:
+    """Per-layer choice for a fixed α at penalty μ."""
+    t = 2.0 * alpha / mu
+    idx = [pick(c, e, t) for c, e in zip(costs, errors)]
+    return Choice(idx, t, _total(costs, idx))
+
+
+def choose_for_budget(
+    costs: Sequence[torch.Tensor], errors: Sequence[torch.Tensor], budget: float, iterations: int = 200
+) -> Choice:
+    """The least total error whose total cost fits ``budget``, by bisection on t.
+
+    When even the cheapest forms exceed the budget, the cheapest forms are
+    returned and :attr:`Choice.feasible` is False.
+    """
+    if _total_at(costs, errors, 0.0) <= budget:
+        return Choice([pick(c, e, 0.0) for c, e in zip(costs, errors)], 0.0, _total_at(costs, errors, 0.0), budget)
+    lo, hi = -60.0, 60.0  # log10 t
+    scale = _scale(costs, errors)
+    if _total_at(costs, errors, scale * 10**hi) > budget:
+        idx = [int(torch.argmin(c)) for c in costs]
+        return Choice(idx, math.inf, _total(costs, idx), budget)
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        if _total_at(costs, errors, scale * 10**mid) <= budget:
+            hi = mid
+        else:
+            lo = mid
+        if hi - lo < 1e-12:
+            break
+    t = scale * 10**hi
+    idx = [pick(c, e, t) for c, e in zip(costs, errors)]
+    return Choice(idx, t, _total(costs, idx), budget)
+
+
+def _scale(costs: Sequence[torch.Tensor], errors: Sequence[torch.Tensor]) -> float:
+    """A typical error/cost ratio, so the bisection range is centred."""
+    err = max(float(e.max()) for e in errors) or 1.0
+    cost = max(float(c.max()) for c in costs) or 1.0
+    return err / cost
+
+
+def _total_at(costs: Sequence[torch.Tensor], errors: Sequence[torch.Tensor], t: float) -> float:
+    return _total(costs, [pick(c, e, t) for c, e in zip(costs, errors)])
+
+
+def _total(costs: Sequence[torch.Tensor], indices: Sequence[int]) -> float:
+    return float(sum(float(c[i]) for c, i in zip(costs, indices)))

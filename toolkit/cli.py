@@ -1,0 +1,190 @@
+"""``lcpress`` on the command line: demo, compress, plugins, info, options.
+
+Every command is a thin shell over the Python API; errors lcpress raises on
+purpose print as one clear line (exit 2) instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .errors import LcpressError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except (LcpressError, FileExistsError) as exc:
+        print(f"lcpress: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lcpress: interrupted; the last checkpoint is intact (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lcpress", description="Compress trained PyTorch models with the LC algorithm.")
+    parser.add_argument("--version", action="version", version=f"lcpress {__version__}")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="train a CNN on scikit-learn's digits and compress it (no files, no network)")
+    p.add_argument("--output-dir", help="keep the run here (default: a temporary directory)")
+    p.add_argument("--ratio", type=float, default=0.3, help="FLOPs target as a fraction of dense (default 0.3)")
+    p.add_argument("--steps", type=int, default=None, help="LC steps (default 10)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("compress", help="run the compression a YAML config describes")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("--output-dir", help="override the config's output_dir")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.add_argument("--force", action="store_true", help="replace a run the output directory already holds")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("plugins", help="list every scheme and cost model, with the package it came from")
+    p.add_argument("--options", action="store_true", help="also list each plugin's options")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("info", help="print the manifest of a saved model file")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("options", help="list every config key with its default and meaning")
+    p.set_defaults(func=cmd_options)
+    return parser
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DEMO_CONFIG
+
+    config = copy.deepcopy(DEMO_CONFIG)
+    config["tasks"][0]["target"]["ratio"] = args.ratio
+    if args.steps is not None:
+        config["schedule"]["steps"] = args.steps
+    if args.output_dir:
+        config["output_dir"] = args.output_dir
+        return _run(config, resume=False, force=False, quiet=args.quiet)
+    with tempfile.TemporaryDirectory(prefix="lcpress-demo-") as tmp:
+        config["output_dir"] = str(Path(tmp) / "run")
+        return _run(config, resume=False, force=False, quiet=args.quiet, keep_note=False)
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .errors import ConfigError
+
+    path = Path(args.config)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if args.output_dir:
+        data["output_dir"] = args.output_dir
+    return _run(data, resume=args.resume, force=args.force, quiet=args.quiet)
+
+
+def _run(data: dict[str, Any], *, resume: bool, force: bool, quiet: bool, keep_note: bool = True) -> int:
+    import torch
+
+    from .api import compress
+    from .config import load_config
+    from .errors import ConfigError
+    from .sources import build_loaders, build_model
+
+    config = load_config(data)
+    if config.model is None or config.data is None:
+        raise ConfigError("the CLI needs 'model' and 'data' sections (the Python API takes objects instead)")
+    progress = not quiet
+    train_loader, eval_loader = build_loaders(config.data, config.seed)
+    cache = Path(config.output_dir).parent / ".lcpress-cache" if config.output_dir else None
+    model = build_model(config.model, train_loader, cache, progress=progress)
+    generator = getattr(train_loader, "generator", None)
+    if isinstance(generator, torch.Generator):
+        generator.manual_seed(config.seed)  # same data order whether or not the model was just trained
+    result = compress(model, config, loaders=(train_loader, eval_loader), resume=resume, force=force, progress=progress)
+    print(result.summary("accuracy" if config.data.builtin else "metric"))
+    if keep_note and result.run_dir is not None:
+        print(f"saved: {result.run_dir / 'model.safetensors'} (history.csv and layers.csv beside it)")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from .registry import get_registry
+
+    registry = get_registry()
+    rows = []
+    for kind, table in (("scheme", registry.schemes), ("cost model", registry.cost_models)):
+        for name in sorted(table.classes):
+            cls, origin = table.classes[name], table.origins[name]
+            row = {"kind": kind, "name": name, "package": origin.package, "version": origin.version,
+                   "plugin": origin.plugin, "class": f"{cls.__module__}.{cls.__qualname__}"}
+            if kind == "cost model":
+                reason = cls().unavailable_reason()
+                row["available"] = "yes" if reason is None else f"no: {reason}"
+            row["options"] = [list(map(str, r)) for r in cls.Options.describe()]
+            rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows) + 2
+    for kind in ("scheme", "cost model"):
+        print(f"{kind}s:")
+        for r in (r for r in rows if r["kind"] == kind):
+            extra = f"  [{r['available']}]" if r.get("available", "yes") != "yes" else ""
+            print(f"  {r['name']:<{width}}{r['package']} {r['version']}  ({r['plugin']}){extra}")
+            if args.options:
+                for name, tp, default, help_ in r["options"]:
+                    print(f"      {name}: {tp} = {default}  — {help_}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .modelfile import read_manifest
+
+    manifest = read_manifest(args.file)
+    print(f"lcpress model file, written by lcpress {manifest['lcpress_version']} (torch {manifest['torch_version']})")
+    rebuild = "yes" if manifest.get("architecture") else f"no (needs the model class: {', '.join(manifest['not_rebuildable'])})"
+    print(f"loads without the model's code: {rebuild}")
+    for layer in manifest.get("layers", []):
+        form = layer.get("form") or {}
+        desc = ", ".join(f"{k}={v}" for k, v in form.items() if k != "kind")
+        state = "realized" if layer.get("realized") else f"dense ({layer.get('reason', '')})"
+        print(f"  {layer['name']}: {layer['scheme']} {form.get('kind', '')} {desc} — {state}")
+    return 0
+
+
+def cmd_options(args: argparse.Namespace) -> int:
+    from .config import DataConfig, LCConfig, ModelConfig, ScheduleConfig, TargetConfig, TaskConfig, TrainConfig
+
+    for title, cls in (("(top level)", LCConfig), ("tasks[]", TaskConfig), ("tasks[].target", TargetConfig),
+                       ("schedule", ScheduleConfig), ("train", TrainConfig), ("model", ModelConfig), ("data", DataConfig)):
+        print(f"{title}:")
+        for name, tp, default, help_ in cls.describe():
+            if isinstance(default, dict) or (title == "(top level)" and name in ("schedule", "train")):
+                default = "{…}"
+            print(f"  {name}: {tp} = {default}\n      {help_}")
+    print("Scheme options: `lcpress plugins --options`.")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""Exception types.
+
+Every error lcpress raises on purpose derives from :class:`LcpressError`, so a
+caller can tell "lcpress refused this input" from a bug. Messages say what is
+wrong *and* what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class LcpressError(Exception):
+    """Base class of the errors lcpress raises deliberately."""
+
+
+class ConfigError(LcpressError, ValueError):
+    """A configuration value is missing, unknown or out of range.
+
+    The message starts with the key path (``tasks[0].options.rank``) so the
+    user can find the line in their YAML file.
+    """
+
+
+class PluginError(LcpressError):
+    """A plugin failed to load, collided with another plugin, or raised."""
+
+
+class CheckpointError(LcpressError):
+    """A checkpoint or saved model file is missing, corrupted or incompatible."""
+
+
+class RunDirectoryError(LcpressError):
+    """A run directory holds work that would be overwritten."""

@@ -1,0 +1,144 @@
+"""Module surgery: replace compressed layers by their realized modules, in place.
+
+All replacements go through :func:`replace_module`, which resolves the full
+dotted name, ``setattr``s the new module on its parent (keeping the name, so
+``model.features.3`` stays ``model.features.3``), and replaces every alias of
+a layer registered under several names, so a shared layer stays shared.
+
+:func:`realize` asks each task's scheme for its realized module and keeps the
+dense layer (holding Δ(θ)) wherever the realized form would cost more than
+dense under the task's cost model. :func:`verify` checks the realized model
+against the dense model loaded with Δ(θ).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .errors import LcpressError
+from .forms import Dense, form_to_dict
+from .scheme import State
+from .tasks import Task
+
+
+def get_module(root: nn.Module, name: str) -> nn.Module:
+    try:
+        return root.get_submodule(name)
+    except AttributeError:
+        raise LcpressError(f"the model has no submodule {name!r}") from None
+
+
+def replace_module(root: nn.Module, name: str, new: nn.Module, aliases: Sequence[str] = ()) -> nn.Module:
+    """Put ``new`` at ``name`` (and every alias); returns the module it replaced.
+
+    ``new`` is moved to the device of the module it replaces.
+    """
+    old = get_module(root, name)
+    ref = next(iter(old.parameters()), None)
+    if ref is not None:
+        new = new.to(device=ref.device)
+    for full_name in (name, *aliases):
+        parent_name, _, child = full_name.rpartition(".")
+        parent = get_module(root, parent_name) if parent_name else root
+        setattr(parent, child, new)
+    return old
+
+
+@dataclass
+class RealizedLayer:
+    """What happened to one compressed layer."""
+
+    name: str
+    scheme: str
+    form: dict[str, Any]
+    realized: bool  # False: kept dense (holding Δ(θ)), because realizing would not pay
+    weight_shape: list[int]
+    reason: str = ""
+    aliases: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def load_compressed(tasks: Sequence[Task], states: Sequence[State]) -> None:
+    """Write Δ(θ) into every task's parameters (the dense model of the compressed weights)."""
+    with torch.no_grad():
+        for task, state in zip(tasks, states):
+            for p, value in zip(task.params, task.view.scatter(task.scheme.decompress(state))):
+                p.copy_(value)
+
+
+def realize(
+    model: nn.Module, tasks: Sequence[Task], states: Sequence[State], aliases: dict[str, list[str]] | None = None
+) -> list[RealizedLayer]:
+    """Replace, in place, every compressed layer of ``model`` by its realized module.
+
+    The model is first loaded with Δ(θ); layers of multi-layer tasks, and
+    layers whose realized form would cost more than dense, stay dense modules
+    holding Δ(θ), so the model computes exactly the compressed function either way.
+    """
+    aliases = aliases or {}
+    load_compressed(tasks, states)
+    records: list[RealizedLayer] = []
+    for task, state in zip(tasks, states):
+        for name in task.layers:
+            module = get_module(model, name)
+            record = RealizedLayer(name, task.scheme.name, {}, False, list(module.weight.shape),
+                                   aliases=list(aliases.get(name, [])))
+            records.append(record)
+            if not task.single_layer:
+                record.reason = "part of a multi-layer task: kept dense, holding Δ(θ)"
+                continue
+            form = task.scheme.form(state)
+            record.form = form_to_dict(form)
+            if isinstance(form, Dense):
+                record.reason = "dense was the best form"
+                continue
+            if task.spec is not None:
+                cost, dense = task.cost_model.costs(task.spec, [form, Dense()]).tolist()
+                if cost > dense:
+                    record.reason = f"{form.describe()} costs more than dense under {task.cost_model.name}"
+                    continue
+            new = task.scheme.realize(state, module)
+            if new is module:
+                raise LcpressError(f"scheme {task.scheme.name!r} returned the original module from realize()")
+            replace_module(model, name, new, record.aliases)
+            record.realized = True
+    return records
+
+
+@torch.no_grad()
+def verify(realized: nn.Module, reference: nn.Module, example_input: Any) -> float:
+    """Largest absolute difference between the two models' outputs on ``example_input``."""
+    from .graph import _call
+
+    outs = []
+    for model in (realized, reference):
+        was = model.training
+        model.eval()
+        outs.append(_call(model, example_input))
+        model.train(was)
+    a, b = (_first_tensor(o) for o in outs)
+    return float((a - b).abs().max()) if a.numel() else 0.0
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        return _first_tensor(next(iter(out.values())))
+    if isinstance(out, (tuple, list)):
+        return _first_tensor(out[0])
+    if hasattr(out, "last_hidden_state"):
+        return out.last_hidden_state
+    raise LcpressError(f"cannot compare model outputs of type {type(out).__name__}")
+
+
+def dense_copy(model: nn.Module) -> nn.Module:
+    """A deep copy used as the Δ(θ) reference during verification."""
+    return copy.deepcopy(model)

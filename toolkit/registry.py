@@ -1,0 +1,209 @@
+"""Plugin manager: built-ins and ``lcpress`` entry points, registered one way.
+
+:func:`get_registry` builds, once and lazily, the plugin manager and the
+registry of scheme and cost-model classes:
+
+1. add the hook specs (:mod:`lcpress.hookspecs`);
+2. register the built-in modules of :data:`DEFAULT_PLUGINS`;
+3. load every entry point of the group ``lcpress`` — unless
+   ``LCPRESS_DISABLE_PLUGIN_AUTOLOAD`` is set, and only the names in
+   ``LCPRESS_LOAD_PLUGINS=a,b`` when that is set;
+4. ``check_pending()`` so a misspelled hook name is an error, not silence;
+5. call the registration hooks and record which plugin registered what.
+
+A name registered twice, or a plugin that raises while loading or
+registering, raises :class:`PluginError` naming the plugin.
+``LCPRESS_TRACE_PLUGINS=1`` logs every hook call.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import pluggy
+
+from . import hookspecs
+from .costmodel import CostModel
+from .errors import PluginError
+from .scheme import Scheme
+
+log = logging.getLogger("lcpress.plugins")
+
+ENTRY_POINT_GROUP = "lcpress"
+
+#: Built-in plugin modules, registered exactly like third-party ones.
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "lcpress.plugins.low_rank",
+    "lcpress.costmodels.params",
+    "lcpress.costmodels.flops",
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a registered class came from: plugin name, distribution, version."""
+
+    plugin: str
+    package: str
+    version: str
+
+
+@dataclass
+class Kind(Generic[T]):
+    """Classes of one kind (schemes, or cost models) by name, with their origin."""
+
+    label: str
+    base: type
+    classes: dict[str, type] = field(default_factory=dict)
+    origins: dict[str, Origin] = field(default_factory=dict)
+
+    def add(self, cls: type, origin: Origin) -> None:
+        if not (isinstance(cls, type) and issubclass(cls, self.base)):
+            raise PluginError(
+                f"plugin {origin.plugin!r} registered {cls!r} as a {self.label}, "
+                f"but it does not subclass lcpress.{self.base.__name__}"
+            )
+        name = getattr(cls, "name", None)
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"plugin {origin.plugin!r}: {self.label} class {cls.__name__} has no 'name' string")
+        if name in self.classes:
+            first = self.origins[name]
+            raise PluginError(
+                f"{self.label} name {name!r} is registered twice: by plugin {first.plugin!r} "
+                f"({first.package} {first.version}) and by plugin {origin.plugin!r} "
+                f"({origin.package} {origin.version}). Rename one of them or uninstall one package."
+            )
+        self.classes[name] = cls
+        self.origins[name] = origin
+
+    def get(self, name: str) -> type:
+        try:
+            return self.classes[name]
+        except KeyError:
+            known = ", ".join(sorted(self.classes)) or "(none)"
+            raise PluginError(
+                f"no {self.label} named {name!r}; registered: {known}. "
+                f"A plugin package adds one through the 'lcpress' entry-point group "
+                f"(see docs/plugins.md); `lcpress plugins` lists what is installed."
+            ) from None
+
+
+@dataclass
+class Registry:
+    """Every scheme and cost model known in this process."""
+
+    manager: pluggy.PluginManager
+    schemes: Kind[Scheme]
+    cost_models: Kind[CostModel]
+
+    def scheme(self, name: str) -> type[Scheme]:
+        return self.schemes.get(name)
+
+    def cost_model(self, name: str) -> type[CostModel]:
+        return self.cost_models.get(name)
+
+
+_registry: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, built on first use."""
+    global _registry
+    if _registry is None:
+        _registry = build_registry()
+    return _registry
+
+
+def reset_registry() -> None:
+    """Forget the registry so the next :func:`get_registry` rebuilds it (tests, new installs)."""
+    global _registry
+    _registry = None
+
+
+def build_registry(extra_plugins: tuple[Any, ...] = (), autoload: bool | None = None) -> Registry:
+    """A fresh plugin manager and registry (see the module docstring for the steps)."""
+    pm = pluggy.PluginManager("lcpress")
+    pm.add_hookspecs(hookspecs)
+    if os.environ.get("LCPRESS_TRACE_PLUGINS"):
+        pm.trace.root.setwriter(lambda msg: log.warning("%s", msg.rstrip()))
+        pm.enable_tracing()
+    origins: dict[str, Origin] = {}
+    for module_name in DEFAULT_PLUGINS:
+        _register(pm, importlib.import_module(module_name), module_name, _lcpress_origin(module_name), origins)
+    if autoload is None:
+        autoload = not os.environ.get("LCPRESS_DISABLE_PLUGIN_AUTOLOAD")
+    if autoload:
+        _load_entry_points(pm, origins)
+    for plugin in extra_plugins:
+        name = getattr(plugin, "__name__", type(plugin).__name__)
+        _register(pm, plugin, name, Origin(name, "(registered at run time)", ""), origins)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"a plugin implements a hook lcpress does not define: {exc}") from exc
+    return _collect(pm, origins)
+
+
+def _lcpress_origin(plugin: str) -> Origin:
+    return Origin(plugin, "lcpress", _version("lcpress"))
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _register(pm: pluggy.PluginManager, plugin: Any, name: str, origin: Origin, origins: dict[str, Origin]) -> None:
+    if pm.has_plugin(name):
+        return
+    pm.register(plugin, name=name)
+    origins[name] = origin
+
+
+def _load_entry_points(pm: pluggy.PluginManager, origins: dict[str, Origin]) -> None:
+    allow = os.environ.get("LCPRESS_LOAD_PLUGINS")
+    allowed = {n.strip() for n in allow.split(",") if n.strip()} if allow else None
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if allowed is not None and ep.name not in allowed:
+            continue
+        dist = getattr(ep, "dist", None)
+        package = dist.metadata["Name"] if dist is not None else "unknown"
+        version = dist.version if dist is not None else "unknown"
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {ep.name!r} (entry point {ep.value!r} of package {package} {version}) "
+                f"raised while loading: {type(exc).__name__}: {exc}. Fix or uninstall that package, "
+                f"or set LCPRESS_DISABLE_PLUGIN_AUTOLOAD=1 to run without third-party plugins."
+            ) from exc
+        _register(pm, plugin, ep.name, Origin(ep.name, package, version), origins)
+
+
+def _collect(pm: pluggy.PluginManager, origins: dict[str, Origin]) -> Registry:
+    registry = Registry(pm, Kind("scheme", Scheme), Kind("cost model", CostModel))
+    for hook_name, kind in (
+        ("lcpress_register_schemes", registry.schemes),
+        ("lcpress_register_cost_models", registry.cost_models),
+    ):
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            origin = origins.get(impl.plugin_name, Origin(impl.plugin_name, "unknown", ""))
+            try:
+                impl.function(register=lambda cls, _kind=kind, _o=origin: _kind.add(cls, _o))
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {origin.plugin!r} ({origin.package} {origin.version}) raised in {hook_name}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+    return registry

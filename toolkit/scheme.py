@@ -1,0 +1,161 @@
+"""The base class of compression schemes, and what the C step hands them.
+
+A scheme compresses one tensor ``w`` (a layer's weight, or several layers'
+weights as one vector) into a state ``θ`` and decompresses it back to
+``Δ(θ)``. Schemes that *choose* between forms (ranks, sparsity levels, codebook
+sizes) expose their choice as :class:`Candidates` — forms with their errors —
+and let the core pick: the core owns the objective
+``α·C(form) + μ/2·error`` and the global-budget bisection, so every selecting
+scheme gets cost models and budgets without writing that logic itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from .forms import Dense, Form, LayerSpec
+from .options import Options
+
+if TYPE_CHECKING:
+    from .costmodel import CostModel
+
+
+@dataclass
+class State:
+    """Compression parameters ``θ`` of one task.
+
+    ``tensors`` go to safetensors, ``meta`` to JSON, so every state can be
+    checkpointed and saved without pickle. Keep ``meta`` to plain JSON values.
+    """
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> "State":
+        return State({k: v.to(device) for k, v in self.tensors.items()}, dict(self.meta))
+
+
+@dataclass
+class Candidates:
+    """The forms a selecting scheme can produce for one tensor, with their errors.
+
+    ``errors[i]`` is ``‖w − Δ_i‖²`` for ``forms[i]`` (exact, not estimated).
+    ``data`` is the scheme's own scratch (e.g. the SVD) that :meth:`Scheme.compress`
+    reuses for the chosen form so nothing is computed twice.
+    """
+
+    forms: list[Form]
+    errors: torch.Tensor
+    data: Any = None
+
+    def __post_init__(self) -> None:
+        if len(self.forms) != len(self.errors):
+            raise ValueError(f"{len(self.forms)} forms but {len(self.errors)} errors")
+        if not self.forms:
+            raise ValueError("a scheme returned no candidate forms")
+
+
+@dataclass
+class CStepContext:
+    """Everything a C step may use besides the tensor itself.
+
+    :ivar mu: current penalty parameter μ (μ0 during the direct-compression step).
+    :ivar spec: the layer, when the task is one Linear/Conv2d layer; else None.
+    :ivar cost_model: the task's cost model (prices forms of ``spec``).
+    :ivar previous: the task's previous state, for warm starts; None at first.
+    :ivar generator: seeded RNG; use it for anything random (k-means init …).
+    :ivar step: LC step index (0 is the direct-compression step).
+    :ivar candidates: the candidates this scheme returned, when it selects.
+    :ivar choice: index into ``candidates.forms`` the core selected.
+    :ivar layer: name of the layer (or task) for messages.
+    """
+
+    mu: float
+    cost_model: "CostModel | None" = None
+    spec: LayerSpec | None = None
+    previous: State | None = None
+    generator: torch.Generator | None = None
+    step: int = 0
+    candidates: Candidates | None = None
+    choice: int | None = None
+    layer: str = ""
+
+    def chosen_form(self) -> Form | None:
+        if self.candidates is None or self.choice is None:
+            return None
+        return self.candidates.forms[self.choice]
+
+
+class Scheme(ABC):
+    """A compression scheme. Subclass, set ``name`` and ``Options``, register.
+
+    Lifecycle of one C step for a selecting scheme::
+
+        cands = scheme.candidates(w, ctx)        # errors of every form
+        ctx.candidates, ctx.choice = cands, core_picks(cands, costs)
+        state = scheme.compress(w, ctx)          # θ for the chosen form
+
+    A scheme with nothing to choose returns ``None`` from :meth:`candidates`
+    and does its whole C step in :meth:`compress`.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type[Options]] = Options
+    #: True when the scheme's candidate set can serve a global budget.
+    selects: ClassVar[bool] = False
+
+    def __init__(self, options: Options | None = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    def check_layer(self, spec: LayerSpec | None, module: nn.Module | None) -> str | None:
+        """Why this scheme cannot compress that layer, or None if it can.
+
+        Called while the run is planned, before any training, so a config that
+        points a scheme at a layer it cannot handle fails at once.
+        """
+        return None
+
+    def candidates(self, w: torch.Tensor, ctx: CStepContext) -> Candidates | None:
+        """Forms this scheme could produce for ``w``, with exact errors; None if it has no choice."""
+        return None
+
+    @abstractmethod
+    def compress(self, w: torch.Tensor, ctx: CStepContext) -> State:
+        """The C step: ``θ = argmin ‖w − Δ(θ)‖²`` (for the chosen form, when selecting)."""
+
+    @abstractmethod
+    def decompress(self, state: State) -> torch.Tensor:
+        """``Δ(θ)``: a tensor of the same shape and dtype as the ``w`` compressed."""
+
+    def form(self, state: State) -> Form:
+        """The form ``state`` takes, for pricing and reports. Default: dense."""
+        return Dense()
+
+    def realize(self, state: State, module: nn.Module) -> nn.Module:
+        """The inference module that computes ``module`` with weight ``Δ(θ)``.
+
+        Default: a copy of ``module`` holding ``Δ(θ)``. Schemes with a faster
+        structure (two thin layers, a sparse kernel …) override this. The
+        returned module must compute exactly what ``module`` computes with its
+        weight replaced by ``Δ(θ)``.
+        """
+        import copy
+
+        realized = copy.deepcopy(module)
+        with torch.no_grad():
+            realized.weight.copy_(self.decompress(state).reshape(realized.weight.shape))
+        return realized
+
+    def storage(self, state: State) -> int:
+        """Bytes needed to store ``θ`` (tensor payload)."""
+        return sum(t.numel() * t.element_size() for t in state.tensors.values())
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{f.name}={getattr(self.options, f.name)!r}" for f in dataclasses.fields(self.options))
+        return f"{type(self).__name__}({opts})"
