@@ -147,14 +147,14 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own error is the useful one
+            return _coerce(options[0], value, path)
+        for arg in options:
             try:
                 return _coerce(arg, value, path)
-            except ConfigError as exc:
-                errors.append(str(exc).split(": ", 1)[-1])
+            except ConfigError:
+                continue
         raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         allowed = get_args(tp)

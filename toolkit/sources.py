@@ -83,7 +83,9 @@ def build_model(cfg: ModelConfig, train_loader: Any, cache_dir: Path | None, pro
     if cfg.weights:
         load_weights(model, cfg.weights)
         return model
-    cached = cache_dir / "dense.safetensors" if cache_dir is not None else None
+    # keyed by everything that shapes the trained weights, so a changed recipe retrains
+    key = f"dense-{cfg.builtin}-e{cfg.pretrain_epochs}.safetensors"
+    cached = cache_dir / key if cache_dir is not None else None
     if cached is not None and cached.is_file():
         load_weights(model, cached)
         return model

@@ -1,0 +1,94 @@
+"""Config parsing: every bad input stops before training with the key path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import lcpress
+from lcpress import ConfigError, load_config
+
+
+def _cfg(**over):
+    base = {"tasks": [{"layers": ["fc"], "scheme": "low_rank", "cost": "flops"}]}
+    base.update(over)
+    return base
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        (_cfg(shedule={}), r"shedule: unknown key \(did you mean 'schedule'\?\)"),
+        (_cfg(schedule={"mu0": -1}), r"schedule\.mu0: must be positive"),
+        (_cfg(schedule={"steps": "ten"}), r"schedule\.steps: expected an integer"),
+        (_cfg(schedule={"factor": 0.5}), r"schedule\.factor"),
+        ({"tasks": [{"layers": ["fc"], "scheme": "lowrank"}]}, r"tasks\[0\]\.scheme: no scheme named 'lowrank'; registered: .*low_rank"),
+        ({"tasks": [{"layers": ["fc"], "cost": "latency"}]}, r"tasks\[0\]\.cost: no cost model named 'latency'"),
+        ({"tasks": [{"layers": ["fc"], "options": {"rank": 0}}]}, r"tasks\[0\]\.options\.rank: must be at least 1"),
+        ({"tasks": [{"layers": ["fc"], "target": {"ratio": 2}}]}, r"tasks\[0\]\.target\.ratio: must be in \(0, 1\]"),
+        ({"tasks": [{"layers": ["fc"], "target": {"ratio": 0.5, "value": 3}}]}, r"exactly one of 'ratio' and 'value'"),
+        ({"tasks": [{"layers": ["fc"], "alpha": 1e-3, "target": {"ratio": 0.5}}]}, r"either 'alpha' or 'target'"),
+        ({"tasks": []}, r"tasks: give at least one task"),
+        ({"tasks": [{"scheme": "low_rank"}]}, r"tasks\[0\]\.layers: required key is missing"),
+        (_cfg(device="tpu"), r"device: must be 'cpu' or 'cuda"),
+        (_cfg(train={"optimizer": "lbfgs"}), r"train\.optimizer: 'lbfgs' is not allowed; choose one of 'sgd', 'adam'"),
+    ],
+)
+def test_bad_config_names_the_key(data, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(data)
+
+
+def test_yaml_file_and_scientific_notation(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("tasks:\n  - layers: [fc]\n    alpha: 1e-6\nschedule:\n  mu0: 1e-3\n")
+    config = load_config(path)
+    assert config.tasks[0].alpha == 1e-6 and config.schedule.mu0 == 1e-3
+    assert load_config(config.to_dict()).to_dict() == config.to_dict()
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tasks: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.conv(x)).flatten(1))
+
+
+@pytest.mark.parametrize(
+    "layers,message",
+    [
+        (["fcc"], r"tasks\[0\]\.layers\[0\]: 'fcc' matches no layer of the model; compressible layers: conv, fc"),
+        (["pool"], r"'pool' is a AdaptiveAvgPool2d; lcpress compresses nn\.Linear and nn\.Conv2d"),
+    ],
+)
+def test_layer_names_are_checked_before_training(layers, message):
+    trained = []
+    with pytest.raises(ConfigError, match=message):
+        lcpress.compress(Net(), {"tasks": [{"layers": layers}]}, train_fn=lambda *a: trained.append(1),
+                         example_input=torch.randn(1, 1, 6, 6))
+    assert not trained
+
+
+def test_a_layer_in_two_groups_is_refused():
+    with pytest.raises(ConfigError, match=r"tasks\[1\]\.layers: layer 'fc' is already compressed by tasks\[0\]"):
+        lcpress.compress(Net(), {"tasks": [{"layers": ["fc"]}, {"layers": ["*"]}], "schedule": {"steps": 0}},
+                         example_input=torch.randn(1, 1, 6, 6))
+
+
+def test_steps_without_a_train_fn_is_a_clear_error():
+    with pytest.raises(ConfigError, match="needs an L step"):
+        lcpress.compress(Net(), {"tasks": [{"layers": ["fc"]}]}, example_input=torch.randn(1, 1, 6, 6))

@@ -1,0 +1,29 @@
+"""The demo runs offline and compresses for real."""
+
+from __future__ import annotations
+
+import json
+
+from lcpress.cli import main
+
+
+def test_demo_compresses_to_its_flops_target_and_keeps_accuracy(tmp_path, capsys):
+    run = tmp_path / "demo"
+    assert main(["demo", "--quiet", "--steps", "3", "--output-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "TOTAL" in out and "accuracy: dense" in out and "rank" in out
+    info = json.loads((run / "run.json").read_text())
+    totals = info["totals"]
+    assert totals["flops_after"] <= 0.3 * totals["flops_before"]
+    assert info["metric"] >= info["dense_metric"] - 0.05
+    assert info["max_abs_error"] < 1e-4
+    assert (run / "model.safetensors").is_file()
+
+
+def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("model: {builtin: digits_cnn}\ndata: {builtin: digits}\ntasks:\n  - layers: ['*']\n    optoins: {}\n")
+    assert main(["compress", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "tasks[0].optoins: unknown key (did you mean 'options'?)" in err
+    assert "Traceback" not in err

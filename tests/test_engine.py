@@ -1,0 +1,120 @@
+"""The LC loop: penalty, C steps, multipliers, history, failure paths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import lcpress
+from lcpress.engine import CStepError, LCEngine
+from lcpress.config import LCConfig
+from lcpress.graph import trace
+from lcpress.registry import get_registry
+from lcpress.tasks import plan_tasks
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+def _engine(model, tasks_cfg, train_fn=None, **schedule):
+    config = LCConfig.from_dict({"tasks": tasks_cfg, "schedule": {"steps": 2, **schedule}})
+    x = torch.randn(8, 20)
+    graph = trace(model, x)
+    registry = get_registry()
+    tasks = plan_tasks(model, graph, config.tasks, registry)
+    return LCEngine(model, tasks, config.schedule, train_fn, graph=graph,
+                    report_costs={"params": registry.cost_model("params")()}, progress=False)
+
+
+def test_penalty_step_moves_weights_towards_compressed():
+    model = _mlp()
+    distances = []
+
+    def train_fn(model, penalty, step):
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        for _ in range(5):
+            opt.zero_grad()
+            penalty().backward()  # the penalty alone: pure pull towards Δ(θ)
+            opt.step()
+        return 0.0
+
+    engine = _engine(model, [{"layers": ["0", "2"], "options": {"rank": 2}}], train_fn, mu0=1.0)
+    engine.c_step(0, 1.0)
+    before = engine.distance()
+    engine.l_step(1, 1.0)
+    after = engine.distance()
+    assert after < before * 0.9
+
+
+def test_penalty_value_is_mu_half_squared_distance():
+    model = _mlp()
+    seen = {}
+
+    def train_fn(model, penalty, step):
+        seen["penalty"] = float(penalty().detach())
+        seen["mu"] = step.mu
+
+    engine = _engine(model, [{"layers": ["0"], "options": {"rank": 2}}], train_fn, mu0=0.5)
+    engine.c_step(0, 0.5)
+    d = engine.distance()
+    engine.l_step(1, 0.5)
+    assert seen["penalty"] == pytest.approx(0.5 * 0.5 * d**2, rel=1e-5)
+
+
+def test_history_records_every_step_and_mu_schedule():
+    model = _mlp()
+    engine = _engine(model, [{"layers": ["*"], "options": {"rank": 4}}], lambda m, p, s: 1.0, mu0=0.01, factor=2.0)
+    engine.eval_fn = lambda m: 0.5
+    history = engine.run()
+    assert [row["step"] for row in history] == [0, 1, 2]
+    assert [row["mu"] for row in history] == pytest.approx([0.01, 0.01, 0.02])
+    assert all(row["metric"] == 0.5 for row in history)
+    assert all("cost_params" in row for row in history)
+
+
+def test_augmented_lagrangian_updates_multipliers():
+    model = _mlp()
+    engine = _engine(model, [{"layers": ["0"], "options": {"rank": 2}}], lambda m, p, s: None,
+                     augmented_lagrangian=True)
+    engine.run()
+    lam = engine.multipliers[0]
+    assert lam is not None and lam.shape == model[0].weight.shape and lam.abs().sum() > 0
+
+
+def test_evaluation_sees_compressed_weights_and_restores_w():
+    model = _mlp()
+    engine = _engine(model, [{"layers": ["0"], "options": {"rank": 1}}])
+    engine.c_step(0, 1.0)
+    w = model[0].weight.detach().clone()
+    with engine.compressed():
+        assert torch.linalg.matrix_rank(model[0].weight.detach()) == 1
+    assert torch.equal(model[0].weight.detach(), w)
+
+
+def test_nan_weights_stop_the_c_step_with_advice():
+    model = _mlp()
+    engine = _engine(model, [{"layers": ["0"]}])
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+    with pytest.raises(lcpress.LcpressError, match="NaN.*learning rate"):
+        engine.c_step(0, 1.0)
+
+
+def test_a_scheme_that_raises_is_named_with_layer_and_step():
+    class Broken(lcpress.Scheme):
+        name = "broken_for_test"
+
+        def compress(self, w, ctx):
+            raise RuntimeError("boom")
+
+        def decompress(self, state):
+            return state.tensors["w"]
+
+    model = _mlp()
+    engine = _engine(model, [{"layers": ["0"], "options": {"rank": 1}}])
+    engine.tasks[0].scheme = Broken()
+    with pytest.raises(CStepError, match=r"'broken_for_test'.*layer '0'.*LC step 3.*boom"):
+        engine.c_step(3, 1.0)

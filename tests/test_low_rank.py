@@ -1,0 +1,134 @@
+"""The rank-selection C step against brute force, and its exactness."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lcpress import budget
+from lcpress.forms import Dense, LayerSpec, LowRank
+from lcpress.linalg import spectrum
+from lcpress.registry import get_registry
+from lcpress.scheme import CStepContext
+
+SCHEME = get_registry().scheme("low_rank")
+PARAMS = get_registry().cost_model("params")()
+FLOPS = get_registry().cost_model("flops")()
+
+
+def _linear_spec(out: int, inp: int) -> LayerSpec:
+    return LayerSpec("linear", inp, out, (1, inp))
+
+
+def _select(w, spec, alpha, mu, cost_model, **options):
+    scheme = SCHEME(SCHEME.Options(**options))
+    ctx = CStepContext(mu=mu, cost_model=cost_model, spec=spec)
+    ctx.candidates = scheme.candidates(w, ctx)
+    costs = cost_model.costs(spec, ctx.candidates.forms)
+    ctx.choice = budget.choose_with_alpha([costs], [ctx.candidates.errors], alpha, mu).indices[0]
+    return scheme, scheme.compress(w, ctx)
+
+
+def _brute_force(w, spec, alpha, mu, cost_model, multiple):
+    s = torch.linalg.svdvals(w.double())
+    best = (alpha * cost_model.cost(spec, Dense()), Dense())
+    for r in range(multiple, len(s), multiple):
+        objective = alpha * cost_model.cost(spec, LowRank(r)) + mu / 2 * float(torch.sum(s[r:] ** 2))
+        if objective < best[0]:
+            best = (objective, LowRank(r))
+    return best[1]
+
+
+@pytest.mark.parametrize("alpha", [1e-7, 1e-5, 1e-4, 1e-3, 1e-2])
+@pytest.mark.parametrize("multiple", [1, 8])
+@pytest.mark.parametrize("cost", ["params", "flops"])
+def test_rank_selection_matches_brute_force(alpha, multiple, cost):
+    torch.manual_seed(1)
+    # a matrix with a decaying spectrum, so different α pick different ranks
+    u, _ = torch.linalg.qr(torch.randn(48, 48))
+    v, _ = torch.linalg.qr(torch.randn(64, 48))
+    w = (u * torch.logspace(0, -3, 48)) @ v.T
+    spec = _linear_spec(48, 64)
+    model = PARAMS if cost == "params" else FLOPS
+    scheme, state = _select(w, spec, alpha, mu=1.0, cost_model=model, rank_multiple=multiple)
+    assert scheme.form(state) == _brute_force(w, spec, alpha, 1.0, model, multiple)
+
+
+def test_error_equals_tail_of_singular_values():
+    torch.manual_seed(2)
+    w = torch.randn(40, 70)
+    spec = spectrum(w)
+    s = torch.linalg.svdvals(w.double())
+    for r in (1, 5, 17, 39):
+        a, b = spec.factors(r)
+        err = float(torch.sum((w.double() - a.double() @ b.double()) ** 2))
+        assert err == pytest.approx(float(torch.sum(s[r:] ** 2)), rel=1e-5)
+        assert float(spec.tail_errors()[r]) == pytest.approx(err, rel=1e-5)
+
+
+def test_tall_matrix_uses_right_vectors_and_stays_exact():
+    torch.manual_seed(3)
+    w = torch.randn(90, 30)
+    spec = spectrum(w)
+    assert not spec.left
+    a, b = spec.factors(10)
+    s = torch.linalg.svdvals(w.double())
+    assert float(torch.sum((w.double() - (a @ b).double()) ** 2)) == pytest.approx(float(torch.sum(s[10:] ** 2)), rel=1e-5)
+
+
+def test_alpha_zero_keeps_dense_and_large_alpha_takes_smallest_rank():
+    torch.manual_seed(4)
+    w = torch.randn(64, 64)
+    spec = _linear_spec(64, 64)
+    scheme, state = _select(w, spec, alpha=0.0, mu=1.0, cost_model=PARAMS)
+    assert scheme.form(state) == Dense()
+    assert torch.equal(scheme.decompress(state), w)
+    scheme, state = _select(w, spec, alpha=1e6, mu=1.0, cost_model=PARAMS)
+    assert scheme.form(state) == LowRank(8)
+
+
+def test_fixed_rank_and_conv_matrix_view():
+    torch.manual_seed(5)
+    w = torch.randn(16, 8, 3, 3)
+    scheme = SCHEME(SCHEME.Options(rank=4))
+    state = scheme.compress(w, CStepContext(mu=1.0))
+    assert scheme.form(state) == LowRank(4, "channel")
+    delta = scheme.decompress(state)
+    assert delta.shape == w.shape
+    s = torch.linalg.svdvals(w.reshape(16, 72).double())
+    assert float(torch.sum((w - delta).double() ** 2)) == pytest.approx(float(torch.sum(s[4:] ** 2)), rel=1e-5)
+
+
+def test_nan_weights_are_refused_with_a_clear_error():
+    w = torch.randn(8, 8)
+    w[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        SCHEME().candidates(w, CStepContext(mu=1.0))
+
+
+def test_batched_spectra_equal_single():
+    from lcpress.linalg import spectra
+
+    torch.manual_seed(6)
+    mats = [torch.randn(12, 20) for _ in range(3)] + [torch.randn(20, 12)]
+    for batched, m in zip(spectra(mats), mats):
+        single = spectrum(m)
+        assert torch.allclose(batched.squared, single.squared, rtol=1e-10, atol=1e-10)
+
+
+def test_options_are_validated():
+    from lcpress import ConfigError
+
+    with pytest.raises(ConfigError, match="rank_multiple"):
+        SCHEME.Options.from_dict({"rank_multiple": 0}, "tasks[0].options")
+    with pytest.raises(ConfigError, match=r"tasks\[0\]\.options\.shape"):
+        SCHEME.Options.from_dict({"shape": "diagonal"}, "tasks[0].options")
+    with pytest.raises(ConfigError, match="unknown key"):
+        SCHEME.Options.from_dict({"rnak": 3}, "tasks[0].options")
+
+
+def test_grouped_conv_is_refused_at_planning():
+    scheme = SCHEME()
+    spec = LayerSpec("conv2d", 8, 8, (1, 8, 6, 6), kernel_size=(3, 3), groups=2)
+    assert "groups=1" in scheme.check_layer(spec, nn.Conv2d(8, 8, 3, groups=2))
