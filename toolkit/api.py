@@ -118,7 +118,8 @@ def compress(
     torch.manual_seed(config.seed)
     dense_metric = float(eval_fn(model)) if eval_fn is not None else None
     engine = LCEngine(model, tasks, config.schedule, train_fn, eval_fn, graph=graph, report_costs=cost_models,
-                      seed=config.seed, checkpointer=checkpointer, progress=progress)
+                      seed=config.seed, checkpointer=checkpointer, progress=progress,
+                      history_csv=run_dir.file("history.csv") if run_dir else None)
     if resuming:
         tensors, meta = FileCheckpointer(run_dir.checkpoint_path, {}).load()
         engine.restore(tensors, meta["engine"])
@@ -136,13 +137,12 @@ def _finish(model, engine: LCEngine, graph, cost_models, config, example_input, 
     model.lcpress_layers = [r.to_dict() for r in records]
     schemes = {name: t.scheme.name for t in engine.tasks for name in t.layers}
     table = layer_table(graph, engine.forms(), cost_models, schemes, [r.name for r in records if r.realized])
-    history = pd.DataFrame(engine.history)
+    history = engine.history_frame()
     metric = history["metric"].iloc[-1] if "metric" in history else None
     result = CompressionResult(model, history, table, records, states, engine.tasks, graph, dense_metric,
                                None if metric is None else float(metric), max_err, config, None, totals(table))
     if run_dir is not None:
         result.run_dir = run_dir.path
-        history.to_csv(run_dir.file("history.csv"), index=False)
         table.to_csv(run_dir.file("layers.csv"), index=False)
         result.save(run_dir.file("model.safetensors"), overwrite=True)
         run_dir.mark_finished(dense_metric=dense_metric, metric=result.metric, max_abs_error=max_err,

@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("options", help="list every config key with its default and meaning")
+    p.add_argument("--markdown", action="store_true", help="as markdown tables (docs/config.md)")
     p.set_defaults(func=cmd_options)
     return parser
 
@@ -173,17 +174,32 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_options(args: argparse.Namespace) -> int:
+    print(options_reference(markdown=args.markdown))
+    return 0
+
+
+def options_reference(markdown: bool = False) -> str:
+    """Every config key with type, default and help (docs/config.md embeds the markdown form)."""
     from .config import DataConfig, LCConfig, ModelConfig, ScheduleConfig, TargetConfig, TaskConfig, TrainConfig
 
-    for title, cls in (("(top level)", LCConfig), ("tasks[]", TaskConfig), ("tasks[].target", TargetConfig),
-                       ("schedule", ScheduleConfig), ("train", TrainConfig), ("model", ModelConfig), ("data", DataConfig)):
-        print(f"{title}:")
-        for name, tp, default, help_ in cls.describe():
-            if isinstance(default, dict) or (title == "(top level)" and name in ("schedule", "train")):
-                default = "{…}"
-            print(f"  {name}: {tp} = {default}\n      {help_}")
-    print("Scheme options: `lcpress plugins --options`.")
-    return 0
+    sections = (("(top level)", LCConfig), ("tasks[]", TaskConfig), ("tasks[].target", TargetConfig),
+                ("schedule", ScheduleConfig), ("train", TrainConfig), ("model", ModelConfig), ("data", DataConfig))
+    lines: list[str] = []
+    for title, cls in sections:
+        rows = cls.describe()
+        if markdown:
+            lines += [f"### `{title}`", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+            lines += [f"| `{n}` | {tp.replace('|', 'or')} | `{_short(d)}` | {h} |" for n, tp, d, h in rows]
+            lines.append("")
+        else:
+            lines.append(f"{title}:")
+            lines += [f"  {n}: {tp} = {_short(d)}\n      {h}" for n, tp, d, h in rows]
+    lines.append("Scheme options: `lcpress plugins --options`.")
+    return "\n".join(lines)
+
+
+def _short(default: Any) -> str:
+    return "{…}" if isinstance(default, dict) else str(default)
 
 
 if __name__ == "__main__":  # pragma: no cover

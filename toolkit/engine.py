@@ -22,8 +22,10 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -77,6 +79,7 @@ class LCEngine:
         report_costs: dict[str, CostModel] | None = None,
         seed: int = 0,
         checkpointer: Checkpointer | None = None,
+        history_csv: str | Path | None = None,
         progress: bool = True,
     ) -> None:
         self.model = model
@@ -88,6 +91,7 @@ class LCEngine:
         self.report_costs = report_costs or {}
         self.seed = seed
         self.checkpointer = checkpointer
+        self.history_csv = Path(history_csv) if history_csv is not None else None
         self.progress = progress
         self.states: list[State | None] = [None] * len(self.tasks)
         self.multipliers: list[torch.Tensor | None] = [None] * len(self.tasks)
@@ -96,8 +100,13 @@ class LCEngine:
         self.selection: dict[int, budget_mod.Choice] = {}
 
     # ---------------------------------------------------------------- the loop
-    def run(self) -> list[dict[str, Any]]:
-        """Run (or finish, after :meth:`restore`) the whole schedule; returns the history."""
+    def run(self) -> pd.DataFrame:
+        """Run (or finish, after :meth:`restore`) the whole schedule; returns the history.
+
+        One row per LC step (step 0 is the direct compression): μ, training
+        loss, ‖w − Δ(θ)‖, the metric of the compressed model, the total cost
+        under every reported cost model, and seconds taken.
+        """
         total = self.schedule.steps
         if self.next_step == 0:
             self._set_rng(0)
@@ -114,7 +123,12 @@ class LCEngine:
                 row = self._finish_step(k, mu, loss, time.perf_counter() - start)
                 bar.update(1)
                 bar.set_postfix_str(_summary(row))
-        return self.history
+                if not bar.disable:
+                    bar.write(f"LC step {k}/{total}: {_summary(row)}")
+        return self.history_frame()
+
+    def history_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.history)
 
     def l_step(self, k: int, mu: float) -> float | None:
         """Train with the penalty pulling each task's weights towards Δ(θ) + λ/μ."""
@@ -244,6 +258,8 @@ class LCEngine:
         row["seconds"] = seconds
         self.history.append(row)
         self.next_step = k + 1
+        if self.history_csv is not None:
+            self.history_frame().to_csv(self.history_csv, index=False)
         if self.checkpointer is not None:
             tensors, meta = self.snapshot()
             self.checkpointer.save(tensors, meta)
