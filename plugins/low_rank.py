@@ -24,7 +24,7 @@ from torch import nn
 import lcpress
 from lcpress import Candidates, CStepContext, Options, Scheme, State, option
 from lcpress.forms import Dense, Form, LayerSpec, LowRank
-from lcpress.linalg import Spectrum, spectrum
+from lcpress.linalg import Spectrum, spectra, spectrum
 from lcpress.views import from_matrix, to_matrix
 
 Shape = Literal["channel", "spatial"]
@@ -64,19 +64,28 @@ class LowRankScheme(Scheme):
         return ["channel", "spatial"] if self.options.shape == "auto" else [self.options.shape]
 
     def candidates(self, w: torch.Tensor, ctx: CStepContext) -> Candidates | None:
+        return self.candidates_many([(w, ctx)])[0]
+
+    def candidates_many(self, items: list[tuple[torch.Tensor, CStepContext]]) -> list[Candidates | None]:
         if self.options.rank is not None:
-            return None
+            return [None] * len(items)
+        jobs = [(i, shape, to_matrix(w, shape)) for i, (w, _) in enumerate(items) for shape in self._shapes(w)]
+        decomposed = spectra([m for _, _, m in jobs])  # same-shape matrices share one batched call
+        per_item: list[dict[str, Spectrum]] = [{} for _ in items]
+        for (i, shape, _), spec in zip(jobs, decomposed):
+            per_item[i][shape] = spec
+        return [self._candidates(w, found) for (w, _), found in zip(items, per_item)]
+
+    def _candidates(self, w: torch.Tensor, found: dict[str, Spectrum]) -> Candidates:
         forms: list[Form] = [Dense()]
-        errors = [w.new_zeros((), dtype=torch.float64)]
-        spectra: dict[str, Spectrum] = {}
+        errors = [torch.zeros((), dtype=torch.float64, device=w.device)]
         step = self.options.rank_multiple
-        for shape in self._shapes(w):
-            spec = spectra[shape] = spectrum(to_matrix(w, shape))
+        for shape, spec in found.items():
             tail = spec.tail_errors()
             for r in range(step, spec.full_rank, step):
                 forms.append(LowRank(r, shape))
                 errors.append(tail[r])
-        return Candidates(forms, torch.stack(errors), spectra)
+        return Candidates(forms, torch.stack(errors), found)
 
     def compress(self, w: torch.Tensor, ctx: CStepContext) -> State:
         form = ctx.chosen_form()

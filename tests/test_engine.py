@@ -31,7 +31,6 @@ def _engine(model, tasks_cfg, train_fn=None, **schedule):
 
 def test_penalty_step_moves_weights_towards_compressed():
     model = _mlp()
-    distances = []
 
     def train_fn(model, penalty, step):
         opt = torch.optim.SGD(model.parameters(), lr=0.05)

@@ -132,3 +132,36 @@ def test_grouped_conv_is_refused_at_planning():
     scheme = SCHEME()
     spec = LayerSpec("conv2d", 8, 8, (1, 8, 6, 6), kernel_size=(3, 3), groups=2)
     assert "groups=1" in scheme.check_layer(spec, nn.Conv2d(8, 8, 3, groups=2))
+
+
+def test_batched_candidates_equal_one_at_a_time():
+    torch.manual_seed(7)
+    scheme = SCHEME(SCHEME.Options(rank_multiple=4))
+    ws = [torch.randn(16, 24), torch.randn(16, 24), torch.randn(8, 4, 3, 3)]
+    many = scheme.candidates_many([(w, CStepContext(mu=1.0)) for w in ws])
+    for w, batched in zip(ws, many):
+        single = scheme.candidates(w, CStepContext(mu=1.0))
+        assert batched.forms == single.forms
+        assert torch.allclose(batched.errors, single.errors, rtol=1e-9, atol=1e-9)
+
+
+def test_normalized_error_makes_alpha_scale_free():
+    """With normalize, scaling a layer's weight does not change its chosen rank."""
+    import lcpress
+
+    torch.manual_seed(8)
+    u, _ = torch.linalg.qr(torch.randn(32, 32))
+    base = (u * torch.logspace(0, -2, 32)) @ torch.linalg.qr(torch.randn(32, 32))[0]
+
+    def chosen_rank(scale, normalize):
+        model = nn.Sequential(nn.Linear(32, 32))
+        with torch.no_grad():
+            model[0].weight.copy_(base * scale)
+        cfg = {"tasks": [{"layers": ["0"], "options": {"rank_multiple": 4}, "alpha": 1e-5 if normalize else 1e-3,
+                          "normalize": normalize, "cost": "params"}],
+               "schedule": {"steps": 0, "mu0": 1.0}}
+        result = lcpress.compress(model, cfg, example_input=torch.randn(1, 32))
+        return result.layers["form"].iloc[0]
+
+    assert chosen_rank(1.0, True) == chosen_rank(100.0, True)
+    assert chosen_rank(1.0, False) != chosen_rank(100.0, False)

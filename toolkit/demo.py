@@ -59,7 +59,8 @@ def train_dense(model: nn.Module, loader: DataLoader, epochs: int = 30, lr: floa
     from .engine import LStep
     from .training import SupervisedTrainer
 
-    trainer = SupervisedTrainer(loader, TrainConfig(epochs=epochs, lr=lr, lr_decay=1.0), progress=progress)
+    trainer = SupervisedTrainer(loader, TrainConfig(epochs=epochs, lr=lr, lr_decay=1.0), progress=progress,
+                                description="training the dense model, pass")
     trainer(model, lambda: torch.zeros(()), LStep(0, 0.0, 0))
 
 

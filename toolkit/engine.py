@@ -171,12 +171,24 @@ class LCEngine:
                          generator=generator, step=k, layer=t.name)
             for i, t in enumerate(self.tasks)
         ]
-        for i, task in enumerate(self.tasks):
-            contexts[i].candidates = self._guard(task, k, "candidates", task.scheme.candidates, inputs[i], contexts[i])
+        for members in self._batches():
+            scheme = self.tasks[members[0]].scheme
+            items = [(inputs[i], contexts[i]) for i in members]
+            found = self._guard(self.tasks[members[0]], k, "candidates", scheme.candidates_many, items)
+            for i, candidates in zip(members, found):
+                contexts[i].candidates = candidates
         self._select(k, mu, inputs, contexts)
         for i, task in enumerate(self.tasks):
             state = self._guard(task, k, "compress", task.scheme.compress, inputs[i], contexts[i])
             self.states[i] = state
+
+    def _batches(self) -> list[list[int]]:
+        """Task indices grouped by identical scheme class and options (one batched call each)."""
+        batches: dict[tuple, list[int]] = {}
+        for i, task in enumerate(self.tasks):
+            key = (type(task.scheme), repr(task.scheme.options))
+            batches.setdefault(key, []).append(i)
+        return list(batches.values())
 
     def _guard(self, task: Task, k: int, what: str, fn: Callable, *args: Any) -> Any:
         try:
@@ -331,8 +343,7 @@ class LCEngine:
             )
         self.model.load_state_dict(unpack(meta["model"], tensors))
         device = next(self.model.parameters()).device
-        self.states = [None if s is None else State(*(lambda d: (d["tensors"], d["meta"]))(unpack(s, tensors))).to(device)
-                       for s in meta["states"]]
+        self.states = [None if s is None else _state(unpack(s, tensors)).to(device) for s in meta["states"]]
         self.multipliers = [None if m is None else unpack(m, tensors).to(device) for m in meta["multipliers"]]
         self.history = list(meta["history"])
         self.next_step = int(meta["next_step"])
@@ -343,6 +354,10 @@ class LCEngine:
     def _set_rng(self, k: int) -> None:
         torch.manual_seed(self.seed + k)
         random.seed(self.seed + k)
+
+
+def _state(doc: dict[str, Any]) -> State:
+    return State(doc["tensors"], doc["meta"])
 
 
 def _rng_state() -> dict[str, Any]:

@@ -13,7 +13,6 @@ against the dense model loaded with Δ(θ).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -138,7 +137,3 @@ def _first_tensor(out: Any) -> torch.Tensor:
         return out.last_hidden_state
     raise LcpressError(f"cannot compare model outputs of type {type(out).__name__}")
 
-
-def dense_copy(model: nn.Module) -> nn.Module:
-    """A deep copy used as the Δ(θ) reference during verification."""
-    return copy.deepcopy(model)

@@ -125,6 +125,15 @@ class Scheme(ABC):
         """Forms this scheme could produce for ``w``, with exact errors; None if it has no choice."""
         return None
 
+    def candidates_many(self, items: list[tuple[torch.Tensor, CStepContext]]) -> list[Candidates | None]:
+        """:meth:`candidates` for many tensors at once (same scheme and options).
+
+        The engine calls this once per C step for all tasks that share a scheme
+        configuration, so a scheme can batch its work (the low-rank scheme
+        decomposes same-shape matrices in one call). Default: one at a time.
+        """
+        return [self.candidates(w, ctx) for w, ctx in items]
+
     @abstractmethod
     def compress(self, w: torch.Tensor, ctx: CStepContext) -> State:
         """The C step: ``θ = argmin ‖w − Δ(θ)‖²`` (for the chosen form, when selecting)."""

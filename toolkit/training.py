@@ -32,12 +32,14 @@ class SupervisedTrainer:
         loss_fn: Loss = F.cross_entropy,
         device: str | torch.device = "cpu",
         progress: bool = True,
+        description: str = "L step",
     ) -> None:
         self.loader = loader
         self.config = config or TrainConfig()
         self.loss_fn = loss_fn
         self.device = torch.device(device)
         self.progress = progress
+        self.description = description
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending_state: dict[str, Any] | None = None
 
@@ -62,7 +64,7 @@ class SupervisedTrainer:
             group["lr"] = c.lr * c.lr_decay**step.index
         epochs = c.first_epochs if (step.index == 0 and c.first_epochs is not None) else c.epochs
         total, count = 0.0, 0
-        with progress_bar(total=epochs * _len(self.loader), desc=f"L step {step.index + 1}", enabled=self.progress) as bar:
+        with progress_bar(total=epochs * _len(self.loader), desc=f"{self.description} {step.index + 1}", enabled=self.progress) as bar:
             for _ in range(epochs):
                 for inputs, targets in self.loader:
                     inputs, targets = inputs.to(self.device), targets.to(self.device)
