@@ -76,7 +76,7 @@ DEMO_CONFIG = {
             "target": {"cost": "flops", "ratio": 0.3},
         }
     ],
-    "schedule": {"mu0": 1e-3, "factor": 1.5, "steps": 10},
+    "schedule": {"mu0": 3e-2, "factor": 1.5, "steps": 10},
     "train": {"epochs": 2, "lr": 0.02, "lr_decay": 0.95},
     "seed": 0,
 }
