@@ -8,6 +8,9 @@ import pytest
 import torch
 
 os.environ.setdefault("LCPRESS_QUIET", "1")
+# Keep third-party plugins installed in this environment out of the suite;
+# tests that exercise discovery turn autoload back on themselves.
+os.environ.setdefault("LCPRESS_DISABLE_PLUGIN_AUTOLOAD", "1")
 
 
 @pytest.fixture(autouse=True)

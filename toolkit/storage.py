@@ -10,7 +10,8 @@ at worst fail to load.
 Files are written to a temporary name in the same directory, fsynced and
 renamed over the target, so a crash leaves either the old file or the new one,
 never half of one. A SHA-256 of the tensor payload, kept in the metadata,
-catches files that were truncated or altered after writing.
+catches files that were truncated or altered after writing, whether in
+the tensors or in the metadata.
 """
 
 from __future__ import annotations
@@ -69,8 +70,11 @@ def unpack(doc: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return doc
 
 
-def payload_digest(tensors: dict[str, torch.Tensor]) -> str:
+def payload_digest(tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> str:
+    """SHA-256 over every tensor (name, dtype, shape, bytes) and the metadata."""
     h = hashlib.sha256()
+    if meta is not None:
+        h.update(json.dumps(meta, sort_keys=True).encode())
     for name in sorted(tensors):
         t = tensors[name]
         h.update(name.encode())
@@ -85,7 +89,7 @@ def write_file(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[st
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    doc = dict(meta, sha256=payload_digest(tensors))
+    doc = dict(meta, sha256=payload_digest(tensors, meta))
     data = st_save(tensors, metadata={META_KEY: json.dumps(doc)})
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -116,8 +120,8 @@ def read_file(path: str | Path, what: str = "file") -> tuple[dict[str, torch.Ten
             f"{what} {str(path)!r} is not a readable lcpress file (truncated, corrupted, or not written by lcpress): {exc}"
         ) from None
     expected = meta.pop("sha256", None)
-    if expected != payload_digest(tensors):
+    if expected != payload_digest(tensors, meta):
         raise CheckpointError(
-            f"{what} {str(path)!r} is corrupted: its tensor data does not match the checksum written with it"
+            f"{what} {str(path)!r} is corrupted: its content does not match the checksum written with it"
         )
     return tensors, meta

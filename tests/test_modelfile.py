@@ -1,0 +1,161 @@
+"""Saving and loading realized models: round trips, and damaged files refused safely."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import lcpress
+from lcpress import CheckpointError
+from lcpress.cli import main
+
+
+class Custom(nn.Module):
+    """A model with its own forward: loading needs the class."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.fc = nn.Linear(16 * 6 * 6, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def _compressed_custom():
+    torch.manual_seed(0)
+    model = Custom()
+    x = torch.randn(2, 3, 6, 6)
+    lcpress.compress(model, {"tasks": [{"layers": ["*"], "options": {"rank": 4}}], "schedule": {"steps": 0}},
+                     example_input=x)
+    return model, x
+
+
+def _compressed_sequential():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(16 * 4 * 4, 32), nn.ReLU(), nn.Linear(32, 10))
+    x = torch.randn(3, 1, 8, 8)
+    lcpress.compress(model, {"tasks": [{"layers": ["0", "4"], "options": {"rank": 8, "rank_multiple": 1}}],
+                             "schedule": {"steps": 0}}, example_input=x)
+    return model, x
+
+
+def test_round_trip_with_architecture(tmp_path):
+    model, x = _compressed_custom()
+    path = lcpress.save(model, tmp_path / "m.safetensors")
+    loaded = lcpress.load(path, model=Custom())
+    assert isinstance(loaded.conv, nn.Sequential) and loaded.conv[0].out_channels == 4
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_round_trip_without_the_code(tmp_path):
+    model, x = _compressed_sequential()
+    path = lcpress.save(model, tmp_path / "m.safetensors")
+    loaded = lcpress.load(path)
+    assert type(loaded) is nn.Sequential
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert [layer["name"] for layer in loaded.lcpress_layers] == ["0", "4"]
+
+
+def test_custom_model_without_architecture_says_what_to_pass(tmp_path):
+    model, _ = _compressed_custom()
+    path = lcpress.save(model, tmp_path / "m.safetensors")
+    with pytest.raises(CheckpointError, match=r"Custom.*lcpress.load\(path, model=MyModel\(\)\)"):
+        lcpress.load(path)
+
+
+def test_wrong_architecture_is_refused(tmp_path):
+    model, _ = _compressed_custom()
+    path = lcpress.save(model, tmp_path / "m.safetensors")
+    other = Custom()
+    other.fc = nn.Linear(16 * 6 * 6, 7)
+    with pytest.raises(CheckpointError, match="layer 'fc' of the given model does not match"):
+        lcpress.load(path, model=other)
+
+
+def test_save_never_overwrites_by_accident(tmp_path):
+    model, _ = _compressed_sequential()
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        lcpress.save(model, path)
+    assert path.read_bytes() == b"precious"
+    lcpress.save(model, path, overwrite=True)
+    lcpress.load(path)
+
+
+def _damage(path, how):
+    data = bytearray(path.read_bytes())
+    header_len = int.from_bytes(data[:8], "little")
+    if how == "flip-payload":
+        data[-5] ^= 0xFF
+    elif how == "truncate":
+        data = data[: len(data) // 2]
+    elif how == "header-json":
+        data[8 + header_len // 2] = ord("}")
+    elif how == "header-length":
+        data[:8] = (10**12).to_bytes(8, "little")
+    elif how == "random":
+        data = bytearray(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
+    elif how == "empty":
+        data = bytearray()
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["flip-payload", "truncate", "header-json", "header-length", "random", "empty"])
+def test_damaged_files_give_a_clear_error(tmp_path, how):
+    model, _ = _compressed_sequential()
+    path = lcpress.save(model, tmp_path / "m.safetensors")
+    _damage(path, how)
+    with pytest.raises(CheckpointError, match="corrupted|not a readable lcpress file"):
+        lcpress.load(path)
+
+
+class _Exploit:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch EXPLOITED",))
+
+
+def test_a_pickle_is_never_executed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.safetensors"
+    path.write_bytes(pickle.dumps({"weights": _Exploit()}))
+    with pytest.raises(CheckpointError):
+        lcpress.load(path)
+    torch.save({"weights": _Exploit()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError):
+        lcpress.load(tmp_path / "evil.pt")
+    assert not (tmp_path / "EXPLOITED").exists()
+
+
+def test_tampered_manifest_with_unknown_module_type(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model, _ = _compressed_sequential()
+    path = lcpress.save(model, tmp_path / "m.safetensors")
+    manifest = lcpress.modelfile.read_manifest(path)
+    manifest["architecture"]["children"][0][1]["type"] = "os.system"
+    tensors = load_file(str(path))
+    from lcpress.storage import payload_digest
+
+    manifest["sha256"] = payload_digest(tensors, manifest)  # a forger can recompute the checksum
+    save_file(tensors, str(path), metadata={"lcpress": json.dumps(manifest)})
+    with pytest.raises(CheckpointError, match="unknown type 'os.system'"):
+        lcpress.load(path)
+
+
+def test_info_command_prints_the_manifest(tmp_path, capsys):
+    model, _ = _compressed_sequential()
+    path = lcpress.save(model, tmp_path / "m.safetensors")
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "loads without the model's code: yes" in out and "low_rank" in out and "rank=8" in out

@@ -1,0 +1,138 @@
+"""Realization: the realized model equals the dense model holding Δ(θ), and is smaller."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import lcpress
+from lcpress.registry import get_registry
+
+PARAMS = get_registry().cost_model("params")()
+
+
+def _compress(model, layers, x, **options):
+    config = {"tasks": [{"layers": layers, "options": options}], "schedule": {"steps": 0}}
+    return lcpress.compress(model, config, example_input=x)
+
+
+def _dense_reference(result, model_before):
+    """The original architecture with Δ(θ) loaded — what the realized model must compute."""
+    ref = model_before
+    with torch.no_grad():
+        for task, state in zip(result.tasks, result.states):
+            for name, value in zip(task.layers, task.view.scatter(task.scheme.decompress(state))):
+                ref.get_submodule(name).weight.copy_(value)
+    return ref.eval()
+
+
+CONVS = [
+    nn.Conv2d(8, 16, 3),
+    nn.Conv2d(8, 16, 3, stride=2, padding=1),
+    nn.Conv2d(8, 16, (3, 5), stride=(2, 1), padding=(2, 1), dilation=(2, 3)),
+    nn.Conv2d(8, 16, 3, padding=1, padding_mode="reflect", bias=False),
+]
+
+
+@pytest.mark.parametrize("conv", CONVS, ids=["plain", "stride-pad", "dilated", "reflect"])
+@pytest.mark.parametrize("shape", ["channel", "spatial"])
+def test_realized_conv_equals_dense_delta(conv, shape):
+    import copy
+
+    model = nn.Sequential(conv, nn.ReLU(), nn.Flatten())
+    before = copy.deepcopy(model)
+    x = torch.randn(2, 8, 13, 11)
+    result = _compress(model, ["0"], x, rank=3, shape=shape)
+    ref = _dense_reference(result, before)
+    realized = model[0]
+    if shape == "spatial" and conv.padding_mode != "zeros":
+        assert isinstance(realized, nn.Conv2d)  # split padding would change the function: kept dense
+    else:
+        assert isinstance(realized, nn.Sequential) and realized[0].out_channels == 3
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), rtol=0, atol=1e-5)
+
+
+def test_realized_linear_equals_dense_delta_and_params_match_cost_model():
+    import copy
+
+    model = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 40), nn.ReLU(), nn.Linear(40, 3))
+    before = copy.deepcopy(model)
+    x = torch.randn(5, 64)
+    result = _compress(model, ["0", "2"], x, rank=8)
+    ref = _dense_reference(result, before)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), rtol=0, atol=1e-5)
+    for name in ("0", "2"):
+        spec = result.graph.specs[name]
+        form = result.tasks[[t.name for t in result.tasks].index(name)].scheme.form(
+            result.states[[t.name for t in result.tasks].index(name)])
+        realized_params = sum(p.numel() for p in model.get_submodule(name).parameters())
+        assert realized_params == PARAMS.cost(spec, form)
+    total = sum(p.numel() for p in model.parameters())
+    assert total == result.totals["params_after"]
+
+
+class Nested(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Sequential(nn.Linear(32, 32), nn.Tanh()), nn.Linear(32, 32))
+        self.head = nn.ModuleDict({"out": nn.Linear(32, 4)})
+
+    def forward(self, x):
+        return self.head["out"](self.encoder(x))
+
+
+def test_nested_modules_keep_their_names():
+    model = Nested()
+    x = torch.randn(3, 32)
+    _compress(model, ["encoder.*"], x, rank=8)
+    assert isinstance(model.encoder[0][0], nn.Sequential)
+    assert isinstance(model.encoder[1], nn.Sequential)
+    assert "encoder.0.0.0.weight" in model.state_dict()
+
+
+class SharedTwice(nn.Module):
+    """One Linear registered under two names and called twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(32, 32)
+        self.b = self.a
+        self.out = nn.Linear(32, 2)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+def test_shared_layer_is_realized_under_every_name():
+    import copy
+
+    model = SharedTwice()
+    before = copy.deepcopy(model)
+    x = torch.randn(4, 32)
+    result = _compress(model, ["*"], x, rank=8)
+    assert model.a is model.b and isinstance(model.a, nn.Sequential)
+    assert result.graph.specs["a"].calls == 2
+    assert [r.name for r in result.records] == ["a", "out"]  # the alias is one task, not two
+    ref = _dense_reference(result, before)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), rtol=0, atol=1e-5)
+
+
+def test_form_costlier_than_dense_stays_dense():
+    model = nn.Sequential(nn.Linear(16, 16))
+    w = model[0].weight.detach().clone()
+    result = _compress(model, ["0"], torch.randn(1, 16), rank=12)  # 12·32 > 16·16
+    assert isinstance(model[0], nn.Linear)
+    assert not result.records[0].realized and "costs more than dense" in result.records[0].reason
+    assert torch.linalg.matrix_rank(model[0].weight.detach()) == 12  # it holds Δ(θ), not w
+    assert not torch.equal(model[0].weight.detach(), w)
+
+
+def test_replace_module_refuses_unknown_names():
+    from lcpress.realize import replace_module
+
+    with pytest.raises(lcpress.LcpressError, match="no submodule 'missing'"):
+        replace_module(nn.Sequential(nn.Linear(2, 2)), "missing", nn.Identity())

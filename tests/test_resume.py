@@ -1,0 +1,135 @@
+"""Resumable runs: an interrupted run, resumed, ends exactly where an uninterrupted one does."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import lcpress
+from lcpress import CheckpointError, RunDirectoryError
+from lcpress.cli import main
+from lcpress.demo import digits_cnn, digits_loaders
+from lcpress.training import SupervisedTrainer
+
+CONFIG = {
+    "tasks": [{"layers": ["2", "5", "8"], "options": {"rank_multiple": 8}, "target": {"cost": "flops", "ratio": 0.4}}],
+    "schedule": {"mu0": 3e-2, "factor": 1.5, "steps": 4},
+    "train": {"epochs": 1, "lr": 0.02, "optimizer": "sgd", "momentum": 0.9},
+    "seed": 3,
+}
+
+
+@pytest.fixture(scope="module")
+def dense():
+    torch.manual_seed(0)
+    model = digits_cnn()
+    train, _ = digits_loaders(64, 0)
+    from lcpress.demo import train_dense
+
+    train_dense(model, train, epochs=3, progress=False)
+    return model
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _run(dense, out, monkeypatch=None, stop_at=None, resume=False):
+    if stop_at is not None:
+        original = SupervisedTrainer.__call__
+
+        def interrupted(self, model, penalty, step):
+            if step.index == stop_at:
+                raise Interrupt("power cut")
+            return original(self, model, penalty, step)
+
+        monkeypatch.setattr(SupervisedTrainer, "__call__", interrupted)
+    model = copy.deepcopy(dense)
+    loaders = digits_loaders(64, 0)
+    return lcpress.compress(model, dict(CONFIG, output_dir=str(out)), loaders=loaders, resume=resume, progress=False)
+
+
+def test_resumed_run_equals_uninterrupted_run(dense, tmp_path, monkeypatch):
+    full = _run(dense, tmp_path / "full")
+    with pytest.raises(Interrupt):
+        _run(dense, tmp_path / "cut", monkeypatch, stop_at=2)  # dies in the third L step
+    monkeypatch.undo()
+    checkpoint = lcpress.storage.read_file(tmp_path / "cut" / "checkpoint.safetensors")[1]
+    assert checkpoint["engine"]["next_step"] == 3  # DC + two LC steps were saved
+    resumed = _run(dense, tmp_path / "cut", resume=True)
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    columns = [c for c in full.history.columns if c != "seconds"]
+    assert full.history[columns].equals(resumed.history[columns])
+
+
+def test_finished_run_is_not_overwritten_without_force(dense, tmp_path):
+    _run(dense, tmp_path / "run")
+    before = (tmp_path / "run" / "model.safetensors").read_bytes()
+    with pytest.raises(RunDirectoryError, match="holds a finished run.*--force"):
+        _run(dense, tmp_path / "run")
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
+    config = dict(CONFIG, output_dir=str(tmp_path / "run"))
+    lcpress.compress(copy.deepcopy(dense), config, loaders=digits_loaders(64, 0), force=True, progress=False)
+
+
+def test_unfinished_run_needs_resume_or_force(dense, tmp_path, monkeypatch):
+    with pytest.raises(Interrupt):
+        _run(dense, tmp_path / "run", monkeypatch, stop_at=1)
+    monkeypatch.undo()
+    with pytest.raises(RunDirectoryError, match="holds an unfinished run; use --resume"):
+        _run(dense, tmp_path / "run")
+    with pytest.raises(RunDirectoryError, match="holds no checkpoint"):
+        _run(dense, tmp_path / "empty", resume=True)
+
+
+def test_corrupted_checkpoint_is_reported_and_kept(dense, tmp_path, monkeypatch):
+    with pytest.raises(Interrupt):
+        _run(dense, tmp_path / "run", monkeypatch, stop_at=1)
+    monkeypatch.undo()
+    ckpt = tmp_path / "run" / "checkpoint.safetensors"
+    data = bytearray(ckpt.read_bytes())
+    data[-3] ^= 0xFF
+    ckpt.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checkpoint .* is corrupted"):
+        _run(dense, tmp_path / "run", resume=True)
+    assert ckpt.read_bytes() == bytes(data)
+
+
+def test_resume_with_another_config_is_refused(dense, tmp_path, monkeypatch):
+    with pytest.raises(Interrupt):
+        _run(dense, tmp_path / "run", monkeypatch, stop_at=1)
+    monkeypatch.undo()
+    other = dict(CONFIG, tasks=[dict(CONFIG["tasks"][0], layers=["2", "5"])], output_dir=str(tmp_path / "run"))
+    with pytest.raises(lcpress.LcpressError, match="resume with the config the run started with"):
+        lcpress.compress(copy.deepcopy(dense), other, loaders=digits_loaders(64, 0), resume=True, progress=False)
+
+
+def test_cli_resume(tmp_path, monkeypatch):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "model: {builtin: digits_cnn, pretrain_epochs: 2}\ndata: {builtin: digits}\n"
+        "tasks:\n  - layers: ['5', '8']\n    options: {rank: 8}\n"
+        "schedule: {steps: 3, mu0: 0.03}\ntrain: {epochs: 1}\n"
+    )
+    assert main(["compress", str(cfg), "--quiet", "--output-dir", str(tmp_path / "full")]) == 0
+    original = SupervisedTrainer.__call__
+
+    def interrupted(self, model, penalty, step):
+        if step.index == 1 and "L step" in self.description:
+            raise KeyboardInterrupt
+        return original(self, model, penalty, step)
+
+    monkeypatch.setattr(SupervisedTrainer, "__call__", interrupted)
+    assert main(["compress", str(cfg), "--quiet", "--output-dir", str(tmp_path / "cut")]) == 130
+    monkeypatch.undo()
+    assert main(["compress", str(cfg), "--quiet", "--output-dir", str(tmp_path / "cut")]) == 2  # needs --resume
+    assert main(["compress", str(cfg), "--quiet", "--output-dir", str(tmp_path / "cut"), "--resume"]) == 0
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
