@@ -24,6 +24,7 @@ from torch import nn
 import lcpress
 from lcpress import Candidates, CStepContext, Options, Scheme, State, option
 from lcpress.forms import Dense, Form, LayerSpec, LowRank
+from lcpress.modules import PointwiseConv2d
 from lcpress.linalg import Spectrum, spectra, spectrum
 from lcpress.views import from_matrix, to_matrix
 
@@ -155,7 +156,7 @@ def factorized_conv(module: nn.Conv2d, a: torch.Tensor, b: torch.Tensor, shape: 
         rank = b.shape[0]
         first = nn.Conv2d(cin, rank, (kh, kwid), module.stride, module.padding, module.dilation,
                           bias=False, padding_mode=module.padding_mode, **kw)
-        second = nn.Conv2d(rank, out, 1, bias=module.bias is not None, **kw)
+        second = PointwiseConv2d(rank, out, bias=module.bias is not None, **kw)  # a GEMM: faster than NCHW 1×1 conv
         first_w = b.reshape(rank, cin, kh, kwid)
         second_w = a.reshape(out, rank, 1, 1)
     else:

@@ -1,7 +1,7 @@
 """Describe a module tree as JSON and rebuild it — without pickle or user code.
 
 Only classes on an allow-list can be described: common ``torch.nn`` layers and
-containers, whose constructor arguments are read from their attributes. A
+containers and lcpress's own inference modules (:mod:`lcpress.modules`), whose constructor arguments are read from their attributes. A
 realized layer (two thin Linear/Conv2d layers in an ``nn.Sequential``) is
 always describable, so ``lcpress.load(path, model=MyNet())`` can rebuild the
 compressed structure inside any architecture; a model built *only* from
@@ -16,6 +16,7 @@ from typing import Any, Callable
 from torch import nn
 
 from .errors import CheckpointError
+from .modules import PointwiseConv2d
 
 Args = Callable[[nn.Module], dict[str, Any]]
 
@@ -62,6 +63,8 @@ ALLOWED: dict[str, tuple[type[nn.Module], Args]] = {
     "AvgPool2d": (nn.AvgPool2d, lambda m: _pool_args(m, ("kernel_size", "stride", "padding", "ceil_mode",
                                                          "count_include_pad"))),
     "AdaptiveAvgPool2d": (nn.AdaptiveAvgPool2d, lambda m: _pool_args(m, ("output_size",))),
+    "PointwiseConv2d": (PointwiseConv2d, lambda m: {"in_channels": m.in_channels, "out_channels": m.out_channels,
+                                                     "bias": m.bias is not None}),
     "Embedding": (nn.Embedding, lambda m: {"num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim,
                                            "padding_idx": m.padding_idx}),
 }
