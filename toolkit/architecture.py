@@ -16,7 +16,7 @@ from typing import Any, Callable
 from torch import nn
 
 from .errors import CheckpointError
-from .modules import PointwiseConv2d
+from .modules import GroupedLinear, PointwiseConv2d
 
 Args = Callable[[nn.Module], dict[str, Any]]
 
@@ -65,6 +65,8 @@ ALLOWED: dict[str, tuple[type[nn.Module], Args]] = {
     "AdaptiveAvgPool2d": (nn.AdaptiveAvgPool2d, lambda m: _pool_args(m, ("output_size",))),
     "PointwiseConv2d": (PointwiseConv2d, lambda m: {"in_channels": m.in_channels, "out_channels": m.out_channels,
                                                      "bias": m.bias is not None}),
+    "GroupedLinear": (GroupedLinear, lambda m: {"in_features": m.in_features, "out_features": m.out_features,
+                                                "groups": m.groups}),
     "Embedding": (nn.Embedding, lambda m: {"num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim,
                                            "padding_idx": m.padding_idx}),
 }

@@ -23,9 +23,10 @@ class Choice:
     """What a group's selection decided."""
 
     indices: list[int]
-    trade_off: float  # t = 2α/μ actually used
+    trade_off: float  # t = 2α/μ actually used (the error level ε for min-max allocation)
     total_cost: float
     budget: float | None = None
+    dense_cost: float | None = None  # the group's cost with every layer dense
 
     @property
     def feasible(self) -> bool:
@@ -33,8 +34,11 @@ class Choice:
 
 
 def pick(costs: torch.Tensor, errors: torch.Tensor, trade_off: float) -> int:
-    """argmin over candidates of ``trade_off·cost + error`` (first index on ties)."""
-    return int(torch.argmin(trade_off * costs + errors))
+    """argmin over candidates of ``trade_off·cost + error`` (first index on ties).
+
+    In float64: the bisection tries trade-offs up to 1e60, which overflow float32.
+    """
+    return int(torch.argmin(trade_off * costs.double() + errors.double()))
 
 
 def choose_with_alpha(
@@ -87,3 +91,31 @@ def _total_at(costs: Sequence[torch.Tensor], errors: Sequence[torch.Tensor], t: 
 
 def _total(costs: Sequence[torch.Tensor], indices: Sequence[int]) -> float:
     return float(sum(float(c[i]) for c, i in zip(costs, indices)))
+
+
+def choose_minmax(costs: Sequence[torch.Tensor], relative_errors: Sequence[torch.Tensor], budget: float) -> Choice:
+    """Minimise the *largest* relative error across layers subject to the budget (ALDS).
+
+    For an error level ε every layer takes its cheapest form with relative
+    error ≤ ε (dense, error 0, always qualifies); the total cost falls as ε
+    grows. Bisection over the sorted distinct error levels finds the smallest
+    feasible ε exactly. ``trade_off`` in the result holds that ε.
+    """
+    levels = torch.unique(torch.cat([e.reshape(-1).double().cpu() for e in relative_errors]))  # sorted
+
+    def at(level: float) -> list[int]:
+        return [int(torch.argmin(torch.where(e.double().cpu() <= level, c.double().cpu(), torch.inf)))
+                for c, e in zip(costs, relative_errors)]
+
+    lo, hi = 0, len(levels) - 1
+    if _total(costs, at(float(levels[hi]))) > budget:
+        idx = [int(torch.argmin(c)) for c in costs]
+        return Choice(idx, float(levels[hi]), _total(costs, idx), budget)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _total(costs, at(float(levels[mid]))) <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    idx = at(float(levels[lo]))
+    return Choice(idx, float(levels[lo]), _total(costs, idx), budget)

@@ -208,14 +208,15 @@ class LCEngine:
                 groups.setdefault(self.tasks[i].group, []).append(i)
         for g, members in groups.items():
             cfg = self.tasks[members[0]].config
+            minmax = cfg.target is not None and self.tasks[members[0]].scheme.allocation == "minmax"
             errors = []
             for i in members:
                 e = contexts[i].candidates.errors.to(torch.float64)
-                if cfg.normalize:
+                if cfg.normalize or minmax:
                     e = e / max(float(torch.sum(inputs[i].double() ** 2)), 1e-300)
                 errors.append(e)
             if cfg.target is not None:
-                choice = self._choose_for_target(members, contexts, errors, cfg)
+                choice = self._choose_for_target(members, contexts, errors, cfg, minmax)
             else:
                 costs = [self._price(self.tasks[i], self.tasks[i].cost_model, contexts[i].candidates.forms) for i in members]
                 choice = budget_mod.choose_with_alpha(costs, errors, cfg.alpha, mu)
@@ -223,12 +224,14 @@ class LCEngine:
             for i, idx in zip(members, choice.indices):
                 contexts[i].choice = idx
 
-    def _choose_for_target(self, members, contexts, errors, cfg) -> budget_mod.Choice:
+    def _choose_for_target(self, members, contexts, errors, cfg, minmax: bool) -> budget_mod.Choice:
         model = self.report_costs[cfg.target.cost]
         costs = [self._price(self.tasks[i], model, contexts[i].candidates.forms) for i in members]
         dense = sum(model.dense_cost(self.tasks[i].spec) for i in members)
         budget = cfg.target.value if cfg.target.value is not None else cfg.target.ratio * dense
-        choice = budget_mod.choose_for_budget(costs, errors, budget)
+        choose = budget_mod.choose_minmax if minmax else budget_mod.choose_for_budget
+        choice = choose(costs, errors, budget)
+        choice.dense_cost = dense
         if not choice.feasible:
             log.warning("budget %.4g %s is below the cheapest forms (%.4g); using the cheapest",
                         budget, model.name, choice.total_cost)
@@ -267,6 +270,10 @@ class LCEngine:
         for name, model in self.report_costs.items():
             if self.graph is not None and not model.unavailable_reason():
                 row[f"cost_{name}"] = model.total(self.priced_layers())
+        for g, choice in sorted(self.selection.items()):
+            if choice.budget is not None:  # a global target: what was asked, what the forms cost
+                row[f"target{g}_requested"] = choice.budget
+                row[f"target{g}_achieved"] = choice.total_cost
         row["seconds"] = seconds
         self.history.append(row)
         self.next_step = k + 1

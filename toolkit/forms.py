@@ -40,8 +40,8 @@ class LayerSpec:
 
     @property
     def weight_shape(self) -> tuple[int, ...]:
-        if self.kind == "linear":
-            return (self.out_channels, self.in_channels)
+        if self.kind == "linear":  # groups > 1: a block-diagonal Linear (grouped realizations)
+            return (self.out_channels, self.in_channels // self.groups)
         return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
 
     @property

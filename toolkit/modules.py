@@ -61,3 +61,31 @@ class PointwiseConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, bias={self.bias is not None}"
+
+
+class GroupedLinear(nn.Module):
+    """A block-diagonal Linear: input features in ``groups`` blocks, each mapped on its own.
+
+    The Linear counterpart of a grouped convolution (no bias): block g maps
+    input features ``[g·in/k, (g+1)·in/k)`` to outputs ``[g·out/k, (g+1)·out/k)``.
+    Stored as ``weight`` of shape ``(out, in/k)``, exactly like a grouped conv's.
+    """
+
+    def __init__(self, in_features: int, out_features: int, groups: int,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        if in_features % groups or out_features % groups:
+            raise ValueError(f"in_features {in_features} and out_features {out_features} must divide by groups {groups}")
+        self.in_features, self.out_features, self.groups = in_features, out_features, groups
+        self.weight = nn.Parameter(torch.empty(out_features, in_features // groups, device=device, dtype=dtype))
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.groups
+        blocks = x.reshape(-1, k, self.in_features // k).transpose(0, 1)  # (k, N, in/k)
+        weight = self.weight.reshape(k, self.out_features // k, -1)  # (k, out/k, in/k)
+        out = torch.bmm(blocks, weight.transpose(1, 2))  # (k, N, out/k)
+        return out.transpose(0, 1).reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, groups={self.groups}"

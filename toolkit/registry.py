@@ -18,12 +18,13 @@ registering, raises :class:`PluginError` naming the plugin.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Iterator, TypeVar
 
 import pluggy
 
@@ -39,6 +40,7 @@ ENTRY_POINT_GROUP = "lcpress"
 #: Built-in plugin modules, registered exactly like third-party ones.
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "lcpress.plugins.low_rank",
+    "lcpress.plugins.alds",
     "lcpress.costmodels.params",
     "lcpress.costmodels.flops",
 )
@@ -125,6 +127,25 @@ def reset_registry() -> None:
     """Forget the registry so the next :func:`get_registry` rebuilds it (tests, new installs)."""
     global _registry
     _registry = None
+
+
+@contextlib.contextmanager
+def using_plugins(*plugins: Any) -> Iterator[Registry]:
+    """Register plugin objects for the duration of a ``with`` block.
+
+    For tests and notebooks: the process registry is rebuilt with ``plugins``
+    added (built-ins and entry points as usual), and restored afterwards::
+
+        with lcpress.registry.using_plugins(MyPlugin()):
+            lcpress.compress(model, {"tasks": [{"layers": ["*"], "cost": "my_cost"}]}, ...)
+    """
+    global _registry
+    saved = _registry
+    _registry = build_registry(extra_plugins=plugins)
+    try:
+        yield _registry
+    finally:
+        _registry = saved
 
 
 def build_registry(extra_plugins: tuple[Any, ...] = (), autoload: bool | None = None) -> Registry:

@@ -109,6 +109,10 @@ class Scheme(ABC):
     Options: ClassVar[type[Options]] = Options
     #: True when the scheme's candidate set can serve a global budget.
     selects: ClassVar[bool] = False
+    #: How a global budget is shared among layers: "sum" minimises the total
+    #: error (the LC C step); "minmax" minimises the largest *relative* error
+    #: of any layer (ALDS's allocation).
+    allocation: ClassVar[str] = "sum"
 
     def __init__(self, options: Options | None = None) -> None:
         self.options = options if options is not None else self.Options()

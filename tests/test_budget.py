@@ -1,0 +1,149 @@
+"""Global budgets, hardware-friendly ranks, and conv decomposition shapes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import lcpress
+from lcpress import budget
+from lcpress.forms import Dense, LowRank
+from lcpress.registry import get_registry, using_plugins
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 48, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(48, 64, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(64 * 4 * 4, 96), nn.ReLU(), nn.Linear(96, 10))
+
+
+X = torch.randn(1, 3, 8, 8)
+LAYERS = ["2", "4", "7"]
+
+
+def _run(target, **task):
+    model = _net()
+    cfg = {"tasks": [{"layers": LAYERS, "target": target, **task}], "schedule": {"steps": 0}}
+    return model, lcpress.compress(model, cfg, example_input=X)
+
+
+@pytest.mark.parametrize("cost", ["flops", "params"])
+@pytest.mark.parametrize("ratio", [0.25, 0.4, 0.6])
+def test_bisection_meets_the_target_within_one_candidate_step(cost, ratio):
+    model, result = _run({"cost": cost, "ratio": ratio})
+    requested = result.history["target0_requested"].iloc[0]
+    achieved = result.history["target0_achieved"].iloc[0]
+    assert achieved <= requested
+    cost_model = get_registry().cost_model(cost)()
+    dense = sum(cost_model.cost(result.graph.specs[n], Dense()) for n in LAYERS)
+    assert requested == pytest.approx(ratio * dense)
+    # one candidate step: the slack is smaller than the largest single upgrade any layer could take
+    steps = []
+    for task, state in zip(result.tasks, result.states):
+        form = task.scheme.form(state)
+        if isinstance(form, LowRank):
+            up = LowRank(form.rank + 8)
+            steps.append(cost_model.cost(task.spec, up) - cost_model.cost(task.spec, form))
+    assert requested - achieved <= max(steps) + 1e-9
+
+
+def test_achieved_and_requested_are_reported_in_the_table():
+    _, result = _run({"cost": "flops", "ratio": 0.3})
+    totals = result.layers.set_index("layer").loc[LAYERS, "flops_after"].sum()
+    assert totals == result.history["target0_achieved"].iloc[0]
+
+
+def test_absolute_budget_value():
+    _, result = _run({"cost": "params", "value": 20000})
+    assert result.history["target0_achieved"].iloc[0] <= 20000
+
+
+def test_ranks_are_multiples_and_the_realized_rank_is_the_chosen_one():
+    model, result = _run({"cost": "flops", "ratio": 0.3}, options={"rank_multiple": 8})
+    for record, state, task in zip(result.records, result.states, result.tasks):
+        form = task.scheme.form(state)
+        if isinstance(form, LowRank):
+            assert form.rank % 8 == 0
+            first = model.get_submodule(record.name)[0]
+            assert (first.out_channels if isinstance(first, nn.Conv2d) else first.out_features) == form.rank
+    model, result = _run({"cost": "flops", "ratio": 0.3}, options={"rank_multiple": 1})
+    ranks = [task.scheme.form(s).rank for task, s in zip(result.tasks, result.states)
+             if isinstance(task.scheme.form(s), LowRank)]
+    assert any(r % 8 for r in ranks)  # with 1, ranks are free
+
+
+class StairCost(lcpress.CostModel):
+    """A third-party cost model: ranks that are multiples of 16 are cheap."""
+
+    name = "stair_cost"
+
+    def cost(self, spec, form):
+        if isinstance(form, LowRank):
+            return float(form.rank if form.rank % 16 == 0 else form.rank * 4)
+        return 1000.0
+
+
+class StairPlugin:
+    __name__ = "stair_plugin"
+
+    @lcpress.hookimpl
+    def lcpress_register_cost_models(self, register):
+        register(StairCost)
+
+
+def test_any_registered_cost_model_can_set_the_budget():
+    with using_plugins(StairPlugin()):
+        _, result = _run({"cost": "stair_cost", "ratio": 0.05}, options={"rank_multiple": 8})
+        assert "cost_stair_cost" in result.history.columns
+    assert result.history["target0_achieved"].iloc[0] <= 0.05 * 3000
+    for task, state in zip(result.tasks, result.states):
+        form = task.scheme.form(state)
+        assert isinstance(form, LowRank) and form.rank % 16 == 0  # the cheap stairs win
+    with pytest.raises(lcpress.ConfigError, match="no cost model named 'stair_cost'"):
+        _run({"cost": "stair_cost", "ratio": 0.05})
+
+
+def _objective(task, state, w, alpha, mu):
+    form = task.scheme.form(state)
+    err = float(((w - task.scheme.decompress(state)) ** 2).sum())
+    return alpha * task.cost_model.cost(task.spec, form) + mu / 2 * err
+
+
+@pytest.mark.parametrize("alpha", [1e-6, 1e-5, 1e-4])
+def test_auto_shape_is_never_worse_than_either_shape(alpha):
+    objectives = {}
+    for shape in ("channel", "spatial", "auto"):
+        model = _net()
+        weights = {n: model.get_submodule(n).weight.detach().clone() for n in ["0", "2", "4"]}
+        cfg = {"tasks": [{"layers": ["0", "2", "4"], "alpha": alpha, "options": {"shape": shape, "rank_multiple": 1}}],
+               "schedule": {"steps": 0, "mu0": 1.0}}
+        result = lcpress.compress(model, cfg, example_input=X)
+        objectives[shape] = [_objective(t, s, weights[t.name], alpha, 1.0) for t, s in zip(result.tasks, result.states)]
+    for i in range(3):
+        assert objectives["auto"][i] <= min(objectives["channel"][i], objectives["spatial"][i]) * (1 + 1e-6) + 1e-12
+
+
+def test_budget_below_the_cheapest_forms_uses_the_cheapest_and_says_so(caplog):
+    _, result = _run({"cost": "params", "value": 10})
+    assert "below the cheapest forms" in caplog.text
+    assert result.history["target0_achieved"].iloc[0] > 10
+
+
+def test_choose_for_budget_against_brute_force():
+    import itertools
+
+    costs = [torch.tensor([10.0, 6.0, 3.0, 1.0]), torch.tensor([8.0, 5.0, 2.0])]
+    errors = [torch.tensor([0.0, 1.0, 3.0, 9.0]), torch.tensor([0.0, 2.0, 7.0])]
+    for b in [4.0, 8.0, 11.0, 18.0]:
+        choice = budget.choose_for_budget(costs, errors, b)
+        assert choice.total_cost <= b
+        feasible = [idx for idx in itertools.product(range(4), range(3))
+                    if sum(float(c[i]) for c, i in zip(costs, idx)) <= b]
+        best = min(sum(float(e[i]) for e, i in zip(errors, idx)) for idx in feasible)
+        got = sum(float(e[i]) for e, i in zip(errors, choice.indices))
+        assert got >= best  # Lagrangian solutions lie on the convex hull: at most the exact optimum …
+        assert got <= best + max(float(e.max()) for e in errors)  # … and within one step of it
