@@ -136,3 +136,18 @@ def test_replace_module_refuses_unknown_names():
 
     with pytest.raises(lcpress.LcpressError, match="no submodule 'missing'"):
         replace_module(nn.Sequential(nn.Linear(2, 2)), "missing", nn.Identity())
+
+
+def test_layers_inside_fused_torch_transformer_stay_dense_and_exact():
+    import copy
+
+    torch.manual_seed(0)
+    model = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True), 1,
+                                  enable_nested_tensor=False).eval()
+    before = copy.deepcopy(model)
+    x = torch.randn(2, 5, 32)
+    result = _compress(model, ["layers.0.linear1", "layers.0.linear2"], x, rank=8)
+    assert all(not r.realized and "reads the layer's weight directly" in r.reason for r in result.records)
+    ref = _dense_reference(result, before)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), rtol=0, atol=1e-5)

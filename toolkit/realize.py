@@ -95,6 +95,11 @@ def realize(
                 continue
             form = task.scheme.form(state)
             record.form = form_to_dict(form)
+            reader = _parent_reading_weights(model, name)
+            if reader:
+                record.reason = (f"kept dense, holding Δ(θ): its parent {reader} reads the layer's weight directly "
+                                 f"(fused fast path), so a realized module cannot stand in for it")
+                continue
             if isinstance(form, Dense):
                 record.reason = "dense was the best form"
                 continue
@@ -109,6 +114,18 @@ def realize(
             replace_module(model, name, new, record.aliases)
             record.realized = True
     return records
+
+
+#: torch modules whose forward reads their children's ``.weight`` instead of calling them.
+WEIGHT_READING_PARENTS: tuple[type[nn.Module], ...] = (
+    nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer,
+)
+
+
+def _parent_reading_weights(model: nn.Module, name: str) -> str | None:
+    parent_name = name.rpartition(".")[0]
+    parent = get_module(model, parent_name) if parent_name else model
+    return type(parent).__name__ if isinstance(parent, WEIGHT_READING_PARENTS) else None
 
 
 @torch.no_grad()
