@@ -104,10 +104,7 @@ def compress(
     example_input = _example_input(example_input, loaders, device)
     train_fn, eval_fn = _default_fns(train_fn, eval_fn, loaders, config, device, progress)
 
-    graph = trace(model, example_input)
-    registry = get_registry()
-    cost_models = _cost_models(config, registry)
-    tasks = plan_tasks(model, graph, config.tasks, registry, cost_models)
+    graph, tasks, cost_models = plan(model, config, example_input)
 
     run_dir = RunDirectory(config.output_dir) if config.output_dir else None
     resuming = run_dir.prepare(resume=resume, force=force, config=config.to_dict()) if run_dir else False
@@ -126,6 +123,14 @@ def compress(
         log.info("resuming %s after LC step %d", run_dir.path, engine.next_step - 1)
     engine.run()
     return _finish(model, engine, graph, cost_models, config, example_input, dense_metric, run_dir)
+
+
+def plan(model: nn.Module, config: LCConfig, example_input: Any) -> tuple[ModelGraph, list[Task], dict[str, CostModel]]:
+    """Trace the model and resolve the config's tasks and cost models (no training)."""
+    graph = trace(model, example_input)
+    registry = get_registry()
+    cost_models = _cost_models(config, registry)
+    return graph, plan_tasks(model, graph, config.tasks, registry, cost_models), cost_models
 
 
 def _finish(model, engine: LCEngine, graph, cost_models, config, example_input, dense_metric, run_dir) -> CompressionResult:

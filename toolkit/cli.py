@@ -56,6 +56,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_compress)
 
+    p = sub.add_parser("profile", help="measure, ahead of a run, every candidate form the config's tasks can choose")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("costs", help="predicted per-layer cost, dense and as the direct compression would choose")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_costs)
+
     p = sub.add_parser("plugins", help="list every scheme and cost model, with the package it came from")
     p.add_argument("--options", action="store_true", help="also list each plugin's options")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -87,26 +97,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    import yaml
-
-    from .errors import ConfigError
-
-    path = Path(args.config)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = _read_yaml(args.config)
     if args.output_dir:
         data["output_dir"] = args.output_dir
     return _run(data, resume=args.resume, force=args.force, quiet=args.quiet)
 
 
-def _run(data: dict[str, Any], *, resume: bool, force: bool, quiet: bool, keep_note: bool = True) -> int:
+def _inputs(data: dict[str, Any], quiet: bool):
+    """The config, model and loaders a CLI command works on."""
     import torch
 
-    from .api import compress
     from .config import load_config
     from .errors import ConfigError
     from .sources import build_loaders, build_model
@@ -114,17 +114,104 @@ def _run(data: dict[str, Any], *, resume: bool, force: bool, quiet: bool, keep_n
     config = load_config(data)
     if config.model is None or config.data is None:
         raise ConfigError("the CLI needs 'model' and 'data' sections (the Python API takes objects instead)")
-    progress = not quiet
     train_loader, eval_loader = build_loaders(config.data, config.seed)
     cache = Path(config.output_dir).parent / ".lcpress-cache" if config.output_dir else None
-    model = build_model(config.model, train_loader, cache, progress=progress)
+    model = build_model(config.model, train_loader, cache, progress=not quiet)
     generator = getattr(train_loader, "generator", None)
     if isinstance(generator, torch.Generator):
         generator.manual_seed(config.seed)  # same data order whether or not the model was just trained
-    result = compress(model, config, loaders=(train_loader, eval_loader), resume=resume, force=force, progress=progress)
+    return config, model, (train_loader, eval_loader)
+
+
+def _read_yaml(path_text: str) -> dict[str, Any]:
+    import yaml
+
+    from .errors import ConfigError
+
+    path = Path(path_text)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
+def _run(data: dict[str, Any], *, resume: bool, force: bool, quiet: bool, keep_note: bool = True) -> int:
+    from .api import compress
+
+    config, model, loaders = _inputs(data, quiet)
+    result = compress(model, config, loaders=loaders, resume=resume, force=force, progress=not quiet)
     print(result.summary("accuracy" if config.data.builtin else "metric"))
     if keep_note and result.run_dir is not None:
         print(f"saved: {result.run_dir / 'model.safetensors'} (history.csv and layers.csv beside it)")
+    return 0
+
+
+def _planned(args: argparse.Namespace):
+    """Config, model, planned tasks and cost models, and an engine for the direct-compression step."""
+    from .api import _example_input, plan
+    from .engine import LCEngine
+
+    config, model, loaders = _inputs(_read_yaml(args.config), args.quiet)
+    graph, tasks, cost_models = plan(model, config, _example_input(None, loaders, model_device(model)))
+    engine = LCEngine(model, tasks, config.schedule, None, graph=graph, report_costs=cost_models,
+                      seed=config.seed, progress=not args.quiet)
+    return config, graph, tasks, cost_models, engine
+
+
+def model_device(model):
+    return next(model.parameters()).device
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """Measure every form a C step could ask a measured cost model about."""
+    import pandas as pd
+
+    from .measured import MeasuredCostModel
+    from .progress import progress_bar
+
+    config, graph, tasks, cost_models, engine = _planned(args)
+    measured = {n: m for n, m in cost_models.items() if isinstance(m, MeasuredCostModel)}
+    if not measured:
+        print("no measured cost model in this config (cpu_latency, gpu_latency, gpu_energy …): nothing to profile")
+        return 0
+    from .scheme import CStepContext
+
+    rows = []
+    for batch in engine._batches():
+        scheme = tasks[batch[0]].scheme
+        items = [(tasks[i].weight().detach(), CStepContext(mu=config.schedule.mu0, spec=tasks[i].spec)) for i in batch]
+        for i, candidates in zip(batch, scheme.candidates_many(items)):
+            task = tasks[i]
+            if candidates is None or task.spec is None:
+                continue
+            for name, model in measured.items():
+                with progress_bar(total=len(candidates.forms), desc=f"{name} {task.name}", enabled=not args.quiet) as bar:
+                    costs = []
+                    for form in candidates.forms:
+                        costs.append(float(model.costs(task.spec, [form])[0]))
+                        bar.update(1)
+                best = min(range(len(costs)), key=costs.__getitem__)
+                rows.append({"cost model": name, "layer": task.name, "forms": len(costs), "dense": costs[0],
+                             "cheapest": candidates.forms[best].describe(), "cheapest cost": costs[best]})
+    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    for name, model in measured.items():
+        print(f"{name}: {model.measurements} measured now, {model.table.hits} from the table {model.table.path}")
+    return 0
+
+
+def cmd_costs(args: argparse.Namespace) -> int:
+    """Per-layer cost, dense and in the forms the direct-compression step chooses."""
+    from .report import format_table, layer_table
+
+    config, graph, tasks, cost_models, engine = _planned(args)
+    engine.c_step(0, config.schedule.mu0)
+    schemes = {name: t.scheme.name for t in tasks for name in t.layers}
+    print(format_table(layer_table(graph, engine.forms(), cost_models, schemes)))
+    for g, choice in sorted(engine.selection.items()):
+        if choice.budget is not None:
+            print(f"tasks[{g}] target: requested {choice.budget:.4g}, achieved {choice.total_cost:.4g}")
     return 0
 
 

@@ -43,6 +43,9 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "lcpress.plugins.alds",
     "lcpress.costmodels.params",
     "lcpress.costmodels.flops",
+    "lcpress.costmodels.cpu_latency",
+    "lcpress.costmodels.gpu_latency",
+    "lcpress.costmodels.gpu_energy",
 )
 
 T = TypeVar("T")

@@ -1,0 +1,88 @@
+"""Measured forward latency on this CPU — compress for the machine you deploy on.
+
+The cost of a layer in a form is the median forward time of the realized
+primitives (dense, two thin layers, grouped …) built at the layer's traced
+input shape, timed with ``torch.utils.benchmark`` with the thread count set
+explicitly (its Timer defaults to one thread). Measurements persist per CPU
+(model, threads, torch version) in the cost-table cache, so a second run —
+or a sweep — measures nothing again.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch.utils import benchmark
+
+import lcpress
+from lcpress import Options, option
+from lcpress.forms import Form, LayerSpec
+from lcpress.measured import MeasuredCostModel, form_module, torch_dtype
+
+
+@dataclass
+class CpuLatencyOptions(Options):
+    batch_size: int | None = option(None, help="batch size to time at (default: the traced example's)")
+    threads: int | None = option(None, help="CPU threads (default: torch.get_num_threads())")
+    dtype: Literal["float32", "bfloat16", "float16"] = option("float32", help="data type of weights and input")
+    min_run_time: float = option(0.2, help="seconds of timing per measurement (adaptive_autorange)")
+    cache_dir: str | None = option(None, help="where cost tables live (default: $LCPRESS_CACHE_DIR or ~/.cache/lcpress)")
+
+    def validate(self) -> None:
+        if self.batch_size is not None and self.batch_size < 1:
+            self.fail("batch_size", f"must be at least 1, got {self.batch_size}")
+        if self.threads is not None and self.threads < 1:
+            self.fail("threads", f"must be at least 1, got {self.threads}")
+        if self.min_run_time <= 0:
+            self.fail("min_run_time", f"must be positive, got {self.min_run_time}")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def timing_input(spec: LayerSpec, batch_size: int | None, dtype: torch.dtype, device: str = "cpu") -> torch.Tensor:
+    shape = list(spec.input_shape)
+    if batch_size is not None:
+        shape[0] = batch_size
+    return torch.randn(*shape, dtype=dtype, device=device)
+
+
+class CpuLatency(MeasuredCostModel):
+    """Median forward latency in milliseconds on this CPU."""
+
+    name = "cpu_latency"
+    unit = "ms"
+    Options = CpuLatencyOptions
+    options: CpuLatencyOptions
+
+    @property
+    def threads(self) -> int:
+        return self.options.threads or torch.get_num_threads()
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"cpu": cpu_model(), "machine": platform.machine(), "threads": self.threads,
+                "torch": torch.__version__}
+
+    def measure(self, spec: LayerSpec, form: Form) -> float:
+        dtype = torch_dtype(self.options.dtype)
+        module = form_module(spec, form).to(dtype).eval()
+        x = timing_input(spec, self.options.batch_size, dtype)
+        timer = benchmark.Timer("module(x)", globals={"module": module, "x": x}, num_threads=self.threads)
+        with torch.no_grad():
+            return timer.adaptive_autorange(min_run_time=self.options.min_run_time).median * 1e3
+
+
+@lcpress.hookimpl
+def lcpress_register_cost_models(register) -> None:
+    register(CpuLatency)

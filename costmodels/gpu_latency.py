@@ -1,0 +1,108 @@
+"""Measured forward latency on an NVIDIA GPU, with CUDA events.
+
+Warm-up runs, then the median of repeated timings between CUDA events on the
+current stream. Tables are kept per GPU (UUID, driver, SM clock, torch). On a
+machine without CUDA the model lists as unavailable and refuses, with the
+reason, to be used — it never breaks import or the CPU test suite.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+import lcpress
+from lcpress import Options, option
+from lcpress.forms import Form, LayerSpec
+from lcpress.measured import MeasuredCostModel, form_module, torch_dtype
+
+
+@dataclass
+class GpuOptions(Options):
+    device: int = option(0, help="CUDA device index")
+    batch_size: int | None = option(None, help="batch size to time at (default: the traced example's)")
+    dtype: Literal["float32", "bfloat16", "float16"] = option("float32", help="data type of weights and input")
+    warmup: int = option(10, help="untimed runs before measuring")
+    repeats: int = option(50, help="timed runs; the median is the cost")
+    cache_dir: str | None = option(None, help="where cost tables live (default: $LCPRESS_CACHE_DIR or ~/.cache/lcpress)")
+
+    def validate(self) -> None:
+        if self.device < 0:
+            self.fail("device", f"must be a CUDA device index, got {self.device}")
+        if self.repeats < 1:
+            self.fail("repeats", f"must be at least 1, got {self.repeats}")
+        if self.batch_size is not None and self.batch_size < 1:
+            self.fail("batch_size", f"must be at least 1, got {self.batch_size}")
+
+
+def cuda_unavailable(device: int) -> str | None:
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device (CPU-only build or no GPU)"
+    if device >= torch.cuda.device_count():
+        return f"CUDA device {device} does not exist ({torch.cuda.device_count()} visible)"
+    return None
+
+
+def gpu_fingerprint(device: int) -> dict[str, Any]:
+    """UUID, name, driver and SM clock of the GPU (NVML where available)."""
+    props = torch.cuda.get_device_properties(device)
+    info: dict[str, Any] = {"uuid": str(getattr(props, "uuid", "")), "name": props.name, "torch": torch.__version__,
+                            "cuda": torch.version.cuda}
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(device)
+        info["driver"] = pynvml.nvmlSystemGetDriverVersion()
+        info["sm_clock_mhz"] = pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM)
+    except Exception:  # NVML missing: the UUID still pins the device
+        info["driver"] = "unknown"
+    return info
+
+
+def module_and_input(spec: LayerSpec, form: Form, options: GpuOptions):
+    dtype = torch_dtype(options.dtype)
+    device = torch.device("cuda", options.device)
+    module = form_module(spec, form).to(device=device, dtype=dtype).eval()
+    shape = list(spec.input_shape)
+    if options.batch_size is not None:
+        shape[0] = options.batch_size
+    return module, torch.randn(*shape, device=device, dtype=dtype)
+
+
+class GpuLatency(MeasuredCostModel):
+    """Median forward latency in milliseconds on one CUDA device."""
+
+    name = "gpu_latency"
+    unit = "ms"
+    Options = GpuOptions
+    options: GpuOptions
+
+    def unavailable_reason(self) -> str | None:
+        return cuda_unavailable(self.options.device)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return gpu_fingerprint(self.options.device)
+
+    def measure(self, spec: LayerSpec, form: Form) -> float:
+        module, x = module_and_input(spec, form, self.options)
+        times = []
+        with torch.no_grad(), torch.cuda.device(self.options.device):
+            for _ in range(self.options.warmup):
+                module(x)
+            for _ in range(self.options.repeats):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                module(x)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+        return statistics.median(times)
+
+
+@lcpress.hookimpl
+def lcpress_register_cost_models(register) -> None:
+    register(GpuLatency)

@@ -1,0 +1,142 @@
+"""Measured cost models: lazy measurement, per-device tables, corruption, GPU availability."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import lcpress
+from lcpress.forms import Dense, LayerSpec, LowRank
+from lcpress.registry import get_registry, using_plugins
+
+CpuLatency = get_registry().cost_model("cpu_latency")
+SPEC = LayerSpec("linear", 64, 64, (1, 64))
+
+
+class StairTimer(CpuLatency):
+    """A deterministic 'CPU': ranks that are multiples of 8 run fast, others pay a penalty."""
+
+    name = "stair_latency"
+    calls: list = []
+
+    def measure(self, spec, form):
+        StairTimer.calls.append(form)
+        if isinstance(form, LowRank):
+            return form.rank / 8 if form.rank % 8 == 0 else form.rank / 8 + 3.0
+        return 100.0
+
+    def fingerprint(self):
+        return {"device": "stairs"}
+
+
+class StairPlugin:
+    __name__ = "stair_timer_plugin"
+
+    @lcpress.hookimpl
+    def lcpress_register_cost_models(self, register):
+        register(StairTimer)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LCPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    StairTimer.calls = []
+    return tmp_path / "cache"
+
+
+def _compress(cost_name, ratio=0.3):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    cfg = {"tasks": [{"layers": ["0", "2"], "options": {"rank_multiple": 1}, "cost": cost_name,
+                      "target": {"cost": cost_name, "ratio": ratio}}], "schedule": {"steps": 0}}
+    return lcpress.compress(model, cfg, example_input=torch.randn(1, 64))
+
+
+def test_selection_picks_the_fast_ranks(cache):
+    with using_plugins(StairPlugin()):
+        result = _compress("stair_latency", ratio=0.05)  # a binding budget: 10 of 200 "ms"
+    assert result.history["target0_achieved"].iloc[0] <= 10
+    for task, state in zip(result.tasks, result.states):
+        form = task.scheme.form(state)
+        assert isinstance(form, LowRank) and form.rank % 8 == 0
+
+
+def test_second_run_is_served_from_the_table(cache):
+    with using_plugins(StairPlugin()):
+        _compress("stair_latency")
+        first = len(StairTimer.calls)
+        assert first > 0
+        model = StairTimer()
+        assert model.cost(SPEC, LowRank(8)) == 1.0
+        _compress("stair_latency")
+    assert len(StairTimer.calls) == first  # nothing measured again
+    table = json.loads(next(cache.glob("stair_latency-*.json")).read_text())
+    assert table["fingerprint"] == {"device": "stairs"} and len(table["entries"]) == first
+
+
+def test_another_device_measures_afresh(cache):
+    StairTimer().cost(SPEC, LowRank(8))
+
+    class OtherDevice(StairTimer):
+        def fingerprint(self):
+            return {"device": "another"}
+
+    other = OtherDevice()
+    other.cost(SPEC, LowRank(8))
+    assert other.measurements == 1
+    assert len(list(cache.glob("stair_latency-*.json"))) == 2
+
+
+def test_a_table_with_a_foreign_fingerprint_inside_is_ignored(cache, caplog):
+    model = StairTimer()
+    model.cost(SPEC, LowRank(8))
+    path = model.table.path
+    doc = json.loads(path.read_text())
+    doc["fingerprint"] = {"device": "forged"}
+    path.write_text(json.dumps(doc))
+    fresh = StairTimer()
+    with caplog.at_level(logging.WARNING):
+        fresh.cost(SPEC, LowRank(8))
+    assert fresh.measurements == 1 and "another device" in caplog.text
+
+
+def test_a_corrupted_table_is_set_aside_and_rebuilt(cache, caplog):
+    model = StairTimer()
+    model.cost(SPEC, LowRank(8))
+    path = model.table.path
+    path.write_text('{"format": "lcpress-cost-table", "entries": {broken')
+    fresh = StairTimer()
+    with caplog.at_level(logging.WARNING):
+        assert fresh.cost(SPEC, LowRank(8)) == 1.0
+    assert "unreadable" in caplog.text
+    assert list(cache.glob("stair_latency-*.json.corrupt-*"))
+    assert json.loads(path.read_text())["entries"]  # rebuilt
+
+
+def test_real_cpu_timer_smoke(cache):
+    model = CpuLatency(CpuLatency.Options(min_run_time=0.01, threads=1))
+    costs = model.costs(LayerSpec("linear", 32, 32, (4, 32)), [Dense(), LowRank(8)])
+    assert all(math.isfinite(c) and c > 0 for c in costs.tolist())
+    assert model.fingerprint()["threads"] == 1
+
+
+@pytest.mark.parametrize("name", ["gpu_latency", "gpu_energy"])
+def test_gpu_models_say_why_they_are_unavailable(name, cache):
+    model = get_registry().cost_model(name)()
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present; the unavailable path does not apply")
+    assert "CUDA" in model.unavailable_reason()
+    with pytest.raises(lcpress.LcpressError, match=f"cost model '{name}' is not available here: .*CUDA"):
+        _compress(name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_latency_measures_on_the_gpu(cache):
+    model = get_registry().cost_model("gpu_latency")(get_registry().cost_model("gpu_latency").Options(repeats=5))
+    assert model.cost(LayerSpec("linear", 256, 256, (8, 256)), Dense()) > 0
+    assert model.fingerprint()["uuid"]
