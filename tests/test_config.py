@@ -92,3 +92,14 @@ def test_a_layer_in_two_groups_is_refused():
 def test_steps_without_a_train_fn_is_a_clear_error():
     with pytest.raises(ConfigError, match="needs an L step"):
         lcpress.compress(Net(), {"tasks": [{"layers": ["fc"]}]}, example_input=torch.randn(1, 1, 6, 6))
+
+
+def test_cost_model_options_are_validated():
+    config = load_config({"tasks": [{"layers": ["fc"]}], "cost_models": {"cpu_latency": {"batch_size": 64}}})
+    assert config.cost_models["cpu_latency"]["batch_size"] == 64
+    with pytest.raises(ConfigError, match=r"cost_models\.cpu_latency\.batch_size: must be at least 1"):
+        load_config({"tasks": [{"layers": ["fc"]}], "cost_models": {"cpu_latency": {"batch_size": 0}}})
+    with pytest.raises(ConfigError, match=r"cost_models\.cpu_latency\.thread: unknown key \(did you mean 'threads'"):
+        load_config({"tasks": [{"layers": ["fc"]}], "cost_models": {"cpu_latency": {"thread": 2}}})
+    with pytest.raises(ConfigError, match=r"cost_models\.tpu_latency: no cost model named"):
+        load_config({"tasks": [{"layers": ["fc"]}], "cost_models": {"tpu_latency": {}}})

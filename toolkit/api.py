@@ -193,8 +193,10 @@ def _cost_models(config: LCConfig, registry) -> dict[str, CostModel]:
         if task.target is not None:
             names.append(task.target.cost)
     models: dict[str, CostModel] = {}
+    names += list(config.cost_models)
     for name in dict.fromkeys(names):
-        model = registry.cost_model(name)()
+        cls = registry.cost_model(name)
+        model = cls(cls.Options.from_dict(config.cost_models.get(name, {}), f"cost_models.{name}"))
         reason = model.unavailable_reason()
         if reason and name not in REPORTED_COST_MODELS:
             raise LcpressError(f"cost model {name!r} is not available here: {reason}")

@@ -143,6 +143,8 @@ class LCConfig(Options):
     train: TrainConfig = option(default_factory=TrainConfig, help="built-in L-step trainer")
     model: ModelConfig | None = option(None, help="model source (CLI)")
     data: DataConfig | None = option(None, help="data source (CLI)")
+    cost_models: dict[str, Any] = option(default_factory=dict,
+                                         help="options per cost model, e.g. {cpu_latency: {batch_size: 64, threads: 4}}")
     seed: int = option(0, help="seed of every random choice (data order, C-step generators)")
     output_dir: str | None = option(None, help="run directory for checkpoints, history, report and model")
     device: str = option("cpu", help="'cpu' or 'cuda' (or 'cuda:N')")
@@ -180,6 +182,12 @@ def check_plugins(config: LCConfig) -> None:
     from .registry import get_registry
 
     registry = get_registry()
+    for name, options in config.cost_models.items():
+        try:
+            cls = registry.cost_model(name)
+        except PluginError as exc:
+            raise ConfigError(f"cost_models.{name}: {exc}") from None
+        cls.Options.from_dict(options, f"cost_models.{name}")
     for i, task in enumerate(config.tasks):
         where = f"tasks[{i}]"
         try:

@@ -1,0 +1,105 @@
+"""Whole-model CPU latency: predicted from per-layer measurements vs measured.
+
+The `cpu_latency` cost model prices each Linear/Conv2d layer in its form; a
+model's predicted latency is the sum over its layers in execution order (the
+traced graph). Activations, pooling, norms and attention are not layers lcpress
+compresses: the prediction is shown both as the layer sum alone and with that
+remainder added (measured once on the dense model, unchanged by compression).
+Dense and realized models, batch 1 and 32, one process.
+
+    python benchmarks/latency_prediction.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils import benchmark as tbench
+
+import lcpress
+from lcpress.forms import Dense
+from lcpress.graph import trace
+from lcpress.registry import get_registry
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import describe  # noqa: E402
+
+
+def measured_ms(model: nn.Module, x: torch.Tensor, min_run_time: float) -> float:
+    timer = tbench.Timer("m(x)", globals={"m": model.eval(), "x": x}, num_threads=torch.get_num_threads())
+    with torch.no_grad():
+        return timer.adaptive_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def vgg_like() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(128, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(256 * 4 * 4, 512), nn.ReLU(), nn.Linear(512, 10))
+
+
+def mlp() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(1024, 2048), nn.ReLU(), nn.Linear(2048, 2048), nn.ReLU(), nn.Linear(2048, 10))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "latency_prediction.md"))
+    args = parser.parse_args()
+    os.environ.setdefault("LCPRESS_CACHE_DIR", tempfile.mkdtemp(prefix="lcpress-bench-cache-"))
+    min_run_time = 0.05 if args.quick else 0.3
+    from lcpress.demo import digits_cnn
+
+    models = [("digits CNN", digits_cnn, (1, 8, 8)), ("VGG-like 32×32", vgg_like, (3, 32, 32)), ("MLP 1024-2048-2048", mlp, (1024,))]
+    if args.quick:
+        models = models[:1]
+    cost_cls = get_registry().cost_model("cpu_latency")
+    lines = ["| model | batch | form | measured (ms) | layer sum (ms) | error | + remainder (ms) | error |",
+             "|---|---|---|---|---|---|---|---|"]
+    errors = []
+    for name, make, shape in models:
+        for batch in (1, 32):
+            torch.manual_seed(0)
+            dense = make().eval()
+            x = torch.randn(batch, *shape)
+            cost = cost_cls(cost_cls.Options(min_run_time=min_run_time))
+            graph = trace(dense, x)
+            dense_sum = cost.total((spec, Dense()) for spec in graph.specs.values())
+            dense_measured = measured_ms(dense, x, min_run_time)
+            remainder = dense_measured - dense_sum
+            compressed = copy.deepcopy(dense)
+            result = lcpress.compress(compressed, {"tasks": [{"layers": ["*"], "cost": "cpu_latency",
+                                                              "target": {"cost": "flops", "ratio": 0.3}}],
+                                                   "schedule": {"steps": 0}}, example_input=x, progress=False)
+            realized_sum = result.layers["cpu_latency_after"].sum()
+            for form, measured, layer_sum in (("dense", dense_measured, dense_sum),
+                                              ("realized (30% FLOPs)", measured_ms(compressed, x, min_run_time), realized_sum)):
+                with_rest = layer_sum + remainder
+                err1, err2 = layer_sum / measured - 1, with_rest / measured - 1
+                if form != "dense":
+                    errors.append(abs(err2))
+                lines.append(f"| {name} | {batch} | {form} | {measured:.3f} | {layer_sum:.3f} | {err1:+.0%} | "
+                             f"{with_rest:.3f} | {err2:+.0%} |")
+                print(lines[-1], flush=True)
+    summary = (f"Realized models, predicted with the remainder: largest error {max(errors):.0%} (target: within 15%)."
+               if errors else "")
+    text = "\n".join(["# Whole-model CPU latency: predicted vs measured", "",
+                      f"Machine: {describe()}. Command: `python benchmarks/latency_prediction.py`.", "",
+                      *lines, "", summary, ""])
+    print(text)
+    if not args.quick:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
