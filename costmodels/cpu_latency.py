@@ -10,6 +10,8 @@ or a sweep — measures nothing again.
 
 from __future__ import annotations
 
+import copy
+import math
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,9 @@ class CpuLatencyOptions(Options):
     threads: int | None = option(None, help="CPU threads (default: torch.get_num_threads())")
     dtype: Literal["float32", "bfloat16", "float16"] = option("float32", help="data type of weights and input")
     min_run_time: float = option(0.2, help="seconds of timing per measurement (adaptive_autorange)")
+    working_set_mb: float = option(0.0, help="cycle weight copies totalling this many MB so every timed call reads "
+                                             "its weights from memory, as inside a model larger than the cache "
+                                             "(0: time the layer cache-hot)")
     cache_dir: str | None = option(None, help="where cost tables live (default: $LCPRESS_CACHE_DIR or ~/.cache/lcpress)")
 
     def validate(self) -> None:
@@ -39,6 +44,8 @@ class CpuLatencyOptions(Options):
             self.fail("threads", f"must be at least 1, got {self.threads}")
         if self.min_run_time <= 0:
             self.fail("min_run_time", f"must be positive, got {self.min_run_time}")
+        if self.working_set_mb < 0:
+            self.fail("working_set_mb", f"must be non-negative, got {self.working_set_mb}")
 
 
 def cpu_model() -> str:
@@ -78,9 +85,19 @@ class CpuLatency(MeasuredCostModel):
         dtype = torch_dtype(self.options.dtype)
         module = form_module(spec, form).to(dtype).eval()
         x = timing_input(spec, self.options.batch_size, dtype)
-        timer = benchmark.Timer("module(x)", globals={"module": module, "x": x}, num_threads=self.threads)
+        copies = self._copies(module)
+        modules = [module] + [copy.deepcopy(module) for _ in range(copies - 1)]
+        stmt = "for m in modules: m(x)"
+        timer = benchmark.Timer(stmt, globals={"modules": modules, "x": x}, num_threads=self.threads)
         with torch.no_grad():
-            return timer.adaptive_autorange(min_run_time=self.options.min_run_time).median * 1e3
+            return timer.adaptive_autorange(min_run_time=self.options.min_run_time).median * 1e3 / copies
+
+    def _copies(self, module: torch.nn.Module) -> int:
+        """How many copies of the weights make the configured working set (1 = cache-hot)."""
+        weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+        if not self.options.working_set_mb or not weight_bytes:
+            return 1
+        return max(1, min(256, math.ceil(self.options.working_set_mb * 2**20 / weight_bytes)))
 
 
 @lcpress.hookimpl

@@ -27,7 +27,7 @@ import lcpress
 from lcpress import Candidates, CStepContext, Options, Scheme, State, option
 from lcpress.forms import Dense, Form, LayerSpec
 from lcpress.linalg import Spectrum, spectra
-from lcpress.modules import GroupedLinear, PointwiseConv2d
+from lcpress.modules import GroupedLinear, PointwiseConv2d, two_stage
 
 
 @dataclass(frozen=True)
@@ -144,12 +144,7 @@ class AldsScheme(Scheme):
                               bias=False, padding_mode=module.padding_mode, **kw)
             second = PointwiseConv2d(k * r, out, bias=module.bias is not None, **kw)
             first_w, second_w = b.reshape(k * r, cin // k, kh, kwid), mixing.reshape(out, k * r, 1, 1)
-        with torch.no_grad():
-            first.weight.copy_(first_w)
-            second.weight.copy_(second_w)
-            if module.bias is not None:
-                second.bias.copy_(module.bias)
-        return nn.Sequential(first, second)
+        return two_stage(first, second, first_w, second_w, module.bias)
 
 
 @lcpress.hookimpl

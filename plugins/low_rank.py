@@ -24,7 +24,7 @@ from torch import nn
 import lcpress
 from lcpress import Candidates, CStepContext, Options, Scheme, State, option
 from lcpress.forms import Dense, Form, LayerSpec, LowRank
-from lcpress.modules import PointwiseConv2d
+from lcpress.modules import PointwiseConv2d, two_stage
 from lcpress.linalg import Spectrum, spectra, spectrum
 from lcpress.views import from_matrix, to_matrix
 
@@ -124,7 +124,7 @@ class LowRankScheme(Scheme):
         if isinstance(module, nn.Linear):
             return factorized_linear(module, a, b)
         if isinstance(module, nn.Conv2d):
-            if state.meta["shape"] == "spatial" and module.padding_mode != "zeros":
+            if state.meta["shape"] == "spatial" and (module.padding_mode != "zeros" or isinstance(module.padding, str)):
                 return super().realize(state, module)  # split padding would differ from the original
             return factorized_conv(module, a, b, state.meta["shape"])
         raise TypeError(f"low_rank cannot realize a {type(module).__name__}")
@@ -136,12 +136,7 @@ def factorized_linear(module: nn.Linear, a: torch.Tensor, b: torch.Tensor) -> nn
     rank = a.shape[1]
     first = nn.Linear(module.in_features, rank, bias=False, **kw)
     second = nn.Linear(rank, module.out_features, bias=module.bias is not None, **kw)
-    with torch.no_grad():
-        first.weight.copy_(b)
-        second.weight.copy_(a)
-        if module.bias is not None:
-            second.bias.copy_(module.bias)
-    return nn.Sequential(first, second)
+    return two_stage(first, second, b, a, module.bias)
 
 
 def factorized_conv(module: nn.Conv2d, a: torch.Tensor, b: torch.Tensor, shape: Shape) -> nn.Sequential:
@@ -149,9 +144,6 @@ def factorized_conv(module: nn.Conv2d, a: torch.Tensor, b: torch.Tensor, shape: 
     kw = {"device": module.weight.device, "dtype": module.weight.dtype}
     out, cin, kh, kwid = module.weight.shape
     (sh, sw), (dh, dw) = module.stride, module.dilation
-    if isinstance(module.padding, str):
-        raise ValueError(f"cannot factorize a conv with padding={module.padding!r}; use explicit padding")
-    ph, pw = module.padding
     if shape == "channel":
         rank = b.shape[0]
         first = nn.Conv2d(cin, rank, (kh, kwid), module.stride, module.padding, module.dilation,
@@ -161,16 +153,12 @@ def factorized_conv(module: nn.Conv2d, a: torch.Tensor, b: torch.Tensor, shape: 
         second_w = a.reshape(out, rank, 1, 1)
     else:
         rank = a.shape[1]
+        ph, pw = module.padding  # numeric: realize() keeps 'same'/'valid' convs dense in this shape
         first = nn.Conv2d(cin, rank, (kh, 1), (sh, 1), (ph, 0), (dh, 1), bias=False, **kw)
         second = nn.Conv2d(rank, out, (1, kwid), (1, sw), (0, pw), (1, dw), bias=module.bias is not None, **kw)
         first_w = a.T.reshape(rank, cin, kh, 1)
         second_w = b.reshape(rank, out, kwid).permute(1, 0, 2).reshape(out, rank, 1, kwid)
-    with torch.no_grad():
-        first.weight.copy_(first_w)
-        second.weight.copy_(second_w)
-        if module.bias is not None:
-            second.bias.copy_(module.bias)
-    return nn.Sequential(first, second)
+    return two_stage(first, second, first_w, second_w, module.bias)
 
 
 @lcpress.hookimpl

@@ -140,3 +140,17 @@ def test_gpu_latency_measures_on_the_gpu(cache):
     model = get_registry().cost_model("gpu_latency")(get_registry().cost_model("gpu_latency").Options(repeats=5))
     assert model.cost(LayerSpec("linear", 256, 256, (8, 256)), Dense()) > 0
     assert model.fingerprint()["uuid"]
+
+
+def test_working_set_cycles_weight_copies(cache):
+    from lcpress.measured import form_module
+
+    spec = LayerSpec("linear", 64, 64, (2, 64))
+    hot = CpuLatency(CpuLatency.Options(min_run_time=0.01))
+    cold = CpuLatency(CpuLatency.Options(min_run_time=0.01, working_set_mb=1))
+    module = form_module(spec, Dense())
+    assert hot._copies(module) == 1
+    assert cold._copies(module) == 1 * 2**20 // (64 * 64 * 4 + 64 * 4) + 1
+    assert math.isfinite(cold.cost(spec, Dense())) and cold.cost(spec, Dense()) > 0
+    # the working set is part of what was measured: the two do not share table entries
+    assert hot.cost(spec, Dense()) > 0 and hot.measurements == 1

@@ -12,6 +12,21 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def two_stage(first: nn.Module, second: nn.Module, first_weight: torch.Tensor, second_weight: torch.Tensor,
+              bias: torch.Tensor | None) -> nn.Sequential:
+    """``Sequential(first, second)`` holding the given weights (and the original layer's bias).
+
+    Every two-layer realization (low rank, grouped low rank …) ends this way:
+    the thin layers receive their factors, the second one the original bias.
+    """
+    with torch.no_grad():
+        first.weight.copy_(first_weight)
+        second.weight.copy_(second_weight)
+        if bias is not None:
+            second.bias.copy_(bias)
+    return nn.Sequential(first, second)
+
+
 class PointwiseConv2d(nn.Module):
     """A 1×1 convolution computed as one batched matrix product in NCHW.
 
