@@ -29,14 +29,13 @@ from torch.utils.flop_counter import FlopCounterMode
 import lcpress
 from lcpress.config import TrainConfig
 from lcpress.demo import digits_cnn, digits_loaders, train_dense
-from lcpress.engine import LStep
 from lcpress.forms import Dense, LowRank
 from lcpress.graph import trace
 from lcpress.registry import get_registry
-from lcpress.training import SupervisedTrainer, accuracy
+from lcpress.training import accuracy
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe  # noqa: E402
+from common import describe, fine_tune, publish  # noqa: E402
 
 
 class Block(nn.Module):
@@ -75,11 +74,6 @@ def flops(model: nn.Module, x: torch.Tensor) -> int:
         model.eval()(x)
     return counter.get_total_flops()
 
-
-def fine_tune(model, train, steps: int, cfg: TrainConfig) -> None:
-    trainer = SupervisedTrainer(train, cfg, progress=False)
-    for k in range(steps):
-        trainer(model, lambda: torch.zeros(()), LStep(k, 0.0, steps))
 
 
 def uniform_svd_tasks(model, x, layers, ratio) -> list[dict]:
@@ -142,16 +136,11 @@ def main() -> None:
                 lines.append(f"| {name} | {ratio:.0%} | {method} | {accuracy(model, loaders[1]):.4f} | "
                              f"{flops(model, x) / base:.1%} | {seconds:.1f} |")
                 print(lines[-1], flush=True)
-    text = "\n".join([
-        "# Accuracy at equal FLOPs: uniform SVD vs ALDS vs LC", "",
-        f"Machine: {describe()}. Command: `python benchmarks/budget_methods.py`. Fine-tuning for every method: "
-        f"{steps} × {cfg.epochs} epochs, SGD lr {cfg.lr} × {cfg.lr_decay}^k, momentum 0.9 (Nesterov). "
-        "The target bounds the FLOPs of the compressed layers (CNN: the three large layers; transformer: the "
-        "feed-forward Linear layers); the model FLOPs column counts the whole model.", "", *lines, ""])
-    print(text)
-    if not args.quick:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+    publish("Accuracy at equal FLOPs: uniform SVD vs ALDS vs LC",
+            f"Machine: {describe()}. Command: `python benchmarks/budget_methods.py`. Fine-tuning for every method: "
+            f"{steps} × {cfg.epochs} epochs, SGD lr {cfg.lr} × {cfg.lr_decay}^k, momentum 0.9 (Nesterov). "
+            "The target bounds the FLOPs of the compressed layers (CNN: the three large layers; transformer: the "
+            "feed-forward Linear layers); the model FLOPs column counts the whole model.", lines, args.out, args.quick)
 
 
 if __name__ == "__main__":

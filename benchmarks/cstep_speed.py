@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 from lcpress import budget
-from lcpress.forms import Dense, LayerSpec, LowRank
+from lcpress.forms import Dense, LayerSpec
 from lcpress.registry import get_registry
 from lcpress.scheme import CStepContext
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe  # noqa: E402
+from common import describe, publish  # noqa: E402
 
 
 def resnet50_weight_shapes() -> list[tuple[int, ...]]:
@@ -131,15 +131,8 @@ def main() -> None:
         lines.append(f"| {multiple} | {alpha:g} | {t_ref:.2f} | {t_lc:.2f} | {ratio:.1f}× | {'yes' if same else 'NO'} "
                      f"| {compressed}/{len(weights)} |")
     machine = f"{describe()}, numpy {np.__version__}"
-    text = "\n".join([
-        f"# C-step speed: rank selection over {len(weights)} ResNet-50 weight shapes", "",
-        f"Machine: {machine}. Command: `python benchmarks/cstep_speed.py{' --quick' if args.quick else ''}`.", "",
-        *lines, "",
-    ])
-    print(text)
-    if not args.quick:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+    publish(f"C-step speed: rank selection over {len(weights)} ResNet-50 weight shapes",
+            f"Machine: {machine}. Command: `python benchmarks/cstep_speed.py`.", lines, args.out, args.quick)
     if not all(r[5] for r in rows):
         raise SystemExit("the two implementations chose different ranks")
 

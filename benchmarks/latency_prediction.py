@@ -32,7 +32,7 @@ from lcpress.graph import trace
 from lcpress.registry import get_registry
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe  # noqa: E402
+from common import describe, publish  # noqa: E402
 
 
 def measured_ms(model: nn.Module, x: torch.Tensor, min_run_time: float) -> float:
@@ -128,13 +128,9 @@ def main() -> None:
                 print(lines[-1], flush=True)
     summary = (f"Largest error: cache-hot {max(errors['hot']):.0%}, 64 MB working set {max(errors['cold']):.0%} "
                f"(target: within 15%).")
-    text = "\n".join(["# Whole-model CPU latency: predicted vs measured", "",
-                      f"Machine: {describe()}. Command: `python benchmarks/latency_prediction.py`.", "",
-                      *lines, "", summary, ""])
-    print(text)
-    if not args.quick:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+    publish("Whole-model CPU latency: predicted vs measured",
+            f"Machine: {describe()}. Command: `python benchmarks/latency_prediction.py`.", lines, args.out, args.quick,
+            summary)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from lcpress.training import accuracy
 sys.path.insert(0, str(Path(__file__).parent))
 from budget_methods import RowTransformer  # noqa: E402
 from latency_prediction import measured_ms  # noqa: E402
-from machine import describe  # noqa: E402
+from common import describe, publish  # noqa: E402
 
 BATCH = 64
 
@@ -69,13 +69,9 @@ def main() -> None:
             lines.append(f"| {name} | 50% of {cost} | {layer_latency:.0%} | {ratio:.0%} "
                          f"| {accuracy(model, loaders[1]):.4f} | {flops:.0%} |")
             print(lines[-1], flush=True)
-    text = "\n".join(["# Compressing for latency vs for FLOPs (CPU)", "",
-                      f"Machine: {describe()}. Command: `python benchmarks/latency_target.py`. Targets bound the "
-                      f"compressed layers' cost; latencies are whole-model medians at batch {BATCH}.", "", *lines, ""])
-    print(text)
-    if not args.quick:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+    publish("Compressing for latency vs for FLOPs (CPU)",
+            f"Machine: {describe()}. Command: `python benchmarks/latency_target.py`. Targets bound the "
+            f"compressed layers' cost; latencies are whole-model medians at batch {BATCH}.", lines, args.out, args.quick)
 
 
 if __name__ == "__main__":

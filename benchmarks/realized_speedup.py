@@ -27,7 +27,7 @@ from lcpress.scheme import State
 from lcpress.views import to_matrix
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe  # noqa: E402
+from common import describe, publish  # noqa: E402
 
 
 def realized(layer: nn.Module, rank: int) -> nn.Module:
@@ -90,13 +90,9 @@ def main() -> None:
                         reached.append(speedup / bound)
     summary = (f"Where the bound is ≥ 4× at batch 64, realized layers reach {min(reached):.0%}–{max(reached):.0%} "
                f"of it (target: ≥ 80%)." if reached else "")
-    text = "\n".join(["# Realized low-rank layers: measured speed-up vs the FLOP bound", "",
-                      f"Machine: {describe()}; timed with {args.threads} threads. "
-                      f"Command: `python benchmarks/realized_speedup.py`.", "", *lines, "", summary, ""])
-    print(text)
-    if not args.quick:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+    publish("Realized low-rank layers: measured speed-up vs the FLOP bound",
+            f"Machine: {describe()}; timed with {args.threads} threads. Command: `python benchmarks/realized_speedup.py`.",
+            lines, args.out, args.quick, summary)
 
 
 if __name__ == "__main__":

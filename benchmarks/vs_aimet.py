@@ -31,11 +31,10 @@ from torch.utils.flop_counter import FlopCounterMode
 import lcpress
 from lcpress.config import TrainConfig
 from lcpress.demo import digits_cnn, digits_loaders, train_dense
-from lcpress.engine import LStep
-from lcpress.training import SupervisedTrainer, accuracy
+from lcpress.training import accuracy
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe  # noqa: E402
+from common import describe, fine_tune, publish  # noqa: E402
 
 INPUT_SHAPE = (1, 1, 8, 8)
 
@@ -53,12 +52,6 @@ def latency_ms(model: torch.nn.Module, batch: int) -> float:
     with torch.no_grad():
         return timer.blocked_autorange(min_run_time=0.3).median * 1e3
 
-
-def fine_tune(model, train, steps: int, cfg: TrainConfig) -> None:
-    """The optimizer, epochs and learning-rate decay that lcpress's L steps get, without the penalty."""
-    trainer = SupervisedTrainer(train, cfg, progress=False)
-    for k in range(steps):
-        trainer(model, lambda: torch.zeros(()), LStep(k, 0.0, steps))
 
 
 def run_lcpress(dense, train, test, ratio, steps, cfg):
@@ -134,17 +127,11 @@ def main() -> None:
     lines = ["| method | FLOPs target | test accuracy | achieved FLOPs | latency b=1 (ms) | latency b=64 (ms) | wall time (s) |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {n} | {t} | {a:.4f} | {f:.1%} | {l1:.3f} | {l64:.3f} | {s:.1f} |" for n, t, a, f, l1, l64, s in rows]
-    text = "\n".join([
-        "# Low rank at equal FLOPs: lcpress vs AIMET (digits CNN)", "",
-        f"Machine: {describe()}. Command: `python benchmarks/vs_aimet.py{' --quick' if args.quick else ''}`.",
-        f"Fine-tuning budget for every method: {steps} × {cfg.epochs} epochs, SGD lr {cfg.lr} × {cfg.lr_decay}^k, "
-        "momentum 0.9 (Nesterov). Wall time: lcpress = the whole LC run; AIMET = greedy selection + fine-tuning.", "",
-        *lines, "",
-    ])
-    print(text)
-    if not args.quick:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+    publish("Low rank at equal FLOPs: lcpress vs AIMET (digits CNN)",
+            f"Machine: {describe()}. Command: `python benchmarks/vs_aimet.py`. "
+            f"Fine-tuning budget for every method: {steps} × {cfg.epochs} epochs, SGD lr {cfg.lr} × {cfg.lr_decay}^k, "
+            "momentum 0.9 (Nesterov). Wall time: lcpress = the whole LC run; AIMET = greedy selection + fine-tuning.",
+            lines, args.out, args.quick)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from lcpress.scheme import State
 from lcpress.views import to_matrix
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe  # noqa: E402
+from common import describe, publish  # noqa: E402
 
 
 def lcpress_realized(layer: nn.Module, rank: int) -> nn.Module:
@@ -93,12 +93,8 @@ def main() -> None:
             cells = " | ".join("failed (out of memory)" if v is None else f"{v:.3f}" for v in t.values())
             lines.append(f"| {name} | {rank} | {batch} | {d:.3f} | {o:.3f} | {cells} | {d / o:.2f}× | {d / best:.2f}× |")
             print(lines[-1], flush=True)
-    text = "\n".join(["# Realized inference: dense vs lcpress vs tensorly-torch", "",
-                      f"Machine: {describe()}. Command: `python benchmarks/vs_tensorly.py`.", "", *lines, ""])
-    print(text)
-    if not args.quick:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+    publish("Realized inference: dense vs lcpress vs tensorly-torch",
+            f"Machine: {describe()}. Command: `python benchmarks/vs_tensorly.py`.", lines, args.out, args.quick)
 
 
 if __name__ == "__main__":
