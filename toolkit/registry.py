@@ -260,12 +260,17 @@ def _load_entry_points(pm: pluggy.PluginManager, origins: dict[str, Origin]) -> 
 
 def _collect(pm: pluggy.PluginManager, origins: dict[str, Origin]) -> Registry:
     registry = Registry(pm, Kind("scheme", Scheme), Kind("cost model", CostModel))
+    tracing = bool(os.environ.get("LCPRESS_TRACE_PLUGINS"))
     for hook_name, kind in (
         ("lcpress_register_schemes", registry.schemes),
         ("lcpress_register_cost_models", registry.cost_models),
     ):
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
             origin = origins.get(impl.plugin_name, Origin(impl.plugin_name, "unknown", ""))
+            # Called one implementation at a time (to know who registered what), so
+            # pluggy's own tracing does not see these calls: trace them here.
+            if tracing:
+                log.warning("%s: calling plugin %r (%s %s)", hook_name, origin.plugin, origin.package, origin.version)
             try:
                 impl.function(register=lambda cls, _kind=kind, _o=origin: _kind.add(cls, _o))
             except PluginError:

@@ -10,7 +10,9 @@ from torch import nn
 
 from lcpress.forms import Dense, LayerSpec, LowRank
 from lcpress.graph import trace
-from lcpress_tucker import CsvLatency, TableError, Tucker2, example_table, read_table
+pytest.importorskip("lcpress_tucker", reason="install the package: pip install -e examples/lcpress-tucker")
+
+from lcpress_tucker import CsvLatency, TableError, Tucker2, example_table, read_table  # noqa: E402
 
 HEADER = "device,kind,in_channels,out_channels,kernel,stride,padding,dilation,groups,batch,height,width,latency_ms\n"
 GRID = HEADER + textwrap.dedent("""\

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lcpress_tucker import decomposition
-from lcpress_tucker.decomposition import compose, core_of, refine, refine_many
+pytest.importorskip("lcpress_tucker", reason="install the package: pip install -e examples/lcpress-tucker")
+
+from lcpress_tucker import decomposition  # noqa: E402
+from lcpress_tucker.decomposition import compose, core_of, refine, refine_many  # noqa: E402
 
 
 def _weight(out=12, cin=10, k=3, seed=0):

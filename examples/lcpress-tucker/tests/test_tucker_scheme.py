@@ -13,7 +13,9 @@ import lcpress
 from lcpress.graph import spec_of
 from lcpress.scheme import CStepContext
 from lcpress.testing import LayerCase, run_c_step
-from lcpress_tucker import Tucker2, Tucker2Scheme, plugin
+pytest.importorskip("lcpress_tucker", reason="install the package: pip install -e examples/lcpress-tucker")
+
+from lcpress_tucker import Tucker2, Tucker2Scheme, plugin  # noqa: E402
 
 
 def test_passes_the_conformance_kit_with_rank_selection(lcpress_conformance):
