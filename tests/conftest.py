@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -25,3 +26,17 @@ def digits():
     from lcpress.demo import digits_loaders
 
     return digits_loaders(batch_size=64, seed=0)
+
+
+@pytest.fixture
+def plugins():
+    """Register plugin objects for one test: ``plugins(obj, ...)`` returns the registry.
+
+    The process registry is swapped for one holding the objects (and the
+    built-ins), and restored when the test ends — see
+    :func:`lcpress.registry.using_plugins`.
+    """
+    from lcpress.registry import using_plugins
+
+    with contextlib.ExitStack() as stack:
+        yield lambda *objs: stack.enter_context(using_plugins(*objs))

@@ -115,3 +115,43 @@ def test_autoload_switches(site, monkeypatch):
     monkeypatch.setenv("LCPRESS_LOAD_PLUGINS", "lcpress_test_plugin")  # the broken one is not loaded
     reset_registry()
     assert "keep_scaled" in lcpress.get_registry().schemes.classes
+
+
+def test_yaml_config_file_selects_entry_point_plugins_by_name(site, tmp_path):
+    _install(site, "lcpress-test-plugin", PLUGIN_SOURCE, "lcpress_test_plugin")
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "tasks:\n"
+        "  - layers: ['0']\n"
+        "    scheme: keep_scaled\n"
+        "    options: {scale: 2.0}\n"
+        "    cost: constant_cost\n"
+        "schedule: {steps: 0}\n"
+    )
+    model = nn.Sequential(nn.Linear(4, 4))
+    w = model[0].weight.detach().clone()
+    result = lcpress.compress(model, config, example_input=torch.randn(1, 4), progress=False)
+    assert torch.allclose(model[0].weight, 2 * w)
+    assert result.layers.set_index("layer").loc["0", "scheme"] == "keep_scaled"
+
+
+def test_plugins_json_lists_the_package_of_every_entry(site, capsys):
+    import json
+
+    _install(site, "lcpress-test-plugin", PLUGIN_SOURCE, "lcpress_test_plugin")
+    assert main(["plugins", "--json", "--options"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["keep_scaled"]["package"] == "lcpress-test-plugin" and rows["keep_scaled"]["version"] == "1.2.3"
+    assert rows["keep_scaled"]["options"][0][:3] == ["scale", "float", "1.0"]
+    assert rows["constant_cost"]["available"] == "yes" and rows["low_rank"]["package"] == "lcpress"
+
+
+def test_trace_switch_logs_every_hook_call(site, monkeypatch, caplog):
+    _install(site, "lcpress-test-plugin", PLUGIN_SOURCE, "lcpress_test_plugin")
+    monkeypatch.setenv("LCPRESS_TRACE_PLUGINS", "1")
+    reset_registry()
+    with caplog.at_level("WARNING", logger="lcpress.plugins"):
+        lcpress.get_registry()
+    traced = caplog.text
+    assert "lcpress_register_schemes: calling plugin 'lcpress_test_plugin' (lcpress-test-plugin 1.2.3)" in traced
+    assert "lcpress_register_cost_models: calling plugin 'lcpress.costmodels.flops'" in traced

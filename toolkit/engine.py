@@ -36,6 +36,7 @@ from .errors import LcpressError, PluginError
 from .forms import Dense, Form, LayerSpec
 from .graph import ModelGraph
 from .progress import progress_bar
+from .registry import describe
 from .scheme import CStepContext, State
 from .tasks import Task
 
@@ -148,8 +149,8 @@ class LCEngine:
         return None if loss is None else float(loss)
 
     def _target(self, i: int, mu: float) -> torch.Tensor:
-        task, state = self.tasks[i], self.states[i]
-        target = task.scheme.decompress(state).detach().to(task.params[0].device)
+        task = self.tasks[i]
+        target = self._delta(i, self.next_step).detach().to(task.params[0].device)
         lam = self.multipliers[i]
         return target if lam is None else target + lam / mu
 
@@ -191,15 +192,31 @@ class LCEngine:
         return list(batches.values())
 
     def _guard(self, task: Task, k: int, what: str, fn: Callable, *args: Any) -> Any:
+        """Call a scheme method; an exception becomes a :class:`CStepError` naming plugin, layer and step.
+
+        The engine checkpoints only after a whole step succeeds, so the last
+        checkpoint never holds a half-done C step: the user fixes the plugin
+        and resumes from it.
+        """
         try:
             return fn(*args)
         except LcpressError:
             raise
         except Exception as exc:
+            if self.checkpointer is not None and self.next_step > 0:
+                hint = (f" The checkpoint after LC step {self.next_step - 1} is intact: fix the plugin and resume "
+                        f"(lcpress compress --resume, or resume=True).")
+            else:
+                hint = " Fix the plugin, or choose another scheme for this layer."
             raise CStepError(
-                f"scheme {task.scheme.name!r} raised in {what}() on layer {task.name!r} at LC step {k}: "
-                f"{type(exc).__name__}: {exc}. The last checkpoint is intact; fix the plugin and resume."
+                f"{describe(task.scheme)} raised in {what}() on layer {task.name!r} at LC step {k}: "
+                f"{type(exc).__name__}: {exc}.{hint}"
             ) from exc
+
+    def _delta(self, i: int, k: int) -> torch.Tensor:
+        """Δ(θ) of task ``i``, with a failing ``decompress`` reported like a failing C step."""
+        task = self.tasks[i]
+        return self._guard(task, k, "decompress", task.scheme.decompress, self.states[i])
 
     def _select(self, k: int, mu: float, inputs: list[torch.Tensor], contexts: list[CStepContext]) -> None:
         groups: dict[int, list[int]] = {}
@@ -249,14 +266,14 @@ class LCEngine:
             raise
         except Exception as exc:
             raise PluginError(
-                f"cost model {model.name!r} raised pricing layer {task.name!r}: {type(exc).__name__}: {exc}"
+                f"{describe(model)} raised pricing layer {task.name!r}: {type(exc).__name__}: {exc}"
             ) from exc
 
     def update_multipliers(self, mu: float) -> None:
         """λ ← λ − μ (w − Δ(θ))."""
         for i, task in enumerate(self.tasks):
             w = task.weight().detach()
-            delta = task.scheme.decompress(self.states[i]).to(w.device)
+            delta = self._delta(i, self.next_step).to(w.device)
             lam = self.multipliers[i]
             step = mu * (w - delta)
             self.multipliers[i] = -step if lam is None else lam - step
@@ -287,9 +304,9 @@ class LCEngine:
     def distance(self) -> float:
         """‖w − Δ(θ)‖ over all tasks."""
         total = 0.0
-        for task, state in zip(self.tasks, self.states):
+        for i, task in enumerate(self.tasks):
             w = task.weight().detach()
-            total += float(torch.sum((w - task.scheme.decompress(state).to(w.device)) ** 2))
+            total += float(torch.sum((w - self._delta(i, self.next_step).to(w.device)) ** 2))
         return math.sqrt(total)
 
     def forms(self) -> dict[str, Form]:

@@ -108,12 +108,27 @@ def realize(
                 if cost > dense:
                     record.reason = f"{form.describe()} costs more than dense under {task.cost_model.name}"
                     continue
-            new = task.scheme.realize(state, module)
+            new = _realized_module(task, state, module)
             if new is module:
                 raise LcpressError(f"scheme {task.scheme.name!r} returned the original module from realize()")
             replace_module(model, name, new, record.aliases)
             record.realized = True
     return records
+
+
+def _realized_module(task: Task, state: State, module: nn.Module) -> nn.Module:
+    """``task.scheme.realize``, with a failure reported as the plugin's, naming the layer."""
+    try:
+        return task.scheme.realize(state, module)
+    except LcpressError:
+        raise
+    except Exception as exc:
+        from .registry import describe
+
+        raise LcpressError(
+            f"{describe(task.scheme)} raised in realize() on layer {task.name!r}: {type(exc).__name__}: {exc}. "
+            f"Fix the plugin; a run with an output_dir then resumes from its checkpoint without redoing the LC steps."
+        ) from exc
 
 
 #: torch modules whose forward reads their children's ``.weight`` instead of calling them.

@@ -116,13 +116,15 @@ class Registry:
 
 
 _registry: Registry | None = None
+#: Plugin objects registered at run time by the active :func:`using_plugins` blocks.
+_runtime_plugins: tuple[Any, ...] = ()
 
 
 def get_registry() -> Registry:
     """The process-wide registry, built on first use."""
     global _registry
     if _registry is None:
-        _registry = build_registry()
+        _registry = build_registry(extra_plugins=_runtime_plugins)
     return _registry
 
 
@@ -141,14 +143,46 @@ def using_plugins(*plugins: Any) -> Iterator[Registry]:
 
         with lcpress.registry.using_plugins(MyPlugin()):
             lcpress.compress(model, {"tasks": [{"layers": ["*"], "cost": "my_cost"}]}, ...)
+
+    A plugin object is a module or any object with ``@lcpress.hookimpl``
+    functions; its ``__name__`` (else its class name) names it in listings and
+    errors. Blocks nest: an inner block keeps the outer block's plugins. A name
+    that collides with a registered one raises :class:`PluginError` on entry.
     """
-    global _registry
-    saved = _registry
-    _registry = build_registry(extra_plugins=plugins)
+    global _registry, _runtime_plugins
+    saved = (_registry, _runtime_plugins)
     try:
+        _runtime_plugins = _runtime_plugins + tuple(plugins)
+        _registry = build_registry(extra_plugins=_runtime_plugins)
         yield _registry
     finally:
-        _registry = saved
+        _registry, _runtime_plugins = saved
+
+
+def origin_of(cls: type) -> Origin | None:
+    """Where a registered scheme or cost-model class came from; None if the registry does not hold it.
+
+    For error messages that name the plugin at fault; never builds the registry.
+    """
+    if _registry is None:
+        return None
+    name = getattr(cls, "name", None)
+    for table in (_registry.schemes, _registry.cost_models):
+        if table.classes.get(name) is cls:
+            return table.origins[name]
+    return None
+
+
+def describe(obj: Any) -> str:
+    """``"scheme 'x' (plugin 'p', package 1.0)"`` for a scheme or cost model (instance or class)."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    kind = "scheme" if issubclass(cls, Scheme) else "cost model"
+    text = f"{kind} {getattr(cls, 'name', cls.__name__)!r}"
+    origin = origin_of(cls)
+    if origin is None:
+        return text
+    package = f"{origin.package} {origin.version}".strip()
+    return f"{text} (plugin {origin.plugin!r}, {package})"
 
 
 def build_registry(extra_plugins: tuple[Any, ...] = (), autoload: bool | None = None) -> Registry:
@@ -166,13 +200,24 @@ def build_registry(extra_plugins: tuple[Any, ...] = (), autoload: bool | None = 
     if autoload:
         _load_entry_points(pm, origins)
     for plugin in extra_plugins:
-        name = getattr(plugin, "__name__", type(plugin).__name__)
+        if pm.is_registered(plugin):
+            continue
+        name = _unique_name(pm, getattr(plugin, "__name__", type(plugin).__name__))
         _register(pm, plugin, name, Origin(name, "(registered at run time)", ""), origins)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         raise PluginError(f"a plugin implements a hook lcpress does not define: {exc}") from exc
     return _collect(pm, origins)
+
+
+def _unique_name(pm: pluggy.PluginManager, name: str) -> str:
+    """``name``, or ``name#2``, ``name#3`` … when another plugin object holds it."""
+    candidate, n = name, 1
+    while pm.has_plugin(candidate):
+        n += 1
+        candidate = f"{name}#{n}"
+    return candidate
 
 
 def _lcpress_origin(plugin: str) -> Origin:
@@ -215,12 +260,17 @@ def _load_entry_points(pm: pluggy.PluginManager, origins: dict[str, Origin]) -> 
 
 def _collect(pm: pluggy.PluginManager, origins: dict[str, Origin]) -> Registry:
     registry = Registry(pm, Kind("scheme", Scheme), Kind("cost model", CostModel))
+    tracing = bool(os.environ.get("LCPRESS_TRACE_PLUGINS"))
     for hook_name, kind in (
         ("lcpress_register_schemes", registry.schemes),
         ("lcpress_register_cost_models", registry.cost_models),
     ):
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
             origin = origins.get(impl.plugin_name, Origin(impl.plugin_name, "unknown", ""))
+            # Called one implementation at a time (to know who registered what), so
+            # pluggy's own tracing does not see these calls: trace them here.
+            if tracing:
+                log.warning("%s: calling plugin %r (%s %s)", hook_name, origin.plugin, origin.package, origin.version)
             try:
                 impl.function(register=lambda cls, _kind=kind, _o=origin: _kind.add(cls, _o))
             except PluginError:
