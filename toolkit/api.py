@@ -27,15 +27,14 @@ from .graph import ModelGraph, trace
 from .modelfile import save
 from .registry import get_registry
 from .realize import RealizedLayer, load_compressed, realize, verify
-from .report import format_table, layer_table, totals
+from .report import REPORTED_COST_MODELS, format_table, layer_table, totals
+from .runinfo import plan_record
 from .scheme import State
 from .tasks import Task, plan_tasks
-from .training import SupervisedTrainer, accuracy
+from .training import METRICS, SupervisedTrainer, to_device
 
 log = logging.getLogger("lcpress")
 
-#: Cost models every report shows, besides those the tasks use.
-REPORTED_COST_MODELS = ("params", "flops")
 
 
 @dataclass
@@ -64,6 +63,14 @@ class CompressionResult:
         lines.append(f"realized model vs Δ(θ): max |difference| = {self.max_abs_error:.2e}")
         return "\n".join(lines)
 
+    def write_report(self, plots: bool | None = None):
+        """Write report.md / report.html into the run directory (see :func:`lcpress.report.write_report`)."""
+        from .report import write_report
+
+        if self.run_dir is None:
+            raise LcpressError("this run had no output_dir; reports are written into a run directory")
+        return write_report(self.run_dir, plots=plots)
+
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Save the realized model (see :func:`lcpress.save`)."""
         return save(self.model, path, config=self.config.to_dict(), overwrite=overwrite)
@@ -89,7 +96,8 @@ def compress(
         training loop with ``penalty()`` added to the loss. Default: the built-in
         supervised trainer over ``loaders[0]`` (config ``train`` section).
     :param eval_fn: ``eval_fn(model) -> float``, e.g. test accuracy; run on the
-        compressed weights after every step. Default: accuracy on ``loaders[1]``.
+        compressed weights after every step. Default: the config's ``metric``
+        (top-1 accuracy, or cosine similarity to targets) on ``loaders[1]``.
     :param loaders: ``(train_loader, eval_loader)`` for the defaults above.
     :param example_input: one input batch, traced to learn layer shapes.
         Default: the first batch of the eval (else train) loader.
@@ -114,6 +122,8 @@ def compress(
 
     torch.manual_seed(config.seed)
     dense_metric = float(eval_fn(model)) if eval_fn is not None else None
+    if run_dir is not None:  # what `lcpress report` needs to describe the run while it is still running
+        run_dir.update_info(plan=plan_record(graph, tasks), dense_metric=dense_metric)
     engine = LCEngine(model, tasks, config.schedule, train_fn, eval_fn, graph=graph, report_costs=cost_models,
                       seed=config.seed, checkpointer=checkpointer, progress=progress,
                       history_csv=run_dir.file("history.csv") if run_dir else None)
@@ -164,9 +174,9 @@ def _example_input(example_input: Any, loaders: tuple[Any, Any] | None, device: 
         example_input = batch[0] if isinstance(batch, (tuple, list)) else batch
         if isinstance(example_input, torch.Tensor):
             example_input = example_input[:1]  # costs are per sample unless an example batch is given
-    if isinstance(example_input, torch.Tensor):
-        return example_input.to(device)
-    return example_input
+        elif isinstance(example_input, dict):  # tokenized text: one sample of every tensor
+            example_input = {k: v[:1] if isinstance(v, torch.Tensor) else v for k, v in example_input.items()}
+    return to_device(example_input, device)
 
 
 def _default_fns(train_fn, eval_fn, loaders, config: LCConfig, device, progress) -> tuple[TrainFn | None, EvalFn | None]:
@@ -178,10 +188,10 @@ def _default_fns(train_fn, eval_fn, loaders, config: LCConfig, device, progress)
             )
         train_fn = SupervisedTrainer(loaders[0], config.train, device=device, progress=progress)
     if eval_fn is None and loaders is not None and loaders[1] is not None:
-        eval_loader = loaders[1]
+        eval_loader, measure = loaders[1], METRICS[config.metric]
 
         def eval_fn(model: nn.Module) -> float:
-            return accuracy(model, eval_loader, device)
+            return measure(model, eval_loader, device)
 
     return train_fn, eval_fn
 

@@ -24,6 +24,8 @@ from .storage import read_file, write_file
 
 CHECKPOINT = "checkpoint.safetensors"
 RUN_INFO = "run.json"
+#: Files `lcpress report` writes into a run directory.
+REPORT_FILES = ("report.md", "report.html", "report.csv", "report-ranks.png", "report-costs.png", "report-lc.png")
 
 
 class RunDirectory:
@@ -64,7 +66,7 @@ class RunDirectory:
                 f"or choose another output_dir"
             )
         if force and self.path.exists():
-            for name in (CHECKPOINT, RUN_INFO, "model.safetensors", "history.csv"):
+            for name in (CHECKPOINT, RUN_INFO, "model.safetensors", "history.csv", "layers.csv", *REPORT_FILES):
                 (self.path / name).unlink(missing_ok=True)
         self.path.mkdir(parents=True, exist_ok=True)
         self.write_info({"status": "running", "config": config})
@@ -73,10 +75,14 @@ class RunDirectory:
     def write_info(self, info: dict[str, Any]) -> None:
         write_text_atomic(self.path / RUN_INFO, json.dumps(info, indent=2, default=str))
 
-    def mark_finished(self, **extra: Any) -> None:
+    def update_info(self, **extra: Any) -> None:
+        """Add or replace entries of ``run.json``."""
         info = self.info()
-        info.update(extra, status="finished")
+        info.update(extra)
         self.write_info(info)
+
+    def mark_finished(self, **extra: Any) -> None:
+        self.update_info(**extra, status="finished")
 
 
 class FileCheckpointer:

@@ -1,4 +1,4 @@
-"""``lcpress`` on the command line: demo, compress, plugins, info, options.
+"""``lcpress`` on the command line: demo, compress, sweep, report, profile, costs, plugins, info, options.
 
 Every command is a thin shell over the Python API; errors lcpress raises on
 purpose print as one clear line (exit 2) instead of a traceback.
@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="keep the run here (default: a temporary directory)")
     p.add_argument("--ratio", type=float, default=0.3, help="FLOPs target as a fraction of dense (default 0.3)")
     p.add_argument("--steps", type=int, default=None, help="LC steps (default 10)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-step lines")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("compress", help="run the compression a YAML config describes")
@@ -53,17 +53,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="override the config's output_dir")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     p.add_argument("--force", action="store_true", help="replace a run the output directory already holds")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-step lines")
     p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("sweep", help="one compression per target ratio, and the accuracy–cost curve")
+    p.add_argument("config", help="YAML config file (its task groups need a 'target')")
+    p.add_argument("--targets", type=_ratios, help="comma-separated target ratios, e.g. 0.1,0.2,0.3,0.5 "
+                                                   "(default: the config's sweep.targets)")
+    p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=None,
+                   help="also run uniform-ratio truncated SVD + fine-tuning (default: the config's sweep.baseline)")
+    p.add_argument("--output-dir", help="override the config's output_dir (runs go into subdirectories)")
+    p.add_argument("--force", action="store_true", help="redo runs the output directory already holds")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-step lines")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="write report.md and report.html for a run directory (finished or running)")
+    p.add_argument("run_dir", help="the run's output_dir")
+    p.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib needed)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("profile", help="measure, ahead of a run, every candidate form the config's tasks can choose")
     p.add_argument("config", help="YAML config file")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-step lines")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("costs", help="predicted per-layer cost, dense and as the direct compression would choose")
     p.add_argument("config", help="YAML config file")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-step lines")
     p.set_defaults(func=cmd_costs)
 
     p = sub.add_parser("plugins", help="list every scheme and cost model, with the package it came from")
@@ -103,6 +119,39 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return _run(data, resume=args.resume, force=args.force, quiet=args.quiet)
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import sweep
+
+    data = _read_yaml(args.config)
+    if args.output_dir:
+        data["output_dir"] = args.output_dir
+    config, model, loaders = _inputs(data, args.quiet)
+    result = sweep(model, config, args.targets, loaders=loaders, baseline=args.baseline, force=args.force,
+                   progress=not args.quiet)
+    print(result.summary())
+    print(f"saved: {result.files['markdown']} ({', '.join(p.name for k, p in result.files.items() if k != 'markdown')} "
+          f"beside it; one run directory per point)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    files = write_report(args.run_dir, plots=not args.no_plots)
+    print(f"wrote {files.markdown} and {files.html}" + (f" (table: {files.csv.name})" if files.csv else ""))
+    return 0
+
+
+def _ratios(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.1,0.3, got {text!r}") from None
+    if not values or any(not 0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"target ratios must be in (0, 1], got {text!r}")
+    return values
+
+
 def _inputs(data: dict[str, Any], quiet: bool):
     """The config, model and loaders a CLI command works on."""
     import torch
@@ -132,9 +181,14 @@ def _read_yaml(path_text: str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    # 'module:function' factories may live next to the config (examples/minilm/minilm.py)
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.append(folder)
+    return data
 
 
 def _run(data: dict[str, Any], *, resume: bool, force: bool, quiet: bool, keep_note: bool = True) -> int:
@@ -142,9 +196,11 @@ def _run(data: dict[str, Any], *, resume: bool, force: bool, quiet: bool, keep_n
 
     config, model, loaders = _inputs(data, quiet)
     result = compress(model, config, loaders=loaders, resume=resume, force=force, progress=not quiet)
-    print(result.summary("accuracy" if config.data.builtin else "metric"))
+    print(result.summary(config.metric))
     if keep_note and result.run_dir is not None:
-        print(f"saved: {result.run_dir / 'model.safetensors'} (history.csv and layers.csv beside it)")
+        files = result.write_report()
+        print(f"saved: {result.run_dir / 'model.safetensors'}; report: {files.markdown} and {files.html.name} "
+              f"(history.csv and layers.csv beside them)")
     return 0
 
 

@@ -93,6 +93,9 @@ class TrainConfig(Options):
     momentum: float = option(0.9, help="SGD momentum")
     nesterov: bool = option(True, help="Nesterov momentum (SGD)")
     weight_decay: float = option(0.0, help="weight decay")
+    loss: Literal["cross_entropy", "mse", "cosine"] = option(
+        "cross_entropy", help="loss of output vs target: cross_entropy (classes), mse or cosine (1 − cos; distilling embeddings)"
+    )
 
     def validate(self) -> None:
         if self.epochs < 0:
@@ -135,6 +138,19 @@ class DataConfig(Options):
 
 
 @dataclass
+class SweepConfig(Options):
+    """`lcpress sweep`: one run per budget, drawn as an accuracy–cost curve."""
+
+    targets: list[float] = option(default_factory=list, help="target ratios, one run each (--targets overrides)")
+    baseline: bool = option(False, help="also run uniform-ratio truncated SVD at each target, fine-tuned as long as LC trains")
+
+    def validate(self) -> None:
+        for i, t in enumerate(self.targets):
+            if not 0 < t <= 1:
+                self.fail("targets", f"entry {i} must be in (0, 1], got {t}")
+
+
+@dataclass
 class LCConfig(Options):
     """A whole compression run."""
 
@@ -149,6 +165,11 @@ class LCConfig(Options):
     output_dir: str | None = option(None, help="run directory for checkpoints, history, report and model")
     device: str = option("cpu", help="'cpu' or 'cuda' (or 'cuda:N')")
     checkpoint: bool = option(True, help="checkpoint after every LC step (needs output_dir)")
+    metric: Literal["accuracy", "cosine"] = option(
+        "accuracy", help="what the built-in evaluation measures on the eval loader: top-1 accuracy, or mean cosine "
+                         "similarity of outputs to targets (embeddings)"
+    )
+    sweep: SweepConfig = option(default_factory=SweepConfig, help="`lcpress sweep`: targets and baseline")
 
     def validate(self) -> None:
         if not self.tasks:

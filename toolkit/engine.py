@@ -35,7 +35,7 @@ from .costmodel import CostModel
 from .errors import LcpressError, PluginError
 from .forms import Dense, Form, LayerSpec
 from .graph import ModelGraph
-from .progress import progress_bar
+from .progress import progress_bar, status_line
 from .registry import describe
 from .scheme import CStepContext, State
 from .tasks import Task
@@ -111,8 +111,10 @@ class LCEngine:
         total = self.schedule.steps
         if self.next_step == 0:
             self._set_rng(0)
+            start = time.perf_counter()
             self.c_step(0, self.schedule.mu0)
-            self._finish_step(0, self.schedule.mu0, None, 0.0)
+            row = self._finish_step(0, self.schedule.mu0, None, time.perf_counter() - start)
+            status_line(f"LC step 0/{total} (direct compression): {_summary(row)}", enabled=self.progress)
         with progress_bar(total=total, initial=self.next_step - 1, desc="LC steps", enabled=self.progress) as bar:
             for k in range(self.next_step, total + 1):
                 mu = self.schedule.mu(k - 1)
@@ -124,8 +126,7 @@ class LCEngine:
                 row = self._finish_step(k, mu, loss, time.perf_counter() - start)
                 bar.update(1)
                 bar.set_postfix_str(_summary(row))
-                if not bar.disable:
-                    bar.write(f"LC step {k}/{total}: {_summary(row)}")
+                status_line(f"LC step {k}/{total}: {_summary(row)}", enabled=self.progress)
         return self.history_frame()
 
     def history_frame(self) -> pd.DataFrame:
@@ -179,9 +180,11 @@ class LCEngine:
             for i, candidates in zip(members, found):
                 contexts[i].candidates = candidates
         self._select(k, mu, inputs, contexts)
-        for i, task in enumerate(self.tasks):
-            state = self._guard(task, k, "compress", task.scheme.compress, inputs[i], contexts[i])
-            self.states[i] = state
+        with progress_bar(total=len(self.tasks), desc=f"C step {k}", unit="layer", enabled=self.progress) as bar:
+            for i, task in enumerate(self.tasks):
+                state = self._guard(task, k, "compress", task.scheme.compress, inputs[i], contexts[i])
+                self.states[i] = state
+                bar.update(1)
 
     def _batches(self) -> list[list[int]]:
         """Task indices grouped by identical scheme class and options (one batched call each)."""
@@ -405,9 +408,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _summary(row: dict[str, Any]) -> str:
+    """One line per LC step: μ, distance to the compressed weights, loss, metric, seconds."""
     parts = [f"μ={row['mu']:.3g}", f"‖w−Δ‖={row['distance']:.3g}"]
     if row.get("train_loss") is not None:
         parts.append(f"loss={row['train_loss']:.3g}")
     if row.get("metric") is not None:
         parts.append(f"metric={row['metric']:.4g}")
+    parts.append(f"{row.get('seconds', 0.0):.1f}s")
     return " ".join(parts)

@@ -1,7 +1,13 @@
-"""Progress bars that stay quiet where nobody is watching.
+"""Progress bars and per-step lines that stay quiet where nobody is watching.
 
 Bars show on an interactive terminal; they are off when output goes to a file
 or a CI log, with ``--quiet``, or with ``LCPRESS_QUIET=1``.
+
+A long run still says how it is going when nobody watches a terminal: every
+LC step writes one line (:func:`status_line`) to stderr — above the bars on a
+terminal, plain lines in a log file. Only ``--quiet`` (``progress=False``) or
+``LCPRESS_QUIET=1`` silence those lines. They go to stderr so that stdout
+keeps only the results (the per-layer table) a script may parse.
 """
 
 from __future__ import annotations
@@ -13,8 +19,12 @@ from typing import Any
 from tqdm.auto import tqdm
 
 
+def quiet_env() -> bool:
+    return bool(os.environ.get("LCPRESS_QUIET"))
+
+
 def bars_enabled(requested: bool = True) -> bool:
-    if not requested or os.environ.get("LCPRESS_QUIET"):
+    if not requested or quiet_env():
         return False
     return sys.stderr.isatty()
 
@@ -22,3 +32,9 @@ def bars_enabled(requested: bool = True) -> bool:
 def progress_bar(*, enabled: bool = True, **kwargs: Any) -> tqdm:
     """A tqdm bar (a no-op one when disabled); use it as a context manager."""
     return tqdm(disable=not bars_enabled(enabled), leave=False, dynamic_ncols=True, **kwargs)
+
+
+def status_line(text: str, *, enabled: bool = True) -> None:
+    """One line of progress on stderr (kept clear of any open bars), unless quiet."""
+    if enabled and not quiet_env():
+        tqdm.write(text, file=sys.stderr)

@@ -97,6 +97,7 @@ def _match(cfg: TaskConfig, modules: dict[str, nn.Module], graph: ModelGraph, g:
             hits = [pattern]
         else:
             hits = [n for n in modules if n and fnmatch.fnmatchcase(n, pattern) and isinstance(modules[n], COMPRESSIBLE)]
+        _refuse_conv1d(cfg, modules, pattern, g, i)
         if not hits:
             known = ", ".join(graph.order[:12]) + (" …" if len(graph.order) > 12 else "")
             raise ConfigError(
@@ -120,3 +121,18 @@ def _match(cfg: TaskConfig, modules: dict[str, nn.Module], graph: ModelGraph, g:
     if not names:
         raise ConfigError(f"tasks[{g}].exclude: every layer matched by 'layers' is excluded")
     return names
+
+
+def _refuse_conv1d(cfg: TaskConfig, modules: dict[str, nn.Module], pattern: str, g: int, i: int) -> None:
+    """A pattern that reaches transformers Conv1D layers fails, saying how to convert them."""
+    from .hf import is_conv1d
+
+    found = [n for n, m in modules.items() if n and is_conv1d(m) and fnmatch.fnmatchcase(n, pattern)
+             and not any(fnmatch.fnmatchcase(n, ex) for ex in cfg.exclude)]
+    if found:
+        shown = ", ".join(found[:4]) + (" …" if len(found) > 4 else "")
+        raise ConfigError(
+            f"tasks[{g}].layers[{i}]: {pattern!r} matches transformers Conv1D layers ({shown}), GPT-2's Linear "
+            f"with a transposed weight, which lcpress does not compress directly; convert them first with "
+            f"lcpress.hf.conv1d_to_linear(model) (exact), or leave them out with 'exclude'"
+        )

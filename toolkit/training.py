@@ -1,7 +1,10 @@
 """The built-in L step: supervised training with the LC penalty.
 
 Covers the common case — a model, a DataLoader of ``(input, target)`` pairs, a
-loss — so most users need no training code. It keeps its optimizer across L
+loss — so most users need no training code. Inputs may be tensors, or dicts of
+tensors (tokenized text for Hugging Face models), which are passed as keyword
+arguments; targets are class labels (cross-entropy, accuracy) or vectors
+(MSE / cosine loss and cosine-similarity metric, for distilling embeddings). It keeps its optimizer across L
 steps and exposes ``state_dict()`` / ``load_state_dict()``, which the engine
 checkpoints, so a resumed run continues exactly where it stopped. Any callable
 ``train_fn(model, penalty, step)`` can replace it.
@@ -22,6 +25,33 @@ from .progress import progress_bar
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def cosine_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 − cos(output, target), averaged over the batch (scale-free, for embeddings)."""
+    return (1 - F.cosine_similarity(output, target, dim=-1)).mean()
+
+
+#: The losses ``train.loss`` names.
+LOSSES: dict[str, Loss] = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss, "cosine": cosine_loss}
+
+
+def to_device(batch: Any, device: torch.device | str) -> Any:
+    """Move a tensor, or the tensors of a dict/tuple/list, to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def forward(model: nn.Module, inputs: Any) -> torch.Tensor:
+    """``model(inputs)``; a dict of inputs is passed as keyword arguments (Hugging Face style)."""
+    from .graph import _call
+
+    return _call(model, inputs)
+
+
 class SupervisedTrainer:
     """``train_fn`` for the LC engine: epochs of SGD/Adam on ``loss + penalty``."""
 
@@ -29,14 +59,14 @@ class SupervisedTrainer:
         self,
         loader: Iterable,
         config: TrainConfig | None = None,
-        loss_fn: Loss = F.cross_entropy,
+        loss_fn: Loss | None = None,
         device: str | torch.device = "cpu",
         progress: bool = True,
         description: str = "L step",
     ) -> None:
         self.loader = loader
         self.config = config or TrainConfig()
-        self.loss_fn = loss_fn
+        self.loss_fn = loss_fn if loss_fn is not None else LOSSES[self.config.loss]
         self.device = torch.device(device)
         self.progress = progress
         self.description = description
@@ -67,8 +97,8 @@ class SupervisedTrainer:
         with progress_bar(total=epochs * _len(self.loader), desc=f"{self.description} {step.index + 1}", enabled=self.progress) as bar:
             for _ in range(epochs):
                 for inputs, targets in self.loader:
-                    inputs, targets = inputs.to(self.device), targets.to(self.device)
-                    loss = self.loss_fn(model(inputs), targets)
+                    inputs, targets = to_device(inputs, self.device), targets.to(self.device)
+                    loss = self.loss_fn(forward(model, inputs), targets)
                     objective = loss + penalty()
                     optimizer.zero_grad(set_to_none=True)
                     objective.backward()
@@ -112,8 +142,26 @@ def accuracy(model: nn.Module, loader: Iterable, device: str | torch.device = "c
     model.eval()
     correct, count = 0, 0
     for inputs, targets in loader:
-        logits = model(inputs.to(device))
+        logits = forward(model, to_device(inputs, device))
         correct += int((logits.argmax(dim=1) == targets.to(device)).sum())
         count += len(targets)
     model.train(was_training)
     return correct / max(count, 1)
+
+
+@torch.no_grad()
+def mean_cosine(model: nn.Module, loader: Iterable, device: str | torch.device = "cpu") -> float:
+    """Mean cosine similarity of ``model``'s outputs to the targets (an ``eval_fn`` for embedding models)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for inputs, targets in loader:
+        out = forward(model, to_device(inputs, device))
+        total += float(F.cosine_similarity(out, targets.to(device), dim=-1).sum())
+        count += len(targets)
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+#: The metrics the config's ``metric`` names (higher is better for each).
+METRICS: dict[str, Callable[[nn.Module, Iterable, Any], float]] = {"accuracy": accuracy, "cosine": mean_cosine}

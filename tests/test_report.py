@@ -1,0 +1,175 @@
+"""Run reports: tables, the self-contained HTML, running runs, missing pieces."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import sys
+from html.parser import HTMLParser
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import lcpress
+from lcpress import LcpressError
+from lcpress.cli import main
+from lcpress.demo import digits_loaders, train_dense
+from lcpress.report import write_report
+from lcpress.training import SupervisedTrainer
+
+CONFIG = {
+    "tasks": [{"layers": ["1", "3"], "options": {"rank_multiple": 4}, "target": {"cost": "flops", "ratio": 0.4}}],
+    "schedule": {"mu0": 1e-2, "factor": 1.5, "steps": 2},
+    "train": {"epochs": 1, "lr": 0.02},
+}
+
+
+@pytest.fixture(scope="module")
+def dense_mlp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    train_dense(model, digits_loaders(64, 0)[0], epochs=2, progress=False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def finished_run(dense_mlp, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "finished"
+    result = lcpress.compress(copy.deepcopy(dense_mlp), dict(CONFIG, output_dir=str(run)),
+                              loaders=digits_loaders(64, 0), progress=False)
+    return run, result
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.external: list[str] = []
+        self.tables = 0
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        if tag == "table":
+            self.tables += 1
+        for key in ("src", "href"):
+            if key in attrs and not attrs[key].startswith("data:"):
+                self.external.append(attrs[key])
+
+
+def test_finished_run_report_is_self_contained_and_its_images_load(finished_run):
+    from matplotlib.image import imread
+
+    run, result = finished_run
+    files = write_report(run)
+    page = _Page()
+    page.feed(files.html.read_text())
+    page.close()
+    assert page.external == []  # nothing outside the file
+    assert len(page.images) == 3 and page.tables >= 3
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        data = base64.b64decode(src.split(",", 1)[1], validate=True)
+        pixels = imread(__import__("io").BytesIO(data), format="png")
+        assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
+    assert sorted(p.name for p in files.images) == ["report-costs.png", "report-lc.png", "report-ranks.png"]
+    markdown = files.markdown.read_text()
+    for image in files.images:
+        assert f"]({image.name})" in markdown and image.read_bytes().startswith(b"\x89PNG")
+    # the table is the run's layers.csv, and the totals row says the target was met
+    table = pd.read_csv(files.csv, dtype={"layer": str})
+    pd.testing.assert_frame_equal(table, pd.read_csv(run / "layers.csv", dtype={"layer": str}))
+    assert list(table["layer"]) == ["1", "3", "5"]
+    assert table.loc[table["layer"] == "1", "form_rank"].iloc[0] == result.layers.loc[0, "form_rank"]
+    ratio = table["flops_after"].sum() / table["flops_before"].sum()
+    assert f"| flops | {int(table['flops_before'].sum()):,} | {int(table['flops_after'].sum()):,} | {ratio:.1%} |" in markdown
+    assert "Finished run" in markdown and "accuracy: dense" in markdown
+    assert "| 1 | 64×64 | low_rank | rank" in markdown
+
+
+def test_layer_table_lists_form_fields_and_full_rank(finished_run):
+    _, result = finished_run
+    row = result.layers.set_index("layer").loc["1"]
+    assert row["form"] == f"rank {int(row['form_rank'])}" and row["form_shape"] == "channel"
+    assert row["full_rank"] == 64
+    assert pd.isna(result.layers.set_index("layer").loc["5", "form_rank"])  # not a task: dense, no rank
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_running_run_report_prices_the_checkpoint(dense_mlp, tmp_path, monkeypatch):
+    original = SupervisedTrainer.__call__
+
+    def interrupted(self, model, penalty, step):
+        if step.index == 1:
+            raise Interrupt("stopped to look")
+        return original(self, model, penalty, step)
+
+    monkeypatch.setattr(SupervisedTrainer, "__call__", interrupted)
+    run = tmp_path / "running"
+    with pytest.raises(Interrupt):
+        lcpress.compress(copy.deepcopy(dense_mlp), dict(CONFIG, output_dir=str(run)), loaders=digits_loaders(64, 0),
+                         progress=False)
+    assert not (run / "layers.csv").exists()
+    files = write_report(run, plots=False)
+    table = pd.read_csv(files.csv, dtype={"layer": str})
+    history = pd.read_csv(run / "history.csv")
+    last = history.iloc[-1]
+    assert last["step"] == 1
+    # priced from θ in the checkpoint: the totals equal what the engine recorded for that step
+    assert table["params_after"].sum() == last["cost_params"]
+    assert table["flops_after"].sum() == last["cost_flops"]
+    markdown = files.markdown.read_text()
+    assert "Run in progress" in markdown and "LC step 1 of 2 done" in markdown
+    assert "the checkpoint after LC step 1" in markdown and "realized" not in markdown.split("## Per layer")[1].split("\n\n")[2]
+
+
+def test_report_says_what_is_missing(dense_mlp, tmp_path):
+    run = tmp_path / "old"
+    lcpress.compress(copy.deepcopy(dense_mlp), dict(CONFIG, output_dir=str(run)), loaders=digits_loaders(64, 0),
+                     progress=False)
+    info = json.loads((run / "run.json").read_text())
+    del info["plan"]
+    info["status"] = "running"  # as an unfinished run of an older lcpress would look
+    (run / "run.json").write_text(json.dumps(info))
+    markdown = write_report(run, plots=False).markdown.read_text()
+    assert "## Not shown" in markdown and "holds no plan of layers and tasks" in markdown
+    assert "## LC history" in markdown
+
+
+def test_missing_matplotlib_is_a_clear_error_or_a_note(finished_run, monkeypatch):
+    run, _ = finished_run
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(LcpressError, match=r"pip install 'lcpress\[demo\]'"):
+        write_report(run, plots=True)
+    files = write_report(run)  # plots=None: tables only, and the report says why
+    assert files.images == [] and "matplotlib is not installed" in files.markdown.read_text()
+
+
+def test_report_cli(finished_run, tmp_path, capsys):
+    run, _ = finished_run
+    assert main(["report", str(run), "--no-plots"]) == 0
+    assert "report.html" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "is not an lcpress run directory" in capsys.readouterr().err
+
+
+def test_per_step_lines_go_to_stderr_unless_quiet(dense_mlp, monkeypatch, capsys):
+    monkeypatch.delenv("LCPRESS_QUIET", raising=False)
+    config = dict(CONFIG, schedule={"mu0": 1e-2, "factor": 1.5, "steps": 2})
+    lcpress.compress(copy.deepcopy(dense_mlp), config, loaders=digits_loaders(64, 0), progress=True)
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("LC step")]
+    assert [line.split(":")[0] for line in lines] == ["LC step 0/2 (direct compression)", "LC step 1/2", "LC step 2/2"]
+    assert "μ=" in lines[1] and "loss=" in lines[1] and "metric=" in lines[1]
+    assert "\r" not in captured.err  # no bars: stderr is not a terminal here
+    assert captured.out == ""
+    lcpress.compress(copy.deepcopy(dense_mlp), config, loaders=digits_loaders(64, 0), progress=False)
+    assert capsys.readouterr().err == ""

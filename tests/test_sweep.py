@@ -1,0 +1,114 @@
+"""Trade-off sweeps: one run per target, the baseline, the curve, reuse of finished runs."""
+
+from __future__ import annotations
+
+import copy
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import lcpress
+from lcpress import ConfigError
+from lcpress.cli import main
+from lcpress.costmodel import CostModel
+from lcpress.demo import digits_loaders, train_dense
+from lcpress.forms import Dense, LayerSpec, LowRank
+from lcpress.registry import get_registry
+from lcpress.sweep import sweep, uniform_rank, with_target
+
+CONFIG = {
+    "tasks": [{"layers": ["1", "3"], "options": {"rank_multiple": 4}, "target": {"cost": "flops", "ratio": 0.5}}],
+    "schedule": {"mu0": 1e-2, "factor": 1.5, "steps": 1},
+    "train": {"epochs": 1, "lr": 0.02},
+}
+
+
+@pytest.fixture(scope="module")
+def dense_mlp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    train_dense(model, digits_loaders(64, 0)[0], epochs=2, progress=False)
+    return model
+
+
+def _flops() -> CostModel:
+    return get_registry().cost_model("flops")()
+
+
+@pytest.mark.parametrize("ratio", [0.05, 0.3, 0.5, 0.99])
+def test_uniform_rank_is_the_largest_rank_within_the_ratio(ratio):
+    spec = LayerSpec("conv2d", 16, 32, (1, 16, 8, 8), kernel_size=(3, 3), padding=(1, 1))
+    flops = _flops()
+    rank = uniform_rank(spec, flops, ratio)
+    dense = flops.cost(spec, Dense())
+    if flops.cost(spec, LowRank(1)) <= ratio * dense:
+        assert flops.cost(spec, LowRank(rank)) <= ratio * dense
+    assert rank == 1 or flops.cost(spec, LowRank(rank)) <= ratio * dense
+    if rank < 32:
+        assert flops.cost(spec, LowRank(rank + 1)) > ratio * dense
+
+
+def test_sweep_runs_every_target_and_the_baseline(dense_mlp, tmp_path, monkeypatch):
+    loaders = digits_loaders(64, 0)
+    config = dict(CONFIG, output_dir=str(tmp_path / "sweep"))
+    before = copy.deepcopy(dense_mlp.state_dict())
+    result = sweep(dense_mlp, config, [0.3, 0.6], loaders=loaders, baseline=True, progress=False, reports=False)
+    for key, value in dense_mlp.state_dict().items():  # the dense model is left alone
+        assert torch.equal(value, before[key])
+    points = result.points
+    assert list(points["method"]) == ["dense", "lc", "baseline", "lc", "baseline"]
+    assert list(points["target"]) == [1.0, 0.3, 0.3, 0.6, 0.6]
+    assert points.loc[0, "flops_ratio"] == 1.0 and points["metric"].notna().all()
+    for _, row in points.iloc[1:].iterrows():
+        run = tmp_path / "sweep" / row["run"]
+        assert (run / "model.safetensors").is_file()
+        layers = pd.read_csv(run / "layers.csv", dtype={"layer": str}).set_index("layer").loc[["1", "3"]]
+        assert layers["flops_after"].sum() <= row["target"] * layers["flops_before"].sum() + 1e-9
+    # the baseline keeps the same cost ratio in every layer: the largest rank within it
+    baseline = pd.read_csv(tmp_path / "sweep" / "baseline-0.3" / "layers.csv", dtype={"layer": str})
+    spec = LayerSpec("linear", 64, 64, (1, 64))
+    assert set(baseline.loc[baseline["layer"].isin(["1", "3"]), "form_rank"]) == {uniform_rank(spec, _flops(), 0.3)}
+    info = lcpress.checkpoint.RunDirectory(tmp_path / "sweep" / "baseline-0.3").info()
+    assert info["fine_tuned"] and info["fine_tune_passes"] == 1 and info["metric"] == points.loc[2, "metric"]
+    assert points["pareto"].dtype == bool and points["pareto"].any()
+    for name in ("sweep.csv", "sweep.md", "sweep.html", "sweep.png"):
+        assert (tmp_path / "sweep" / name).is_file()
+    assert "| lc | 0.3 |" in (tmp_path / "sweep" / "sweep.md").read_text()
+
+    # a second sweep reuses every finished run of the same config
+    def no_run(*args, **kwargs):
+        raise AssertionError("a finished run was redone")
+
+    monkeypatch.setattr(lcpress.sweep, "compress", no_run)
+    again = sweep(dense_mlp, config, [0.3, 0.6], loaders=loaders, baseline=True, progress=False, reports=False)
+    pd.testing.assert_frame_equal(again.points, points)
+
+
+def test_sweep_needs_a_target_and_targets(dense_mlp, tmp_path):
+    loaders = digits_loaders(64, 0)
+    no_target = {"tasks": [{"layers": ["1"], "options": {"rank": 8}}], "output_dir": str(tmp_path)}
+    with pytest.raises(ConfigError, match="no group has a 'target'"):
+        sweep(dense_mlp, no_target, [0.5], loaders=loaders, progress=False)
+    with pytest.raises(ConfigError, match="sweep.targets: give the target ratios"):
+        sweep(dense_mlp, dict(CONFIG, output_dir=str(tmp_path)), loaders=loaders, progress=False)
+    with pytest.raises(ConfigError, match="output_dir"):
+        sweep(dense_mlp, CONFIG, [0.5], loaders=loaders, progress=False)
+
+
+def test_with_target_replaces_ratios_and_values(tmp_path):
+    config = lcpress.load_config({"tasks": [{"layers": ["a"], "target": {"cost": "params", "value": 100}},
+                                            {"layers": ["b"], "alpha": 1e-3}]})
+    changed = with_target(config, 0.25, tmp_path)
+    assert changed.tasks[0].target.ratio == 0.25 and changed.tasks[0].target.value is None
+    assert changed.tasks[0].target.cost == "params" and changed.tasks[1].target is None
+    assert changed.output_dir == str(tmp_path)
+
+
+def test_sweep_cli_checks_targets(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {builtin: digits_cnn}\ndata: {builtin: digits}\ntasks:\n  - layers: ['*']\n")
+    with pytest.raises(SystemExit):
+        main(["sweep", str(cfg), "--targets", "0.2,1.5"])
+    assert "target ratios must be in (0, 1]" in capsys.readouterr().err
