@@ -17,6 +17,6 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 def test_quick_mode_runs(script, tmp_path):
     env = {**os.environ, "LCPRESS_CACHE_DIR": str(tmp_path), "LCPRESS_QUIET": "1"}
     done = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--out", str(tmp_path / "out.md")],
-                          capture_output=True, text=True, timeout=300, env=env)
+                          capture_output=True, text=True, timeout=900, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "|---|" in done.stdout
