@@ -9,7 +9,6 @@ from typing import ClassVar
 
 import pytest
 import torch
-from torch import nn
 
 import lcpress
 from lcpress.forms import Dense, Form, LayerSpec, LowRank

@@ -6,7 +6,6 @@ import textwrap
 
 import pytest
 import torch
-from torch import nn
 
 from lcpress.forms import Dense, LayerSpec, LowRank
 from lcpress.graph import trace
