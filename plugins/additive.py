@@ -69,16 +69,19 @@ class Additive(Form):
     kind: ClassVar[str] = "additive"
 
     def primitives(self, spec: LayerSpec) -> tuple[LayerSpec, ...]:
-        out: list[LayerSpec] = []
+        return tuple(p for branch in self.branches(spec) for p in branch)
+
+    def branches(self, spec: LayerSpec) -> tuple[tuple[LayerSpec, ...], ...]:
+        out: list[tuple[LayerSpec, ...]] = []
         runs_dense = False
         for form, factor in zip(self.parts, self.factors):
             branch = _branch_primitives(spec, form, factor)
             if branch is None:
                 runs_dense = True  # fused with the other store-small parts into one dense product
             else:
-                out.extend(branch)
+                out.append(branch)
         if runs_dense:
-            out.append(spec.with_(bias=False))
+            out.append((spec.with_(bias=False),))
         return tuple(out)
 
     def param_count(self, spec: LayerSpec) -> int:

@@ -190,3 +190,18 @@ def test_a_third_party_scheme_is_a_part(plugins):
     residual = before[0].weight.detach() - 0.05 * torch.sign(before[0].weight.detach())
     assert state.meta["objective"][-1] <= float((residual ** 2).sum())
     assert result.max_abs_error <= 1e-5
+
+
+def test_measured_cost_models_time_the_parallel_branches():
+    from lcpress.forms import LowRank
+    from lcpress.measured import form_module
+    from lcpress.modules import ParallelSum
+    from lcpress.plugins.additive import Additive
+    from lcpress.plugins.prune import Sparse
+
+    spec = lcpress.LayerSpec("linear", 48, 32, (5, 48))
+    form = Additive((LowRank(4), LowRank(3), Sparse(10)), (1, 4, 1))
+    module = form_module(spec, form)
+    assert isinstance(module, ParallelSum) and len(module) == 3  # thin, interleaved, dense-running
+    assert module(torch.randn(*spec.input_shape)).shape == spec.output_shape
+    assert FLOPS.cost(spec, form) == sum(p.flops for b in form.branches(spec) for p in b)
