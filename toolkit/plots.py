@@ -162,15 +162,22 @@ def lc_curve_figure(history: pd.DataFrame, dense_metric: float | None = None,
             ax.legend(fontsize=7)
         _mu_axis(ax, mu)
         if log_y and (values > 0).all():
-            from matplotlib.ticker import FuncFormatter
-
-            ax.set_yscale("log")
-            for axis_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-                axis_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+            _log_axis(ax, values)
         ax.set_xlabel("μ")
         ax.set_title(title, fontsize=9)
     fig.suptitle("LC path", fontsize=10)
     return fig
+
+
+def _log_axis(ax: Any, values: pd.Series) -> None:
+    """Log-scaled y axis with plain numbers; minor ticks labelled only when the values span under a decade."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:.3g}")
+    ax.yaxis.set_major_formatter(plain)
+    narrow = float(values.max()) < 10 * float(values.min())
+    ax.yaxis.set_minor_formatter(plain if narrow else NullFormatter())
 
 
 def _mu_axis(ax: Any, mu: pd.Series) -> None:
