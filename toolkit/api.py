@@ -54,12 +54,16 @@ class CompressionResult:
     config: LCConfig
     run_dir: Path | None = None
     totals: dict[str, float] = field(default_factory=dict)
+    #: the metric of the compressed model before ``finetune`` trained the realized model (None: no fine-tuning)
+    metric_before_finetune: float | None = None
 
     def summary(self, metric_name: str = "metric") -> str:
         """The per-layer table, totals and metrics, as text."""
         lines = [format_table(self.layers)]
         if self.dense_metric is not None and self.metric is not None:
-            lines.append(f"{metric_name}: dense {self.dense_metric:.4f} → compressed {self.metric:.4f}")
+            tuned = "" if self.metric_before_finetune is None else \
+                f" (after LC {self.metric_before_finetune:.4f}, then fine-tuned)"
+            lines.append(f"{metric_name}: dense {self.dense_metric:.4f} → compressed {self.metric:.4f}{tuned}")
         lines.append(f"realized model vs Δ(θ): max |difference| = {self.max_abs_error:.2e}")
         return "\n".join(lines)
 
@@ -110,6 +114,7 @@ def compress(
         raise ConfigError("device: 'cuda' was asked for but torch sees no CUDA device; use device: cpu")
     model.to(device)
     example_input = _example_input(example_input, loaders, device)
+    finetune_fn = _finetune_fn(train_fn, loaders, config, device, progress)
     train_fn, eval_fn = _default_fns(train_fn, eval_fn, loaders, config, device, progress)
 
     graph, tasks, cost_models = plan(model, config, example_input)
@@ -132,7 +137,7 @@ def compress(
         engine.restore(tensors, meta["engine"])
         log.info("resuming %s after LC step %d", run_dir.path, engine.next_step - 1)
     engine.run()
-    return _finish(model, engine, graph, cost_models, config, example_input, dense_metric, run_dir)
+    return _finish(model, engine, graph, cost_models, config, example_input, dense_metric, run_dir, finetune_fn, eval_fn)
 
 
 def plan(model: nn.Module, config: LCConfig, example_input: Any) -> tuple[ModelGraph, list[Task], dict[str, CostModel]]:
@@ -143,26 +148,59 @@ def plan(model: nn.Module, config: LCConfig, example_input: Any) -> tuple[ModelG
     return graph, plan_tasks(model, graph, config.tasks, registry, cost_models), cost_models
 
 
-def _finish(model, engine: LCEngine, graph, cost_models, config, example_input, dense_metric, run_dir) -> CompressionResult:
+def _finish(model, engine: LCEngine, graph, cost_models, config, example_input, dense_metric, run_dir,
+            finetune_fn=None, eval_fn=None) -> CompressionResult:
     states = list(engine.states)
     load_compressed(engine.tasks, states)  # the model now computes with Δ(θ) …
     reference = copy.deepcopy(model)  # … and this dense copy is what the realized model must match
     records = realize(model, engine.tasks, states, graph.aliases)
-    max_err = verify(model, reference, example_input)
+    max_err = verify(model, reference, example_input)  # before fine-tuning moves the realized weights
+    tuned_metric = _fine_tune(model, finetune_fn, eval_fn, config)
     model.lcpress_layers = [r.to_dict() for r in records]
     schemes = {name: t.scheme.name for t in engine.tasks for name in t.layers}
     table = layer_table(graph, engine.forms(), cost_models, schemes, [r.name for r in records if r.realized])
     history = engine.history_frame()
     metric = history["metric"].iloc[-1] if "metric" in history else None
+    metric = None if metric is None else float(metric)
     result = CompressionResult(model, history, table, records, states, engine.tasks, graph, dense_metric,
-                               None if metric is None else float(metric), max_err, config, None, totals(table))
+                               metric if tuned_metric is None else tuned_metric, max_err, config, None, totals(table),
+                               metric if tuned_metric is not None else None)
     if run_dir is not None:
         result.run_dir = run_dir.path
         table.to_csv(run_dir.file("layers.csv"), index=False)
         result.save(run_dir.file("model.safetensors"), overwrite=True)
+        tuned = {} if tuned_metric is None else {"metric_before_fine_tuning": metric, "fine_tuned": True,
+                                                 "fine_tune_passes": config.finetune.steps}
         run_dir.mark_finished(dense_metric=dense_metric, metric=result.metric, max_abs_error=max_err,
-                              totals=result.totals)
+                              totals=result.totals, **tuned)
     return result
+
+
+def _finetune_fn(train_fn, loaders, config: LCConfig, device, progress) -> TrainFn | None:
+    """What trains the realized model: the user's train_fn, or a fresh built-in trainer (new parameters, new optimizer)."""
+    if config.finetune.steps == 0:
+        return None
+    if train_fn is not None:
+        return train_fn
+    if loaders is None or loaders[0] is None:
+        raise ConfigError("finetune.steps > 0 needs a training function: pass train_fn=…, or loaders=(train, eval)")
+    return SupervisedTrainer(loaders[0], config.train, device=device, progress=progress,
+                             description="fine-tuning the realized model, pass")
+
+
+def _fine_tune(model: nn.Module, finetune_fn, eval_fn, config: LCConfig) -> float | None:
+    """``finetune.steps`` penalty-free passes over the realized model; its metric after them (None: no fine-tuning)."""
+    if finetune_fn is None:
+        return None
+    from .engine import LStep
+
+    done, total = config.schedule.steps, config.schedule.steps + config.finetune.steps
+    zero = next(model.parameters()).new_zeros(())
+    model.train()
+    for k in range(config.finetune.steps):  # the learning rate keeps decaying from the last L step
+        finetune_fn(model, lambda: zero, LStep(done + k, 0.0, total))
+    model.eval()
+    return None if eval_fn is None else float(eval_fn(model))
 
 
 def _example_input(example_input: Any, loaders: tuple[Any, Any] | None, device: torch.device) -> Any:
