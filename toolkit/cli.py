@@ -157,6 +157,7 @@ def _inputs(data: dict[str, Any], quiet: bool):
     import torch
 
     from .config import load_config
+    from .distributed import main_first
     from .errors import ConfigError
     from .sources import build_loaders, build_model
 
@@ -165,7 +166,8 @@ def _inputs(data: dict[str, Any], quiet: bool):
         raise ConfigError("the CLI needs 'model' and 'data' sections (the Python API takes objects instead)")
     train_loader, eval_loader = build_loaders(config.data, config.seed)
     cache = Path(config.output_dir).parent / ".lcpress-cache" if config.output_dir else None
-    model = build_model(config.model, train_loader, cache, progress=not quiet)
+    with main_first():  # under torchrun, rank 0 trains and caches a builtin model; the others load it
+        model = build_model(config.model, train_loader, cache, progress=not quiet)
     generator = getattr(train_loader, "generator", None)
     if isinstance(generator, torch.Generator):
         generator.manual_seed(config.seed)  # same data order whether or not the model was just trained
@@ -192,10 +194,15 @@ def _read_yaml(path_text: str) -> dict[str, Any]:
 
 
 def _run(data: dict[str, Any], *, resume: bool, force: bool, quiet: bool, keep_note: bool = True) -> int:
+    from . import distributed
     from .api import compress
 
-    config, model, loaders = _inputs(data, quiet)
-    result = compress(model, config, loaders=loaders, resume=resume, force=force, progress=not quiet)
+    with distributed.process_group(str(data.get("device", "cpu"))):  # joins torchrun's ranks, if any
+        config, model, loaders = _inputs(data, quiet or not distributed.is_main())
+        result = compress(model, config, loaders=loaders, resume=resume, force=force, progress=not quiet)
+        main = distributed.is_main()
+    if not main:  # rank 0 prints and writes the report
+        return 0
     print(result.summary(config.metric))
     if keep_note and result.run_dir is not None:
         files = result.write_report()
