@@ -65,14 +65,27 @@ def test_realized_model_runs_in_onnxruntime_like_in_torch(tasks, kinds, tmp_path
     assert float((run_onnx(done.path, x) - expected).abs().max()) <= TOLERANCE  # another batch size: dynamic batch
 
 
-def test_additive_realized_model_runs_in_onnxruntime(tmp_path):
-    if "additive" not in get_registry().schemes.classes:
-        pytest.skip("the 'additive' scheme is not registered in this build")
+PACKED = {  # the additive scheme's parallel branches, and layers that decode packed codes in forward()
+    "low rank + sparse": (["additive", "low_rank", "prune"], [{
+        "layers": ["2", "8"], "scheme": "additive",
+        "options": {"parts": [{"scheme": "low_rank", "options": {"rank": 8}},
+                              {"scheme": "prune", "options": {"keep_fraction": 0.05}}]}}]),
+    "reshaped low rank + quantized": (["additive", "low_rank", "quantize"], [{
+        "layers": ["8"], "scheme": "additive",
+        "options": {"parts": [{"scheme": "low_rank", "options": {"rank": 4}, "reshape": 2},
+                              {"scheme": "quantize", "options": {"k": 4}}]}}]),
+    "quantized": (["quantize"], [{"layers": ["2", "5", "8"], "scheme": "quantize", "options": {"k": 4}}]),
+}
+
+
+@pytest.mark.parametrize("case", PACKED)
+def test_additive_and_packed_models_run_in_onnxruntime(case, tmp_path):
+    schemes, tasks = PACKED[case]
+    missing = [n for n in schemes if n not in get_registry().schemes.classes]
+    if missing:
+        pytest.skip(f"scheme {', '.join(missing)} is not registered in this build")
     x = torch.randn(5, 1, 8, 8)
-    task = [{"layers": ["2", "8"], "scheme": "additive",
-            "options": {"parts": [{"scheme": "low_rank", "options": {"rank": 8}},
-                                  {"scheme": "low_rank", "options": {"rank": 4}}]}}]
-    result = direct(digits_cnn(), task, x)
+    result = direct(digits_cnn(), tasks, x)
     assert any(r.realized for r in result.records)
     done = export_onnx(result.model, tmp_path / "m.onnx", x[:1])
     assert done.max_abs_error <= TOLERANCE
