@@ -13,7 +13,8 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.mark.parametrize("script", ["realized_speedup.py", "cstep_speed.py", "budget_methods.py",
-                                    "latency_target.py", "latency_prediction.py", "onnx_latency.py"])
+                                    "latency_target.py", "latency_prediction.py", "combinations.py",
+                                    "onnx_latency.py"])
 def test_quick_mode_runs(script, tmp_path):
     if script == "onnx_latency.py":
         from lcpress.export import missing_packages

@@ -65,16 +65,21 @@ def test_realized_model_runs_in_onnxruntime_like_in_torch(tasks, kinds, tmp_path
     assert float((run_onnx(done.path, x) - expected).abs().max()) <= TOLERANCE  # another batch size: dynamic batch
 
 
+def _combination(scheme: str, *parts: dict) -> list[dict]:
+    return [{"layers": ["2", "10"], "scheme": scheme, "cost": "storage", "options": {"parts": list(parts)}}]
+
+
 PACKED = {  # the additive scheme's parallel branches, and layers that decode packed codes in forward()
-    "low rank + sparse": (["additive", "low_rank", "prune"], [{
-        "layers": ["2", "8"], "scheme": "additive",
-        "options": {"parts": [{"scheme": "low_rank", "options": {"rank": 8}},
-                              {"scheme": "prune", "options": {"keep_fraction": 0.05}}]}}]),
-    "reshaped low rank + quantized": (["additive", "low_rank", "quantize"], [{
-        "layers": ["8"], "scheme": "additive",
-        "options": {"parts": [{"scheme": "low_rank", "options": {"rank": 4}, "reshape": 2},
-                              {"scheme": "quantize", "options": {"k": 4}}]}}]),
-    "quantized": (["quantize"], [{"layers": ["2", "5", "8"], "scheme": "quantize", "options": {"k": 4}}]),
+    "low rank + sparse": (["additive", "low_rank", "prune"], _combination(
+        "additive", {"scheme": "low_rank", "options": {"rank": 8}}, {"scheme": "prune", "options": {"keep_fraction": 0.05}})),
+    "reshaped low rank": (["additive", "low_rank"], _combination(
+        "additive", {"scheme": "low_rank", "options": {"rank": 8}},
+        {"scheme": "low_rank", "options": {"rank": 8}, "reshape": 4})),
+    "quantized + sparse": (["additive", "quantize", "prune"], _combination(
+        "additive", {"scheme": "quantize", "options": {"k": 2}}, {"scheme": "prune", "options": {"keep_fraction": 0.01}})),
+    "prune then quantize": (["sequential", "quantize", "prune"], _combination(
+        "sequential", {"scheme": "prune", "options": {"keep_fraction": 0.05}},
+        {"scheme": "quantize", "options": {"k": 4, "zeros": "keep"}})),
 }
 
 
@@ -87,6 +92,10 @@ def test_additive_and_packed_models_run_in_onnxruntime(case, tmp_path):
     x = torch.randn(5, 1, 8, 8)
     result = direct(digits_cnn(), tasks, x)
     assert any(r.realized for r in result.records)
+    if schemes[0] == "additive":
+        from lcpress.modules import ParallelSum
+
+        assert any(isinstance(m, ParallelSum) for m in result.model.modules()), "no parallel branches to export"
     done = export_onnx(result.model, tmp_path / "m.onnx", x[:1])
     assert done.max_abs_error <= TOLERANCE
     with torch.no_grad():

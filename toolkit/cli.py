@@ -347,11 +347,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     rebuild = "yes" if manifest.get("architecture") else f"no (needs the model class: {', '.join(manifest['not_rebuildable'])})"
     print(f"loads without the model's code: {rebuild}")
     for layer in manifest.get("layers", []):
-        form = layer.get("form") or {}
-        desc = ", ".join(f"{k}={v}" for k, v in form.items() if k != "kind")
         state = "realized" if layer.get("realized") else f"dense ({layer.get('reason', '')})"
-        print(f"  {layer['name']}: {layer['scheme']} {form.get('kind', '')} {desc} — {state}")
+        print(f"  {layer['name']}: {layer['scheme']} {_form_text(layer.get('form') or {})} — {state}")
     return 0
+
+
+def _form_text(form: dict) -> str:
+    """A manifest's form as text: ``low_rank(rank=8) + sparse(nonzeros=40)`` for a form made of parts."""
+    if "parts" in form:
+        return " + ".join(_form_text(part) for part in form["parts"])
+    fields = ", ".join(f"{k}={v}" for k, v in form.items() if k != "kind" and v is not None)
+    return f"{form.get('kind', '')}({fields})" if fields else form.get("kind", "")
 
 
 def cmd_options(args: argparse.Namespace) -> int:

@@ -8,6 +8,12 @@ torch. :func:`export_run` does the same for a finished run directory
 (``lcpress export RUN_DIR --onnx model.onnx``), rebuilding the model from its
 ``model.safetensors`` without pickle.
 
+Layers that decode packed codes in their forward pass (``DecodedLinear``,
+``DecodedConv2d``: the quantized and sparse parts) are exported as the plain
+Linear/Conv2d they decode to, holding the decoded weight: ONNX has no use for
+bit unpacking at inference time, so those layers run at dense speed and are
+stored dense in the file.
+
 Needs the ``[onnx]`` extra (onnx, onnxscript; onnxruntime for the check).
 """
 
@@ -67,8 +73,10 @@ def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor,
     missing = missing_packages(check=False)
     if missing:
         raise LcpressError(f"ONNX export needs {', '.join(missing)}: pip install 'lcpress[onnx]'")
+    source = model
     was_training = model.training
     model.eval()
+    model = decoded_copy(model)
     try:
         x = example_input
         kwargs: dict[str, Any] = {}
@@ -95,7 +103,44 @@ def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor,
             error = max_abs_difference(path, model, example_input)
         return Exported(path, error)
     finally:
-        model.train(was_training)
+        source.train(was_training)
+
+
+def decoded_copy(model: nn.Module) -> nn.Module:
+    """``model``, or a copy of it in which every layer that decodes packed codes is the dense layer it decodes to."""
+    import copy
+
+    from .packed import DecodedConv2d, DecodedLinear
+    from .realize import replace_module
+
+    names = [n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, (DecodedLinear, DecodedConv2d))]
+    if not names:
+        return model
+    model = copy.deepcopy(model)
+    plain: dict[int, nn.Module] = {}  # one replacement per module, so a layer under two names stays shared
+    for name in names:
+        module = model.get_submodule(name)
+        if id(module) not in plain:
+            plain[id(module)] = _dense_layer(module)
+        replace_module(model, name, plain[id(module)])
+    return model
+
+
+@torch.no_grad()
+def _dense_layer(module: nn.Module) -> nn.Module:
+    from .packed import DecodedLinear
+
+    weight = module.weight_now()
+    kw = {"device": weight.device, "dtype": weight.dtype, "bias": module.bias is not None}
+    if isinstance(module, DecodedLinear):
+        dense = nn.Linear(module.in_features, module.out_features, **kw)
+    else:
+        dense = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                          module.dilation, module.groups, padding_mode=module.padding_mode, **kw)
+    dense.weight.copy_(weight)
+    if module.bias is not None:
+        dense.bias.copy_(module.bias)
+    return dense.eval()
 
 
 @contextlib.contextmanager
