@@ -44,7 +44,7 @@ from lcpress import CStepContext, Options, Scheme, State, option
 from lcpress.forms import Dense, Form, LayerSpec, LowRank
 from lcpress.modules import InterleavedLowRank, ParallelSum
 from lcpress.packed import DenseWeight, decoded
-from lcpress.parts import FIXED_FORM_HINT, PartOptions, build_parts, pack_states, part_state
+from lcpress.parts import FIXED_FORM_HINT, PartOptions, build_parts, compress_part, pack_states, part_state
 from lcpress.views import reshape_matrix, to_matrix, unreshape_matrix
 
 
@@ -182,7 +182,7 @@ class AdditiveScheme(Scheme):
                                    generator=ctx.generator, step=ctx.step, layer=f"{ctx.layer} part {j}")
                 if part.candidates(self._to_part(residual, j), sub) is not None:
                     raise ValueError(f"part {j} ({part.name}) offered a choice of forms; give it fixed options")
-                states[j] = part.compress(self._to_part(residual, j), sub)
+                states[j] = compress_part(j, part, self._to_part(residual, j), sub)
                 deltas[j] = self._part_delta(j, states[j], w.shape)
                 objective.append(float(torch.sum((w - sum(deltas)) ** 2)))
         return self._pack(states, objective, w.shape)

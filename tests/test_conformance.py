@@ -40,6 +40,21 @@ def test_every_registered_scheme_passes_the_kit(name, lcpress_conformance):
     assert {"shape_dtype", "deterministic", "form", "realize", "state_roundtrip"} <= set(report.passed), str(report)
 
 
+#: Option variants whose forms and realizations differ from the defaults'.
+VARIANTS = [
+    ("prune", {"structured": True}), ("prune", {"structured": True, "keep": 3}),
+    ("prune", {"mode": "l1_penalty", "alpha": 1e-3}), ("quantize", {"k": None}), ("quantize", {"codebook": "ternary"}),
+    ("additive", {"parts": [{"scheme": "quantize", "options": {"k": 2}}, {"scheme": "low_rank", "options": {"rank": 2}},
+                            {"scheme": "low_rank", "options": {"rank": 1}, "reshape": 2}]}),
+]
+
+
+@pytest.mark.parametrize("name, options", VARIANTS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(VARIANTS)])
+def test_option_variants_pass_the_kit(name, options, lcpress_conformance):
+    report = lcpress_conformance.scheme(REGISTRY.scheme(name), options)
+    assert {"shape_dtype", "deterministic", "form", "realize", "state_roundtrip"} <= set(report.passed), str(report)
+
+
 @pytest.mark.parametrize("name", sorted(REGISTRY.cost_models.classes))
 def test_every_registered_cost_model_passes_the_kit(name, lcpress_conformance):
     report = lcpress_conformance.cost_model(REGISTRY.cost_model(name), **COST_KIT.get(name, {}))

@@ -99,6 +99,9 @@ class Form:
     """
 
     kind: ClassVar[str] = "form"
+    #: True when the last primitive computes only some of the layer's output channels and the
+    #: others are constants put back in place (row pruning, :class:`lcpress.modules.ScatterChannels`).
+    fills_outputs: ClassVar[bool] = False
 
     def primitives(self, spec: LayerSpec) -> tuple[LayerSpec, ...]:
         """The layers this form executes, in order, with their exact shapes."""

@@ -32,7 +32,7 @@ from torch import nn
 from .checkpoint import write_text_atomic
 from .costmodel import CostModel
 from .forms import Form, LayerSpec, form_to_dict
-from .modules import GroupedLinear
+from .modules import GroupedLinear, ParallelSum, ScatterChannels
 
 log = logging.getLogger("lcpress.measured")
 
@@ -77,9 +77,13 @@ def _chain(spec: LayerSpec, prims: tuple[LayerSpec, ...]) -> nn.Sequential:
 
 def form_module(spec: LayerSpec, form: Form) -> nn.Module:
     """The primitives of ``form`` for layer ``spec``, in execution order (parallel branches summed)."""
-    from .modules import ParallelSum
-
     chains = [_chain(spec, branch) for branch in form.branches(spec)]
+    if form.fills_outputs:  # the pruned outputs are put back in place: time that copy too
+        for chain, branch in zip(chains, form.branches(spec)):
+            kept = branch[-1].out_channels
+            scatter = ScatterChannels(spec.out_channels, kept, dim=1 if spec.kind == "conv2d" else -1)
+            scatter.index.copy_(torch.arange(kept))
+            chain.append(scatter)
     return chains[0] if len(chains) == 1 else ParallelSum(chains)
 
 

@@ -272,15 +272,18 @@ def check_form(s: SchemeSubject) -> str | None:
             require(tuple(p for b in branches for p in b) == tuple(prims),
                     f"{where}: primitives() must be the concatenation of branches()")
             for chain in branches:
-                _check_chain(spec, chain, where)
+                _check_chain(spec, chain, where, form.fills_outputs)
             for value, what in ((form.param_count(spec), "param_count"), (form.storage_bits(spec), "storage_bits"),
                                 (sum(p.flops for p in prims), "FLOPs")):
                 require(math.isfinite(value) and value >= 0, f"{where}: {what} must be finite and non-negative, got {value}")
     return None
 
 
-def _check_chain(spec: LayerSpec, chain: tuple[LayerSpec, ...], where: str) -> None:
-    """A chain reads the layer's input, passes activations on (reshapes are free), and outputs the layer's output."""
+def _check_chain(spec: LayerSpec, chain: tuple[LayerSpec, ...], where: str, fills_outputs: bool = False) -> None:
+    """A chain reads the layer's input, passes activations on (reshapes are free), and outputs the layer's output.
+
+    A form that ``fills_outputs`` may compute fewer output channels (the others are put back as constants).
+    """
     numel = math.prod
     require(len(chain) >= 1, f"{where}: every branch needs at least one primitive")
     require(numel(chain[0].input_shape) == numel(spec.input_shape),
@@ -288,7 +291,10 @@ def _check_chain(spec: LayerSpec, chain: tuple[LayerSpec, ...], where: str) -> N
     for p, q in zip(chain, chain[1:]):
         require(numel(q.input_shape) == numel(p.output_shape),
                 f"{where}: a primitive reads shape {q.input_shape} but the one before it outputs {p.output_shape}")
-    require(tuple(chain[-1].output_shape) == tuple(spec.output_shape),
+    produced = chain[-1].output_shape
+    if fills_outputs and chain[-1].out_channels <= spec.out_channels:
+        produced = chain[-1].with_(out_channels=spec.out_channels).output_shape
+    require(tuple(produced) == tuple(spec.output_shape),
             f"{where}: the last primitive outputs {chain[-1].output_shape}, the layer {spec.output_shape}")
 
 
