@@ -14,8 +14,14 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.mark.parametrize("script", ["realized_speedup.py", "cstep_speed.py", "budget_methods.py",
-                                    "latency_target.py", "latency_prediction.py", "combinations.py"])
+                                    "latency_target.py", "latency_prediction.py", "combinations.py",
+                                    "onnx_latency.py"])
 def test_quick_mode_runs(script, tmp_path):
+    if script == "onnx_latency.py":
+        from lcpress.export import missing_packages
+
+        if missing_packages():
+            pytest.skip(f"needs {', '.join(missing_packages())}: pip install 'lcpress[onnx]'")
     env = {**os.environ, "LCPRESS_CACHE_DIR": str(tmp_path), "LCPRESS_QUIET": "1"}
     done = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--out", str(tmp_path / "out.md")],
                           capture_output=True, text=True, timeout=900, env=env)

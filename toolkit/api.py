@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from . import distributed
 from .checkpoint import FileCheckpointer, RunDirectory
 from .config import LCConfig, load_config
 from .costmodel import CostModel
@@ -107,29 +108,40 @@ def compress(
         Default: the first batch of the eval (else train) loader.
     :param resume: continue the run in ``config.output_dir`` from its checkpoint.
     :param force: replace whatever run ``config.output_dir`` holds.
+
+    Inside an initialised ``torch.distributed`` process group (torchrun) the L
+    steps run data-parallel, the C step on rank 0, and only rank 0 writes the
+    run directory: see :mod:`lcpress.distributed`.
     """
     config = load_config(config)
-    device = torch.device(config.device)
+    device = distributed.local_device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: 'cuda' was asked for but torch sees no CUDA device; use device: cpu")
     model.to(device)
     example_input = _example_input(example_input, loaders, device)
+    if distributed.active() and train_fn is None and loaders is not None:
+        loaders = (distributed.shard_loader(loaders[0], config.seed), loaders[1])
+    progress = progress and distributed.is_main()
     finetune_fn = _finetune_fn(train_fn, loaders, config, device, progress)
     train_fn, eval_fn = _default_fns(train_fn, eval_fn, loaders, config, device, progress)
+    train_fn = distributed.data_parallel(train_fn, model)
 
     graph, tasks, cost_models = plan(model, config, example_input)
 
     run_dir = RunDirectory(config.output_dir) if config.output_dir else None
-    resuming = run_dir.prepare(resume=resume, force=force, config=config.to_dict()) if run_dir else False
+    resuming = distributed.on_main(
+        lambda: run_dir.prepare(resume=resume, force=force, config=config.to_dict()) if run_dir else False)
     if resume and run_dir is None:
         raise ConfigError("output_dir: resuming needs the run directory of the run to continue")
     checkpointer = FileCheckpointer(run_dir.checkpoint_path, config.to_dict()) if run_dir and config.checkpoint else None
 
     torch.manual_seed(config.seed)
     dense_metric = float(eval_fn(model)) if eval_fn is not None else None
-    if run_dir is not None:  # what `lcpress report` needs to describe the run while it is still running
-        run_dir.update_info(plan=plan_record(graph, tasks), dense_metric=dense_metric)
-    engine = LCEngine(model, tasks, config.schedule, train_fn, eval_fn, graph=graph, report_costs=cost_models,
+    if run_dir is not None and distributed.is_main():  # what `lcpress report` needs while the run is running
+        run_dir.update_info(plan=plan_record(graph, tasks), dense_metric=dense_metric,
+                            example_input=input_record(example_input))
+    engine_class = distributed.DistributedLCEngine if distributed.active() else LCEngine
+    engine = engine_class(model, tasks, config.schedule, train_fn, eval_fn, graph=graph, report_costs=cost_models,
                       seed=config.seed, checkpointer=checkpointer, progress=progress,
                       history_csv=run_dir.file("history.csv") if run_dir else None)
     if resuming:
@@ -167,13 +179,24 @@ def _finish(model, engine: LCEngine, graph, cost_models, config, example_input, 
                                metric if tuned_metric is not None else None)
     if run_dir is not None:
         result.run_dir = run_dir.path
-        table.to_csv(run_dir.file("layers.csv"), index=False)
-        result.save(run_dir.file("model.safetensors"), overwrite=True)
         tuned = {} if tuned_metric is None else {"metric_before_fine_tuning": metric, "fine_tuned": True,
                                                  "fine_tune_passes": config.finetune.steps}
-        run_dir.mark_finished(dense_metric=dense_metric, metric=result.metric, max_abs_error=max_err,
-                              totals=result.totals, **tuned)
+
+        def write() -> None:
+            table.to_csv(run_dir.file("layers.csv"), index=False)
+            result.save(run_dir.file("model.safetensors"), overwrite=True)
+            run_dir.mark_finished(dense_metric=dense_metric, metric=result.metric, max_abs_error=max_err,
+                                  totals=result.totals, **tuned)
+
+        distributed.on_main(write)  # every rank returns once rank 0 has written the run directory
     return result
+
+
+def input_record(example_input: Any) -> dict[str, Any] | None:
+    """Shape and dtype of a one-tensor example input (``lcpress export`` rebuilds it); None otherwise."""
+    if not isinstance(example_input, torch.Tensor):
+        return None
+    return {"shape": list(example_input.shape), "dtype": str(example_input.dtype).removeprefix("torch.")}
 
 
 def _finetune_fn(train_fn, loaders, config: LCConfig, device, progress) -> TrainFn | None:
@@ -194,6 +217,7 @@ def _fine_tune(model: nn.Module, finetune_fn, eval_fn, config: LCConfig) -> floa
         return None
     from .engine import LStep
 
+    finetune_fn = distributed.data_parallel(finetune_fn, model)  # over the realized model's parameters
     done, total = config.schedule.steps, config.schedule.steps + config.finetune.steps
     zero = next(model.parameters()).new_zeros(())
     model.train()
