@@ -181,6 +181,7 @@ def collect(root: Path = RUNS) -> list[dict[str, Any]]:
             "wall_seconds": round(json.loads(wall.read_text())["seconds"] if wall.is_file()
                                   else float(summary.history["seconds"].sum())),
             "steps": schedule["steps"], "epochs": train["epochs"], "first_epochs": train["first_epochs"],
+            "forms": "; ".join(f"{layer}: {form}" for layer, form in zip(layers["layer"], layers["form"])),
             "full_recipe": _is_full(summary.config), "run": path.name, "note": storage_note.strip(" ()"),
         })
         record["ratio"] = round(record["bits_before"] / record["bits_after"], 1)
@@ -227,9 +228,9 @@ def write_table(records: list[dict[str, Any]], markdown: Path = MARKDOWN, csv: P
         lines.append("")
         lines.append(f"Reference net: theirs {THEIR_REFERENCE:.2f}%, lcpress's "
                      + ", ".join(f"{e:.2f}%" for e in refs) + " test error.")
-    notes = [f"{r['configuration']}: {r['note']}" for r in records if r.get("note")]
-    if notes:
-        lines += ["", *[f"- {n}" for n in notes]]
+    lines += ["", "Forms chosen, per layer:", ""]
+    lines += [f"- {r['configuration']}: {r['forms']}" + (f" ({r['note']})" if r.get("note") else "")
+              for r in records if "forms" in r]
     table = "\n".join(lines)
     begin, end = "<!-- table: run_all.py -->", "<!-- end table -->"
     if markdown.is_file() and begin in markdown.read_text():
