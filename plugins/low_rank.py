@@ -54,6 +54,9 @@ class LowRankScheme(Scheme):
     selects = True
     options: LowRankOptions
 
+    def selecting(self) -> bool:
+        return self.options.rank is None
+
     def check_layer(self, spec: LayerSpec | None, module: nn.Module | None) -> str | None:
         if spec is not None and spec.kind == "conv2d" and spec.groups != 1:
             return "low_rank factorizes convolutions with groups=1 only"

@@ -16,7 +16,8 @@ from typing import Any, Callable
 from torch import nn
 
 from .errors import CheckpointError
-from .modules import GroupedLinear, PointwiseConv2d
+from .modules import GroupedLinear, InterleavedLowRank, ParallelSum, PointwiseConv2d, ScatterChannels
+from .packed import CodebookWeight, DecodedConv2d, DecodedLinear, DenseWeight, SparseCodebookWeight, SparseWeight
 
 Args = Callable[[nn.Module], dict[str, Any]]
 
@@ -67,6 +68,19 @@ ALLOWED: dict[str, tuple[type[nn.Module], Args]] = {
                                                      "bias": m.bias is not None}),
     "GroupedLinear": (GroupedLinear, lambda m: {"in_features": m.in_features, "out_features": m.out_features,
                                                 "groups": m.groups}),
+    "ParallelSum": (ParallelSum, lambda m: {}),
+    "ScatterChannels": (ScatterChannels, lambda m: {"channels": m.channels, "kept": m.kept, "dim": m.dim}),
+    "InterleavedLowRank": (InterleavedLowRank, lambda m: {"in_features": m.in_features, "out_features": m.out_features,
+                                                          "rank": m.rank, "factor": m.factor,
+                                                          "bias": m.second.bias is not None}),
+    "DecodedLinear": (DecodedLinear, lambda m: {"in_features": m.in_features, "out_features": m.out_features,
+                                                "bias": m.bias is not None}),
+    "DecodedConv2d": (DecodedConv2d, _conv_args),
+    "CodebookWeight": (CodebookWeight, lambda m: {"shape": list(m.shape), "entries": m.entries}),
+    "SparseWeight": (SparseWeight, lambda m: {"shape": list(m.shape), "nonzeros": m.nonzeros}),
+    "SparseCodebookWeight": (SparseCodebookWeight, lambda m: {"shape": list(m.shape), "nonzeros": m.nonzeros,
+                                                               "entries": m.entries}),
+    "DenseWeight": (DenseWeight, lambda m: {"shape": list(m.shape)}),
     "Embedding": (nn.Embedding, lambda m: {"num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim,
                                            "padding_idx": m.padding_idx}),
 }

@@ -313,8 +313,16 @@ class LCEngine:
         return math.sqrt(total)
 
     def forms(self) -> dict[str, Form]:
-        """Current form of every single-layer task, by layer name."""
-        return {t.name: t.scheme.form(s) for t, s in zip(self.tasks, self.states) if t.single_layer and s is not None}
+        """Current form of every compressed layer, by layer name (multi-layer tasks through ``layer_forms``)."""
+        forms: dict[str, Form] = {}
+        for task, state in zip(self.tasks, self.states):
+            if state is None:
+                continue
+            if task.single_layer:
+                forms[task.name] = task.scheme.form(state)
+            else:
+                forms.update(zip(task.layers, task.scheme.layer_forms(state, task.view.shapes)))
+        return forms
 
     def priced_layers(self) -> list[tuple[LayerSpec, Form]]:
         """(spec, form) of every traced layer: compressed ones in their form, others dense."""

@@ -116,6 +116,17 @@ class Form:
         """Short human text for tables ("rank 16", "dense")."""
         return self.kind
 
+    def report_fields(self) -> dict[str, Any]:
+        """Columns this form adds to per-layer tables (``rank``, ``nonzeros``, ``bits`` …).
+
+        Default: the form dataclass's plain fields. Forms made of parts
+        (additive combinations) prefix each part's fields with its number.
+        """
+        if not dataclasses.is_dataclass(self):
+            return {}
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {k: v for k, v in values.items() if isinstance(v, (bool, int, float, str))}
+
 
 @dataclass(frozen=True)
 class Dense(Form):

@@ -104,3 +104,85 @@ class GroupedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, groups={self.groups}"
+
+
+class ParallelSum(nn.ModuleList):
+    """Branches applied to the same input, outputs summed: the realized additive combination.
+
+    ``y = Σ_j branch_j(x)``: for layers linear in their weight this is the layer
+    with weight ``Σ_j Δ_j`` (only one branch carries the bias).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = None
+        for branch in self:
+            y = branch(x)
+            out = y if out is None else out + y
+        return out
+
+
+class ScatterChannels(nn.Module):
+    """Put the outputs of a row-pruned layer back into their places among ``channels`` outputs.
+
+    A structurally pruned layer computes only its kept output channels (a
+    genuinely smaller Linear or Conv2d). The pruned channels of the layer it
+    replaces output just their bias, so they are filled from ``fill`` (the
+    bias, zero at kept positions) and the surrounding model sees the original
+    shape unchanged.
+    """
+
+    def __init__(self, channels: int, kept: int, dim: int = -1) -> None:
+        super().__init__()
+        self.channels, self.kept, self.dim = channels, kept, dim
+        self.register_buffer("index", torch.zeros(kept, dtype=torch.long))
+        self.register_buffer("fill", torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dim = self.dim % x.dim()
+        shape = [1] * x.dim()
+        shape[dim] = self.channels
+        full = list(x.shape)
+        full[dim] = self.channels
+        out = self.fill.to(x.dtype).reshape(shape).expand(full).clone()
+        return out.index_copy_(dim, self.index, x)
+
+    def extra_repr(self) -> str:
+        return f"{self.kept} of {self.channels} channels, dim={self.dim}"
+
+
+class InterleavedLowRank(nn.Module):
+    """A Linear whose weight is a low-rank matrix in the block-interleaved ``(m·p, n/p)`` view.
+
+    With ``M = A B`` (A: m·p×r, B: r×n/p) and ``W[i, c·p + j] = M[i·p + j, c]``,
+    ``y_i = Σ_{j,r} A[i·p+j, r] · (Σ_c B[r, c] x[c·p + j])``: the input is read
+    as (n/p, p), ``first`` (B) maps its n/p axis to r for each of the p
+    columns, and ``second`` (A regrouped as m × p·r) mixes the p·r values.
+    FLOPs: r·n + m·p·r per row, against m·n dense.
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, factor: int, bias: bool = True) -> None:
+        super().__init__()
+        if in_features % factor:
+            raise ValueError(f"in_features {in_features} is not divisible by the reshape factor {factor}")
+        self.in_features, self.out_features, self.rank, self.factor = in_features, out_features, rank, factor
+        self.first = nn.Linear(in_features // factor, rank, bias=False)
+        self.second = nn.Linear(factor * rank, out_features, bias=bias)
+
+    @classmethod
+    def from_factors(cls, a: torch.Tensor, b: torch.Tensor, factor: int, bias: torch.Tensor | None) -> "InterleavedLowRank":
+        rows, rank = a.shape
+        new = cls(b.shape[1] * factor, rows // factor, rank, factor, bias is not None).to(a.device, a.dtype)
+        with torch.no_grad():
+            new.first.weight.copy_(b)
+            new.second.weight.copy_(a.reshape(rows // factor, factor * rank))
+            if bias is not None:
+                new.second.bias.copy_(bias)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        columns = x.reshape(*lead, self.in_features // self.factor, self.factor).transpose(-1, -2)
+        return self.second(self.first(columns).reshape(*lead, self.factor * self.rank))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, rank={self.rank}, factor={self.factor}"

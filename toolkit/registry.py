@@ -41,8 +41,13 @@ ENTRY_POINT_GROUP = "lcpress"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "lcpress.plugins.low_rank",
     "lcpress.plugins.alds",
+    "lcpress.plugins.prune",
+    "lcpress.plugins.quantize",
+    "lcpress.plugins.additive",
+    "lcpress.plugins.sequential",
     "lcpress.costmodels.params",
     "lcpress.costmodels.flops",
+    "lcpress.costmodels.storage",
     "lcpress.costmodels.cpu_latency",
     "lcpress.costmodels.gpu_latency",
     "lcpress.costmodels.gpu_energy",

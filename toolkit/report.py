@@ -15,7 +15,6 @@ the metric, rank and cost share per layer, and the LC path. Figures come from
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from .graph import ModelGraph
 log = logging.getLogger("lcpress.report")
 
 #: Cost models every report shows, besides those the tasks use.
-REPORTED_COST_MODELS = ("params", "flops")
+REPORTED_COST_MODELS = ("params", "flops", "storage")
 
 
 def layer_table(
@@ -77,11 +76,8 @@ def layer_table(
 
 
 def form_fields(form: Form) -> dict[str, Any]:
-    """``form_<field>`` entries for the fields of a form dataclass (plain values only)."""
-    if not dataclasses.is_dataclass(form):
-        return {}
-    fields = {f"form_{f.name}": getattr(form, f.name) for f in dataclasses.fields(form)}
-    return {k: v for k, v in fields.items() if isinstance(v, (bool, int, float, str))}
+    """``form_<field>`` entries for what the form reports (see :meth:`Form.report_fields`)."""
+    return {f"form_{k}": v for k, v in form.report_fields().items()}
 
 
 def full_rank(spec: LayerSpec, form: Form) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -117,6 +117,15 @@ class Scheme(ABC):
     def __init__(self, options: Options | None = None) -> None:
         self.options = options if options is not None else self.Options()
 
+    def selecting(self) -> bool:
+        """True when, with these options, :meth:`candidates` offers a choice of forms.
+
+        Default: the class's ``selects``. A scheme whose options can fix the
+        form (a given rank, a given codebook size) overrides this, so the
+        ``additive`` scheme can tell fixed parts from selecting ones.
+        """
+        return self.selects
+
     def check_layer(self, spec: LayerSpec | None, module: nn.Module | None) -> str | None:
         """Why this scheme cannot compress that layer, or None if it can.
 
@@ -149,6 +158,26 @@ class Scheme(ABC):
     def form(self, state: State) -> Form:
         """The form ``state`` takes, for pricing and reports. Default: dense."""
         return Dense()
+
+    def layer_forms(self, state: State, shapes: Sequence[tuple[int, ...]]) -> list[Form]:
+        """The form of each layer of a multi-layer task (``shared: true``), for pricing and reports.
+
+        ``shapes`` are the layers' weight shapes in task order. A scheme that
+        compresses several layers as one vector (one codebook, one global
+        sparsity budget) says here what each layer holds. Default: dense for
+        every layer (the conservative price).
+        """
+        return [Dense() for _ in shapes]
+
+    def encode(self, state: State) -> nn.Module | None:
+        """A :class:`lcpress.packed.WeightCodec` storing ``Δ(θ)`` compactly, for store-small, run-dense schemes.
+
+        Quantization and unstructured pruning return one (packed indices and a
+        codebook; values and a mask); their realized layer holds it, and the
+        ``additive`` scheme fuses several into one dense-running layer.
+        Default: None (the scheme has a structural realization, or none).
+        """
+        return None
 
     def realize(self, state: State, module: nn.Module) -> nn.Module:
         """The inference module that computes ``module`` with weight ``Δ(θ)``.

@@ -1,0 +1,255 @@
+"""Additive combinations: a weight written as a sum of differently compressed parts.
+
+``Δ(θ) = Σ_j Δ_j(θ_j)``, each part any registered scheme — built-in or
+third-party — with its own options and view. Low-rank + sparse, quantized +
+sparse, or a sum of low-rank matrices in differently reshaped views are
+configs of this one scheme::
+
+    scheme: additive
+    options:
+      reps: 4
+      parts:
+        - {scheme: low_rank, options: {rank: 16}}
+        - {scheme: prune, options: {keep_fraction: 0.02}}
+
+The C step alternates over the parts: part j compresses
+``w − Σ_{i≠j} Δ_i(θ_i)`` for ``reps`` rounds, starting from the previous C
+step's parts (warm start). Each part's own C step is an exact minimiser for
+its fixed form, so ``‖w − Δ(θ)‖²`` never increases across rounds; the values
+after every part update are kept in the state (``meta["objective"]``).
+
+``reshape: p`` gives a part the block-interleaved ``(m·p, n/p)`` view of the
+weight matrix (:func:`lcpress.views.reshape_matrix`), the reshaped low-rank
+matrices of the additive-combination papers.
+
+Realized as parallel branches whose outputs are summed
+(:class:`lcpress.modules.ParallelSum`): every structural part (low rank, row
+pruning, a reshaped low-rank part of a Linear) is its own branch, realized by
+its own scheme; every store-small part (quantized, sparse) is fused into one
+dense-running branch, so quantized + sparse runs as one matrix product.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+import lcpress
+from lcpress import CStepContext, Options, Scheme, State, option
+from lcpress.forms import Dense, Form, LayerSpec, LowRank
+from lcpress.modules import InterleavedLowRank, ParallelSum
+from lcpress.packed import DenseWeight, decoded
+from lcpress.parts import FIXED_FORM_HINT, PartOptions, build_parts, pack_states, part_state
+from lcpress.views import reshape_matrix, to_matrix, unreshape_matrix
+
+
+@dataclass
+class AdditiveOptions(Options):
+    parts: list[PartOptions] = option(help="the parts: [{scheme, options, reshape}, …]")
+    reps: int = option(4, help="rounds of alternation over the parts per C step")
+
+    def validate(self) -> None:
+        if len(self.parts) < 1:
+            self.fail("parts", "give at least one part")
+        if self.reps < 1:
+            self.fail("reps", f"must be at least 1, got {self.reps}")
+
+
+@dataclass(frozen=True)
+class Additive(Form):
+    """A sum of part forms; ``factors[j]`` is the reshape of part j (1 = none)."""
+
+    parts: tuple[Form, ...]
+    factors: tuple[int, ...]
+    kind: ClassVar[str] = "additive"
+
+    def primitives(self, spec: LayerSpec) -> tuple[LayerSpec, ...]:
+        out: list[LayerSpec] = []
+        runs_dense = False
+        for form, factor in zip(self.parts, self.factors):
+            branch = _branch_primitives(spec, form, factor)
+            if branch is None:
+                runs_dense = True  # fused with the other store-small parts into one dense product
+            else:
+                out.extend(branch)
+        if runs_dense:
+            out.append(spec.with_(bias=False))
+        return tuple(out)
+
+    def param_count(self, spec: LayerSpec) -> int:
+        bias = spec.out_channels if spec.bias else 0
+        return bias + sum(f.param_count(_part_spec(spec, p)) for f, p in zip(self.parts, self.factors))
+
+    def storage_bits(self, spec: LayerSpec, dtype_bits: int = 32) -> int:
+        bias = (spec.out_channels if spec.bias else 0) * dtype_bits
+        return bias + sum(f.storage_bits(_part_spec(spec, p), dtype_bits) for f, p in zip(self.parts, self.factors))
+
+    def describe(self) -> str:
+        return " + ".join(f.describe() + (f" (reshape {p})" if p > 1 else "") for f, p in zip(self.parts, self.factors))
+
+    def report_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        for j, form in enumerate(self.parts, 1):
+            fields[f"part{j}"] = form.kind
+            fields.update({f"part{j}_{k}": v for k, v in form.report_fields().items()})
+        return fields
+
+
+def _part_spec(spec: LayerSpec, factor: int) -> LayerSpec:
+    """The layer a part compresses: no bias (the layer's bias is counted once), reshaped when asked."""
+    if factor == 1:
+        return spec.with_(bias=False)
+    rows, cols = spec.out_channels, math.prod(spec.weight_shape[1:])
+    lead = spec.input_shape[:-1] if spec.kind == "linear" else (spec.positions // spec.calls,)
+    return LayerSpec("linear", cols // factor, rows * factor, (*lead, cols // factor), bias=False, calls=spec.calls)
+
+
+def _branch_primitives(spec: LayerSpec, form: Form, factor: int) -> tuple[LayerSpec, ...] | None:
+    """The layers a part's branch runs, or None when the part is stored small and runs dense."""
+    if factor == 1:
+        inner = spec.with_(bias=False)
+        prims = form.primitives(inner)
+        return None if prims == (inner,) else prims
+    if not (isinstance(form, LowRank) and spec.kind == "linear"):
+        return None
+    rows, cols, r = spec.out_channels, spec.in_channels, form.rank
+    lead = spec.input_shape[:-1]
+    first = spec.with_(in_channels=cols // factor, out_channels=r, bias=False,
+                       input_shape=(*lead, factor, cols // factor))
+    second = spec.with_(in_channels=factor * r, out_channels=rows, bias=False, input_shape=(*lead, factor * r))
+    return (first, second)
+
+
+class AdditiveScheme(Scheme):
+    """Σ_j Δ_j(θ_j) over parts of any registered schemes (see the module docstring)."""
+
+    name = "additive"
+    Options = AdditiveOptions
+    selects = False
+    options: AdditiveOptions
+
+    def __init__(self, options: AdditiveOptions | None = None) -> None:
+        super().__init__(options)
+        self.parts: list[Scheme] = build_parts(self.options.parts)
+        self.factors = [p.reshape for p in self.options.parts]
+
+    def check_layer(self, spec: LayerSpec | None, module: nn.Module | None) -> str | None:
+        for j, (part, factor) in enumerate(zip(self.parts, self.factors)):
+            label = f"additive part {j} ({part.name})"
+            if part.selecting():
+                return f"{label} {FIXED_FORM_HINT}"
+            if factor > 1 and spec is not None:
+                cols = math.prod(spec.weight_shape[1:])
+                if cols % factor:
+                    return f"{label}: reshape {factor} does not divide the {cols} columns of the weight matrix"
+            problem = part.check_layer(None if spec is None or factor > 1 else spec, module)
+            if problem:
+                return f"{label}: {problem}"
+        return None
+
+    # ---------------------------------------------------------------- views
+    def _to_part(self, x: torch.Tensor, j: int) -> torch.Tensor:
+        factor = self.factors[j]
+        if factor == 1:
+            return x
+        if x.dim() not in (2, 4):
+            raise ValueError(f"part {j}: reshape {factor} needs one layer's weight matrix, not a shared vector")
+        return reshape_matrix(to_matrix(x, "channel"), factor)
+
+    def _from_part(self, x: torch.Tensor, j: int, shape: Sequence[int]) -> torch.Tensor:
+        factor = self.factors[j]
+        return x if factor == 1 else unreshape_matrix(x, factor).reshape(shape)
+
+    # ---------------------------------------------------------------- C step
+    def compress(self, w: torch.Tensor, ctx: CStepContext) -> State:
+        w = w.detach()
+        previous = self._part_states(ctx.previous) if _is_additive(ctx.previous) else [None] * len(self.parts)
+        deltas = [torch.zeros_like(w) if s is None else self._part_delta(j, s, w.shape) for j, s in enumerate(previous)]
+        states: list[State | None] = list(previous)
+        objective: list[float] = []
+        for _ in range(self.options.reps):
+            for j, part in enumerate(self.parts):
+                residual = w - (sum(deltas) - deltas[j])
+                sub = CStepContext(mu=ctx.mu, cost_model=ctx.cost_model, spec=None, previous=states[j],
+                                   generator=ctx.generator, step=ctx.step, layer=f"{ctx.layer} part {j}")
+                if part.candidates(self._to_part(residual, j), sub) is not None:
+                    raise ValueError(f"part {j} ({part.name}) offered a choice of forms; give it fixed options")
+                states[j] = part.compress(self._to_part(residual, j), sub)
+                deltas[j] = self._part_delta(j, states[j], w.shape)
+                objective.append(float(torch.sum((w - sum(deltas)) ** 2)))
+        return self._pack(states, objective, w.shape)
+
+    def _part_delta(self, j: int, state: State, shape: Sequence[int]) -> torch.Tensor:
+        return self._from_part(self.parts[j].decompress(state), j, shape)
+
+    def _pack(self, states: list[State], objective: list[float], shape: Sequence[int]) -> State:
+        tensors, metas = pack_states(states)
+        return State(tensors, {"form": "additive", "parts": metas, "objective": objective, "shape": list(shape)})
+
+    def _part_states(self, state: State) -> list[State]:
+        return [part_state(state, j) for j in range(len(state.meta["parts"]))]
+
+    def decompress(self, state: State) -> torch.Tensor:
+        shape = state.meta["shape"]
+        return sum(self._part_delta(j, s, shape) for j, s in enumerate(self._part_states(state)))
+
+    # ------------------------------------------------------ forms, realization
+    def form(self, state: State) -> Form:
+        forms = tuple(p.form(s) for p, s in zip(self.parts, self._part_states(state)))
+        return Additive(forms, tuple(self.factors))
+
+    def layer_forms(self, state: State, shapes: Sequence[tuple[int, ...]]) -> list[Form]:
+        per_part = [p.layer_forms(s, shapes) for p, s in zip(self.parts, self._part_states(state))]
+        return [Additive(tuple(forms), tuple(self.factors)) for forms in zip(*per_part)]
+
+    def realize(self, state: State, module: nn.Module) -> nn.Module:
+        bare = copy.deepcopy(module)
+        bare.bias = None  # the layer's bias is added once, by the last branch
+        structural, codecs = [], []
+        for j, (part, s) in enumerate(zip(self.parts, self._part_states(state))):
+            if self._structural(j, part, s, module):
+                structural.append((j, part, s))
+            else:
+                codec = part.encode(s) if self.factors[j] == 1 else None
+                codecs.append(codec if codec is not None else DenseWeight.of(self._part_delta(j, s, module.weight.shape)))
+        last = len(structural) - 1
+        branches = [self._branch(j, part, s, bare if codecs or i < last else module)
+                    for i, (j, part, s) in enumerate(structural)]
+        if codecs:
+            branches.append(decoded(module, codecs))
+        return branches[0] if len(branches) == 1 else ParallelSum(branches)
+
+    def _structural(self, j: int, part: Scheme, state: State, module: nn.Module) -> bool:
+        """True when the part has its own fast module; False when it is stored small and runs dense."""
+        form = part.form(state)
+        if self.factors[j] > 1:
+            return isinstance(module, nn.Linear) and isinstance(form, LowRank)
+        return not isinstance(form, Dense) and part.encode(state) is None
+
+    def _branch(self, j: int, part: Scheme, state: State, module: nn.Module) -> nn.Module:
+        """The part's realized module computing ``module`` with weight Δ_j (and ``module``'s bias, if any)."""
+        factor = self.factors[j]
+        if factor == 1:
+            return part.realize(state, module)
+        rows, cols = module.out_features * factor, module.in_features // factor
+        virtual = nn.Linear(cols, rows, bias=False, device=module.weight.device, dtype=module.weight.dtype)
+        realized = part.realize(state, virtual)
+        if not (isinstance(realized, nn.Sequential) and len(realized) == 2
+                and all(type(m) is nn.Linear and m.bias is None for m in realized)):
+            raise TypeError(f"part {j} ({part.name}): expected two thin Linear layers for its low-rank form")
+        first, second = realized
+        return InterleavedLowRank.from_factors(second.weight.detach(), first.weight.detach(), factor, module.bias)
+
+
+def _is_additive(state: State | None) -> bool:
+    return state is not None and state.meta.get("form") == "additive"
+
+
+@lcpress.hookimpl
+def lcpress_register_schemes(register) -> None:
+    register(AdditiveScheme)

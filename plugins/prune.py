@@ -1,0 +1,282 @@
+"""Magnitude pruning as an LC C step: constraints, penalties, and structured rows.
+
+Every mode is the exact solution of its C step ``min_θ μ/2‖w − θ‖² (+ penalty)``:
+
+* ``l0_constraint`` — ``‖θ‖₀ ≤ κ``: keep the κ largest magnitudes (``keep``
+  weights, or ``keep_fraction`` of them). With neither given the scheme
+  *selects*: its candidates are the sparsity levels of ``fractions`` with
+  their exact errors, and the core picks per layer by α or a global budget.
+* ``l1_constraint`` — ``‖θ‖₁ ≤ radius``: the Euclidean projection onto the
+  L1 ball (soft thresholding at the level that meets the radius).
+* ``l0_penalty`` — ``+ α‖θ‖₀``: keep ``w_i`` where ``μ/2·w_i² > α``.
+* ``l1_penalty`` — ``+ α‖θ‖₁``: soft thresholding at ``α/μ``.
+* ``structured: true`` (with ``l0_constraint``) removes whole output rows /
+  channels, by row norm; ``keep`` counts rows, and with no ``keep`` the
+  candidates are row counts in multiples of ``multiple``. It is realized as a
+  genuinely smaller layer whose outputs are put back in place
+  (:class:`lcpress.modules.ScatterChannels`), so it is faster, not only smaller.
+
+Unstructured masks are stored as the non-zero values plus a packed mask or
+index list, whichever is smaller (:class:`lcpress.packed.SparseWeight`), and
+run as dense.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Literal, Sequence
+
+import torch
+from torch import nn
+
+import lcpress
+from lcpress import Candidates, CStepContext, Options, Scheme, State, option
+from lcpress.forms import Dense, Form, LayerSpec
+from lcpress.modules import ScatterChannels
+from lcpress.packed import SparseWeight, decoded, sparse_index_bits
+
+
+@dataclass(frozen=True)
+class Sparse(Form):
+    """``nonzeros`` weights kept anywhere in the layer; runs as the dense layer."""
+
+    nonzeros: int
+    kind: ClassVar[str] = "sparse"
+
+    def primitives(self, spec: LayerSpec) -> tuple[LayerSpec, ...]:
+        return (spec,)
+
+    def param_count(self, spec: LayerSpec) -> int:
+        return self.nonzeros + (spec.out_channels if spec.bias else 0)
+
+    def storage_bits(self, spec: LayerSpec, dtype_bits: int = 32) -> int:
+        numel = math.prod(spec.weight_shape)
+        return self.param_count(spec) * dtype_bits + sparse_index_bits(numel, self.nonzeros)
+
+    def describe(self) -> str:
+        return f"{self.nonzeros:,} nonzeros"
+
+
+@dataclass(frozen=True)
+class PrunedRows(Form):
+    """Only ``rows`` output rows / channels kept: a smaller layer (pruned outputs keep their bias)."""
+
+    rows: int
+    kind: ClassVar[str] = "pruned_rows"
+
+    def primitives(self, spec: LayerSpec) -> tuple[LayerSpec, ...]:
+        return (spec.with_(out_channels=self.rows),)
+
+    def param_count(self, spec: LayerSpec) -> int:
+        return self.primitives(spec)[0].params + ((spec.out_channels - self.rows) if spec.bias else 0)
+
+    def storage_bits(self, spec: LayerSpec, dtype_bits: int = 32) -> int:
+        return self.param_count(spec) * dtype_bits + spec.out_channels  # a 1-bit row mask
+
+    def describe(self) -> str:
+        return f"{self.rows} rows"
+
+
+Mode = Literal["l0_constraint", "l1_constraint", "l0_penalty", "l1_penalty"]
+
+
+@dataclass
+class PruneOptions(Options):
+    mode: Mode = option("l0_constraint", help="l0_constraint (keep κ), l1_constraint (‖θ‖₁ ≤ radius), "
+                                              "l0_penalty or l1_penalty (α·‖θ‖)")
+    keep: int | None = option(None, help="l0_constraint: weights (rows, when structured) to keep")
+    keep_fraction: float | None = option(None, help="l0_constraint: fraction of weights (or rows) to keep")
+    radius: float | None = option(None, help="l1_constraint: radius κ of the L1 ball")
+    alpha: float | None = option(None, help="l0_penalty / l1_penalty: weight α of the penalty")
+    structured: bool = option(False, help="remove whole output rows / channels (l0_constraint only)")
+    multiple: int = option(8, help="structured selection: candidate row counts are multiples of this")
+    fractions: list[float] = option(default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75],
+                                    help="unstructured selection: candidate fractions of weights to keep")
+
+    def validate(self) -> None:
+        if self.keep is not None and self.keep_fraction is not None:
+            self.fail("keep", "give 'keep' or 'keep_fraction', not both")
+        if self.keep is not None and self.keep < 1:
+            self.fail("keep", f"must be at least 1, got {self.keep}")
+        if self.keep_fraction is not None and not 0 < self.keep_fraction <= 1:
+            self.fail("keep_fraction", f"must be in (0, 1], got {self.keep_fraction}")
+        needs = {"l1_constraint": "radius", "l0_penalty": "alpha", "l1_penalty": "alpha"}.get(self.mode)
+        if needs is not None:
+            value = getattr(self, needs)
+            if value is None or value <= 0:
+                self.fail(needs, f"mode {self.mode!r} needs a positive {needs!r}")
+            if self.keep is not None or self.keep_fraction is not None:
+                self.fail("keep", f"'keep' and 'keep_fraction' belong to mode 'l0_constraint', not {self.mode!r}")
+            if self.structured:
+                self.fail("structured", "structured pruning uses mode 'l0_constraint'")
+        if self.multiple < 1:
+            self.fail("multiple", f"must be at least 1, got {self.multiple}")
+        if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
+            self.fail("fractions", f"give fractions in (0, 1], got {self.fractions}")
+
+
+class PruneScheme(Scheme):
+    """Magnitude pruning (see the module docstring for the modes)."""
+
+    name = "prune"
+    Options = PruneOptions
+    selects = True
+    options: PruneOptions
+
+    def selecting(self) -> bool:
+        o = self.options
+        return o.mode == "l0_constraint" and o.keep is None and o.keep_fraction is None
+
+    def check_layer(self, spec: LayerSpec | None, module: nn.Module | None) -> str | None:
+        if self.options.structured and spec is not None and spec.groups != 1:
+            return "structured pruning removes rows of ungrouped layers only (groups=1)"
+        return None
+
+    # ---------------------------------------------------------------- C step
+    def candidates(self, w: torch.Tensor, ctx: CStepContext) -> Candidates | None:
+        if not self.selecting():
+            return None
+        forms: list[Form] = [Dense()]
+        errors = [0.0]
+        if self.options.structured:
+            norms = torch.sort(_rows(w).double().pow(2).sum(1))[0]  # ascending: the first ones go first
+            dropped = torch.cumsum(norms, 0)
+            for rows in range(self.options.multiple, norms.numel(), self.options.multiple):
+                forms.append(PrunedRows(rows))
+                errors.append(float(dropped[norms.numel() - rows - 1]))
+        else:
+            squares = torch.sort(w.detach().reshape(-1).double().pow(2))[0]
+            dropped = torch.cat([squares.new_zeros(1), torch.cumsum(squares, 0)])
+            for count in sorted({max(1, round(f * squares.numel())) for f in self.options.fractions}):
+                if count < squares.numel():
+                    forms.append(Sparse(count))
+                    errors.append(float(dropped[squares.numel() - count]))
+        return Candidates(forms, torch.tensor(errors, dtype=torch.float64))
+
+    def compress(self, w: torch.Tensor, ctx: CStepContext) -> State:
+        o, w = self.options, w.detach()
+        chosen = ctx.chosen_form()
+        if isinstance(chosen, Dense):
+            return State({"weight": w.clone()}, {"form": "dense"})
+        if o.structured:
+            if w.dim() < 2:
+                raise ValueError("structured pruning needs one layer's weight; it cannot prune a shared vector")
+            rows = chosen.rows if chosen is not None else _count(o, w.shape[0])
+            return _pruned_rows(w, rows)
+        if chosen is not None:
+            theta = keep_largest(w, chosen.nonzeros)
+        elif o.mode == "l0_constraint":
+            theta = keep_largest(w, _count(o, w.numel()))
+        elif o.mode == "l1_constraint":
+            theta = project_l1_ball(w, o.radius)
+        elif o.mode == "l0_penalty":
+            theta = torch.where(w.double().pow(2) * (ctx.mu / 2) > o.alpha, w, torch.zeros_like(w))
+        else:
+            theta = soft_threshold(w, o.alpha / ctx.mu)
+        return State({"weight": theta}, {"form": "sparse", "nonzeros": int(torch.count_nonzero(theta))})
+
+    def decompress(self, state: State) -> torch.Tensor:
+        return state.tensors["weight"]
+
+    # ------------------------------------------------------ forms, realization
+    def form(self, state: State) -> Form:
+        kind = state.meta["form"]
+        if kind == "sparse":
+            return Sparse(int(state.meta["nonzeros"]))
+        if kind == "pruned_rows":
+            return PrunedRows(int(state.meta["rows"]))
+        return Dense()
+
+    def layer_forms(self, state: State, shapes: Sequence[tuple[int, ...]]) -> list[Form]:
+        sizes = [math.prod(s) for s in shapes]
+        parts = torch.split(state.tensors["weight"].reshape(-1), sizes)
+        return [Sparse(int(torch.count_nonzero(p))) for p in parts]
+
+    def encode(self, state: State) -> nn.Module | None:
+        if state.meta["form"] != "sparse":
+            return None
+        return SparseWeight.of(state.tensors["weight"])
+
+    def realize(self, state: State, module: nn.Module) -> nn.Module:
+        kind = state.meta["form"]
+        if kind == "sparse":
+            return decoded(module, [self.encode(state)])
+        if kind == "pruned_rows":
+            return smaller_layer(module, state.tensors["weight"], state.tensors["kept"])
+        return super().realize(state, module)
+
+
+def _rows(w: torch.Tensor) -> torch.Tensor:
+    return w.detach().reshape(w.shape[0], -1)
+
+
+def _count(options: PruneOptions, total: int) -> int:
+    if options.keep is not None:
+        return min(options.keep, total)
+    return max(1, min(total, round(options.keep_fraction * total)))
+
+
+def keep_largest(w: torch.Tensor, count: int) -> torch.Tensor:
+    """``w`` with all but its ``count`` largest magnitudes set to zero (the L0-constraint projection)."""
+    flat = w.reshape(-1)
+    kept = torch.topk(flat.abs(), min(count, flat.numel()), sorted=False).indices
+    out = torch.zeros_like(flat)
+    out[kept] = flat[kept]
+    return out.reshape(w.shape)
+
+
+def soft_threshold(w: torch.Tensor, level: float) -> torch.Tensor:
+    """``sign(w)·max(|w| − level, 0)``: the L1-penalty C step."""
+    return torch.sign(w) * (w.abs() - level).clamp_min(0)
+
+
+def project_l1_ball(w: torch.Tensor, radius: float) -> torch.Tensor:
+    """The closest point to ``w`` with ``‖θ‖₁ ≤ radius`` (sort-based, exact)."""
+    magnitudes = w.abs().reshape(-1).double()
+    if float(magnitudes.sum()) <= radius:
+        return w.clone()
+    ordered = torch.sort(magnitudes, descending=True)[0]
+    excess = torch.cumsum(ordered, 0) - radius
+    index = torch.arange(1, ordered.numel() + 1, dtype=torch.float64)
+    rho = int(torch.nonzero(ordered - excess / index > 0).max())
+    level = float(excess[rho] / (rho + 1))
+    return soft_threshold(w, level)
+
+
+def _pruned_rows(w: torch.Tensor, rows: int) -> State:
+    norms = _rows(w).double().pow(2).sum(1)
+    kept = torch.sort(torch.topk(norms, rows, sorted=False).indices)[0]
+    theta = torch.zeros_like(w)
+    theta[kept] = w[kept]
+    return State({"weight": theta, "kept": kept}, {"form": "pruned_rows", "rows": rows})
+
+
+def smaller_layer(module: nn.Module, weight: torch.Tensor, kept: torch.Tensor) -> nn.Sequential:
+    """The layer computing only the ``kept`` outputs, followed by their scatter back into place."""
+    kw = {"device": module.weight.device, "dtype": module.weight.dtype}
+    rows = kept.numel()
+    if isinstance(module, nn.Linear):
+        small: nn.Module = nn.Linear(module.in_features, rows, bias=module.bias is not None, **kw)
+        dim = -1
+    elif isinstance(module, nn.Conv2d):
+        small = nn.Conv2d(module.in_channels, rows, module.kernel_size, module.stride, module.padding,
+                          module.dilation, 1, module.bias is not None, module.padding_mode, **kw)
+        dim = 1
+    else:
+        raise TypeError(f"prune cannot realize a {type(module).__name__}")
+    scatter = ScatterChannels(weight.shape[0], rows, dim).to(module.weight.device)
+    with torch.no_grad():
+        small.weight.copy_(weight[kept])
+        scatter.index.copy_(kept)
+        if module.bias is not None:
+            small.bias.copy_(module.bias[kept])
+            fill = module.bias.detach().clone()
+            fill[kept] = 0
+            scatter.fill.copy_(fill)
+    return nn.Sequential(small, scatter)
+
+
+@lcpress.hookimpl
+def lcpress_register_schemes(register) -> None:
+    register(PruneScheme)

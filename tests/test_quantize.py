@@ -1,0 +1,143 @@
+"""Quantization: optimal codebooks, exact storage, realized layers that match Δ(θ)."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import lcpress
+from lcpress import CStepContext
+from lcpress.packed import DecodedConv2d, DecodedLinear
+from lcpress.plugins.quantize import QuantizeOptions, QuantizeScheme, Quantized, binary, ternary
+from lcpress.registry import get_registry
+
+STORAGE = get_registry().cost_model("storage")()
+
+
+def _scheme(**options) -> QuantizeScheme:
+    return QuantizeScheme(QuantizeOptions.from_dict(options))
+
+
+def _error(w, codebook, codes):
+    return float(((w.double() - codebook.double()[codes]) ** 2).sum())
+
+
+def test_binary_scale_is_optimal():
+    w = torch.randn(200, generator=torch.Generator().manual_seed(0))
+    codebook, codes = binary(w)
+    best = _error(w, codebook, codes)
+    for a in torch.linspace(0.01, 2, 400):
+        assert best <= float(((w - torch.where(w >= 0, a, -a)) ** 2).sum()) + 1e-6
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ternary_equals_brute_force(seed):
+    w = torch.randn(6, generator=torch.Generator().manual_seed(seed))
+    codebook, codes = ternary(w)
+    found = _error(w, codebook, codes)
+    best = float("inf")
+    for signs in itertools.product((-1, 0, 1), repeat=6):
+        s = torch.tensor(signs, dtype=torch.float64)
+        if not s.abs().sum():
+            continue
+        a = max(float((s * w.double()).sum() / s.abs().sum()), 0.0)  # optimal scale for this pattern
+        best = min(best, float(((w.double() - a * s) ** 2).sum()))
+    assert found == pytest.approx(best, abs=1e-9)
+
+
+def test_adaptive_c_step_is_the_kmeans_optimum_and_decompresses_to_the_codebook():
+    w = torch.randn(30, 20)
+    scheme = _scheme(k=4)
+    state = scheme.compress(w, CStepContext(mu=1.0))
+    delta = scheme.decompress(state)
+    assert delta.shape == w.shape and torch.unique(delta).numel() <= 4
+    from lcpress.kmeans import optimal_kmeans
+
+    assert float(((w - delta) ** 2).sum()) == pytest.approx(float(optimal_kmeans(w, 4).errors[3]), rel=1e-6)
+
+
+def test_lloyd_solver_warm_starts_from_the_previous_codebook():
+    w = torch.randn(40, 40)
+    scheme = _scheme(k=8, solver="lloyd", iterations=50)
+    first = scheme.compress(w, CStepContext(mu=1.0))
+    moved = w + 0.01 * torch.randn_like(w)
+    warm = scheme.compress(moved, CStepContext(mu=1.0, previous=first))
+    # warm start: the new codebook stays close to the previous one
+    assert torch.allclose(warm.tensors["codebook"], first.tensors["codebook"], atol=0.05)
+    start_error = float(((moved - first.tensors["codebook"][first.tensors["codes"].long()]) ** 2).sum())
+    assert float(((moved - scheme.decompress(warm)) ** 2).sum()) <= start_error
+
+
+@pytest.mark.parametrize("layer", [nn.Linear(40, 24), nn.Conv2d(6, 10, 3, padding=1, padding_mode="circular")],
+                         ids=["linear", "conv"])
+@pytest.mark.parametrize("options", [{"k": 2}, {"k": 5}, {"codebook": "ternary"}, {"codebook": "binary"}])
+def test_realized_layer_equals_delta_and_stores_what_the_cost_model_counts(layer, options, tmp_path):
+    is_conv = isinstance(layer, nn.Conv2d)
+    model = nn.Sequential(copy.deepcopy(layer), nn.Flatten())
+    x = torch.randn(3, 6, 9, 9) if is_conv else torch.randn(3, 40)
+    config = {"tasks": [{"layers": ["0"], "scheme": "quantize", "options": options, "cost": "storage"}],
+              "schedule": {"steps": 0}}
+    result = lcpress.compress(model, config, example_input=x, progress=False)
+    realized = model[0]
+    assert isinstance(realized, DecodedConv2d if is_conv else DecodedLinear)
+    assert result.max_abs_error <= 1e-6
+    spec = result.graph.specs["0"]
+    form = result.tasks[0].scheme.form(result.states[0])
+    counted = STORAGE.cost(spec, form)
+    assert counted <= realized.storage_bits() < counted + 8  # packed bytes round up the index bits
+    # the file holds packed indices, not floats: save → load gives the same outputs
+    path = lcpress.save(model, tmp_path / "q.safetensors")
+    loaded = lcpress.load(path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert os.path.getsize(path) < (spec.params * 4) / 3 + 4096
+
+
+def test_codebook_size_is_chosen_under_a_storage_budget():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    with torch.no_grad():
+        model[2].weight.mul_(0.01)  # small weights: cheap to quantize coarsely
+    x = torch.randn(2, 64)
+    config = {"tasks": [{"layers": ["*"], "scheme": "quantize", "options": {"k": None, "k_choices": [2, 4, 16]},
+                         "target": {"cost": "storage", "ratio": 0.1}}], "schedule": {"steps": 0}}
+    result = lcpress.compress(model, config, example_input=x, progress=False)
+    t = result.totals
+    assert t["storage_after"] <= 0.1 * t["storage_before"]
+    ks = list(result.layers["form_k"])
+    assert all(k in (2, 4, 16) for k in ks)
+
+
+def test_shared_codebook_over_several_layers():
+    model = nn.Sequential(nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 8))
+    x = torch.randn(2, 16)
+    config = {"tasks": [{"layers": ["*"], "scheme": "quantize", "options": {"k": 2}, "shared": True}],
+              "schedule": {"steps": 0}}
+    result = lcpress.compress(model, config, example_input=x, progress=False)
+    values = torch.cat([model[0].weight.reshape(-1), model[2].weight.reshape(-1)])
+    assert torch.unique(values).numel() == 2  # one codebook serves both layers
+    assert list(result.layers["form"]) == ["codebook 2 (1 bit)"] * 2
+
+
+def test_quantized_form_storage():
+    spec = lcpress.LayerSpec("linear", 300, 100, (1, 300))
+    assert Quantized(2).storage_bits(spec) == 300 * 100 * 1 + (2 + 100) * 32
+    assert Quantized(5).storage_bits(spec) == 300 * 100 * 3 + (5 + 100) * 32
+    assert Quantized(3).storage_bits(spec, dtype_bits=16) == 300 * 100 * 2 + (3 + 100) * 16
+    assert Quantized(4).param_count(spec) == spec.params + 4
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"k": 1}, "at least 2 entries"),
+    ({"k": None, "k_choices": []}, "k_choices"),
+    ({"codebook": "binary", "k": None}, "fixed size"),
+    ({"solver": "kmeans"}, "solver"),
+])
+def test_bad_options_name_the_key(options, message):
+    with pytest.raises(lcpress.ConfigError, match=message):
+        lcpress.load_config({"tasks": [{"layers": ["*"], "scheme": "quantize", "options": options}]})
