@@ -189,6 +189,16 @@ def collect(root: Path = RUNS) -> list[dict[str, Any]]:
     return records
 
 
+def _machine() -> str:
+    import platform
+
+    import torch
+    from lcpress.costmodels.cpu_latency import cpu_model
+
+    return (f"{cpu_model()}, one torch thread per run, torch {torch.__version__}, Python {platform.python_version()}; "
+            f"wall time is the whole run (L and C steps and the evaluation after each step)")
+
+
 def _is_full(config: dict[str, Any]) -> bool:
     train, schedule = config["train"], config["schedule"]
     return (schedule["steps"], train["epochs"], train["first_epochs"]) == (FULL["steps"], FULL["epochs"], FULL["first_epochs"])
@@ -223,6 +233,7 @@ def write_table(records: list[dict[str, Any]], markdown: Path = MARKDOWN, csv: P
             f"| {r['bits_before']:,} → {r['bits_after']:,} | {r['ratio']:.1f}× "
             f"| {r['flops_before']:,} → {r['flops_after']:,} | {r['wall_seconds'] / 60:.0f} min | {_schedule(r)} |"
         )
+    lines += ["", f"Machine: {_machine()}. Command: `cd examples/lenet300 && python run_all.py` (see the schedule column)."]
     refs = sorted({r["reference_error"] for r in records if "reference_error" in r})
     if refs:
         lines.append("")
