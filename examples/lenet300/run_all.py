@@ -156,15 +156,18 @@ def collect(root: Path = RUNS) -> list[dict[str, Any]]:
 
     records = []
     for row in ROWS:
-        found = []
+        found, unfinished = [], []
         for path in sorted(root.glob(f"{row.name}*")):
             if not (path / "run.json").is_file() or not (path.name == row.name or path.name.startswith(row.name + "-")):
                 continue
             summary = read_run(path)
-            if summary.finished:
-                found.append((_is_full(summary.config), _epochs(summary.config), path, summary))
+            entry = (_is_full(summary.config), _epochs(summary.config), path, summary)
+            (found if summary.finished else unfinished).append(entry)
         record: dict[str, Any] = {"row": row.name, "configuration": row.label, "their_error": row.theirs}
         if not found:
+            if unfinished:
+                _, _, path, summary = max(unfinished, key=lambda f: (f[0], f[1]))
+                record["status"] = _progress(path, summary)
             records.append(record)
             continue
         _, _, path, summary = max(found, key=lambda f: (f[0], f[1]))
@@ -187,6 +190,16 @@ def collect(root: Path = RUNS) -> list[dict[str, Any]]:
         record["ratio"] = round(record["bits_before"] / record["bits_after"], 1)
         records.append(record)
     return records
+
+
+def _progress(path: Path, summary) -> str:
+    """How far an unfinished run got, and the error of its compressed net at that point."""
+    train, schedule = summary.config["train"], summary.config["schedule"]
+    text = (f"unfinished: LC step {summary.steps_done} of {schedule['steps']} "
+            f"({train['epochs']}-epoch L steps) in runs/{path.name}")
+    if "metric" in summary.history and len(summary.history):
+        text += f", error {100 * (1 - summary.history['metric'].iloc[-1]):.2f}% there"
+    return text
 
 
 def _machine() -> str:
@@ -225,7 +238,8 @@ def write_table(records: list[dict[str, Any]], markdown: Path = MARKDOWN, csv: P
              "| wall time | schedule (LC steps × L-step epochs) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         if "lcpress_error" not in r:
-            lines.append(f"| {r['configuration']} | {r['their_error']:.2f}% | not run yet | | | | | | |")
+            lines.append(f"| {r['configuration']} | {r['their_error']:.2f}% | {r.get('status', 'not run yet')} "
+                         f"| | | | | | |")
             continue
         delta = r["lcpress_error"] - r["their_error"]
         lines.append(
