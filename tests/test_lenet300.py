@@ -118,6 +118,28 @@ def test_table_from_the_runs(example, runs, tmp_path):
     assert csv.read_text().splitlines()[0].startswith("row,configuration,their_error")
 
 
+@needs_mnist
+def test_table_shows_how_far_an_unfinished_run_got(example, runs, tmp_path):
+    import json
+    import shutil
+
+    _, run_all, _ = example
+    root, weights = runs
+    if not (root / "mixed" / "run.json").is_file():
+        data = run_all.row_config("mixed", epochs=1, first_epochs=1, steps=1, output_dir=root / "mixed", weights=weights)
+        run_all.run_row(data, subset=SUBSET, quiet=True)
+    shutil.copytree(root / "mixed", tmp_path / "mixed")
+    info = json.loads((tmp_path / "mixed" / "run.json").read_text())
+    info["status"] = "running"  # as an interrupted run leaves it
+    (tmp_path / "mixed" / "run.json").write_text(json.dumps(info))
+    records = {r["row"]: r for r in run_all.collect(tmp_path)}
+    assert "lcpress_error" not in records["mixed"]
+    assert records["mixed"]["status"].startswith("unfinished: LC step 1 of 1 (1-epoch L steps) in runs/mixed")
+    assert "status" not in records["quantize_all"]  # never started: "not run yet"
+    table = run_all.write_table(list(records.values()), tmp_path / "t.md", tmp_path / "t.csv")
+    assert "unfinished: LC step 1 of 1" in table and "not run yet" in table
+
+
 def test_shortened_runs_get_their_own_directory(example):
     _, run_all, _ = example
     assert run_all.run_name("mixed", None, None, None) == "mixed"
