@@ -29,7 +29,9 @@ import argparse
 import copy
 import io
 import logging
+import os
 import sys
+import tempfile
 import time
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -87,8 +89,14 @@ def run_aimet(case, train, test, ratio, steps, cfg, scheme: str):
         params = SpatialSvdParameters(SpatialSvdParameters.Mode.auto, SpatialSvdParameters.AutoModeParams(greedy, ignore))
         kind = CompressionScheme.spatial_svd
     start = time.perf_counter()
-    with redirect_stdout(io.StringIO()):
-        compressed, _stats = ModelCompressor.compress_model(model, evaluate, 10, INPUT_SHAPE, kind, CostMetric.mac, params)
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as scratch, redirect_stdout(io.StringIO()):
+        os.chdir(scratch)  # AIMET pickles its greedy-search scores into ./data/
+        try:
+            compressed, _stats = ModelCompressor.compress_model(model, evaluate, 10, INPUT_SHAPE, kind,
+                                                                CostMetric.mac, params)
+        finally:
+            os.chdir(cwd)
     train.generator.manual_seed(0)
     fine_tune(compressed, train, steps, cfg)
     return compressed, time.perf_counter() - start
