@@ -40,11 +40,11 @@ import torch
 
 import lcpress
 from lcpress.config import TrainConfig
-from lcpress.demo import digits_cnn, digits_loaders, train_dense
+from lcpress.demo import digits_loaders
 from lcpress.training import accuracy
 
 sys.path.insert(0, str(Path(__file__).parent))
-from budget_methods import RowTransformer  # noqa: E402
+from budget_methods import trained_models  # noqa: E402
 from common import (describe, fine_tune, flops, interleaved_latency_ms, latency_note,  # noqa: E402
                     layer_flops, plot_accuracy_vs_flops, publish)
 
@@ -69,13 +69,13 @@ def run_lcpress(case, train, test, ratio, steps, cfg):
     return result.model, time.perf_counter() - start
 
 
-def run_aimet(case, train, test, ratio, steps, cfg, scheme: str):
+def run_aimet(case, train, test, ratio, steps, cfg, scheme: str, candidates: int = 10):
     from aimet_torch.common.defs import CostMetric, CompressionScheme, GreedySelectionParameters, RankSelectScheme
     from aimet_torch.compress import ModelCompressor
     from aimet_torch.defs import SpatialSvdParameters, WeightSvdParameters
 
     model = copy.deepcopy(case["dense"]).eval()
-    greedy = GreedySelectionParameters(target_comp_ratio=ratio, num_comp_ratio_candidates=10)
+    greedy = GreedySelectionParameters(target_comp_ratio=ratio, num_comp_ratio_candidates=candidates)
     ignore = case["aimet_ignore"](model)
 
     def evaluate(m, iterations, use_cuda=False):  # AIMET scores candidates on training data (no test leakage)
@@ -104,12 +104,7 @@ def run_aimet(case, train, test, ratio, steps, cfg, scheme: str):
 
 def cases(quick: bool, train) -> list[dict]:
     x = torch.zeros(INPUT_SHAPE)
-    torch.manual_seed(0)
-    cnn = digits_cnn()
-    train_dense(cnn, train, epochs=3 if quick else 30, progress=False)
-    torch.manual_seed(0)
-    transformer = RowTransformer()
-    train_dense(transformer, train, epochs=2 if quick else 40, lr=0.02, progress=False)
+    cnn, transformer = trained_models(train, quick)
 
     def transformer_ignored(m):  # all but the feed-forward layers: embedding, head, attention projections
         ffn = {id(b.ffn[j]) for b in m.blocks for j in (0, 2)}
@@ -156,7 +151,8 @@ def main() -> None:
             achieved = {"lcpress LC": record("lcpress LC", f"{ratio:.0%}", *run_lcpress(case, train, test, ratio, steps, cfg))}
             for scheme in case["schemes"]:
                 label = "AIMET " + scheme.replace("_", " ").replace("svd", "SVD")
-                achieved[label] = record(label, f"{ratio:.0%}", *run_aimet(case, train, test, ratio, steps, cfg, scheme))
+                compressed = run_aimet(case, train, test, ratio, steps, cfg, scheme, 3 if args.quick else 10)
+                achieved[label] = record(label, f"{ratio:.0%}", *compressed)
             matched = achieved["AIMET weight SVD"]
             if abs(matched - achieved["lcpress LC"]) > 0.02:  # compare at exactly the FLOPs AIMET reached too
                 record("lcpress LC at AIMET's FLOPs", f"{matched:.1%}",

@@ -44,11 +44,11 @@ from torch import nn
 
 import lcpress
 from lcpress.config import TrainConfig
-from lcpress.demo import digits_cnn, digits_loaders, train_dense
+from lcpress.demo import digits_loaders
 from lcpress.training import accuracy
 
 sys.path.insert(0, str(Path(__file__).parent))
-from budget_methods import RowTransformer  # noqa: E402
+from budget_methods import trained_models  # noqa: E402
 from common import (describe, fine_tune, flops, interleaved_latency_ms, latency_note,  # noqa: E402
                     layer_flops, plot_accuracy_vs_flops, publish)
 
@@ -113,12 +113,7 @@ def run_tp(case: Case, x, loaders, target_flops: float, steps, cfg, bisections: 
 
 
 def cases(quick: bool, train) -> list[Case]:
-    torch.manual_seed(0)
-    cnn = digits_cnn()
-    train_dense(cnn, train, epochs=3 if quick else 30, progress=False)
-    torch.manual_seed(0)
-    transformer = RowTransformer()
-    train_dense(transformer, train, epochs=2 if quick else 40, lr=0.02, progress=False)
+    cnn, transformer = trained_models(train, quick)
     ffn = [f"blocks.{i}.ffn.{j}" for i in range(2) for j in (0, 2)]
 
     def transformer_ignored(m: nn.Module) -> list[nn.Module]:
