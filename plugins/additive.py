@@ -44,7 +44,7 @@ from lcpress import CStepContext, Options, Scheme, State, option
 from lcpress.forms import Dense, Form, LayerSpec, LowRank
 from lcpress.modules import InterleavedLowRank, ParallelSum
 from lcpress.packed import DenseWeight, decoded
-from lcpress.parts import FIXED_FORM_HINT, PartOptions, build_parts, pack_states, part_state
+from lcpress.parts import FIXED_FORM_HINT, PartOptions, build_parts, compress_part, pack_states, part_state
 from lcpress.views import reshape_matrix, to_matrix, unreshape_matrix
 
 
@@ -69,16 +69,19 @@ class Additive(Form):
     kind: ClassVar[str] = "additive"
 
     def primitives(self, spec: LayerSpec) -> tuple[LayerSpec, ...]:
-        out: list[LayerSpec] = []
+        return tuple(p for branch in self.branches(spec) for p in branch)
+
+    def branches(self, spec: LayerSpec) -> tuple[tuple[LayerSpec, ...], ...]:
+        out: list[tuple[LayerSpec, ...]] = []
         runs_dense = False
         for form, factor in zip(self.parts, self.factors):
             branch = _branch_primitives(spec, form, factor)
             if branch is None:
                 runs_dense = True  # fused with the other store-small parts into one dense product
             else:
-                out.extend(branch)
+                out.append(branch)
         if runs_dense:
-            out.append(spec.with_(bias=False))
+            out.append((spec.with_(bias=False),))
         return tuple(out)
 
     def param_count(self, spec: LayerSpec) -> int:
@@ -179,7 +182,7 @@ class AdditiveScheme(Scheme):
                                    generator=ctx.generator, step=ctx.step, layer=f"{ctx.layer} part {j}")
                 if part.candidates(self._to_part(residual, j), sub) is not None:
                     raise ValueError(f"part {j} ({part.name}) offered a choice of forms; give it fixed options")
-                states[j] = part.compress(self._to_part(residual, j), sub)
+                states[j] = compress_part(j, part, self._to_part(residual, j), sub)
                 deltas[j] = self._part_delta(j, states[j], w.shape)
                 objective.append(float(torch.sum((w - sum(deltas)) ** 2)))
         return self._pack(states, objective, w.shape)

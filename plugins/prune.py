@@ -64,6 +64,7 @@ class PrunedRows(Form):
 
     rows: int
     kind: ClassVar[str] = "pruned_rows"
+    fills_outputs: ClassVar[bool] = True
 
     def primitives(self, spec: LayerSpec) -> tuple[LayerSpec, ...]:
         return (spec.with_(out_channels=self.rows),)

@@ -29,7 +29,7 @@ from torch import nn
 import lcpress
 from lcpress import CStepContext, Options, Scheme, State, option
 from lcpress.forms import Form, LayerSpec
-from lcpress.parts import FIXED_FORM_HINT, PartOptions, build_parts, pack_states, part_state
+from lcpress.parts import FIXED_FORM_HINT, PartOptions, build_parts, compress_part, pack_states, part_state
 
 
 @dataclass
@@ -72,7 +72,7 @@ class SequentialScheme(Scheme):
             earlier = part_state(ctx.previous, j) if previous is not None else None
             sub = CStepContext(mu=ctx.mu, cost_model=ctx.cost_model, spec=ctx.spec, previous=earlier,
                                generator=ctx.generator, step=ctx.step, layer=f"{ctx.layer} part {j}")
-            state = part.compress(x, sub)
+            state = compress_part(j, part, x, sub)
             x = part.decompress(state).reshape(w.shape)
             states.append(state)
         tensors, metas = pack_states(states)

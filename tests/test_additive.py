@@ -190,3 +190,40 @@ def test_a_third_party_scheme_is_a_part(plugins):
     residual = before[0].weight.detach() - 0.05 * torch.sign(before[0].weight.detach())
     assert state.meta["objective"][-1] <= float((residual ** 2).sum())
     assert result.max_abs_error <= 1e-5
+
+
+def test_measured_cost_models_time_the_parallel_branches():
+    from lcpress.forms import LowRank
+    from lcpress.measured import form_module
+    from lcpress.modules import ParallelSum
+    from lcpress.plugins.additive import Additive
+    from lcpress.plugins.prune import Sparse
+
+    spec = lcpress.LayerSpec("linear", 48, 32, (5, 48))
+    form = Additive((LowRank(4), LowRank(3), Sparse(10)), (1, 4, 1))
+    module = form_module(spec, form)
+    assert isinstance(module, ParallelSum) and len(module) == 3  # thin, interleaved, dense-running
+    assert module(torch.randn(*spec.input_shape)).shape == spec.output_shape
+    assert FLOPS.cost(spec, form) == sum(p.flops for b in form.branches(spec) for p in b)
+
+
+class _Broken(_SignScheme):
+    name = "broken_test"
+
+    def compress(self, w, ctx):
+        raise ZeroDivisionError("bad codebook")
+
+
+class _BrokenPlugin:
+    @lcpress.hookimpl
+    def lcpress_register_schemes(self, register):
+        register(_Broken)
+
+
+def test_a_raising_part_is_named_with_its_plugin(plugins):
+    plugins(_BrokenPlugin())
+    model = nn.Sequential(nn.Linear(8, 8))
+    parts = [{"scheme": "low_rank", "options": {"rank": 2}}, {"scheme": "broken_test"}]
+    config = {"tasks": [{"layers": ["0"], "scheme": "additive", "options": {"parts": parts}}], "schedule": {"steps": 0}}
+    with pytest.raises(lcpress.LcpressError, match=r"scheme 'additive'.*layer '0'.*part 1, scheme 'broken_test'.*bad codebook"):
+        lcpress.compress(model, config, example_input=torch.randn(1, 8), progress=False)

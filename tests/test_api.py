@@ -89,3 +89,33 @@ def test_loaders_give_default_trainer_and_accuracy(digits):
     )
     assert 0.0 <= result.metric <= 1.0
     assert result.history["train_loss"].iloc[1] > 0
+
+
+def test_finetune_trains_the_realized_model_and_keeps_what_lc_reached(digits, tmp_path):
+    import json
+
+    from lcpress.demo import digits_cnn
+
+    torch.manual_seed(0)
+    model = digits_cnn()
+    config = {"tasks": [{"layers": ["5", "8"], "options": {"rank": 8}}], "schedule": {"steps": 1},
+              "train": {"epochs": 1}, "finetune": {"steps": 1}, "output_dir": str(tmp_path / "run")}
+    result = lcpress.compress(model, config, loaders=digits, progress=False)
+    assert result.metric_before_finetune is not None and result.metric is not None
+    assert result.max_abs_error <= 1e-4  # checked against Δ(θ) before fine-tuning moved the thin layers
+    thin = model[8][0].weight.detach()  # realized Linear(2048→8), trained after realization
+    lc_factor = result.states[1].tensors["b"]
+    assert thin.shape == lc_factor.shape and not torch.allclose(thin, lc_factor)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["fine_tuned"] and info["metric"] == result.metric
+    loaded = lcpress.load(tmp_path / "run" / "model.safetensors")
+    x = next(iter(digits[1]))[0][:4]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_finetune_needs_a_training_function():
+    model = nn.Sequential(nn.Linear(4, 4))
+    config = {"tasks": [{"layers": ["0"], "options": {"rank": 2}}], "schedule": {"steps": 0}, "finetune": {"steps": 1}}
+    with pytest.raises(lcpress.ConfigError, match="finetune.steps > 0 needs a training function"):
+        lcpress.compress(model, config, example_input=torch.randn(1, 4), progress=False)

@@ -21,7 +21,13 @@ LowRankScheme = REGISTRY.scheme("low_rank")
 TINY_CONV = LayerSpec("conv2d", 4, 8, (1, 4, 6, 6), kernel_size=(3, 3), padding=(1, 1))
 
 #: Per-plugin arguments of the kit; plugins not listed run with their defaults.
-SCHEME_KIT: dict[str, dict] = {}
+SCHEME_KIT: dict[str, dict] = {
+    # composite schemes have no default parts: give them a low-rank + sparse and a prune → quantize chain
+    "additive": {"options": {"parts": [{"scheme": "low_rank", "options": {"rank": 2}},
+                                       {"scheme": "prune", "options": {"keep_fraction": 0.1}}]}},
+    "sequential": {"options": {"parts": [{"scheme": "prune", "options": {"keep_fraction": 0.3}},
+                                         {"scheme": "quantize", "options": {"k": 2, "zeros": "keep"}}]}},
+}
 COST_KIT: dict[str, dict] = {
     # a measured model times every form: keep it to one small layer and short timings
     "cpu_latency": {"options": {"min_run_time": 0.01, "threads": 1}, "specs": [TINY_CONV], "forms": [Dense(), LowRank(2)]},
@@ -31,6 +37,21 @@ COST_KIT: dict[str, dict] = {
 @pytest.mark.parametrize("name", sorted(REGISTRY.schemes.classes))
 def test_every_registered_scheme_passes_the_kit(name, lcpress_conformance):
     report = lcpress_conformance.scheme(REGISTRY.scheme(name), **SCHEME_KIT.get(name, {}))
+    assert {"shape_dtype", "deterministic", "form", "realize", "state_roundtrip"} <= set(report.passed), str(report)
+
+
+#: Option variants whose forms and realizations differ from the defaults'.
+VARIANTS = [
+    ("prune", {"structured": True}), ("prune", {"structured": True, "keep": 3}),
+    ("prune", {"mode": "l1_penalty", "alpha": 1e-3}), ("quantize", {"k": None}), ("quantize", {"codebook": "ternary"}),
+    ("additive", {"parts": [{"scheme": "quantize", "options": {"k": 2}}, {"scheme": "low_rank", "options": {"rank": 2}},
+                            {"scheme": "low_rank", "options": {"rank": 1}, "reshape": 2}]}),
+]
+
+
+@pytest.mark.parametrize("name, options", VARIANTS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(VARIANTS)])
+def test_option_variants_pass_the_kit(name, options, lcpress_conformance):
+    report = lcpress_conformance.scheme(REGISTRY.scheme(name), options)
     assert {"shape_dtype", "deterministic", "form", "realize", "state_roundtrip"} <= set(report.passed), str(report)
 
 

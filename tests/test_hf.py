@@ -138,6 +138,7 @@ def test_minilm_example_compresses_and_distils(tmp_path, monkeypatch):
     import minilm
 
     config = lcpress.load_config(ROOT / "examples" / "minilm" / "config.yaml")  # the shipped config is valid
+    assert lcpress.load_config(ROOT / "examples" / "minilm" / "sweep.yaml").sweep.baseline  # and the sweep's
     data = config.to_dict()
     data.update(output_dir=None, checkpoint=False, schedule=dict(data["schedule"], steps=1),
                 tasks=[dict(data["tasks"][0], layers=["bert.encoder.layer.5.*"])])  # one block: quick

@@ -173,3 +173,48 @@ def test_per_step_lines_go_to_stderr_unless_quiet(dense_mlp, monkeypatch, capsys
     assert captured.out == ""
     lcpress.compress(copy.deepcopy(dense_mlp), config, loaders=digits_loaders(64, 0), progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_forms_without_a_rank_get_their_own_columns_and_no_rank_bar(finished_run, tmp_path):
+    """Schemes other than low rank (pruning, quantization) carry other form fields: shown, and plotted apart."""
+    import shutil
+
+    from matplotlib.image import imread
+
+    from lcpress.report import format_table
+
+    run, _ = finished_run
+    copy_dir = tmp_path / "mixed"
+    shutil.copytree(run, copy_dir)
+    table = pd.read_csv(copy_dir / "layers.csv", dtype={"layer": str})
+    # layer 3 as a pruned layer (no rank), layer 5 as a quantized one; layer 1 keeps its rank
+    table.loc[table["layer"] == "3", ["form", "form_rank", "form_shape"]] = ["sparse 900", float("nan"), None]
+    table["form_nonzeros"] = [float("nan"), 900.0, float("nan")]
+    table["form_bits"] = [float("nan"), float("nan"), 4.0]
+    table.loc[table["layer"] == "5", "form"] = "4-bit"
+    table.to_csv(copy_dir / "layers.csv", index=False)
+
+    files = write_report(copy_dir)
+    markdown = files.markdown.read_text()
+    header = next(line for line in markdown.splitlines() if line.startswith("| layer | shape"))
+    assert header.startswith("| layer | shape | scheme | form | rank | nonzeros | bits | realized |")
+    rank = int(table.loc[0, "form_rank"])
+    assert f"| 1 | 64×64 | low_rank | rank {rank} | {rank} | — | — |" in markdown
+    assert "| 3 | 64×64 | low_rank | sparse 900 | — | 900 | — |" in markdown
+    assert "| 5 | 10×64 | — | 4-bit | — | — | 4 |" in markdown
+    text = format_table(table)
+    assert "nonzeros" in text and "bits" in text and "form_" not in text
+    assert sorted(p.name for p in files.images) == ["report-costs.png", "report-forms.png", "report-lc.png",
+                                                    "report-ranks.png"]
+    for image in files.images:
+        assert imread(image).ndim == 3
+
+    from lcpress.plots import form_fields_figure, rank_figure
+
+    fig = rank_figure(table)  # layer 1 only: 3 has no rank, 5 is not dense
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["1"]
+    assert "2 layers without a rank not shown" in fig.axes[0].get_title()
+    fig = form_fields_figure(table, ["form_nonzeros", "form_bits"])
+    assert [ax.get_title() for ax in fig.axes] == ["nonzeros", "bits"]
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["3"]
+    assert rank_figure(table.assign(form_rank=float("nan"))) is None

@@ -30,11 +30,12 @@ from .config import LCConfig, ScheduleConfig, TargetConfig, TaskConfig, TrainCon
 from .engine import LCEngine, LStep
 from .api import CompressionResult, compress
 from .modelfile import load, save
+from .export import export_onnx
 from .registry import get_registry
 
 __all__ = [
     "__version__",
-    "compress", "save", "load", "CompressionResult",
+    "compress", "save", "load", "export_onnx", "CompressionResult",
     "LCConfig", "TaskConfig", "TargetConfig", "ScheduleConfig", "TrainConfig", "load_config",
     "hookimpl", "Scheme", "State", "Candidates", "CStepContext", "CostModel", "Options", "option",
     "Form", "Dense", "LowRank", "LayerSpec", "LCEngine", "LStep", "get_registry",

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from . import distributed
 from .checkpoint import FileCheckpointer, RunDirectory
 from .config import LCConfig, load_config
 from .costmodel import CostModel
@@ -54,12 +55,16 @@ class CompressionResult:
     config: LCConfig
     run_dir: Path | None = None
     totals: dict[str, float] = field(default_factory=dict)
+    #: the metric of the compressed model before ``finetune`` trained the realized model (None: no fine-tuning)
+    metric_before_finetune: float | None = None
 
     def summary(self, metric_name: str = "metric") -> str:
         """The per-layer table, totals and metrics, as text."""
         lines = [format_table(self.layers)]
         if self.dense_metric is not None and self.metric is not None:
-            lines.append(f"{metric_name}: dense {self.dense_metric:.4f} → compressed {self.metric:.4f}")
+            tuned = "" if self.metric_before_finetune is None else \
+                f" (after LC {self.metric_before_finetune:.4f}, then fine-tuned)"
+            lines.append(f"{metric_name}: dense {self.dense_metric:.4f} → compressed {self.metric:.4f}{tuned}")
         lines.append(f"realized model vs Δ(θ): max |difference| = {self.max_abs_error:.2e}")
         return "\n".join(lines)
 
@@ -103,28 +108,40 @@ def compress(
         Default: the first batch of the eval (else train) loader.
     :param resume: continue the run in ``config.output_dir`` from its checkpoint.
     :param force: replace whatever run ``config.output_dir`` holds.
+
+    Inside an initialised ``torch.distributed`` process group (torchrun) the L
+    steps run data-parallel, the C step on rank 0, and only rank 0 writes the
+    run directory: see :mod:`lcpress.distributed`.
     """
     config = load_config(config)
-    device = torch.device(config.device)
+    device = distributed.local_device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: 'cuda' was asked for but torch sees no CUDA device; use device: cpu")
     model.to(device)
     example_input = _example_input(example_input, loaders, device)
+    if distributed.active() and train_fn is None and loaders is not None:
+        loaders = (distributed.shard_loader(loaders[0], config.seed), loaders[1])
+    progress = progress and distributed.is_main()
+    finetune_fn = _finetune_fn(train_fn, loaders, config, device, progress)
     train_fn, eval_fn = _default_fns(train_fn, eval_fn, loaders, config, device, progress)
+    train_fn = distributed.data_parallel(train_fn, model)
 
     graph, tasks, cost_models = plan(model, config, example_input)
 
     run_dir = RunDirectory(config.output_dir) if config.output_dir else None
-    resuming = run_dir.prepare(resume=resume, force=force, config=config.to_dict()) if run_dir else False
+    resuming = distributed.on_main(
+        lambda: run_dir.prepare(resume=resume, force=force, config=config.to_dict()) if run_dir else False)
     if resume and run_dir is None:
         raise ConfigError("output_dir: resuming needs the run directory of the run to continue")
     checkpointer = FileCheckpointer(run_dir.checkpoint_path, config.to_dict()) if run_dir and config.checkpoint else None
 
     torch.manual_seed(config.seed)
     dense_metric = float(eval_fn(model)) if eval_fn is not None else None
-    if run_dir is not None:  # what `lcpress report` needs to describe the run while it is still running
-        run_dir.update_info(plan=plan_record(graph, tasks), dense_metric=dense_metric)
-    engine = LCEngine(model, tasks, config.schedule, train_fn, eval_fn, graph=graph, report_costs=cost_models,
+    if run_dir is not None and distributed.is_main():  # what `lcpress report` needs while the run is running
+        run_dir.update_info(plan=plan_record(graph, tasks), dense_metric=dense_metric,
+                            example_input=input_record(example_input))
+    engine_class = distributed.DistributedLCEngine if distributed.active() else LCEngine
+    engine = engine_class(model, tasks, config.schedule, train_fn, eval_fn, graph=graph, report_costs=cost_models,
                       seed=config.seed, checkpointer=checkpointer, progress=progress,
                       history_csv=run_dir.file("history.csv") if run_dir else None)
     if resuming:
@@ -132,7 +149,7 @@ def compress(
         engine.restore(tensors, meta["engine"])
         log.info("resuming %s after LC step %d", run_dir.path, engine.next_step - 1)
     engine.run()
-    return _finish(model, engine, graph, cost_models, config, example_input, dense_metric, run_dir)
+    return _finish(model, engine, graph, cost_models, config, example_input, dense_metric, run_dir, finetune_fn, eval_fn)
 
 
 def plan(model: nn.Module, config: LCConfig, example_input: Any) -> tuple[ModelGraph, list[Task], dict[str, CostModel]]:
@@ -143,26 +160,71 @@ def plan(model: nn.Module, config: LCConfig, example_input: Any) -> tuple[ModelG
     return graph, plan_tasks(model, graph, config.tasks, registry, cost_models), cost_models
 
 
-def _finish(model, engine: LCEngine, graph, cost_models, config, example_input, dense_metric, run_dir) -> CompressionResult:
+def _finish(model, engine: LCEngine, graph, cost_models, config, example_input, dense_metric, run_dir,
+            finetune_fn=None, eval_fn=None) -> CompressionResult:
     states = list(engine.states)
     load_compressed(engine.tasks, states)  # the model now computes with Δ(θ) …
     reference = copy.deepcopy(model)  # … and this dense copy is what the realized model must match
     records = realize(model, engine.tasks, states, graph.aliases)
-    max_err = verify(model, reference, example_input)
+    max_err = verify(model, reference, example_input)  # before fine-tuning moves the realized weights
+    tuned_metric = _fine_tune(model, finetune_fn, eval_fn, config)
     model.lcpress_layers = [r.to_dict() for r in records]
     schemes = {name: t.scheme.name for t in engine.tasks for name in t.layers}
     table = layer_table(graph, engine.forms(), cost_models, schemes, [r.name for r in records if r.realized])
     history = engine.history_frame()
     metric = history["metric"].iloc[-1] if "metric" in history else None
+    metric = None if metric is None else float(metric)
     result = CompressionResult(model, history, table, records, states, engine.tasks, graph, dense_metric,
-                               None if metric is None else float(metric), max_err, config, None, totals(table))
+                               metric if tuned_metric is None else tuned_metric, max_err, config, None, totals(table),
+                               metric if tuned_metric is not None else None)
     if run_dir is not None:
         result.run_dir = run_dir.path
-        table.to_csv(run_dir.file("layers.csv"), index=False)
-        result.save(run_dir.file("model.safetensors"), overwrite=True)
-        run_dir.mark_finished(dense_metric=dense_metric, metric=result.metric, max_abs_error=max_err,
-                              totals=result.totals)
+        tuned = {} if tuned_metric is None else {"metric_before_fine_tuning": metric, "fine_tuned": True,
+                                                 "fine_tune_passes": config.finetune.steps}
+
+        def write() -> None:
+            table.to_csv(run_dir.file("layers.csv"), index=False)
+            result.save(run_dir.file("model.safetensors"), overwrite=True)
+            run_dir.mark_finished(dense_metric=dense_metric, metric=result.metric, max_abs_error=max_err,
+                                  totals=result.totals, **tuned)
+
+        distributed.on_main(write)  # every rank returns once rank 0 has written the run directory
     return result
+
+
+def input_record(example_input: Any) -> dict[str, Any] | None:
+    """Shape and dtype of a one-tensor example input (``lcpress export`` rebuilds it); None otherwise."""
+    if not isinstance(example_input, torch.Tensor):
+        return None
+    return {"shape": list(example_input.shape), "dtype": str(example_input.dtype).removeprefix("torch.")}
+
+
+def _finetune_fn(train_fn, loaders, config: LCConfig, device, progress) -> TrainFn | None:
+    """What trains the realized model: the user's train_fn, or a fresh built-in trainer (new parameters, new optimizer)."""
+    if config.finetune.steps == 0:
+        return None
+    if train_fn is not None:
+        return train_fn
+    if loaders is None or loaders[0] is None:
+        raise ConfigError("finetune.steps > 0 needs a training function: pass train_fn=…, or loaders=(train, eval)")
+    return SupervisedTrainer(loaders[0], config.train, device=device, progress=progress,
+                             description="fine-tuning the realized model, pass")
+
+
+def _fine_tune(model: nn.Module, finetune_fn, eval_fn, config: LCConfig) -> float | None:
+    """``finetune.steps`` penalty-free passes over the realized model; its metric after them (None: no fine-tuning)."""
+    if finetune_fn is None:
+        return None
+    from .engine import LStep
+
+    finetune_fn = distributed.data_parallel(finetune_fn, model)  # over the realized model's parameters
+    done, total = config.schedule.steps, config.schedule.steps + config.finetune.steps
+    zero = next(model.parameters()).new_zeros(())
+    model.train()
+    for k in range(config.finetune.steps):  # the learning rate keeps decaying from the last L step
+        finetune_fn(model, lambda: zero, LStep(done + k, 0.0, total))
+    model.eval()
+    return None if eval_fn is None else float(eval_fn(model))
 
 
 def _example_input(example_input: Any, loaders: tuple[Any, Any] | None, device: torch.device) -> Any:

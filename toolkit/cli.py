@@ -1,4 +1,4 @@
-"""``lcpress`` on the command line: demo, compress, sweep, report, profile, costs, plugins, info, options.
+"""``lcpress`` on the command line: demo, compress, sweep, report, export, profile, costs, plugins, info, options.
 
 Every command is a thin shell over the Python API; errors lcpress raises on
 purpose print as one clear line (exit 2) instead of a traceback.
@@ -72,6 +72,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib needed)")
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser("export", help="export a finished run's realized model (ONNX), checked in onnxruntime")
+    p.add_argument("run_dir", help="the run's output_dir")
+    p.add_argument("--onnx", required=True, metavar="FILE", help="write the model to this ONNX file")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    p.add_argument("--input-shape", type=_shape, help="input shape to trace, e.g. 1,3,224,224 "
+                                                     "(default: the example input the run recorded)")
+    p.add_argument("--static-batch", action="store_true", help="fix the batch size to the input shape's")
+    p.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("profile", help="measure, ahead of a run, every candidate form the config's tasks can choose")
     p.add_argument("config", help="YAML config file")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-step lines")
@@ -142,6 +152,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    done = export_run(args.run_dir, args.onnx, overwrite=args.force, input_shape=args.input_shape,
+                      dynamic_batch=not args.static_batch, opset=args.opset)
+    check = ("onnxruntime not installed: not checked" if done.max_abs_error is None
+             else f"onnxruntime vs torch: max |difference| = {done.max_abs_error:.2e}")
+    print(f"wrote {done.path} ({check})")
+    return 0
+
+
+def _shape(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated sizes such as 1,3,224,224, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return values
+
+
 def _ratios(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
@@ -157,6 +188,7 @@ def _inputs(data: dict[str, Any], quiet: bool):
     import torch
 
     from .config import load_config
+    from .distributed import main_first
     from .errors import ConfigError
     from .sources import build_loaders, build_model
 
@@ -165,7 +197,8 @@ def _inputs(data: dict[str, Any], quiet: bool):
         raise ConfigError("the CLI needs 'model' and 'data' sections (the Python API takes objects instead)")
     train_loader, eval_loader = build_loaders(config.data, config.seed)
     cache = Path(config.output_dir).parent / ".lcpress-cache" if config.output_dir else None
-    model = build_model(config.model, train_loader, cache, progress=not quiet)
+    with main_first():  # under torchrun, rank 0 trains and caches a builtin model; the others load it
+        model = build_model(config.model, train_loader, cache, progress=not quiet)
     generator = getattr(train_loader, "generator", None)
     if isinstance(generator, torch.Generator):
         generator.manual_seed(config.seed)  # same data order whether or not the model was just trained
@@ -192,10 +225,15 @@ def _read_yaml(path_text: str) -> dict[str, Any]:
 
 
 def _run(data: dict[str, Any], *, resume: bool, force: bool, quiet: bool, keep_note: bool = True) -> int:
+    from . import distributed
     from .api import compress
 
-    config, model, loaders = _inputs(data, quiet)
-    result = compress(model, config, loaders=loaders, resume=resume, force=force, progress=not quiet)
+    with distributed.process_group(str(data.get("device", "cpu"))):  # joins torchrun's ranks, if any
+        config, model, loaders = _inputs(data, quiet or not distributed.is_main())
+        result = compress(model, config, loaders=loaders, resume=resume, force=force, progress=not quiet)
+        main = distributed.is_main()
+    if not main:  # rank 0 prints and writes the report
+        return 0
     print(result.summary(config.metric))
     if keep_note and result.run_dir is not None:
         files = result.write_report()
@@ -309,11 +347,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     rebuild = "yes" if manifest.get("architecture") else f"no (needs the model class: {', '.join(manifest['not_rebuildable'])})"
     print(f"loads without the model's code: {rebuild}")
     for layer in manifest.get("layers", []):
-        form = layer.get("form") or {}
-        desc = ", ".join(f"{k}={v}" for k, v in form.items() if k != "kind")
         state = "realized" if layer.get("realized") else f"dense ({layer.get('reason', '')})"
-        print(f"  {layer['name']}: {layer['scheme']} {form.get('kind', '')} {desc} — {state}")
+        print(f"  {layer['name']}: {layer['scheme']} {_form_text(layer.get('form') or {})} — {state}")
     return 0
+
+
+def _form_text(form: dict) -> str:
+    """A manifest's form as text: ``low_rank(rank=8) + sparse(nonzeros=40)`` for a form made of parts."""
+    if "parts" in form:
+        return " + ".join(_form_text(part) for part in form["parts"])
+    fields = ", ".join(f"{k}={v}" for k, v in form.items() if k != "kind" and v is not None)
+    return f"{form.get('kind', '')}({fields})" if fields else form.get("kind", "")
 
 
 def cmd_options(args: argparse.Namespace) -> int:

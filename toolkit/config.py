@@ -109,6 +109,19 @@ class TrainConfig(Options):
 
 
 @dataclass
+class FinetuneConfig(Options):
+    """Training the realized model after the last LC step: its thin layers themselves, no penalty."""
+
+    steps: int = option(0, help="passes of the L step's training over the realized model, without the penalty "
+                                "(train.epochs epochs each with the built-in trainer, or one call of your train_fn); "
+                                "the learning rate keeps decaying from the last LC step; 0 = none")
+
+    def validate(self) -> None:
+        if self.steps < 0:
+            self.fail("steps", f"must be non-negative, got {self.steps}")
+
+
+@dataclass
 class ModelConfig(Options):
     """Where the CLI gets the model from (the Python API takes the model object)."""
 
@@ -157,6 +170,8 @@ class LCConfig(Options):
     tasks: list[TaskConfig] = option(help="what to compress; each entry is one task group")
     schedule: ScheduleConfig = option(default_factory=ScheduleConfig, help="μ schedule")
     train: TrainConfig = option(default_factory=TrainConfig, help="built-in L-step trainer")
+    finetune: FinetuneConfig = option(default_factory=FinetuneConfig,
+                                      help="training of the realized model after the LC steps (steps: 0 = none)")
     model: ModelConfig | None = option(None, help="model source (CLI)")
     data: DataConfig | None = option(None, help="data source (CLI)")
     cost_models: dict[str, Any] = option(default_factory=dict,

@@ -231,7 +231,7 @@ class LCEngine:
             minmax = cfg.target is not None and self.tasks[members[0]].scheme.allocation == "minmax"
             errors = []
             for i in members:
-                e = contexts[i].candidates.errors.to(torch.float64)
+                e = contexts[i].candidates.errors.to("cpu", torch.float64)  # costs are CPU tensors; SVDs stay on the device
                 if cfg.normalize or minmax:
                     e = e / max(float(torch.sum(inputs[i].double() ** 2)), 1e-300)
                 errors.append(e)

@@ -99,10 +99,24 @@ class Form:
     """
 
     kind: ClassVar[str] = "form"
+    #: True when the last primitive computes only some of the layer's output channels and the
+    #: others are constants put back in place (row pruning, :class:`lcpress.modules.ScatterChannels`).
+    fills_outputs: ClassVar[bool] = False
 
     def primitives(self, spec: LayerSpec) -> tuple[LayerSpec, ...]:
         """The layers this form executes, in order, with their exact shapes."""
         raise NotImplementedError
+
+    def branches(self, spec: LayerSpec) -> tuple[tuple[LayerSpec, ...], ...]:
+        """Parallel chains of primitives whose outputs are summed; default: one chain, :meth:`primitives`.
+
+        Each chain reads the layer's input and produces its output. Between
+        consecutive primitives the activation may be reshaped (a free view,
+        same number of values), as in a block-interleaved low-rank part.
+        Forms made of parallel parts (additive combinations) override this and
+        return the concatenated chains from :meth:`primitives`.
+        """
+        return (self.primitives(spec),)
 
     def param_count(self, spec: LayerSpec) -> int:
         """Numbers stored. Sparse or quantized forms override this."""
@@ -183,6 +197,13 @@ class LowRank(Form):
 
 
 def form_to_dict(form: Form) -> dict[str, Any]:
-    """JSON description of a form (for manifests and reports)."""
-    data = dataclasses.asdict(form) if dataclasses.is_dataclass(form) else {}
-    return {"kind": form.kind, **data}
+    """JSON description of a form (for manifests and reports); forms made of parts list each part's."""
+    data: dict[str, Any] = {"kind": form.kind}
+    for f in dataclasses.fields(form) if dataclasses.is_dataclass(form) else ():
+        value = getattr(form, f.name)
+        if isinstance(value, Form):
+            value = form_to_dict(value)
+        elif isinstance(value, tuple):
+            value = [form_to_dict(v) if isinstance(v, Form) else v for v in value]
+        data[f.name] = value
+    return data

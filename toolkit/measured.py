@@ -32,7 +32,7 @@ from torch import nn
 from .checkpoint import write_text_atomic
 from .costmodel import CostModel
 from .forms import Form, LayerSpec, form_to_dict
-from .modules import GroupedLinear
+from .modules import GroupedLinear, ParallelSum, ScatterChannels
 
 log = logging.getLogger("lcpress.measured")
 
@@ -53,9 +53,38 @@ def primitive_module(spec: LayerSpec) -> nn.Module:
                      spec.dilation, spec.groups, bias=spec.bias)
 
 
-def form_module(spec: LayerSpec, form: Form) -> nn.Sequential:
-    """The primitives of ``form`` for layer ``spec``, in execution order."""
-    return nn.Sequential(*[primitive_module(p) for p in form.primitives(spec)])
+class _View(nn.Module):
+    """Reshape to ``(-1, *tail)``: the free view between primitives of a chain (see :meth:`Form.branches`)."""
+
+    def __init__(self, tail: tuple[int, ...]) -> None:
+        super().__init__()
+        self.tail = tail
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, *self.tail)
+
+
+def _chain(spec: LayerSpec, prims: tuple[LayerSpec, ...]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    shape = tuple(spec.input_shape)
+    for p in prims:
+        if tuple(p.input_shape) != shape:
+            layers.append(_View(tuple(p.input_shape[1:])))
+        layers.append(primitive_module(p))
+        shape = tuple(p.output_shape)
+    return nn.Sequential(*layers)
+
+
+def form_module(spec: LayerSpec, form: Form) -> nn.Module:
+    """The primitives of ``form`` for layer ``spec``, in execution order (parallel branches summed)."""
+    chains = [_chain(spec, branch) for branch in form.branches(spec)]
+    if form.fills_outputs:  # the pruned outputs are put back in place: time that copy too
+        for chain, branch in zip(chains, form.branches(spec)):
+            kept = branch[-1].out_channels
+            scatter = ScatterChannels(spec.out_channels, kept, dim=1 if spec.kind == "conv2d" else -1)
+            scatter.index.copy_(torch.arange(kept))
+            chain.append(scatter)
+    return chains[0] if len(chains) == 1 else ParallelSum(chains)
 
 
 class CostTable:

@@ -108,11 +108,15 @@ class SparseWeight(WeightCodec):
         index = torch.nonzero(flat, as_tuple=True)[0]
         codec = cls(weight.shape, index.numel())
         codec.values = flat[index].clone()
-        if codec.uses_mask:
-            codec.positions = pack((flat != 0).to(torch.int64), 1).to(weight.device)
-        else:
-            codec.positions = pack(index, bits_for(codec.numel)).to(weight.device)
+        codec.set_positions(flat != 0)
         return codec
+
+    def set_positions(self, kept: torch.Tensor) -> None:
+        """Store where the non-zeros are (``kept``: a flat bool mask) as a packed mask or index list."""
+        if self.uses_mask:
+            self.positions = pack(kept.to(torch.int64), 1).to(kept.device)
+        else:
+            self.positions = pack(torch.nonzero(kept, as_tuple=True)[0], bits_for(self.numel)).to(kept.device)
 
     def index(self) -> torch.Tensor:
         if self.uses_mask:
@@ -150,10 +154,7 @@ class SparseCodebookWeight(SparseWeight):
         codec = cls(codes.shape, index.numel(), codebook.numel())
         codec.codebook = codebook.detach().reshape(-1).clone()
         codec.codes = pack(flat[index], codec.bits).to(codebook.device)
-        if codec.uses_mask:
-            codec.positions = pack((flat >= 0).to(torch.int64), 1).to(codebook.device)
-        else:
-            codec.positions = pack(index, bits_for(codec.numel)).to(codebook.device)
+        codec.set_positions(flat >= 0)
         return codec
 
     def decode(self) -> torch.Tensor:

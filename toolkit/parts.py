@@ -61,3 +61,20 @@ def part_state(state: State, j: int) -> State:
     prefix = f"part{j}/"
     tensors = {k[len(prefix):]: v for k, v in state.tensors.items() if k.startswith(prefix)}
     return State(tensors, state.meta["parts"][j])
+
+
+class PartError(RuntimeError):
+    """A part of a composite scheme raised; the message names the part and the plugin it came from."""
+
+
+def compress_part(j: int, part: Scheme, w: "torch.Tensor", ctx: Any) -> State:
+    """``part.compress(w, ctx)``, with a failure reported as part ``j``'s, naming its plugin."""
+    from .errors import LcpressError
+    from .registry import describe
+
+    try:
+        return part.compress(w, ctx)
+    except LcpressError:
+        raise
+    except Exception as exc:
+        raise PartError(f"part {j}, {describe(part)}: {type(exc).__name__}: {exc}") from exc

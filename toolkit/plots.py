@@ -55,12 +55,19 @@ def _layer_axis_height(n: int) -> float:
 
 
 def rank_figure(table: pd.DataFrame) -> "Figure | None":
-    """Chosen rank per layer against the layer's full rank (dense layers: full)."""
+    """Chosen rank per layer against the layer's full rank.
+
+    Only layers that have a rank are drawn: those whose form has one, and
+    dense layers (full rank). A layer whose form has no rank (pruned,
+    quantized …) is left out and counted in the title.
+    """
     if "form_rank" not in table or "full_rank" not in table or table["form_rank"].isna().all():
         return None
-    full = table["full_rank"].astype(float)
-    chosen = table["form_rank"].astype(float).fillna(full)
-    labels = list(table["layer"])
+    dense = table["form"] == "dense" if "form" in table else pd.Series(False, index=table.index)
+    ranked = table[table["form_rank"].notna() | dense]
+    full = ranked["full_rank"].astype(float)
+    chosen = ranked["form_rank"].astype(float).fillna(full)
+    labels = list(ranked["layer"])
     fig = _figure(7.5, _layer_axis_height(len(labels)))
     ax = fig.add_subplot()
     y = range(len(labels))
@@ -71,8 +78,39 @@ def rank_figure(table: pd.DataFrame) -> "Figure | None":
     ax.set_yticks(list(y), labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("rank")
-    ax.set_title("Rank per layer")
+    left_out = len(table) - len(ranked)
+    ax.set_title("Rank per layer" + (f" ({left_out} layers without a rank not shown)" if left_out else ""))
     ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def form_fields_figure(table: pd.DataFrame, fields: Sequence[str]) -> "Figure | None":
+    """One panel per numeric form field (``form_nonzeros``, ``form_bits`` …), over the layers whose form has it.
+
+    ``form_nonzeros`` is drawn against the layer's weight count (from its
+    ``shape``); other fields are drawn as they are.
+    """
+    fields = [f for f in fields if f in table and table[f].notna().any()]
+    if not fields:
+        return None
+    height = max(_layer_axis_height(int(table[f].notna().sum())) for f in fields)
+    fig = _figure(4.0 * len(fields) + 1.5, height)
+    axes = fig.subplots(1, len(fields), squeeze=False)[0]
+    for ax, column in zip(axes, fields):
+        rows = table[table[column].notna()]
+        y = list(range(len(rows)))
+        values = rows[column].astype(float)
+        if column == "form_nonzeros" and "shape" in rows:
+            weights = rows["shape"].map(lambda s: math.prod(int(d) for d in str(s).split("×")))
+            ax.barh(y, weights, color=BEFORE, label="weights (dense)")
+            ax.legend(loc="lower right", fontsize=8)
+        ax.barh(y, values, color=AFTER, height=0.5)
+        for i, v in enumerate(values):
+            ax.text(v, i, f" {v:g}", va="center", fontsize=7)
+        ax.set_yticks(y, list(rows["layer"]), fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(column[len("form_"):], fontsize=9)
+    fig.suptitle("Form per layer", fontsize=10)
     return fig
 
 
@@ -124,15 +162,22 @@ def lc_curve_figure(history: pd.DataFrame, dense_metric: float | None = None,
             ax.legend(fontsize=7)
         _mu_axis(ax, mu)
         if log_y and (values > 0).all():
-            from matplotlib.ticker import FuncFormatter
-
-            ax.set_yscale("log")
-            for axis_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-                axis_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+            _log_axis(ax, values)
         ax.set_xlabel("μ")
         ax.set_title(title, fontsize=9)
     fig.suptitle("LC path", fontsize=10)
     return fig
+
+
+def _log_axis(ax: Any, values: pd.Series) -> None:
+    """Log-scaled y axis with plain numbers; minor ticks labelled only when the values span under a decade."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:.3g}")
+    ax.yaxis.set_major_formatter(plain)
+    narrow = float(values.max()) < 10 * float(values.min())
+    ax.yaxis.set_minor_formatter(plain if narrow else NullFormatter())
 
 
 def _mu_axis(ax: Any, mu: pd.Series) -> None:

@@ -97,14 +97,15 @@ def totals(table: pd.DataFrame) -> dict[str, float]:
 def format_table(table: pd.DataFrame) -> str:
     """The table as aligned text, with a totals row and after/before ratios."""
     shown = _display_columns(table)
+    numbers = [c for c in shown.columns if c.endswith(("_before", "_after")) or c not in table.columns
+               or c.startswith("form_")]  # costs, and the form fields (renamed, unless a name was taken)
     sums = totals(table)
     total_row = {c: "" for c in shown.columns}
     total_row.update({"layer": "TOTAL", "realized": ""})
     total_row.update(sums)
     shown = pd.concat([shown, pd.DataFrame([total_row])], ignore_index=True)
-    for col in shown.columns:
-        if col.endswith(("_before", "_after")):
-            shown[col] = shown[col].map(_number)
+    for col in numbers:
+        shown[col] = shown[col].map(_number)
     shown["realized"] = shown["realized"].map(lambda v: "yes" if v is True else ("" if v == "" else "no"))
     text = shown.to_string(index=False)
     ratios = []
@@ -115,10 +116,27 @@ def format_table(table: pd.DataFrame) -> str:
     return text + ("\n" + ", ".join(ratios) if ratios else "")
 
 
+def form_value_columns(table: pd.DataFrame) -> list[str]:
+    """The numeric ``form_<field>`` columns — chosen rank, nonzeros, bits … — whatever the forms carry.
+
+    Booleans and text fields (a low-rank form's ``shape``) are left out: the
+    ``form`` column's description already says them.
+    """
+    return [c for c in table.columns if c.startswith("form_") and pd.api.types.is_numeric_dtype(table[c])
+            and not pd.api.types.is_bool_dtype(table[c])]
+
+
 def _display_columns(table: pd.DataFrame) -> pd.DataFrame:
-    """The table without the columns meant for machines (kind, full_rank, form_*)."""
-    drop = [c for c in table.columns if c in ("kind", "full_rank") or c.startswith("form_")]
-    return table.drop(columns=drop).copy()
+    """The table for people: machine columns (kind, full_rank, text form fields) out, numeric form fields
+    as columns named by the field (``rank``, ``nonzeros``, ``bits`` …) right after ``form``; a layer whose
+    form has no such field shows —."""
+    values = form_value_columns(table)
+    drop = [c for c in table.columns if c in ("kind", "full_rank") or (c.startswith("form_") and c not in values)]
+    shown = table.drop(columns=drop)
+    order = [c for c in shown.columns if c not in values]
+    at = order.index("form") + 1 if "form" in order else len(order)
+    shown = shown[order[:at] + values + order[at:]]
+    return shown.rename(columns={c: c[len("form_"):] for c in values if c[len("form_"):] not in shown.columns})
 
 
 def _number(value: object) -> str:
@@ -222,6 +240,9 @@ def _figures(summary: Any) -> list[Any]:
         fig = plots.rank_figure(table)
         if fig is not None:
             blocks.append(Image("report-ranks.png", "Chosen rank per layer", plots.png(fig)))
+        fig = plots.form_fields_figure(table, [c for c in form_value_columns(table) if c != "form_rank"])
+        if fig is not None:
+            blocks.append(Image("report-forms.png", "Form fields per layer (nonzeros, bits …)", plots.png(fig)))
         fig = plots.cost_share_figure(table, _cost_names(table))
         if fig is not None:
             blocks.append(Image("report-costs.png", "Cost share per layer, before and after", plots.png(fig)))

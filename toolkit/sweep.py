@@ -37,13 +37,10 @@ from .checkpoint import RunDirectory
 from .config import LCConfig, load_config
 from .costmodel import CostModel
 from .document import Document, Image, Paragraph, Table, markdown_table
-from .engine import LStep
 from .errors import ConfigError, RunDirectoryError
 from .forms import LayerSpec, LowRank
-from .modelfile import save
 from .progress import status_line
 from .report import _cell, full_rank, write_report
-from .training import METRICS, SupervisedTrainer
 
 #: The scheme the baseline uses: fixed-rank truncated SVD.
 BASELINE_SCHEME = "low_rank"
@@ -205,6 +202,8 @@ def baseline_config(model: nn.Module, config: LCConfig, ratio: float, example_in
                               "options": {"rank": rank, "shape": shape}, "cost": group.cost})
     data["tasks"] = new_tasks
     data["schedule"] = dict(data["schedule"], steps=0)
+    # trained as a realized model for the same passes over the data, at the same learning rates, as the LC run
+    data["finetune"] = {"steps": config.schedule.steps + config.finetune.steps}
     return LCConfig.from_dict(data)
 
 
@@ -215,16 +214,8 @@ def _baseline_run(model, config, target, run_dir, loaders, force, progress, repo
     if _existing(run_dir, cfg, force, done_key="fine_tuned") == "reuse":
         return RunDirectory(run_dir).info()
     _reseed(loaders, cfg.seed)
-    result = compress(copy.deepcopy(model), cfg, loaders=loaders, force=True, progress=progress)
-    steps = config.schedule.steps  # the same passes over the data, and learning rates, as the LC run's L steps
-    trainer = SupervisedTrainer(loaders[0], config.train, device=device, progress=progress,
-                                description="baseline fine-tuning, pass")
-    for k in range(steps):
-        trainer(result.model, lambda: torch.zeros((), device=device), LStep(k, 0.0, steps))
-    metric = METRICS[config.metric](result.model, loaders[1], device)
-    save(result.model, run_dir / "model.safetensors", config=cfg.to_dict(), overwrite=True)
-    RunDirectory(run_dir).update_info(metric=metric, metric_before_fine_tuning=result.metric,
-                                      fine_tuned=True, fine_tune_passes=steps)
+    compress(copy.deepcopy(model), cfg, loaders=loaders, force=True, progress=progress)
+    RunDirectory(run_dir).update_info(fine_tuned=True, fine_tune_passes=cfg.finetune.steps)
     if reports:
         write_report(run_dir)
     return RunDirectory(run_dir).info()

@@ -74,6 +74,11 @@ def plan_tasks(
         cost_model = cost_models.get(cfg.cost)
         if cost_model is None:
             cost_model = cost_models[cfg.cost] = registry.cost_model(cfg.cost)()
+        if cfg.target is not None and not scheme_cls(options).selecting():
+            raise ConfigError(
+                f"tasks[{g}].target: with these options scheme {cfg.scheme!r} has a fixed form, so a budget cannot "
+                f"steer it; drop the fixed rank / keep / k from tasks[{g}].options, or drop the target"
+            )
         units = [names] if cfg.shared else [[n] for n in names]
         for unit in units:
             scheme = scheme_cls(options)

@@ -72,6 +72,7 @@ class SupervisedTrainer:
         self.description = description
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending_state: dict[str, Any] | None = None
+        self.epochs_done = 0  # sets a DistributedSampler's epoch, so every epoch has its own shuffle
 
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         if self.optimizer is None:
@@ -96,6 +97,10 @@ class SupervisedTrainer:
         total, count = 0.0, 0
         with progress_bar(total=epochs * _len(self.loader), desc=f"{self.description} {step.index + 1}", enabled=self.progress) as bar:
             for _ in range(epochs):
+                set_epoch = getattr(getattr(self.loader, "sampler", None), "set_epoch", None)
+                if callable(set_epoch):
+                    set_epoch(self.epochs_done)
+                self.epochs_done += 1
                 for inputs, targets in self.loader:
                     inputs, targets = to_device(inputs, self.device), targets.to(self.device)
                     loss = self.loss_fn(forward(model, inputs), targets)
@@ -109,7 +114,7 @@ class SupervisedTrainer:
         return total / max(count, 1)
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {}
+        state: dict[str, Any] = {"epochs_done": self.epochs_done}
         if self.optimizer is not None:
             state["optimizer"] = self.optimizer.state_dict()
         generator = getattr(self.loader, "generator", None)
@@ -118,6 +123,7 @@ class SupervisedTrainer:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epochs_done = int(state.get("epochs_done", 0))
         if "optimizer" in state:
             if self.optimizer is not None:
                 self.optimizer.load_state_dict(state["optimizer"])

@@ -268,18 +268,34 @@ def check_form(s: SchemeSubject) -> str | None:
             prims = form.primitives(spec)
             require(len(prims) >= 1 and all(isinstance(p, LayerSpec) for p in prims),
                     f"{where}: primitives() must list at least one LayerSpec")
-            require(prims[0].in_channels == spec.in_channels and tuple(prims[0].input_shape) == tuple(spec.input_shape),
-                    f"{where}: the first primitive must read the layer's input {spec.input_shape}, got "
-                    f"{prims[0].input_shape} with {prims[0].in_channels} channels")
-            for p, q in zip(prims, prims[1:]):
-                require(tuple(q.input_shape) == tuple(p.output_shape),
-                        f"{where}: a primitive reads shape {q.input_shape} but the one before it outputs {p.output_shape}")
-            require(tuple(prims[-1].output_shape) == tuple(spec.output_shape),
-                    f"{where}: the last primitive outputs {prims[-1].output_shape}, the layer {spec.output_shape}")
+            branches = form.branches(spec)
+            require(tuple(p for b in branches for p in b) == tuple(prims),
+                    f"{where}: primitives() must be the concatenation of branches()")
+            for chain in branches:
+                _check_chain(spec, chain, where, form.fills_outputs)
             for value, what in ((form.param_count(spec), "param_count"), (form.storage_bits(spec), "storage_bits"),
                                 (sum(p.flops for p in prims), "FLOPs")):
                 require(math.isfinite(value) and value >= 0, f"{where}: {what} must be finite and non-negative, got {value}")
     return None
+
+
+def _check_chain(spec: LayerSpec, chain: tuple[LayerSpec, ...], where: str, fills_outputs: bool = False) -> None:
+    """A chain reads the layer's input, passes activations on (reshapes are free), and outputs the layer's output.
+
+    A form that ``fills_outputs`` may compute fewer output channels (the others are put back as constants).
+    """
+    numel = math.prod
+    require(len(chain) >= 1, f"{where}: every branch needs at least one primitive")
+    require(numel(chain[0].input_shape) == numel(spec.input_shape),
+            f"{where}: the first primitive must read the layer's input {spec.input_shape}, got {chain[0].input_shape}")
+    for p, q in zip(chain, chain[1:]):
+        require(numel(q.input_shape) == numel(p.output_shape),
+                f"{where}: a primitive reads shape {q.input_shape} but the one before it outputs {p.output_shape}")
+    produced = chain[-1].output_shape
+    if fills_outputs and chain[-1].out_channels <= spec.out_channels:
+        produced = chain[-1].with_(out_channels=spec.out_channels).output_shape
+    require(tuple(produced) == tuple(spec.output_shape),
+            f"{where}: the last primitive outputs {chain[-1].output_shape}, the layer {spec.output_shape}")
 
 
 def check_realize(s: SchemeSubject) -> str | None:

