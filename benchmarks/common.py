@@ -1,15 +1,23 @@
-"""What every benchmark script shares: the machine line, publishing a table, fine-tuning."""
+"""What every benchmark script shares: the machine line, publishing a table and a plot, fine-tuning,
+FLOPs and interleaved latency."""
 
 from __future__ import annotations
 
 import platform
+import time
 from pathlib import Path
 
 import torch
 
+from torch.utils import benchmark as tbench
+from torch.utils.flop_counter import FlopCounterMode
+
 from lcpress.config import TrainConfig
 from lcpress.costmodels.cpu_latency import cpu_model
 from lcpress.engine import LStep
+from lcpress.forms import Dense
+from lcpress.graph import trace
+from lcpress.registry import get_registry
 from lcpress.training import SupervisedTrainer
 
 
@@ -32,3 +40,92 @@ def fine_tune(model: torch.nn.Module, train, steps: int, cfg: TrainConfig) -> No
     trainer = SupervisedTrainer(train, cfg, progress=False)
     for k in range(steps):
         trainer(model, lambda: torch.zeros(()), LStep(k, 0.0, steps))
+
+
+def flops(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """FLOPs of one forward pass of ``x``, counted by torch's FlopCounterMode (in eval mode)."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.eval()(x)
+    return counter.get_total_flops()
+
+
+def layer_flops(model: torch.nn.Module, x: torch.Tensor, names: list[str]) -> float:
+    """FLOPs of the named layers at the input ``x``, as the ``flops`` cost model (and FlopCounterMode) counts them."""
+    graph = trace(model, x)
+    cost = get_registry().cost_model("flops")()
+    return sum(cost.cost(graph.specs[n], Dense()) for n in names)
+
+
+def interleaved_latency_ms(models: dict[str, torch.nn.Module], x: torch.Tensor, rounds: int = 15,
+                           round_time: float = 0.02) -> dict[str, float]:
+    """Median milliseconds per forward pass of each model, measured in interleaved rounds.
+
+    Every round times each model once (a fixed number of calls, calibrated so a
+    round lasts about ``round_time`` seconds), so load from other processes
+    falls on all models alike; the result is the median over rounds. With one
+    torch thread every op runs on the calling thread, and the clock is that
+    thread's CPU time: on a shared machine, time-slicing by other processes then
+    does not count, only what the model itself costs (cache sharing still does).
+    With more threads the clock is wall time.
+    """
+    clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
+    timers, counts, samples = {}, {}, {name: [] for name in models}
+    with torch.no_grad():
+        for name, model in models.items():
+            timers[name] = tbench.Timer("m(x)", globals={"m": model.eval(), "x": x}, timer=clock,
+                                        num_threads=torch.get_num_threads())
+            timers[name].timeit(3)  # warm-up
+            once = timers[name].timeit(5).median
+            counts[name] = max(1, int(round_time / max(once, 1e-7)))
+        for _ in range(rounds):
+            for name, timer in timers.items():
+                samples[name].append(timer.timeit(counts[name]).median)
+    return {name: float(torch.tensor(s).median()) * 1e3 for name, s in samples.items()}
+
+
+def latency_note(rounds: int) -> str:
+    """How the latency columns were measured, for a table's preamble."""
+    clock = "CPU time of the one torch thread" if torch.get_num_threads() == 1 else "wall time"
+    return (f"Latency: median of {rounds} interleaved rounds (every model timed once per round; torch.utils.benchmark), "
+            f"clock = {clock} — the machine is shared with other jobs.")
+
+
+def plot_accuracy_vs_flops(panels: dict[str, list[tuple[str, float, float]]], out: str, quick: bool,
+                           ylabel: str = "test accuracy") -> None:
+    """One PNG next to ``out`` (same stem): accuracy against achieved FLOPs, one panel per model.
+
+    Each panel's points are ``(method, FLOPs vs dense, accuracy)``, one line per
+    method; a method named ``dense`` is drawn as a horizontal reference line.
+    Nothing is written in quick mode or without matplotlib.
+    """
+    if quick:
+        return
+    try:
+        import matplotlib
+    except ImportError:
+        print("no plot: matplotlib is not installed")
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), dpi=90, squeeze=False)
+    markers = "osD^vP*X"
+    for ax, (title, points) in zip(axes[0], panels.items()):
+        for i, method in enumerate(dict.fromkeys(m for m, _, _ in points)):
+            xy = sorted((f, a) for m, f, a in points if m == method)
+            if method == "dense":
+                ax.axhline(xy[0][1], color="grey", linestyle="--", linewidth=1, label="dense")
+            else:
+                ax.plot([100 * f for f, _ in xy], [a for _, a in xy], marker=markers[i % len(markers)], label=method)
+        ax.set_xlabel("achieved FLOPs, % of dense")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    png = Path(out).with_suffix(".png")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png)
+    plt.close(fig)
+    print(f"plot: {png}")

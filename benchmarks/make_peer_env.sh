@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the environment the peer benchmarks (vs_aimet.py, vs_tensorly.py) run in.
+# Build the environment the peer benchmarks (vs_aimet.py, vs_tensorly.py, vs_torch_pruning.py) run in.
 # aimet-torch needs torchvision; PyPI's torchvision does not import beside the
 # torch 2.13.0 CPU build, so this venv uses torch 2.14.1 + torchvision 0.29.1.
 set -euo pipefail
