@@ -33,8 +33,8 @@ class CpuLatencyOptions(Options):
     dtype: Literal["float32", "bfloat16", "float16"] = option("float32", help="data type of weights and input")
     min_run_time: float = option(0.2, help="seconds of timing per measurement (adaptive_autorange)")
     working_set_mb: float = option(0.0, help="cycle weight copies totalling this many MB so every timed call reads "
-                                             "its weights from memory, as inside a model larger than the cache "
-                                             "(0: time the layer cache-hot)")
+                                             "its weights as inside a model of that size (between two whole numbers "
+                                             "of copies the latency is interpolated; 0: time the layer cache-hot)")
     cache_dir: str | None = option(None, help="where cost tables live (default: $LCPRESS_CACHE_DIR or ~/.cache/lcpress)")
 
     def validate(self) -> None:
@@ -85,19 +85,27 @@ class CpuLatency(MeasuredCostModel):
         dtype = torch_dtype(self.options.dtype)
         module = form_module(spec, form).to(dtype).eval()
         x = timing_input(spec, self.options.batch_size, dtype)
-        copies = self._copies(module)
+        ratio = self._working_set_ratio(module)
+        low, high = max(1, math.floor(ratio)), max(1, math.ceil(ratio))
+        at_low = self._time(module, x, low)
+        if high == low:
+            return at_low
+        # the working set falls between two whole numbers of copies: interpolate the latency between them
+        return at_low + (ratio - low) * (self._time(module, x, high) - at_low)
+
+    def _time(self, module: torch.nn.Module, x: torch.Tensor, copies: int) -> float:
+        """Median ms per call while cycling ``copies`` copies of the weights (1 = cache-hot)."""
         modules = [module] + [copy.deepcopy(module) for _ in range(copies - 1)]
-        stmt = "for m in modules: m(x)"
-        timer = benchmark.Timer(stmt, globals={"modules": modules, "x": x}, num_threads=self.threads)
+        timer = benchmark.Timer("for m in modules: m(x)", globals={"modules": modules, "x": x}, num_threads=self.threads)
         with torch.no_grad():
             return timer.adaptive_autorange(min_run_time=self.options.min_run_time).median * 1e3 / copies
 
-    def _copies(self, module: torch.nn.Module) -> int:
-        """How many copies of the weights make the configured working set (1 = cache-hot)."""
+    def _working_set_ratio(self, module: torch.nn.Module) -> float:
+        """The configured working set in copies of the layer's weights (1 = cache-hot), at most 256."""
         weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
         if not self.options.working_set_mb or not weight_bytes:
-            return 1
-        return max(1, min(256, math.ceil(self.options.working_set_mb * 2**20 / weight_bytes)))
+            return 1.0
+        return max(1.0, min(256.0, self.options.working_set_mb * 2**20 / weight_bytes))
 
 
 @lcpress.hookimpl

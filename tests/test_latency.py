@@ -149,8 +149,20 @@ def test_working_set_cycles_weight_copies(cache):
     hot = CpuLatency(CpuLatency.Options(min_run_time=0.01))
     cold = CpuLatency(CpuLatency.Options(min_run_time=0.01, working_set_mb=1))
     module = form_module(spec, Dense())
-    assert hot._copies(module) == 1
-    assert cold._copies(module) == 1 * 2**20 // (64 * 64 * 4 + 64 * 4) + 1
+    assert hot._working_set_ratio(module) == 1.0
+    assert cold._working_set_ratio(module) == pytest.approx(2**20 / (64 * 64 * 4 + 64 * 4))
     assert math.isfinite(cold.cost(spec, Dense())) and cold.cost(spec, Dense()) > 0
     # the working set is part of what was measured: the two do not share table entries
     assert hot.cost(spec, Dense()) > 0 and hot.measurements == 1
+
+
+def test_a_working_set_between_whole_copies_interpolates(cache, monkeypatch):
+    from lcpress.measured import form_module
+
+    spec = LayerSpec("linear", 64, 64, (2, 64), bias=False)
+    layer_mb = 64 * 64 * 4 / 2**20
+    model = CpuLatency(CpuLatency.Options(min_run_time=0.01, working_set_mb=2.25 * layer_mb))
+    times = {2: 1.0, 3: 3.0}  # ms per call with 2 and with 3 copies cycled
+    monkeypatch.setattr(CpuLatency, "_time", lambda self, module, x, copies: times[copies])
+    assert model.measure(spec, Dense()) == pytest.approx(1.0 + 0.25 * (3.0 - 1.0))
+    assert model._working_set_ratio(form_module(spec, Dense())) == pytest.approx(2.25)
