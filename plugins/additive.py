@@ -108,7 +108,7 @@ def _part_spec(spec: LayerSpec, factor: int) -> LayerSpec:
     if factor == 1:
         return spec.with_(bias=False)
     rows, cols = spec.out_channels, math.prod(spec.weight_shape[1:])
-    lead = spec.input_shape[:-1] if spec.kind == "linear" else (spec.positions // spec.calls,)
+    lead = spec.input_shape[:-1] if spec.kind == "linear" else (spec.positions,)  # positions: per call
     return LayerSpec("linear", cols // factor, rows * factor, (*lead, cols // factor), bias=False, calls=spec.calls)
 
 
@@ -215,11 +215,11 @@ class AdditiveScheme(Scheme):
         bare.bias = None  # the layer's bias is added once, by the last branch
         structural, codecs = [], []
         for j, (part, s) in enumerate(zip(self.parts, self._part_states(state))):
-            if self._structural(j, part, s, module):
+            codec = self._codec(j, part, s, module)
+            if codec is None:
                 structural.append((j, part, s))
             else:
-                codec = part.encode(s) if self.factors[j] == 1 else None
-                codecs.append(codec if codec is not None else DenseWeight.of(self._part_delta(j, s, module.weight.shape)))
+                codecs.append(codec)
         last = len(structural) - 1
         branches = [self._branch(j, part, s, bare if codecs or i < last else module)
                     for i, (j, part, s) in enumerate(structural)]
@@ -227,12 +227,15 @@ class AdditiveScheme(Scheme):
             branches.append(decoded(module, codecs))
         return branches[0] if len(branches) == 1 else ParallelSum(branches)
 
-    def _structural(self, j: int, part: Scheme, state: State, module: nn.Module) -> bool:
-        """True when the part has its own fast module; False when it is stored small and runs dense."""
+    def _codec(self, j: int, part: Scheme, state: State, module: nn.Module) -> nn.Module | None:
+        """How the part is stored when it is stored small and runs dense; None when it has its own fast module."""
         form = part.form(state)
         if self.factors[j] > 1:
-            return isinstance(module, nn.Linear) and isinstance(form, LowRank)
-        return not isinstance(form, Dense) and part.encode(state) is None
+            if isinstance(module, nn.Linear) and isinstance(form, LowRank):
+                return None
+        elif not isinstance(form, Dense):
+            return part.encode(state)  # None: a structural part (low rank, row pruning)
+        return DenseWeight.of(self._part_delta(j, state, module.weight.shape))
 
     def _branch(self, j: int, part: Scheme, state: State, module: nn.Module) -> nn.Module:
         """The part's realized module computing ``module`` with weight Δ_j (and ``module``'s bias, if any)."""

@@ -77,9 +77,10 @@ def _chain(spec: LayerSpec, prims: tuple[LayerSpec, ...]) -> nn.Sequential:
 
 def form_module(spec: LayerSpec, form: Form) -> nn.Module:
     """The primitives of ``form`` for layer ``spec``, in execution order (parallel branches summed)."""
-    chains = [_chain(spec, branch) for branch in form.branches(spec)]
+    branches = form.branches(spec)
+    chains = [_chain(spec, branch) for branch in branches]
     if form.fills_outputs:  # the pruned outputs are put back in place: time that copy too
-        for chain, branch in zip(chains, form.branches(spec)):
+        for chain, branch in zip(chains, branches):
             kept = branch[-1].out_channels
             scatter = ScatterChannels(spec.out_channels, kept, dim=1 if spec.kind == "conv2d" else -1)
             scatter.index.copy_(torch.arange(kept))
