@@ -76,7 +76,8 @@ def test_second_run_is_served_from_the_table(cache):
         _compress("stair_latency")
     assert len(StairTimer.calls) == first  # nothing measured again
     table = json.loads(next(cache.glob("stair_latency-*.json")).read_text())
-    assert table["fingerprint"] == {"device": "stairs"} and len(table["entries"]) == first
+    # the staircase's steps were measured again (see the recheck tests), so fewer entries than calls
+    assert table["fingerprint"] == {"device": "stairs"} and len(table["entries"]) == len(set(map(repr, StairTimer.calls)))
 
 
 def test_another_device_measures_afresh(cache):
@@ -166,3 +167,116 @@ def test_a_working_set_between_whole_copies_interpolates(cache, monkeypatch):
     monkeypatch.setattr(CpuLatency, "_time", lambda self, module, x, copies: times[copies])
     assert model.measure(spec, Dense()) == pytest.approx(1.0 + 0.25 * (3.0 - 1.0))
     assert model._working_set_ratio(form_module(spec, Dense())) == pytest.approx(2.25)
+
+
+class BusyTimer(StairTimer):
+    """Ranks cost rank/8; the first measurement of each rank in ``busy`` comes back 25× too slow."""
+
+    name = "busy_latency"
+    busy: set = set()
+
+    def measure(self, spec, form):
+        StairTimer.calls.append(form)
+        if isinstance(form, Dense):
+            return 0.5  # another structure: never compared with the factorizations
+        if form.rank in BusyTimer.busy:
+            BusyTimer.busy.discard(form.rank)
+            return 25 * form.rank / 8
+        return form.rank / 8
+
+    def fingerprint(self):
+        return {"device": "busy"}
+
+
+@pytest.mark.parametrize("order", [(8, 16, 24), (16, 8, 24)])
+def test_a_measurement_slowed_by_a_busy_core_is_measured_again(cache, order):
+    BusyTimer.busy = {16}
+    model = BusyTimer()
+    costs = model.costs(SPEC, [LowRank(rank) for rank in order]).tolist()
+    assert dict(zip(order, costs)) == {8: 1.0, 16: 2.0, 24: 3.0}
+    assert model.remeasured == 1 and len(StairTimer.calls) == 4
+    assert model.cost(SPEC, LowRank(16)) == 2.0 and model.costs(SPEC, [LowRank(16)]).tolist() == [2.0]
+    assert BusyTimer().cost(SPEC, LowRank(16)) == 2.0  # the table holds the value measured again
+
+
+def test_a_staircase_that_holds_when_measured_again_is_kept(cache, caplog):
+    model = StairTimer()
+    with caplog.at_level(logging.INFO, logger="lcpress.measured"):
+        costs = [model.cost(SPEC, LowRank(rank)) for rank in (8, 7, 16, 15)]
+    assert costs == [1.0, 7 / 8 + 3.0, 2.0, 15 / 8 + 3.0]
+    # rank 7 is out of line with rank 8 and rank 15 with 16: each measured again twice, no more
+    assert model.remeasured == 2 * StairTimer.recheck_attempts
+    assert "rank 7" in caplog.text and "kept as measured" in caplog.text
+
+
+def test_forms_of_different_structure_are_not_compared(cache):
+    model = BusyTimer()
+    BusyTimer.busy = set()
+    assert model.cost(SPEC, LowRank(64)) == 8.0 and model.cost(SPEC, Dense()) == 0.5  # dense 16× faster: fine
+    assert model.remeasured == 0
+
+
+def test_the_recheck_can_be_turned_off(cache):
+    class Trusting(BusyTimer):
+        recheck_factor = None
+
+    BusyTimer.busy = {16}
+    model = Trusting()
+    assert [model.cost(SPEC, LowRank(r)) for r in (8, 16)] == [1.0, 50.0] and model.remeasured == 0
+
+
+TINYJOB = '''
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+def model():
+    torch.manual_seed(2)
+    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+
+def data():
+    x = torch.randn(16, 64, generator=torch.Generator().manual_seed(1))
+    ds = TensorDataset(x, (x[:, 0] > 0).long())
+    return DataLoader(ds, batch_size=1), DataLoader(ds, batch_size=16)
+'''
+
+
+@pytest.fixture
+def stair_job(tmp_path, monkeypatch, cache):
+    (tmp_path / "tinyjob.py").write_text(TINYJOB)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = tmp_path / "job.yaml"
+    config.write_text(json.dumps({
+        "model": {"factory": "tinyjob:model"}, "data": {"factory": "tinyjob:data"},
+        "tasks": [{"layers": ["0"], "options": {"rank_multiple": 1}, "cost": "stair_latency",
+                   "target": {"cost": "stair_latency", "ratio": 0.05}}],
+        "schedule": {"steps": 0}, "output_dir": str(tmp_path / "run")}))
+    with using_plugins(StairPlugin()):
+        yield config
+
+
+def test_profile_fills_the_table_that_costs_then_reads(stair_job, capsys):
+    from lcpress.cli import main
+
+    assert main(["profile", str(stair_job), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "stair_latency" in out and "measured now" in out and "rank 8" in out  # the cheapest form is printed
+    profiled = len(StairTimer.calls)
+    assert profiled >= 64  # every candidate rank of the 64×64 layer, and the dense form
+    assert main(["costs", str(stair_job)]) == 0
+    table = capsys.readouterr().out
+    assert "stair_latency" in table and "0" in table
+    # `costs` read every candidate back from the table; it measured only the layer no task compresses
+    assert StairTimer.calls[profiled:] == [Dense()]
+
+
+def test_profile_says_when_no_cost_model_measures(tmp_path, monkeypatch, capsys, cache):
+    from lcpress.cli import main
+
+    (tmp_path / "tinyjob.py").write_text(TINYJOB)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = tmp_path / "job.yaml"
+    config.write_text(json.dumps({"model": {"factory": "tinyjob:model"}, "data": {"factory": "tinyjob:data"},
+                                  "tasks": [{"layers": ["0"], "target": {"cost": "flops", "ratio": 0.5}}]}))
+    assert main(["profile", str(config)]) == 0
+    assert "no measured cost model" in capsys.readouterr().out

@@ -282,16 +282,17 @@ def cmd_profile(args: argparse.Namespace) -> int:
                 continue
             for name, model in measured.items():
                 with progress_bar(total=len(candidates.forms), desc=f"{name} {task.name}", enabled=not args.quiet) as bar:
-                    costs = []
                     for form in candidates.forms:
-                        costs.append(float(model.costs(task.spec, [form])[0]))
+                        model.costs(task.spec, [form])
                         bar.update(1)
+                costs = model.costs(task.spec, candidates.forms).tolist()  # with what was measured again
                 best = min(range(len(costs)), key=costs.__getitem__)
                 rows.append({"cost model": name, "layer": task.name, "forms": len(costs), "dense": costs[0],
                              "cheapest": candidates.forms[best].describe(), "cheapest cost": costs[best]})
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     for name, model in measured.items():
-        print(f"{name}: {model.measurements} measured now, {model.table.hits} from the table {model.table.path}")
+        again = f" ({model.remeasured} measured again: out of line with their neighbours)" if model.remeasured else ""
+        print(f"{name}: {model.measurements} measured now{again}, {model.table.hits} from the table {model.table.path}")
     return 0
 
 

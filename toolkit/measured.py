@@ -13,6 +13,14 @@ for this one (the fingerprint stored inside is checked too). Writes are atomic
 Subclasses implement :meth:`MeasuredCostModel.measure` and
 :meth:`MeasuredCostModel.fingerprint`; only the forms a C step asks for are
 measured (lazily), and each at most once per device.
+
+A measurement taken while something else used the device is too slow, never
+too fast. So a fresh measurement is checked against the other forms of the
+same layer and structure known so far (e.g. every rank of a factorization):
+when a form doing less work is much slower than one doing more — or one
+doing a little more work is much slower than that — the suspect is measured
+again and the fastest of its measurements is kept (see
+:meth:`MeasuredCostModel.recheck`).
 """
 
 from __future__ import annotations
@@ -23,8 +31,9 @@ import logging
 import os
 import time
 from abc import abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -131,6 +140,40 @@ class CostTable:
         write_text_atomic(self.path, json.dumps(doc, indent=1, sort_keys=True))
 
 
+@dataclass
+class Known:
+    """One table entry this process has looked at, with the work its form does."""
+
+    key: str
+    form: Form
+    work: int
+    value: float
+    rechecked: int = 0
+    reported: bool = False
+
+
+def structure(spec: LayerSpec, form: Form) -> tuple:
+    """What must match for two forms' costs to be comparable: the primitives' kinds, groups and kernels."""
+    return tuple(tuple((p.kind, p.groups, p.kernel_size, p.stride) for p in branch) for branch in form.branches(spec))
+
+
+def suspect(a: Known, b: Known, factor: float) -> Known | None:
+    """The one of two comparable measurements that looks slowed down by interference, if either does.
+
+    With ``a`` doing no more work than ``b``: ``a`` is suspect when it is over
+    ``factor`` times slower than ``b``; ``b`` when its time grows over
+    ``factor`` times faster than its work. Genuine staircases (rank 47 slower
+    than rank 48) stay below a small factor; a busy core does not.
+    """
+    if a.work > b.work:
+        a, b = b, a
+    if a.value > factor * b.value:
+        return a
+    if a.value > 0 and b.value / a.value > factor * max(1.0, b.work / max(a.work, 1)):
+        return b
+    return None
+
+
 def table_key(spec: LayerSpec, form: Form, extra: dict[str, Any]) -> str:
     """Canonical text of what was measured: the layer, the form, and the measuring options."""
     return json.dumps({"spec": spec.to_dict(), "form": form_to_dict(form), **extra}, sort_keys=True)
@@ -139,10 +182,17 @@ def table_key(spec: LayerSpec, form: Form, extra: dict[str, Any]) -> str:
 class MeasuredCostModel(CostModel):
     """A cost model whose costs come from measurements, kept per device."""
 
+    recheck_factor: float | None = 2.0
+    """How far out of line (see :func:`suspect`) a measurement must be to be measured again; None: never."""
+    recheck_attempts: int = 2
+    """How many more times a suspect measurement is taken; the fastest is kept."""
+
     def __init__(self, options=None) -> None:  # type: ignore[no-untyped-def]
         super().__init__(options)
         self._table: CostTable | None = None
+        self._known: dict[tuple[str, tuple], dict[str, Known]] = {}
         self.measurements = 0
+        self.remeasured = 0
 
     @abstractmethod
     def fingerprint(self) -> dict[str, Any]:
@@ -172,11 +222,50 @@ class MeasuredCostModel(CostModel):
         options = {k: v for k, v in self.measure_options().items() if k != "cache_dir"}
         key = table_key(spec, form, options)
         value = self.table.get(key)
-        if value is None:
+        fresh = value is None
+        if fresh:
             value = float(self.measure(spec, form))
             self.measurements += 1
             self.table.put(key, value)
-        return value
+        layer = json.dumps({"spec": spec.to_dict(), **options}, sort_keys=True)
+        peers = self._known.setdefault((layer, structure(spec, form)), {})
+        known = peers.setdefault(key, Known(key, form, sum(p.flops for p in form.primitives(spec)), value))
+        if fresh and self.recheck_factor:
+            self.recheck(spec, known, list(peers.values()))
+        return known.value
+
+    def costs(self, spec: LayerSpec, forms: Sequence[Form]) -> torch.Tensor:
+        """As :meth:`CostModel.costs`, read after all are measured: a later measurement may correct an earlier one."""
+        super().costs(spec, forms)
+        return torch.tensor([self._cache[(spec, form)] for form in forms], dtype=torch.float64)
+
+    def recheck(self, spec: LayerSpec, new: Known, peers: list[Known]) -> None:
+        """Measure again whichever of ``new`` and a comparable peer looks slowed down; keep the fastest.
+
+        Each entry is measured again at most :attr:`recheck_attempts` times in
+        all, so a device with a genuine staircase costs a few measurements more,
+        not one per pair.
+        """
+        assert self.recheck_factor is not None
+        for peer in peers:
+            if peer is new:
+                continue
+            slow = suspect(new, peer, self.recheck_factor)
+            while slow is not None and slow.rechecked < self.recheck_attempts:
+                again = float(self.measure(spec, slow.form))
+                slow.rechecked += 1
+                self.remeasured += 1
+                if again < slow.value:
+                    slow.value = again
+                    self.table.put(slow.key, again)
+                    if (spec, slow.form) in self._cache:
+                        self._cache[(spec, slow.form)] = again
+                slow = suspect(new, peer, self.recheck_factor)
+            if slow is not None and not slow.reported:
+                slow.reported = True
+                log.info("%s: %s of the %s %d→%d layer stays out of line with %s after %d more measurements; "
+                         "kept as measured", self.name, slow.form.describe(), spec.kind, spec.in_channels,
+                         spec.out_channels, (peer if slow is new else new).form.describe(), slow.rechecked)
 
 
 def torch_dtype(name: str) -> torch.dtype:
