@@ -36,6 +36,7 @@ from .errors import LcpressError, PluginError
 from .forms import Dense, Form, LayerSpec
 from .graph import ModelGraph
 from .progress import progress_bar, status_line
+from .realize import load_compressed
 from .registry import describe
 from .scheme import CStepContext, State
 from .tasks import Task
@@ -335,10 +336,7 @@ class LCEngine:
         """Temporarily load Δ(θ) into the model (for evaluation), then restore w."""
         saved = [[p.detach().clone() for p in t.params] for t in self.tasks]
         try:
-            with torch.no_grad():
-                for task, state in zip(self.tasks, self.states):
-                    for p, value in zip(task.params, task.view.scatter(task.scheme.decompress(state))):
-                        p.copy_(value)
+            load_compressed(self.tasks, self.states)
             yield self.model
         finally:
             with torch.no_grad():
