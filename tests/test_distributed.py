@@ -10,6 +10,7 @@ TOLERANCE (measured: at most 1.2e-7); the ranks themselves agree exactly.
 
 from __future__ import annotations
 
+import datetime
 import os
 import subprocess
 import sys
@@ -33,12 +34,19 @@ PER_RANK_BATCH = 8
 # neither a hostname that does not resolve nor a sandbox's odd interfaces matter.
 LOOPBACK = {"GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
 PROBE = textwrap.dedent("""
-    import sys, torch, torch.distributed as dist
-    def rank(r, path):
-        dist.init_process_group("gloo", init_method="file://" + path, rank=r, world_size=2)
+    import datetime, sys, torch, torch.distributed as dist
+    def rank(r, path):  # the collectives lcpress uses: all_reduce, broadcast of sizes and bytes, barrier
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", init_method="file://" + path, rank=r, world_size=2,
+                                timeout=datetime.timedelta(seconds=60))
         t = torch.ones(1)
         dist.all_reduce(t)
-        assert float(t) == 2.0
+        size = torch.tensor([5 if r == 0 else 0], dtype=torch.int64)
+        dist.broadcast(size, src=0)
+        data = torch.arange(5, dtype=torch.uint8) if r == 0 else torch.empty(int(size), dtype=torch.uint8)
+        dist.broadcast(data, src=0)
+        dist.barrier()
+        assert float(t) == 2.0 and data.tolist() == [0, 1, 2, 3, 4]
         dist.destroy_process_group()
     if __name__ == "__main__":
         torch.multiprocessing.spawn(rank, args=(sys.argv[1],), nprocs=2, join=True)
@@ -111,7 +119,8 @@ def _worker(rank: int, init_file: str, out: str) -> None:
     from lcpress.training import SupervisedTrainer
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=300))  # a rank that waits for a dead one gives up
     patches = []
 
     def patch(obj, name, value):
