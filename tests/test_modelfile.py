@@ -159,3 +159,18 @@ def test_info_command_prints_the_manifest(tmp_path, capsys):
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
     assert "loads without the model's code: yes" in out and "low_rank" in out and "rank=8" in out
+
+
+def test_a_write_that_fails_leaves_the_file_as_it_was(tmp_path):
+    from lcpress.checkpoint import write_text_atomic
+    from lcpress.storage import replacing
+
+    target = tmp_path / "run.json"
+    write_text_atomic(target, "before")
+    with pytest.raises(RuntimeError, match="disk full"), replacing(target) as tmp:
+        tmp.write_text("half of the new")
+        raise RuntimeError("disk full")
+    assert target.read_text() == "before"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]  # no temporary file left behind
+    write_text_atomic(target, "after")
+    assert target.read_text() == "after" and len(list(tmp_path.iterdir())) == 1

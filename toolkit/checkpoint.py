@@ -12,15 +12,13 @@ run must be resumed or explicitly discarded with ``force``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import RunDirectoryError
-from .storage import read_file, write_file
+from .storage import read_file, replacing, write_file
 
 CHECKPOINT = "checkpoint.safetensors"
 RUN_INFO = "run.json"
@@ -103,9 +101,6 @@ class FileCheckpointer:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    with replacing(Path(path)) as tmp:
+        tmp.write_text(text)
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from torch import nn
 
 from .checkpoint import RUN_INFO, RunDirectory
 from .errors import CheckpointError, LcpressError
+from .storage import replacing
 
 MODEL_FILE = "model.safetensors"
 
@@ -84,20 +83,13 @@ def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor,
             if x.shape[0] == 1:  # torch.export fixes size-1 dimensions; trace with two samples
                 x = torch.cat([x, x])
             kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
         try:
-            with _quiet_exporter():
-                torch.onnx.export(model, (x,), tmp, dynamo=True, external_data=False, opset_version=opset,
+            with replacing(path) as tmp, _quiet_exporter():
+                torch.onnx.export(model, (x,), str(tmp), dynamo=True, external_data=False, opset_version=opset,
                                   input_names=["input"], output_names=["output"], verbose=False, **kwargs)
-            os.replace(tmp, path)
         except Exception as exc:
             hint = " (or export with dynamic_batch=False / --static-batch)" if dynamic_batch else ""
             raise LcpressError(f"torch could not export the model to ONNX{hint}: {type(exc).__name__}: {exc}") from exc
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         error = None
         if check and not missing_packages():
             error = max_abs_difference(path, model, example_input)

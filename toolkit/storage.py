@@ -16,12 +16,13 @@ the tensors or in the metadata.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -91,17 +92,29 @@ def write_file(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[st
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     doc = dict(meta, sha256=payload_digest(tensors, meta))
     data = st_save(tensors, metadata={META_KEY: json.dumps(doc)})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with replacing(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` that replaces it, in one rename, if the block succeeds.
+
+    Whatever the block raises, ``path`` is left as it was and the temporary
+    file is removed: a failed or interrupted write never costs a user the
+    file they had.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_file(path: str | Path, what: str = "file") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
