@@ -44,7 +44,8 @@ from lcpress import CStepContext, Options, Scheme, State, option
 from lcpress.forms import Dense, Form, LayerSpec, LowRank
 from lcpress.modules import InterleavedLowRank, ParallelSum
 from lcpress.packed import DenseWeight, decoded
-from lcpress.parts import FIXED_FORM_HINT, PartOptions, build_parts, compress_part, pack_states, part_state
+from lcpress.parts import (FIXED_FORM_HINT, PartOptions, build_parts, compress_part, pack_states, part_context,
+                           part_state)
 from lcpress.views import reshape_matrix, to_matrix, unreshape_matrix
 
 
@@ -178,8 +179,7 @@ class AdditiveScheme(Scheme):
         for _ in range(self.options.reps):
             for j, part in enumerate(self.parts):
                 residual = w - (sum(deltas) - deltas[j])
-                sub = CStepContext(mu=ctx.mu, cost_model=ctx.cost_model, spec=None, previous=states[j],
-                                   generator=ctx.generator, step=ctx.step, layer=f"{ctx.layer} part {j}")
+                sub = part_context(ctx, j, states[j], spec=None)
                 if part.candidates(self._to_part(residual, j), sub) is not None:
                     raise ValueError(f"part {j} ({part.name}) offered a choice of forms; give it fixed options")
                 states[j] = compress_part(j, part, self._to_part(residual, j), sub)

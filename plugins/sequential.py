@@ -29,7 +29,8 @@ from torch import nn
 import lcpress
 from lcpress import CStepContext, Options, Scheme, State, option
 from lcpress.forms import Form, LayerSpec
-from lcpress.parts import FIXED_FORM_HINT, PartOptions, build_parts, compress_part, pack_states, part_state
+from lcpress.parts import (FIXED_FORM_HINT, PartOptions, build_parts, compress_part, pack_states, part_context,
+                           part_state)
 
 
 @dataclass
@@ -70,8 +71,7 @@ class SequentialScheme(Scheme):
         states = []
         for j, part in enumerate(self.parts):
             earlier = part_state(ctx.previous, j) if previous is not None else None
-            sub = CStepContext(mu=ctx.mu, cost_model=ctx.cost_model, spec=ctx.spec, previous=earlier,
-                               generator=ctx.generator, step=ctx.step, layer=f"{ctx.layer} part {j}")
+            sub = part_context(ctx, j, earlier, spec=ctx.spec)
             state = compress_part(j, part, x, sub)
             x = part.decompress(state).reshape(w.shape)
             states.append(state)

@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     import torch
 
 from .errors import PluginError
+from .forms import LayerSpec
 from .options import Options, option
-from .scheme import Scheme, State
+from .scheme import CStepContext, Scheme, State
 
 #: What to tell a user whose part would select its own form.
 FIXED_FORM_HINT = ("would choose its own form; give it a fixed one "
@@ -61,6 +62,15 @@ def part_state(state: State, j: int) -> State:
     prefix = f"part{j}/"
     tensors = {k[len(prefix):]: v for k, v in state.tensors.items() if k.startswith(prefix)}
     return State(tensors, state.meta["parts"][j])
+
+
+def part_context(ctx: CStepContext, j: int, previous: State | None, spec: LayerSpec | None) -> CStepContext:
+    """Part ``j``'s C-step context: the composite's μ, cost model, RNG and step, its own warm start and layer.
+
+    Never the composite's candidates or choice: parts have fixed forms.
+    """
+    return CStepContext(mu=ctx.mu, cost_model=ctx.cost_model, spec=spec, previous=previous,
+                        generator=ctx.generator, step=ctx.step, layer=f"{ctx.layer} part {j}")
 
 
 class PartError(RuntimeError):
