@@ -202,22 +202,15 @@ def gloo(tmp_path_factory):
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory, gloo):
     out = tmp_path_factory.mktemp("ddp")
-    saved = {k: os.environ.get(k) for k in LOOPBACK}
-    os.environ.update(LOOPBACK)  # the spawned ranks inherit it
-    try:
-        torch.multiprocessing.spawn(_worker, args=(str(out / "init"), str(out)), nprocs=WORLD, join=True)
-    except Exception as exc:
-        said = "\n".join(f"rank {r}:\n{(out / f'rank{r}.error').read_text()}"
-                         for r in range(WORLD) if (out / f"rank{r}.error").is_file())
-        pytest.fail(f"the two-rank run failed ({exc})\n{said or 'no rank left a traceback'}")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return out
-    torch.multiprocessing.spawn(_worker, args=(str(out / "init"), str(out)), nprocs=WORLD, join=True)
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in LOOPBACK.items():
+            env.setenv(key, value)  # the spawned ranks inherit it
+        try:
+            torch.multiprocessing.spawn(_worker, args=(str(out / "init"), str(out)), nprocs=WORLD, join=True)
+        except Exception as exc:
+            said = "\n".join(f"rank {r}:\n{(out / f'rank{r}.error').read_text()}"
+                             for r in range(WORLD) if (out / f"rank{r}.error").is_file())
+            pytest.fail(f"the two-rank run failed ({exc})\n{said or 'no rank left a traceback'}")
     return out
 
 
