@@ -27,12 +27,12 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import lcpress
-from lcpress.config import TrainConfig
-from lcpress.demo import digits_cnn, digits_loaders, train_dense
-from lcpress.forms import Dense, LowRank
-from lcpress.graph import trace
-from lcpress.registry import get_registry
-from lcpress.training import accuracy
+from lcpress import TrainConfig
+from lcpress import digits_cnn, digits_loaders, train_dense
+from lcpress import Dense, LowRank
+from lcpress import trace
+from lcpress import get_registry
+from lcpress import accuracy
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import describe, fine_tune, publish  # noqa: E402

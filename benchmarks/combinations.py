@@ -23,8 +23,8 @@ import torch
 import yaml
 
 import lcpress
-from lcpress.demo import digits_cnn, digits_loaders, train_dense
-from lcpress.training import accuracy
+from lcpress import digits_cnn, digits_loaders, train_dense
+from lcpress import accuracy
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import describe, publish  # noqa: E402

@@ -12,13 +12,13 @@ import torch
 from torch.utils import benchmark as tbench
 from torch.utils.flop_counter import FlopCounterMode
 
-from lcpress.config import TrainConfig
+from lcpress import TrainConfig
 from lcpress.costmodels.cpu_latency import cpu_model
-from lcpress.engine import LStep
-from lcpress.forms import Dense
-from lcpress.graph import trace
-from lcpress.registry import get_registry
-from lcpress.training import SupervisedTrainer
+from lcpress import LStep
+from lcpress import Dense
+from lcpress import trace
+from lcpress import get_registry
+from lcpress import SupervisedTrainer
 
 
 def describe() -> str:

@@ -22,10 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lcpress import budget
-from lcpress.forms import Dense, LayerSpec
-from lcpress.registry import get_registry
-from lcpress.scheme import CStepContext
+from lcpress import Dense, LayerSpec
+from lcpress import get_registry
+from lcpress import CStepContext
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import describe, publish  # noqa: E402
@@ -92,9 +91,11 @@ def lcpress_cstep(weights: list[torch.Tensor], alpha: float, mu: float, multiple
     for w, ctx, cands in zip(weights, contexts, found):
         ctx.candidates = cands
         costs = cost.costs(ctx.spec, cands.forms)
-        ctx.choice = budget.pick(costs, cands.errors, 2 * alpha / mu)
-        form = scheme.form(scheme.compress(w, ctx))
-        chosen.append(None if isinstance(form, Dense) else form.rank)
+        ctx.choice = int(torch.argmin(2 * alpha / mu * costs + cands.errors.double()))  # the core's α rule
+        if isinstance(ctx.chosen_form(), Dense):  # the core keeps a dense layer itself: nothing to factor
+            chosen.append(None)
+            continue
+        chosen.append(scheme.form(scheme.compress(w, ctx)).rank)
     return chosen
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 import lcpress
-from lcpress.demo import digits_cnn, digits_loaders, train_dense
-from lcpress.training import accuracy
+from lcpress import digits_cnn, digits_loaders, train_dense
+from lcpress import accuracy
 
 sys.path.insert(0, str(Path(__file__).parent))
 from budget_methods import RowTransformer  # noqa: E402

@@ -37,7 +37,7 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 import lcpress
-from lcpress.training import mean_cosine
+from lcpress import mean_cosine
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "minilm"

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 import lcpress
-from lcpress.demo import digits_cnn
-from lcpress.export import export_onnx
+from lcpress import digits_cnn
+from lcpress import export_onnx
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import describe, publish  # noqa: E402

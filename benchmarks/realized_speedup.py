@@ -22,9 +22,9 @@ from torch import nn
 from torch.utils import benchmark as tbench
 
 from lcpress.linalg import spectrum
-from lcpress.registry import get_registry
-from lcpress.scheme import State
-from lcpress.views import to_matrix
+from lcpress import get_registry
+from lcpress import State
+from lcpress.linalg import to_matrix
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import describe, publish  # noqa: E402

@@ -39,9 +39,9 @@ from pathlib import Path
 import torch
 
 import lcpress
-from lcpress.config import TrainConfig
-from lcpress.demo import digits_loaders
-from lcpress.training import accuracy
+from lcpress import TrainConfig
+from lcpress import digits_loaders
+from lcpress import accuracy
 
 sys.path.insert(0, str(Path(__file__).parent))
 from budget_methods import trained_models  # noqa: E402

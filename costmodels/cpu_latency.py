@@ -21,31 +21,20 @@ import torch
 from torch.utils import benchmark
 
 import lcpress
-from lcpress import Options, option
-from lcpress.forms import Form, LayerSpec
-from lcpress.measured import MeasuredCostModel, form_module, torch_dtype
+from lcpress import Form, LayerSpec, MeasuredCostModel, Options, form_module, option
 
 
 @dataclass
 class CpuLatencyOptions(Options):
-    batch_size: int | None = option(None, help="batch size to time at (default: the traced example's)")
-    threads: int | None = option(None, help="CPU threads (default: torch.get_num_threads())")
+    batch_size: int | None = option(None, help="batch size to time at (default: the traced example's)", ge=1)
+    threads: int | None = option(None, help="CPU threads (default: torch.get_num_threads())", ge=1)
     dtype: Literal["float32", "bfloat16", "float16"] = option("float32", help="data type of weights and input")
-    min_run_time: float = option(0.2, help="seconds of timing per measurement (adaptive_autorange)")
+    min_run_time: float = option(0.2, help="seconds of timing per measurement (adaptive_autorange)", gt=0)
     working_set_mb: float = option(0.0, help="cycle weight copies totalling this many MB so every timed call reads "
                                              "its weights as inside a model of that size (between two whole numbers "
-                                             "of copies the latency is interpolated; 0: time the layer cache-hot)")
+                                             "of copies the latency is interpolated; 0: time the layer cache-hot)",
+                                  ge=0)
     cache_dir: str | None = option(None, help="where cost tables live (default: $LCPRESS_CACHE_DIR or ~/.cache/lcpress)")
-
-    def validate(self) -> None:
-        if self.batch_size is not None and self.batch_size < 1:
-            self.fail("batch_size", f"must be at least 1, got {self.batch_size}")
-        if self.threads is not None and self.threads < 1:
-            self.fail("threads", f"must be at least 1, got {self.threads}")
-        if self.min_run_time <= 0:
-            self.fail("min_run_time", f"must be positive, got {self.min_run_time}")
-        if self.working_set_mb < 0:
-            self.fail("working_set_mb", f"must be non-negative, got {self.working_set_mb}")
 
 
 def cpu_model() -> str:
@@ -82,7 +71,7 @@ class CpuLatency(MeasuredCostModel):
                 "torch": torch.__version__}
 
     def measure(self, spec: LayerSpec, form: Form) -> float:
-        dtype = torch_dtype(self.options.dtype)
+        dtype = self.torch_dtype(self.options.dtype)
         module = form_module(spec, form).to(dtype).eval()
         x = timing_input(spec, self.options.batch_size, dtype)
         ratio = self._working_set_ratio(module)

@@ -9,8 +9,7 @@ number of calls. Bias additions are not counted, as in
 from __future__ import annotations
 
 import lcpress
-from lcpress import CostModel
-from lcpress.forms import Form, LayerSpec
+from lcpress import CostModel, Form, LayerSpec
 
 
 class FlopsCost(CostModel):

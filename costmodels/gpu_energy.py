@@ -17,21 +17,14 @@ from typing import Any
 import torch
 
 import lcpress
-from lcpress import option
-from lcpress.forms import Form, LayerSpec
-from lcpress.measured import MeasuredCostModel
+from lcpress import Form, LayerSpec, MeasuredCostModel, option
 
 from .gpu_latency import GpuOptions, cuda_unavailable, gpu_fingerprint, module_and_input
 
 
 @dataclass
 class GpuEnergyOptions(GpuOptions):
-    min_seconds: float = option(1.0, help="repeat the forward at least this long per measurement")
-
-    def validate(self) -> None:
-        super().validate()
-        if self.min_seconds <= 0:
-            self.fail("min_seconds", f"must be positive, got {self.min_seconds}")
+    min_seconds: float = option(1.0, help="repeat the forward at least this long per measurement", gt=0)
 
 
 def nvml_unavailable(device: int) -> str | None:

@@ -15,27 +15,17 @@ from typing import Any, Literal
 import torch
 
 import lcpress
-from lcpress import Options, option
-from lcpress.forms import Form, LayerSpec
-from lcpress.measured import MeasuredCostModel, form_module, torch_dtype
+from lcpress import Form, LayerSpec, MeasuredCostModel, Options, form_module, option
 
 
 @dataclass
 class GpuOptions(Options):
-    device: int = option(0, help="CUDA device index")
-    batch_size: int | None = option(None, help="batch size to time at (default: the traced example's)")
+    device: int = option(0, help="CUDA device index", ge=0)
+    batch_size: int | None = option(None, help="batch size to time at (default: the traced example's)", ge=1)
     dtype: Literal["float32", "bfloat16", "float16"] = option("float32", help="data type of weights and input")
-    warmup: int = option(10, help="untimed runs before measuring")
-    repeats: int = option(50, help="timed runs; the median is the cost")
+    warmup: int = option(10, help="untimed runs before measuring", ge=0)
+    repeats: int = option(50, help="timed runs; the median is the cost", ge=1)
     cache_dir: str | None = option(None, help="where cost tables live (default: $LCPRESS_CACHE_DIR or ~/.cache/lcpress)")
-
-    def validate(self) -> None:
-        if self.device < 0:
-            self.fail("device", f"must be a CUDA device index, got {self.device}")
-        if self.repeats < 1:
-            self.fail("repeats", f"must be at least 1, got {self.repeats}")
-        if self.batch_size is not None and self.batch_size < 1:
-            self.fail("batch_size", f"must be at least 1, got {self.batch_size}")
 
 
 def cuda_unavailable(device: int) -> str | None:
@@ -64,7 +54,7 @@ def gpu_fingerprint(device: int) -> dict[str, Any]:
 
 
 def module_and_input(spec: LayerSpec, form: Form, options: GpuOptions):
-    dtype = torch_dtype(options.dtype)
+    dtype = MeasuredCostModel.torch_dtype(options.dtype)
     device = torch.device("cuda", options.device)
     module = form_module(spec, form).to(device=device, dtype=dtype).eval()
     shape = list(spec.input_shape)

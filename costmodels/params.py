@@ -7,8 +7,7 @@ every primitive layer; sparse and quantized forms report their own storage).
 from __future__ import annotations
 
 import lcpress
-from lcpress import CostModel
-from lcpress.forms import Form, LayerSpec
+from lcpress import CostModel, Form, LayerSpec
 
 
 class ParamsCost(CostModel):

@@ -13,17 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import lcpress
-from lcpress import CostModel, Options, option
-from lcpress.forms import Form, LayerSpec
+from lcpress import CostModel, Form, LayerSpec, Options, option
 
 
 @dataclass
 class StorageOptions(Options):
-    dtype_bits: int = option(32, help="bits of one stored real number (32 for float32, 16 for half precision)")
-
-    def validate(self) -> None:
-        if self.dtype_bits not in (8, 16, 32, 64):
-            self.fail("dtype_bits", f"must be 8, 16, 32 or 64, got {self.dtype_bits}")
+    dtype_bits: int = option(32, help="bits of one stored real number (32 for float32, 16 for half precision)",
+                             choices=(8, 16, 32, 64))
 
 
 class StorageCost(CostModel):

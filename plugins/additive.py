@@ -19,11 +19,11 @@ its fixed form, so ``‖w − Δ(θ)‖²`` never increases across rounds; the v
 after every part update are kept in the state (``meta["objective"]``).
 
 ``reshape: p`` gives a part the block-interleaved ``(m·p, n/p)`` view of the
-weight matrix (:func:`lcpress.views.reshape_matrix`), the reshaped low-rank
+weight matrix (:func:`lcpress.linalg.reshape_matrix`), the reshaped low-rank
 matrices of the additive-combination papers.
 
 Realized as parallel branches whose outputs are summed
-(:class:`lcpress.modules.ParallelSum`): every structural part (low rank, row
+(:class:`lcpress.nn.modules.ParallelSum`): every structural part (low rank, row
 pruning, a reshaped low-rank part of a Linear) is its own branch, realized by
 its own scheme; every store-small part (quantized, sparse) is fused into one
 dense-running branch, so quantized + sparse runs as one matrix product.
@@ -40,25 +40,15 @@ import torch
 from torch import nn
 
 import lcpress
-from lcpress import CStepContext, Options, Scheme, State, option
-from lcpress.forms import Dense, Form, LayerSpec, LowRank
-from lcpress.modules import InterleavedLowRank, ParallelSum
-from lcpress.packed import DenseWeight, decoded
-from lcpress.parts import (FIXED_FORM_HINT, PartOptions, build_parts, compress_part, pack_states, part_context,
-                           part_state)
-from lcpress.views import reshape_matrix, to_matrix, unreshape_matrix
+from lcpress import CStepContext, Dense, Form, LayerSpec, LowRank, Options, PartOptions, Parts, Scheme, State, option
+from lcpress.linalg import reshape_matrix, to_matrix, unreshape_matrix
+from lcpress.nn import DenseWeight, InterleavedLowRank, ParallelSum, decoded
 
 
 @dataclass
 class AdditiveOptions(Options):
-    parts: list[PartOptions] = option(help="the parts: [{scheme, options, reshape}, …]")
-    reps: int = option(4, help="rounds of alternation over the parts per C step")
-
-    def validate(self) -> None:
-        if len(self.parts) < 1:
-            self.fail("parts", "give at least one part")
-        if self.reps < 1:
-            self.fail("reps", f"must be at least 1, got {self.reps}")
+    parts: list[PartOptions] = option(help="the parts: [{scheme, options, reshape}, …]", nonempty=True)
+    reps: int = option(4, help="rounds of alternation over the parts per C step", ge=1)
 
 
 @dataclass(frozen=True)
@@ -134,19 +124,18 @@ class AdditiveScheme(Scheme):
 
     name = "additive"
     Options = AdditiveOptions
-    selects = False
     options: AdditiveOptions
 
     def __init__(self, options: AdditiveOptions | None = None) -> None:
         super().__init__(options)
-        self.parts: list[Scheme] = build_parts(self.options.parts)
+        self.parts = Parts(self.options.parts)
         self.factors = [p.reshape for p in self.options.parts]
 
     def check_layer(self, spec: LayerSpec | None, module: nn.Module | None) -> str | None:
         for j, (part, factor) in enumerate(zip(self.parts, self.factors)):
             label = f"additive part {j} ({part.name})"
             if part.selecting():
-                return f"{label} {FIXED_FORM_HINT}"
+                return f"{label} {Parts.FIXED_FORM_HINT}"
             if factor > 1 and spec is not None:
                 cols = math.prod(spec.weight_shape[1:])
                 if cols % factor:
@@ -172,17 +161,17 @@ class AdditiveScheme(Scheme):
     # ---------------------------------------------------------------- C step
     def compress(self, w: torch.Tensor, ctx: CStepContext) -> State:
         w = w.detach()
-        previous = self._part_states(ctx.previous) if _is_additive(ctx.previous) else [None] * len(self.parts)
+        previous = self.parts.states(ctx.previous) if _is_additive(ctx.previous) else [None] * len(self.parts)
         deltas = [torch.zeros_like(w) if s is None else self._part_delta(j, s, w.shape) for j, s in enumerate(previous)]
         states: list[State | None] = list(previous)
         objective: list[float] = []
         for _ in range(self.options.reps):
             for j, part in enumerate(self.parts):
                 residual = w - (sum(deltas) - deltas[j])
-                sub = part_context(ctx, j, states[j], spec=None)
+                sub = Parts.context(ctx, j, states[j], spec=None)
                 if part.candidates(self._to_part(residual, j), sub) is not None:
                     raise ValueError(f"part {j} ({part.name}) offered a choice of forms; give it fixed options")
-                states[j] = compress_part(j, part, self._to_part(residual, j), sub)
+                states[j] = self.parts.compress(j, self._to_part(residual, j), sub)
                 deltas[j] = self._part_delta(j, states[j], w.shape)
                 objective.append(float(torch.sum((w - sum(deltas)) ** 2)))
         return self._pack(states, objective, w.shape)
@@ -191,30 +180,27 @@ class AdditiveScheme(Scheme):
         return self._from_part(self.parts[j].decompress(state), j, shape)
 
     def _pack(self, states: list[State], objective: list[float], shape: Sequence[int]) -> State:
-        tensors, metas = pack_states(states)
+        tensors, metas = Parts.join(states)
         return State(tensors, {"form": "additive", "parts": metas, "objective": objective, "shape": list(shape)})
-
-    def _part_states(self, state: State) -> list[State]:
-        return [part_state(state, j) for j in range(len(state.meta["parts"]))]
 
     def decompress(self, state: State) -> torch.Tensor:
         shape = state.meta["shape"]
-        return sum(self._part_delta(j, s, shape) for j, s in enumerate(self._part_states(state)))
+        return sum(self._part_delta(j, s, shape) for j, s in enumerate(self.parts.states(state)))
 
     # ------------------------------------------------------ forms, realization
     def form(self, state: State) -> Form:
-        forms = tuple(p.form(s) for p, s in zip(self.parts, self._part_states(state)))
+        forms = tuple(p.form(s) for p, s in zip(self.parts, self.parts.states(state)))
         return Additive(forms, tuple(self.factors))
 
     def layer_forms(self, state: State, shapes: Sequence[tuple[int, ...]]) -> list[Form]:
-        per_part = [p.layer_forms(s, shapes) for p, s in zip(self.parts, self._part_states(state))]
+        per_part = [p.layer_forms(s, shapes) for p, s in zip(self.parts, self.parts.states(state))]
         return [Additive(tuple(forms), tuple(self.factors)) for forms in zip(*per_part)]
 
     def realize(self, state: State, module: nn.Module) -> nn.Module:
         bare = copy.deepcopy(module)
         bare.bias = None  # the layer's bias is added once, by the last branch
         structural, codecs = [], []
-        for j, (part, s) in enumerate(zip(self.parts, self._part_states(state))):
+        for j, (part, s) in enumerate(zip(self.parts, self.parts.states(state))):
             codec = self._codec(j, part, s, module)
             if codec is None:
                 structural.append((j, part, s))

@@ -24,10 +24,9 @@ import torch
 from torch import nn
 
 import lcpress
-from lcpress import Candidates, CStepContext, Options, Scheme, State, option
-from lcpress.forms import Dense, Form, LayerSpec
+from lcpress import Candidates, CStepContext, Dense, Form, LayerSpec, Options, Scheme, State, option
 from lcpress.linalg import Spectrum, spectra
-from lcpress.modules import GroupedLinear, PointwiseConv2d, two_stage
+from lcpress.nn import GroupedLinear, PointwiseConv2d, two_stage
 
 
 @dataclass(frozen=True)
@@ -53,14 +52,9 @@ class GroupedLowRank(Form):
 @dataclass
 class AldsOptions(Options):
     groups: list[int] = option(default_factory=lambda: [1, 2, 4, 8],
-                               help="candidate numbers of input-channel groups (only divisors of in_channels are used)")
-    rank_multiple: int = option(8, help="per-group ranks are multiples of this")
-
-    def validate(self) -> None:
-        if not self.groups or any(k < 1 for k in self.groups):
-            self.fail("groups", f"give positive group counts, got {self.groups}")
-        if self.rank_multiple < 1:
-            self.fail("rank_multiple", f"must be at least 1, got {self.rank_multiple}")
+                               help="candidate numbers of input-channel groups (only divisors of in_channels are used)",
+                               ge=1, nonempty=True)
+    rank_multiple: int = option(8, help="per-group ranks are multiples of this", ge=1)
 
 
 def group_matrices(w: torch.Tensor, groups: int) -> torch.Tensor:
@@ -81,9 +75,11 @@ class AldsScheme(Scheme):
 
     name = "alds"
     Options = AldsOptions
-    selects = True
     allocation = "minmax"
     options: AldsOptions
+
+    def selecting(self) -> bool:
+        return True
 
     def check_layer(self, spec: LayerSpec | None, module: nn.Module | None) -> str | None:
         if spec is not None and spec.kind == "conv2d" and spec.groups != 1:
@@ -109,8 +105,6 @@ class AldsScheme(Scheme):
         form = ctx.chosen_form()
         if form is None:
             raise ValueError("alds chooses its form through the C step's selection (give 'alpha' or 'target')")
-        if isinstance(form, Dense):
-            return State({"weight": w.detach().clone()}, {"form": "dense"})
         pairs = [spec.factors(form.rank) for spec in ctx.candidates.data[form.groups]]
         a = torch.stack([p[0] for p in pairs])  # (k, out, r)
         b = torch.stack([p[1] for p in pairs])  # (k, r, in/k·kh·kw)
@@ -118,18 +112,12 @@ class AldsScheme(Scheme):
         return State({"a": a.contiguous(), "b": b.contiguous()}, meta)
 
     def decompress(self, state: State) -> torch.Tensor:
-        if state.meta["form"] == "dense":
-            return state.tensors["weight"]
         return ungroup(state.tensors["a"] @ state.tensors["b"], tuple(state.meta["weight_shape"]))
 
     def form(self, state: State) -> Form:
-        if state.meta["form"] == "dense":
-            return Dense()
         return GroupedLowRank(int(state.meta["groups"]), int(state.meta["rank"]))
 
     def realize(self, state: State, module: nn.Module) -> nn.Module:
-        if state.meta["form"] == "dense":
-            return super().realize(state, module)
         a, b = state.tensors["a"], state.tensors["b"]
         k, out, r = a.shape
         kw = {"device": module.weight.device, "dtype": module.weight.dtype}

@@ -22,28 +22,21 @@ import torch
 from torch import nn
 
 import lcpress
-from lcpress import Candidates, CStepContext, Options, Scheme, State, option
-from lcpress.forms import Dense, Form, LayerSpec, LowRank
-from lcpress.modules import PointwiseConv2d, two_stage
-from lcpress.linalg import Spectrum, spectra, spectrum
-from lcpress.views import from_matrix, to_matrix
+from lcpress import Candidates, CStepContext, Dense, Form, LayerSpec, LowRank, Options, Scheme, State, option
+from lcpress.linalg import Spectrum, from_matrix, spectra, spectrum, to_matrix
+from lcpress.nn import PointwiseConv2d, two_stage
 
 Shape = Literal["channel", "spatial"]
 
 
 @dataclass
 class LowRankOptions(Options):
-    rank: int | None = option(None, help="fixed rank for every layer of the task; empty = automatic rank selection")
-    rank_multiple: int = option(8, help="candidate ranks are multiples of this; 1 allows every rank")
+    rank: int | None = option(None, help="fixed rank for every layer of the task; empty = automatic rank selection",
+                              ge=1)
+    rank_multiple: int = option(8, help="candidate ranks are multiples of this; 1 allows every rank", ge=1)
     shape: Literal["channel", "spatial", "auto"] = option(
         "channel", help="how a conv weight becomes a matrix: channel (k×k then 1×1), spatial (k×1 then 1×k), auto"
     )
-
-    def validate(self) -> None:
-        if self.rank is not None and self.rank < 1:
-            self.fail("rank", f"must be at least 1, got {self.rank}")
-        if self.rank_multiple < 1:
-            self.fail("rank_multiple", f"must be at least 1, got {self.rank_multiple}")
 
 
 class LowRankScheme(Scheme):
@@ -51,7 +44,6 @@ class LowRankScheme(Scheme):
 
     name = "low_rank"
     Options = LowRankOptions
-    selects = True
     options: LowRankOptions
 
     def selecting(self) -> bool:
@@ -103,26 +95,18 @@ class LowRankScheme(Scheme):
                 if best is None or err < best[0]:
                     best = (err, LowRank(rank, shape))
             form = best[1]
-        if isinstance(form, Dense):
-            return State({"weight": w.detach().clone()}, {"form": "dense"})
         a, b = spectra[form.shape].factors(form.rank)
         meta = {"form": "low_rank", "rank": form.rank, "shape": form.shape, "weight_shape": list(w.shape)}
         return State({"a": a.contiguous(), "b": b.contiguous()}, meta)
 
     def decompress(self, state: State) -> torch.Tensor:
-        if state.meta["form"] == "dense":
-            return state.tensors["weight"]
         product = state.tensors["a"] @ state.tensors["b"]
         return from_matrix(product, tuple(state.meta["weight_shape"]), state.meta["shape"])
 
     def form(self, state: State) -> Form:
-        if state.meta["form"] == "dense":
-            return Dense()
         return LowRank(int(state.meta["rank"]), state.meta["shape"])
 
     def realize(self, state: State, module: nn.Module) -> nn.Module:
-        if state.meta["form"] == "dense":
-            return super().realize(state, module)
         a, b = state.tensors["a"], state.tensors["b"]
         if isinstance(module, nn.Linear):
             return factorized_linear(module, a, b)

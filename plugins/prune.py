@@ -14,10 +14,10 @@ Every mode is the exact solution of its C step ``min_θ μ/2‖w − θ‖² (+ 
   channels, by row norm; ``keep`` counts rows, and with no ``keep`` the
   candidates are row counts in multiples of ``multiple``. It is realized as a
   genuinely smaller layer whose outputs are put back in place
-  (:class:`lcpress.modules.ScatterChannels`), so it is faster, not only smaller.
+  (:class:`lcpress.nn.modules.ScatterChannels`), so it is faster, not only smaller.
 
 Unstructured masks are stored as the non-zero values plus a packed mask or
-index list, whichever is smaller (:class:`lcpress.packed.SparseWeight`), and
+index list, whichever is smaller (:class:`lcpress.nn.codecs.SparseWeight`), and
 run as dense.
 """
 
@@ -31,10 +31,8 @@ import torch
 from torch import nn
 
 import lcpress
-from lcpress import Candidates, CStepContext, Options, Scheme, State, option
-from lcpress.forms import Dense, Form, LayerSpec
-from lcpress.modules import ScatterChannels
-from lcpress.packed import SparseWeight, decoded, sparse_index_bits
+from lcpress import Candidates, CStepContext, Dense, Form, LayerSpec, Options, Scheme, State, option
+from lcpress.nn import ScatterChannels, SparseWeight, decoded, sparse_index_bits
 
 
 @dataclass(frozen=True)
@@ -86,35 +84,27 @@ Mode = Literal["l0_constraint", "l1_constraint", "l0_penalty", "l1_penalty"]
 class PruneOptions(Options):
     mode: Mode = option("l0_constraint", help="l0_constraint (keep κ), l1_constraint (‖θ‖₁ ≤ radius), "
                                               "l0_penalty or l1_penalty (α·‖θ‖)")
-    keep: int | None = option(None, help="l0_constraint: weights (rows, when structured) to keep")
-    keep_fraction: float | None = option(None, help="l0_constraint: fraction of weights (or rows) to keep")
-    radius: float | None = option(None, help="l1_constraint: radius κ of the L1 ball")
-    alpha: float | None = option(None, help="l0_penalty / l1_penalty: weight α of the penalty")
+    keep: int | None = option(None, help="l0_constraint: weights (rows, when structured) to keep", ge=1)
+    keep_fraction: float | None = option(None, help="l0_constraint: fraction of weights (or rows) to keep", gt=0, le=1)
+    radius: float | None = option(None, help="l1_constraint: radius κ of the L1 ball", gt=0)
+    alpha: float | None = option(None, help="l0_penalty / l1_penalty: weight α of the penalty", gt=0)
     structured: bool = option(False, help="remove whole output rows / channels (l0_constraint only)")
-    multiple: int = option(8, help="structured selection: candidate row counts are multiples of this")
+    multiple: int = option(8, help="structured selection: candidate row counts are multiples of this", ge=1)
     fractions: list[float] = option(default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75],
-                                    help="unstructured selection: candidate fractions of weights to keep")
+                                    help="unstructured selection: candidate fractions of weights to keep",
+                                    gt=0, le=1, nonempty=True)
 
     def validate(self) -> None:
         if self.keep is not None and self.keep_fraction is not None:
             self.fail("keep", "give 'keep' or 'keep_fraction', not both")
-        if self.keep is not None and self.keep < 1:
-            self.fail("keep", f"must be at least 1, got {self.keep}")
-        if self.keep_fraction is not None and not 0 < self.keep_fraction <= 1:
-            self.fail("keep_fraction", f"must be in (0, 1], got {self.keep_fraction}")
         needs = {"l1_constraint": "radius", "l0_penalty": "alpha", "l1_penalty": "alpha"}.get(self.mode)
         if needs is not None:
-            value = getattr(self, needs)
-            if value is None or value <= 0:
+            if getattr(self, needs) is None:
                 self.fail(needs, f"mode {self.mode!r} needs a positive {needs!r}")
             if self.keep is not None or self.keep_fraction is not None:
                 self.fail("keep", f"'keep' and 'keep_fraction' belong to mode 'l0_constraint', not {self.mode!r}")
             if self.structured:
                 self.fail("structured", "structured pruning uses mode 'l0_constraint'")
-        if self.multiple < 1:
-            self.fail("multiple", f"must be at least 1, got {self.multiple}")
-        if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
-            self.fail("fractions", f"give fractions in (0, 1], got {self.fractions}")
 
 
 class PruneScheme(Scheme):
@@ -122,7 +112,6 @@ class PruneScheme(Scheme):
 
     name = "prune"
     Options = PruneOptions
-    selects = True
     options: PruneOptions
 
     def selecting(self) -> bool:
@@ -158,8 +147,6 @@ class PruneScheme(Scheme):
     def compress(self, w: torch.Tensor, ctx: CStepContext) -> State:
         o, w = self.options, w.detach()
         chosen = ctx.chosen_form()
-        if isinstance(chosen, Dense):
-            return State({"weight": w.clone()}, {"form": "dense"})
         if o.structured:
             if w.dim() < 2:
                 raise ValueError("structured pruning needs one layer's weight; it cannot prune a shared vector")
@@ -182,12 +169,9 @@ class PruneScheme(Scheme):
 
     # ------------------------------------------------------ forms, realization
     def form(self, state: State) -> Form:
-        kind = state.meta["form"]
-        if kind == "sparse":
-            return Sparse(int(state.meta["nonzeros"]))
-        if kind == "pruned_rows":
+        if state.meta["form"] == "pruned_rows":
             return PrunedRows(int(state.meta["rows"]))
-        return Dense()
+        return Sparse(int(state.meta["nonzeros"]))
 
     def layer_forms(self, state: State, shapes: Sequence[tuple[int, ...]]) -> list[Form]:
         sizes = [math.prod(s) for s in shapes]
@@ -200,12 +184,9 @@ class PruneScheme(Scheme):
         return SparseWeight.of(state.tensors["weight"])
 
     def realize(self, state: State, module: nn.Module) -> nn.Module:
-        kind = state.meta["form"]
-        if kind == "sparse":
-            return decoded(module, [self.encode(state)])
-        if kind == "pruned_rows":
+        if state.meta["form"] == "pruned_rows":
             return smaller_layer(module, state.tensors["weight"], state.tensors["kept"])
-        return super().realize(state, module)
+        return decoded(module, [self.encode(state)])
 
 
 def _rows(w: torch.Tensor) -> torch.Tensor:

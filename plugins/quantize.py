@@ -3,7 +3,7 @@
 The C step is ``min ‖w − Δ(θ)‖²`` over codebooks and assignments:
 
 * ``adaptive`` — a learned codebook of K entries: k-means of the weights.
-  In 1-D it is solved *exactly* (:func:`lcpress.kmeans.optimal_kmeans`), and
+  In 1-D it is solved *exactly* (:func:`lcpress.linalg.kmeans.optimal_kmeans`), and
   one solve gives the optimal error of every size up to K, so with
   ``k: null`` the core chooses the codebook size per layer from ``k_choices``
   by α or a budget (priced by any cost model, e.g. ``storage``).
@@ -15,7 +15,7 @@ The C step is ``min ‖w − Δ(θ)‖²`` over codebooks and assignments:
   found exactly from one sort.
 
 Stored as indices at ⌈log2 K⌉ bits plus the codebook; the realized layer
-(:class:`lcpress.packed.DecodedLinear`/``DecodedConv2d``) holds exactly that
+(:class:`lcpress.nn.codecs.DecodedLinear`/``DecodedConv2d``) holds exactly that
 and decodes the dense weight once — stored small, run as dense.
 """
 
@@ -29,11 +29,9 @@ import torch
 from torch import nn
 
 import lcpress
-from lcpress import Candidates, CStepContext, Options, Scheme, State, option
-from lcpress.bitpack import bits_for
-from lcpress.forms import Dense, Form, LayerSpec
-from lcpress.kmeans import lloyd, optimal_kmeans
-from lcpress.packed import CodebookWeight, SparseCodebookWeight, decoded, sparse_index_bits
+from lcpress import Candidates, CStepContext, Dense, Form, LayerSpec, Options, Scheme, State, option
+from lcpress.linalg import lloyd, optimal_kmeans
+from lcpress.nn import CodebookWeight, SparseCodebookWeight, bits_for, decoded, sparse_index_bits
 
 
 @dataclass(frozen=True)
@@ -81,26 +79,20 @@ class Quantized(Form):
 class QuantizeOptions(Options):
     codebook: Literal["adaptive", "binary", "ternary"] = option(
         "adaptive", help="adaptive: a learned K-entry codebook (k-means); binary: {-a, a}; ternary: {-a, 0, a}")
-    k: int | None = option(2, help="codebook size (adaptive); empty = choose per layer among k_choices")
+    k: int | None = option(2, help="codebook size (adaptive); empty = choose per layer among k_choices", ge=2)
     k_choices: list[int] = option(default_factory=lambda: [2, 4, 8, 16],
-                                  help="codebook sizes the C step chooses from when k is empty")
+                                  help="codebook sizes the C step chooses from when k is empty", ge=2, nonempty=True)
     solver: Literal["exact", "lloyd"] = option(
         "exact", help="adaptive codebooks: exact (optimal 1-D k-means) or lloyd (warm-started from the last C step)")
-    iterations: int = option(30, help="Lloyd iterations per C step (solver: lloyd)")
+    iterations: int = option(30, help="Lloyd iterations per C step (solver: lloyd)", ge=1)
     zeros: Literal["quantize", "keep"] = option(
         "quantize", help="keep: exact zeros stay zero and uncoded (quantize what pruning left); quantize: code every weight")
 
     def validate(self) -> None:
-        if self.k is not None and self.k < 2:
-            self.fail("k", f"a codebook needs at least 2 entries, got {self.k}")
-        if self.k is None and (not self.k_choices or min(self.k_choices) < 2):
-            self.fail("k_choices", f"give codebook sizes of at least 2, got {self.k_choices}")
         if self.k is None and self.zeros == "keep":
             self.fail("zeros", "'keep' quantizes the non-zero weights with a fixed k; give k")
         if self.k is None and self.codebook != "adaptive":
             self.fail("k", f"a {self.codebook} codebook has a fixed size; leave k at its default")
-        if self.iterations < 1:
-            self.fail("iterations", f"must be at least 1, got {self.iterations}")
 
 
 class QuantizeScheme(Scheme):
@@ -108,7 +100,6 @@ class QuantizeScheme(Scheme):
 
     name = "quantize"
     Options = QuantizeOptions
-    selects = True
     options: QuantizeOptions
 
     def selecting(self) -> bool:
@@ -125,8 +116,6 @@ class QuantizeScheme(Scheme):
 
     def compress(self, w: torch.Tensor, ctx: CStepContext) -> State:
         chosen = ctx.chosen_form()
-        if isinstance(chosen, Dense):
-            return State({"weight": w.detach().clone()}, {"form": "dense"})
         flat = w.detach().reshape(-1)
         coded = torch.nonzero(flat, as_tuple=True)[0] if self.options.zeros == "keep" else None
         values = flat if coded is None else flat[coded]
@@ -162,15 +151,11 @@ class QuantizeScheme(Scheme):
         return optimal_kmeans(values, k).codebook(k)  # the global optimum: nothing to warm-start
 
     def decompress(self, state: State) -> torch.Tensor:
-        if state.meta["form"] == "dense":
-            return state.tensors["weight"]
         codes = state.tensors["codes"].long()
         values = state.tensors["codebook"][codes.clamp_min(0)]
         return values if "nonzeros" not in state.meta else torch.where(codes >= 0, values, torch.zeros_like(values))
 
     def form(self, state: State) -> Form:
-        if state.meta["form"] == "dense":
-            return Dense()
         return Quantized(int(state.meta["k"]), state.meta.get("nonzeros"))
 
     def layer_forms(self, state: State, shapes: Sequence[tuple[int, ...]]) -> list[Form]:
@@ -181,15 +166,12 @@ class QuantizeScheme(Scheme):
         return [Quantized(form.k, int(c.sum())) for c in coded]
 
     def encode(self, state: State) -> nn.Module | None:
-        if state.meta["form"] == "dense":
-            return None
         if "nonzeros" in state.meta:
             return SparseCodebookWeight.of_codes(state.tensors["codebook"], state.tensors["codes"])
         return CodebookWeight.of(state.tensors["codebook"], state.tensors["codes"], state.meta["shape"])
 
     def realize(self, state: State, module: nn.Module) -> nn.Module:
-        codec = self.encode(state)
-        return super().realize(state, module) if codec is None else decoded(module, [codec])
+        return decoded(module, [self.encode(state)])
 
 
 def binary(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

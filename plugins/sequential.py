@@ -27,10 +27,7 @@ import torch
 from torch import nn
 
 import lcpress
-from lcpress import CStepContext, Options, Scheme, State, option
-from lcpress.forms import Form, LayerSpec
-from lcpress.parts import (FIXED_FORM_HINT, PartOptions, build_parts, compress_part, pack_states, part_context,
-                           part_state)
+from lcpress import CStepContext, Form, LayerSpec, Options, PartOptions, Parts, Scheme, State, option
 
 
 @dataclass
@@ -54,12 +51,12 @@ class SequentialScheme(Scheme):
 
     def __init__(self, options: SequentialOptions | None = None) -> None:
         super().__init__(options)
-        self.parts: list[Scheme] = build_parts(self.options.parts)
+        self.parts = Parts(self.options.parts)
 
     def check_layer(self, spec: LayerSpec | None, module: nn.Module | None) -> str | None:
         for j, part in enumerate(self.parts):
             if part.selecting():
-                return f"sequential part {j} ({part.name}) {FIXED_FORM_HINT}"
+                return f"sequential part {j} ({part.name}) {Parts.FIXED_FORM_HINT}"
             problem = part.check_layer(spec, module)
             if problem:
                 return f"sequential part {j} ({part.name}): {problem}"
@@ -70,16 +67,16 @@ class SequentialScheme(Scheme):
         x = w.detach()
         states = []
         for j, part in enumerate(self.parts):
-            earlier = part_state(ctx.previous, j) if previous is not None else None
-            sub = part_context(ctx, j, earlier, spec=ctx.spec)
-            state = compress_part(j, part, x, sub)
+            earlier = Parts.state(ctx.previous, j) if previous is not None else None
+            sub = Parts.context(ctx, j, earlier, spec=ctx.spec)
+            state = self.parts.compress(j, x, sub)
             x = part.decompress(state).reshape(w.shape)
             states.append(state)
-        tensors, metas = pack_states(states)
+        tensors, metas = Parts.join(states)
         return State(tensors, {"form": "sequential", "parts": metas})
 
     def _last(self, state: State) -> State:
-        return part_state(state, len(self.parts) - 1)
+        return Parts.state(state, len(self.parts) - 1)
 
     def decompress(self, state: State) -> torch.Tensor:
         return self.parts[-1].decompress(self._last(state))

@@ -23,7 +23,7 @@ def _seed():
 @pytest.fixture(scope="session")
 def digits():
     """(train_loader, test_loader) of scikit-learn's digits."""
-    from lcpress.demo import digits_loaders
+    from lcpress.runs.demo import digits_loaders
 
     return digits_loaders(batch_size=64, seed=0)
 
@@ -34,9 +34,9 @@ def plugins():
 
     The process registry is swapped for one holding the objects (and the
     built-ins), and restored when the test ends — see
-    :func:`lcpress.registry.using_plugins`.
+    :func:`lcpress.core.registry.using_plugins`.
     """
-    from lcpress.registry import using_plugins
+    from lcpress.core.registry import using_plugins
 
     with contextlib.ExitStack() as stack:
         yield lambda *objs: stack.enter_context(using_plugins(*objs))

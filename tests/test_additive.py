@@ -11,11 +11,11 @@ from torch import nn
 
 import lcpress
 from lcpress import CStepContext, Options, Scheme, State, option
-from lcpress.modules import InterleavedLowRank, ParallelSum
-from lcpress.packed import DecodedLinear
+from lcpress.nn.modules import InterleavedLowRank, ParallelSum
+from lcpress.nn.codecs import DecodedLinear
 from lcpress.plugins.additive import AdditiveOptions, AdditiveScheme
-from lcpress.registry import get_registry
-from lcpress.views import reshape_matrix, unreshape_matrix
+from lcpress.core.registry import get_registry
+from lcpress.linalg import reshape_matrix, unreshape_matrix
 
 STORAGE = get_registry().cost_model("storage")()
 FLOPS = get_registry().cost_model("flops")()
@@ -112,7 +112,7 @@ def test_reshape_view_round_trip():
 
 
 def test_lc_run_with_additive_parts_resumes(tmp_path, digits):
-    from lcpress.demo import digits_cnn
+    from lcpress.runs.demo import digits_cnn
 
     torch.manual_seed(0)
     config = {
@@ -126,7 +126,7 @@ def test_lc_run_with_additive_parts_resumes(tmp_path, digits):
     assert result.max_abs_error <= 1e-4
     assert len(result.history) == 3 and "form_part1_k" in result.layers
     # the checkpoint holds the nested part states, so the run can resume from any LC step
-    from lcpress.checkpoint import FileCheckpointer
+    from lcpress.io.checkpoint import FileCheckpointer
 
     tensors, meta = FileCheckpointer(tmp_path / "run" / "checkpoint.safetensors", {}).load()
     assert meta["engine"]["next_step"] == 3
@@ -193,9 +193,9 @@ def test_a_third_party_scheme_is_a_part(plugins):
 
 
 def test_measured_cost_models_time_the_parallel_branches():
-    from lcpress.forms import LowRank
-    from lcpress.measured import form_module
-    from lcpress.modules import ParallelSum
+    from lcpress.core.forms import LowRank
+    from lcpress.core.measured import form_module
+    from lcpress.nn.modules import ParallelSum
     from lcpress.plugins.additive import Additive
     from lcpress.plugins.prune import Sparse
 

@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 import lcpress
-from lcpress import budget
-from lcpress.forms import Dense, LowRank
-from lcpress.graph import trace
+from lcpress.core import budget
+from lcpress.core.forms import Dense, LowRank
+from lcpress.core.graph import trace
 from lcpress.plugins.alds import GroupedLowRank
-from lcpress.registry import get_registry
-from lcpress.scheme import CStepContext
+from lcpress.core.registry import get_registry
+from lcpress.core.scheme import CStepContext
 
 ALDS = get_registry().scheme("alds")
 FLOPS = get_registry().cost_model("flops")()
@@ -28,7 +28,7 @@ PARAMS = get_registry().cost_model("params")()
 ])
 @pytest.mark.parametrize("groups,rank", [(1, 3), (2, 3), (4, 2)])
 def test_grouped_realization_equals_dense_delta(layer, x, groups, rank):
-    from lcpress.graph import spec_of
+    from lcpress.core.graph import spec_of
 
     scheme = ALDS(ALDS.Options(groups=[groups], rank_multiple=1))
     w = layer.weight.detach()
@@ -54,7 +54,7 @@ def test_grouped_realization_equals_dense_delta(layer, x, groups, rank):
 
 
 def _trained_digits():
-    from lcpress.demo import digits_cnn, digits_loaders, train_dense
+    from lcpress.runs.demo import digits_cnn, digits_loaders, train_dense
 
     torch.manual_seed(0)
     model = digits_cnn()

@@ -78,7 +78,7 @@ def test_direct_compression_only_needs_no_training():
 
 
 def test_loaders_give_default_trainer_and_accuracy(digits):
-    from lcpress.demo import digits_cnn
+    from lcpress.runs.demo import digits_cnn
 
     train, test = digits
     model = digits_cnn()
@@ -94,7 +94,7 @@ def test_loaders_give_default_trainer_and_accuracy(digits):
 def test_finetune_trains_the_realized_model_and_keeps_what_lc_reached(digits, tmp_path):
     import json
 
-    from lcpress.demo import digits_cnn
+    from lcpress.runs.demo import digits_cnn
 
     torch.manual_seed(0)
     model = digits_cnn()

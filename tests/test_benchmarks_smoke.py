@@ -23,7 +23,7 @@ NEEDS = {"vs_torch_pruning.py": ("torch_pruning", "pip install --no-deps torch-p
                                     "onnx_latency.py", *NEEDS])
 def test_quick_mode_runs(script, tmp_path):
     if script == "onnx_latency.py":
-        from lcpress.export import missing_packages
+        from lcpress.io.export import missing_packages
 
         if missing_packages():
             pytest.skip(f"needs {', '.join(missing_packages())}: pip install 'lcpress[onnx]'")

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lcpress.bitpack import bits_for, pack, packed_size, unpack
+from lcpress.nn.bitpack import bits_for, pack_bits, packed_size, unpack_bits
 
 
 @pytest.mark.parametrize("width", [1, 2, 3, 5, 8, 11, 18])
 @pytest.mark.parametrize("count", [0, 1, 7, 8, 9, 1001])
 def test_round_trip(width, count):
     values = torch.randint(0, 1 << width, (count,), generator=torch.Generator().manual_seed(width * count))
-    packed = pack(values, width)
+    packed = pack_bits(values, width)
     assert packed.dtype == torch.uint8 and packed.numel() == packed_size(count, width) == (count * width + 7) // 8
-    assert torch.equal(unpack(packed, width, count), values)
+    assert torch.equal(unpack_bits(packed, width, count), values)
 
 
 def test_bits_for():
@@ -23,6 +23,6 @@ def test_bits_for():
 
 def test_out_of_range_and_wrong_sizes_are_refused():
     with pytest.raises(ValueError, match="fit 2 bits"):
-        pack(torch.tensor([4]), 2)
+        pack_bits(torch.tensor([4]), 2)
     with pytest.raises(ValueError, match="cannot hold"):
-        unpack(torch.zeros(3, dtype=torch.uint8), 4, 10)
+        unpack_bits(torch.zeros(3, dtype=torch.uint8), 4, 10)

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 import lcpress
-from lcpress import budget
-from lcpress.forms import Dense, LowRank
-from lcpress.registry import get_registry, using_plugins
+from lcpress.core import budget
+from lcpress.core.forms import Dense, LowRank
+from lcpress.core.registry import get_registry, using_plugins
 
 
 def _net():

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
 
 import lcpress
-from lcpress import ConfigError, load_config
+import lcpress.cli
+from lcpress import ConfigError, get_registry, load_config
 
 
 def _cfg(**over):
@@ -103,3 +106,44 @@ def test_cost_model_options_are_validated():
         load_config({"tasks": [{"layers": ["fc"]}], "cost_models": {"cpu_latency": {"thread": 2}}})
     with pytest.raises(ConfigError, match=r"cost_models\.tpu_latency: no cost model named"):
         load_config({"tasks": [{"layers": ["fc"]}], "cost_models": {"tpu_latency": {}}})
+
+
+@pytest.mark.parametrize("bounds, value, message", [
+    ({"ge": 1}, 0, "must be at least 1, got 0"),
+    ({"gt": 0}, 0.0, "must be positive, got 0.0"),
+    ({"ge": 0}, -1, "must be non-negative, got -1"),
+    ({"gt": 0, "le": 1}, 1.5, r"must be in \(0, 1\], got 1.5"),
+    ({"ge": 2, "lt": 10}, 10, r"must be in \[2, 10\), got 10"),
+    ({"le": 3}, 4, "must be at most 3, got 4"),
+    ({"choices": (8, 16, 32)}, 12, "must be one of 8, 16 or 32, got 12"),
+    ({"ge": 1, "nonempty": True}, [], "give at least one value"),
+    ({"ge": 1, "nonempty": True}, [2, 0], "entry 1 must be at least 1, got 0"),
+])
+def test_declared_bounds_are_checked_with_the_key_path(bounds, value, message):
+    from dataclasses import dataclass
+
+    @dataclass
+    class Opts(lcpress.Options):
+        x: Any = lcpress.option(None, help="x", **bounds)
+
+    with pytest.raises(ConfigError, match=rf"^tasks\[0\]\.options\.x: {message}$"):
+        Opts.from_dict({"x": value}, "tasks[0].options")
+    with pytest.raises(ConfigError, match=message):  # built in Python, too
+        Opts(x=value)
+    assert Opts.from_dict({"x": None}).x is None  # an unset optional option is never out of range
+
+
+def test_listings_show_every_declared_range():
+    rows = {r.name: r for r in get_registry().scheme("prune").Options.rows()}
+    assert rows["keep_fraction"].bounds == "in (0, 1]" and rows["multiple"].bounds == "at least 1"
+    assert rows["fractions"].bounds == "in (0, 1]; a non-empty list"
+    assert {r.name: r.bounds for r in get_registry().cost_model("storage").Options.rows()} == \
+        {"dtype_bits": "one of 8, 16, 32 or 64"}
+    reference = lcpress.cli.options_reference()
+    assert "mu0: float = 0.001  (positive)" in reference and "finetune:" in reference and "sweep:" in reference
+
+
+@pytest.mark.parametrize("key, value", [("mu0", float("inf")), ("factor", float("-inf")), ("mu0", float("nan"))])
+def test_infinite_or_nan_schedule_values_are_refused(key, value):
+    with pytest.raises(ConfigError, match=rf"schedule\.{key}: expected a finite number"):
+        lcpress.load_config({"tasks": [{"layers": ["*"]}], "schedule": {key: value}})

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import lcpress
-from lcpress.forms import Dense, Form, LayerSpec, LowRank
-from lcpress.registry import get_registry
+from lcpress.core.forms import Dense, Form, LayerSpec, LowRank
+from lcpress.core.registry import get_registry
 from lcpress.testing import COST_MODEL_CHECKS, SCHEME_CHECKS, check_cost_model, check_scheme, default_layers
 from lcpress.testing.pytest_plugin import Conformance
 

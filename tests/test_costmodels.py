@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lcpress.forms import Dense, LowRank
-from lcpress.graph import spec_of, trace
-from lcpress.registry import get_registry
+from lcpress.core.forms import Dense, LowRank
+from lcpress.core.graph import spec_of, trace
+from lcpress.core.registry import get_registry
 
 FLOPS = get_registry().cost_model("flops")()
 PARAMS = get_registry().cost_model("params")()
@@ -78,7 +78,7 @@ def test_costs_are_cached_and_vectorized_equals_scalar():
 
 
 def test_graph_records_order_shapes_and_fx_dataflow():
-    from lcpress.demo import digits_cnn
+    from lcpress.runs.demo import digits_cnn
 
     graph = trace(digits_cnn(), torch.randn(1, 1, 8, 8))
     assert graph.order == ["0", "2", "5", "8", "10"]

@@ -11,10 +11,9 @@ import pytest
 import torch
 
 import lcpress
-from lcpress.api import plan
-from lcpress.config import load_config
-from lcpress.demo import digits_cnn, digits_loaders
-from lcpress.engine import LCEngine
+from lcpress.core.plan import load_config, plan
+from lcpress.runs.demo import digits_cnn, digits_loaders
+from lcpress.core.engine import LCEngine
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)")
 
@@ -29,8 +28,9 @@ TASKS = {
 def _direct_compression(model, task, device):
     config = load_config({"tasks": [task], "schedule": {"steps": 0}, "device": device})
     model = copy.deepcopy(model).to(device)
-    graph, tasks, costs = plan(model, config, torch.randn(1, 1, 8, 8, device=device))
-    engine = LCEngine(model, tasks, config.schedule, None, graph=graph, report_costs=costs, progress=False)
+    planned = plan(model, config, torch.randn(1, 1, 8, 8, device=device))
+    engine = LCEngine(model, planned.tasks, config.schedule, None, graph=planned.graph,
+                      cost_models=planned.cost_models, progress=False)
     engine.c_step(0, config.schedule.mu0)
     return engine
 

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
 import lcpress
-from lcpress import distributed
+from lcpress.runs import distributed
 
 WORLD = 2
 PER_RANK_BATCH = 8
@@ -116,7 +116,7 @@ def _worker(rank: int, init_file: str, out: str) -> None:
     """One rank: a full run, an interrupted run, its resumption; results saved per rank."""
     import torch.distributed as dist
 
-    from lcpress.training import SupervisedTrainer
+    from lcpress.runs.training import SupervisedTrainer
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
@@ -172,10 +172,16 @@ def _worker(rank: int, init_file: str, out: str) -> None:
         (Path(out) / f"rank{rank}.error").write_text(traceback.format_exc())
         raise
     else:
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it
         dist.destroy_process_group()
     finally:
         for obj, name, value in reversed(patches):
             setattr(obj, name, value)
+    # Everything this rank had to say is on disk. Leave without running interpreter teardown, where gloo's and
+    # DDP's C++ threads can abort the process ("terminate called without an active exception") on a busy machine.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +253,7 @@ def test_resumed_two_rank_run_equals_the_uninterrupted_one(two_ranks):
     for name in ("full", "cut"):
         run = two_ranks / name
         assert (run / "model.safetensors").is_file() and (run / "checkpoint.safetensors").is_file()
-        assert lcpress.storage.read_file(run / "checkpoint.safetensors")[1]["engine"]["trainer"]
+        assert lcpress.io.files.read_file(run / "checkpoint.safetensors")[1]["engine"]["trainer"]
 
 
 def test_outside_a_process_group_the_helpers_change_nothing():

@@ -92,7 +92,7 @@ def test_plugin_tutorial_runs_from_its_config():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 6 * 6, 10))
     x = torch.randn(1, 3, 6, 6)
-    with lcpress.registry.using_plugins(my_plugin):
+    with lcpress.core.registry.using_plugins(my_plugin):
         result = lcpress.compress(model, config, example_input=x, progress=False)
     assert set(result.layers["scheme"]) == {"my_low_rank"}
     assert result.history["cost_my_params"].iloc[-1] <= 0.5 * result.totals["params_before"]

@@ -7,11 +7,12 @@ import torch
 from torch import nn
 
 import lcpress
-from lcpress.engine import CStepError, LCEngine
 from lcpress.config import LCConfig
-from lcpress.graph import trace
-from lcpress.registry import get_registry
-from lcpress.tasks import plan_tasks
+from lcpress.core.engine import LCEngine
+from lcpress.core.graph import trace
+from lcpress.core.plan import plan_tasks, resolve
+from lcpress.core.registry import get_registry
+from lcpress.errors import CStepError
 
 
 def _mlp():
@@ -24,9 +25,9 @@ def _engine(model, tasks_cfg, train_fn=None, **schedule):
     x = torch.randn(8, 20)
     graph = trace(model, x)
     registry = get_registry()
-    tasks = plan_tasks(model, graph, config.tasks, registry)
+    tasks = plan_tasks(model, graph, resolve(config, registry))
     return LCEngine(model, tasks, config.schedule, train_fn, graph=graph,
-                    report_costs={"params": registry.cost_model("params")()}, progress=False)
+                    cost_models={"params": registry.cost_model("params")()}, progress=False)
 
 
 def test_penalty_step_moves_weights_towards_compressed():

@@ -12,7 +12,7 @@ from torch import nn
 import lcpress
 from lcpress import PluginError
 from lcpress.cli import main
-from lcpress.registry import reset_registry
+from lcpress.core.registry import reset_registry
 
 PLUGIN_SOURCE = '''
 from dataclasses import dataclass

@@ -12,7 +12,7 @@ from torch import nn
 
 import lcpress
 from lcpress import ConfigError
-from lcpress.hf import conv1d_to_linear, is_conv1d
+from lcpress.integrations.hf import conv1d_to_linear, is_conv1d
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from lcpress.kmeans import assign, lloyd, optimal_kmeans
+from lcpress.linalg.kmeans import assign, lloyd, optimal_kmeans
 
 
 def brute_force(values: list[float], k: int) -> float:

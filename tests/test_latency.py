@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import lcpress
-from lcpress.forms import Dense, LayerSpec, LowRank
-from lcpress.registry import get_registry, using_plugins
+from lcpress.core.forms import Dense, LayerSpec, LowRank
+from lcpress.core.registry import get_registry, using_plugins
 
 CpuLatency = get_registry().cost_model("cpu_latency")
 SPEC = LayerSpec("linear", 64, 64, (1, 64))
@@ -144,7 +144,7 @@ def test_gpu_latency_measures_on_the_gpu(cache):
 
 
 def test_working_set_cycles_weight_copies(cache):
-    from lcpress.measured import form_module
+    from lcpress.core.measured import form_module
 
     spec = LayerSpec("linear", 64, 64, (2, 64))
     hot = CpuLatency(CpuLatency.Options(min_run_time=0.01))
@@ -158,7 +158,7 @@ def test_working_set_cycles_weight_copies(cache):
 
 
 def test_a_working_set_between_whole_copies_interpolates(cache, monkeypatch):
-    from lcpress.measured import form_module
+    from lcpress.core.measured import form_module
 
     spec = LayerSpec("linear", 64, 64, (2, 64), bias=False)
     layer_mb = 64 * 64 * 4 / 2**20

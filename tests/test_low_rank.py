@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from lcpress import budget
-from lcpress.forms import Dense, LayerSpec, LowRank
+from lcpress.core import budget
+from lcpress.core.forms import Dense, LayerSpec, LowRank
 from lcpress.linalg import spectrum
-from lcpress.registry import get_registry
-from lcpress.scheme import CStepContext
+from lcpress.core.registry import get_registry
+from lcpress.core.scheme import CStepContext
 
 SCHEME = get_registry().scheme("low_rank")
 PARAMS = get_registry().cost_model("params")()

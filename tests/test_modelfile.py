@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -142,10 +143,10 @@ def test_tampered_manifest_with_unknown_module_type(tmp_path):
 
     model, _ = _compressed_sequential()
     path = lcpress.save(model, tmp_path / "m.safetensors")
-    manifest = lcpress.modelfile.read_manifest(path)
+    manifest = lcpress.io.modelfile.read_manifest(path)
     manifest["architecture"]["children"][0][1]["type"] = "os.system"
     tensors = load_file(str(path))
-    from lcpress.storage import payload_digest
+    from lcpress.io.files import payload_digest
 
     manifest["sha256"] = payload_digest(tensors, manifest)  # a forger can recompute the checksum
     save_file(tensors, str(path), metadata={"lcpress": json.dumps(manifest)})
@@ -162,8 +163,8 @@ def test_info_command_prints_the_manifest(tmp_path, capsys):
 
 
 def test_a_write_that_fails_leaves_the_file_as_it_was(tmp_path):
-    from lcpress.checkpoint import write_text_atomic
-    from lcpress.storage import replacing
+    from lcpress.atomic import write_text_atomic
+    from lcpress.atomic import replacing
 
     target = tmp_path / "run.json"
     write_text_atomic(target, "before")
@@ -174,3 +175,15 @@ def test_a_write_that_fails_leaves_the_file_as_it_was(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]  # no temporary file left behind
     write_text_atomic(target, "after")
     assert target.read_text() == "after" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_file_saved_by_lcpress_0_1_still_loads_and_computes_the_same():
+    """tests/data/model-0.1.0.safetensors: low rank, additive, quantized and row-pruned layers, saved by 0.1.0."""
+    from safetensors.torch import load_file
+
+    data = Path(__file__).parent / "data"
+    model = lcpress.load(data / "model-0.1.0.safetensors")
+    io = load_file(str(data / "model-0.1.0.io.safetensors"))
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(io["input"]), io["output"])
+    assert [layer["realized"] for layer in model.lcpress_layers] == [True, False, True, True]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lcpress.modules import PointwiseConv2d
+from lcpress.nn.modules import PointwiseConv2d
 
 
 @pytest.mark.parametrize("bias", [True, False])

@@ -10,10 +10,10 @@ from torch import nn
 
 import lcpress
 from lcpress.cli import main
-from lcpress.demo import digits_cnn
-from lcpress.export import export_onnx, missing_packages, run_onnx
-from lcpress.modules import GroupedLinear, PointwiseConv2d
-from lcpress.registry import get_registry
+from lcpress.runs.demo import digits_cnn
+from lcpress.io.export import export_onnx, missing_packages, run_onnx
+from lcpress.nn.modules import GroupedLinear, PointwiseConv2d
+from lcpress.core.registry import get_registry
 
 pytestmark = pytest.mark.skipif(bool(missing_packages()), reason=f"ONNX export needs {', '.join(missing_packages())}: "
                                                                    f"pip install 'lcpress[onnx]'")
@@ -93,7 +93,7 @@ def test_additive_and_packed_models_run_in_onnxruntime(case, tmp_path):
     result = direct(digits_cnn(), tasks, x)
     assert any(r.realized for r in result.records)
     if schemes[0] == "additive" and "low_rank" in schemes:  # a structural part runs as its own branch
-        from lcpress.modules import ParallelSum
+        from lcpress.nn.modules import ParallelSum
 
         assert any(isinstance(m, ParallelSum) for m in result.model.modules()), "no parallel branches to export"
     done = export_onnx(result.model, tmp_path / "m.onnx", x[:1])

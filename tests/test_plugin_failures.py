@@ -8,9 +8,9 @@ from torch import nn
 
 import lcpress
 from lcpress import LcpressError, PluginError
-from lcpress.engine import CStepError
-from lcpress.registry import get_registry, using_plugins
-from lcpress.storage import read_file
+from lcpress.errors import CStepError
+from lcpress.core.registry import get_registry, using_plugins
+from lcpress.io.files import read_file
 
 LowRankScheme = get_registry().scheme("low_rank")
 

@@ -10,10 +10,10 @@ from torch import nn
 
 import lcpress
 from lcpress import CStepContext
-from lcpress.modules import ScatterChannels
-from lcpress.packed import DecodedLinear, SparseWeight
+from lcpress.nn.modules import ScatterChannels
+from lcpress.nn.codecs import DecodedLinear, SparseWeight
 from lcpress.plugins.prune import PrunedRows, PruneOptions, PruneScheme, Sparse, project_l1_ball
-from lcpress.registry import get_registry
+from lcpress.core.registry import get_registry
 
 FLOPS = get_registry().cost_model("flops")()
 STORAGE = get_registry().cost_model("storage")()

@@ -12,9 +12,9 @@ from torch import nn
 
 import lcpress
 from lcpress import CStepContext
-from lcpress.packed import DecodedConv2d, DecodedLinear
+from lcpress.nn.codecs import DecodedConv2d, DecodedLinear
 from lcpress.plugins.quantize import QuantizeOptions, QuantizeScheme, Quantized, binary, ternary
-from lcpress.registry import get_registry
+from lcpress.core.registry import get_registry
 
 STORAGE = get_registry().cost_model("storage")()
 
@@ -56,7 +56,7 @@ def test_adaptive_c_step_is_the_kmeans_optimum_and_decompresses_to_the_codebook(
     state = scheme.compress(w, CStepContext(mu=1.0))
     delta = scheme.decompress(state)
     assert delta.shape == w.shape and torch.unique(delta).numel() <= 4
-    from lcpress.kmeans import optimal_kmeans
+    from lcpress.linalg.kmeans import optimal_kmeans
 
     assert float(((w - delta) ** 2).sum()) == pytest.approx(float(optimal_kmeans(w, 4).errors[3]), rel=1e-6)
 
@@ -133,7 +133,7 @@ def test_quantized_form_storage():
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"k": 1}, "at least 2 entries"),
+    ({"k": 1}, "k: must be at least 2, got 1"),
     ({"k": None, "k_choices": []}, "k_choices"),
     ({"codebook": "binary", "k": None}, "fixed size"),
     ({"solver": "kmeans"}, "solver"),

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import lcpress
-from lcpress.registry import get_registry
+from lcpress.core.registry import get_registry
 
 PARAMS = get_registry().cost_model("params")()
 
@@ -132,7 +132,7 @@ def test_form_costlier_than_dense_stays_dense():
 
 
 def test_replace_module_refuses_unknown_names():
-    from lcpress.realize import replace_module
+    from lcpress.core.surgery import replace_module
 
     with pytest.raises(lcpress.LcpressError, match="no submodule 'missing'"):
         replace_module(nn.Sequential(nn.Linear(2, 2)), "missing", nn.Identity())

@@ -16,9 +16,9 @@ from torch import nn
 import lcpress
 from lcpress import LcpressError
 from lcpress.cli import main
-from lcpress.demo import digits_loaders, train_dense
-from lcpress.report import write_report
-from lcpress.training import SupervisedTrainer
+from lcpress.runs.demo import digits_loaders, train_dense
+from lcpress.reporting.report import write_report
+from lcpress.runs.training import SupervisedTrainer
 
 CONFIG = {
     "tasks": [{"layers": ["1", "3"], "options": {"rank_multiple": 4}, "target": {"cost": "flops", "ratio": 0.4}}],
@@ -181,7 +181,7 @@ def test_forms_without_a_rank_get_their_own_columns_and_no_rank_bar(finished_run
 
     from matplotlib.image import imread
 
-    from lcpress.report import format_table
+    from lcpress.reporting.tables import format_table
 
     run, _ = finished_run
     copy_dir = tmp_path / "mixed"
@@ -209,7 +209,7 @@ def test_forms_without_a_rank_get_their_own_columns_and_no_rank_bar(finished_run
     for image in files.images:
         assert imread(image).ndim == 3
 
-    from lcpress.plots import form_fields_figure, rank_figure
+    from lcpress.reporting.plots import form_fields_figure, rank_figure
 
     fig = rank_figure(table)  # layer 1 only: 3 has no rank, 5 is not dense
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["1"]

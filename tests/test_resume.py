@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 import lcpress
 from lcpress import CheckpointError, RunDirectoryError
 from lcpress.cli import main
-from lcpress.demo import digits_cnn, digits_loaders
-from lcpress.training import SupervisedTrainer
+from lcpress.runs.demo import digits_cnn, digits_loaders
+from lcpress.runs.training import SupervisedTrainer
 
 CONFIG = {
     "tasks": [{"layers": ["2", "5", "8"], "options": {"rank_multiple": 8}, "target": {"cost": "flops", "ratio": 0.4}}],
@@ -27,7 +27,7 @@ def dense():
     torch.manual_seed(0)
     model = digits_cnn()
     train, _ = digits_loaders(64, 0)
-    from lcpress.demo import train_dense
+    from lcpress.runs.demo import train_dense
 
     train_dense(model, train, epochs=3, progress=False)
     return model
@@ -57,7 +57,7 @@ def test_resumed_run_equals_uninterrupted_run(dense, tmp_path, monkeypatch):
     with pytest.raises(Interrupt):
         _run(dense, tmp_path / "cut", monkeypatch, stop_at=2)  # dies in the third L step
     monkeypatch.undo()
-    checkpoint = lcpress.storage.read_file(tmp_path / "cut" / "checkpoint.safetensors")[1]
+    checkpoint = lcpress.io.files.read_file(tmp_path / "cut" / "checkpoint.safetensors")[1]
     assert checkpoint["engine"]["next_step"] == 3  # DC + two LC steps were saved
     resumed = _run(dense, tmp_path / "cut", resume=True)
     a, b = full.model.state_dict(), resumed.model.state_dict()

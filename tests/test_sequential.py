@@ -8,10 +8,10 @@ from torch import nn
 
 import lcpress
 from lcpress import CStepContext
-from lcpress.packed import DecodedLinear, SparseCodebookWeight
+from lcpress.nn.codecs import DecodedLinear, SparseCodebookWeight
 from lcpress.plugins.quantize import Quantized
 from lcpress.plugins.sequential import SequentialOptions, SequentialScheme
-from lcpress.registry import get_registry
+from lcpress.core.registry import get_registry
 
 STORAGE = get_registry().cost_model("storage")()
 PRUNE_THEN_QUANTIZE = [{"scheme": "prune", "options": {"keep_fraction": 0.1}},
@@ -25,7 +25,7 @@ def test_the_chain_quantizes_exactly_the_weights_pruning_kept():
     kept = torch.topk(w.abs().reshape(-1), 120).indices
     assert torch.equal(torch.nonzero(delta.reshape(-1)).reshape(-1).sort()[0], kept.sort()[0])
     assert torch.unique(delta[delta != 0]).numel() == 4
-    from lcpress.kmeans import optimal_kmeans
+    from lcpress.linalg.kmeans import optimal_kmeans
 
     # the kept values get the optimal 4-entry codebook of themselves
     error = float(((w.reshape(-1)[kept] - delta.reshape(-1)[kept]) ** 2).sum())

@@ -12,11 +12,11 @@ from torch import nn
 import lcpress
 from lcpress import ConfigError
 from lcpress.cli import main
-from lcpress.costmodel import CostModel
-from lcpress.demo import digits_loaders, train_dense
-from lcpress.forms import Dense, LayerSpec, LowRank
-from lcpress.registry import get_registry
-from lcpress.sweep import sweep, uniform_rank, with_target
+from lcpress.core.costmodel import CostModel
+from lcpress.runs.demo import digits_loaders, train_dense
+from lcpress.core.forms import Dense, LayerSpec, LowRank
+from lcpress.core.registry import get_registry
+from lcpress.runs.sweep import sweep, uniform_rank, with_target
 
 CONFIG = {
     "tasks": [{"layers": ["1", "3"], "options": {"rank_multiple": 4}, "target": {"cost": "flops", "ratio": 0.5}}],
@@ -70,7 +70,7 @@ def test_sweep_runs_every_target_and_the_baseline(dense_mlp, tmp_path, monkeypat
     baseline = pd.read_csv(tmp_path / "sweep" / "baseline-0.3" / "layers.csv", dtype={"layer": str})
     spec = LayerSpec("linear", 64, 64, (1, 64))
     assert set(baseline.loc[baseline["layer"].isin(["1", "3"]), "form_rank"]) == {uniform_rank(spec, _flops(), 0.3)}
-    info = lcpress.checkpoint.RunDirectory(tmp_path / "sweep" / "baseline-0.3").info()
+    info = lcpress.io.rundir.RunDirectory(tmp_path / "sweep" / "baseline-0.3").info()
     assert info["fine_tuned"] and info["fine_tune_passes"] == 1 and info["metric"] == points.loc[2, "metric"]
     assert points["pareto"].dtype == bool and points["pareto"].any()
     for name in ("sweep.csv", "sweep.md", "sweep.html", "sweep.png"):
@@ -81,7 +81,7 @@ def test_sweep_runs_every_target_and_the_baseline(dense_mlp, tmp_path, monkeypat
     def no_run(*args, **kwargs):
         raise AssertionError("a finished run was redone")
 
-    monkeypatch.setattr(lcpress.sweep, "compress", no_run)
+    monkeypatch.setattr("lcpress.runs.sweep.compress", no_run)
     again = sweep(dense_mlp, config, [0.3, 0.6], loaders=loaders, baseline=True, progress=False, reports=False)
     pd.testing.assert_frame_equal(again.points, points)
 

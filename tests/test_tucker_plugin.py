@@ -17,11 +17,9 @@ import yaml
 from torch import nn
 
 import lcpress
+from lcpress import Dense, LowRank, digits_cnn, trace
 from lcpress.cli import main
-from lcpress.demo import digits_cnn
-from lcpress.forms import Dense, LowRank
-from lcpress.graph import trace
-from lcpress.registry import reset_registry
+from lcpress.core.registry import reset_registry
 from lcpress.testing import check_cost_model, check_scheme
 
 INSTALL = "pip install --no-deps -e examples/lcpress-tucker (CI installs it)"
@@ -58,7 +56,41 @@ def test_entry_point_registers_both_plugins(installed, capsys):
         assert (origin.plugin, origin.package) == ("tucker", "lcpress-tucker")
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
-    assert "tucker2" in out and "csv_latency" in out and "lcpress-tucker 0.1.0  (tucker)" in out
+    assert "tucker2" in out and "csv_latency" in out and "lcpress-tucker 0.2.0  (tucker)" in out
+    assert "Tucker2Conv2d" in out and "tucker-table" in out
+
+
+def test_plugin_command_runs_from_the_lcpress_command_line(installed, capsys, tmp_path):
+    table = Path(tucker.__file__).parent / "data" / "example_latency.csv"
+    assert main(["tucker-table", str(table)]) == 0
+    out = capsys.readouterr().out
+    assert "device dev-cpu-1thread" in out and "conv2d 3x3 stride 1x1" in out
+    broken = tmp_path / "broken.csv"
+    broken.write_text(table.read_text().replace(",1.", ",x", 1))
+    assert main(["tucker-table", str(broken)]) == 2  # the plugin's own LcpressError: one line, exit 2
+    assert "data row" in capsys.readouterr().err
+
+
+def test_plugin_module_class_saves_and_loads_without_pickle(installed, tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, bias=False))
+    x = torch.randn(2, 8, 6, 6)
+    config = {"tasks": [{"layers": ["0", "2"], "scheme": "tucker2",
+                         "options": {"in_rank": 4, "out_rank": 8, "module": "tucker2"}}], "schedule": {"steps": 0}}
+    result = lcpress.compress(model, config, example_input=x, progress=False)
+    assert isinstance(model[0], tucker.Tucker2Conv2d) and (model[0].in_rank, model[0].out_rank) == (4, 8)
+    path = result.save(tmp_path / "model.safetensors")
+    assert lcpress.io.modelfile.read_manifest(path)["architecture"] is not None
+    loaded = lcpress.load(path)  # rebuilt from the file: the registered class, never pickle
+    assert type(loaded[0]) is tucker.Tucker2Conv2d and loaded[2].expand.bias is None
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+    reset_registry()
+    with pytest.MonkeyPatch.context() as env:  # without the plugin the class is not allowed: a clear refusal
+        env.setenv("LCPRESS_DISABLE_PLUGIN_AUTOLOAD", "1")
+        with pytest.raises(lcpress.CheckpointError, match="cannot rebuild on its own|unknown type 'Tucker2Conv2d'"):
+            lcpress.load(path)
+    reset_registry()
 
 
 def test_yaml_config_compresses_with_the_plugin_scheme_and_cost_model(installed, tmp_path, capsys, one_thread):

@@ -7,37 +7,71 @@ One call does the whole job::
     result.model            # realized: thin layers, actually smaller and faster
     lcpress.save(result.model, "model.safetensors")
 
-Schemes (low rank, …) and cost models (params, FLOPs, …) are plugins; see
-``lcpress plugins`` and docs/plugins.md.
+This module is the public surface, with :mod:`lcpress.nn` (the modules
+realized models are built from), :mod:`lcpress.linalg` (exact C-step
+algebra) and :mod:`lcpress.testing` (the plugins' conformance kit). Names
+elsewhere are lcpress's own and may change between versions; the map of the
+package is in docs/architecture.md.
 """
 
 from __future__ import annotations
 
-try:
-    from importlib.metadata import PackageNotFoundError, version
+from lcpress.version import __version__
 
-    __version__ = version("lcpress")
-except PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0.0.0+unknown"
+# errors
+from lcpress.errors import (CheckpointError, ConfigError, CStepError, LcpressError, PartError, PluginError,
+                            RunDirectoryError)
 
-from .errors import CheckpointError, ConfigError, LcpressError, PluginError, RunDirectoryError
-from .hookspecs import hookimpl
-from .options import Options, option
-from .forms import Dense, Form, LayerSpec, LowRank
-from .scheme import Candidates, CStepContext, Scheme, State
-from .costmodel import CostModel
-from .config import LCConfig, ScheduleConfig, TargetConfig, TaskConfig, TrainConfig, load_config
-from .engine import LCEngine, LStep
-from .api import CompressionResult, compress
-from .modelfile import load, save
-from .export import export_onnx
-from .registry import get_registry
+# the config
+from lcpress.options import Options, option
+from lcpress.config import (DataConfig, FinetuneConfig, LCConfig, ModelConfig, ScheduleConfig, SweepConfig,
+                            TargetConfig, TaskConfig, TrainConfig)
+from lcpress.core.plan import load_config
+
+# the plugin contract: schemes, forms, cost models, hooks, registry
+from lcpress.hookspecs import hookimpl
+from lcpress.core.forms import Dense, Form, LayerSpec, LowRank
+from lcpress.core.scheme import Candidates, CStepContext, Scheme, State
+from lcpress.core.parts import PartOptions, Parts
+from lcpress.core.costmodel import CostModel
+from lcpress.core.measured import MeasuredCostModel, form_module
+from lcpress.core.registry import get_registry, using_plugins
+
+# running: the one-call API and what it is built from
+from lcpress.core.engine import LCEngine, LStep
+from lcpress.core.graph import ModelGraph, spec_of, trace
+from lcpress.core.surgery import get_module, replace_module
+from lcpress.runs.compress import CompressionResult, compress
+from lcpress.runs.sweep import SweepResult, sweep
+from lcpress.runs.preview import predict_costs, profile_costs
+from lcpress.runs.training import SupervisedTrainer, accuracy, mean_cosine
+
+# files and reports
+from lcpress.io.modelfile import load, save
+from lcpress.io.export import export_onnx
+from lcpress.reporting.report import write_report
+from lcpress.reporting.runinfo import RunSummary, read_run
+from lcpress.reporting.tables import format_table
 
 __all__ = [
     "__version__",
-    "compress", "save", "load", "export_onnx", "CompressionResult",
-    "LCConfig", "TaskConfig", "TargetConfig", "ScheduleConfig", "TrainConfig", "load_config",
-    "hookimpl", "Scheme", "State", "Candidates", "CStepContext", "CostModel", "Options", "option",
-    "Form", "Dense", "LowRank", "LayerSpec", "LCEngine", "LStep", "get_registry",
-    "LcpressError", "ConfigError", "PluginError", "CheckpointError", "RunDirectoryError",
+    # the one-call API
+    "compress", "CompressionResult", "sweep", "SweepResult", "profile_costs", "predict_costs",
+    "save", "load", "export_onnx", "write_report", "read_run", "RunSummary", "format_table",
+    # configs
+    "load_config", "LCConfig", "TaskConfig", "TargetConfig", "ScheduleConfig", "TrainConfig", "FinetuneConfig",
+    "ModelConfig", "DataConfig", "SweepConfig", "Options", "option",
+    # plugin contract
+    "hookimpl", "Scheme", "State", "Candidates", "CStepContext", "PartOptions", "Parts",
+    "Form", "Dense", "LowRank", "LayerSpec", "CostModel", "MeasuredCostModel", "form_module",
+    "get_registry", "using_plugins",
+    # building blocks of a run
+    "LCEngine", "LStep", "ModelGraph", "trace", "spec_of", "get_module", "replace_module", "SupervisedTrainer", "accuracy", "mean_cosine",
+    # errors
+    "LcpressError", "ConfigError", "PluginError", "CStepError", "PartError", "CheckpointError", "RunDirectoryError",
 ]
+
+# the built-in example (scikit-learn's digits, shipped inside scikit-learn): data, model, dense training
+from lcpress.runs.demo import digits_cnn, digits_loaders, train_dense  # noqa: E402
+
+__all__ += ["digits_cnn", "digits_loaders", "train_dense"]

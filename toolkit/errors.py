@@ -24,9 +24,21 @@ class PluginError(LcpressError):
     """A plugin failed to load, collided with another plugin, or raised."""
 
 
+class CStepError(PluginError):
+    """A scheme or cost model raised (or returned something unusable) inside a C step.
+
+    The message names the plugin, the layer and the LC step; the last
+    checkpoint holds only whole steps, so a fixed plugin resumes the run.
+    """
+
+
+class PartError(PluginError):
+    """A part of a composite scheme (``additive``, ``sequential``) raised; names the part and its plugin."""
+
+
 class CheckpointError(LcpressError):
     """A checkpoint or saved model file is missing, corrupted or incompatible."""
 
 
 class RunDirectoryError(LcpressError):
-    """A run directory holds work that would be overwritten."""
+    """A run directory holds work that would be overwritten, or another run holds it."""

@@ -7,10 +7,12 @@ against the field's type hint, and reports problems with the key path::
 
     tasks[0].options.rank_multiple: expected int, got 'eight'
 
-Subclasses add range checks in ``validate()``, raising :class:`ConfigError`
-through :meth:`Options.fail` so the message carries the key path too. Each field
-documents itself with ``help=...`` metadata, which ``lcpress plugins`` and the
-docs print.
+Ranges are declared with the field — ``option(8, help=..., ge=1)``, ``gt``,
+``le``, ``lt``, ``choices`` — and checked whenever an options object is
+built (from YAML or in Python); ``lcpress options`` and ``lcpress plugins
+--options`` print them. Rules that involve several fields ("give ``ratio`` or
+``value``, not both") go in ``validate()``, raising :class:`ConfigError`
+through :meth:`Options.fail` so the message carries the key path too.
 """
 
 from __future__ import annotations
@@ -19,27 +21,124 @@ import dataclasses
 import difflib
 import types
 import typing
-from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from .errors import ConfigError
+from lcpress.errors import ConfigError
 
 T = TypeVar("T", bound="Options")
 
 
-def option(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with a help line (shown by ``lcpress plugins`` and the docs)."""
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The values a numeric option (or every entry of a list option) may take.
+
+    ``ge``/``gt`` and ``le``/``lt`` bound it from below and above; ``choices``
+    lists the only values allowed; ``nonempty`` asks a list for at least one
+    entry. ``None`` passes every bound: an optional option that is unset is
+    not out of range.
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple[Any, ...] | None = None
+    nonempty: bool = False
+
+    def __bool__(self) -> bool:
+        return self != Bounds()
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is out of bounds, or None."""
+        if isinstance(value, (list, tuple)):
+            if self.nonempty and not value:
+                return "give at least one value"
+            for i, item in enumerate(value):
+                why = self._scalar(item)
+                if why:
+                    return f"entry {i} {why}"
+            return None
+        return self._scalar(value)
+
+    def _scalar(self, v: Any) -> str | None:
+        if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) and self.choices is None:
+            return None
+        if self.choices is not None:
+            return None if v in self.choices else f"must be one of {_or(self.choices)}, got {v!r}"
+        low_ok = (self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
+        high_ok = (self.le is None or v <= self.le) and (self.lt is None or v < self.lt)
+        return None if low_ok and high_ok else f"must be {self._range_text()}, got {v!r}"
+
+    def text(self) -> str:
+        """The allowed range in words: "at least 1", "positive", "in (0, 1]", "one of 8, 16 or 32"."""
+        words = self._range_text()
+        if self.nonempty:
+            return "a non-empty list" if words == "any value" else f"{words}; a non-empty list"
+        return words
+
+    def _range_text(self) -> str:
+        if self.choices is not None:
+            return f"one of {_or(self.choices)}"
+        low = ("[", self.ge) if self.ge is not None else ("(", self.gt) if self.gt is not None else None
+        high = ("]", self.le) if self.le is not None else (")", self.lt) if self.lt is not None else None
+        if low and high:
+            return f"in {low[0]}{_num(low[1])}, {_num(high[1])}{high[0]}"
+        if low:
+            if low[1] == 0:
+                return "non-negative" if low[0] == "[" else "positive"
+            return f"at least {_num(low[1])}" if low[0] == "[" else f"greater than {_num(low[1])}"
+        if high:
+            return f"at most {_num(high[1])}" if high[0] == "]" else f"less than {_num(high[1])}"
+        return "any value"
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else str(v)
+
+
+def _or(values: tuple[Any, ...]) -> str:
+    texts = [str(v) for v in values]
+    return texts[0] if len(texts) == 1 else ", ".join(texts[:-1]) + " or " + texts[-1]
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING,
+           ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
+           choices: tuple[Any, ...] | list[Any] | None = None, nonempty: bool = False) -> Any:
+    """A dataclass field with a help line and, optionally, the range its value must lie in.
+
+    The help line and the range are shown by ``lcpress options``, ``lcpress
+    plugins --options`` and the docs; the range is checked whenever the options
+    are built. For a list option the range applies to every entry.
+    """
+    bounds = Bounds(ge, gt, le, lt, tuple(choices) if choices is not None else None, nonempty)
+    metadata = {"help": help, "bounds": bounds}
     if default_factory is not dataclasses.MISSING:
-        return dataclasses.field(default_factory=default_factory, metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionRow:
+    """One option as listings show it: name, type, default, allowed range and help line."""
+
+    name: str
+    type: str
+    default: Any
+    bounds: str
+    help: str
 
 
 @dataclasses.dataclass
 class Options:
-    """Base of every options dataclass: strict ``from_dict`` plus ``validate``."""
-
-    _path: ClassVar[str] = ""
+    """Base of every options dataclass: strict ``from_dict``, declared bounds, and ``validate``."""
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            bounds = f.metadata.get("bounds")
+            if bounds:
+                why = bounds.problem(getattr(self, f.name))
+                if why:
+                    self.fail(f.name, why)
         self.validate()
 
     def validate(self) -> None:
@@ -59,8 +158,8 @@ class Options:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
-    def describe(cls) -> list[tuple[str, str, Any, str]]:
-        """(name, type, default, help) per field, for listings and docs."""
+    def rows(cls) -> list[OptionRow]:
+        """One :class:`OptionRow` per field, for listings and docs."""
         hints = get_type_hints(cls)
         rows = []
         for f in dataclasses.fields(cls):
@@ -70,7 +169,9 @@ class Options:
                 default = _plain(f.default_factory())  # type: ignore[misc]
             else:
                 default = "(required)"
-            rows.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("help", "")))
+            bounds = f.metadata.get("bounds")
+            rows.append(OptionRow(f.name, _type_name(hints[f.name]), default, bounds.text() if bounds else "",
+                                  f.metadata.get("help", "")))
         return rows
 
 
@@ -193,8 +294,8 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
                 raise ConfigError(f"{path}: expected a number, got {value!r}") from None
         if not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
-        if value != value:
-            raise ConfigError(f"{path}: NaN is not allowed")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

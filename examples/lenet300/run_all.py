@@ -107,18 +107,17 @@ def run_row(data: dict[str, Any], *, subset: int | None = None, quiet: bool = Fa
     """Run (or resume) one config; returns the CompressionResult, or None when the run had finished already."""
     import lcpress
     import lenet300
-    from lcpress.checkpoint import RunDirectory
-    from lcpress.sources import load_weights
+    from safetensors.torch import load_file
 
     data = _known_cost_models(data)
     config = lcpress.load_config(data)
-    run_dir = RunDirectory(config.output_dir)
-    if run_dir.finished():
+    out = Path(config.output_dir)
+    if (out / "run.json").is_file() and lcpress.read_run(out).finished:
         return None
-    resume = run_dir.checkpoint_path.exists()
+    resume = (out / "checkpoint.safetensors").exists()
     train_loader, test_loader = lenet300.loaders(seed=config.seed, subset=subset)
     model = lenet300.lenet300()
-    load_weights(model, config.model.weights)
+    model.load_state_dict(load_file(config.model.weights))
     start = time.perf_counter()
     result = lcpress.compress(model, config, loaders=(train_loader, test_loader), resume=resume,
                               progress=not quiet)
@@ -135,24 +134,15 @@ def _add_wall_time(path: Path, seconds: float) -> None:
 
 # ------------------------------------------------------------------ the table
 def _storage_layers(path: Path, info: dict[str, Any]):
-    """The per-layer table with storage columns, re-priced from the last checkpoint if the run lacked them."""
-    from lcpress.runinfo import layers_from_checkpoint
+    """The per-layer table with storage columns (every run prices storage)."""
+    import lcpress
 
-    table = None
-    if (path / "layers.csv").is_file():
-        import pandas as pd
-
-        table = pd.read_csv(path / "layers.csv", dtype={"layer": str})
-        if "storage_after" in table:
-            return table, ""
-    info = copy.deepcopy(info)
-    info["config"].setdefault("cost_models", {})["storage"] = {}
-    return layers_from_checkpoint(path / "checkpoint.safetensors", info)[0], " (storage priced afterwards from the final checkpoint)"
+    return lcpress.read_run(path).layers, ""
 
 
 def collect(root: Path = RUNS) -> list[dict[str, Any]]:
     """One record per row: the full run when finished, else the finished shortened run with most L-step epochs."""
-    from lcpress.runinfo import read_run
+    from lcpress import read_run
 
     records = []
     for row in ROWS:

@@ -20,9 +20,9 @@ import torch
 
 import lenet300
 
-from lcpress.config import TrainConfig
-from lcpress.engine import LStep
-from lcpress.training import SupervisedTrainer, accuracy
+from lcpress import TrainConfig
+from lcpress import LStep
+from lcpress import SupervisedTrainer, accuracy
 
 
 def train(path: Path = lenet300.REFERENCE, epochs: int = 100, lr: float = 0.1, decay: float = 0.99,

@@ -31,10 +31,10 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
-from ..costmodel import CostModel
-from ..forms import Form, LayerSpec
-from ..options import Options
-from ..scheme import Scheme
+from lcpress.core.costmodel import CostModel
+from lcpress.core.forms import Form, LayerSpec
+from lcpress.options import Options
+from lcpress.core.scheme import Scheme
 from .cost_checks import COST_MODEL_CHECKS, CostModelSubject, default_cases, default_forms
 from .harness import CStepRun, run_c_step
 from .layers import LayerCase, default_layers

@@ -19,9 +19,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..costmodel import CostModel
-from ..forms import Dense, Form, LayerSpec, LowRank
-from ..options import Options
+from lcpress.core.costmodel import CostModel
+from lcpress.core.forms import Dense, Form, LayerSpec, LowRank
+from lcpress.options import Options
 from .layers import default_layers
 from .report import require
 

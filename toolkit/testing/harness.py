@@ -1,7 +1,7 @@
 """Run one C step on one layer exactly as a compression run does.
 
 The kit does not imitate the engine: it builds a one-task
-:class:`~lcpress.engine.LCEngine` and calls its ``c_step``, so candidates,
+:class:`~lcpress.core.engine.LCEngine` and calls its ``c_step``, so candidates,
 the core's selection (α, or a budget under a cost model), the seeded
 generator and ``compress`` are the very code a real run executes.
 """
@@ -15,13 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import ScheduleConfig, TargetConfig, TaskConfig
-from ..costmodel import CostModel
-from ..engine import LCEngine
-from ..forms import Form, LayerSpec
-from ..scheme import Candidates, CStepContext, Scheme, State
-from ..tasks import Task
-from ..views import TaskView
+from lcpress.config import ScheduleConfig, TargetConfig, TaskConfig
+from lcpress.core.costmodel import CostModel
+from lcpress.core.engine import LCEngine
+from lcpress.core.forms import Form, LayerSpec
+from lcpress.core.scheme import Candidates, CStepContext, Scheme, State
+from lcpress.core.plan import Task
+from lcpress.core.views import TaskView
 
 
 class ParamCount(CostModel):
@@ -78,24 +78,25 @@ def run_c_step(
     holder = nn.Module()
     holder.register_parameter("weight", param)
     engine = LCEngine(holder, [task], ScheduleConfig(mu0=mu, steps=0), None,
-                      report_costs={cost_model.name: cost_model}, seed=seed, progress=False)
+                      cost_models={cost_model.name: cost_model}, seed=seed, progress=False)
     engine.states[0] = previous
     engine.next_step = step
     seen: dict[str, Any] = {}
-    original = scheme.compress
+    original = scheme.candidates_many
 
-    def recording(w: torch.Tensor, ctx: CStepContext) -> State:
-        seen["ctx"] = ctx
-        return original(w, ctx)
+    def recording(items: list[tuple[torch.Tensor, CStepContext]]) -> list[Candidates | None]:
+        seen["candidates"] = original(items)[0]
+        return [seen["candidates"]]
 
-    scheme.compress = recording  # type: ignore[method-assign]
+    scheme.candidates_many = recording  # type: ignore[method-assign]
     engine_log = logging.getLogger("lcpress.engine")
     level = engine_log.level
     engine_log.setLevel(logging.ERROR)  # "budget below the cheapest forms" is expected at the kit's small budgets
     try:
         engine.c_step(step, mu)
     finally:
-        del scheme.compress
+        del scheme.candidates_many
         engine_log.setLevel(level)
-    ctx: CStepContext = seen["ctx"]
-    return CStepRun(engine.states[0], ctx.candidates, ctx.choice)
+    candidates = seen.get("candidates")
+    choice = engine.selection[0].indices[0] if candidates is not None else None
+    return CStepRun(engine.states[0], candidates, choice)

@@ -15,8 +15,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..forms import LayerSpec
-from ..graph import spec_of
+from lcpress.core.forms import LayerSpec
+from lcpress.core.graph import spec_of
 
 
 @dataclass(frozen=True)

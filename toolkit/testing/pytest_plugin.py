@@ -55,9 +55,9 @@ def lcpress_plugins() -> Iterator[Callable[..., Any]]:
     """Register plugin objects for one test: ``lcpress_plugins(obj, ...)`` returns the registry.
 
     Everything registered is unregistered when the test ends
-    (:func:`lcpress.registry.using_plugins`).
+    (:func:`lcpress.core.registry.using_plugins`).
     """
-    from lcpress.registry import using_plugins
+    from lcpress.core.registry import using_plugins
 
     with contextlib.ExitStack() as stack:
         yield lambda *plugins: stack.enter_context(using_plugins(*plugins))

@@ -27,10 +27,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..forms import Form, LayerSpec
-from ..options import Options
-from ..scheme import Scheme, State
-from ..storage import pack, read_file, unpack, write_file
+from lcpress.core.forms import Form, LayerSpec
+from lcpress.options import Options
+from lcpress.core.scheme import Scheme, State
+from lcpress.core.tree import join_tensors, split_tensors
+from lcpress.io.files import read_file, write_file
 from .harness import CStepRun, ParamCount, run_c_step
 from .layers import LayerCase
 from .report import require
@@ -68,9 +69,9 @@ class SchemeSubject:
     def weight(self, case: LayerCase, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return case.module(self.seed, dtype).weight.detach()
 
-    def selects(self, case: LayerCase) -> bool:
+    def selecting(self, case: LayerCase) -> bool:
         """Whether the scheme offers the core candidates for this layer (with these options)."""
-        key = ("selects", case.name)
+        key = ("selecting", case.name)
         if key not in self._cache:
             self._cache[key] = self.run(case).candidates is not None
         return self._cache[key]
@@ -89,7 +90,7 @@ class SchemeSubject:
 
     def samples(self, case: LayerCase) -> list[State]:
         """States to realize and store: two budgets for a selecting scheme, the options' own otherwise."""
-        if not self.selects(case):
+        if not self.selecting(case):
             return [self.run(case).state]
         return [self.run(case, ratio=r).state for r in SAMPLE_RATIOS]
 
@@ -116,7 +117,6 @@ def check_declaration(s: SchemeSubject) -> str | None:
             f"scheme {s.name!r}: Options must subclass lcpress.Options")
     require(isinstance(s.options, s.cls.Options),
             f"scheme {s.name!r}: the options given are a {type(s.options).__name__}, not its {s.cls.Options.__name__}")
-    require(isinstance(s.cls.selects, bool), f"scheme {s.name!r}: 'selects' must be True or False")
     require(s.cls.allocation in ("sum", "minmax"), f"scheme {s.name!r}: allocation must be 'sum' or 'minmax'")
     require(bool(s.cases), f"scheme {s.name!r} refuses every layer of the kit ({s.refused}); pass layers=[...] "
                            f"with layers it compresses")
@@ -128,7 +128,7 @@ def check_shape_dtype(s: SchemeSubject) -> str | None:
     for case in s.cases:
         for dtype in s.dtypes:
             w = s.weight(case, dtype)
-            ratio = SAMPLE_RATIOS[0] if s.selects(case) else None
+            ratio = SAMPLE_RATIOS[0] if s.selecting(case) else None
             first = s.run(case, dtype, ratio=ratio)
             warm = run_c_step(s.scheme(), w, case.spec(), layer=case.name, cost_model=ParamCount(), ratio=ratio,
                               mu=MU * 2, seed=s.seed, step=1, previous=first.state)
@@ -149,7 +149,7 @@ def check_shape_dtype(s: SchemeSubject) -> str | None:
 
 def check_candidates(s: SchemeSubject) -> str | None:
     """Candidates are forms with one finite, non-negative error each."""
-    selecting = [c for c in s.cases if s.selects(c)]
+    selecting = [c for c in s.cases if s.selecting(c)]
     if not selecting:
         return "the scheme offers no candidates with these options (it does not select)"
     for case in selecting:
@@ -171,9 +171,9 @@ def check_candidates(s: SchemeSubject) -> str | None:
 
 def check_dense_candidate(s: SchemeSubject) -> str | None:
     """The dense layer is a candidate with error 0, so compression never costs more than dense."""
-    from ..forms import Dense
+    from lcpress.core.forms import Dense
 
-    selecting = [c for c in s.cases if s.selects(c)]
+    selecting = [c for c in s.cases if s.selecting(c)]
     if not selecting:
         return "the scheme offers no candidates with these options (it does not select)"
     for case in selecting:
@@ -188,7 +188,7 @@ def check_dense_candidate(s: SchemeSubject) -> str | None:
 
 def check_exact_errors(s: SchemeSubject) -> str | None:
     """The error a candidate promises is the error compress() delivers for it (the core trusts it)."""
-    selecting = [c for c in s.cases if s.selects(c)]
+    selecting = [c for c in s.cases if s.selecting(c)]
     if not selecting:
         return "the scheme offers no candidates with these options (it does not select)"
     for case in selecting:
@@ -211,7 +211,7 @@ def check_budget_monotone(s: SchemeSubject) -> str | None:
     for case in s.cases:
         w = s.weight(case)
         tol = 1e-6 * energy(w) + 1e-12
-        if s.selects(case):
+        if s.selecting(case):
             paths = [(f"budget {r:.0%} of dense params", s.run(case, ratio=r)) for r in BUDGET_RATIOS]
             dense_cost = ParamCount().dense_cost(case.spec())
             scale = energy(w) / dense_cost
@@ -236,7 +236,7 @@ def check_budget_monotone(s: SchemeSubject) -> str | None:
 def check_deterministic(s: SchemeSubject) -> str | None:
     """Same seed, same θ — bit for bit, whatever the global RNG state (use ctx.generator)."""
     for case in s.cases:
-        ratio = SAMPLE_RATIOS[0] if s.selects(case) else None
+        ratio = SAMPLE_RATIOS[0] if s.selecting(case) else None
         states = []
         for global_seed in (1234, 4321):
             with torch.random.fork_rng(devices=[]):
@@ -333,13 +333,13 @@ def check_state_roundtrip(s: SchemeSubject) -> str | None:
                 where = s.where(case)
                 tensors: dict[str, torch.Tensor] = {}
                 try:
-                    doc = pack({"tensors": state.tensors, "meta": state.meta}, tensors, "theta")
+                    doc = split_tensors({"tensors": state.tensors, "meta": state.meta}, tensors, "theta")
                 except TypeError as exc:
                     raise AssertionError(f"{where}: State.meta must hold plain JSON values ({exc})") from None
                 path = Path(tmp) / f"{case.name}-{i}.safetensors"
                 write_file(path, tensors, {"state": doc})
                 loaded_tensors, meta = read_file(path)
-                restored = unpack(meta["state"], loaded_tensors)
+                restored = join_tensors(meta["state"], loaded_tensors)
                 again = State(restored["tensors"], restored["meta"])
                 before, after = scheme.decompress(state), s.scheme().decompress(again)
                 require(after.dtype == before.dtype and bool(torch.equal(before, after)),
@@ -347,8 +347,6 @@ def check_state_roundtrip(s: SchemeSubject) -> str | None:
                 require(s.scheme().form(again) == scheme.form(state),
                         f"{where}: form() changed after θ was saved and loaded: {scheme.form(state)!r} → "
                         f"{s.scheme().form(again)!r}")
-                bytes_ = scheme.storage(state)
-                require(isinstance(bytes_, int) and bytes_ >= 0, f"{where}: storage() must return a byte count")
     return None
 
 

@@ -7,8 +7,7 @@ import textwrap
 import pytest
 import torch
 
-from lcpress.forms import Dense, LayerSpec, LowRank
-from lcpress.graph import trace
+from lcpress import Dense, LayerSpec, LowRank, trace
 pytest.importorskip("lcpress_tucker", reason="install the package: pip install -e examples/lcpress-tucker")
 
 from lcpress_tucker import CsvLatency, TableError, Tucker2, example_table, read_table  # noqa: E402
@@ -116,7 +115,7 @@ def test_passes_the_conformance_kit(model, lcpress_conformance):
 
 
 def test_example_table_covers_the_digits_cnn_and_its_tucker_forms():
-    from lcpress.demo import digits_cnn
+    from lcpress import digits_cnn
 
     graph = trace(digits_cnn(), torch.randn(1, 1, 8, 8))
     for batch in (None, 32):

@@ -10,8 +10,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import lcpress
-from lcpress.graph import spec_of
-from lcpress.scheme import CStepContext
+from lcpress import CStepContext, spec_of
 from lcpress.testing import LayerCase, run_c_step
 pytest.importorskip("lcpress_tucker", reason="install the package: pip install -e examples/lcpress-tucker")
 

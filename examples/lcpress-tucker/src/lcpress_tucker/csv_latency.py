@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from lcpress import CostModel, Options, option
-from lcpress.forms import Form, LayerSpec
+from lcpress import CostModel, Form, LayerSpec, Options, option
 
 from .table import LatencyTable, TableError, read_table, setting_of
 
@@ -33,11 +32,8 @@ class CsvLatencyOptions(Options):
     table: str | None = option(None, help="CSV of latencies measured on the target device "
                                           "(default: the example table shipped with lcpress-tucker)")
     device: str | None = option(None, help="whose rows to use, when the table holds several devices")
-    batch_size: int | None = option(None, help="price layers at this batch size (default: the traced example's)")
-
-    def validate(self) -> None:
-        if self.batch_size is not None and self.batch_size < 1:
-            self.fail("batch_size", f"must be at least 1, got {self.batch_size}")
+    batch_size: int | None = option(None, help="price layers at this batch size (default: the traced example's)",
+                                    ge=1)
 
 
 class CsvLatency(CostModel):

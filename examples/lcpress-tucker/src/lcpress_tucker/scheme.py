@@ -14,14 +14,15 @@ built from standard layers (so saved models load without this package).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
-from lcpress import Candidates, CStepContext, Options, Scheme, State, option
-from lcpress.forms import Dense, Form, LayerSpec
-from lcpress.modules import PointwiseConv2d
+from lcpress import Candidates, CStepContext, Dense, Form, LayerSpec, Options, Scheme, State, option
+from lcpress.nn import PointwiseConv2d
+
+from .module import Tucker2Conv2d
 
 from .decomposition import compose, core_of, refine_many
 
@@ -49,22 +50,19 @@ class Tucker2(Form):
 
 @dataclass
 class Tucker2Options(Options):
-    in_rank: int | None = option(None, help="fixed rank of the input factor; unset (with out_rank) = rank selection")
-    out_rank: int | None = option(None, help="fixed rank of the output factor; unset (with in_rank) = rank selection")
-    rank_multiple: int = option(8, help="candidate ranks are multiples of this (rank selection)")
-    iterations: int = option(2, help="HOOI sweeps after the HOSVD start (0 = truncated HOSVD)")
+    in_rank: int | None = option(None, help="fixed rank of the input factor; unset (with out_rank) = rank selection",
+                                 ge=1)
+    out_rank: int | None = option(None, help="fixed rank of the output factor; unset (with in_rank) = rank selection",
+                                  ge=1)
+    rank_multiple: int = option(8, help="candidate ranks are multiples of this (rank selection)", ge=1)
+    iterations: int = option(2, help="HOOI sweeps after the HOSVD start (0 = truncated HOSVD)", ge=0)
+    module: Literal["sequential", "tucker2"] = option(
+        "sequential", help="realize as three standard convolutions (saved models load anywhere), or as one "
+                           "Tucker2Conv2d (named ranks; loads where lcpress-tucker is installed)")
 
-    def validate(self) -> None:
+    def validate(self) -> None:  # a rule across two fields; each field's own range is declared above
         if (self.in_rank is None) != (self.out_rank is None):
             self.fail("in_rank", "set both in_rank and out_rank, or neither (rank selection)")
-        for name in ("in_rank", "out_rank"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                self.fail(name, f"must be at least 1, got {value}")
-        if self.rank_multiple < 1:
-            self.fail("rank_multiple", f"must be at least 1, got {self.rank_multiple}")
-        if self.iterations < 0:
-            self.fail("iterations", f"must be non-negative, got {self.iterations}")
 
 
 class Tucker2Scheme(Scheme):
@@ -72,8 +70,10 @@ class Tucker2Scheme(Scheme):
 
     name = "tucker2"
     Options = Tucker2Options
-    selects = True
     options: Tucker2Options
+
+    def selecting(self) -> bool:
+        return self.options.in_rank is None
 
     def check_layer(self, spec: LayerSpec | None, module: nn.Module | None) -> str | None:
         if spec is not None and spec.kind != "conv2d":
@@ -109,8 +109,6 @@ class Tucker2Scheme(Scheme):
         if form is None:  # fixed ranks
             a, b = min(self.options.out_rank, w.shape[0]), min(self.options.in_rank, w.shape[1])
             (factors,), _ = refine_many(w, [a], [b], self.options.iterations)
-        elif isinstance(form, Dense):
-            return State({"weight": w.detach().clone()}, {"form": "dense"})
         else:
             factors = ctx.candidates.data[ctx.choice]
         u_out, u_in = factors
@@ -120,21 +118,17 @@ class Tucker2Scheme(Scheme):
         return State({k: v.to(w.dtype) for k, v in tensors.items()}, meta)
 
     def decompress(self, state: State) -> torch.Tensor:
-        if state.meta["form"] == "dense":
-            return state.tensors["weight"]
         t = state.tensors
         return compose(t["last"], t["core"], t["first"].T)
 
     def form(self, state: State) -> Form:
-        if state.meta["form"] == "dense":
-            return Dense()
         return Tucker2(int(state.meta["in_rank"]), int(state.meta["out_rank"]))
 
     def realize(self, state: State, module: nn.Module) -> nn.Module:
-        if state.meta["form"] == "dense":
-            return super().realize(state, module)
         if not isinstance(module, nn.Conv2d):
             raise TypeError(f"tucker2 realizes Conv2d layers, got a {type(module).__name__}")
+        if self.options.module == "tucker2":
+            return tucker2_module(module, state.tensors["first"], state.tensors["core"], state.tensors["last"])
         return tucker2_conv(module, state.tensors["first"], state.tensors["core"], state.tensors["last"])
 
 
@@ -163,3 +157,12 @@ def tucker2_conv(module: nn.Conv2d, first: torch.Tensor, core: torch.Tensor, las
         if module.bias is not None:
             expand.bias.copy_(module.bias)
     return nn.Sequential(reduce, spatial, expand)
+
+
+def tucker2_module(module: nn.Conv2d, first: torch.Tensor, core: torch.Tensor, last: torch.Tensor) -> Tucker2Conv2d:
+    """The same three convolutions as :func:`tucker2_conv`, as one :class:`Tucker2Conv2d`."""
+    stages = tucker2_conv(module, first, core, last)
+    fused = Tucker2Conv2d(module.in_channels, module.out_channels, first.shape[0], last.shape[1], module.kernel_size,
+                          module.stride, module.padding, module.dilation, module.padding_mode, module.bias is not None)
+    fused.reduce, fused.core, fused.expand = stages[0], stages[1], stages[2]
+    return fused.to(device=module.weight.device, dtype=module.weight.dtype)

@@ -28,8 +28,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lcpress import LcpressError
-from lcpress.forms import LayerSpec
+from lcpress import LayerSpec, LcpressError
 
 REQUIRED = ("kind", "in_channels", "out_channels", "kernel", "stride", "padding", "dilation", "groups", "batch",
             "height", "width", "latency_ms")

@@ -1,0 +1,58 @@
+"""Atomic file replacement: a write either happens whole or not at all.
+
+Every file lcpress writes — model files, checkpoints, ``run.json``, cost
+tables, ONNX exports — goes to a temporary file beside its target and is
+renamed over it in one step, so a crash or an error leaves the old file (or
+none), never half of one. The new file gets the permissions a plain
+``open(path, "w")`` would give it (the user's umask), not the private 0600 of
+a temporary file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def replacing(path: str | Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` that replaces it, in one rename, if the block succeeds.
+
+    Whatever the block raises, ``path`` is left as it was and the temporary
+    file is removed: a failed or interrupted write never costs a user the
+    file they had.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically (see :func:`replacing`)."""
+    with replacing(Path(path)) as tmp:
+        tmp.write_text(text)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically, flushed to disk before the rename."""
+    with replacing(Path(path)) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())

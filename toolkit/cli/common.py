@@ -1,0 +1,72 @@
+"""What several commands share: reading a config file, building its model and data, running a compression."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from lcpress.config import LCConfig, read_yaml
+from lcpress.errors import ConfigError
+
+
+def add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or per-step lines")
+
+
+def read_config_file(path_text: str) -> dict[str, Any]:
+    """The YAML mapping of a config file; 'module:function' factories may live next to it."""
+    data = read_yaml(path_text) or {}
+    folder = str(Path(path_text).resolve().parent)
+    if folder not in sys.path:
+        sys.path.append(folder)
+    return data
+
+
+def inputs(data: dict[str, Any], quiet: bool) -> tuple[LCConfig, Any, tuple[Any, Any]]:
+    """The config, model and loaders a CLI command works on."""
+    import torch
+
+    from lcpress.core.plan import load_config
+    from lcpress.runs.distributed import main_first
+    from lcpress.runs.sources import build_loaders, build_model
+
+    config = load_config(data)
+    if config.model is None or config.data is None:
+        raise ConfigError("the CLI needs 'model' and 'data' sections (the Python API takes objects instead)")
+    train_loader, eval_loader = build_loaders(config.data, config.seed)
+    cache = Path(config.output_dir).parent / ".lcpress-cache" if config.output_dir else None
+    with main_first():  # under torchrun, rank 0 trains and caches a builtin model; the others load it
+        model = build_model(config.model, train_loader, cache, progress=not quiet)
+    generator = getattr(train_loader, "generator", None)
+    if isinstance(generator, torch.Generator):
+        generator.manual_seed(config.seed)  # same data order whether or not the model was just trained
+    return config, model, (train_loader, eval_loader)
+
+
+def planned_inputs(args: argparse.Namespace) -> tuple[LCConfig, Any, Any]:
+    """Config, model and the example input to trace, for commands that plan a run without training."""
+    from lcpress.runs.compress import example_batch
+
+    config, model, loaders = inputs(read_config_file(args.config), args.quiet)
+    return config, model, example_batch(None, loaders, next(model.parameters()).device)
+
+
+def run_compression(data: dict[str, Any], *, resume: bool, force: bool, quiet: bool, keep_note: bool = True) -> int:
+    """``lcpress compress`` / ``lcpress demo``: run, print the summary, write the report."""
+    from lcpress.runs import distributed
+    from lcpress.runs.compress import compress
+
+    with distributed.process_group(str(data.get("device", "cpu"))):  # joins torchrun's ranks, if any
+        config, model, loaders = inputs(data, quiet or not distributed.is_main())
+        result = compress(model, config, loaders=loaders, resume=resume, force=force, progress=not quiet)
+        main = distributed.is_main()
+    if not main:  # rank 0 prints and writes the report
+        return 0
+    print(result.summary(config.metric))
+    if keep_note and result.run_dir is not None:
+        files = result.write_report()
+        print(f"saved: {result.run_dir / 'model.safetensors'}; report: {files.markdown} and {files.html.name} "
+              f"(history.csv and layers.csv beside them)")
+    return 0

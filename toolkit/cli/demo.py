@@ -1,0 +1,35 @@
+"""``lcpress demo``: train a CNN on scikit-learn's digits and compress it (no files, no network)."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+from pathlib import Path
+
+from lcpress.cli.common import add_quiet, run_compression
+
+NAME = "demo"
+HELP = "train a CNN on scikit-learn's digits and compress it (no files, no network)"
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output-dir", help="keep the run here (default: a temporary directory)")
+    p.add_argument("--ratio", type=float, default=0.3, help="FLOPs target as a fraction of dense (default 0.3)")
+    p.add_argument("--steps", type=int, default=None, help="LC steps (default 10)")
+    add_quiet(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lcpress.runs.demo import DEMO_CONFIG
+
+    config = copy.deepcopy(DEMO_CONFIG)
+    config["tasks"][0]["target"]["ratio"] = args.ratio
+    if args.steps is not None:
+        config["schedule"]["steps"] = args.steps
+    if args.output_dir:
+        config["output_dir"] = args.output_dir
+        return run_compression(config, resume=False, force=False, quiet=args.quiet)
+    with tempfile.TemporaryDirectory(prefix="lcpress-demo-") as tmp:
+        config["output_dir"] = str(Path(tmp) / "run")
+        return run_compression(config, resume=False, force=False, quiet=args.quiet, keep_note=False)

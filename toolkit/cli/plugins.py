@@ -1,0 +1,60 @@
+"""``lcpress plugins``: every scheme, cost model, module class and command plugins provide, with their packages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+NAME = "plugins"
+HELP = "list every scheme and cost model, with the package it came from"
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--options", action="store_true", help="also list each plugin's options")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def rows() -> list[dict[str, Any]]:
+    """One entry per registered scheme, cost model, module class and command."""
+    from lcpress.core.registry import get_registry
+
+    registry = get_registry()
+    out = []
+    for kind, table in (("scheme", registry.schemes), ("cost model", registry.cost_models)):
+        for name in sorted(table.classes):
+            cls, origin = table.classes[name], table.origins[name]
+            row = {"kind": kind, "name": name, "package": origin.package, "version": origin.version,
+                   "plugin": origin.plugin, "class": f"{cls.__module__}.{cls.__qualname__}"}
+            if kind == "cost model":
+                reason = cls().unavailable_reason()
+                row["available"] = "yes" if reason is None else f"no: {reason}"
+            row["options"] = [[r.name, r.type, str(r.default), r.bounds, r.help] for r in cls.Options.rows()]
+            out.append(row)
+    for kind, names in (("module", registry.modules), ("command", registry.commands)):
+        for name in sorted(names):
+            origin = registry.origins[(kind, name)]
+            out.append({"kind": kind, "name": name, "package": origin.package, "version": origin.version,
+                        "plugin": origin.plugin})
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    found = rows()
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in found) + 2
+    for kind in ("scheme", "cost model", "module", "command"):
+        listed = [r for r in found if r["kind"] == kind]
+        if not listed:
+            continue
+        print(f"{kind}s:")
+        for r in listed:
+            extra = f"  [{r['available']}]" if r.get("available", "yes") != "yes" else ""
+            print(f"  {r['name']:<{width}}{r['package']} {r['version']}  ({r['plugin']}){extra}")
+            if args.options:
+                for name, tp, default, bounds, help_ in r.get("options", []):
+                    allowed = f" ({bounds})" if bounds else ""
+                    print(f"      {name}: {tp} = {default}{allowed}  — {help_}")
+    return 0

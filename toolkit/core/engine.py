@@ -1,0 +1,423 @@
+"""The LC (learning–compression) loop.
+
+Solves ``min L(w) s.t. w = Δ(θ)`` along an increasing penalty μ_k = μ0·a^k:
+
+* **DC step** (step 0): θ ← Π(w) for the trained weights; forms are selected
+  at μ0 (at μ = 0 the objective would pick the cheapest form everywhere).
+* **L step**: the user's training loop on ``L(w) + μ/2‖w − Δ(θ) − λ/μ‖²``;
+  the engine provides the penalty term as a callable.
+* **C step**: θ ← argmin ``μ/2‖w − λ/μ − Δ(θ)‖² + α·C(θ)`` per task, through the
+  scheme plugin and the core's selection (α, or a global budget).
+* **multipliers** (augmented Lagrangian only): λ ← λ − μ(w − Δ(θ)).
+
+After every step the engine records one row of history and, when given a
+checkpointer, saves everything needed to resume bit-for-bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from lcpress.config import ScheduleConfig
+from lcpress.core import budget as budget_mod
+from lcpress.core.costmodel import CostModel
+from lcpress.core.forms import Dense, Form, LayerSpec
+from lcpress.core.graph import ModelGraph
+from lcpress.core.guard import plugin_call
+from lcpress.core.plan import Task
+from lcpress.core.realize import load_compressed
+from lcpress.core.scheme import CStepContext, State
+from lcpress.core.tree import join_tensors, split_tensors
+from lcpress.errors import CStepError, LcpressError
+from lcpress.progress import progress_bar, status_line
+
+log = logging.getLogger("lcpress.engine")
+
+
+@dataclass(frozen=True)
+class LStep:
+    """What the user's training function is told about the L step it runs."""
+
+    index: int  # 0-based LC step
+    mu: float
+    steps: int  # total LC steps of the run
+
+
+Penalty = Callable[[], torch.Tensor]
+TrainFn = Callable[[nn.Module, Penalty, LStep], "float | None"]
+EvalFn = Callable[[nn.Module], float]
+
+
+class Checkpointer(Protocol):
+    def save(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None: ...
+
+
+class LCEngine:
+    """Runs DC, then L/C(/λ) steps over the μ schedule, for a list of tasks."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tasks: Sequence[Task],
+        schedule: ScheduleConfig,
+        train_fn: TrainFn | None,
+        eval_fn: EvalFn | None = None,
+        *,
+        graph: ModelGraph | None = None,
+        cost_models: dict[str, CostModel] | None = None,
+        seed: int = 0,
+        checkpointer: Checkpointer | None = None,
+        history_csv: str | Path | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.model = model
+        self.tasks = list(tasks)
+        self.schedule = schedule
+        self.train_fn = train_fn
+        self.eval_fn = eval_fn
+        self.graph = graph
+        #: every cost model of the run by name: targets are priced by these, and each history row totals them
+        self.cost_models = cost_models or {}
+        self.seed = seed
+        self.checkpointer = checkpointer
+        self.history_csv = Path(history_csv) if history_csv is not None else None
+        self.progress = progress
+        self.states: list[State | None] = [None] * len(self.tasks)
+        self.multipliers: list[torch.Tensor | None] = [None] * len(self.tasks)
+        self.next_step = 0  # 0 = the DC step has not run yet
+        self.history: list[dict[str, Any]] = []
+        self.selection: dict[int, budget_mod.Choice] = {}
+
+    # ---------------------------------------------------------------- the loop
+    def run(self) -> pd.DataFrame:
+        """Run (or finish, after :meth:`restore`) the whole schedule; returns the history.
+
+        One row per LC step (step 0 is the direct compression): μ, training
+        loss, ‖w − Δ(θ)‖, the metric of the compressed model, the total cost
+        under every reported cost model, and seconds taken.
+        """
+        total = self.schedule.steps
+        if self.next_step == 0:
+            self._set_rng(0)
+            start = time.perf_counter()
+            self.c_step(0, self.schedule.mu0)
+            row = self._finish_step(0, self.schedule.mu0, None, time.perf_counter() - start)
+            status_line(f"LC step 0/{total} (direct compression): {_summary(row)}", enabled=self.progress)
+        with progress_bar(total=total, initial=self.next_step - 1, desc="LC steps", enabled=self.progress) as bar:
+            for k in range(self.next_step, total + 1):
+                mu = self.schedule.mu(k - 1)
+                start = time.perf_counter()
+                loss = self.l_step(k, mu)
+                self.c_step(k, mu)
+                if self.schedule.augmented_lagrangian:
+                    self.update_multipliers(mu)
+                row = self._finish_step(k, mu, loss, time.perf_counter() - start)
+                bar.update(1)
+                bar.set_postfix_str(_summary(row))
+                status_line(f"LC step {k}/{total}: {_summary(row)}", enabled=self.progress)
+        return self.history_frame()
+
+    def history_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.history)
+
+    def l_step(self, k: int, mu: float) -> float | None:
+        """Train with the penalty pulling each task's weights towards Δ(θ) + λ/μ."""
+        if self.train_fn is None:
+            return None
+        targets = [self._target(i, mu) for i in range(len(self.tasks))]
+
+        def penalty() -> torch.Tensor:
+            total = None
+            for task, target in zip(self.tasks, targets):
+                term = torch.sum((task.weight() - target) ** 2)
+                total = term if total is None else total + term
+            return 0.5 * mu * total
+
+        self.model.train()
+        loss = self.train_fn(self.model, penalty, LStep(k - 1, mu, self.schedule.steps))
+        return None if loss is None else float(loss)
+
+    def _target(self, i: int, mu: float) -> torch.Tensor:
+        task = self.tasks[i]
+        target = self._delta(i, self.next_step).detach().to(task.params[0].device)
+        lam = self.multipliers[i]
+        return target if lam is None else target + lam / mu
+
+    def c_step(self, k: int, mu: float) -> None:
+        """Compress every task; selecting schemes go through α or the group's budget."""
+        inputs = self.c_step_inputs(k, mu)
+        contexts = self.candidates(k, mu, inputs)
+        self._select(k, mu, inputs, contexts)
+        with progress_bar(total=len(self.tasks), desc=f"C step {k}", unit="layer", enabled=self.progress) as bar:
+            for i, task in enumerate(self.tasks):
+                with self._calling(task, k, "compress"):  # a dense choice never reaches the scheme's code
+                    self.states[i] = task.scheme.compress(inputs[i], contexts[i])
+                bar.update(1)
+
+    def c_step_inputs(self, k: int, mu: float) -> list[torch.Tensor]:
+        """What each task's C step compresses: ``w − λ/μ`` (``w`` for the plain penalty), checked finite."""
+        inputs = []
+        for i, task in enumerate(self.tasks):
+            w = task.weight().detach()
+            if not torch.isfinite(w).all():
+                raise LcpressError(
+                    f"LC step {k}: the weights of {task.name!r} hold NaN or infinite values; "
+                    f"lower the L step's learning rate or μ growth (schedule.factor)"
+                )
+            lam = self.multipliers[i]
+            inputs.append(w if lam is None else w - lam / mu)
+        return inputs
+
+    def candidates(self, k: int, mu: float, inputs: list[torch.Tensor] | None = None) -> list[CStepContext]:
+        """Every task's C-step context, holding the candidates its scheme offers (None where it has no choice).
+
+        The first half of a C step, before the core selects; ``lcpress profile``
+        uses it to learn which forms a run could ask a cost model about.
+        """
+        inputs = self.c_step_inputs(k, mu) if inputs is None else inputs
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
+        contexts = [
+            CStepContext(mu=mu, cost_model=t.cost_model, spec=t.spec, previous=self.states[i],
+                         generator=generator, step=k, layer=t.name)
+            for i, t in enumerate(self.tasks)
+        ]
+        for members in self._batches():
+            scheme = self.tasks[members[0]].scheme
+            items = [(inputs[i], contexts[i]) for i in members]
+            with self._calling(self.tasks[members[0]], k, "candidates"):
+                found = scheme.candidates_many(items)
+            for i, candidates in zip(members, found):
+                contexts[i].candidates = candidates
+        return contexts
+
+    def _batches(self) -> list[list[int]]:
+        """Task indices grouped by identical scheme class and options (one batched call each)."""
+        batches: dict[tuple, list[int]] = {}
+        for i, task in enumerate(self.tasks):
+            key = (type(task.scheme), repr(task.scheme.options))
+            batches.setdefault(key, []).append(i)
+        return list(batches.values())
+
+    def _calling(self, task: Task, k: int, what: str) -> contextlib.AbstractContextManager:
+        """Guard a call of a scheme method: a failure becomes a :class:`CStepError` naming plugin, layer and step.
+
+        The engine checkpoints only after a whole step succeeds, so the last
+        checkpoint never holds a half-done C step: the user fixes the plugin
+        and resumes from it.
+        """
+        if self.checkpointer is not None and self.next_step > 0:
+            hint = (f" The checkpoint after LC step {self.next_step - 1} is intact: fix the plugin and resume "
+                    f"(lcpress compress --resume, or resume=True).")
+        else:
+            hint = " Fix the plugin, or choose another scheme for this layer."
+        return plugin_call(task.scheme, f"in {what}() on layer {task.name!r} at LC step {k}", error=CStepError,
+                           hint=hint)
+
+    def _delta(self, i: int, k: int) -> torch.Tensor:
+        """Δ(θ) of task ``i``, with a failing ``decompress`` reported like a failing C step."""
+        task = self.tasks[i]
+        with self._calling(task, k, "decompress"):
+            return task.scheme.decompress(self.states[i])
+
+    def _select(self, k: int, mu: float, inputs: list[torch.Tensor], contexts: list[CStepContext]) -> None:
+        groups: dict[int, list[int]] = {}
+        for i, ctx in enumerate(contexts):
+            if ctx.candidates is not None:
+                groups.setdefault(self.tasks[i].group, []).append(i)
+        for g, members in groups.items():
+            cfg = self.tasks[members[0]].config
+            minmax = cfg.target is not None and self.tasks[members[0]].scheme.allocation == "minmax"
+            errors = []
+            for i in members:
+                e = contexts[i].candidates.errors.to("cpu", torch.float64)  # costs are CPU tensors; SVDs stay on the device
+                if cfg.normalize or minmax:
+                    e = e / max(float(torch.sum(inputs[i].double() ** 2)), 1e-300)
+                errors.append(e)
+            if cfg.target is not None:
+                choice = self._choose_for_target(members, contexts, errors, cfg, minmax)
+            else:
+                costs = [self._price(self.tasks[i], self.tasks[i].cost_model, contexts[i].candidates.forms) for i in members]
+                choice = budget_mod.choose_with_alpha(costs, errors, cfg.alpha, mu)
+            self.selection[g] = choice
+            for i, idx in zip(members, choice.indices):
+                contexts[i].choice = idx
+
+    def _choose_for_target(self, members, contexts, errors, cfg, minmax: bool) -> budget_mod.Choice:
+        model = self.cost_models[cfg.target.cost]
+        costs = [self._price(self.tasks[i], model, contexts[i].candidates.forms) for i in members]
+        dense = sum(model.dense_cost(self.tasks[i].spec) for i in members)
+        budget = cfg.target.value if cfg.target.value is not None else cfg.target.ratio * dense
+        choose = budget_mod.choose_minmax if minmax else budget_mod.choose_for_budget
+        choice = choose(costs, errors, budget)
+        choice.dense_cost = dense
+        if not choice.feasible:
+            log.warning("budget %.4g %s is below the cheapest forms (%.4g); using the cheapest",
+                        budget, model.name, choice.total_cost)
+        return choice
+
+    def _price(self, task: Task, model: CostModel, forms: list[Form]) -> torch.Tensor:
+        if task.spec is None:
+            raise LcpressError(
+                f"task {task.name!r} spans several layers, so cost model {model.name!r} cannot price it; "
+                f"use 'shared: false' or a scheme that does not select by cost"
+            )
+        with plugin_call(model, f"pricing layer {task.name!r}"):
+            return model.costs(task.spec, forms)
+
+    def update_multipliers(self, mu: float) -> None:
+        """λ ← λ − μ (w − Δ(θ))."""
+        for i, task in enumerate(self.tasks):
+            w = task.weight().detach()
+            delta = self._delta(i, self.next_step).to(w.device)
+            lam = self.multipliers[i]
+            step = mu * (w - delta)
+            self.multipliers[i] = -step if lam is None else lam - step
+
+    # --------------------------------------------------------------- records
+    def _finish_step(self, k: int, mu: float, loss: float | None, seconds: float) -> dict[str, Any]:
+        row: dict[str, Any] = {"step": k, "mu": mu, "train_loss": loss, "distance": self.distance()}
+        if self.eval_fn is not None:
+            with self.compressed():
+                row["metric"] = float(self.eval_fn(self.model))
+        for name, model in self.cost_models.items():
+            if self.graph is not None and not model.unavailable_reason():
+                row[f"cost_{name}"] = model.total(self.priced_layers())
+        for g, choice in sorted(self.selection.items()):
+            if choice.budget is not None:  # a global target: what was asked, what the forms cost
+                row[f"target{g}_requested"] = choice.budget
+                row[f"target{g}_achieved"] = choice.total_cost
+        row["seconds"] = seconds
+        self.history.append(row)
+        self.next_step = k + 1
+        if self.history_csv is not None:
+            self.history_frame().to_csv(self.history_csv, index=False)
+        if self.checkpointer is not None:
+            tensors, meta = self.snapshot()
+            self.checkpointer.save(tensors, meta)
+        return row
+
+    def distance(self) -> float:
+        """‖w − Δ(θ)‖ over all tasks."""
+        total = 0.0
+        for i, task in enumerate(self.tasks):
+            w = task.weight().detach()
+            total += float(torch.sum((w - self._delta(i, self.next_step).to(w.device)) ** 2))
+        return math.sqrt(total)
+
+    def forms(self) -> dict[str, Form]:
+        """Current form of every compressed layer, by layer name (multi-layer tasks through ``layer_forms``)."""
+        forms: dict[str, Form] = {}
+        for task, state in zip(self.tasks, self.states):
+            if state is None:
+                continue
+            if task.single_layer:
+                forms[task.name] = task.scheme.form(state)
+            else:
+                forms.update(zip(task.layers, task.scheme.layer_forms(state, task.view.shapes)))
+        return forms
+
+    def priced_layers(self) -> list[tuple[LayerSpec, Form]]:
+        """(spec, form) of every traced layer: compressed ones in their form, others dense."""
+        assert self.graph is not None
+        forms = self.forms()
+        return [(spec, forms.get(name, Dense())) for name, spec in self.graph.specs.items()]
+
+    @contextlib.contextmanager
+    def compressed(self) -> Iterator[nn.Module]:
+        """Temporarily load Δ(θ) into the model (for evaluation), then restore w."""
+        saved = [[p.detach().clone() for p in t.params] for t in self.tasks]
+        try:
+            load_compressed(self.tasks, self.states)
+            yield self.model
+        finally:
+            with torch.no_grad():
+                for task, values in zip(self.tasks, saved):
+                    for p, value in zip(task.params, values):
+                        p.copy_(value)
+
+    # ------------------------------------------------------------ checkpoint
+    def snapshot(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Everything needed to continue the run exactly (see :meth:`restore`)."""
+        tensors: dict[str, torch.Tensor] = {}
+        meta = {
+            "next_step": self.next_step,
+            "history": self.history,
+            "model": split_tensors(self.model.state_dict(), tensors, "model"),
+            "states": [None if s is None else split_tensors({"tensors": s.tensors, "meta": s.meta}, tensors,
+                                                            f"theta/{i}") for i, s in enumerate(self.states)],
+            "multipliers": [None if m is None else split_tensors(m, tensors, f"lambda/{i}")
+                            for i, m in enumerate(self.multipliers)],
+            "task_names": [t.name for t in self.tasks],
+            "rng": split_tensors(_rng_state(), tensors, "rng"),
+        }
+        if hasattr(self.train_fn, "state_dict"):
+            meta["trainer"] = split_tensors(self.train_fn.state_dict(), tensors, "trainer")
+        return tensors, meta
+
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Continue from a :meth:`snapshot`."""
+        names = [t.name for t in self.tasks]
+        if meta["task_names"] != names:
+            raise LcpressError(
+                f"the checkpoint compresses layers {meta['task_names']} but this config plans {names}; "
+                f"resume with the config the run started with, or start afresh with --force"
+            )
+        self.model.load_state_dict(join_tensors(meta["model"], tensors))
+        device = next(self.model.parameters()).device
+        self.states = [None if s is None else _state(join_tensors(s, tensors)).to(device) for s in meta["states"]]
+        self.multipliers = [None if m is None else join_tensors(m, tensors).to(device) for m in meta["multipliers"]]
+        self.history = list(meta["history"])
+        self.next_step = int(meta["next_step"])
+        if "trainer" in meta and hasattr(self.train_fn, "load_state_dict"):
+            self.train_fn.load_state_dict(join_tensors(meta["trainer"], tensors))
+        _set_rng_state(join_tensors(meta["rng"], tensors))
+
+    def _set_rng(self, k: int) -> None:
+        torch.manual_seed(self.seed + k)
+        random.seed(self.seed + k)
+
+
+def _state(doc: dict[str, Any]) -> State:
+    return State(doc["tensors"], doc["meta"])
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _python_rng()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def _python_rng() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _summary(row: dict[str, Any]) -> str:
+    """One line per LC step: μ, distance to the compressed weights, loss, metric, seconds."""
+    parts = [f"μ={row['mu']:.3g}", f"‖w−Δ‖={row['distance']:.3g}"]
+    if row.get("train_loss") is not None:
+        parts.append(f"loss={row['train_loss']:.3g}")
+    if row.get("metric") is not None:
+        parts.append(f"metric={row['metric']:.4g}")
+    parts.append(f"{row.get('seconds', 0.0):.1f}s")
+    return " ".join(parts)

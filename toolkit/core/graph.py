@@ -1,0 +1,132 @@
+"""Trace a model once: the layer specs, execution order, and a networkx graph.
+
+One forward pass on the example input records, through forward hooks, the
+input shape and the number of calls of every Linear and Conv2d layer (a shared
+layer is priced per call). ``torch.fx`` then gives the dataflow graph as a
+networkx DiGraph; models fx cannot trace (data-dependent control flow, many
+Hugging Face models) get a chain graph in execution order instead, which is
+what a sequential cost composition needs anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import torch
+from torch import nn
+
+from lcpress.core.forms import LayerSpec
+from lcpress.core.surgery import call_model
+
+log = logging.getLogger("lcpress.graph")
+
+COMPRESSIBLE = (nn.Linear, nn.Conv2d)
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """True for transformers' ``Conv1D`` (and look-alikes): ``y = x @ W + b`` with W of shape (in, nf).
+
+    GPT-2-style models use it where others use ``nn.Linear``; lcpress refuses
+    it with the fix (:func:`lcpress.integrations.hf.conv1d_to_linear`) rather
+    than compress a transposed matrix. Recognized by its shape, so nothing
+    here imports transformers.
+    """
+    weight = getattr(module, "weight", None)
+    return (type(module).__name__ == "Conv1D" and isinstance(getattr(module, "nf", None), int)
+            and isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.shape[1] == module.nf)
+
+
+@dataclass
+class ModelGraph:
+    """What one traced forward pass learned about a model."""
+
+    specs: dict[str, LayerSpec]
+    order: list[str]
+    graph: nx.DiGraph
+    aliases: dict[str, list[str]] = field(default_factory=dict)
+    traced_with_fx: bool = False
+
+
+def spec_of(module: nn.Module, input_shape: tuple[int, ...], calls: int = 1) -> LayerSpec:
+    """The :class:`LayerSpec` of a Linear or Conv2d module at ``input_shape``."""
+    if isinstance(module, nn.Linear):
+        return LayerSpec("linear", module.in_features, module.out_features, tuple(input_shape),
+                         bias=module.bias is not None, calls=calls)
+    if isinstance(module, nn.Conv2d):
+        if isinstance(module.padding, str):
+            padding = _resolve_padding(module)
+        else:
+            padding = tuple(module.padding)
+        return LayerSpec(
+            "conv2d", module.in_channels, module.out_channels, tuple(input_shape),
+            kernel_size=tuple(module.kernel_size), stride=tuple(module.stride), padding=padding,
+            dilation=tuple(module.dilation), groups=module.groups, bias=module.bias is not None, calls=calls,
+        )
+    raise TypeError(f"{type(module).__name__} is not a layer lcpress can price (Linear or Conv2d)")
+
+
+def _resolve_padding(module: nn.Conv2d) -> tuple[int, int]:
+    if module.padding == "valid":
+        return (0, 0)
+    # 'same' with stride 1: total padding d·(k−1), split evenly when it is even
+    return tuple(d * (k - 1) // 2 for d, k in zip(module.dilation, module.kernel_size))  # type: ignore[return-value]
+
+
+def trace(model: nn.Module, example_input: Any) -> ModelGraph:
+    """Run ``model`` once on ``example_input`` and describe its layers."""
+    names_of: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, COMPRESSIBLE):
+            names_of.setdefault(id(module), []).append(name)
+    shapes: dict[int, tuple[int, ...]] = {}
+    calls: dict[int, int] = {}
+    order: list[str] = []
+    handles = []
+    seen: set[int] = set()
+    for name, module in model.named_modules():
+        if isinstance(module, COMPRESSIBLE) and id(module) not in seen:
+            seen.add(id(module))
+
+            def hook(mod: nn.Module, args: tuple, _name: str = name) -> None:
+                key = id(mod)
+                if key not in shapes:
+                    shapes[key] = tuple(args[0].shape)
+                    order.append(_name)
+                calls[key] = calls.get(key, 0) + 1
+
+            handles.append(module.register_forward_pre_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            call_model(model, example_input)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    modules = dict(model.named_modules())
+    specs = {name: spec_of(modules[name], shapes[id(modules[name])], calls[id(modules[name])]) for name in order}
+    aliases = {names[0]: names[1:] for names in names_of.values() if len(names) > 1}
+    graph, with_fx = _dataflow_graph(model, order)
+    return ModelGraph(specs, order, graph, aliases, with_fx)
+
+
+def _dataflow_graph(model: nn.Module, order: list[str]) -> tuple[nx.DiGraph, bool]:
+    graph = nx.DiGraph()
+    try:
+        traced = torch.fx.symbolic_trace(model)
+    except Exception as exc:  # fx cannot trace every model; the chain is still useful
+        log.debug("torch.fx could not trace %s (%s); using execution order", type(model).__name__, exc)
+        graph.add_nodes_from(order)
+        nx.add_path(graph, order)
+        return graph, False
+    for node in traced.graph.nodes:
+        label = node.target if node.op == "call_module" else node.name
+        graph.add_node(str(label), op=node.op)
+        for arg in node.all_input_nodes:
+            src = arg.target if arg.op == "call_module" else arg.name
+            graph.add_edge(str(src), str(label))
+    return graph, True

@@ -1,0 +1,277 @@
+"""Cost models that *measure*, with a persistent lookup table per device.
+
+Measuring a layer form takes tens of milliseconds to seconds, so every
+measurement is kept in a JSON table in a cache directory
+(``$LCPRESS_CACHE_DIR``, else ``~/.cache/lcpress``, or the model's
+``cache_dir`` option). A table belongs to one device fingerprint — CPU model,
+thread count and torch version; or GPU UUID, driver and clocks — and its file
+name carries a hash of it, so a table measured on another device is never read
+for this one (the fingerprint stored inside is checked too). Writes are atomic
+(temporary file, then rename). A table that cannot be parsed is set aside as
+``*.corrupt-<time>`` with a warning and rebuilt.
+
+Subclasses implement :meth:`MeasuredCostModel.measure` and
+:meth:`MeasuredCostModel.fingerprint`; only the forms a C step asks for are
+measured (lazily), and each at most once per device.
+
+A measurement taken while something else used the device is too slow, never
+too fast. So a fresh measurement is checked against the other forms of the
+same layer and structure known so far (e.g. every rank of a factorization):
+when a form doing less work is much slower than one doing more — or one
+doing a little more work is much slower than that — the suspect is measured
+again and the fastest of its measurements is kept (see
+:meth:`MeasuredCostModel.recheck`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from abc import abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from lcpress.atomic import write_text_atomic
+from lcpress.core.costmodel import CostModel
+from lcpress.core.forms import Form, LayerSpec, form_to_dict
+from lcpress.nn.modules import GroupedLinear, ParallelSum, ScatterChannels
+
+log = logging.getLogger("lcpress.measured")
+
+TABLE_FORMAT = "lcpress-cost-table"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LCPRESS_CACHE_DIR") or Path.home() / ".cache" / "lcpress")
+
+
+def primitive_module(spec: LayerSpec) -> nn.Module:
+    """A runnable torch module for one primitive layer (random weights)."""
+    if spec.kind == "linear":
+        if spec.groups > 1:
+            return GroupedLinear(spec.in_channels, spec.out_channels, spec.groups)
+        return nn.Linear(spec.in_channels, spec.out_channels, bias=spec.bias)
+    return nn.Conv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding,
+                     spec.dilation, spec.groups, bias=spec.bias)
+
+
+class _View(nn.Module):
+    """Reshape to ``(-1, *tail)``: the free view between primitives of a chain (see :meth:`Form.branches`)."""
+
+    def __init__(self, tail: tuple[int, ...]) -> None:
+        super().__init__()
+        self.tail = tail
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, *self.tail)
+
+
+def _chain(spec: LayerSpec, prims: tuple[LayerSpec, ...]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    shape = tuple(spec.input_shape)
+    for p in prims:
+        if tuple(p.input_shape) != shape:
+            layers.append(_View(tuple(p.input_shape[1:])))
+        layers.append(primitive_module(p))
+        shape = tuple(p.output_shape)
+    return nn.Sequential(*layers)
+
+
+def form_module(spec: LayerSpec, form: Form) -> nn.Module:
+    """The primitives of ``form`` for layer ``spec``, in execution order (parallel branches summed)."""
+    branches = form.branches(spec)
+    chains = [_chain(spec, branch) for branch in branches]
+    if form.fills_outputs:  # the pruned outputs are put back in place: time that copy too
+        for chain, branch in zip(chains, branches):
+            kept = branch[-1].out_channels
+            scatter = ScatterChannels(spec.out_channels, kept, dim=1 if spec.kind == "conv2d" else -1)
+            scatter.index.copy_(torch.arange(kept))
+            chain.append(scatter)
+    return chains[0] if len(chains) == 1 else ParallelSum(chains)
+
+
+class CostTable:
+    """Measurements of one cost model on one device, persisted as JSON."""
+
+    def __init__(self, directory: Path, model_name: str, fingerprint: dict[str, Any]) -> None:
+        self.fingerprint = fingerprint
+        digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+        self.path = Path(directory) / f"{model_name}-{digest}.json"
+        self.model_name = model_name
+        self.entries: dict[str, float] = {}
+        self.hits = 0
+        self._load()
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        try:
+            doc = json.loads(self.path.read_text())
+            if doc.get("format") != TABLE_FORMAT or not isinstance(doc.get("entries"), dict):
+                raise ValueError("not an lcpress cost table")
+            entries = {str(k): float(v) for k, v in doc["entries"].items()}
+        except (OSError, ValueError, TypeError) as exc:
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            os.replace(self.path, aside)
+            log.warning("cost table %s is unreadable (%s); moved it to %s and measuring afresh", self.path, exc, aside)
+            return
+        if doc.get("fingerprint") != self.fingerprint:
+            log.warning("cost table %s was measured on another device; ignoring it", self.path)
+            return
+        self.entries = entries
+
+    def get(self, key: str) -> float | None:
+        value = self.entries.get(key)
+        if value is not None:
+            self.hits += 1
+        return value
+
+    def put(self, key: str, value: float) -> None:
+        self.entries[key] = value
+        doc = {"format": TABLE_FORMAT, "cost_model": self.model_name, "fingerprint": self.fingerprint,
+               "entries": self.entries}
+        write_text_atomic(self.path, json.dumps(doc, indent=1, sort_keys=True))
+
+
+@dataclass
+class Known:
+    """One table entry this process has looked at, with the work its form does."""
+
+    key: str
+    form: Form
+    work: int
+    value: float
+    rechecked: int = 0
+    reported: bool = False
+
+
+def structure(spec: LayerSpec, form: Form) -> tuple:
+    """What must match for two forms' costs to be comparable: the primitives' kinds, groups and kernels."""
+    return tuple(tuple((p.kind, p.groups, p.kernel_size, p.stride) for p in branch) for branch in form.branches(spec))
+
+
+def suspect(a: Known, b: Known, factor: float) -> Known | None:
+    """The one of two comparable measurements that looks slowed down by interference, if either does.
+
+    With ``a`` doing no more work than ``b``: ``a`` is suspect when it is over
+    ``factor`` times slower than ``b``; ``b`` when its time grows over
+    ``factor`` times faster than its work. Genuine staircases (rank 47 slower
+    than rank 48) stay below a small factor; a busy core does not.
+    """
+    if a.work > b.work:
+        a, b = b, a
+    if a.value > factor * b.value:
+        return a
+    if a.value > 0 and b.value / a.value > factor * max(1.0, b.work / max(a.work, 1)):
+        return b
+    return None
+
+
+def table_key(spec: LayerSpec, form: Form, extra: dict[str, Any]) -> str:
+    """Canonical text of what was measured: the layer, the form, and the measuring options."""
+    return json.dumps({"spec": spec.to_dict(), "form": form_to_dict(form), **extra}, sort_keys=True)
+
+
+class MeasuredCostModel(CostModel):
+    """A cost model whose costs come from measurements, kept per device."""
+
+    recheck_factor: float | None = 2.0
+    """How far out of line (see :func:`suspect`) a measurement must be to be measured again; None: never."""
+    recheck_attempts: int = 2
+    """How many more times a suspect measurement is taken; the fastest is kept."""
+
+    @staticmethod
+    def torch_dtype(name: str) -> torch.dtype:
+        """The torch dtype a ``dtype`` option names ("float32", "bfloat16", "float16")."""
+        return torch_dtype(name)
+
+    def __init__(self, options=None) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(options)
+        self._table: CostTable | None = None
+        self._known: dict[tuple[str, tuple], dict[str, Known]] = {}
+        self.measurements = 0
+        self.remeasured = 0
+
+    @abstractmethod
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the device (and software) the measurements hold for."""
+
+    @abstractmethod
+    def measure(self, spec: LayerSpec, form: Form) -> float:
+        """Measure ``form`` of ``spec`` on this device now."""
+
+    def measure_options(self) -> dict[str, Any]:
+        """Options that change a measurement (batch size, dtype …); part of the table key."""
+        return self.options.to_dict() if hasattr(self.options, "to_dict") else {}
+
+    @property
+    def table(self) -> CostTable:
+        if self._table is None:
+            directory = getattr(self.options, "cache_dir", None) or default_cache_dir()
+            self._table = CostTable(Path(directory), self.name, self.fingerprint())
+        return self._table
+
+    def cost(self, spec: LayerSpec, form: Form) -> float:
+        reason = self.unavailable_reason()
+        if reason:
+            from lcpress.errors import LcpressError
+
+            raise LcpressError(f"cost model {self.name!r} is not available here: {reason}")
+        options = {k: v for k, v in self.measure_options().items() if k != "cache_dir"}
+        key = table_key(spec, form, options)
+        value = self.table.get(key)
+        fresh = value is None
+        if fresh:
+            value = float(self.measure(spec, form))
+            self.measurements += 1
+            self.table.put(key, value)
+        layer = json.dumps({"spec": spec.to_dict(), **options}, sort_keys=True)
+        peers = self._known.setdefault((layer, structure(spec, form)), {})
+        known = peers.setdefault(key, Known(key, form, sum(p.flops for p in form.primitives(spec)), value))
+        if fresh and self.recheck_factor:
+            self.recheck(spec, known, list(peers.values()))
+        return known.value
+
+    def costs(self, spec: LayerSpec, forms: Sequence[Form]) -> torch.Tensor:
+        """As :meth:`CostModel.costs`, read after all are measured: a later measurement may correct an earlier one."""
+        super().costs(spec, forms)
+        return torch.tensor([self._cache[(spec, form)] for form in forms], dtype=torch.float64)
+
+    def recheck(self, spec: LayerSpec, new: Known, peers: list[Known]) -> None:
+        """Measure again whichever of ``new`` and a comparable peer looks slowed down; keep the fastest.
+
+        Each entry is measured again at most :attr:`recheck_attempts` times in
+        all, so a device with a genuine staircase costs a few measurements more,
+        not one per pair.
+        """
+        assert self.recheck_factor is not None
+        for peer in peers:
+            if peer is new:
+                continue
+            slow = suspect(new, peer, self.recheck_factor)
+            while slow is not None and slow.rechecked < self.recheck_attempts:
+                again = float(self.measure(spec, slow.form))
+                slow.rechecked += 1
+                self.remeasured += 1
+                if again < slow.value:
+                    slow.value = again
+                    self.table.put(slow.key, again)
+                    if (spec, slow.form) in self._cache:
+                        self._cache[(spec, slow.form)] = again
+                slow = suspect(new, peer, self.recheck_factor)
+            if slow is not None and not slow.reported:
+                slow.reported = True
+                log.info("%s: %s of the %s %d→%d layer stays out of line with %s after %d more measurements; "
+                         "kept as measured", self.name, slow.form.describe(), spec.kind, spec.in_channels,
+                         spec.out_channels, (peer if slow is new else new).form.describe(), slow.rechecked)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]

@@ -1,0 +1,261 @@
+"""Planning: the config resolved once into plugins, then into tasks against the model.
+
+Two steps, both before any training:
+
+* :func:`resolve` turns the names in a config into plugins — every task
+  group's scheme class with its parsed options, every cost model the run
+  uses with its parsed options — and checks what needs no model: unknown
+  names, bad plugin options, a ``target`` on a scheme that has no choice to
+  make, a cost model that cannot run here. Every failure is a
+  :class:`ConfigError` naming the key.
+* :func:`plan` traces the model and turns each task group into tasks (which
+  parameters, through which view, by which scheme, priced how), failing on a
+  pattern that matches no layer, a layer claimed by two groups, a layer that
+  is not a Linear/Conv2d, or a layer the scheme cannot handle.
+
+Everything else — the engine, reports of running runs, sweeps, the CLI's
+``profile`` and ``costs`` — works from a :class:`Resolved` or a :class:`Plan`
+and never reads plugin names or options again.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lcpress.config import LCConfig, TaskConfig, parse_config
+from lcpress.core.costmodel import CostModel
+from lcpress.core.forms import LayerSpec
+from lcpress.core.graph import COMPRESSIBLE, ModelGraph, is_conv1d, trace
+from lcpress.core.registry import Registry, get_registry
+from lcpress.core.scheme import Scheme
+from lcpress.core.views import TaskView
+from lcpress.errors import ConfigError, PluginError
+from lcpress.options import Options
+
+#: Analytic cost models every run prices and reports, besides those its tasks use.
+REPORTED_COST_MODELS = ("params", "flops", "storage")
+
+
+@dataclass(frozen=True)
+class GroupPlugins:
+    """One task group of the config with its scheme resolved: class and parsed options."""
+
+    index: int
+    config: TaskConfig
+    scheme_class: type[Scheme]
+    options: Options
+
+    def scheme(self) -> Scheme:
+        """A fresh scheme instance (one per task: schemes may keep per-layer scratch)."""
+        return self.scheme_class(self.options)
+
+
+@dataclass
+class Resolved:
+    """A config with every plugin name resolved (see :func:`resolve`)."""
+
+    config: LCConfig
+    groups: list[GroupPlugins]
+    cost_models: dict[str, CostModel]
+
+
+def load_config(source: str | Path | dict[str, Any] | LCConfig) -> LCConfig:
+    """Parse and fully validate a config (YAML path, dict, or LCConfig), plugins included."""
+    config = parse_config(source)
+    resolve(config)
+    return config
+
+
+def resolve(config: LCConfig, registry: Registry | None = None, *, measured: bool = True) -> Resolved:
+    """Resolve every scheme and cost model the config names, with their options.
+
+    :param measured: also build the cost models that measure (and require them
+        to be available here); False keeps only the analytic ones, for looking
+        at a run on a machine that is not the one it measures.
+    """
+    registry = registry or get_registry()
+    cost_models = _cost_models(config, registry, measured)
+    groups = [_group(config.tasks[g], g, registry) for g in range(len(config.tasks))]
+    return Resolved(config, groups, cost_models)
+
+
+def _lookup(registry: Registry, kind: str, name: str, key: str) -> type:
+    try:
+        return registry.scheme(name) if kind == "scheme" else registry.cost_model(name)
+    except PluginError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def _group(cfg: TaskConfig, g: int, registry: Registry) -> GroupPlugins:
+    where = f"tasks[{g}]"
+    scheme_class = _lookup(registry, "scheme", cfg.scheme, f"{where}.scheme")
+    options = scheme_class.Options.from_dict(cfg.options, f"{where}.options")
+    group = GroupPlugins(g, cfg, scheme_class, options)
+    if cfg.target is not None and not group.scheme().selecting():
+        raise ConfigError(
+            f"{where}.target: with these options scheme {cfg.scheme!r} has a fixed form, so a budget cannot "
+            f"steer it; drop the fixed rank / keep / k from {where}.options, or drop the target"
+        )
+    return group
+
+
+def _cost_model_names(config: LCConfig) -> list[str]:
+    names = list(REPORTED_COST_MODELS)
+    for task in config.tasks:
+        names.append(task.cost)
+        if task.target is not None:
+            names.append(task.target.cost)
+    return list(dict.fromkeys(names + list(config.cost_models)))
+
+
+def _cost_models(config: LCConfig, registry: Registry, measured: bool) -> dict[str, CostModel]:
+    from lcpress.core.measured import MeasuredCostModel
+
+    used = {t.cost for t in config.tasks} | {t.target.cost for t in config.tasks if t.target is not None}
+    models: dict[str, CostModel] = {}
+    for name in _cost_model_names(config):
+        key = f"cost_models.{name}" if name in config.cost_models else _cost_key(config, name)
+        cls = _lookup(registry, "cost model", name, key)
+        if not measured and issubclass(cls, MeasuredCostModel):
+            continue
+        model = cls(cls.Options.from_dict(config.cost_models.get(name, {}), f"cost_models.{name}"))
+        reason = model.unavailable_reason()
+        if reason and name in used:
+            raise ConfigError(f"{_cost_key(config, name)}: cost model {name!r} is not available here: {reason}")
+        if not reason:
+            models[name] = model
+    return models
+
+
+def _cost_key(config: LCConfig, name: str) -> str:
+    """The config key that names cost model ``name`` (for messages)."""
+    for g, task in enumerate(config.tasks):
+        if task.cost == name:
+            return f"tasks[{g}].cost"
+        if task.target is not None and task.target.cost == name:
+            return f"tasks[{g}].target.cost"
+    return f"cost_models.{name}"
+
+
+@dataclass
+class Task:
+    """One C-step problem: parameters → one tensor → one scheme."""
+
+    name: str
+    layers: list[str]
+    params: list[nn.Parameter]
+    view: TaskView
+    scheme: Scheme
+    cost_model: CostModel
+    spec: LayerSpec | None
+    group: int
+    config: TaskConfig
+
+    def weight(self) -> torch.Tensor:
+        """The tensor the scheme compresses (differentiable through the view)."""
+        return self.view.gather(self.params)
+
+    @property
+    def single_layer(self) -> bool:
+        return self.view.kind == "identity"
+
+
+@dataclass
+class Plan:
+    """A run planned against its model: the traced graph, the tasks, and the cost models."""
+
+    graph: ModelGraph
+    tasks: list[Task]
+    cost_models: dict[str, CostModel]
+    resolved: Resolved
+
+
+def plan(model: nn.Module, config: LCConfig, example_input: Any, resolved: Resolved | None = None) -> Plan:
+    """Trace ``model`` on ``example_input`` and turn the config's task groups into tasks (no training)."""
+    resolved = resolved or resolve(config)
+    graph = trace(model, example_input)
+    return Plan(graph, plan_tasks(model, graph, resolved), resolved.cost_models, resolved)
+
+
+def plan_tasks(model: nn.Module, graph: ModelGraph, resolved: Resolved) -> list[Task]:
+    """Resolve every task group against ``model`` (see the module docstring)."""
+    modules = dict(model.named_modules(remove_duplicate=False))
+    claimed: dict[str, int] = {}
+    tasks: list[Task] = []
+    for group in resolved.groups:
+        g, cfg = group.index, group.config
+        names = _match(cfg, modules, graph, g)
+        for name in names:
+            if name in claimed:
+                raise ConfigError(
+                    f"tasks[{g}].layers: layer {name!r} is already compressed by tasks[{claimed[name]}]; "
+                    f"a layer belongs to one task group (combine schemes with the 'additive' scheme)"
+                )
+            claimed[name] = g
+        cost_model = resolved.cost_models[cfg.cost]
+        units = [names] if cfg.shared else [[n] for n in names]
+        for unit in units:
+            scheme = group.scheme()
+            spec = graph.specs.get(unit[0]) if len(unit) == 1 else None
+            for name in unit:
+                problem = scheme.check_layer(graph.specs.get(name), modules[name])
+                if problem:
+                    raise ConfigError(f"tasks[{g}]: layer {name!r}: {problem}")
+            params = [modules[n].weight for n in unit]
+            view = TaskView("identity" if len(unit) == 1 else "flatten", tuple(tuple(p.shape) for p in params))
+            task_name = unit[0] if len(unit) == 1 else f"group{g}"
+            tasks.append(Task(task_name, unit, params, view, scheme, cost_model, spec, g, cfg))
+    return tasks
+
+
+def _match(cfg: TaskConfig, modules: dict[str, nn.Module], graph: ModelGraph, g: int) -> list[str]:
+    canonical = {alias: primary for primary, others in graph.aliases.items() for alias in others}
+    names: list[str] = []
+    for i, pattern in enumerate(cfg.layers):
+        if pattern in modules:
+            hits = [pattern]
+        else:
+            hits = [n for n in modules if n and fnmatch.fnmatchcase(n, pattern) and isinstance(modules[n], COMPRESSIBLE)]
+        _refuse_conv1d(cfg, modules, pattern, g, i)
+        if not hits:
+            known = ", ".join(graph.order[:12]) + (" …" if len(graph.order) > 12 else "")
+            raise ConfigError(
+                f"tasks[{g}].layers[{i}]: {pattern!r} matches no layer of the model; compressible layers: {known}"
+            )
+        for name in dict.fromkeys(canonical.get(h, h) for h in hits):
+            module = modules[name]
+            if not isinstance(module, COMPRESSIBLE):
+                raise ConfigError(
+                    f"tasks[{g}].layers[{i}]: {name!r} is a {type(module).__name__}; lcpress compresses "
+                    f"nn.Linear and nn.Conv2d layers (name the layers inside it, e.g. '{name}.*')"
+                )
+            if name not in graph.specs:
+                raise ConfigError(
+                    f"tasks[{g}].layers[{i}]: layer {name!r} is not called by the forward pass on the example input"
+                )
+            if any(fnmatch.fnmatchcase(name, ex) for ex in cfg.exclude):
+                continue
+            if name not in names:
+                names.append(name)
+    if not names:
+        raise ConfigError(f"tasks[{g}].exclude: every layer matched by 'layers' is excluded")
+    return names
+
+
+def _refuse_conv1d(cfg: TaskConfig, modules: dict[str, nn.Module], pattern: str, g: int, i: int) -> None:
+    """A pattern that reaches transformers Conv1D layers fails, saying how to convert them."""
+    found = [n for n, m in modules.items() if n and is_conv1d(m) and fnmatch.fnmatchcase(n, pattern)
+             and not any(fnmatch.fnmatchcase(n, ex) for ex in cfg.exclude)]
+    if found:
+        shown = ", ".join(found[:4]) + (" …" if len(found) > 4 else "")
+        raise ConfigError(
+            f"tasks[{g}].layers[{i}]: {pattern!r} matches transformers Conv1D layers ({shown}), GPT-2's Linear "
+            f"with a transposed weight, which lcpress does not compress directly; convert them first with "
+            f"lcpress.integrations.hf.conv1d_to_linear(model) (exact), or leave them out with 'exclude'"
+        )

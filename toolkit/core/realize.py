@@ -1,0 +1,125 @@
+"""Realization: compressed layers replaced, in place, by the modules that compute them fast.
+
+:func:`realize` asks each task's scheme for its realized module and keeps the
+dense layer (holding Δ(θ)) wherever the realized form would cost more than
+dense under the task's cost model. :func:`verify` checks the realized model
+against the dense model loaded with Δ(θ). Every swap goes through
+:func:`lcpress.core.surgery.replace_module`, so names and shared layers are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from lcpress.core.forms import Dense, form_to_dict
+from lcpress.core.guard import plugin_call
+from lcpress.core.plan import Task
+from lcpress.core.scheme import State, is_dense
+from lcpress.core.surgery import call_model, first_tensor, get_module, replace_module
+from lcpress.errors import LcpressError
+
+
+@dataclass
+class RealizedLayer:
+    """What happened to one compressed layer."""
+
+    name: str
+    scheme: str
+    form: dict[str, Any]
+    realized: bool  # False: kept dense (holding Δ(θ)), because realizing would not pay
+    weight_shape: list[int]
+    reason: str = ""
+    aliases: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def load_compressed(tasks: Sequence[Task], states: Sequence[State]) -> None:
+    """Write Δ(θ) into every task's parameters (the dense model of the compressed weights)."""
+    with torch.no_grad():
+        for task, state in zip(tasks, states):
+            for p, value in zip(task.params, task.view.scatter(task.scheme.decompress(state))):
+                p.copy_(value)
+
+
+def realize(
+    model: nn.Module, tasks: Sequence[Task], states: Sequence[State], aliases: dict[str, list[str]] | None = None
+) -> list[RealizedLayer]:
+    """Replace, in place, every compressed layer of ``model`` by its realized module.
+
+    The model is first loaded with Δ(θ); layers of multi-layer tasks, and
+    layers whose realized form would cost more than dense, stay dense modules
+    holding Δ(θ), so the model computes exactly the compressed function either way.
+    """
+    aliases = aliases or {}
+    load_compressed(tasks, states)
+    records: list[RealizedLayer] = []
+    for task, state in zip(tasks, states):
+        for name in task.layers:
+            module = get_module(model, name)
+            record = RealizedLayer(name, task.scheme.name, {}, False, list(module.weight.shape),
+                                   aliases=list(aliases.get(name, [])))
+            records.append(record)
+            if not task.single_layer:
+                record.reason = "part of a multi-layer task: kept dense, holding Δ(θ)"
+                continue
+            form = task.scheme.form(state)
+            record.form = form_to_dict(form)
+            reader = _parent_reading_weights(model, name)
+            if reader:
+                record.reason = (f"kept dense, holding Δ(θ): its parent {reader} reads the layer's weight directly "
+                                 f"(fused fast path), so a realized module cannot stand in for it")
+                continue
+            if is_dense(state) or isinstance(form, Dense):
+                record.reason = "dense was the best form"
+                continue
+            if task.spec is not None:
+                cost, dense = task.cost_model.costs(task.spec, [form, Dense()]).tolist()
+                if cost > dense:
+                    record.reason = f"{form.describe()} costs more than dense under {task.cost_model.name}"
+                    continue
+            new = _realized_module(task, state, module)
+            if new is module:
+                raise LcpressError(f"scheme {task.scheme.name!r} returned the original module from realize()")
+            replace_module(model, name, new, record.aliases)
+            record.realized = True
+    return records
+
+
+def _realized_module(task: Task, state: State, module: nn.Module) -> nn.Module:
+    """The scheme's realized module, with a failure reported as the plugin's, naming the layer."""
+    with plugin_call(task.scheme, f"in realize() on layer {task.name!r}",
+                     hint=" Fix the plugin; a run with an output_dir then resumes from its checkpoint without "
+                          "redoing the LC steps."):
+        return task.scheme.realize(state, module)
+
+
+#: torch modules whose forward reads their children's ``.weight`` instead of calling them.
+WEIGHT_READING_PARENTS: tuple[type[nn.Module], ...] = (
+    nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer,
+)
+
+
+def _parent_reading_weights(model: nn.Module, name: str) -> str | None:
+    parent_name = name.rpartition(".")[0]
+    parent = get_module(model, parent_name) if parent_name else model
+    return type(parent).__name__ if isinstance(parent, WEIGHT_READING_PARENTS) else None
+
+
+@torch.no_grad()
+def verify(realized: nn.Module, reference: nn.Module, example_input: Any) -> float:
+    """Largest absolute difference between the two models' outputs on ``example_input``."""
+    outs = []
+    for model in (realized, reference):
+        was = model.training
+        model.eval()
+        outs.append(call_model(model, example_input))
+        model.train(was)
+    a, b = (first_tensor(o) for o in outs)
+    return float((a - b).abs().max()) if a.numel() else 0.0
+

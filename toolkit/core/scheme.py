@@ -1,0 +1,271 @@
+"""The base class of compression schemes, and what the C step hands them.
+
+A scheme compresses one tensor ``w`` (a layer's weight, or several layers'
+weights as one vector) into a state ``θ`` and decompresses it back to
+``Δ(θ)``. Schemes that *choose* between forms (ranks, sparsity levels, codebook
+sizes) expose their choice as :class:`Candidates` — forms with their errors —
+and let the core pick: the core owns the objective
+``α·C(form) + μ/2·error`` and the global-budget bisection, so every selecting
+scheme gets cost models and budgets without writing that logic itself.
+
+The dense form is the core's too: when the selection keeps a layer dense, the
+core stores the weight itself (:func:`dense_state`) instead of calling
+``compress``, and the state-reading methods of every scheme answer for such a
+state without running the scheme's code (:meth:`Scheme.__init_subclass__`),
+so no scheme needs a "dense" branch.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from lcpress.core.forms import Dense, Form, LayerSpec
+from lcpress.options import Options
+
+if TYPE_CHECKING:
+    from lcpress.core.costmodel import CostModel
+
+
+@dataclass
+class State:
+    """Compression parameters ``θ`` of one task.
+
+    ``tensors`` go to safetensors, ``meta`` to JSON, so every state can be
+    checkpointed and saved without pickle. Keep ``meta`` to plain JSON values.
+    """
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> "State":
+        return State({k: v.to(device) for k, v in self.tensors.items()}, dict(self.meta))
+
+
+@dataclass
+class Candidates:
+    """The forms a selecting scheme can produce for one tensor, with their errors.
+
+    ``errors[i]`` is ``‖w − Δ_i‖²`` for ``forms[i]`` (exact, not estimated).
+    ``data`` is the scheme's own scratch (e.g. the SVD) that :meth:`Scheme.compress`
+    reuses for the chosen form so nothing is computed twice.
+    """
+
+    forms: list[Form]
+    errors: torch.Tensor
+    data: Any = None
+
+    def __post_init__(self) -> None:
+        if len(self.forms) != len(self.errors):
+            raise ValueError(f"{len(self.forms)} forms but {len(self.errors)} errors")
+        if not self.forms:
+            raise ValueError("a scheme returned no candidate forms")
+
+
+@dataclass
+class CStepContext:
+    """Everything a C step may use besides the tensor itself.
+
+    :ivar mu: current penalty parameter μ (μ0 during the direct-compression step).
+    :ivar spec: the layer, when the task is one Linear/Conv2d layer; else None.
+    :ivar cost_model: the task's cost model (prices forms of ``spec``).
+    :ivar previous: the task's previous state, for warm starts; None at first.
+    :ivar generator: seeded RNG; use it for anything random (k-means init …).
+    :ivar step: LC step index (0 is the direct-compression step).
+    :ivar candidates: the candidates this scheme returned, when it selects.
+    :ivar choice: index into ``candidates.forms`` the core selected.
+    :ivar layer: name of the layer (or task) for messages.
+    """
+
+    mu: float
+    cost_model: "CostModel | None" = None
+    spec: LayerSpec | None = None
+    previous: State | None = None
+    generator: torch.Generator | None = None
+    step: int = 0
+    candidates: Candidates | None = None
+    choice: int | None = None
+    layer: str = ""
+
+    def chosen_form(self) -> Form | None:
+        if self.candidates is None or self.choice is None:
+            return None
+        return self.candidates.forms[self.choice]
+
+
+class Scheme(ABC):
+    """A compression scheme. Subclass, set ``name`` and ``Options``, register.
+
+    Lifecycle of one C step for a selecting scheme::
+
+        cands = scheme.candidates(w, ctx)        # errors of every form
+        ctx.candidates, ctx.choice = cands, core_picks(cands, costs)
+        state = scheme.compress(w, ctx)          # θ for the chosen form
+
+    A scheme with nothing to choose returns ``None`` from :meth:`candidates`
+    and does its whole C step in :meth:`compress`. When the core chooses
+    :class:`Dense`, it keeps the weight itself and does not call
+    :meth:`compress` (see the module docstring).
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type[Options]] = Options
+    #: How a global budget is shared among layers: "sum" minimises the total
+    #: error (the LC C step); "minmax" minimises the largest *relative* error
+    #: of any layer (ALDS's allocation).
+    allocation: ClassVar[str] = "sum"
+
+    def __init__(self, options: Options | None = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Let the core handle the dense form: a subclass's code never sees it.
+
+        ``compress`` of every subclass is wrapped so that a C step whose chosen
+        form is :class:`Dense` returns :func:`dense_state`; ``decompress``,
+        ``form``, ``layer_forms``, ``encode`` and ``realize`` are wrapped so
+        that such a state gets the core's answer (the kept weight,
+        :class:`Dense`, the layer holding it). The scheme's own code runs only
+        on the forms it offers itself.
+        """
+        super().__init_subclass__(**kwargs)
+        for name, answer in _DENSE_ANSWERS.items():
+            method = cls.__dict__.get(name)
+            if callable(method) and not getattr(method, "__lcpress_dense_aware__", False):
+                setattr(cls, name, _dense_aware(method, answer))
+        compress = cls.__dict__.get("compress")
+        if callable(compress) and not getattr(compress, "__lcpress_dense_aware__", False):
+            cls.compress = _dense_choice_aware(compress)  # type: ignore[method-assign]
+
+    def selecting(self) -> bool:
+        """True when, with these options, :meth:`candidates` offers a choice of forms.
+
+        Only a selecting scheme can serve an ``alpha`` trade-off or a global
+        ``target``. Default: False. A scheme whose options can fix the form (a
+        given rank, a given codebook size) returns False for those options, so
+        the ``additive`` scheme can tell fixed parts from selecting ones.
+        """
+        return False
+
+    def check_layer(self, spec: LayerSpec | None, module: nn.Module | None) -> str | None:
+        """Why this scheme cannot compress that layer, or None if it can.
+
+        Called while the run is planned, before any training, so a config that
+        points a scheme at a layer it cannot handle fails at once.
+        """
+        return None
+
+    def candidates(self, w: torch.Tensor, ctx: CStepContext) -> Candidates | None:
+        """Forms this scheme could produce for ``w``, with exact errors; None if it has no choice."""
+        return None
+
+    def candidates_many(self, items: list[tuple[torch.Tensor, CStepContext]]) -> list[Candidates | None]:
+        """:meth:`candidates` for many tensors at once (same scheme and options).
+
+        The engine calls this once per C step for all tasks that share a scheme
+        configuration, so a scheme can batch its work (the low-rank scheme
+        decomposes same-shape matrices in one call). Default: one at a time.
+        """
+        return [self.candidates(w, ctx) for w, ctx in items]
+
+    @abstractmethod
+    def compress(self, w: torch.Tensor, ctx: CStepContext) -> State:
+        """The C step: ``θ = argmin ‖w − Δ(θ)‖²`` (for the chosen form, when selecting; never dense)."""
+
+    @abstractmethod
+    def decompress(self, state: State) -> torch.Tensor:
+        """``Δ(θ)``: a tensor of the same shape and dtype as the ``w`` compressed."""
+
+    def form(self, state: State) -> Form:
+        """The form ``state`` takes, for pricing and reports. Default: dense."""
+        return Dense()
+
+    def layer_forms(self, state: State, shapes: Sequence[tuple[int, ...]]) -> list[Form]:
+        """The form of each layer of a multi-layer task (``shared: true``), for pricing and reports.
+
+        ``shapes`` are the layers' weight shapes in task order. A scheme that
+        compresses several layers as one vector (one codebook, one global
+        sparsity budget) says here what each layer holds. Default: dense for
+        every layer (the conservative price).
+        """
+        return [Dense() for _ in shapes]
+
+    def encode(self, state: State) -> nn.Module | None:
+        """A :class:`lcpress.nn.codecs.WeightCodec` storing ``Δ(θ)`` compactly, for store-small, run-dense schemes.
+
+        Quantization and unstructured pruning return one (packed indices and a
+        codebook; values and a mask); their realized layer holds it, and the
+        ``additive`` scheme fuses several into one dense-running layer.
+        Default: None (the scheme has a structural realization, or none).
+        """
+        return None
+
+    def realize(self, state: State, module: nn.Module) -> nn.Module:
+        """The inference module that computes ``module`` with weight ``Δ(θ)``.
+
+        Default: a copy of ``module`` holding ``Δ(θ)``. Schemes with a faster
+        structure (two thin layers, a sparse kernel …) override this. The
+        returned module must compute exactly what ``module`` computes with its
+        weight replaced by ``Δ(θ)``.
+        """
+        return holding(module, self.decompress(state))
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{f.name}={getattr(self.options, f.name)!r}" for f in dataclasses.fields(self.options))
+        return f"{type(self).__name__}({opts})"
+
+
+def holding(module: nn.Module, weight: torch.Tensor) -> nn.Module:
+    """A copy of ``module`` whose weight is ``weight``: the layer kept dense, computing with Δ(θ)."""
+    realized = copy.deepcopy(module)
+    with torch.no_grad():
+        realized.weight.copy_(weight.reshape(realized.weight.shape))
+    return realized
+
+
+# ------------------------------------------------------------ the dense form
+DENSE_FORM = "dense"
+
+
+def dense_state(w: torch.Tensor) -> State:
+    """θ of a layer the selection keeps dense: the weight itself."""
+    return State({"weight": w.detach().clone()}, {"form": DENSE_FORM})
+
+
+def is_dense(state: State | None) -> bool:
+    return state is not None and state.meta.get("form") == DENSE_FORM
+
+
+#: What each state-reading method of a scheme answers for a dense state, without asking the scheme.
+_DENSE_ANSWERS: dict[str, Callable[..., Any]] = {
+    "decompress": lambda state: state.tensors["weight"],
+    "form": lambda state: Dense(),
+    "layer_forms": lambda state, shapes: [Dense() for _ in shapes],
+    "encode": lambda state: None,
+    "realize": lambda state, module: holding(module, state.tensors["weight"]),
+}
+
+
+def _dense_aware(method: Callable[..., Any], answer: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def wrapper(self: Scheme, state: State, *args: Any) -> Any:
+        return answer(state, *args) if is_dense(state) else method(self, state, *args)
+
+    wrapper.__lcpress_dense_aware__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _dense_choice_aware(compress: Callable[..., State]) -> Callable[..., State]:
+    @functools.wraps(compress)
+    def wrapper(self: Scheme, w: torch.Tensor, ctx: CStepContext) -> State:
+        return dense_state(w) if isinstance(ctx.chosen_form(), Dense) else compress(self, w, ctx)
+
+    wrapper.__lcpress_dense_aware__ = True  # type: ignore[attr-defined]
+    return wrapper

@@ -1,0 +1,65 @@
+"""Module surgery: find a submodule by its dotted name, replace it in place, call a model.
+
+Every layer swap lcpress makes — realizing a compressed layer, loading a saved
+structure into the user's architecture, converting transformers' Conv1D —
+goes through :func:`replace_module`, which ``setattr``s the new module on the
+parent under the same name (``model.features.3`` stays ``model.features.3``)
+and replaces every alias of a layer registered under several names, so a
+shared layer stays shared (PEFT's ``_replace_module``, torchao's
+``_replace_with_custom_fn_if_matches_filter``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from lcpress.errors import LcpressError
+
+
+def get_module(root: nn.Module, name: str) -> nn.Module:
+    """The submodule at dotted ``name`` ('' is ``root``); a clear error when there is none."""
+    try:
+        return root.get_submodule(name)
+    except AttributeError:
+        raise LcpressError(f"the model has no submodule {name!r}") from None
+
+
+def replace_module(root: nn.Module, name: str, new: nn.Module, aliases: Sequence[str] = ()) -> nn.Module:
+    """Put ``new`` at ``name`` (and every alias); returns the module it replaced.
+
+    ``new`` is moved to the device of the module it replaces.
+    """
+    old = get_module(root, name)
+    ref = next(iter(old.parameters()), None)
+    if ref is not None:
+        new = new.to(device=ref.device)
+    for full_name in (name, *aliases):
+        parent_name, _, child = full_name.rpartition(".")
+        parent = get_module(root, parent_name) if parent_name else root
+        setattr(parent, child, new)
+    return old
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """``model(inputs)``: a dict is passed as keyword arguments (Hugging Face style), a tuple or list as positional ones."""
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def first_tensor(out: Any) -> torch.Tensor:
+    """The main tensor of a model's output (a tensor, the first of a tuple or dict, ``last_hidden_state``)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        return first_tensor(next(iter(out.values())))
+    if isinstance(out, (tuple, list)):
+        return first_tensor(out[0])
+    if hasattr(out, "last_hidden_state"):
+        return out.last_hidden_state
+    raise LcpressError(f"cannot compare model outputs of type {type(out).__name__}")

@@ -1,0 +1,160 @@
+"""Export realized models to ONNX, for onnxruntime and other inference engines.
+
+:func:`export_onnx` writes any model (dense or realized: factorized
+Linear/Conv pairs, ``PointwiseConv2d``, ``GroupedLinear``, grouped convs …)
+through torch's ``torch.export``-based ONNX exporter, as one self-contained
+file with a dynamic batch dimension, and checks the file in onnxruntime against
+torch. (:func:`lcpress.runs.results.export_run` does the same for a finished
+run directory: ``lcpress export RUN_DIR --onnx model.onnx``.)
+
+Layers that decode packed codes in their forward pass (``DecodedLinear``,
+``DecodedConv2d``: the quantized and sparse parts) are exported as the plain
+Linear/Conv2d they decode to, holding the decoded weight: ONNX has no use for
+bit unpacking at inference time, so those layers run at dense speed and are
+stored dense in the file.
+
+Needs the ``[onnx]`` extra (onnx, onnxscript; onnxruntime for the check).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from lcpress.atomic import replacing
+from lcpress.core.surgery import first_tensor, replace_module
+from lcpress.errors import LcpressError
+from lcpress.nn.codecs import DecodedConv2d, DecodedLinear
+
+@dataclass
+class Exported:
+    """What an export wrote, and how far onnxruntime's output is from torch's."""
+
+    path: Path
+    max_abs_error: float | None  # None when onnxruntime is not installed
+
+
+def missing_packages(check: bool = True) -> list[str]:
+    """The packages ONNX export needs that are not installed (onnxruntime only when checking)."""
+    names = ["onnx", "onnxscript"] + (["onnxruntime"] if check else [])
+    return [n for n in names if importlib.util.find_spec(n) is None]
+
+
+def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor, *, overwrite: bool = False,
+                dynamic_batch: bool = True, opset: int | None = None, check: bool = True) -> Exported:
+    """Write ``model`` as an ONNX file; refuses to overwrite ``path`` unless asked.
+
+    :param example_input: one input tensor (batch first); its shape fixes all
+        but the batch dimension.
+    :param dynamic_batch: the file accepts any batch size (else exactly the example's).
+    :param opset: ONNX opset version (default: the exporter's).
+    :param check: run the file in onnxruntime (when installed) and compare with torch.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True (CLI: --force) to replace it")
+    if not isinstance(example_input, torch.Tensor):
+        raise LcpressError(
+            f"ONNX export takes a model with one tensor input, got a {type(example_input).__name__} example; "
+            f"export models with several or keyword inputs with torch.onnx.export directly"
+        )
+    missing = missing_packages(check=False)
+    if missing:
+        raise LcpressError(f"ONNX export needs {', '.join(missing)}: pip install 'lcpress[onnx]'")
+    source = model
+    was_training = model.training
+    model.eval()
+    model = decoded_copy(model)
+    try:
+        x = example_input
+        kwargs: dict[str, Any] = {}
+        if dynamic_batch:
+            if x.shape[0] == 1:  # torch.export fixes size-1 dimensions; trace with two samples
+                x = torch.cat([x, x])
+            kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
+        try:
+            with replacing(path) as tmp, _quiet_exporter():
+                torch.onnx.export(model, (x,), str(tmp), dynamo=True, external_data=False, opset_version=opset,
+                                  input_names=["input"], output_names=["output"], verbose=False, **kwargs)
+        except Exception as exc:
+            hint = " (or export with dynamic_batch=False / --static-batch)" if dynamic_batch else ""
+            raise LcpressError(f"torch could not export the model to ONNX{hint}: {type(exc).__name__}: {exc}") from exc
+        error = None
+        if check and not missing_packages():
+            error = max_abs_difference(path, model, example_input)
+        return Exported(path, error)
+    finally:
+        source.train(was_training)
+
+
+def decoded_copy(model: nn.Module) -> nn.Module:
+    """``model``, or a copy of it in which every layer that decodes packed codes is the dense layer it decodes to."""
+    import copy
+
+    names = [n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, (DecodedLinear, DecodedConv2d))]
+    if not names:
+        return model
+    model = copy.deepcopy(model)
+    plain: dict[int, nn.Module] = {}  # one replacement per module, so a layer under two names stays shared
+    for name in names:
+        module = model.get_submodule(name)
+        if id(module) not in plain:
+            plain[id(module)] = _dense_layer(module)
+        replace_module(model, name, plain[id(module)])
+    return model
+
+
+@torch.no_grad()
+def _dense_layer(module: nn.Module) -> nn.Module:
+    weight = module.weight_now()
+    kw = {"device": weight.device, "dtype": weight.dtype, "bias": module.bias is not None}
+    if isinstance(module, DecodedLinear):
+        dense = nn.Linear(module.in_features, module.out_features, **kw)
+    else:
+        dense = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                          module.dilation, module.groups, padding_mode=module.padding_mode, **kw)
+    dense.weight.copy_(weight)
+    if module.bias is not None:
+        dense.bias.copy_(module.bias)
+    return dense.eval()
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter logs a warning per optional op library it cannot find, and torch.export warns of its own
+    deprecations; keep those out of the user's log."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def run_onnx(path: str | Path, x: torch.Tensor, threads: int | None = None) -> torch.Tensor:
+    """The ONNX file's output for ``x``, computed by onnxruntime on the CPU."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.detach().cpu().numpy()})[0])
+
+
+@torch.no_grad()
+def max_abs_difference(path: str | Path, model: nn.Module, x: torch.Tensor) -> float:
+    """Largest |onnxruntime − torch| over the outputs for ``x``."""
+    expected = first_tensor(model(x)).cpu()
+    return float((run_onnx(path, x) - expected).abs().max()) if expected.numel() else 0.0

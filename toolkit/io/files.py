@@ -1,0 +1,78 @@
+"""Pickle-free files: a safetensors payload with a JSON document in its header, written atomically.
+
+Checkpoints and saved models are both one safetensors file whose header
+holds lcpress's JSON metadata (``__metadata__["lcpress"]``); nested
+structures that mix tensors and plain values are split with
+:func:`lcpress.core.tree.split_tensors`. Nothing is ever unpickled, so a
+tampered file can at worst fail to load.
+
+Files are written to a temporary name in the same directory, fsynced and
+renamed over the target (:mod:`lcpress.atomic`), so a crash leaves either the
+old file or the new one, never half of one. A SHA-256 of the tensor payload
+and the metadata, kept in the metadata, catches files that were truncated or
+altered by accident after writing (it is not a signature: see
+docs/guarantees.md for what a crafted file can and cannot do).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from lcpress.atomic import write_bytes_atomic
+from lcpress.errors import CheckpointError
+
+META_KEY = "lcpress"
+
+
+def payload_digest(tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> str:
+    """SHA-256 over every tensor (name, dtype, shape, bytes) and the metadata."""
+    h = hashlib.sha256()
+    if meta is not None:
+        h.update(json.dumps(meta, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def write_file(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Atomically write ``tensors`` and the JSON ``meta`` to one safetensors file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    doc = dict(meta, sha256=payload_digest(tensors, meta))
+    write_bytes_atomic(path, st_save(tensors, metadata={META_KEY: json.dumps(doc)}))
+
+
+def read_file(path: str | Path, what: str = "file") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a file written by :func:`write_file`; any damage is a :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} {str(path)!r} does not exist")
+    raw = path.read_bytes()
+    try:
+        tensors = st_load(raw)
+        header_len = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8 : 8 + header_len])
+        meta = json.loads(header["__metadata__"][META_KEY])
+    except (SafetensorError, ValueError, KeyError, TypeError, OverflowError) as exc:
+        raise CheckpointError(
+            f"{what} {str(path)!r} is not a readable lcpress file (truncated, corrupted, or not written by lcpress): {exc}"
+        ) from None
+    expected = meta.pop("sha256", None)
+    if expected != payload_digest(tensors, meta):
+        raise CheckpointError(
+            f"{what} {str(path)!r} is corrupted: its content does not match the checksum written with it"
+        )
+    return tensors, meta

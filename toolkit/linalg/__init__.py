@@ -1,0 +1,19 @@
+"""Exact linear algebra for C steps — public, for scheme authors.
+
+* :mod:`lcpress.linalg.spectral`: all squared singular values of a matrix and
+  the top singular vectors, from a batched float64 eigendecomposition of the
+  smaller Gram matrix (:func:`spectra`); ``Σ_{i>r} s_i²`` is the exact error
+  of every rank r, which is what a rank-selecting C step needs.
+* :mod:`lcpress.linalg.matrices`: a weight as the matrix a low-rank scheme
+  factorizes (conv ``channel`` / ``spatial`` shapes, block-interleaved
+  reshapes), and back.
+* :mod:`lcpress.linalg.kmeans`: optimal 1-D k-means (every codebook size's
+  exact error from one dynamic program) and Lloyd's iterations.
+"""
+
+from lcpress.linalg.kmeans import KMeans1D, lloyd, optimal_kmeans
+from lcpress.linalg.matrices import from_matrix, reshape_matrix, to_matrix, unreshape_matrix
+from lcpress.linalg.spectral import Spectrum, spectra, spectrum
+
+__all__ = ["Spectrum", "spectra", "spectrum", "to_matrix", "from_matrix", "reshape_matrix", "unreshape_matrix",
+           "KMeans1D", "optimal_kmeans", "lloyd"]

@@ -1,0 +1,263 @@
+"""Layers that are stored small and run dense: quantized and sparse realizations.
+
+A codebook-quantized or unstructured-sparse weight has no faster kernel on a
+CPU or GPU in plain PyTorch, but it can be *stored* in a fraction of the
+bits. :class:`DecodedLinear` and :class:`DecodedConv2d` hold one or more
+*codecs* (:class:`CodebookWeight`: packed indices + codebook;
+:class:`SparseWeight`: non-zero values + a packed mask or index list;
+:class:`DenseWeight`) whose payloads are the module's buffers — so the state
+dict and the saved file are as small as the storage cost model says — and
+compute with the sum of the decoded weights. The dense weight is decoded
+once and cached until a payload changes (a ``load_state_dict``, say).
+
+Several codecs in one layer are an additive combination that runs as one
+dense matrix product: quantized + sparse costs one GEMM, not two.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lcpress.nn.bitpack import bits_for, pack_bits, packed_size, unpack_bits
+
+
+class WeightCodec(nn.Module):
+    """A stored representation of a weight tensor; :meth:`decode` rebuilds it."""
+
+    def __init__(self, shape: Sequence[int]) -> None:
+        super().__init__()
+        self.shape = tuple(int(s) for s in shape)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def decode(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def storage_bits(self) -> int:
+        """Bits of the payload (what the file holds for this weight)."""
+        return sum(b.numel() * b.element_size() * 8 for b in self.buffers())
+
+
+class DenseWeight(WeightCodec):
+    """A weight stored as it is (a part of an additive combination with no compact form)."""
+
+    def __init__(self, shape: Sequence[int]) -> None:
+        super().__init__(shape)
+        self.register_buffer("values", torch.zeros(self.shape))
+
+    @classmethod
+    def of(cls, weight: torch.Tensor) -> "DenseWeight":
+        codec = cls(weight.shape)
+        codec.values = weight.detach().clone()
+        return codec
+
+    def decode(self) -> torch.Tensor:
+        return self.values
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}"
+
+
+class CodebookWeight(WeightCodec):
+    """Every weight is one of ``entries`` codebook values; indices packed at ⌈log2 entries⌉ bits."""
+
+    def __init__(self, shape: Sequence[int], entries: int) -> None:
+        super().__init__(shape)
+        self.entries = int(entries)
+        self.bits = bits_for(self.entries)
+        self.register_buffer("codebook", torch.zeros(self.entries))
+        self.register_buffer("codes", torch.zeros(packed_size(self.numel, self.bits), dtype=torch.uint8))
+
+    @classmethod
+    def of(cls, codebook: torch.Tensor, codes: torch.Tensor, shape: Sequence[int]) -> "CodebookWeight":
+        codec = cls(shape, codebook.numel())
+        codec.codebook = codebook.detach().reshape(-1).clone()
+        codec.codes = pack_bits(codes, codec.bits).to(codebook.device)
+        return codec
+
+    def decode(self) -> torch.Tensor:
+        return self.codebook[unpack_bits(self.codes, self.bits, self.numel)].reshape(self.shape)
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}, entries={self.entries}, bits={self.bits}"
+
+
+class SparseWeight(WeightCodec):
+    """Non-zero values plus their positions: a packed 1-bit mask or packed indices, whichever is smaller."""
+
+    def __init__(self, shape: Sequence[int], nonzeros: int) -> None:
+        super().__init__(shape)
+        self.nonzeros = int(nonzeros)
+        self.index_bits = sparse_index_bits(self.numel, self.nonzeros)
+        self.uses_mask = self.index_bits == self.numel
+        width = bits_for(self.numel)
+        size = packed_size(self.numel, 1) if self.uses_mask else packed_size(self.nonzeros, width)
+        self.register_buffer("values", torch.zeros(self.nonzeros))
+        self.register_buffer("positions", torch.zeros(size, dtype=torch.uint8))
+
+    @classmethod
+    def of(cls, weight: torch.Tensor) -> "SparseWeight":
+        flat = weight.detach().reshape(-1)
+        index = torch.nonzero(flat, as_tuple=True)[0]
+        codec = cls(weight.shape, index.numel())
+        codec.values = flat[index].clone()
+        codec.set_positions(flat != 0)
+        return codec
+
+    def set_positions(self, kept: torch.Tensor) -> None:
+        """Store where the non-zeros are (``kept``: a flat bool mask) as a packed mask or index list."""
+        if self.uses_mask:
+            self.positions = pack_bits(kept.to(torch.int64), 1).to(kept.device)
+        else:
+            self.positions = pack_bits(torch.nonzero(kept, as_tuple=True)[0], bits_for(self.numel)).to(kept.device)
+
+    def index(self) -> torch.Tensor:
+        if self.uses_mask:
+            return torch.nonzero(unpack_bits(self.positions, 1, self.numel), as_tuple=True)[0]
+        return unpack_bits(self.positions, bits_for(self.numel), self.nonzeros)
+
+    def decode(self) -> torch.Tensor:
+        out = self.values.new_zeros(self.numel)
+        out[self.index()] = self.values
+        return out.reshape(self.shape)
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}, nonzeros={self.nonzeros}, {'mask' if self.uses_mask else 'indices'}"
+
+
+class SparseCodebookWeight(SparseWeight):
+    """A sparse weight whose non-zero values are codebook entries: positions + packed codes + codebook.
+
+    What pruning followed by quantization of the remaining weights stores.
+    """
+
+    def __init__(self, shape: Sequence[int], nonzeros: int, entries: int) -> None:
+        super().__init__(shape, nonzeros)
+        del self.values
+        self.entries = int(entries)
+        self.bits = bits_for(self.entries)
+        self.register_buffer("codebook", torch.zeros(self.entries))
+        self.register_buffer("codes", torch.zeros(packed_size(self.nonzeros, self.bits), dtype=torch.uint8))
+
+    @classmethod
+    def of_codes(cls, codebook: torch.Tensor, codes: torch.Tensor) -> "SparseCodebookWeight":
+        """From a codebook and per-weight codes, where code −1 marks a zero weight."""
+        flat = codes.reshape(-1)
+        index = torch.nonzero(flat >= 0, as_tuple=True)[0]
+        codec = cls(codes.shape, index.numel(), codebook.numel())
+        codec.codebook = codebook.detach().reshape(-1).clone()
+        codec.codes = pack_bits(flat[index], codec.bits).to(codebook.device)
+        codec.set_positions(flat >= 0)
+        return codec
+
+    def decode(self) -> torch.Tensor:
+        out = self.codebook.new_zeros(self.numel)
+        out[self.index()] = self.codebook[unpack_bits(self.codes, self.bits, self.nonzeros)]
+        return out.reshape(self.shape)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", entries={self.entries}"
+
+
+def sparse_index_bits(numel: int, nonzeros: int) -> int:
+    """Bits to store where ``nonzeros`` of ``numel`` values are: a mask, or an index list if smaller."""
+    return min(numel, nonzeros * bits_for(numel))
+
+
+class _Decoded(nn.Module):
+    """Shared machinery: codecs, a bias, and the cached sum of the decoded weights."""
+
+    codecs: nn.ModuleList
+
+    def _init_decoded(self, out_channels: int, bias: bool) -> None:
+        self.codecs = nn.ModuleList()
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self._cache: tuple[tuple[int, ...], torch.Tensor] | None = None
+
+    def weight_now(self) -> torch.Tensor:
+        """The dense weight (decoded once, re-decoded only when a payload changed)."""
+        key = tuple(b._version for c in self.codecs for b in c.buffers()) + tuple(
+            id(b) for c in self.codecs for b in c.buffers())
+        if self._cache is None or self._cache[0] != key:
+            weight = sum(c.decode() for c in self.codecs)
+            self._cache = (key, weight.to(self.bias.dtype) if self.bias is not None else weight)
+        return self._cache[1]
+
+    def storage_bits(self) -> int:
+        bias_bits = 0 if self.bias is None else self.bias.numel() * self.bias.element_size() * 8
+        return sum(c.storage_bits() for c in self.codecs) + bias_bits
+
+
+class DecodedLinear(_Decoded):
+    """A Linear layer whose weight is the sum of its codecs' decoded weights."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self._init_decoded(out_features, bias)
+
+    @classmethod
+    def of(cls, linear: nn.Linear, codecs: Sequence[WeightCodec]) -> "DecodedLinear":
+        new = cls(linear.in_features, linear.out_features, linear.bias is not None)
+        new.codecs.extend(codecs)
+        if linear.bias is not None:
+            with torch.no_grad():
+                new.bias.copy_(linear.bias)
+        return new.to(linear.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight_now(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
+
+
+class DecodedConv2d(_Decoded):
+    """A Conv2d layer whose weight is the sum of its codecs' decoded weights (same arguments as nn.Conv2d)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros") -> None:
+        super().__init__()
+        template = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, False,
+                             padding_mode, device="meta")
+        for name in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+                     "padding_mode", "_reversed_padding_repeated_twice"):
+            setattr(self, name, getattr(template, name))
+        self._init_decoded(out_channels, bias)
+
+    @classmethod
+    def of(cls, conv: nn.Conv2d, codecs: Sequence[WeightCodec]) -> "DecodedConv2d":
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                  conv.groups, conv.bias is not None, conv.padding_mode)
+        new.codecs.extend(codecs)
+        if conv.bias is not None:
+            with torch.no_grad():
+                new.bias.copy_(conv.bias)
+        return new.to(conv.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight_now()
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return F.conv2d(x, weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, groups={self.groups}, bias={self.bias is not None}")
+
+
+def decoded(module: nn.Module, codecs: Sequence[WeightCodec]) -> nn.Module:
+    """The Decoded counterpart of a Linear or Conv2d layer, holding ``codecs`` and its bias."""
+    if isinstance(module, nn.Linear):
+        return DecodedLinear.of(module, codecs)
+    if isinstance(module, nn.Conv2d):
+        return DecodedConv2d.of(module, codecs)
+    raise TypeError(f"cannot store a {type(module).__name__} in packed form (Linear and Conv2d only)")

@@ -1,0 +1,149 @@
+"""What a run directory says about its run, finished or still running.
+
+A run writes ``run.json`` (config, status, and — once planned — the traced
+layer specs and the task list: :func:`plan_record`), ``history.csv`` after
+every LC step, ``checkpoint.safetensors`` after every step, and
+``layers.csv`` when it finishes. :func:`read_run` gathers these into a
+:class:`RunSummary` for reports.
+
+A finished run's per-layer table is its ``layers.csv``. A running run has no
+such file yet, so the table is derived from the checkpoint: each task's θ is
+turned into its form by the scheme named in the plan, and the forms are priced
+with the analytic cost models of the run (params, FLOPs …). Measured cost
+models (latency, energy) are left out of that table, so that looking at a run
+never starts measurements on a machine that may not be the one the run
+measures; their per-step totals are in the history either way. Whatever cannot
+be shown is listed in :attr:`RunSummary.missing`, with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lcpress.config import LCConfig
+from lcpress.core.forms import LayerSpec
+from lcpress.core.graph import ModelGraph
+from lcpress.core.plan import Task, resolve
+from lcpress.core.scheme import State
+from lcpress.core.tree import join_tensors
+from lcpress.errors import LcpressError
+from lcpress.io.files import read_file
+from lcpress.io.rundir import CHECKPOINT, RUN_INFO
+from lcpress.reporting.tables import layer_table
+
+
+def plan_record(graph: ModelGraph, tasks: list[Task]) -> dict[str, Any]:
+    """JSON record of the traced layers and the tasks, kept in ``run.json``."""
+    return {
+        "layers": {name: spec.to_dict() for name, spec in graph.specs.items()},
+        "tasks": [{"name": t.name, "layers": list(t.layers), "scheme": t.scheme.name, "group": t.group}
+                  for t in tasks],
+    }
+
+
+@dataclass
+class RunSummary:
+    """Everything a report shows about one run directory."""
+
+    path: Path
+    info: dict[str, Any]
+    history: pd.DataFrame
+    layers: pd.DataFrame | None
+    layers_source: str
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.info.get("status") == "finished"
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.info.get("config") or {}
+
+    @property
+    def steps_done(self) -> int:
+        """LC steps recorded in the history (step 0, the direct compression, not counted)."""
+        return int(self.history["step"].max()) if len(self.history) else -1
+
+    @property
+    def steps_planned(self) -> int | None:
+        return (self.config.get("schedule") or {}).get("steps")
+
+    @property
+    def metric_name(self) -> str:
+        return self.config.get("metric", "metric")
+
+
+def read_run(path: str | Path) -> RunSummary:
+    """Read a run directory; raises if it holds no lcpress run."""
+    path = Path(path)
+    info_path, history_path = path / RUN_INFO, path / "history.csv"
+    if not info_path.is_file() and not history_path.is_file():
+        raise LcpressError(f"{str(path)!r} is not an lcpress run directory (it has no {RUN_INFO} and no history.csv)")
+    try:
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    except ValueError as exc:
+        raise LcpressError(f"{str(info_path)!r} is not valid JSON: {exc}") from None
+    missing: list[str] = []
+    history = _read_csv(history_path)
+    if history is None:
+        history = pd.DataFrame()
+        missing.append("the LC curve: history.csv is not written yet (it appears after the direct-compression step)")
+    layers, source = _read_layers(path, info, missing)
+    return RunSummary(path, info, history, layers, source, missing)
+
+
+def _read_csv(path: Path) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_csv(path, dtype={"layer": str})  # layer names such as "0" stay names
+    except (ValueError, pd.errors.EmptyDataError):
+        return None
+
+
+def _read_layers(path: Path, info: dict[str, Any], missing: list[str]) -> tuple[pd.DataFrame | None, str]:
+    if info.get("status") == "finished":
+        table = _read_csv(path / "layers.csv")
+        if table is not None:
+            return table, "layers.csv of the finished run"
+    if not (path / CHECKPOINT).is_file():
+        missing.append("the per-layer table: the run has no layers.csv yet and no checkpoint to derive it from "
+                       "(checkpoints need `checkpoint: true`)")
+        return None, ""
+    if "plan" not in info:
+        missing.append("the per-layer table: run.json holds no plan of layers and tasks (the run was started by an "
+                       "older lcpress, or has not traced the model yet); it appears when the run finishes")
+        return None, ""
+    try:
+        table, step = layers_from_checkpoint(path / CHECKPOINT, info)
+    except LcpressError as exc:
+        missing.append(f"the per-layer table: {exc}")
+        return None, ""
+    missing.append("measured cost models in the per-layer table (only analytic ones are priced while a run is "
+                   "running; their totals per step are in the LC history)")
+    return table, f"the checkpoint after LC step {step} (run in progress)"
+
+
+def layers_from_checkpoint(path: Path, info: dict[str, Any]) -> tuple[pd.DataFrame, int]:
+    """The per-layer table of the forms θ takes in a checkpoint, and the LC step it was written after."""
+    tensors, meta = read_file(path, what="checkpoint")
+    engine = meta.get("engine") or {}
+    resolved = resolve(LCConfig.from_dict(info.get("config") or meta.get("config")), measured=False)
+    plan = info["plan"]
+    specs = {name: LayerSpec.from_dict(doc) for name, doc in plan["layers"].items()}
+    forms, schemes = {}, {}
+    for task, packed in zip(plan["tasks"], engine.get("states", [])):
+        for name in task["layers"]:
+            schemes[name] = task["scheme"]
+        if packed is None or len(task["layers"]) != 1:
+            continue
+        doc = join_tensors(packed, tensors)
+        scheme = resolved.groups[task["group"]].scheme()
+        forms[task["name"]] = scheme.form(State(doc["tensors"], doc["meta"]))
+    return layer_table(specs, forms, resolved.cost_models, schemes), int(engine.get("next_step", 1)) - 1

@@ -1,0 +1,151 @@
+"""Per-layer tables: every traced layer priced dense and as compressed, under every cost model of a run.
+
+:func:`layer_table` returns a pandas DataFrame (runs save it as
+``layers.csv``); :func:`format_table` renders it for a terminal, with
+thousands separators, a totals row and after/before ratios. Reports, sweeps
+and the CLI all print tables through here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+
+from lcpress.core.costmodel import CostModel
+from lcpress.core.forms import Dense, Form, LayerSpec
+from lcpress.core.graph import ModelGraph
+from lcpress.core.plan import REPORTED_COST_MODELS
+
+__all__ = ["REPORTED_COST_MODELS", "layer_table", "format_table", "totals", "full_rank", "form_fields",
+           "form_value_columns", "display_columns", "format_number", "cell"]
+
+
+def layer_table(
+    graph: ModelGraph | Mapping[str, LayerSpec],
+    forms: Mapping[str, Form],
+    cost_models: Mapping[str, CostModel],
+    schemes: Mapping[str, str] | None = None,
+    realized: Iterable[str] = (),
+) -> pd.DataFrame:
+    """One row per traced layer: shape, scheme, form, and cost before/after per cost model.
+
+    Besides the form's short description, every field of the form gets a
+    ``form_<field>`` column (``form_rank``, ``form_groups``, a quantizer's
+    ``form_bits`` …), so tables and plots read "whatever the form says"
+    without knowing the scheme. ``full_rank`` is the rank of the layer's
+    weight matrix (in the form's matricization), the reference for ranks.
+    """
+    specs = graph.specs if isinstance(graph, ModelGraph) else graph
+    schemes = schemes or {}
+    realized = set(realized)
+    rows = []
+    for name, spec in specs.items():
+        form = forms.get(name, Dense())
+        row = {
+            "layer": name,
+            "kind": spec.kind,
+            "shape": "×".join(map(str, spec.weight_shape)),
+            "scheme": schemes.get(name, "—"),
+            "form": form.describe(),
+            "realized": name in realized,
+            "full_rank": full_rank(spec, form),
+        }
+        row.update(form_fields(form))
+        for cname, model in cost_models.items():
+            if model.unavailable_reason():
+                continue
+            before, after = model.costs(spec, [Dense(), form]).tolist()
+            row[f"{cname}_before"] = before
+            row[f"{cname}_after"] = after
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def form_fields(form: Form) -> dict[str, Any]:
+    """``form_<field>`` entries for what the form reports (see :meth:`Form.report_fields`)."""
+    return {f"form_{k}": v for k, v in form.report_fields().items()}
+
+
+def full_rank(spec: LayerSpec, form: Form) -> int:
+    """Rank of the weight as a matrix: out × in·kh·kw, or in·kh × out·kw for spatial forms."""
+    out, cin = spec.out_channels, spec.in_channels // spec.groups
+    kh, kw = spec.kernel_size if spec.kind == "conv2d" else (1, 1)
+    if getattr(form, "shape", None) == "spatial":
+        return min(cin * kh, out * kw)
+    return min(out, cin * kh * kw)
+
+
+def totals(table: pd.DataFrame) -> dict[str, float]:
+    """Sum of every ``*_before`` / ``*_after`` column."""
+    return {c: float(table[c].sum()) for c in table.columns if c.endswith(("_before", "_after"))}
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """The table as aligned text, with a totals row and after/before ratios."""
+    shown = display_columns(table)
+    numbers = [c for c in shown.columns if c.endswith(("_before", "_after")) or c not in table.columns
+               or c.startswith("form_")]  # costs, and the form fields (renamed, unless a name was taken)
+    sums = totals(table)
+    total_row = {c: "" for c in shown.columns}
+    total_row.update({"layer": "TOTAL", "realized": ""})
+    total_row.update(sums)
+    shown = pd.concat([shown, pd.DataFrame([total_row])], ignore_index=True)
+    for col in numbers:
+        shown[col] = shown[col].map(format_number)
+    shown["realized"] = shown["realized"].map(lambda v: "yes" if v is True else ("" if v == "" else "no"))
+    text = shown.to_string(index=False)
+    ratios = []
+    for col in sums:
+        if col.endswith("_before") and sums[col]:
+            name = col[: -len("_before")]
+            ratios.append(f"{name}: {sums[name + '_after'] / sums[col]:.1%} of dense")
+    return text + ("\n" + ", ".join(ratios) if ratios else "")
+
+
+def form_value_columns(table: pd.DataFrame) -> list[str]:
+    """The numeric ``form_<field>`` columns — chosen rank, nonzeros, bits … — whatever the forms carry.
+
+    Booleans and text fields (a low-rank form's ``shape``) are left out: the
+    ``form`` column's description already says them.
+    """
+    return [c for c in table.columns if c.startswith("form_") and pd.api.types.is_numeric_dtype(table[c])
+            and not pd.api.types.is_bool_dtype(table[c])]
+
+
+def display_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """The table for people: machine columns (kind, full_rank, text form fields) out, numeric form fields
+    as columns named by the field (``rank``, ``nonzeros``, ``bits`` …) right after ``form``; a layer whose
+    form has no such field shows —."""
+    values = form_value_columns(table)
+    drop = [c for c in table.columns if c in ("kind", "full_rank") or (c.startswith("form_") and c not in values)]
+    shown = table.drop(columns=drop)
+    order = [c for c in shown.columns if c not in values]
+    at = order.index("form") + 1 if "form" in order else len(order)
+    shown = shown[order[:at] + values + order[at:]]
+    return shown.rename(columns={c: c[len("form_"):] for c in values if c[len("form_"):] not in shown.columns})
+
+
+def format_number(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    v = float(value)  # type: ignore[arg-type]
+    if math.isnan(v):
+        return "—"
+    if math.isinf(v):
+        return str(v)
+    if v == int(v) and abs(v) < 1e15:
+        return f"{int(v):,}"
+    return f"{v:.4g}"
+
+
+def cell(value: object) -> str:
+    """Table cells of reports: numbers as :func:`format_number`, booleans as yes/no, missing as —."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "—"
+    if isinstance(value, (int, float)):
+        return format_number(value)
+    return str(value)

@@ -1,0 +1,172 @@
+"""The built-in L step: supervised training with the LC penalty.
+
+Covers the common case — a model, a DataLoader of ``(input, target)`` pairs, a
+loss — so most users need no training code. Inputs may be tensors, or dicts of
+tensors (tokenized text for Hugging Face models), which are passed as keyword
+arguments; targets are class labels (cross-entropy, accuracy) or vectors
+(MSE / cosine loss and cosine-similarity metric, for distilling embeddings). It keeps its optimizer across L
+steps and exposes ``state_dict()`` / ``load_state_dict()``, which the engine
+checkpoints, so a resumed run continues exactly where it stopped. Any callable
+``train_fn(model, penalty, step)`` can replace it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lcpress.config import TrainConfig
+from lcpress.core.engine import LStep, Penalty
+from lcpress.core.surgery import call_model
+from lcpress.progress import progress_bar
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cosine_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 − cos(output, target), averaged over the batch (scale-free, for embeddings)."""
+    return (1 - F.cosine_similarity(output, target, dim=-1)).mean()
+
+
+#: The losses ``train.loss`` names.
+LOSSES: dict[str, Loss] = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss, "cosine": cosine_loss}
+
+
+def to_device(batch: Any, device: torch.device | str) -> Any:
+    """Move a tensor, or the tensors of a dict/tuple/list, to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def forward(model: nn.Module, inputs: Any) -> torch.Tensor:
+    """``model(inputs)``; a dict of inputs is passed as keyword arguments (Hugging Face style)."""
+    return call_model(model, inputs)
+
+
+class SupervisedTrainer:
+    """``train_fn`` for the LC engine: epochs of SGD/Adam on ``loss + penalty``."""
+
+    def __init__(
+        self,
+        loader: Iterable,
+        config: TrainConfig | None = None,
+        loss_fn: Loss | None = None,
+        device: str | torch.device = "cpu",
+        progress: bool = True,
+        description: str = "L step",
+    ) -> None:
+        self.loader = loader
+        self.config = config or TrainConfig()
+        self.loss_fn = loss_fn if loss_fn is not None else LOSSES[self.config.loss]
+        self.device = torch.device(device)
+        self.progress = progress
+        self.description = description
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._pending_state: dict[str, Any] | None = None
+        self.epochs_done = 0  # sets a DistributedSampler's epoch, so every epoch has its own shuffle
+
+    def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            c = self.config
+            params = [p for p in model.parameters() if p.requires_grad]
+            if c.optimizer == "adam":
+                self.optimizer = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+            else:
+                self.optimizer = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum,
+                                                 nesterov=c.nesterov and c.momentum > 0, weight_decay=c.weight_decay)
+            if self._pending_state is not None:
+                self.optimizer.load_state_dict(self._pending_state)
+                self._pending_state = None
+        return self.optimizer
+
+    def __call__(self, model: nn.Module, penalty: Penalty, step: LStep) -> float:
+        c = self.config
+        optimizer = self._optimizer(model)
+        for group in optimizer.param_groups:
+            group["lr"] = c.lr * c.lr_decay**step.index
+        epochs = c.first_epochs if (step.index == 0 and c.first_epochs is not None) else c.epochs
+        total, count = 0.0, 0
+        with progress_bar(total=epochs * _len(self.loader), desc=f"{self.description} {step.index + 1}", enabled=self.progress) as bar:
+            for _ in range(epochs):
+                set_epoch = getattr(getattr(self.loader, "sampler", None), "set_epoch", None)
+                if callable(set_epoch):
+                    set_epoch(self.epochs_done)
+                self.epochs_done += 1
+                for inputs, targets in self.loader:
+                    inputs, targets = to_device(inputs, self.device), targets.to(self.device)
+                    loss = self.loss_fn(forward(model, inputs), targets)
+                    objective = loss + penalty()
+                    optimizer.zero_grad(set_to_none=True)
+                    objective.backward()
+                    optimizer.step()
+                    total += float(loss.detach()) * len(targets)
+                    count += len(targets)
+                    bar.update(1)
+        return total / max(count, 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"epochs_done": self.epochs_done}
+        if self.optimizer is not None:
+            state["optimizer"] = self.optimizer.state_dict()
+        generator = getattr(self.loader, "generator", None)
+        if isinstance(generator, torch.Generator):
+            state["loader_generator"] = generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epochs_done = int(state.get("epochs_done", 0))
+        if "optimizer" in state:
+            if self.optimizer is not None:
+                self.optimizer.load_state_dict(state["optimizer"])
+            else:
+                self._pending_state = state["optimizer"]
+        generator = getattr(self.loader, "generator", None)
+        if "loader_generator" in state and isinstance(generator, torch.Generator):
+            generator.set_state(state["loader_generator"])
+
+
+def _len(loader: Iterable) -> int | None:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, loader: Iterable, device: str | torch.device = "cpu") -> float:
+    """Top-1 accuracy of ``model`` on ``loader`` (an ``eval_fn`` for classifiers)."""
+    was_training = model.training
+    model.eval()
+    correct, count = 0, 0
+    for inputs, targets in loader:
+        logits = forward(model, to_device(inputs, device))
+        correct += int((logits.argmax(dim=1) == targets.to(device)).sum())
+        count += len(targets)
+    model.train(was_training)
+    return correct / max(count, 1)
+
+
+@torch.no_grad()
+def mean_cosine(model: nn.Module, loader: Iterable, device: str | torch.device = "cpu") -> float:
+    """Mean cosine similarity of ``model``'s outputs to the targets (an ``eval_fn`` for embedding models)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for inputs, targets in loader:
+        out = forward(model, to_device(inputs, device))
+        total += float(F.cosine_similarity(out, targets.to(device), dim=-1).sum())
+        count += len(targets)
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+#: The metrics the config's ``metric`` names (higher is better for each).
+METRICS: dict[str, Callable[[nn.Module, Iterable, Any], float]] = {"accuracy": accuracy, "cosine": mean_cosine}
