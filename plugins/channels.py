@@ -169,7 +169,7 @@ class ChannelScheme(Scheme):
         removed = self._removed(state)
         forms: list[Form] = []
         for name in self.layers:
-            rows, cols = (len(removed[name][r]) for r in ("rows", "columns"))
+            rows, cols = (len(removed.get(name, {}).get(r, ())) for r in ("rows", "columns"))
             out, inp = self.sizes[name]
             forms.append(Resized(out - rows, inp - cols) if rows or cols else Dense())
         return forms
