@@ -90,8 +90,10 @@ class Case:
     ignored: str               # the classifier: neither method prunes its outputs
     multiple: int              # lcpress kept widths are multiples of this; Torch-Pruning's round_to
     budgets: list[float]       # FLOPs ratios Torch-Pruning is bisected to
-    steps: int
+    steps: int                 # training passes for every method: lcpress's L steps + fine-tuning, Torch-Pruning's fine-tuning
     cfg: TrainConfig
+    schedule: dict             # lcpress's μ schedule (steps: all passes but the last, which fine-tunes the realized model)
+    min_run_time: float = 0.05  # seconds per cpu_latency measurement
 
 
 def mnist_loaders(train_size: int, batch: int = 128) -> tuple[DataLoader, DataLoader]:
@@ -106,13 +108,16 @@ def mnist_loaders(train_size: int, batch: int = 128) -> tuple[DataLoader, DataLo
 
 
 def resnet_case(quick: bool) -> Case:
-    loaders = mnist_loaders(2000 if quick else 15000)
+    loaders = mnist_loaders(1000 if quick else 15000)
     torch.manual_seed(0)
     model = MnistResNet()
     train_dense(model, loaders[0], epochs=1 if quick else 4, lr=0.05, progress=False)
-    steps, cfg = (1, TrainConfig(epochs=1, lr=0.01)) if quick else (5, TrainConfig(epochs=1, lr=0.01, lr_decay=0.8))
-    return Case("MNIST ResNet", model.eval(), loaders, torch.zeros(1, 784), "fc", 4,
-                [0.4] if quick else [0.5, 0.3], steps, cfg)
+    model.eval()
+    if quick:
+        return Case("MNIST ResNet", model.eval(), loaders, torch.zeros(1, 784), "fc", 8, [0.5], 1,
+                    TrainConfig(epochs=1, lr=0.01), {"mu0": 0.5, "factor": 2.0}, 0.002)
+    return Case("MNIST ResNet", model.eval(), loaders, torch.zeros(1, 784), "fc", 4, [0.5, 0.3], 5,
+                TrainConfig(epochs=1, lr=0.01, lr_decay=0.8), {"mu0": 0.5, "factor": 2.0})
 
 
 def digits_case(quick: bool) -> Case:
@@ -123,7 +128,7 @@ def digits_case(quick: bool) -> Case:
     steps, cfg = (1, TrainConfig(epochs=1, lr=0.02, lr_decay=0.95)) if quick else \
         (10, TrainConfig(epochs=2, lr=0.02, lr_decay=0.95))
     return Case("digits CNN", model.eval(), loaders, torch.zeros(1, 1, 8, 8), "10", 8,
-                [0.5] if quick else [0.5, 0.3], steps, cfg)
+                [0.5] if quick else [0.5, 0.3], steps, cfg, {"mu0": 0.3, "factor": 1.6}, 0.002 if quick else 0.05)
 
 
 def tp_pruned(case: Case, ratio: float) -> nn.Module:
@@ -161,10 +166,11 @@ def run_lcpress(case: Case, cost: str, ratio: float, cache: str | None) -> tuple
     """LC with the channels scheme and a ``cost`` target of ``ratio`` over every prunable layer."""
     task = {"layers": ["*"], "scheme": "channels", "options": {"multiple": case.multiple, "ignore": [case.ignored]},
             "cost": cost, "target": {"cost": cost, "ratio": ratio}}
-    config = {"tasks": [task], "schedule": {"mu0": 1e-2, "factor": 1.6, "steps": case.steps},
-              "train": case.cfg.to_dict()}
+    lc_steps = max(1, case.steps - 1)
+    config = {"tasks": [task], "schedule": {**case.schedule, "steps": lc_steps},
+              "finetune": {"steps": case.steps - lc_steps}, "train": case.cfg.to_dict()}
     if cost == "cpu_latency":
-        config["cost_models"] = {"cpu_latency": {"min_run_time": 0.05, "threads": 1,
+        config["cost_models"] = {"cpu_latency": {"min_run_time": case.min_run_time, "threads": 1,
                                                  **({"cache_dir": cache} if cache else {})}}
     model = copy.deepcopy(case.dense)
     case.loaders[0].generator.manual_seed(0)
@@ -227,7 +233,8 @@ def main() -> None:
             f"Machine: {describe()}; load average {load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
             f"(2 cores, shared with other jobs). {latency_note(rounds)} Command: `python benchmarks/vs_torch_pruning.py"
             f"{' --quick' if args.quick else ''}`. Training budget for every method: the same L steps × epochs "
-            "(lcpress's LC steps, Torch-Pruning's fine-tuning after pruning), SGD with lcpress's learning-rate decay. "
+            "(lcpress: its LC steps, then one pass fine-tuning the realized model; Torch-Pruning: fine-tuning after "
+            "pruning), SGD with lcpress's learning-rate decay. "
             "Budget: the FLOPs ratio Torch-Pruning is bisected to; lcpress (FLOPs) targets the FLOPs Torch-Pruning "
             "reached, lcpress (latency) a cpu_latency ratio equal to Torch-Pruning's measured batch-1 latency ratio. "
             "FLOPs: FlopCounterMode, batch 1. Widths: output channels of every conv / Linear in model order.",

@@ -268,3 +268,48 @@ def test_an_untraceable_model_stays_dense_with_the_reason(caplog):
     assert "could not trace" in result.states[0].meta["untraced"]
     assert not any(r.realized for r in result.records)
     assert result.model.a.out_features == 8
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _train_run(out, stop_at=None, resume=False):
+    """Three LC steps of the residual block with a small regression L step; ``stop_at`` interrupts one."""
+    torch.manual_seed(0)
+    model = _randomize_norms(Block())
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 2, 5, 5, generator=g), torch.randn(16, 3, generator=g)
+
+    def train(model, penalty, step):
+        if step.index == stop_at:
+            raise Interrupt("power cut")
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        for _ in range(3):
+            loss = F.mse_loss(model(x), y) + penalty()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return float(loss.detach())
+
+    config = {"tasks": [{"layers": ["*"], "scheme": "channels", "options": {"multiple": 2},
+                         "target": {"cost": "flops", "ratio": 0.5}}],
+              "schedule": {"mu0": 0.1, "factor": 2.0, "steps": 3}, "output_dir": str(out)}
+    return lcpress.compress(model, config, train, example_input=x[:1], resume=resume, progress=False)
+
+
+def test_interrupted_run_resumes_exactly_and_exports_to_onnx(tmp_path):
+    full = _train_run(tmp_path / "full")
+    with pytest.raises(Interrupt):
+        _train_run(tmp_path / "cut", stop_at=1)
+    resumed = _train_run(tmp_path / "cut", resume=True)
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.max_abs_error < 1e-5 and full.model.conv1.out_channels < 6
+    pytest.importorskip("onnxruntime")
+    from lcpress.io.export import missing_packages
+
+    if missing_packages():
+        pytest.skip(f"needs {', '.join(missing_packages())}")
+    exported = lcpress.export_onnx(resumed.model.eval(), tmp_path / "m.onnx", torch.randn(1, 2, 5, 5))
+    assert exported.path.exists() and (exported.max_abs_error is None or exported.max_abs_error < 1e-4)
