@@ -32,7 +32,10 @@ import os
 import sys
 import time
 import warnings
+import fnmatch
+import importlib.util
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import torch
@@ -41,11 +44,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lcpress
-from lcpress import TrainConfig, accuracy, digits_cnn, digits_loaders, train_dense
+from lcpress import TrainConfig, accuracy, digits_cnn, digits_loaders, mean_cosine, train_dense
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples" / "lenet300"))
-from common import describe, fine_tune, flops, interleaved_latency_ms, latency_note, publish  # noqa: E402
+from common import (describe, fine_tune, flops, interleaved_latency_ms, latency_note, layer_flops,  # noqa: E402
+                    publish)
 
 TP, LC_FLOPS, LC_LATENCY = "Torch-Pruning", "lcpress channels (FLOPs)", "lcpress channels (latency)"
 
@@ -87,13 +91,15 @@ class Case:
     dense: nn.Module
     loaders: tuple[DataLoader, DataLoader]
     x: torch.Tensor            # one example (batch 1)
-    ignored: str               # the classifier: neither method prunes its outputs
+    ignored: list[str]         # layers (globs) whose outputs neither method prunes: the classifier
     multiple: int              # lcpress kept widths are multiples of this; Torch-Pruning's round_to
     budgets: list[float]       # FLOPs ratios Torch-Pruning is bisected to
     steps: int                 # training passes for every method: lcpress's L steps + fine-tuning, Torch-Pruning's fine-tuning
     cfg: TrainConfig
     schedule: dict             # lcpress's μ schedule (steps: all passes but the last, which fine-tunes the realized model)
     min_run_time: float = 0.05  # seconds per cpu_latency measurement
+    metric: Callable[[nn.Module, DataLoader], float] = accuracy
+    num_heads: Callable[[nn.Module], dict] | None = None  # Torch-Pruning's attention heads, when it prunes heads
 
 
 def mnist_loaders(train_size: int, batch: int = 128) -> tuple[DataLoader, DataLoader]:
@@ -114,9 +120,9 @@ def resnet_case(quick: bool) -> Case:
     train_dense(model, loaders[0], epochs=1 if quick else 4, lr=0.05, progress=False)
     model.eval()
     if quick:
-        return Case("MNIST ResNet", model.eval(), loaders, torch.zeros(1, 784), "fc", 8, [0.5], 1,
+        return Case("MNIST ResNet", model.eval(), loaders, torch.zeros(1, 784), ["fc"], 8, [0.5], 1,
                     TrainConfig(epochs=1, lr=0.01), {"mu0": 0.5, "factor": 2.0}, 0.002)
-    return Case("MNIST ResNet", model.eval(), loaders, torch.zeros(1, 784), "fc", 4, [0.5, 0.3], 5,
+    return Case("MNIST ResNet", model.eval(), loaders, torch.zeros(1, 784), ["fc"], 4, [0.5, 0.3], 5,
                 TrainConfig(epochs=1, lr=0.01, lr_decay=0.8), {"mu0": 0.5, "factor": 2.0})
 
 
@@ -127,19 +133,54 @@ def digits_case(quick: bool) -> Case:
     train_dense(model, loaders[0], epochs=3 if quick else 30, progress=False)
     steps, cfg = (1, TrainConfig(epochs=1, lr=0.02, lr_decay=0.95)) if quick else \
         (10, TrainConfig(epochs=2, lr=0.02, lr_decay=0.95))
-    return Case("digits CNN", model.eval(), loaders, torch.zeros(1, 1, 8, 8), "10", 8,
+    return Case("digits CNN", model.eval(), loaders, torch.zeros(1, 1, 8, 8), ["10"], 8,
                 [0.5] if quick else [0.5, 0.3], steps, cfg, {"mu0": 0.3, "factor": 1.6}, 0.002 if quick else 0.05)
+
+
+class IdsOnly(nn.Module):
+    """The MiniLM sentence encoder called with token ids alone (every token real), as both toolkits trace it."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        return self.encoder(input_ids=input_ids, attention_mask=mask)
+
+
+def minilm_case(quick: bool) -> Case:
+    """all-MiniLM-L6-v2 (examples/minilm): feed-forward widths and attention heads, distilling its own embeddings."""
+    spec = importlib.util.spec_from_file_location("minilm_example", Path(__file__).parents[1] / "examples" / "minilm"
+                                                  / "minilm.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    loaders = example.tiny_loaders() if quick else example.loaders()
+    model = IdsOnly(example.encoder()).eval()
+    x = next(iter(loaders[1]))[0]["input_ids"][:1]
+    cfg = TrainConfig(epochs=1, optimizer="adam", lr=5e-4, lr_decay=0.85, loss="cosine")
+    residual = ["*.attention.output.dense", "*.output.dense"]  # write the residual stream: not pruned
+
+    def heads(m: nn.Module) -> dict:
+        return {getattr(a, n): a.num_attention_heads for a in m.modules() if hasattr(a, "num_attention_heads")
+                for n in ("query", "key", "value")}
+
+    return Case("MiniLM encoder", model, loaders, x, residual, 64, [0.5], 1 if quick else 4, cfg,
+                {"mu0": 0.05, "factor": 3.0}, 0.005 if quick else 0.05, mean_cosine, heads)
 
 
 def tp_pruned(case: Case, ratio: float) -> nn.Module:
     import torch_pruning as tp
 
     model = copy.deepcopy(case.dense).eval()
+    ignored = [m for n, m in model.named_modules() if any(fnmatch.fnmatchcase(n, g) for g in case.ignored)]
+    heads = case.num_heads(model) if case.num_heads else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pruner = tp.pruner.MetaPruner(model, case.x, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                      pruning_ratio=ratio, ignored_layers=[model.get_submodule(case.ignored)],
-                                      round_to=case.multiple)
+                                      pruning_ratio=ratio, ignored_layers=ignored, round_to=case.multiple,
+                                      num_heads=heads, prune_num_heads=bool(heads), prune_head_dims=not heads,
+                                      head_pruning_ratio=ratio if heads else 0.0)
         pruner.step()
     return model
 
@@ -164,11 +205,12 @@ def run_tp(case: Case, budget: float, bisections: int) -> tuple[nn.Module, float
 
 def run_lcpress(case: Case, cost: str, ratio: float, cache: str | None) -> tuple[nn.Module, float, str]:
     """LC with the channels scheme and a ``cost`` target of ``ratio`` over every prunable layer."""
-    task = {"layers": ["*"], "scheme": "channels", "options": {"multiple": case.multiple, "ignore": [case.ignored]},
+    task = {"layers": ["*"], "scheme": "channels", "options": {"multiple": case.multiple, "ignore": case.ignored},
             "cost": cost, "target": {"cost": cost, "ratio": ratio}}
     lc_steps = max(1, case.steps - 1)
     config = {"tasks": [task], "schedule": {**case.schedule, "steps": lc_steps},
-              "finetune": {"steps": case.steps - lc_steps}, "train": case.cfg.to_dict()}
+              "finetune": {"steps": case.steps - lc_steps}, "train": case.cfg.to_dict(),
+              "metric": "cosine" if case.metric is mean_cosine else "accuracy"}
     if cost == "cpu_latency":
         config["cost_models"] = {"cpu_latency": {"min_run_time": case.min_run_time, "threads": 1,
                                                  **({"cache_dir": cache} if cache else {})}}
@@ -204,8 +246,8 @@ def main() -> None:
         sys.exit("needs torch-pruning: pip install --no-deps torch-pruning==1.6.1")
     load = os.getloadavg()
     bisections, rounds = (4, 3) if args.quick else (10, 15)
-    makers = {"resnet": resnet_case, "digits": digits_case}
-    lines = ["| model | budget | method | test accuracy | FLOPs | params | latency b=1 (ms) | latency b=32 (ms) | "
+    makers = {"resnet": resnet_case, "digits": digits_case, "minilm": minilm_case}
+    lines = ["| model | budget | method | test accuracy (MiniLM: cosine) | FLOPs | params | latency b=1 (ms) | latency b=32 (ms) | "
              "wall time (s) | widths |", "|---|---|---|---|---|---|---|---|---|---|"]
     for key in args.models.split(","):
         case = makers[key](args.quick)
@@ -213,20 +255,23 @@ def main() -> None:
         for budget in case.budgets:
             tp_model, seconds, structure = run_tp(case, budget, bisections)
             runs.append((TP, f"{budget:.0%}", tp_model, seconds, structure))
-            achieved = flops(tp_model, case.x) / flops(case.dense, case.x)
+            layers = [n for n, m in case.dense.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+            achieved = layer_flops(tp_model, case.x, layers) / layer_flops(case.dense, case.x, layers)
             lat = interleaved_latency_ms({"dense": case.dense, "tp": tp_model}, case.x, rounds)
-            for method, cost, ratio in ((LC_FLOPS, "flops", achieved), (LC_LATENCY, "cpu_latency", lat["tp"] / lat["dense"])):
+            targets = [(LC_FLOPS, "flops", achieved), (LC_LATENCY, "cpu_latency", lat["tp"] / lat["dense"])]
+            targets = targets[:1] if args.quick else targets  # quick: no measured cost table
+            for method, cost, ratio in targets:
                 model, seconds, structure = run_lcpress(case, cost, ratio, os.environ.get("LCPRESS_CACHE_DIR"))
                 runs.append((method, f"{budget:.0%}", model, seconds, structure))
-            for method, b, model, seconds, _ in runs[-3:]:
-                print(f"{case.name} {b} {method}: accuracy {accuracy(model, case.loaders[1]):.4f}, "
+            for method, b, model, seconds, _ in runs[-len(targets) - 1:]:
+                print(f"{case.name} {b} {method}: metric {case.metric(model, case.loaders[1]):.4f}, "
                       f"FLOPs {flops(model, case.x) / flops(case.dense, case.x):.1%}, {seconds:.0f} s", flush=True)
         models = {str(i): r[2] for i, r in enumerate(runs)}
         lat1 = interleaved_latency_ms(models, case.x, rounds)
         lat32 = interleaved_latency_ms(models, case.x.expand(32, *case.x.shape[1:]).contiguous(), rounds)
         dense_flops = flops(case.dense, case.x)
         for i, (method, budget, model, seconds, structure) in enumerate(runs):
-            lines.append(f"| {case.name} | {budget} | {method} | {accuracy(model, case.loaders[1]):.4f} | "
+            lines.append(f"| {case.name} | {budget} | {method} | {case.metric(model, case.loaders[1]):.4f} | "
                          f"{flops(model, case.x) / dense_flops:.1%} | {params(model):,} | {lat1[str(i)]:.3f} | "
                          f"{lat32[str(i)]:.3f} | {seconds:.0f} | {structure} |")
     publish("Structured pruning: Torch-Pruning vs lcpress channel groups",
