@@ -313,3 +313,10 @@ def test_interrupted_run_resumes_exactly_and_exports_to_onnx(tmp_path):
         pytest.skip(f"needs {', '.join(missing_packages())}")
     exported = lcpress.export_onnx(resumed.model.eval(), tmp_path / "m.onnx", torch.randn(1, 2, 5, 5))
     assert exported.path.exists() and (exported.max_abs_error is None or exported.max_abs_error < 1e-4)
+
+
+def test_a_consumer_claimed_by_another_task_is_refused():
+    config = {"tasks": [{"layers": ["up"], "scheme": "channels"}, {"layers": ["down"], "scheme": "low_rank"}],
+              "schedule": {"steps": 0}}
+    with pytest.raises(lcpress.ConfigError, match="layer 'down' is also changed by tasks"):
+        lcpress.compress(Attention(), config, example_input=torch.randn(1, 3, 8), progress=False)

@@ -216,7 +216,21 @@ def plan_tasks(model: nn.Module, graph: ModelGraph, resolved: Resolved, example_
             view = TaskView("identity" if len(unit) == 1 else "flatten", tuple(tuple(p.shape) for p in params))
             task_name = unit[0] if len(unit) == 1 else f"group{g}"
             tasks.append(Task(task_name, unit, params, view, scheme, cost_model, spec, g, cfg))
+    _refuse_overlap(tasks)
     return tasks
+
+
+def _refuse_overlap(tasks: list[Task]) -> None:
+    """A model-scope task reaches beyond its matched layers (consumers): none may belong to another task."""
+    owner: dict[str, Task] = {}
+    for task in tasks:
+        for name in task.layers:
+            other = owner.setdefault(name, task)
+            if other is not task:
+                raise ConfigError(
+                    f"tasks[{task.group}]: layer {name!r} is also changed by tasks[{other.group}] "
+                    f"({other.config.scheme}); a pruned channel group shrinks the layers that read it, so leave "
+                    f"{name!r} out of one of them (exclude, or the channels scheme's 'ignore')")
 
 
 def _bound_task(model: nn.Module, graph: ModelGraph, group: GroupPlugins, names: list[str], cost_model: CostModel,
