@@ -199,8 +199,7 @@ def _own_params(module: nn.Module) -> list[nn.Parameter]:
 
 def _channels(module: nn.Module) -> tuple[int, int]:
     """(outputs, inputs) of a Linear or Conv2d."""
-    return tuple(module.weight.shape[0:1]) + ((module.in_features,) if isinstance(module, nn.Linear)
-                                              else (module.in_channels,))  # type: ignore[return-value]
+    return module.weight.shape[0], module.in_features if isinstance(module, nn.Linear) else module.in_channels
 
 
 def _positions(groups: list[ChannelGroup], touched: list[str], modules: dict[str, nn.Module]) -> list[torch.Tensor]:
@@ -230,23 +229,21 @@ def _positions(groups: list[ChannelGroup], touched: list[str], modules: dict[str
 
 def smaller(module: nn.Module, rows: set[int], columns: set[int]) -> nn.Module:
     """``module`` without the given output rows and input columns (a BatchNorm: without those entries)."""
-    keep_rows = _kept(module.weight.shape[0] if getattr(module, "weight", None) is not None
-                      else module.num_features, rows)
-    kw = {"device": module.weight.device if module.weight is not None else None,
-          "dtype": module.weight.dtype if module.weight is not None else None}
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return _smaller_norm(module, _kept(module.num_features, rows))
+    keep_rows = _kept(module.weight.shape[0], rows)
+    kw = {"device": module.weight.device, "dtype": module.weight.dtype}
     if isinstance(module, nn.Linear):
         keep_cols = _kept(module.in_features, columns)
         new: nn.Module = nn.Linear(len(keep_cols), len(keep_rows), bias=module.bias is not None, **kw)
         weight = module.weight[keep_rows][:, keep_cols]
     elif isinstance(module, nn.Conv2d):
-        depthwise = module.groups > 1
+        depthwise = module.groups > 1  # a depthwise conv follows its channels: rows and inputs are one set
         keep_cols = keep_rows if depthwise else _kept(module.in_channels, columns)
         new = nn.Conv2d(len(keep_cols), len(keep_rows), module.kernel_size, module.stride, module.padding,
                         module.dilation, len(keep_rows) if depthwise else 1, module.bias is not None,
                         module.padding_mode, **kw)
         weight = module.weight[keep_rows] if depthwise else module.weight[keep_rows][:, keep_cols]
-    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return _smaller_norm(module, keep_rows)
     else:
         raise TypeError(f"channels cannot shrink a {type(module).__name__}")
     with torch.no_grad():

@@ -41,15 +41,18 @@ log = logging.getLogger("lcpress.channels")
 
 aten = torch.ops.aten
 
-#: ops that only move data: applied to the label tensor as they are to the activation
+#: ops that rearrange data: applied to the label tensor as they are to the activation
 MOVEMENT = {
     aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.flatten.using_ints,
     aten.unflatten.int, aten.transpose.int, aten.permute.default, aten.t.default, aten.unsqueeze.default,
-    aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default, aten.expand.default, aten.contiguous.default,
-    aten.clone.default, aten.alias.default, aten.detach.default, aten.slice.Tensor, aten.select.int,
-    aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default, aten.unbind.int,
-    aten.dropout.default, aten.lift_fresh_copy.default, aten.to.dtype, aten.to.dtype_layout, aten._to_copy.default,
-    aten.feature_dropout.default,
+    aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default, aten.expand.default, aten.slice.Tensor,
+    aten.select.int, aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default, aten.unbind.int,
+}
+#: ops whose output holds the input's values in place (copies, casts, dropout): the labels are the input's
+SAME = {
+    aten.contiguous.default, aten.clone.default, aten.alias.default, aten.detach.default, aten.dropout.default,
+    aten.feature_dropout.default, aten.lift_fresh_copy.default, aten.to.dtype, aten.to.dtype_layout,
+    aten._to_copy.default,
 }
 #: elementwise ops of one tensor (extra arguments are scalars): labels pass through
 UNARY = {
@@ -98,12 +101,11 @@ class ChannelGroup:
     channels: int
     slices: list[Slice]
     blocked: str = ""  # why the group cannot be pruned ("" when it can)
+    followers: list[str] = field(default_factory=list)  # BatchNorm / depthwise modules that follow the channels
 
     @property
     def producers(self) -> list[str]:
         return [s.module for s in self.slices if s.role == "rows" and s.module not in self.followers]
-
-    followers: list[str] = field(default_factory=list)  # BatchNorm / depthwise modules that follow the channels
 
     @property
     def consumers(self) -> list[str]:
@@ -262,8 +264,8 @@ class _Analysis:
         if target in BATCH_NORMS:
             return self._batch_norm(node)
         if target in MOVEMENT:
-            return self._move(node)
-        if target in UNARY:
+            return node.target(*(self._label_arg(a) for a in node.args), **node.kwargs)
+        if target in SAME or target in UNARY:
             return self._get(node.args[0])
         if target in BINARY:
             return self._binary(node)
@@ -337,16 +339,6 @@ class _Analysis:
                             if label != NONE)
         out = x
         return (out, None, None) if node.target is not aten.batch_norm.default else out
-
-    def _move(self, node: torch.fx.Node) -> Any:
-        args = [self._label_arg(a) for a in node.args]
-        kwargs = {k: v for k, v in node.kwargs.items() if k not in ("dtype", "layout", "device", "memory_format",
-                                                                      "pin_memory", "non_blocking", "train", "p")}
-        if node.target in (aten.dropout.default, aten.feature_dropout.default, aten.to.dtype,
-                           aten.to.dtype_layout, aten._to_copy.default, aten.lift_fresh_copy.default,
-                           aten.alias.default, aten.detach.default, aten.clone.default, aten.contiguous.default):
-            return args[0]
-        return node.target(*args, **kwargs)
 
     def _label_arg(self, value: Any) -> Any:
         if isinstance(value, torch.fx.Node):
@@ -443,16 +435,12 @@ class _Analysis:
                       for module, role, _ in sorted(key, key=lambda k: (k[1] != "rows", k[0]))]
             reasons = [blocked[r] for r in roots if r in blocked]
             groups.append(ChannelGroup(0, len(roots), slices, reasons[0] if reasons else ""))
-        groups.sort(key=lambda g: self._order(g))
+        order = {name: i for i, (name, _) in enumerate(self.model.named_modules())}
+        groups.sort(key=lambda g: order.get(g.slices[0].module, len(order)))
         for i, g in enumerate(groups):
             g.index = i
             g.followers = [s.module for s in g.slices if s.role == "rows" and self._follows(s.module)]
         return groups
-
-    def _order(self, group: ChannelGroup) -> int:
-        names = [n for n, _ in self.model.named_modules()]
-        first = group.slices[0].module
-        return names.index(first) if first in names else len(names)
 
     def _follows(self, name: str) -> bool:
         module = get_module(self.model, name)
