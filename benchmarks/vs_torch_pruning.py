@@ -248,6 +248,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--models", default="resnet,digits")
+    parser.add_argument("--budgets", help="FLOPs ratios, e.g. 0.5,0.3 (default: each model's)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one: the machine is shared)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "vs_torch_pruning.md"))
     args = parser.parse_args()
@@ -263,6 +264,8 @@ def main() -> None:
              "wall time (s) | widths |", "|---|---|---|---|---|---|---|---|---|---|"]
     for key in args.models.split(","):
         case = makers[key](args.quick)
+        if args.budgets:
+            case.budgets = [float(b) for b in args.budgets.split(",")]
         runs = [("dense", "—", case.dense, 0.0, widths(case.dense))]
         for budget in case.budgets:
             tp_model, seconds, structure = run_tp(case, budget, bisections)
