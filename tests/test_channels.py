@@ -134,7 +134,8 @@ def test_transformer_block_groups_heads_and_the_feed_forward_width():
 
 # -------------------------------------------------------------- the C step
 def _engine(model, x, **task):
-    config = lcpress.load_config({"tasks": [{"layers": ["*"], "scheme": "channels", **task}], "schedule": {"steps": 0}})
+    config = lcpress.load_config({"tasks": [{"layers": ["*"], "scheme": "channels", **task}],
+                                  "schedule": {"steps": 0, "mu0": 1e-3}})
     planned = lcpress.core.plan.plan(model, config, x)
     engine = lcpress.LCEngine(model, planned.tasks, config.schedule, None, graph=planned.graph,
                               cost_models=planned.cost_models, progress=False)
