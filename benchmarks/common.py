@@ -38,6 +38,7 @@ def publish(title: str, preamble: str, lines: list[str], out: str, quick: bool, 
 def fine_tune(model: torch.nn.Module, train, steps: int, cfg: TrainConfig) -> None:
     """The optimizer, epochs and learning-rate decay of lcpress's L steps, without the penalty."""
     trainer = SupervisedTrainer(train, cfg, progress=False)
+    model.train()  # as the LC engine's L steps do: BatchNorm learns from batch statistics, not running ones
     for k in range(steps):
         trainer(model, lambda: torch.zeros(()), LStep(k, 0.0, steps))
 

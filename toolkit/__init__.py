@@ -30,8 +30,9 @@ from lcpress.core.plan import load_config
 
 # the plugin contract: schemes, forms, cost models, hooks, registry
 from lcpress.hookspecs import hookimpl
-from lcpress.core.forms import Dense, Form, LayerSpec, LowRank
-from lcpress.core.scheme import Candidates, CStepContext, Scheme, State
+from lcpress.core.forms import Dense, Form, LayerSpec, LowRank, Resized
+from lcpress.core.scheme import Binding, Candidates, Coupled, CStepContext, Scheme, State
+from lcpress.core.channels import ChannelGroup, ChannelGroups, Slice, channel_groups, kept_sizes
 from lcpress.core.parts import PartOptions, Parts
 from lcpress.core.costmodel import CostModel
 from lcpress.core.measured import MeasuredCostModel, form_module
@@ -63,10 +64,11 @@ __all__ = [
     "ModelConfig", "DataConfig", "SweepConfig", "Options", "option",
     # plugin contract
     "hookimpl", "Scheme", "State", "Candidates", "CStepContext", "PartOptions", "Parts",
-    "Form", "Dense", "LowRank", "LayerSpec", "CostModel", "MeasuredCostModel", "form_module",
+    "Coupled", "Binding", "Form", "Dense", "LowRank", "Resized", "LayerSpec", "CostModel", "MeasuredCostModel", "form_module",
     "get_registry", "using_plugins",
     # building blocks of a run
-    "LCEngine", "LStep", "ModelGraph", "trace", "spec_of", "get_module", "replace_module", "SupervisedTrainer", "accuracy", "mean_cosine",
+    "LCEngine", "LStep", "ModelGraph", "trace", "spec_of",
+    "channel_groups", "ChannelGroups", "ChannelGroup", "Slice", "kept_sizes", "get_module", "replace_module", "SupervisedTrainer", "accuracy", "mean_cosine",
     # errors
     "LcpressError", "ConfigError", "PluginError", "CStepError", "PartError", "CheckpointError", "RunDirectoryError",
 ]

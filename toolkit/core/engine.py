@@ -31,6 +31,7 @@ from torch import nn
 
 from lcpress.config import ScheduleConfig
 from lcpress.core import budget as budget_mod
+from lcpress.core import coupled as coupled_mod
 from lcpress.core.costmodel import CostModel
 from lcpress.core.forms import Dense, Form, LayerSpec
 from lcpress.core.graph import ModelGraph
@@ -39,7 +40,7 @@ from lcpress.core.plan import Task
 from lcpress.core.realize import load_compressed
 from lcpress.core.registry import plugin_label
 from lcpress.core.schedule import initial_mu, next_mu
-from lcpress.core.scheme import CStepContext, State
+from lcpress.core.scheme import Coupled, CStepContext, State
 from lcpress.core.tree import join_tensors, split_tensors
 from lcpress.errors import CStepError, LcpressError
 from lcpress.progress import progress_bar, status_line
@@ -298,6 +299,10 @@ class LCEngine:
                 groups.setdefault(self.tasks[i].group, []).append(i)
         for g, members in groups.items():
             cfg = self.tasks[members[0]].config
+            if isinstance(contexts[members[0]].candidates, Coupled):
+                for i in members:  # a model-scope scheme plans one task per task group
+                    self.selection[g] = self._select_coupled(self.tasks[i], contexts[i], mu)
+                continue
             minmax = cfg.target is not None and self.tasks[members[0]].scheme.allocation == "minmax"
             errors = []
             for i in members:
@@ -314,6 +319,28 @@ class LCEngine:
             self.selection[g] = choice
             for i, idx in zip(members, choice.indices):
                 contexts[i].choice = idx
+
+    def _select_coupled(self, task: Task, ctx: CStepContext, mu: float) -> budget_mod.Choice:
+        """One choice per part of a :class:`Coupled` task, priced layer by layer (:mod:`lcpress.core.coupled`)."""
+        coupled, cfg = ctx.candidates, task.config
+        errors = [part.errors.to("cpu", torch.float64) for part in coupled.parts]
+        if cfg.normalize and coupled.scales is not None:
+            errors = [e / max(scale, 1e-300) for e, scale in zip(errors, coupled.scales)]
+        model = self.cost_models[cfg.target.cost] if cfg.target is not None else task.cost_model
+        with plugin_call(model, f"pricing the layers of {task.name!r}"):
+            pricing = coupled_mod.CoupledPricing(task.layer_specs, coupled, model)
+            dense = sum(model.dense_cost(spec) for spec in task.layer_specs.values())
+            if cfg.target is None:
+                choice = coupled_mod.select(pricing, errors, 2.0 * cfg.alpha / mu, None)
+            else:
+                budget = cfg.target.value if cfg.target.value is not None else cfg.target.ratio * dense
+                choice = coupled_mod.select(pricing, errors, None, budget)
+        choice.dense_cost = dense
+        if not choice.feasible:
+            log.warning("budget %.4g %s is below the cheapest forms (%.4g); using the cheapest",
+                        choice.budget, model.name, choice.total_cost)
+        ctx.choice = choice.indices
+        return choice
 
     def _choose_for_target(self, members, contexts, errors, cfg, minmax: bool, warn: bool) -> budget_mod.Choice:
         model = self.cost_models[cfg.target.cost]

@@ -196,6 +196,36 @@ class LowRank(Form):
         return f"rank {self.rank}" + (" (spatial)" if self.shape == "spatial" else "")
 
 
+@dataclass(frozen=True)
+class Resized(Form):
+    """The layer with fewer output channels and/or input columns: one smaller layer of the same kind.
+
+    What channel pruning makes of a producer (fewer outputs), a consumer
+    (fewer inputs; features, after a flatten) or a depthwise conv that follows
+    its channels (both, and as many groups) — priced by every cost model as the
+    smaller layer it is.
+    """
+
+    out_channels: int
+    in_channels: int
+    kind: ClassVar[str] = "resized"
+
+    def primitives(self, spec: LayerSpec) -> tuple[LayerSpec, ...]:
+        return (resized(spec, self.out_channels, self.in_channels),)
+
+    def describe(self) -> str:
+        return f"{self.in_channels}→{self.out_channels}"
+
+
+def resized(spec: LayerSpec, out_channels: int, in_channels: int) -> LayerSpec:
+    """``spec`` with other channel counts (its input shape follows; a depthwise conv keeps groups = channels)."""
+    depthwise = spec.groups > 1 and spec.groups == spec.in_channels == spec.out_channels
+    shape = list(spec.input_shape)
+    shape[1 if spec.kind == "conv2d" else -1] = in_channels
+    return spec.with_(out_channels=out_channels, in_channels=in_channels, input_shape=tuple(shape),
+                      groups=in_channels if depthwise else spec.groups)
+
+
 def form_to_dict(form: Form) -> dict[str, Any]:
     """JSON description of a form (for manifests and reports); forms made of parts list each part's."""
     data: dict[str, Any] = {"kind": form.kind}

@@ -41,7 +41,7 @@ from torch import nn
 
 from lcpress.atomic import write_text_atomic
 from lcpress.core.costmodel import CostModel
-from lcpress.core.forms import Form, LayerSpec, form_to_dict
+from lcpress.core.forms import Dense, Form, LayerSpec, Resized, form_to_dict
 from lcpress.nn.modules import GroupedLinear, ParallelSum, ScatterChannels
 
 log = logging.getLogger("lcpress.measured")
@@ -236,6 +236,8 @@ class MeasuredCostModel(CostModel):
             from lcpress.errors import LcpressError
 
             raise LcpressError(f"cost model {self.name!r} is not available here: {reason}")
+        if isinstance(form, Resized):  # a smaller layer: measured as that layer, from an input of its own width
+            return self.cost(form.primitives(spec)[0], Dense())
         options = {k: v for k, v in self.measure_options().items() if k != "cache_dir"}
         key = table_key(spec, form, options)
         value = self.table.get(key)

@@ -21,7 +21,7 @@ and never reads plugin names or options again.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +156,8 @@ class Task:
     spec: LayerSpec | None
     group: int
     config: TaskConfig
+    #: the specs of the layers a model-scope task prices (its layers in their traced shapes)
+    layer_specs: dict[str, LayerSpec] = field(default_factory=dict)
 
     def weight(self) -> torch.Tensor:
         """The tensor the scheme compresses (differentiable through the view)."""
@@ -180,10 +182,10 @@ def plan(model: nn.Module, config: LCConfig, example_input: Any, resolved: Resol
     """Trace ``model`` on ``example_input`` and turn the config's task groups into tasks (no training)."""
     resolved = resolved or resolve(config)
     graph = trace(model, example_input)
-    return Plan(graph, plan_tasks(model, graph, resolved), resolved.cost_models, resolved)
+    return Plan(graph, plan_tasks(model, graph, resolved, example_input), resolved.cost_models, resolved)
 
 
-def plan_tasks(model: nn.Module, graph: ModelGraph, resolved: Resolved) -> list[Task]:
+def plan_tasks(model: nn.Module, graph: ModelGraph, resolved: Resolved, example_input: Any = None) -> list[Task]:
     """Resolve every task group against ``model`` (see the module docstring)."""
     modules = dict(model.named_modules(remove_duplicate=False))
     claimed: dict[str, int] = {}
@@ -199,6 +201,9 @@ def plan_tasks(model: nn.Module, graph: ModelGraph, resolved: Resolved) -> list[
                 )
             claimed[name] = g
         cost_model = resolved.cost_models[cfg.cost]
+        if group.scheme_class.scope == "model":
+            tasks.append(_bound_task(model, graph, group, names, cost_model, example_input))
+            continue
         units = [names] if cfg.shared else [[n] for n in names]
         for unit in units:
             scheme = group.scheme()
@@ -217,7 +222,37 @@ def plan_tasks(model: nn.Module, graph: ModelGraph, resolved: Resolved) -> list[
             view = TaskView("identity" if len(unit) == 1 else "flatten", tuple(tuple(p.shape) for p in params))
             task_name = unit[0] if len(unit) == 1 else f"group{g}"
             tasks.append(Task(task_name, unit, params, view, scheme, cost_model, spec, g, cfg))
+    _refuse_overlap(tasks)
     return tasks
+
+
+def _refuse_overlap(tasks: list[Task]) -> None:
+    """A model-scope task reaches beyond its matched layers (consumers): none may belong to another task."""
+    owner: dict[str, Task] = {}
+    for task in tasks:
+        for name in task.layers:
+            other = owner.setdefault(name, task)
+            if other is not task:
+                raise ConfigError(
+                    f"tasks[{task.group}]: layer {name!r} is also changed by tasks[{other.group}] "
+                    f"({other.config.scheme}); a pruned channel group shrinks the layers that read it, so leave "
+                    f"{name!r} out of one of them (exclude, or the channels scheme's 'ignore')")
+
+
+def _bound_task(model: nn.Module, graph: ModelGraph, group: GroupPlugins, names: list[str], cost_model: CostModel,
+                example_input: Any) -> Task:
+    """The one task of a model-scope scheme: parameters and priced layers as its :meth:`Scheme.bind` chooses."""
+    if example_input is None:
+        raise ConfigError(f"tasks[{group.index}]: scheme {group.config.scheme!r} analyses the model's graph and "
+                          f"needs the example input; plan with plan(model, config, example_input)")
+    scheme = group.scheme()
+    binding = scheme.bind(model, names, example_input)
+    missing = [n for n in binding.layers if n not in graph.specs]
+    if missing:
+        raise ConfigError(f"tasks[{group.index}]: layers {missing} are not called by the forward pass on the example input")
+    view = TaskView("flatten", tuple(tuple(p.shape) for p in binding.params))
+    return Task(f"group{group.index}", list(binding.layers), list(binding.params), view, scheme, cost_model, None,
+                group.index, group.config, {n: graph.specs[n] for n in binding.layers})
 
 
 def _match(cfg: TaskConfig, modules: dict[str, nn.Module], graph: ModelGraph, g: int) -> list[str]:

@@ -68,6 +68,9 @@ def realize(
     load_compressed(tasks, states)
     records: list[RealizedLayer] = []
     for task, state in zip(tasks, states):
+        if task.scheme.scope == "model":
+            records.extend(_realize_bound(model, task, state, aliases))
+            continue
         for name, layer_state, reason in _layer_states(task, state):
             module = get_module(model, name)
             record = RealizedLayer(name, task.scheme.name, {}, False, list(module.weight.shape),
@@ -87,6 +90,30 @@ def realize(
             replace_module(model, name, new, record.aliases)
             record.realized = True
     return records
+
+
+def _realize_bound(model: nn.Module, task: Task, state: State, aliases: dict[str, list[str]]) -> list[RealizedLayer]:
+    """A model-scope task: every module its scheme rebuilds (smaller producers, consumers, norms) is replaced."""
+    with plugin_call(task.scheme, f"in realize_layers() on {task.name!r}",
+                     hint=" Fix the plugin; a run with an output_dir then resumes from its checkpoint."):
+        new = {} if is_dense(state) else task.scheme.realize_layers(state, model)
+        forms = dict(zip(task.layers, task.scheme.layer_forms(state, task.view.shapes)))
+    records = []
+    for name in dict.fromkeys([*task.layers, *new]):
+        module = get_module(model, name)
+        record = RealizedLayer(name, task.scheme.name, form_to_dict(forms.get(name, Dense())), name in new,
+                               _weight_shape(module), aliases=list(aliases.get(name, [])))
+        if name in new:
+            replace_module(model, name, new[name], record.aliases)
+        else:
+            record.reason = "every channel it reads and writes was kept"
+        records.append(record)
+    return records
+
+
+def _weight_shape(module: nn.Module) -> list[int]:
+    weight = getattr(module, "weight", None)
+    return list(weight.shape) if isinstance(weight, torch.Tensor) else []
 
 
 def _layer_states(task: Task, state: State) -> list[tuple[str, State | None, str]]:

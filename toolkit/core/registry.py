@@ -44,6 +44,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "lcpress.plugins.low_rank",
     "lcpress.plugins.alds",
     "lcpress.plugins.prune",
+    "lcpress.plugins.channels",
     "lcpress.plugins.quantize",
     "lcpress.plugins.additive",
     "lcpress.plugins.sequential",

@@ -71,6 +71,47 @@ class Candidates:
 
 
 @dataclass
+class Coupled:
+    """The candidates of a task made of several independent choices that resize layers they share.
+
+    Channel pruning is the example: each channel group of a model is one
+    *part* (its kept counts, with exact errors), and a layer between two
+    groups shrinks with both. ``cuts[p][j]`` says what candidate ``j`` of part
+    ``p`` removes from each layer it touches, as ``{layer: (outputs, inputs)}``
+    (output rows, input columns). The core prices every part's candidates
+    through the layers' cost-model prices in their new shapes and selects by
+    α or a global budget (:mod:`lcpress.core.coupled`); ``ctx.choice`` is then
+    one candidate index per part. Each part must offer a candidate that cuts
+    nothing (dense).
+    """
+
+    parts: list[Candidates]
+    cuts: list[list[dict[str, tuple[int, int]]]]
+    #: coordinate-descent rounds of the selection inside one C step (a layer's price depends on two parts)
+    rounds: int = 10
+    #: ‖w_p‖² of each part: with ``normalize: true`` each part's errors are divided by it
+    scales: list[float] | None = None
+    data: Any = None
+
+    def __post_init__(self) -> None:
+        if len(self.parts) != len(self.cuts):
+            raise ValueError(f"{len(self.parts)} parts but {len(self.cuts)} lists of cuts")
+        for part, cuts in zip(self.parts, self.cuts):
+            if len(part.forms) != len(cuts):
+                raise ValueError(f"{len(part.forms)} forms but {len(cuts)} cuts in one part")
+            if not any(not any(o or i for o, i in cut.values()) for cut in cuts):
+                raise ValueError("every part needs a candidate that cuts nothing (dense)")
+
+
+@dataclass
+class Binding:
+    """What a model-scope scheme (``scope = "model"``) makes one task of: its parameters and priced layers."""
+
+    params: list[nn.Parameter]
+    layers: list[str]
+
+
+@dataclass
 class CStepContext:
     """Everything a C step may use besides the tensor itself.
 
@@ -91,14 +132,20 @@ class CStepContext:
     previous: State | None = None
     generator: torch.Generator | None = None
     step: int = 0
-    candidates: Candidates | None = None
-    choice: int | None = None
+    candidates: "Candidates | Coupled | None" = None
+    choice: "int | list[int] | None" = None
     layer: str = ""
 
     def chosen_form(self) -> Form | None:
-        if self.candidates is None or self.choice is None:
+        if not isinstance(self.candidates, Candidates) or self.choice is None:
             return None
         return self.candidates.forms[self.choice]
+
+    def chosen_forms(self) -> list[Form] | None:
+        """One chosen form per part, when the candidates are :class:`Coupled`."""
+        if not isinstance(self.candidates, Coupled) or self.choice is None:
+            return None
+        return [part.forms[j] for part, j in zip(self.candidates.parts, self.choice)]
 
 
 class Scheme(ABC):
@@ -122,6 +169,10 @@ class Scheme(ABC):
     #: error (the LC C step); "minmax" minimises the largest *relative* error
     #: of any layer (ALDS's allocation).
     allocation: ClassVar[str] = "sum"
+    #: "layer": one task per matched layer (one for all with ``shared: true``). "model": one task for the
+    #: task group, whose parameters and layers the scheme chooses in :meth:`bind` (channel pruning reaches
+    #: the consumers and norms of the matched layers), realized through :meth:`realize_layers`.
+    scope: ClassVar[str] = "layer"
 
     def __init__(self, options: Options | None = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -228,6 +279,24 @@ class Scheme(ABC):
         weight replaced by ``Δ(θ)``.
         """
         return holding(module, self.decompress(state))
+
+    def bind(self, model: nn.Module, layers: list[str], example_input: Any) -> Binding:
+        """A model-scope scheme's task: the parameters it compresses and the layers it prices.
+
+        Called once while the run is planned, with the matched layer names and
+        the example input. The scheme may keep what it learns (e.g. the channel
+        groups) for its C steps and realization.
+        """
+        raise NotImplementedError(f"scheme {self.name!r} has scope 'model' but no bind()")
+
+    def realize_layers(self, state: State, model: nn.Module) -> dict[str, nn.Module]:
+        """A model-scope task's realized modules by dotted name (producers, consumers, norms …).
+
+        ``model`` holds Δ(θ) when this is called. The modules returned replace
+        the ones at those names and must compute exactly what they computed
+        with Δ(θ). Default: none (every layer of the task stays dense).
+        """
+        return {}
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{f.name}={getattr(self.options, f.name)!r}" for f in dataclasses.fields(self.options))

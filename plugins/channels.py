@@ -1,0 +1,274 @@
+"""Structured pruning by channel dependency groups: smaller producers *and* consumers, priced as such.
+
+``scheme: channels`` prunes whole channels of the matched layers together with
+everything that carries them (:func:`lcpress.channel_groups`): a conv's output
+rows, the BatchNorm entries and depthwise-conv rows that follow them, every
+other producer summed with them (residual connections), and the input columns
+of every layer that reads them — after a concatenation at their offset, after
+a flatten as a block of features; in transformers whole attention heads and
+the feed-forward hidden width.
+
+The C step is exact per group: the task's parameters are every tensor the
+groups live in; Δ(θ) zeroes the pruned channels' slices in all of them, so
+‖w − Δ‖² for keeping ``k`` of a group's channels is the sum of the smallest
+squared channel norms (a channel's norm spans its producer rows and biases,
+norm parameters and consumer columns). Candidates are kept counts in
+multiples of ``multiple``; the core prices each one by what it makes of every
+layer it touches and selects by α or a global budget under any cost model
+(:mod:`lcpress.core.coupled`: coordinate descent across groups, since a layer
+between two groups shrinks with both).
+
+Because Δ(θ) zeroes a pruned channel's producer rows, bias and BatchNorm
+affine parameters *and* the consumer columns reading it, the constant that
+channel still carries (the activation of zero) meets zero weights: there is
+nothing to fold into the consumer's bias, and the realized model — producer,
+norm and consumer physically smaller — equals the dense model holding Δ(θ)
+exactly, padded convolutions included (where a non-zero constant could not be
+folded into a bias exactly).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+import lcpress
+from lcpress import (Binding, Candidates, ChannelGroup, Coupled, CStepContext, Dense, Form, LayerSpec, Options,
+                     Resized, Scheme, State, channel_groups, get_module, kept_sizes, option)
+
+log = logging.getLogger("lcpress.channels")
+
+PRICED = (nn.Linear, nn.Conv2d)
+
+
+@dataclass(frozen=True)
+class KeptChannels(Form):
+    """``kept`` of a group's ``channels`` (the layers it touches are priced one by one, as :class:`Resized`)."""
+
+    kept: int
+    channels: int
+    kind: ClassVar[str] = "kept_channels"
+
+    def primitives(self, spec: LayerSpec) -> tuple[LayerSpec, ...]:
+        return (spec,)
+
+    def describe(self) -> str:
+        return f"{self.kept} of {self.channels} channels"
+
+
+@dataclass
+class ChannelOptions(Options):
+    multiple: int = option(8, help="kept widths are multiples of this (Torch-Pruning's round_to); channels "
+                                   "wider than it (an attention head) count whole", ge=1)
+    ignore: list[str] = option(default_factory=list, help="layers (names or globs) whose output channels are never "
+                                                          "pruned; their inputs may still shrink")
+    rounds: int = option(10, help="coordinate-descent rounds of the selection in one C step (a layer between two "
+                                  "groups costs what both make of it)", ge=1)
+
+
+class ChannelScheme(Scheme):
+    """Channel-group pruning (see the module docstring)."""
+
+    name = "channels"
+    Options = ChannelOptions
+    options: ChannelOptions
+    scope = "model"
+
+    def selecting(self) -> bool:
+        return True
+
+    # ------------------------------------------------------------- planning
+    def bind(self, model: nn.Module, layers: list[str], example_input: Any) -> Binding:
+        found = channel_groups(model, example_input)
+        if not found.traced:
+            log.warning("channels: every layer stays dense: %s", found.reason)
+        self.skipped = [(g, g.blocked or self._outside(g, layers)) for g in found.groups]
+        self.groups = [g for g, reason in self.skipped if not reason]
+        self.skipped = [(g, reason) for g, reason in self.skipped if reason]
+        self.untraced = found.reason
+        for g, reason in self.skipped:
+            log.info("channels: %s stays dense: %s", g.describe(), reason)
+        modules = {name: m for name, m in model.named_modules()}
+        touched = [n for n in modules if any(s.module == n for g in self.groups for s in g.slices)]
+        params = [p for n in touched for p in _own_params(modules[n])]
+        self.layers = [n for n in touched if isinstance(modules[n], PRICED)] if self.groups else list(layers)
+        if not self.groups:
+            params = [modules[n].weight for n in layers]
+        self.sizes = {n: _channels(modules[n]) for n in self.layers}
+        self.depthwise = {n for n in touched if isinstance(modules[n], nn.Conv2d) and modules[n].groups > 1}
+        self.index = _positions(self.groups, touched, modules) if self.groups else []
+        return Binding(params, self.layers)
+
+    def _outside(self, group: ChannelGroup, layers: list[str]) -> str:
+        for producer in group.producers:
+            if producer not in layers:
+                return f"its producer {producer} is not among the task's layers"
+            if any(fnmatch.fnmatchcase(producer, pattern) for pattern in self.options.ignore):
+                return f"its producer {producer} is ignored (options.ignore)"
+        return ""
+
+    # ---------------------------------------------------------------- C step
+    def candidates(self, w: torch.Tensor, ctx: CStepContext) -> Coupled | None:
+        if not self.groups:
+            return None
+        parts, cuts, norms_of = [], [], []
+        for group, index in zip(self.groups, self.index):
+            norms = w.detach()[index].double().pow(2).sum(1)
+            ascending = torch.cumsum(torch.sort(norms)[0], 0)
+            sizes = kept_sizes(group, self.options.multiple)
+            errors = [float(ascending[group.channels - k - 1]) if k < group.channels else 0.0 for k in sizes]
+            parts.append(Candidates([KeptChannels(k, group.channels) for k in sizes],
+                                    torch.tensor(errors, dtype=torch.float64)))
+            cuts.append([self._cuts(group, group.channels - k) for k in sizes])
+            norms_of.append(norms)
+        return Coupled(parts, cuts, self.options.rounds, [float(n.sum()) for n in norms_of], data=norms_of)
+
+    def _cuts(self, group: ChannelGroup, removed: int) -> dict[str, tuple[int, int]]:
+        """What removing ``removed`` channels of ``group`` takes from each layer it touches."""
+        cuts: dict[str, tuple[int, int]] = {}
+        for s in group.slices:
+            if s.module not in self.sizes:
+                continue  # a norm: not priced
+            count = removed * s.width
+            out, inp = cuts.get(s.module, (0, 0))
+            if s.role == "columns":
+                cuts[s.module] = (out, inp + count)
+            else:
+                cuts[s.module] = (out + count, inp + (count if s.module in self.depthwise else 0))
+        return cuts
+
+    def compress(self, w: torch.Tensor, ctx: CStepContext) -> State:
+        w = w.detach()
+        delta = w.clone()
+        kept = []
+        norms_of = ctx.candidates.data if isinstance(ctx.candidates, Coupled) else []
+        for g, (group, index) in enumerate(zip(self.groups, self.index)):
+            k = ctx.chosen_forms()[g].kept if norms_of else group.channels
+            norms = norms_of[g] if norms_of else w[index].double().pow(2).sum(1)
+            keep = torch.sort(torch.topk(norms, k).indices)[0]
+            drop = torch.ones(group.channels, dtype=torch.bool)
+            drop[keep] = False
+            delta[index[drop].reshape(-1)] = 0
+            kept.append({"group": group.index, "channels": group.channels, "kept": k, "indices": keep.tolist(),
+                         "producers": group.producers, "consumers": group.consumers})
+        dense = [{"group": g.index, "channels": g.channels, "producers": g.producers, "reason": reason}
+                 for g, reason in self.skipped]
+        return State({"weight": delta}, {"form": "channels", "groups": kept, "dense_groups": dense,
+                                         "untraced": self.untraced})
+
+    def decompress(self, state: State) -> torch.Tensor:
+        return state.tensors["weight"]
+
+    # ------------------------------------------------------ forms, realization
+    def layer_forms(self, state: State, shapes: Sequence[tuple[int, ...]]) -> list[Form]:
+        removed = self._removed(state)
+        forms: list[Form] = []
+        for name in self.layers:
+            rows, cols = (len(removed.get(name, {}).get(r, ())) for r in ("rows", "columns"))
+            out, inp = self.sizes[name]
+            forms.append(Resized(out - rows, inp - cols) if rows or cols else Dense())
+        return forms
+
+    def _removed(self, state: State) -> dict[str, dict[str, set[int]]]:
+        """Rows and columns removed from every module the groups touch."""
+        removed: dict[str, dict[str, set[int]]] = {}
+        for s in (s for g in self.groups for s in g.slices):
+            removed.setdefault(s.module, {"rows": set(), "columns": set()})
+        for entry, group in zip(state.meta.get("groups", []), self.groups):
+            dropped = sorted(set(range(group.channels)) - set(entry["indices"]))
+            for s in group.slices:
+                removed[s.module][s.role].update(i for c in dropped for i in s.indices[c])
+        return removed
+
+    def realize_layers(self, state: State, model: nn.Module) -> dict[str, nn.Module]:
+        new = {}
+        for name, cut in self._removed(state).items():
+            if cut["rows"] or cut["columns"]:
+                new[name] = smaller(get_module(model, name), cut["rows"], cut["columns"])
+        return new
+
+
+def _own_params(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in (getattr(module, "weight", None), getattr(module, "bias", None)) if isinstance(p, nn.Parameter)]
+
+
+def _channels(module: nn.Module) -> tuple[int, int]:
+    """(outputs, inputs) of a Linear or Conv2d."""
+    return module.weight.shape[0], module.in_features if isinstance(module, nn.Linear) else module.in_channels
+
+
+def _positions(groups: list[ChannelGroup], touched: list[str], modules: dict[str, nn.Module]) -> list[torch.Tensor]:
+    """For each group, a (channels, entries) tensor of positions in the task's flat parameter vector."""
+    offsets, start = {}, 0
+    for name in touched:
+        for kind, p in zip(("weight", "bias"), (getattr(modules[name], "weight", None), getattr(modules[name], "bias", None))):
+            if isinstance(p, nn.Parameter):
+                offsets[(name, kind)] = (start + torch.arange(p.numel())).reshape(p.shape)
+                start += p.numel()
+    out = []
+    for group in groups:
+        rows = []
+        for c in range(group.channels):
+            parts = []
+            for s in group.slices:
+                idx = torch.tensor(s.indices[c])
+                weight, bias = offsets.get((s.module, "weight")), offsets.get((s.module, "bias"))
+                if s.role == "columns":
+                    parts.append(weight[:, idx].reshape(-1))
+                    continue
+                parts.extend(t[idx].reshape(-1) for t in (weight, bias) if t is not None)
+            rows.append(torch.cat(parts))
+        out.append(torch.stack(rows))
+    return out
+
+
+def smaller(module: nn.Module, rows: set[int], columns: set[int]) -> nn.Module:
+    """``module`` without the given output rows and input columns (a BatchNorm: without those entries)."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return _smaller_norm(module, _kept(module.num_features, rows))
+    keep_rows = _kept(module.weight.shape[0], rows)
+    kw = {"device": module.weight.device, "dtype": module.weight.dtype}
+    if isinstance(module, nn.Linear):
+        keep_cols = _kept(module.in_features, columns)
+        new: nn.Module = nn.Linear(len(keep_cols), len(keep_rows), bias=module.bias is not None, **kw)
+        weight = module.weight[keep_rows][:, keep_cols]
+    elif isinstance(module, nn.Conv2d):
+        depthwise = module.groups > 1  # a depthwise conv follows its channels: rows and inputs are one set
+        keep_cols = keep_rows if depthwise else _kept(module.in_channels, columns)
+        new = nn.Conv2d(len(keep_cols), len(keep_rows), module.kernel_size, module.stride, module.padding,
+                        module.dilation, len(keep_rows) if depthwise else 1, module.bias is not None,
+                        module.padding_mode, **kw)
+        weight = module.weight[keep_rows] if depthwise else module.weight[keep_rows][:, keep_cols]
+    else:
+        raise TypeError(f"channels cannot shrink a {type(module).__name__}")
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if module.bias is not None:
+            new.bias.copy_(module.bias[keep_rows])
+    return new
+
+
+def _smaller_norm(module: nn.Module, keep: torch.Tensor) -> nn.Module:
+    new = type(module)(len(keep), module.eps, module.momentum, module.affine, module.track_running_stats)
+    with torch.no_grad():
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            old = getattr(module, name)
+            if old is not None:
+                getattr(new, name).copy_(old[keep])
+        if module.num_batches_tracked is not None:
+            new.num_batches_tracked.copy_(module.num_batches_tracked)
+    return new.to(module.running_mean.device if module.running_mean is not None else "cpu")
+
+
+def _kept(total: int, removed: set[int]) -> torch.Tensor:
+    return torch.tensor([i for i in range(total) if i not in removed], dtype=torch.long)
+
+
+@lcpress.hookimpl
+def lcpress_register_schemes(register) -> None:
+    register(ChannelScheme)

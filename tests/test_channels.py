@@ -1,0 +1,323 @@
+"""Channel dependency groups and the ``channels`` scheme: detection, the coupled C step, realization, files."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lcpress
+from lcpress import channel_groups, kept_sizes
+from lcpress.core.coupled import CoupledPricing
+from lcpress.core.registry import get_registry
+
+FLOPS = get_registry().cost_model("flops")()
+PARAMS = get_registry().cost_model("params")()
+
+
+class Block(nn.Module):
+    """A ResNet basic block after a stem: conv-BN-ReLU-conv-BN, plus the identity."""
+
+    def __init__(self, c: int = 6) -> None:
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(2, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.head = nn.Linear(c, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn(self.stem(x)))
+        y = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(x + self.bn2(self.conv2(y)))
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class Concat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(1, 4, 1), nn.Conv2d(1, 6, 1), nn.Conv2d(10, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.cat([self.a(x).relu(), self.b(x)], 1))
+
+
+class Attention(nn.Module):
+    """A pre-norm transformer block: two heads of 4, a feed-forward width of 12."""
+
+    def __init__(self, d: int = 8, heads: int = 2, hidden: int = 12) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.norm1, self.norm2, self.heads = nn.LayerNorm(d), nn.LayerNorm(d), heads
+        self.up, self.down = nn.Linear(d, hidden), nn.Linear(hidden, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        h = self.norm1(x)
+        q, k, v = (m(h).view(b, t, -1, d // self.heads).transpose(1, 2) for m in (self.q, self.k, self.v))
+        x = x + self.o(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, -1))
+        return x + self.down(F.gelu(self.up(self.norm2(x))))
+
+
+def flat_cnn() -> nn.Sequential:
+    """conv → BN → ReLU → depthwise conv → flatten → Linear → Linear: a model lcpress.load rebuilds on its own."""
+    return nn.Sequential(OrderedDict([
+        ("conv", nn.Conv2d(1, 8, 3)), ("bn", nn.BatchNorm2d(8)), ("relu", nn.ReLU()),
+        ("dw", nn.Conv2d(8, 8, 3, padding=1, groups=8)), ("flat", nn.Flatten()),
+        ("fc1", nn.Linear(8 * 2 * 2, 16)), ("act", nn.Tanh()), ("fc2", nn.Linear(16, 5)),
+    ]))
+
+
+def _randomize_norms(model: nn.Module) -> nn.Module:
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g))
+    return model
+
+
+def _groups(model, x):
+    return {tuple(g.producers): g for g in channel_groups(model, x).groups}
+
+
+def _slices(group):
+    return {(s.module, s.role): s.indices for s in group.slices}
+
+
+# ----------------------------------------------------------------- detection
+def test_residual_block_groups_every_producer_of_the_sum():
+    groups = _groups(Block(), torch.randn(1, 2, 5, 5))
+    inner = groups[("conv1",)]
+    assert _slices(inner) == {("conv1", "rows"): [[c] for c in range(6)], ("bn1", "rows"): [[c] for c in range(6)],
+                              ("conv2", "columns"): [[c] for c in range(6)]}
+    stream = groups[("conv2", "stem")]  # the residual sum: stem and conv2 rows are one channel
+    assert set(_slices(stream)) == {("stem", "rows"), ("bn", "rows"), ("conv2", "rows"), ("bn2", "rows"),
+                                    ("conv1", "columns"), ("head", "columns")}
+    assert not inner.blocked and not stream.blocked
+    assert groups[("head",)].blocked == "reaches the model output"
+
+
+def test_concatenation_gives_each_producer_its_offset_in_the_consumer():
+    groups = _groups(Concat(), torch.randn(1, 1, 3, 3))
+    assert _slices(groups[("a",)])[("c", "columns")] == [[0], [1], [2], [3]]
+    assert _slices(groups[("b",)])[("c", "columns")] == [[4], [5], [6], [7], [8], [9]]
+
+
+def test_flatten_makes_a_channel_a_block_of_features_and_depthwise_convs_follow():
+    groups = _groups(flat_cnn(), torch.randn(1, 1, 4, 4))
+    conv = groups[("conv",)]
+    assert conv.followers == ["bn", "dw"]
+    assert _slices(conv)[("dw", "rows")] == [[c] for c in range(8)]
+    assert _slices(conv)[("fc1", "columns")] == [list(range(4 * c, 4 * c + 4)) for c in range(8)]
+    assert _slices(groups[("fc1",)])[("fc2", "columns")] == [[c] for c in range(16)]
+
+
+def test_transformer_block_groups_heads_and_the_feed_forward_width():
+    groups = _groups(Attention(), torch.randn(1, 3, 8))
+    heads = groups[("k", "q", "v")]
+    assert heads.channels == 2 and heads.unit == 4
+    for name in ("q", "k", "v"):
+        assert _slices(heads)[(name, "rows")] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert _slices(heads)[("o", "columns")] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert _slices(groups[("up",)])[("down", "columns")] == [[c] for c in range(12)]
+    assert "not pruned" in groups[("o",)].blocked and "not pruned" in groups[("down",)].blocked
+    assert kept_sizes(heads, 4) == [1, 2]  # a head is 4 rows wide: any head count is a multiple of 4
+    assert kept_sizes(heads, 8) == [2]     # only even head counts are multiples of 8 rows
+
+
+# -------------------------------------------------------------- the C step
+def _engine(model, x, **task):
+    config = lcpress.load_config({"tasks": [{"layers": ["*"], "scheme": "channels", **task}],
+                                  "schedule": {"steps": 0, "mu0": 1e-3}})
+    planned = lcpress.core.plan.plan(model, config, x)
+    engine = lcpress.LCEngine(model, planned.tasks, config.schedule, None, graph=planned.graph,
+                              cost_models=planned.cost_models, progress=False)
+    return engine, planned.tasks[0]
+
+
+def _objective(pricing, errors, choice, t):
+    return t * pricing.total(choice) + sum(float(e[j]) for e, j in zip(errors, choice))
+
+
+def test_group_c_step_equals_a_brute_force_scan_of_alpha_cost_plus_error():
+    torch.manual_seed(0)
+    model, x = flat_cnn(), torch.randn(1, 1, 4, 4)
+    alpha, mu = 3e-3, 1e-3
+    engine, task = _engine(model, x, options={"multiple": 1}, alpha=alpha)
+    mu = engine.schedule.mu0
+    contexts = engine.candidates(0, mu)
+    engine._select(0, mu, engine.c_step_inputs(0, mu), contexts)
+    coupled = contexts[0].candidates
+    pricing = CoupledPricing(task.layer_specs, coupled, FLOPS)
+    t = 2 * alpha / mu
+    scan = [(t * pricing.total(c) + mu / 2 * 2 / mu * sum(float(p.errors[j]) for p, j in zip(coupled.parts, c)), c)
+            for c in itertools.product(*(range(len(p.forms)) for p in coupled.parts))]
+    best = min(scan)[1]
+    chosen = contexts[0].choice
+    errors = [p.errors for p in coupled.parts]
+    assert _objective(pricing, errors, chosen, t) == pytest.approx(_objective(pricing, errors, list(best), t), rel=1e-12)
+    assert any(j != pricing.dense[i] for i, j in enumerate(chosen))  # the trade-off does prune something
+
+
+def test_group_errors_are_the_exact_distance_to_delta():
+    torch.manual_seed(0)
+    model, x = _randomize_norms(Block()), torch.randn(1, 2, 5, 5)
+    engine, task = _engine(model, x, options={"multiple": 2}, target={"cost": "flops", "ratio": 0.5})
+    engine.c_step(0, 1e-3)
+    w = task.weight().detach()
+    delta = task.scheme.decompress(engine.states[0])
+    chosen = engine.selection[0].indices
+    coupled_errors = engine.candidates(0, 1e-3)[0].candidates.parts
+    for part, j, entry in zip(coupled_errors, chosen, engine.states[0].meta["groups"]):
+        assert part.forms[j].kept == entry["kept"]
+    # groups of this model share no entry: ‖w − Δ‖² is the sum of the chosen candidates' errors
+    total = sum(float(p.errors[j]) for p, j in zip(coupled_errors, chosen))
+    assert float(((w.double() - delta.double()) ** 2).sum()) == pytest.approx(total, rel=1e-9)
+    assert engine.selection[0].total_cost <= 0.5 * engine.selection[0].dense_cost
+
+
+def test_coupled_selection_is_a_coordinate_wise_optimum_under_a_budget():
+    torch.manual_seed(0)
+    model, x = Concat(), torch.randn(1, 1, 4, 4)
+    engine, task = _engine(model, x, options={"multiple": 1}, target={"cost": "flops", "ratio": 0.4})
+    contexts = engine.candidates(0, 1e-3)
+    engine._select(0, 1e-3, engine.c_step_inputs(0, 1e-3), contexts)
+    choice, coupled = engine.selection[0], contexts[0].candidates
+    pricing = CoupledPricing(task.layer_specs, coupled, FLOPS)
+    assert choice.total_cost == pricing.total(choice.indices) <= choice.budget
+    error = sum(float(p.errors[j]) for p, j in zip(coupled.parts, choice.indices))
+    for p, part in enumerate(coupled.parts):  # no single group can lower the error and still fit the budget
+        for j in range(len(part.forms)):
+            other = list(choice.indices)
+            other[p] = j
+            if pricing.total(other) <= choice.budget:
+                assert sum(float(q.errors[i]) for q, i in zip(coupled.parts, other)) >= error - 1e-12
+
+
+# --------------------------------------------------------- realization, files
+def _compressed(model, x, ratio=0.5, cost="flops", **options):
+    config = {"tasks": [{"layers": ["*"], "scheme": "channels", "options": {"multiple": 1, **options},
+                         "target": {"cost": cost, "ratio": ratio}}], "schedule": {"steps": 0}}
+    return lcpress.compress(model, config, example_input=x, progress=False)
+
+
+@pytest.mark.parametrize("make, x", [(lambda: _randomize_norms(Block()), torch.randn(2, 2, 5, 5)),
+                                     (Concat, torch.randn(2, 1, 4, 4)),
+                                     (lambda: _randomize_norms(flat_cnn()), torch.randn(2, 1, 4, 4)),
+                                     (Attention, torch.randn(2, 3, 8))])
+def test_realized_model_is_smaller_equals_delta_and_has_the_priced_parameters(make, x):
+    torch.manual_seed(0)
+    model = make()
+    dense_params = sum(p.numel() for p in model.parameters())
+    result = _compressed(model, x)
+    assert result.max_abs_error < 1e-5
+    layers = dict(result.model.named_modules())
+    realized = sum(p.numel() for n in result.tasks[0].layers for p in layers[n].parameters())
+    priced = sum(PARAMS.costs(spec, [form])[0].item() for spec, form in
+                 ((result.graph.specs[n], f) for n, f in zip(result.tasks[0].layers,
+                                                             result.tasks[0].scheme.layer_forms(result.states[0], ()))))
+    assert realized == priced
+    assert sum(p.numel() for p in result.model.parameters()) < dense_params
+    assert not any(isinstance(m, lcpress.nn.ScatterChannels) for m in result.model.modules())
+
+
+def test_save_load_round_trip_of_a_pruned_model(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(3, 1, 4, 4)
+    result = _compressed(_randomize_norms(flat_cnn()), x, ratio=0.4)
+    expected = result.model.eval()(x)
+    path = lcpress.save(result.model, tmp_path / "m.safetensors")
+    for loaded in (lcpress.load(path), lcpress.load(path, model=flat_cnn())):
+        torch.testing.assert_close(loaded.eval()(x), expected, rtol=0, atol=1e-6)
+        assert loaded.fc1.in_features == result.model.fc1.in_features < 32
+    block = _compressed(_randomize_norms(Block()), torch.randn(1, 2, 5, 5), ratio=0.4).model.eval()
+    path = lcpress.save(block, tmp_path / "block.safetensors")
+    y = torch.randn(2, 2, 5, 5)
+    torch.testing.assert_close(lcpress.load(path, model=Block()).eval()(y), block(y), rtol=0, atol=1e-6)
+
+
+def test_ignored_producers_keep_their_outputs_and_say_so():
+    torch.manual_seed(0)
+    result = _compressed(Attention(), torch.randn(1, 3, 8), ratio=0.3, ignore=["up"])
+    meta = result.states[0].meta
+    assert "ignored" in next(g["reason"] for g in meta["dense_groups"] if g["producers"] == ["up"])
+    assert result.model.up.out_features == 12
+
+
+def test_an_untraceable_model_stays_dense_with_the_reason(caplog):
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.a(x)
+            if float(h.sum()) > 0:  # data-dependent control flow: torch.export cannot trace it
+                h = h.relu()
+            return self.b(h)
+
+    with caplog.at_level(logging.WARNING, logger="lcpress.channels"):
+        result = _compressed(Branchy(), torch.randn(1, 4))
+    assert "torch.export could not trace Branchy" in caplog.text and "every layer stays dense" in caplog.text
+    assert "could not trace" in result.states[0].meta["untraced"]
+    assert not any(r.realized for r in result.records)
+    assert result.model.a.out_features == 8
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _train_run(out, stop_at=None, resume=False):
+    """Three LC steps of the residual block with a small regression L step; ``stop_at`` interrupts one."""
+    torch.manual_seed(0)
+    model = _randomize_norms(Block())
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 2, 5, 5, generator=g), torch.randn(16, 3, generator=g)
+
+    def train(model, penalty, step):
+        if step.index == stop_at:
+            raise Interrupt("power cut")
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        for _ in range(3):
+            loss = F.mse_loss(model(x), y) + penalty()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return float(loss.detach())
+
+    config = {"tasks": [{"layers": ["*"], "scheme": "channels", "options": {"multiple": 2},
+                         "target": {"cost": "flops", "ratio": 0.5}}],
+              "schedule": {"mu0": 0.1, "factor": 2.0, "steps": 3}, "output_dir": str(out)}
+    return lcpress.compress(model, config, train, example_input=x[:1], resume=resume, progress=False)
+
+
+def test_interrupted_run_resumes_exactly_and_exports_to_onnx(tmp_path):
+    full = _train_run(tmp_path / "full")
+    with pytest.raises(Interrupt):
+        _train_run(tmp_path / "cut", stop_at=1)
+    resumed = _train_run(tmp_path / "cut", resume=True)
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.max_abs_error < 1e-5 and full.model.conv1.out_channels < 6
+    pytest.importorskip("onnxruntime")
+    from lcpress.io.export import missing_packages
+
+    if missing_packages():
+        pytest.skip(f"needs {', '.join(missing_packages())}")
+    exported = lcpress.export_onnx(resumed.model.eval(), tmp_path / "m.onnx", torch.randn(1, 2, 5, 5))
+    assert exported.path.exists() and (exported.max_abs_error is None or exported.max_abs_error < 1e-4)
+
+
+def test_a_consumer_claimed_by_another_task_is_refused():
+    config = {"tasks": [{"layers": ["up"], "scheme": "channels"}, {"layers": ["down"], "scheme": "low_rank"}],
+              "schedule": {"steps": 0}}
+    with pytest.raises(lcpress.ConfigError, match="layer 'down' is also changed by tasks"):
+        lcpress.compress(Attention(), config, example_input=torch.randn(1, 3, 8), progress=False)
