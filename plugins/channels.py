@@ -32,7 +32,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import torch
 from torch import nn
@@ -69,6 +69,10 @@ class ChannelOptions(Options):
                                                           "pruned; their inputs may still shrink")
     rounds: int = option(10, help="coordinate-descent rounds of the selection in one C step (a layer between two "
                                   "groups costs what both make of it)", ge=1)
+    allocation: Literal["sum", "minmax"] = option(
+        "sum", help="how a target's budget is shared among groups: sum = least total error (by α per unit of cost); "
+                    "minmax = least largest relative error (error / the group's ‖w‖²), the rest of the budget then "
+                    "spent on the total")
 
 
 class ChannelScheme(Scheme):
@@ -78,6 +82,10 @@ class ChannelScheme(Scheme):
     Options = ChannelOptions
     options: ChannelOptions
     scope = "model"
+
+    def __init__(self, options: ChannelOptions | None = None) -> None:
+        super().__init__(options)
+        self.allocation = self.options.allocation  # the core reads it to share a target's budget
 
     def selecting(self) -> bool:
         return True

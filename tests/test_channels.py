@@ -201,6 +201,44 @@ def test_coupled_selection_is_a_coordinate_wise_optimum_under_a_budget():
                 assert sum(float(q.errors[i]) for q, i in zip(coupled.parts, other)) >= error - 1e-12
 
 
+def _minmax_selection(model, x, ratio):
+    engine, task = _engine(model, x, options={"multiple": 1, "allocation": "minmax"},
+                           target={"cost": "flops", "ratio": ratio})
+    contexts = engine.candidates(0, 1e-3)
+    engine._select(0, 1e-3, engine.c_step_inputs(0, 1e-3), contexts)
+    coupled = contexts[0].candidates
+    relative = [p.errors.double() / s for p, s in zip(coupled.parts, coupled.scales)]
+    return engine.selection[0], CoupledPricing(task.layer_specs, coupled, FLOPS), relative
+
+
+@pytest.mark.parametrize("make, x, ratio", [(lambda: _randomize_norms(Block()), torch.randn(1, 2, 5, 5), 0.5),
+                                            (lambda: _randomize_norms(flat_cnn()), torch.randn(1, 1, 4, 4), 0.3),
+                                            (Concat, torch.randn(1, 1, 4, 4), 0.6)])
+def test_minmax_allocation_reaches_the_brute_force_least_largest_relative_error(make, x, ratio):
+    torch.manual_seed(0)
+    choice, pricing, relative = _minmax_selection(make(), x, ratio)
+    combos = list(itertools.product(*(range(len(e)) for e in relative)))
+    worst = {c: max(float(e[j]) for e, j in zip(relative, c)) for c in combos}
+    fitting = [c for c in combos if pricing.total(c) <= choice.budget]
+    best = min(worst[c] for c in fitting)
+    assert choice.total_cost == pricing.total(choice.indices) <= choice.budget
+    assert worst[tuple(choice.indices)] == best == choice.trade_off
+    # the budget that level leaves is spent: the summed error is at most that of each part's cheapest
+    # candidate within the level (with FLOPs the cheapest alone is the cheapest whatever the others choose)
+    def alone(p, j):
+        return pricing.total([j if q == p else d for q, d in enumerate(pricing.dense)])
+
+    cheapest = [min((j for j in range(len(e)) if e[j] <= best), key=lambda j: alone(p, j)) for p, e in enumerate(relative)]
+    assert sum(float(e[j]) for e, j in zip(relative, choice.indices)) <= \
+        sum(float(e[j]) for e, j in zip(relative, cheapest)) + 1e-12
+
+
+def test_minmax_allocation_is_the_schemes_option_and_leaves_alpha_selection_alone():
+    scheme = get_registry().scheme("channels")
+    assert scheme(scheme.Options.from_dict({"allocation": "minmax"})).allocation == "minmax"
+    assert scheme.allocation == "sum"  # the class default the conformance kit reads
+
+
 # --------------------------------------------------------- realization, files
 def _compressed(model, x, ratio=0.5, cost="flops", **options):
     config = {"tasks": [{"layers": ["*"], "scheme": "channels", "options": {"multiple": 1, **options},

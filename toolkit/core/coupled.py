@@ -17,6 +17,15 @@ What is exact: each part's error (the scheme's), each layer's price, and the
 total cost the budget is checked against. What is approximate: the selection
 is coordinate descent over the parts (each round prices a part with the others
 fixed), not a joint search over all combinations.
+
+A scheme that shares a budget by the largest *relative* error
+(``allocation = "minmax"``) is served by :func:`select_minmax`: the smallest
+error level ε at which every part's cheapest candidate of relative error ≤ ε
+fits the budget, then what that leaves of the budget spent to lower the
+summed relative error without any part exceeding ε. When each layer's price
+falls as either of its kept counts falls (FLOPs, parameters), the cheapest
+candidate under ε is the same whatever the other parts choose, and ε is the
+exact optimum of the min–max problem.
 """
 
 from __future__ import annotations
@@ -111,6 +120,56 @@ def select(pricing: CoupledPricing, errors: list[torch.Tensor], trade_off: float
     return best
 
 
+def select_minmax(pricing: CoupledPricing, relative: list[torch.Tensor], budget: float) -> Choice:
+    """The least largest relative error whose choices fit ``budget``, the remainder spent on the sum.
+
+    For an error level ε, every part takes its cheapest candidate with relative
+    error ≤ ε (dense, error 0, always qualifies), priced with the other parts
+    held at their choices, until no choice changes; the total cost falls as ε
+    grows, and bisection over the sorted distinct error levels finds the
+    smallest ε whose exact total fits. Then the sum selection
+    (:func:`select`) runs on the candidates within ε, so budget the min–max
+    choice leaves unused lowers the other parts' errors; it is kept only if
+    it fits and its summed error is lower. ``trade_off`` in the result is ε.
+    """
+    levels = torch.unique(torch.cat([e.reshape(-1).double() for e in relative]))  # sorted
+
+    def at(level: float) -> list[int]:
+        choice = list(pricing.dense)
+        for _ in range(max(1, pricing.coupled.rounds)):
+            prices = pricing.prices(choice)
+            new = [_cheapest_within(c, e.double(), level) for c, e in zip(prices, relative)]
+            if new == choice:
+                break
+            choice = new
+        return choice
+
+    lo, hi = 0, len(levels) - 1
+    if pricing.total(at(float(levels[hi]))) > budget:
+        cheapest = at(float(levels[hi]))
+        return Choice(cheapest, float(levels[hi]), pricing.total(cheapest), budget)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if pricing.total(at(float(levels[mid]))) <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    level = float(levels[lo])
+    base = Choice(at(level), level, 0.0, budget)
+    base.total_cost = pricing.total(base.indices)
+    within = [torch.where(e.double() <= level, e.double(), torch.inf) for e in relative]
+    spent = select(pricing, within, None, budget)
+    if spent.feasible and _error(spent, relative) < _error(base, relative):
+        return Choice(spent.indices, level, spent.total_cost, budget)
+    return base
+
+
+def _cheapest_within(prices: torch.Tensor, errors: torch.Tensor, level: float) -> int:
+    """The cheapest candidate of error ≤ ``level``; of equally cheap ones, the least error."""
+    allowed = torch.where(errors <= level, prices, torch.inf)
+    return int(torch.argmin(torch.where(allowed == allowed.min(), errors, torch.inf)))
+
+
 def _error(choice: Choice, errors: list[torch.Tensor]) -> float:
     return sum(float(e[j]) for e, j in zip(errors, choice.indices))
 
@@ -123,7 +182,7 @@ def _bisect(pricing: CoupledPricing, prices: list[torch.Tensor], errors: list[to
 
     if pricing.total(at(0.0)) <= budget:
         return 0.0, at(0.0)
-    err = max((float(e.max()) for e in errors), default=1.0) or 1.0
+    err = max((float(e[e.isfinite()].max()) for e in errors), default=1.0) or 1.0  # inf: a candidate ruled out
     cost = max((float(c.max()) for c in prices), default=1.0) or 1.0
     scale, lo, hi = err / cost, -30.0, 30.0
     if pricing.total(at(scale * 10**hi)) > budget:

@@ -324,7 +324,8 @@ class LCEngine:
         """One choice per part of a :class:`Coupled` task, priced layer by layer (:mod:`lcpress.core.coupled`)."""
         coupled, cfg = ctx.candidates, task.config
         errors = [part.errors.to("cpu", torch.float64) for part in coupled.parts]
-        if cfg.normalize and coupled.scales is not None:
+        minmax = cfg.target is not None and task.scheme.allocation == "minmax"
+        if (cfg.normalize or minmax) and coupled.scales is not None:
             errors = [e / max(scale, 1e-300) for e, scale in zip(errors, coupled.scales)]
         model = self.cost_models[cfg.target.cost] if cfg.target is not None else task.cost_model
         with plugin_call(model, f"pricing the layers of {task.name!r}"):
@@ -334,7 +335,8 @@ class LCEngine:
                 choice = coupled_mod.select(pricing, errors, 2.0 * cfg.alpha / mu, None)
             else:
                 budget = cfg.target.value if cfg.target.value is not None else cfg.target.ratio * dense
-                choice = coupled_mod.select(pricing, errors, None, budget)
+                choice = (coupled_mod.select_minmax(pricing, errors, budget) if minmax
+                          else coupled_mod.select(pricing, errors, None, budget))
         choice.dense_cost = dense
         if not choice.feasible:
             log.warning("budget %.4g %s is below the cheapest forms (%.4g); using the cheapest",
