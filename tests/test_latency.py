@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 
 import pytest
 import torch
@@ -124,6 +125,18 @@ def test_real_cpu_timer_smoke(cache):
     costs = model.costs(LayerSpec("linear", 32, 32, (4, 32)), [Dense(), LowRank(8)])
     assert all(math.isfinite(c) and c > 0 for c in costs.tolist())
     assert model.fingerprint()["threads"] == 1
+
+
+def test_the_thread_clock_needs_one_thread_and_measures_apart_from_the_wall_clock(cache):
+    with pytest.raises(lcpress.ConfigError, match="clock.*threads: 1"):
+        CpuLatency.Options.from_dict({"clock": "thread", "threads": 2})
+    spec = LayerSpec("linear", 32, 32, (4, 32))
+    wall = CpuLatency(CpuLatency.Options(min_run_time=0.01, threads=1))
+    thread = CpuLatency(CpuLatency.Options(min_run_time=0.01, threads=1, clock="thread"))
+    assert thread._clock is time.thread_time and wall._clock is time.perf_counter
+    assert wall.cost(spec, Dense()) > 0 and thread.cost(spec, Dense()) > 0
+    assert wall.measurements == thread.measurements == 1  # the clock is part of the table key
+    assert thread.measure_model(nn.Linear(32, 32), torch.randn(4, 32)) > 0
 
 
 @pytest.mark.parametrize("name", ["gpu_latency", "gpu_energy"])
