@@ -35,6 +35,7 @@ from lcpress.core.costmodel import CostModel
 from lcpress.core.forms import Dense, Form, LayerSpec
 from lcpress.core.graph import ModelGraph
 from lcpress.core.guard import plugin_call
+from lcpress.core.penalty import QuadraticPenalty
 from lcpress.core.plan import Task
 from lcpress.core.realize import load_compressed
 from lcpress.core.scheme import CStepContext, State
@@ -135,15 +136,11 @@ class LCEngine:
         """Train with the penalty pulling each task's weights towards Δ(θ) + λ/μ."""
         if self.train_fn is None:
             return None
-        targets = [self._target(i, mu) for i in range(len(self.tasks))]
-
-        def penalty() -> torch.Tensor:
-            total = None
-            for task, target in zip(self.tasks, targets):
-                term = torch.sum((task.weight() - target) ** 2)
-                total = term if total is None else total + term
-            return 0.5 * mu * total
-
+        params, targets = [], []
+        for i, task in enumerate(self.tasks):  # each task's target in the shapes of its parameters, once per L step
+            params += task.params
+            targets += task.view.scatter(self._target(i, mu))
+        penalty = QuadraticPenalty(params, targets, mu)
         self.model.train()
         loss = self.train_fn(self.model, penalty, LStep(k - 1, mu, self.schedule.steps))
         return None if loss is None else float(loss)
