@@ -65,9 +65,17 @@ class ScheduleConfig(Options):
     factor: float = option(1.1, help="μ grows by this factor per LC step (at least 1: μ must not shrink)", ge=1)
     steps: int = option(20, help="number of LC steps (L step + C step); 0 = direct compression only", ge=0)
     augmented_lagrangian: bool = option(False, help="keep multipliers λ (augmented Lagrangian) instead of the plain penalty")
+    dc_mu: float | None = option(None, help="μ of the direct-compression step (default: mu0); 0 = the LC toolkit's: "
+                                            "forms chosen by cost alone (the cheapest), which the first L step then "
+                                            "trains the weights towards", ge=0)
 
     def mu(self, step: int) -> float:
         return self.mu0 * self.factor**step
+
+    @property
+    def direct_mu(self) -> float:
+        """μ of the direct-compression step."""
+        return self.mu0 if self.dc_mu is None else self.dc_mu
 
 
 @dataclass

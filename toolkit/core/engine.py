@@ -3,7 +3,8 @@
 Solves ``min L(w) s.t. w = Δ(θ)`` along an increasing penalty μ_k = μ0·a^k:
 
 * **DC step** (step 0): θ ← Π(w) for the trained weights; forms are selected
-  at μ0 (at μ = 0 the objective would pick the cheapest form everywhere).
+  at μ0 (at μ = 0 the objective picks the cheapest form everywhere, which is
+  what the LC toolkit does and ``schedule.dc_mu: 0`` asks for).
 * **L step**: the user's training loop on ``L(w) + μ/2‖w − Δ(θ) − λ/μ‖²``;
   the engine provides the penalty term as a callable.
 * **C step**: θ ← argmin ``μ/2‖w − λ/μ − Δ(θ)‖² + α·C(θ)`` per task, through the
@@ -112,8 +113,8 @@ class LCEngine:
         if self.next_step == 0:
             self._set_rng(0)
             start = time.perf_counter()
-            self.c_step(0, self.schedule.mu0)
-            row = self._finish_step(0, self.schedule.mu0, None, time.perf_counter() - start)
+            self.c_step(0, self.schedule.direct_mu)
+            row = self._finish_step(0, self.schedule.direct_mu, None, time.perf_counter() - start)
             status_line(f"LC step 0/{total} (direct compression): {_summary(row)}", enabled=self.progress)
         with progress_bar(total=total, initial=self.next_step - 1, desc="LC steps", enabled=self.progress) as bar:
             for k in range(self.next_step, total + 1):
@@ -241,10 +242,13 @@ class LCEngine:
                 if cfg.normalize or minmax:
                     e = e / max(float(torch.sum(inputs[i].double() ** 2)), 1e-300)
                 errors.append(e)
-            if cfg.target is not None:
+            if cfg.target is not None and mu > 0:
                 choice = self._choose_for_target(members, contexts, errors, cfg, minmax)
-            else:
-                costs = [self._price(self.tasks[i], self.tasks[i].cost_model, contexts[i].candidates.forms) for i in members]
+            else:  # by α; at μ = 0 (the LC toolkit's direct compression) by cost alone
+                priced_by = [self.cost_models[cfg.target.cost] if cfg.target is not None else self.tasks[i].cost_model
+                             for i in members]
+                costs = [self._price(self.tasks[i], model, contexts[i].candidates.forms)
+                         for i, model in zip(members, priced_by)]
                 choice = budget_mod.choose_with_alpha(costs, errors, cfg.alpha, mu)
             self.selection[g] = choice
             for i, idx in zip(members, choice.indices):
