@@ -125,7 +125,7 @@ def test_direct_compression_at_zero_mu_takes_the_cheapest_forms_then_selects_by_
     task = {"layers": ["0", "2"], "options": {"rank_multiple": 1}, **selection}
     engine = _engine(_mlp(), [task], None, mu0=1.0, dc_mu=0.0, steps=0)
     engine.run()
-    assert engine.history[0]["mu"] == 0.0
+    assert engine.history[0]["mu"] == 1.0  # the path still starts at μ0
     assert {name: form.rank for name, form in engine.forms().items()} == {"0": 1, "2": 1}  # rank 1: the cheapest
     engine.c_step(1, 1.0)  # at μ > 0 the error counts again
     assert any(not isinstance(form, lcpress.LowRank) or form.rank > 1 for form in engine.forms().values())
