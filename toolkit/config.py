@@ -71,6 +71,9 @@ class ScheduleConfig(Options):
     tolerance: float = option(0.01, help="factor: auto aims at ‖w − Δ(θ)‖ ≤ tolerance·‖Δ(θ)‖ after the last step; a "
                                          "run ending above 10× this is reported as not converged", gt=0, lt=1)
     augmented_lagrangian: bool = option(False, help="keep multipliers λ (augmented Lagrangian) instead of the plain penalty")
+    dc_mu: float | None = option(None, help="μ of the direct-compression step (default: mu0); 0 = the LC toolkit's: "
+                                            "forms chosen by cost alone (the cheapest), which the first L step then "
+                                            "trains the weights towards", ge=0)
 
 
 @dataclass

@@ -3,7 +3,8 @@
 Solves ``min L(w) s.t. w = Δ(θ)`` along an increasing penalty μ_k = μ0·a^k:
 
 * **DC step** (step 0): θ ← Π(w) for the trained weights; forms are selected
-  at μ0 (at μ = 0 the objective would pick the cheapest form everywhere).
+  at μ0 (at μ = 0 the objective picks the cheapest form everywhere, which is
+  what the LC toolkit does and ``schedule.dc_mu: 0`` asks for).
 * **L step**: the user's training loop on ``L(w) + μ/2‖w − Δ(θ) − λ/μ‖²``;
   the engine provides the penalty term as a callable.
 * **C step**: θ ← argmin ``μ/2‖w − λ/μ − Δ(θ)‖² + α·C(θ)`` per task, through the
@@ -36,6 +37,7 @@ from lcpress.core.costmodel import CostModel
 from lcpress.core.forms import Dense, Form, LayerSpec
 from lcpress.core.graph import ModelGraph
 from lcpress.core.guard import plugin_call
+from lcpress.core.penalty import QuadraticPenalty
 from lcpress.core.plan import Task
 from lcpress.core.realize import load_compressed
 from lcpress.core.registry import plugin_label
@@ -148,13 +150,16 @@ class LCEngine:
         The forms are selected at μ0 (an α trade-off depends on it), so with
         ``mu0: auto`` the C step runs at a provisional μ, μ0 is measured at the
         forms it chose, and the C step runs again at μ0 when α selects forms.
+        With ``dc_mu`` set the C step runs at that μ instead (0: the cheapest
+        forms, the LC toolkit's direct compression), once.
         """
         provisional = initial_mu(self.schedule, None, 0.0)
-        self.c_step(0, provisional)
+        dc_mu = self.schedule.dc_mu
+        self.c_step(0, provisional if dc_mu is None else dc_mu)
         if self.schedule.mu0 != "auto":
             return provisional
         mu0 = initial_mu(self.schedule, self._gradient_at_delta(), self.distance())
-        if mu0 != provisional and any(t.config.target is None and t.config.alpha > 0 for t in self.tasks):
+        if dc_mu is None and mu0 != provisional and any(t.config.target is None and t.config.alpha > 0 for t in self.tasks):
             self.c_step(0, mu0)
         return mu0
 
@@ -181,15 +186,11 @@ class LCEngine:
         """Train with the penalty pulling each task's weights towards Δ(θ) + λ/μ."""
         if self.train_fn is None:
             return None
-        targets = [self._target(i, mu) for i in range(len(self.tasks))]
-
-        def penalty() -> torch.Tensor:
-            total = None
-            for task, target in zip(self.tasks, targets):
-                term = torch.sum((task.weight() - target) ** 2)
-                total = term if total is None else total + term
-            return 0.5 * mu * total
-
+        params, targets = [], []
+        for i, task in enumerate(self.tasks):  # each task's target in the shapes of its parameters, once per L step
+            params += task.params
+            targets += task.view.scatter(self._target(i, mu))
+        penalty = QuadraticPenalty(params, targets, mu)
         self.model.train()
         loss = self.train_fn(self.model, penalty, LStep(k - 1, mu, self.schedule.steps))
         return None if loss is None else float(loss)
@@ -310,11 +311,14 @@ class LCEngine:
                 if cfg.normalize or minmax:
                     e = e / max(float(torch.sum(inputs[i].double() ** 2)), 1e-300)
                 errors.append(e)
-            if cfg.target is not None:
+            if cfg.target is not None and mu > 0:
                 choice = self._choose_for_target(members, contexts, errors, cfg, minmax, warn=g not in self._told)
                 self._told.add(g)
-            else:
-                costs = [self._price(self.tasks[i], self.tasks[i].cost_model, contexts[i].candidates.forms) for i in members]
+            else:  # by α; at μ = 0 (schedule.dc_mu: 0, the LC toolkit's direct compression) by cost alone
+                priced_by = [self.cost_models[cfg.target.cost] if cfg.target is not None else self.tasks[i].cost_model
+                             for i in members]
+                costs = [self._price(self.tasks[i], model, contexts[i].candidates.forms)
+                         for i, model in zip(members, priced_by)]
                 choice = budget_mod.choose_with_alpha(costs, errors, cfg.alpha, mu)
             self.selection[g] = choice
             for i, idx in zip(members, choice.indices):

@@ -24,6 +24,7 @@ from lcpress.config import TrainConfig
 from lcpress.core.engine import LStep, Penalty
 from lcpress.core.surgery import call_model
 from lcpress.progress import progress_bar
+from lcpress.runs.batches import batches
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -133,24 +134,24 @@ class SupervisedTrainer:
         for group in optimizer.param_groups:
             group["lr"] = c.lr * c.lr_decay**step.index
         epochs = c.first_epochs if (step.index == 0 and c.first_epochs is not None) else c.epochs
-        total, count = 0.0, 0
+        total, count = torch.zeros((), dtype=torch.float64, device=self.device), 0
         with progress_bar(total=epochs * _len(self.loader), desc=f"{self.description} {step.index + 1}", enabled=self.progress) as bar:
             for _ in range(epochs):
                 set_epoch = getattr(getattr(self.loader, "sampler", None), "set_epoch", None)
                 if callable(set_epoch):
                     set_epoch(self.epochs_done)
                 self.epochs_done += 1
-                for inputs, targets in self.loader:
+                for inputs, targets in batches(self.loader):
                     inputs, targets = to_device(inputs, self.device), targets.to(self.device)
                     loss = self.loss_fn(forward(model, inputs), targets)
                     objective = loss + penalty()
                     optimizer.zero_grad(set_to_none=True)
                     objective.backward()
                     optimizer.step()
-                    total += float(loss.detach()) * len(targets)
+                    total.add_(loss.detach(), alpha=len(targets))  # summed on the device: no wait for it per batch
                     count += len(targets)
                     bar.update(1)
-        return total / max(count, 1)
+        return float(total) / max(count, 1)
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"epochs_done": self.epochs_done}
@@ -186,7 +187,7 @@ def accuracy(model: nn.Module, loader: Iterable, device: str | torch.device = "c
     was_training = model.training
     model.eval()
     correct, count = 0, 0
-    for inputs, targets in loader:
+    for inputs, targets in batches(loader):
         logits = forward(model, to_device(inputs, device))
         correct += int((logits.argmax(dim=1) == targets.to(device)).sum())
         count += len(targets)
@@ -200,7 +201,7 @@ def mean_cosine(model: nn.Module, loader: Iterable, device: str | torch.device =
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for inputs, targets in loader:
+    for inputs, targets in batches(loader):
         out = forward(model, to_device(inputs, device))
         total += float(F.cosine_similarity(out, targets.to(device), dim=-1).sum())
         count += len(targets)
