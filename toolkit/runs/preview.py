@@ -1,0 +1,98 @@
+"""Before a run: what the candidate forms cost on this device, and what the direct compression would choose.
+
+Both are ordinary API calls — the CLI's ``lcpress profile`` and ``lcpress
+costs`` print their results — and both plan the run exactly as
+:func:`lcpress.compress` does, then stop before any training:
+
+* :func:`profile_costs` asks every measured cost model of the run (CPU/GPU
+  latency, energy …) for every form any task's C step could choose, so a run
+  or a sweep later finds every price in the device's cost table;
+* :func:`predict_costs` runs the direct-compression C step (step 0, at μ0)
+  and prices each layer dense and in the chosen form under every cost model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from torch import nn
+
+from lcpress.config import LCConfig
+from lcpress.core.budget import Choice
+from lcpress.core.engine import LCEngine
+from lcpress.core.measured import MeasuredCostModel
+from lcpress.core.plan import load_config, plan
+from lcpress.progress import progress_bar
+from lcpress.reporting.tables import layer_table
+
+
+@dataclass
+class Profile:
+    """What :func:`profile_costs` measured: one row per (cost model, layer), and counts per cost model."""
+
+    table: pd.DataFrame
+    measured: dict[str, MeasuredCostModel] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        if not self.measured:
+            return ("no measured cost model in this config (cpu_latency, gpu_latency, gpu_energy …): "
+                    "nothing to profile")
+        lines = [self.table.to_string(index=False, float_format=lambda v: f"{v:.4g}")]
+        for name, model in self.measured.items():
+            again = f" ({model.remeasured} measured again: out of line with their neighbours)" if model.remeasured else ""
+            lines.append(f"{name}: {model.measurements} measured now{again}, {model.table.hits} from the table "
+                         f"{model.table.path}")
+        return "\n".join(lines)
+
+
+@dataclass
+class Prediction:
+    """What :func:`predict_costs` found: the per-layer table, and each budgeted group's selection."""
+
+    table: pd.DataFrame
+    selection: dict[int, Choice]
+
+
+def _engine(model: nn.Module, config: LCConfig, example_input: Any, progress: bool) -> LCEngine:
+    planned = plan(model, config, example_input)
+    return LCEngine(model, planned.tasks, config.schedule, None, graph=planned.graph,
+                    cost_models=planned.cost_models, seed=config.seed, progress=progress)
+
+
+def profile_costs(model: nn.Module, config: LCConfig | dict[str, Any] | str, example_input: Any, *,
+                  progress: bool = True) -> Profile:
+    """Measure, under every measured cost model of the run, every candidate form of every task's layers."""
+    config = load_config(config)
+    engine = _engine(model, config, example_input, progress)
+    measured = {n: m for n, m in engine.cost_models.items() if isinstance(m, MeasuredCostModel)}
+    rows = []
+    if measured:
+        for task, ctx in zip(engine.tasks, engine.candidates(0, config.schedule.mu0)):
+            if ctx.candidates is None or task.spec is None:
+                continue
+            forms = ctx.candidates.forms
+            for name, cost_model in measured.items():
+                with progress_bar(total=len(forms), desc=f"{name} {task.name}", enabled=progress) as bar:
+                    for form in forms:
+                        cost_model.costs(task.spec, [form])
+                        bar.update(1)
+                costs = cost_model.costs(task.spec, forms).tolist()  # with what was measured again
+                best = min(range(len(costs)), key=costs.__getitem__)
+                dense = cost_model.dense_cost(task.spec)
+                rows.append({"cost model": name, "layer": task.name, "forms": len(costs), "dense": dense,
+                             "cheapest": forms[best].describe(), "cheapest cost": costs[best],
+                             "cheapest / dense": costs[best] / dense if dense else float("nan")})
+    return Profile(pd.DataFrame(rows), measured)
+
+
+def predict_costs(model: nn.Module, config: LCConfig | dict[str, Any] | str, example_input: Any, *,
+                  progress: bool = True) -> Prediction:
+    """Per-layer cost, dense and in the forms the direct-compression step chooses (no training)."""
+    config = load_config(config)
+    engine = _engine(model, config, example_input, progress)
+    engine.c_step(0, config.schedule.mu0)
+    schemes = {name: t.scheme.name for t in engine.tasks for name in t.layers}
+    table = layer_table(engine.graph, engine.forms(), engine.cost_models, schemes)
+    return Prediction(table, dict(engine.selection))
