@@ -32,6 +32,7 @@ from lcpress.core.plan import load_config
 from lcpress.hookspecs import hookimpl
 from lcpress.core.forms import Dense, Form, LayerSpec, LowRank
 from lcpress.core.scheme import Candidates, CStepContext, Scheme, State
+from lcpress.core.moments import OutputError
 from lcpress.core.parts import PartOptions, Parts
 from lcpress.core.costmodel import CostModel
 from lcpress.core.measured import MeasuredCostModel, form_module
@@ -62,7 +63,7 @@ __all__ = [
     "load_config", "LCConfig", "TaskConfig", "TargetConfig", "ScheduleConfig", "TrainConfig", "FinetuneConfig",
     "ModelConfig", "DataConfig", "SweepConfig", "Options", "option",
     # plugin contract
-    "hookimpl", "Scheme", "State", "Candidates", "CStepContext", "PartOptions", "Parts",
+    "hookimpl", "Scheme", "State", "Candidates", "CStepContext", "OutputError", "PartOptions", "Parts",
     "Form", "Dense", "LowRank", "LayerSpec", "CostModel", "MeasuredCostModel", "form_module",
     "get_registry", "using_plugins",
     # building blocks of a run

@@ -11,15 +11,16 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import pandas as pd
 import torch
 from torch import nn
 
 from lcpress.config import LCConfig
-from lcpress.core.engine import EvalFn, LCEngine, LStep, TrainFn
+from lcpress.core.engine import CalibrateFn, EvalFn, LCEngine, LStep, TrainFn
 from lcpress.core.graph import ModelGraph
 from lcpress.core.plan import Plan, Task, load_config, plan
 from lcpress.core.realize import RealizedLayer, load_compressed, realize, verify
@@ -31,7 +32,7 @@ from lcpress.io.rundir import RunDirectory
 from lcpress.reporting.runinfo import plan_record
 from lcpress.reporting.tables import format_table, layer_table, totals
 from lcpress.runs import distributed
-from lcpress.runs.training import METRICS, SupervisedTrainer, to_device
+from lcpress.runs.training import METRICS, SupervisedTrainer, forward, to_device
 
 log = logging.getLogger("lcpress")
 
@@ -91,6 +92,7 @@ def compress(
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
+    calibration: Iterable | None = None,
 ) -> CompressionResult:
     """Compress ``model`` in place with the LC algorithm and return the result.
 
@@ -107,6 +109,9 @@ def compress(
         Default: the first batch of the eval (else train) loader.
     :param resume: continue the run in ``config.output_dir`` from its checkpoint.
     :param force: replace whatever run ``config.output_dir`` holds.
+    :param calibration: training batches (inputs, or ``(inputs, targets)``) run forward before the direct
+        compression when a scheme measures error on layer outputs (``low_rank`` with ``error: output``);
+        default: the first ``calibration_batches`` batches of ``loaders[0]``. Never the evaluation data.
 
     Inside an initialised ``torch.distributed`` process group (torchrun) the L
     steps run data-parallel, the C step on rank 0, and only rank 0 writes the
@@ -143,7 +148,8 @@ def compress(
     engine_class = distributed.DistributedLCEngine if distributed.active() else LCEngine
     engine = engine_class(model, tasks, config.schedule, train_fn, eval_fn, graph=graph, cost_models=cost_models,
                           seed=config.seed, checkpointer=checkpointer, progress=progress,
-                          history_csv=run_dir.file("history.csv") if run_dir else None)
+                          history_csv=run_dir.file("history.csv") if run_dir else None,
+                          calibrate=_calibrate_fn(calibration, loaders, config, device))
     if resuming:
         tensors, meta = FileCheckpointer(run_dir.checkpoint_path, {}).load()
         engine.restore(tensors, meta["engine"])
@@ -189,6 +195,21 @@ def input_record(example_input: Any) -> dict[str, Any] | None:
     if not isinstance(example_input, torch.Tensor):
         return None
     return {"shape": list(example_input.shape), "dtype": str(example_input.dtype).removeprefix("torch.")}
+
+
+def _calibrate_fn(calibration: Iterable | None, loaders, config: LCConfig, device) -> CalibrateFn | None:
+    """Forward passes over training batches (``calibration``, else the train loader's first batches)."""
+    if calibration is None:
+        calibration = loaders[0] if loaders is not None else None
+    if calibration is None:
+        return None
+
+    def calibrate(model: nn.Module) -> None:
+        for batch in islice(calibration, config.calibration_batches):
+            inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+            forward(model, to_device(inputs, device))
+
+    return calibrate
 
 
 def _finetune_fn(train_fn, loaders, config: LCConfig, device, progress) -> TrainFn | None:
