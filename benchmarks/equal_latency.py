@@ -334,23 +334,31 @@ def main() -> None:
     started = time.perf_counter()
     log = lambda text: print(text, flush=True)  # noqa: E731
     search = 2 if args.quick else 6
-    rows = [row for ratio in budgets for row in run_budget(case, ratio, aimet, 3 if args.quick else 8, rounds, search, log)]
+    rows: list[dict[str, Any]] = []
+    for ratio in budgets:  # the results are written after every budget, so a long run keeps what it finished
+        rows += run_budget(case, ratio, aimet, 3 if args.quick else 8, rounds, search, log)
+        write(case, rows, args, out, rounds, time.perf_counter() - started)
+
+
+def write(case: Case, rows: list[dict[str, Any]], args: argparse.Namespace, out: Path, rounds: int,
+          seconds: float) -> None:
+    """The table, the bar, the CSV and the plot of the budgets done so far."""
     metrics = list(case.evaluate(case.dense))
     metric = metrics[0]
     lines = table(rows, metrics)
-    lines += ["", f"Bar — lcpress LC with the cpu_latency target vs each peer ({metric}, latency b=1, b=32 in ms; "
-                  f"peer vs lcpress):", "",
-              "| budget | peer | " + metric + " | latency b=1 | latency b=32 | bar |", "|---|---|---|---|---|---|",
-              *bar(rows, metric, "lcpress LC, cpu_latency target"), "",
-              "Same bar for the activation-aware run:", "",
-              "| budget | peer | " + metric + " | latency b=1 | latency b=32 | bar |", "|---|---|---|---|---|---|",
-              *bar(rows, metric, "lcpress LC, cpu_latency target, activation-aware")]
-    preamble = (f"Machine: {describe()}; load average at the end {os.getloadavg()[0]:.1f} (2 cores, shared). "
-                f"{latency_note(rounds)} Command: `python benchmarks/equal_latency.py --model {args.model} "
-                f"--budgets {args.budgets}`. Training for every method: {case.passes} passes of one training chunk "
-                f"({case.train_config.optimizer}, lr {case.train_config.lr} × {case.train_config.lr_decay}^k); LC: "
-                f"schedule {case.schedule}. Seeds: dense training 0, data order 0, C steps 0. Wall time of the "
-                f"whole benchmark: {time.perf_counter() - started:.0f} s." + "".join(f" {n}." for n in case.notes))
+    for label, ours in (("lcpress LC with the cpu_latency target", "lcpress LC, cpu_latency target"),
+                        ("the activation-aware run", "lcpress LC, cpu_latency target, activation-aware")):
+        lines += ["", f"Bar — {label} vs each peer ({metric}; latency b=1, b=32 in ms; peer vs lcpress):", "",
+                  f"| budget | peer | {metric} | latency b=1 | latency b=32 | bar |", "|---|---|---|---|---|---|",
+                  *bar(rows, metric, ours)]
+    done = ",".join(f"{b:g}" for b in dict.fromkeys(r["budget"] for r in rows))
+    preamble = (f"Machine: {describe()}; load average {os.getloadavg()[0]:.1f} when written (2 cores, shared with "
+                f"other jobs). {latency_note(rounds)} Command: `python benchmarks/equal_latency.py --model "
+                f"{args.model} --budgets {args.budgets}` (budgets done: {done}). Training for every method: "
+                f"{case.passes} passes of one training chunk ({case.train_config.optimizer}, lr "
+                f"{case.train_config.lr} × {case.train_config.lr_decay}^k); LC: schedule {case.schedule}. Seeds: "
+                f"dense training 0, data order 0, C steps 0. Wall time so far: {seconds:.0f} s."
+                + "".join(f" {n}." for n in case.notes))
     publish(f"Equal measured latency: {case.name}", preamble, lines, str(out), args.quick)
     if not args.quick:
         import csv
@@ -360,7 +368,6 @@ def main() -> None:
             writer.writeheader()
             writer.writerows(rows)
     plot(rows, metric, out, args.quick)
-
 
 if __name__ == "__main__":
     main()
