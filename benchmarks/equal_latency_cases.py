@@ -87,6 +87,8 @@ def minilm_case(quick: bool) -> Case:
         train_config=TrainConfig(epochs=1, optimizer="adam", lr=5e-4, lr_decay=0.85, loss="cosine"),
         passes=passes, schedule={"mu0": 5e-3, "factor": 2.5, "steps": passes}, options={"rank_multiple": 128 if quick else 16},
         timing=Keywords, run_metric="cosine",
-        notes=["AIMET on MiniLM: not run — AIMET's ModelCompressor builds its own dummy input from an input shape "
-               "(a float tensor), and this encoder takes integer token ids and an attention mask"],
+        notes=["AIMET on MiniLM: not run — AIMET's ModelCompressor times and counts the model on dummy inputs it "
+               "builds itself with torch.rand from input_shape (aimet_torch.utils.create_rand_tensors_given_shapes), "
+               "and this encoder takes integer token ids and an attention mask; a wrapper that turns a float tensor "
+               "into token ids was not tried for lack of machine time"],
     )
