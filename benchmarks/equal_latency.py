@@ -210,8 +210,8 @@ def _direct(case: Case, ratio: float, error: str) -> tuple[nn.Module, dict[str, 
 
 
 # ------------------------------------------------------------------ the benchmark
-def run_budget(case: Case, ratio: float, aimet: bool, candidates: int, rounds: int, search: int, log
-               ) -> list[dict[str, Any]]:
+def run_budget(case: Case, ratio: float, aimet: bool, candidates: int, rounds: int, search: int, log,
+               one_shot: bool = False) -> list[dict[str, Any]]:
     """Every method at one FLOPs budget; the rows of the table."""
     runs: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
 
@@ -240,6 +240,10 @@ def run_budget(case: Case, ratio: float, aimet: bool, candidates: int, rounds: i
         model, info = lcpress_run(case, "cpu_latency", target, error)
         info["latency_ratio"] = target
         record(label, (model, info))
+        if one_shot:  # the same target, direct compression then the same passes of fine-tuning instead of LC
+            model, info = lcpress_run(case, "cpu_latency", target, error, steps=0)
+            info["latency_ratio"] = target
+            record(label.replace("LC", "one-shot"), (model, info))
     final = latencies(case, {"dense": case.dense, **{name: model for name, (model, _) in runs.items()}}, rounds)
     dense_flops = flops(case.timing(case.dense), case.example())
     rows = []
@@ -255,7 +259,7 @@ def run_budget(case: Case, ratio: float, aimet: bool, candidates: int, rounds: i
 def bar(rows: list[dict[str, Any]], metric: str, ours: str) -> list[str]:
     """For each budget: does ``ours`` have ≥ every peer's metric at ≤ its measured latency (both batch sizes)?"""
     lines = []
-    peers_of = lambda r: r["method"] not in ("dense",) and "cpu_latency" not in r["method"]  # noqa: E731
+    peers_of = lambda r: r["method"] != "dense" and "cpu_latency" not in r["method"]  # noqa: E731
     for budget in sorted({r["budget"] for r in rows}):
         these = [r for r in rows if r["budget"] == budget]
         mine = next(r for r in these if r["method"] == ours)
@@ -316,6 +320,8 @@ def main() -> None:
     parser.add_argument("--budgets", default="0.3,0.5,0.7", help="FLOPs ratios of the compressed layers")
     parser.add_argument("--quick", action="store_true", help="tiny data, one budget, short runs: a smoke run")
     parser.add_argument("--no-aimet", action="store_true", help="leave AIMET out even where it is installed")
+    parser.add_argument("--one-shot", action="store_true",
+                        help="also run lcpress one-shot (direct compression + the same fine-tuning) at the matched target")
     parser.add_argument("--out", help="default: benchmarks/results/equal_latency_<model>.md")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the machine is shared: one thread, timed by its own CPU clock
@@ -336,7 +342,7 @@ def main() -> None:
     search = 2 if args.quick else 6
     rows: list[dict[str, Any]] = []
     for ratio in budgets:  # the results are written after every budget, so a long run keeps what it finished
-        rows += run_budget(case, ratio, aimet, 3 if args.quick else 8, rounds, search, log)
+        rows += run_budget(case, ratio, aimet, 3 if args.quick else 8, rounds, search, log, args.one_shot)
         write(case, rows, args, out, rounds, time.perf_counter() - started)
 
 
