@@ -320,6 +320,8 @@ def main() -> None:
     parser.add_argument("--budgets", default="0.3,0.5,0.7", help="FLOPs ratios of the compressed layers")
     parser.add_argument("--quick", action="store_true", help="tiny data, one budget, short runs: a smoke run")
     parser.add_argument("--no-aimet", action="store_true", help="leave AIMET out even where it is installed")
+    parser.add_argument("--aimet-candidates", type=int, default=8, help="AIMET's num_comp_ratio_candidates")
+    parser.add_argument("--chunk", type=int, help="training images (sentences) per pass, instead of the model's default")
     parser.add_argument("--one-shot", action="store_true",
                         help="also run lcpress one-shot (direct compression + the same fine-tuning) at the matched target")
     parser.add_argument("--out", help="default: benchmarks/results/equal_latency_<model>.md")
@@ -331,7 +333,7 @@ def main() -> None:
     budgets = [0.5] if args.quick else [float(b) for b in args.budgets.split(",")]
     from equal_latency_cases import build  # noqa: E402 (the models and their data)
 
-    case = build(args.model, args.quick)
+    case = build(args.model, args.quick, args.chunk)
     aimet = not args.no_aimet and importlib.util.find_spec("aimet_torch") is not None
     if not aimet:
         case.notes.append("AIMET rows: not run (aimet_torch is not installed here; bash benchmarks/make_peer_env.sh)"
@@ -342,7 +344,8 @@ def main() -> None:
     search = 2 if args.quick else 6
     rows: list[dict[str, Any]] = []
     for ratio in budgets:  # the results are written after every budget, so a long run keeps what it finished
-        rows += run_budget(case, ratio, aimet, 3 if args.quick else 8, rounds, search, log, args.one_shot)
+        rows += run_budget(case, ratio, aimet, 3 if args.quick else args.aimet_candidates, rounds, search, log,
+                           args.one_shot)
         write(case, rows, args, out, rounds, time.perf_counter() - started)
 
 
@@ -359,8 +362,8 @@ def write(case: Case, rows: list[dict[str, Any]], args: argparse.Namespace, out:
                   *bar(rows, metric, ours)]
     done = ",".join(f"{b:g}" for b in dict.fromkeys(r["budget"] for r in rows))
     preamble = (f"Machine: {describe()}; load average {os.getloadavg()[0]:.1f} when written (2 cores, shared with "
-                f"other jobs). {latency_note(rounds)} Command: `python benchmarks/equal_latency.py --model "
-                f"{args.model} --budgets {args.budgets}` (budgets done: {done}). Training for every method: "
+                f"other jobs). {latency_note(rounds)} Command: `python benchmarks/equal_latency.py "
+                f"{' '.join(sys.argv[1:])}` (budgets done: {done}). Training for every method: "
                 f"{case.passes} passes of one training chunk ({case.train_config.optimizer}, lr "
                 f"{case.train_config.lr} × {case.train_config.lr_decay}^k); LC: schedule {case.schedule}. Seeds: "
                 f"dense training 0, data order 0, C steps 0. Wall time so far: {seconds:.0f} s."

@@ -26,11 +26,11 @@ import mnist_cnns  # noqa: E402
 from equal_latency import Case  # noqa: E402
 
 
-def build(name: str, quick: bool) -> Case:
-    return minilm_case(quick) if name == "minilm" else cnn_case(name, quick)
+def build(name: str, quick: bool, chunk: int | None = None) -> Case:
+    return minilm_case(quick) if name == "minilm" else cnn_case(name, quick, chunk)
 
 
-def cnn_case(name: str, quick: bool) -> Case:
+def cnn_case(name: str, quick: bool, chunk: int | None = None) -> Case:
     data = mnist_cnns.splits(subset=3_000 if quick else None)
     dense = mnist_cnns.trained(name, data, epochs=1 if quick else 3, quick=quick)
     _, layers, ignore = mnist_cnns.MODELS[name]
@@ -43,7 +43,7 @@ def cnn_case(name: str, quick: bool) -> Case:
         name={"resnet": "residual CNN (MNIST)", "fchead": "CNN with a large fully connected head (MNIST)"}[name],
         dense=dense, layers=layers, aimet_ignore=ignore, aimet_schemes=["weight_svd", "spatial_svd"],
         inputs={1: images[:1].clone(), 32: images[:32].clone()},
-        train=mnist_cnns.chunk_loader(data["train"], 500 if quick else 5_000), validation=validation,
+        train=mnist_cnns.chunk_loader(data["train"], chunk or (500 if quick else 5_000)), validation=validation,
         evaluate=lambda m: {"accuracy": accuracy(m, test)}, score=lambda m: accuracy(m, scoring),
         train_config=TrainConfig(epochs=1, lr=0.01, lr_decay=0.8, momentum=0.9),
         passes=passes, schedule={"mu0": 1e-2, "factor": 2.0, "steps": passes}, options={"rank_multiple": (256 if quick else 32) if name == "fchead" else 8},
