@@ -82,6 +82,17 @@ class CpuLatency(MeasuredCostModel):
         # the working set falls between two whole numbers of copies: interpolate the latency between them
         return at_low + (ratio - low) * (self._time(module, x, high) - at_low)
 
+    def measure_model(self, model: torch.nn.Module, example_input: Any) -> float | None:
+        """Median ms of a whole forward pass, at ``batch_size`` (the example repeated) and this model's threads."""
+        if not isinstance(example_input, torch.Tensor):
+            return None
+        x = example_input
+        if self.options.batch_size is not None:
+            x = x[:1].expand(self.options.batch_size, *x.shape[1:]).contiguous()
+        timer = benchmark.Timer("model(x)", globals={"model": model.eval(), "x": x}, num_threads=self.threads)
+        with torch.no_grad():
+            return timer.adaptive_autorange(min_run_time=self.options.min_run_time).median * 1e3
+
     def _time(self, module: torch.nn.Module, x: torch.Tensor, copies: int) -> float:
         """Median ms per call while cycling ``copies`` copies of the weights (1 = cache-hot)."""
         modules = [module] + [copy.deepcopy(module) for _ in range(copies - 1)]

@@ -8,6 +8,7 @@ reason, to be used — it never breaks import or the CPU test suite.
 
 from __future__ import annotations
 
+import copy
 import statistics
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -77,20 +78,35 @@ class GpuLatency(MeasuredCostModel):
     def fingerprint(self) -> dict[str, Any]:
         return gpu_fingerprint(self.options.device)
 
+    def measure_model(self, model: torch.nn.Module, example_input: Any) -> float | None:
+        """Median ms of a whole forward pass on the GPU, at ``batch_size`` (the example repeated)."""
+        if not isinstance(example_input, torch.Tensor) or self.unavailable_reason():
+            return None
+        device = torch.device("cuda", self.options.device)
+        x = example_input.to(device)
+        if self.options.batch_size is not None:
+            x = x[:1].expand(self.options.batch_size, *x.shape[1:]).contiguous()
+        return _median_ms(copy.deepcopy(model).to(device).eval(), x, self.options)  # the caller's model stays put
+
     def measure(self, spec: LayerSpec, form: Form) -> float:
         module, x = module_and_input(spec, form, self.options)
-        times = []
-        with torch.no_grad(), torch.cuda.device(self.options.device):
-            for _ in range(self.options.warmup):
-                module(x)
-            for _ in range(self.options.repeats):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                module(x)
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-        return statistics.median(times)
+        return _median_ms(module, x, self.options)
+
+
+def _median_ms(module: torch.nn.Module, x: torch.Tensor, options: GpuOptions) -> float:
+    """Median CUDA-event time of ``module(x)`` after warm-up."""
+    times = []
+    with torch.no_grad(), torch.cuda.device(options.device):
+        for _ in range(options.warmup):
+            module(x)
+        for _ in range(options.repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            module(x)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    return statistics.median(times)
 
 
 @lcpress.hookimpl

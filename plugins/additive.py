@@ -196,6 +196,12 @@ class AdditiveScheme(Scheme):
         per_part = [p.layer_forms(s, shapes) for p, s in zip(self.parts, self.parts.states(state))]
         return [Additive(tuple(forms), tuple(self.factors)) for forms in zip(*per_part)]
 
+    def split(self, state: State, shapes: Sequence[tuple[int, ...]]) -> list[State] | None:
+        per_part = [p.split(s, shapes) for p, s in zip(self.parts, self.parts.states(state))]
+        if any(states is None for states in per_part):
+            return None
+        return [self._pack(list(states), [], shape) for states, shape in zip(zip(*per_part), shapes)]
+
     def realize(self, state: State, module: nn.Module) -> nn.Module:
         bare = copy.deepcopy(module)
         bare.bias = None  # the layer's bias is added once, by the last branch

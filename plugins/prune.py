@@ -178,6 +178,13 @@ class PruneScheme(Scheme):
         parts = torch.split(state.tensors["weight"].reshape(-1), sizes)
         return [Sparse(int(torch.count_nonzero(p))) for p in parts]
 
+    def split(self, state: State, shapes: Sequence[tuple[int, ...]]) -> list[State] | None:
+        if state.meta["form"] != "sparse":
+            return None
+        parts = torch.split(state.tensors["weight"].reshape(-1), [math.prod(s) for s in shapes])
+        return [State({"weight": p.reshape(s).clone()}, {"form": "sparse", "nonzeros": int(torch.count_nonzero(p))})
+                for p, s in zip(parts, shapes)]
+
     def encode(self, state: State) -> nn.Module | None:
         if state.meta["form"] != "sparse":
             return None

@@ -165,6 +165,17 @@ class QuantizeScheme(Scheme):
         coded = torch.split(state.tensors["codes"].reshape(-1) >= 0, [math.prod(s) for s in shapes])
         return [Quantized(form.k, int(c.sum())) for c in coded]
 
+    def split(self, state: State, shapes: Sequence[tuple[int, ...]]) -> list[State] | None:
+        codes = torch.split(state.tensors["codes"].reshape(-1), [math.prod(s) for s in shapes])
+        out = []
+        for part, shape in zip(codes, shapes):
+            meta = dict(state.meta, shape=list(shape))
+            if "nonzeros" in meta:
+                meta["nonzeros"] = int((part >= 0).sum())
+            out.append(State({"codebook": state.tensors["codebook"].clone(), "codes": part.reshape(shape).clone()},
+                             meta))
+        return out
+
     def encode(self, state: State) -> nn.Module | None:
         if "nonzeros" in state.meta:
             return SparseCodebookWeight.of_codes(state.tensors["codebook"], state.tensors["codes"])

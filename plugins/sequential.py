@@ -87,6 +87,14 @@ class SequentialScheme(Scheme):
     def layer_forms(self, state: State, shapes: Sequence[tuple[int, ...]]) -> list[Form]:
         return self.parts[-1].layer_forms(self._last(state), shapes)
 
+    def split(self, state: State, shapes: Sequence[tuple[int, ...]]) -> list[State] | None:
+        last = self.parts[-1].split(self._last(state), shapes)
+        if last is None:
+            return None
+        n = len(self.parts)  # a layer's state keeps the last part's: all that Δ(θ), its form and module read
+        return [State({f"part{n - 1}/{k}": v for k, v in s.tensors.items()},
+                      {"form": "sequential", "parts": [{}] * (n - 1) + [s.meta]}) for s in last]
+
     def encode(self, state: State) -> nn.Module | None:
         return self.parts[-1].encode(self._last(state))
 

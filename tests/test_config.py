@@ -140,10 +140,12 @@ def test_listings_show_every_declared_range():
     assert {r.name: r.bounds for r in get_registry().cost_model("storage").Options.rows()} == \
         {"dtype_bits": "one of 8, 16, 32 or 64"}
     reference = lcpress.cli.options_reference()
-    assert "mu0: float = 0.001  (positive)" in reference and "finetune:" in reference and "sweep:" in reference
+    assert "mu0: float | 'auto' = auto  (positive)" in reference and "finetune:" in reference and "sweep:" in reference
+    assert "batchnorm:" in reference
 
 
-@pytest.mark.parametrize("key, value", [("mu0", float("inf")), ("factor", float("-inf")), ("mu0", float("nan"))])
+@pytest.mark.parametrize("key, value", [("mu0", float("inf")), ("factor", float("-inf")), ("mu0", float("nan")),
+                                        ("tolerance", float("inf"))])
 def test_infinite_or_nan_schedule_values_are_refused(key, value):
-    with pytest.raises(ConfigError, match=rf"schedule\.{key}: expected a finite number"):
+    with pytest.raises(ConfigError, match=rf"schedule\.{key}: expected (a finite number|float \| 'auto'), got {value}"):
         lcpress.load_config({"tasks": [{"layers": ["*"]}], "schedule": {key: value}})

@@ -176,9 +176,9 @@ class WrongForm(LowRankScheme):
 
 
 @pytest.mark.parametrize("scheme,kwargs,message", [
-    (WrongShape, {}, r"scheme 'wrong_shape' on layer 'linear' \(torch.float32, first C step\): decompress\(compress\(w\)\) "
-                     r"has shape \(1536,\), w has \(32, 48\)"),
-    (AlwaysFloat32, {}, r"torch.float64, first C step\): decompress\(compress\(w\)\) is torch.float32, w is torch.float64"),
+    (WrongShape, {}, r"scheme 'wrong_shape' on layer 'linear' \(torch.float32, first C step\): .*Δ\(θ\) has shape "
+                     r"\(1536,\) but the weight it stands for has \(32, 48\)"),
+    (AlwaysFloat32, {}, r"torch.float64, first C step\): .*Δ\(θ\) is torch.float32 but the weight is torch.float64"),
     (GlobalRandom, {}, r"tensor 'noise' differs between two C steps with the same seed; draw random numbers from ctx.generator"),
     (Overpromise, {}, r"claims error .* but ‖w − decompress\(compress\(w\)\)‖² = .*Candidates.errors must be exact"),
     (NoDense, {}, r"add lcpress.Dense\(\) to the candidates"),

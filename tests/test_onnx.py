@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -188,15 +190,17 @@ def make_net() -> Net:
     return Net()
 
 
-def test_cli_rebuilds_other_models_from_the_runs_factory(tmp_path, capsys, monkeypatch):
-    monkeypatch.syspath_prepend(str(tmp_path))
-    (tmp_path / "netfactory.py").write_text("from test_onnx import make_net\n")
+def test_cli_rebuilds_other_models_through_the_config_it_is_given(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))  # netfactory.py imports make_net from this test module
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "netfactory.py").write_text("from test_onnx import make_net\n")
+    (configs / "net.yaml").write_text("model: {factory: 'netfactory:make_net'}\ntasks: [{layers: [body]}]\n")
     x = torch.randn(2, 32)
     task = [{"layers": ["body"], "options": {"rank": 8}}]
-    with_factory = tmp_path / "with"
-    direct(Net(), task, x, output_dir=str(with_factory), model={"factory": "netfactory:make_net"})
-    assert main(["export", str(with_factory), "--onnx", str(tmp_path / "net.onnx")]) == 0
-    without = tmp_path / "without"
-    direct(Net(), task, x, output_dir=str(without))
-    assert main(["export", str(without), "--onnx", str(tmp_path / "net2.onnx")]) == 2
-    assert "names no model.factory" in capsys.readouterr().err
+    run = tmp_path / "run"
+    direct(Net(), task, x, output_dir=str(run), model={"factory": "netfactory:make_net"})
+    assert main(["export", str(run), "--onnx", str(tmp_path / "net2.onnx")]) == 2  # the run's factory is not imported
+    assert "--config path/to/config.yaml" in capsys.readouterr().err
+    assert main(["export", str(run), "--onnx", str(tmp_path / "net.onnx"), "--config", str(configs / "net.yaml")]) == 0
+    assert (tmp_path / "net.onnx").is_file()

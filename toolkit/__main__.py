@@ -3,8 +3,12 @@
 import os
 import sys
 
-from lcpress.cli import main
-from lcpress.runs.distributed import launched
+# `python -m` puts the current directory first on the import path; lcpress imports user code only from where a
+# config points (its folder) or from installed packages, so a folder it is run from can never inject a module.
+sys.path[:] = [p for p in sys.path if p not in ("", os.getcwd())]
+
+from lcpress.cli import main  # noqa: E402
+from lcpress.runs.distributed import launched  # noqa: E402
 
 code = main()
 if launched():

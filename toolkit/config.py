@@ -58,16 +58,19 @@ class TaskConfig(Options):
 
 @dataclass
 class ScheduleConfig(Options):
-    """The penalty path μ_k = mu0 · factor^k."""
+    """The penalty path: μ_1 = mu0, μ_k = μ_{k−1} · factor (docs/budgets.md: choosing a schedule)."""
 
-    mu0: float = option(1e-3, help="first penalty μ_0 (also used to select forms in the direct-compression step)",
-                        gt=0)
-    factor: float = option(1.1, help="μ grows by this factor per LC step (at least 1: μ must not shrink)", ge=1)
+    mu0: float | Literal["auto"] = option(
+        "auto", help="first penalty μ_0, also used to select forms in the direct-compression step; auto: the "
+                     "training loss's gradient norm at the directly compressed weights over their distance to "
+                     "the trained ones, so the first L step already pulls", gt=0)
+    factor: float | Literal["auto"] = option(
+        "auto", help="μ grows by this factor per LC step (at least 1); auto: by what brings ‖w − Δ(θ)‖ to "
+                     "'tolerance' by the last step, read again after every step", ge=1)
     steps: int = option(20, help="number of LC steps (L step + C step); 0 = direct compression only", ge=0)
+    tolerance: float = option(0.01, help="factor: auto aims at ‖w − Δ(θ)‖ ≤ tolerance·‖Δ(θ)‖ after the last step; a "
+                                         "run ending above 10× this is reported as not converged", gt=0, lt=1)
     augmented_lagrangian: bool = option(False, help="keep multipliers λ (augmented Lagrangian) instead of the plain penalty")
-
-    def mu(self, step: int) -> float:
-        return self.mu0 * self.factor**step
 
 
 @dataclass
@@ -94,6 +97,15 @@ class FinetuneConfig(Options):
     steps: int = option(0, help="passes of the L step's training over the realized model, without the penalty "
                                 "(train.epochs epochs each with the built-in trainer, or one call of your train_fn); "
                                 "the learning rate keeps decaying from the last LC step; 0 = none", ge=0)
+
+
+@dataclass
+class BatchNormConfig(Options):
+    """BatchNorm statistics of the compressed weights (their running mean and variance are the dense model's)."""
+
+    recalibrate: bool = option(True, help="re-estimate BatchNorm running statistics for Δ(θ) before every evaluation "
+                                          "and before the model is saved, from training batches (no gradients)")
+    batches: int = option(100, help="training batches per re-estimation (fewer if the loader has fewer)", ge=1)
 
 
 @dataclass
@@ -141,6 +153,8 @@ class LCConfig(Options):
     train: TrainConfig = option(default_factory=TrainConfig, help="built-in L-step trainer")
     finetune: FinetuneConfig = option(default_factory=FinetuneConfig,
                                       help="training of the realized model after the LC steps (steps: 0 = none)")
+    batchnorm: BatchNormConfig = option(default_factory=BatchNormConfig,
+                                        help="BatchNorm statistics re-estimated for the compressed weights")
     model: ModelConfig | None = option(None, help="model source (CLI)")
     data: DataConfig | None = option(None, help="data source (CLI)")
     cost_models: dict[str, Any] = option(default_factory=dict,
@@ -149,7 +163,11 @@ class LCConfig(Options):
     calibration_batches: int = option(
         16, help="batches of training data run forward before the direct compression to collect layer inputs, for "
                  "schemes that measure error on layer outputs (low_rank error: output)", ge=1)
-    output_dir: str | None = option(None, help="run directory for checkpoints, history, report and model")
+    output_dir: str | None = option(None, help="run directory for checkpoints, history, report and model (relative to "
+                                               "base_dir)")
+    base_dir: str | None = option(None, help="folder that relative paths (output_dir, model.weights) and "
+                                             "'module:function' factories resolve against; default: the config file's "
+                                             "folder, or the current directory for a config given as a mapping")
     device: str = option("cpu", help="'cpu' or 'cuda' (or 'cuda:N')")
     checkpoint: bool = option(True, help="checkpoint after every LC step (needs output_dir)")
     metric: Literal["accuracy", "cosine"] = option(
@@ -157,6 +175,11 @@ class LCConfig(Options):
                          "similarity of outputs to targets (embeddings)"
     )
     sweep: SweepConfig = option(default_factory=SweepConfig, help="`lcpress sweep`: targets and baseline")
+
+    def path(self, value: str | Path) -> Path:
+        """``value`` as a path: relative ones are relative to ``base_dir`` (when set)."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() or self.base_dir is None else Path(self.base_dir) / path
 
     def validate(self) -> None:
         if not self.tasks:
@@ -173,19 +196,63 @@ def parse_config(source: str | Path | dict[str, Any] | LCConfig) -> LCConfig:
     """
     if isinstance(source, LCConfig):
         return source
-    data = read_yaml(source) if isinstance(source, (str, Path)) else source
-    return LCConfig.from_dict(data)
+    if isinstance(source, (str, Path)):
+        return LCConfig.from_dict(config_file(source))
+    return LCConfig.from_dict(source)
+
+
+def config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping a YAML config file holds, with ``base_dir`` set to the file's folder unless the file sets it."""
+    data = read_yaml(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config is a mapping of keys (tasks:, schedule: …), not a {type(data).__name__}")
+    data = dict(data)
+    folder = Path(path).resolve().parent
+    data["base_dir"] = str(folder / data["base_dir"]) if isinstance(data.get("base_dir"), str) else str(folder)
+    return data
 
 
 def read_yaml(path: str | Path) -> Any:
-    """The parsed content of a YAML config file, or a :class:`ConfigError` that names the file."""
+    """The parsed content of a YAML config file, or a :class:`ConfigError` that names the file.
+
+    A key given twice in one mapping is an error (plain YAML loaders keep the
+    last one silently), and so is a file that is not text.
+    """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+        raise ConfigError(f"config file {str(path)!r} does not exist" if not path.exists()
+                          else f"config file {str(path)!r} is not a file")
     try:
-        return yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (a YAML config is UTF-8 text)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a mapping holding the same key twice."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:  # type: ignore[override]
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # the SafeLoader itself refuses unhashable keys, clearly
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (first on line "
+                                f"{seen[key].start_mark.line + 1})", key_node.start_mark)
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
 
 
 def sections() -> list[tuple[str, type[Options]]]:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-from lcpress.config import LCConfig, read_yaml
+from lcpress.config import LCConfig, config_file
 from lcpress.errors import ConfigError
 
 
@@ -15,12 +14,11 @@ def add_quiet(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-step lines")
 
 
-def read_config_file(path_text: str) -> dict[str, Any]:
-    """The YAML mapping of a config file; 'module:function' factories may live next to it."""
-    data = read_yaml(path_text) or {}
-    folder = str(Path(path_text).resolve().parent)
-    if folder not in sys.path:
-        sys.path.append(folder)
+def read_config_file(path_text: str, output_dir: str | None = None) -> dict[str, Any]:
+    """The mapping of a config file (paths in it relative to its folder); ``--output-dir`` is relative to here."""
+    data = config_file(path_text)
+    if output_dir:
+        data["output_dir"] = str(Path(output_dir).resolve())
     return data
 
 
@@ -35,10 +33,10 @@ def inputs(data: dict[str, Any], quiet: bool) -> tuple[LCConfig, Any, tuple[Any,
     config = load_config(data)
     if config.model is None or config.data is None:
         raise ConfigError("the CLI needs 'model' and 'data' sections (the Python API takes objects instead)")
-    train_loader, eval_loader = build_loaders(config.data, config.seed)
-    cache = Path(config.output_dir).parent / ".lcpress-cache" if config.output_dir else None
+    train_loader, eval_loader = build_loaders(config.data, config.seed, config.base_dir)
+    cache = config.path(config.output_dir).parent / ".lcpress-cache" if config.output_dir else None
     with main_first():  # under torchrun, rank 0 trains and caches a builtin model; the others load it
-        model = build_model(config.model, train_loader, cache, progress=not quiet)
+        model = build_model(config.model, train_loader, cache, progress=not quiet, base_dir=config.base_dir)
     generator = getattr(train_loader, "generator", None)
     if isinstance(generator, torch.Generator):
         generator.manual_seed(config.seed)  # same data order whether or not the model was just trained
@@ -53,14 +51,16 @@ def planned_inputs(args: argparse.Namespace) -> tuple[LCConfig, Any, Any]:
     return config, model, example_batch(None, loaders, next(model.parameters()).device)
 
 
-def run_compression(data: dict[str, Any], *, resume: bool, force: bool, quiet: bool, keep_note: bool = True) -> int:
+def run_compression(data: dict[str, Any], *, resume: bool, force: bool, quiet: bool, keep_note: bool = True,
+                    extend: bool = False) -> int:
     """``lcpress compress`` / ``lcpress demo``: run, print the summary, write the report."""
     from lcpress.runs import distributed
     from lcpress.runs.compress import compress
 
     with distributed.process_group(str(data.get("device", "cpu"))):  # joins torchrun's ranks, if any
         config, model, loaders = inputs(data, quiet or not distributed.is_main())
-        result = compress(model, config, loaders=loaders, resume=resume, force=force, progress=not quiet)
+        result = compress(model, config, loaders=loaders, resume=resume, extend=extend, force=force,
+                          progress=not quiet)
         main = distributed.is_main()
     if not main:  # rank 0 prints and writes the report
         return 0

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     if args.steps is not None:
         config["schedule"]["steps"] = args.steps
     if args.output_dir:
-        config["output_dir"] = args.output_dir
+        config["output_dir"] = str(Path(args.output_dir).resolve())
         return run_compression(config, resume=False, force=False, quiet=args.quiet)
     with tempfile.TemporaryDirectory(prefix="lcpress-demo-") as tmp:
         config["output_dir"] = str(Path(tmp) / "run")

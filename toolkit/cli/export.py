@@ -26,13 +26,15 @@ def arguments(p: argparse.ArgumentParser) -> None:
                                                     "(default: the example input the run recorded)")
     p.add_argument("--static-batch", action="store_true", help="fix the batch size to the input shape's")
     p.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
+    p.add_argument("--config", help="the run's config file, for a model lcpress cannot rebuild on its own: its "
+                                    "model.factory builds the architecture (imported from the config's folder)")
 
 
 def run(args: argparse.Namespace) -> int:
     from lcpress.runs.results import export_run
 
     done = export_run(args.run_dir, args.onnx, overwrite=args.force, input_shape=args.input_shape,
-                      dynamic_batch=not args.static_batch, opset=args.opset)
+                      dynamic_batch=not args.static_batch, opset=args.opset, config=args.config)
     check = ("onnxruntime not installed: not checked" if done.max_abs_error is None
              else f"onnxruntime vs torch: max |difference| = {done.max_abs_error:.2e}")
     print(f"wrote {done.path} ({check})")

@@ -13,15 +13,15 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lcpress.io.modelfile import read_manifest
+    from lcpress.io.modelfile import inspect
 
-    manifest = read_manifest(args.file)
+    report = inspect(args.file)  # the checks lcpress.load makes, on the meta device: nothing allocated, nothing run
+    manifest = report.manifest
     print(f"lcpress model file, written by lcpress {manifest['lcpress_version']} (torch {manifest['torch_version']})")
-    rebuild = "yes" if manifest.get("architecture") else f"no (needs the model class: {', '.join(manifest['not_rebuildable'])})"
-    print(f"loads without the model's code: {rebuild}")
+    print(f"loads without the model's code: {'yes' if report.rebuildable else f'no ({report.why_not})'}")
     for layer in manifest.get("layers", []):
         state = "realized" if layer.get("realized") else f"dense ({layer.get('reason', '')})"
-        print(f"  {layer['name']}: {layer['scheme']} {form_text(layer.get('form') or {})} — {state}")
+        print(f"  {layer['name']}: {layer.get('scheme', '')} {form_text(layer.get('form') or {})} — {state}")
     return 0
 
 

@@ -34,9 +34,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from lcpress.runs.sweep import sweep
 
-    data = read_config_file(args.config)
-    if args.output_dir:
-        data["output_dir"] = args.output_dir
+    data = read_config_file(args.config, args.output_dir)
     config, model, loaders = inputs(data, args.quiet)
     result = sweep(model, config, args.targets, loaders=loaders, baseline=args.baseline, force=args.force,
                    progress=not args.quiet)

@@ -44,6 +44,8 @@ from lcpress.core.guard import plugin_call
 from lcpress.core.moments import MomentCollector, input_metric, squared_distance
 from lcpress.core.plan import Task
 from lcpress.core.realize import load_compressed
+from lcpress.core.registry import plugin_label
+from lcpress.core.schedule import initial_mu, next_mu
 from lcpress.core.scheme import CStepContext, State
 from lcpress.core.surgery import get_module
 from lcpress.core.tree import join_tensors, split_tensors
@@ -89,6 +91,8 @@ class LCEngine:
         checkpointer: Checkpointer | None = None,
         history_csv: str | Path | None = None,
         progress: bool = True,
+        before_eval: Callable[[nn.Module], None] | None = None,
+        gradient_norm: Callable[[nn.Module, list[nn.Parameter]], float] | None = None,
         calibrate: CalibrateFn | None = None,
     ) -> None:
         self.model = model
@@ -103,6 +107,10 @@ class LCEngine:
         self.checkpointer = checkpointer
         self.history_csv = Path(history_csv) if history_csv is not None else None
         self.progress = progress
+        #: runs on the model holding Δ(θ) before every evaluation (re-estimates BatchNorm statistics)
+        self.before_eval = before_eval
+        #: ‖∇ training loss‖ over the given parameters, for ``mu0: auto``; None when the run has no loss to measure
+        self.gradient_norm = gradient_norm
         #: runs the model forward on training data, so the layers that need their inputs' moments see some
         self.calibrate = calibrate
         #: the input metric Σ of each task whose scheme measures error on outputs (None: weight space)
@@ -113,6 +121,7 @@ class LCEngine:
         self.next_step = 0  # 0 = the DC step has not run yet
         self.history: list[dict[str, Any]] = []
         self.selection: dict[int, budget_mod.Choice] = {}
+        self._told: set[int] = set()  # groups whose unreachable target was reported (once per run)
 
     # ---------------------------------------------------------------- the loop
     def run(self) -> pd.DataFrame:
@@ -126,15 +135,15 @@ class LCEngine:
         if self.next_step == 0:
             self._set_rng(0)
             start = time.perf_counter()
-            self.calibrate_metrics()
-            self.c_step(0, self.schedule.mu0)
-            row = self._finish_step(0, self.schedule.mu0, None, time.perf_counter() - start)
+            mu0 = self.direct_compression()
+            row = self._finish_step(0, mu0, None, time.perf_counter() - start)
             status_line(f"LC step 0/{total} (direct compression): {_summary(row)}", enabled=self.progress)
         with progress_bar(total=total, initial=self.next_step - 1, desc="LC steps", enabled=self.progress) as bar:
             for k in range(self.next_step, total + 1):
-                mu = self.schedule.mu(k - 1)
+                mu = next_mu(self.schedule, self.history, k)
                 start = time.perf_counter()
                 loss = self.l_step(k, mu)
+                self._check_loss(k, loss)
                 self.c_step(k, mu)
                 if self.schedule.augmented_lagrangian:
                     self.update_multipliers(mu)
@@ -146,6 +155,42 @@ class LCEngine:
 
     def history_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.history)
+
+    def direct_compression(self) -> float:
+        """The DC step (θ from the trained weights); returns μ0, measured first when ``mu0: auto``.
+
+        The forms are selected at μ0 (an α trade-off depends on it), so with
+        ``mu0: auto`` the C step runs at a provisional μ, μ0 is measured at the
+        forms it chose, and the C step runs again at μ0 when α selects forms.
+        """
+        provisional = initial_mu(self.schedule, None, 0.0)
+        self.calibrate_metrics()
+        self.c_step(0, provisional)
+        if self.schedule.mu0 != "auto":
+            return provisional
+        mu0 = initial_mu(self.schedule, self._gradient_at_delta(), self.distance())
+        if mu0 != provisional and any(t.config.target is None and t.config.alpha > 0 for t in self.tasks):
+            self.c_step(0, mu0)
+        return mu0
+
+    def _gradient_at_delta(self) -> float | None:
+        """‖∇L‖ at Δ(θ) over the compressed weights (None when the run has no loss to measure it with)."""
+        if self.gradient_norm is None:
+            return None
+        with self.compressed():
+            return float(self.gradient_norm(self.model, [p for t in self.tasks for p in t.params]))
+
+    def _check_loss(self, k: int, loss: float | None) -> None:
+        """A non-finite training loss ends the run before anything of this step is kept."""
+        if loss is None or math.isfinite(loss):
+            return
+        kept = (f"the checkpoint after LC step {k - 1} is intact (resume it after the fix); "
+                if self.checkpointer is not None else "")
+        raise LcpressError(
+            f"LC step {k}: the L step's training loss is {loss} (μ = {self.history[-1]['mu']:.3g} before it); "
+            f"{kept}lower the learning rate (train.lr) or the growth of μ (schedule.factor), or check the "
+            f"training function for a division by zero or a log of zero"
+        )
 
     def l_step(self, k: int, mu: float) -> float | None:
         """Train with the penalty pulling each task's weights towards Δ(θ) + λ/μ."""
@@ -221,8 +266,24 @@ class LCEngine:
         with progress_bar(total=len(self.tasks), desc=f"C step {k}", unit="layer", enabled=self.progress) as bar:
             for i, task in enumerate(self.tasks):
                 with self._calling(task, k, "compress"):  # a dense choice never reaches the scheme's code
-                    self.states[i] = task.scheme.compress(inputs[i], contexts[i])
+                    state = task.scheme.compress(inputs[i], contexts[i])
+                self._check_state(task, k, state, inputs[i])
+                self.states[i] = state
                 bar.update(1)
+
+    def _check_state(self, task: Task, k: int, state: Any, w: torch.Tensor) -> None:
+        """Δ(θ) of a fresh state must be a finite tensor of w's shape and dtype, before anything uses or saves it."""
+        if not isinstance(state, State):
+            problem = f"compress() returned a {type(state).__name__}, not an lcpress.State"
+        else:
+            with self._calling(task, k, "decompress"):
+                delta = task.scheme.decompress(state)
+            problem = _delta_problem(delta, w)
+        if problem:
+            raise CStepError(
+                f"{plugin_label(task.scheme)} on layer {task.name!r} at LC step {k}: {problem}. Nothing of this "
+                f"step was kept; fix the plugin (or choose another scheme for this layer)"
+            )
 
     def c_step_inputs(self, k: int, mu: float) -> list[torch.Tensor]:
         """What each task's C step compresses: ``w − λ/μ`` (``w`` for the plain penalty), checked finite."""
@@ -304,7 +365,8 @@ class LCEngine:
                     e = e / max(float(squared_distance(inputs[i].double(), self.metrics[i])), 1e-300)
                 errors.append(e)
             if cfg.target is not None:
-                choice = self._choose_for_target(members, contexts, errors, cfg, minmax)
+                choice = self._choose_for_target(members, contexts, errors, cfg, minmax, warn=g not in self._told)
+                self._told.add(g)
             else:
                 costs = [self._price(self.tasks[i], self.tasks[i].cost_model, contexts[i].candidates.forms) for i in members]
                 choice = budget_mod.choose_with_alpha(costs, errors, cfg.alpha, mu)
@@ -312,7 +374,7 @@ class LCEngine:
             for i, idx in zip(members, choice.indices):
                 contexts[i].choice = idx
 
-    def _choose_for_target(self, members, contexts, errors, cfg, minmax: bool) -> budget_mod.Choice:
+    def _choose_for_target(self, members, contexts, errors, cfg, minmax: bool, warn: bool) -> budget_mod.Choice:
         model = self.cost_models[cfg.target.cost]
         costs = [self._price(self.tasks[i], model, contexts[i].candidates.forms) for i in members]
         dense = sum(model.dense_cost(self.tasks[i].spec) for i in members)
@@ -320,9 +382,8 @@ class LCEngine:
         choose = budget_mod.choose_minmax if minmax else budget_mod.choose_for_budget
         choice = choose(costs, errors, budget)
         choice.dense_cost = dense
-        if not choice.feasible:
-            log.warning("budget %.4g %s is below the cheapest forms (%.4g); using the cheapest",
-                        budget, model.name, choice.total_cost)
+        if not choice.feasible and warn:  # once: the candidate sets do not change between steps
+            log.warning("%s", _unreachable(self.tasks[members[0]], model, choice))
         return choice
 
     def _price(self, task: Task, model: CostModel, forms: list[Form]) -> torch.Tensor:
@@ -345,9 +406,12 @@ class LCEngine:
 
     # --------------------------------------------------------------- records
     def _finish_step(self, k: int, mu: float, loss: float | None, seconds: float) -> dict[str, Any]:
-        row: dict[str, Any] = {"step": k, "mu": mu, "train_loss": loss, "distance": self.distance()}
+        row: dict[str, Any] = {"step": k, "mu": mu, "train_loss": loss, "distance": self.distance(),
+                               "scale": self.scale()}
         if self.eval_fn is not None:
             with self.compressed():
+                if self.before_eval is not None:
+                    self.before_eval(self.model)
                 row["metric"] = float(self.eval_fn(self.model))
         for name, model in self.cost_models.items():
             if self.graph is not None and not model.unavailable_reason():
@@ -356,6 +420,7 @@ class LCEngine:
             if choice.budget is not None:  # a global target: what was asked, what the forms cost
                 row[f"target{g}_requested"] = choice.budget
                 row[f"target{g}_achieved"] = choice.total_cost
+                row[f"target{g}_dense"] = choice.dense_cost
         row["seconds"] = seconds
         self.history.append(row)
         self.next_step = k + 1
@@ -373,6 +438,11 @@ class LCEngine:
             w = task.weight().detach()
             total += float(torch.sum((w - self._delta(i, self.next_step).to(w.device)) ** 2))
         return math.sqrt(total)
+
+    def scale(self) -> float:
+        """‖Δ(θ)‖ over all tasks: what ``tolerance`` is relative to."""
+        return math.sqrt(sum(float(torch.sum(self._delta(i, self.next_step).double() ** 2))
+                             for i in range(len(self.tasks))))
 
     def forms(self) -> dict[str, Form]:
         """Current form of every compressed layer, by layer name (multi-layer tasks through ``layer_forms``)."""
@@ -394,8 +464,13 @@ class LCEngine:
 
     @contextlib.contextmanager
     def compressed(self) -> Iterator[nn.Module]:
-        """Temporarily load Δ(θ) into the model (for evaluation), then restore w."""
+        """Temporarily load Δ(θ) into the model (for evaluation), then restore w and every buffer.
+
+        Buffers (BatchNorm running statistics) are restored too, so what an
+        evaluation re-estimates for Δ(θ) never leaks into the L steps.
+        """
         saved = [[p.detach().clone() for p in t.params] for t in self.tasks]
+        buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
         try:
             load_compressed(self.tasks, self.states)
             yield self.model
@@ -404,6 +479,8 @@ class LCEngine:
                 for task, values in zip(self.tasks, saved):
                     for p, value in zip(task.params, values):
                         p.copy_(value)
+                for buffer, value in buffers:
+                    buffer.copy_(value)
 
     # ------------------------------------------------------------ checkpoint
     def snapshot(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -473,6 +550,31 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _unreachable(task: Task, model: CostModel, choice: budget_mod.Choice) -> str:
+    """The one warning for a target the cheapest forms cannot reach, in ratios of the dense cost."""
+    dense = choice.dense_cost or 0.0
+    batch = getattr(model.options, "batch_size", None) or (task.spec.input_shape[0] if task.spec else None)
+    at = f" at batch {batch}" if batch else ""
+    asked = f"{choice.budget / dense:.1%} of dense" if dense else f"{choice.budget:.4g} {model.unit}"
+    reach = f"{choice.total_cost / dense:.1%}" if dense else f"{choice.total_cost:.4g} {model.unit}"
+    return (f"tasks[{task.group}].target: {model.name} ≤ {asked} is out of reach: the cheapest forms of the group's "
+            f"layers reach {reach} of their dense {model.name}{at}, so those are used. Raise the target ratio, "
+            f"compress more layers, or allow smaller forms (e.g. a smaller rank_multiple)")
+
+
+def _delta_problem(delta: Any, w: torch.Tensor) -> str | None:
+    """What is wrong with a Δ(θ) for weight ``w``, or None."""
+    if not isinstance(delta, torch.Tensor):
+        return f"decompress() returned a {type(delta).__name__}, not a tensor"
+    if tuple(delta.shape) != tuple(w.shape):
+        return f"Δ(θ) has shape {tuple(delta.shape)} but the weight it stands for has {tuple(w.shape)}"
+    if delta.dtype != w.dtype:
+        return f"Δ(θ) is {delta.dtype} but the weight is {w.dtype}"
+    if not bool(torch.isfinite(delta).all()):
+        return "Δ(θ) holds NaN or infinite values"
+    return None
 
 
 def _summary(row: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import logging
 import os
 import time
@@ -117,6 +118,8 @@ class CostTable:
             if doc.get("format") != TABLE_FORMAT or not isinstance(doc.get("entries"), dict):
                 raise ValueError("not an lcpress cost table")
             entries = {str(k): float(v) for k, v in doc["entries"].items()}
+            if not all(math.isfinite(v) and v >= 0 for v in entries.values()):
+                raise ValueError("it holds a NaN, infinite or negative cost")
         except (OSError, ValueError, TypeError) as exc:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             os.replace(self.path, aside)
@@ -207,6 +210,15 @@ class MeasuredCostModel(CostModel):
     def measure(self, spec: LayerSpec, form: Form) -> float:
         """Measure ``form`` of ``spec`` on this device now."""
 
+    def measure_model(self, model: nn.Module, example_input: Any) -> float | None:
+        """The whole model's cost on this device for ``example_input`` (at the model's batch size option, if any).
+
+        Runs call it at the end of a run whose target is this cost model, to
+        report the measured dense and compressed model side by side (the
+        layer table only adds up layers). Default: None (not measurable).
+        """
+        return None
+
     def measure_options(self) -> dict[str, Any]:
         """Options that change a measurement (batch size, dtype …); part of the table key."""
         return self.options.to_dict() if hasattr(self.options, "to_dict") else {}
@@ -229,7 +241,7 @@ class MeasuredCostModel(CostModel):
         value = self.table.get(key)
         fresh = value is None
         if fresh:
-            value = float(self.measure(spec, form))
+            value = self._checked(spec, form, self.measure(spec, form))  # a NaN never reaches the table
             self.measurements += 1
             self.table.put(key, value)
         layer = json.dumps({"spec": spec.to_dict(), **options}, sort_keys=True)

@@ -35,7 +35,7 @@ from lcpress.core.graph import COMPRESSIBLE, ModelGraph, is_conv1d, trace
 from lcpress.core.registry import Registry, get_registry
 from lcpress.core.scheme import Scheme
 from lcpress.core.views import TaskView
-from lcpress.errors import ConfigError, PluginError
+from lcpress.errors import ConfigError, LcpressError, PluginError
 from lcpress.options import Options
 
 #: Analytic cost models every run prices and reports, besides those its tasks use.
@@ -208,6 +208,12 @@ def plan_tasks(model: nn.Module, graph: ModelGraph, resolved: Resolved) -> list[
                 if problem:
                     raise ConfigError(f"tasks[{g}]: layer {name!r}: {problem}")
             params = [modules[n].weight for n in unit]
+            for name, param in zip(unit, params):
+                if not bool(torch.isfinite(param.detach()).all()):
+                    raise LcpressError(
+                        f"tasks[{g}]: layer {name!r}: its weight holds NaN or infinite values before compression — "
+                        f"the model (or the weights file it was loaded from) is broken; compress a model with finite "
+                        f"weights")
             view = TaskView("identity" if len(unit) == 1 else "flatten", tuple(tuple(p.shape) for p in params))
             task_name = unit[0] if len(unit) == 1 else f"group{g}"
             tasks.append(Task(task_name, unit, params, view, scheme, cost_model, spec, g, cfg))

@@ -9,18 +9,21 @@ against the dense model loaded with Δ(θ). Every swap goes through
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from lcpress.core.forms import Dense, form_to_dict
+from lcpress.core.forms import Dense, Form, LayerSpec, form_to_dict
 from lcpress.core.guard import plugin_call
 from lcpress.core.plan import Task
 from lcpress.core.scheme import State, is_dense
 from lcpress.core.surgery import call_model, first_tensor, get_module, replace_module
 from lcpress.errors import LcpressError
+
+log = logging.getLogger("lcpress.realize")
 
 
 @dataclass
@@ -48,47 +51,73 @@ def load_compressed(tasks: Sequence[Task], states: Sequence[State]) -> None:
 
 
 def realize(
-    model: nn.Module, tasks: Sequence[Task], states: Sequence[State], aliases: dict[str, list[str]] | None = None
+    model: nn.Module, tasks: Sequence[Task], states: Sequence[State], aliases: dict[str, list[str]] | None = None,
+    specs: Mapping[str, LayerSpec] | None = None,
 ) -> list[RealizedLayer]:
     """Replace, in place, every compressed layer of ``model`` by its realized module.
 
-    The model is first loaded with Δ(θ); layers of multi-layer tasks, and
-    layers whose realized form would cost more than dense, stay dense modules
-    holding Δ(θ), so the model computes exactly the compressed function either way.
+    The model is first loaded with Δ(θ). A multi-layer task is realized layer
+    by layer when its scheme can :meth:`~lcpress.Scheme.split` its state. A
+    layer stays a dense module holding Δ(θ) when its form is dense, when its
+    realized form would cost more than dense under the task's cost model
+    (with a warning: its compression is then not in the saved model), or when
+    its parent reads its weight directly — so the model computes exactly the
+    compressed function either way.
     """
-    aliases = aliases or {}
+    aliases, specs = aliases or {}, specs or {}
     load_compressed(tasks, states)
     records: list[RealizedLayer] = []
     for task, state in zip(tasks, states):
-        for name in task.layers:
+        for name, layer_state, reason in _layer_states(task, state):
             module = get_module(model, name)
             record = RealizedLayer(name, task.scheme.name, {}, False, list(module.weight.shape),
                                    aliases=list(aliases.get(name, [])))
             records.append(record)
-            if not task.single_layer:
-                record.reason = "part of a multi-layer task: kept dense, holding Δ(θ)"
+            if layer_state is None:
+                record.reason = reason
                 continue
-            form = task.scheme.form(state)
+            form = task.scheme.form(layer_state)
             record.form = form_to_dict(form)
-            reader = _parent_reading_weights(model, name)
-            if reader:
-                record.reason = (f"kept dense, holding Δ(θ): its parent {reader} reads the layer's weight directly "
-                                 f"(fused fast path), so a realized module cannot stand in for it")
+            record.reason = _kept_dense(model, name, task, form, is_dense(layer_state), specs.get(name, task.spec))
+            if record.reason:
                 continue
-            if is_dense(state) or isinstance(form, Dense):
-                record.reason = "dense was the best form"
-                continue
-            if task.spec is not None:
-                cost, dense = task.cost_model.costs(task.spec, [form, Dense()]).tolist()
-                if cost > dense:
-                    record.reason = f"{form.describe()} costs more than dense under {task.cost_model.name}"
-                    continue
-            new = _realized_module(task, state, module)
+            new = _realized_module(task, layer_state, module)
             if new is module:
                 raise LcpressError(f"scheme {task.scheme.name!r} returned the original module from realize()")
             replace_module(model, name, new, record.aliases)
             record.realized = True
     return records
+
+
+def _layer_states(task: Task, state: State) -> list[tuple[str, State | None, str]]:
+    """(layer, its own state or None, why none) for every layer of a task."""
+    if task.single_layer:
+        return [(task.name, state, "")]
+    split = task.scheme.split(state, task.view.shapes)
+    if split is None:
+        reason = (f"part of a multi-layer task whose scheme ({task.scheme.name}) cannot split its state per layer: "
+                  f"kept dense, holding Δ(θ)")
+        return [(name, None, reason) for name in task.layers]
+    return [(name, s, "") for name, s in zip(task.layers, split)]
+
+
+def _kept_dense(model: nn.Module, name: str, task: Task, form: Form, dense: bool, spec: LayerSpec | None) -> str:
+    """Why layer ``name`` stays a dense module holding Δ(θ), or "" when it is realized."""
+    reader = _parent_reading_weights(model, name)
+    if reader:
+        return (f"kept dense, holding Δ(θ): its parent {reader} reads the layer's weight directly "
+                f"(fused fast path), so a realized module cannot stand in for it")
+    if dense or isinstance(form, Dense):
+        return "dense was the best form"
+    if spec is not None:
+        cost, dense_cost = task.cost_model.costs(spec, [form, Dense()]).tolist()
+        if cost > dense_cost:
+            log.warning("layer %r: %s costs more than dense under %s (%.4g vs %.4g), so it stays a dense layer "
+                        "holding Δ(θ) and its compression is not in the saved model; price it with the cost model "
+                        "you care about (cost: storage for a smaller file, cost: params …)",
+                        name, form.describe(), task.cost_model.name, cost, dense_cost)
+            return f"{form.describe()} costs more than dense under {task.cost_model.name}: kept dense, holding Δ(θ)"
+    return ""
 
 
 def _realized_module(task: Task, state: State, module: nn.Module) -> nn.Module:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
@@ -214,6 +215,17 @@ class Scheme(ABC):
         """
         return [Dense() for _ in shapes]
 
+    def split(self, state: State, shapes: Sequence[tuple[int, ...]]) -> list[State] | None:
+        """Per-layer states of a multi-layer task (``shared: true``), so each layer is realized and saved small.
+
+        ``shapes`` are the layers' weight shapes in task order; the i-th state
+        must decompress to the i-th layer's part of Δ(θ), and its form is that
+        layer's entry of :meth:`layer_forms`. A shared codebook is repeated in
+        every layer's state (and counted with every layer it serves). Default:
+        None — the layers stay dense modules holding Δ(θ).
+        """
+        return None
+
     def encode(self, state: State) -> nn.Module | None:
         """A :class:`lcpress.nn.codecs.WeightCodec` storing ``Δ(θ)`` compactly, for store-small, run-dense schemes.
 
@@ -267,6 +279,9 @@ _DENSE_ANSWERS: dict[str, Callable[..., Any]] = {
     "layer_forms": lambda state, shapes: [Dense() for _ in shapes],
     "encode": lambda state: None,
     "realize": lambda state, module: holding(module, state.tensors["weight"]),
+    "split": lambda state, shapes: [dense_state(part.reshape(shape)) for part, shape in
+                                    zip(torch.split(state.tensors["weight"].reshape(-1),
+                                                    [math.prod(s) for s in shapes]), shapes)],
 }
 
 

@@ -30,11 +30,12 @@ def get_module(root: nn.Module, name: str) -> nn.Module:
 def replace_module(root: nn.Module, name: str, new: nn.Module, aliases: Sequence[str] = ()) -> nn.Module:
     """Put ``new`` at ``name`` (and every alias); returns the module it replaced.
 
-    ``new`` is moved to the device of the module it replaces.
+    ``new`` is moved to the device of the module it replaces, unless it is a
+    structure on the ``meta`` device whose tensors are still to be loaded.
     """
     old = get_module(root, name)
     ref = next(iter(old.parameters()), None)
-    if ref is not None:
+    if ref is not None and not any(t.is_meta for t in [*new.parameters(), *new.buffers()]):
         new = new.to(device=ref.device)
     for full_name in (name, *aliases):
         parent_name, _, child = full_name.rpartition(".")

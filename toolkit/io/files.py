@@ -66,12 +66,15 @@ def read_file(path: str | Path, what: str = "file") -> tuple[dict[str, torch.Ten
         header_len = int.from_bytes(raw[:8], "little")
         header = json.loads(raw[8 : 8 + header_len])
         meta = json.loads(header["__metadata__"][META_KEY])
-    except (SafetensorError, ValueError, KeyError, TypeError, OverflowError) as exc:
+        if not isinstance(meta, dict):
+            raise ValueError(f"its lcpress metadata is a {type(meta).__name__}, not a mapping")
+        expected = meta.pop("sha256", None)
+        actual = payload_digest(tensors, meta)
+    except (SafetensorError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
         raise CheckpointError(
             f"{what} {str(path)!r} is not a readable lcpress file (truncated, corrupted, or not written by lcpress): {exc}"
         ) from None
-    expected = meta.pop("sha256", None)
-    if expected != payload_digest(tensors, meta):
+    if expected != actual:
         raise CheckpointError(
             f"{what} {str(path)!r} is corrupted: its content does not match the checksum written with it"
         )

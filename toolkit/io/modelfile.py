@@ -16,6 +16,7 @@ from safetensors.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,9 @@ from torch import nn
 
 from lcpress.core.registry import get_registry
 from lcpress.core.surgery import get_module, replace_module
-from lcpress.errors import CheckpointError
+from lcpress.errors import CheckpointError, LcpressError
 from lcpress.io.files import read_file, write_file
+from lcpress.io.manifest import check_manifest
 from lcpress.nn.architecture import Allowed, module_from_json, module_to_json, unsupported, with_plugins
 from lcpress.version import __version__
 
@@ -66,7 +68,7 @@ def allowed_modules() -> Allowed:
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    """The manifest of a saved model (validates the whole file)."""
+    """The manifest of a saved model (the whole file checked, the manifest validated field by field)."""
     _, manifest = _read(path)
     return manifest
 
@@ -75,11 +77,64 @@ def _read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors, manifest = read_file(path, what="model file")
     if manifest.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is an lcpress file but not a saved model (format {manifest.get('format')!r})")
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
+    version = manifest.get("format_version", 0)
+    if isinstance(version, int) and version > FORMAT_VERSION:
         raise CheckpointError(
             f"{str(path)!r} was written by a newer lcpress ({manifest.get('lcpress_version')}); upgrade lcpress to load it"
         )
+    check_manifest(manifest, path)
     return tensors, manifest
+
+
+@dataclass
+class FileReport:
+    """What ``lcpress info`` says about a model file, from exactly the checks ``load`` makes."""
+
+    manifest: dict[str, Any]
+    rebuildable: bool
+    why_not: str = ""
+
+
+def inspect(path: str | Path) -> FileReport:
+    """Check a model file as :func:`load` would — and build its architecture on the meta device, allocating nothing."""
+    tensors, manifest = _read(path)
+    if manifest.get("architecture") is None:
+        classes = ", ".join(manifest.get("not_rebuildable", [])) or "unknown"
+        return FileReport(manifest, False, f"needs the model class: {classes}")
+    try:
+        _fitting(_on_meta(lambda: module_from_json(manifest["architecture"], allowed_modules()), path), tensors, path)
+    except CheckpointError as exc:
+        return FileReport(manifest, False, str(exc))
+    return FileReport(manifest, True)
+
+
+def _on_meta(build, path: str | Path) -> nn.Module:
+    """Build a module tree on the ``meta`` device: shapes without memory, whatever sizes the file claims."""
+    try:
+        with torch.device("meta"):
+            return build()
+    except CheckpointError:
+        raise
+    except Exception as exc:  # allow-listed constructors given arguments that no saved model has
+        raise CheckpointError(f"model file {str(path)!r}: its manifest describes a module lcpress cannot build: "
+                              f"{type(exc).__name__}: {exc}") from None
+
+
+def _fitting(model: nn.Module, tensors: dict[str, torch.Tensor], path: str | Path) -> nn.Module:
+    """``model`` if its state dict has exactly the keys, shapes and dtypes of the stored tensors; else which one not."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    if missing or unexpected:
+        key, what = (missing[0], "is missing from the file") if missing else (unexpected[0], "is not in the model")
+        raise CheckpointError(f"model file {str(path)!r}: tensor {key!r} {what} ({len(missing)} missing, "
+                              f"{len(unexpected)} unexpected); the file does not hold this architecture")
+    for key, value in expected.items():
+        stored = tensors[key]
+        if tuple(stored.shape) != tuple(value.shape) or stored.dtype != value.dtype:
+            raise CheckpointError(f"model file {str(path)!r}: tensor {key!r} is stored as {tuple(stored.shape)} "
+                                  f"{stored.dtype} but the described module holds {tuple(value.shape)} {value.dtype}")
+    return model
 
 
 def load(path: str | Path, model: nn.Module | None = None, *, map_location: str | torch.device = "cpu") -> nn.Module:
@@ -88,9 +143,13 @@ def load(path: str | Path, model: nn.Module | None = None, *, map_location: str 
     With ``model`` (the original, uncompressed architecture object), its
     compressed layers are swapped for the saved realized structure and all
     weights are loaded. Without it, the model is rebuilt from the manifest —
-    possible when it consists only of layers lcpress knows.
+    possible when it consists only of layers lcpress knows. The manifest is
+    validated and the structure built on the ``meta`` device and checked
+    against the stored tensors before any memory is allocated; the weights
+    then become the file's tensors themselves.
     """
     tensors, manifest = _read(path)
+    allowed = allowed_modules()
     if model is None:
         if manifest.get("architecture") is None:
             classes = ", ".join(manifest.get("not_rebuildable", [])) or "unknown"
@@ -98,24 +157,33 @@ def load(path: str | Path, model: nn.Module | None = None, *, map_location: str 
                 f"{str(path)!r} holds a model with classes lcpress cannot rebuild on its own ({classes}); "
                 f"pass the architecture: lcpress.load(path, model=MyModel())"
             )
-        model = module_from_json(manifest["architecture"], allowed_modules())
+        model = _on_meta(lambda: module_from_json(manifest["architecture"], allowed), path)
     else:
         for layer in manifest.get("layers", []):
-            if not layer.get("realized"):
-                continue
-            current = get_module(model, layer["name"])
-            weight = getattr(current, "weight", None)
-            if weight is None or list(weight.shape) != list(layer["weight_shape"]):
-                raise CheckpointError(
-                    f"layer {layer['name']!r} of the given model does not match the saved one "
-                    f"(expected a weight of shape {layer['weight_shape']}); pass the architecture the model was compressed from"
-                )
-            replace_module(model, layer["name"], module_from_json(layer["module"], allowed_modules()),
-                           layer.get("aliases", []))
-    tensors = {k: v.to(map_location) for k, v in tensors.items()}
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"the weights in {str(path)!r} do not fit the model: {exc}") from None
+            if layer.get("realized"):
+                _swap_in(model, layer, allowed, path)
+    _fitting(model, tensors, path)
+    model.load_state_dict({k: v.to(map_location) for k, v in tensors.items()}, strict=True, assign=True)
+    leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if leftover:
+        raise CheckpointError(f"model file {str(path)!r}: {leftover[0]!r} holds state the file does not store; "
+                              f"lcpress cannot rebuild that module class from a file")
     model.lcpress_layers = manifest.get("layers", [])
     return model.to(map_location)
+
+
+def _swap_in(model: nn.Module, layer: dict[str, Any], allowed: Allowed, path: str | Path) -> None:
+    """Put a saved layer's realized structure (built on meta) into the user's architecture."""
+    try:
+        current = get_module(model, layer["name"])
+    except LcpressError:
+        raise CheckpointError(f"model file {str(path)!r} compresses layer {layer['name']!r}, which the given model "
+                              f"does not have; pass the architecture the model was compressed from") from None
+    weight = getattr(current, "weight", None)
+    if weight is None or list(weight.shape) != list(layer["weight_shape"]):
+        raise CheckpointError(
+            f"layer {layer['name']!r} of the given model does not match the saved one "
+            f"(expected a weight of shape {layer['weight_shape']}); pass the architecture the model was compressed from"
+        )
+    replace_module(model, layer["name"], _on_meta(lambda: module_from_json(layer["module"], allowed), path),
+                   layer.get("aliases", []))

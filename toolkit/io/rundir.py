@@ -1,26 +1,42 @@
 """Run directories: the files of one run, and the rules that keep earlier work safe.
 
-A run directory holds ``checkpoint.safetensors`` (rewritten atomically after
-every LC step), ``history.csv``, the report, and, once finished,
-``model.safetensors`` and ``run.json`` with ``"status": "finished"``.
+A run directory holds ``run.json`` (the config, the status, and what the run
+recorded), ``checkpoint.safetensors`` (rewritten atomically after every LC
+step), ``history.csv``, the report, and, once finished, ``layers.csv`` and
+``model.safetensors``.
 
-:class:`RunDirectory` guards against losing work: a directory holding a
-finished run is never reused without ``force``, and one holding an unfinished
-run must be resumed or explicitly discarded with ``force``.
+The rules, as git and databases keep them:
+
+* **A folder lcpress did not create is not written into** unless asked with
+  ``force``; even then, a file there that lcpress would write (a
+  ``history.csv`` of the user's own) is never replaced.
+* **Earlier work is kept**: a finished run is not redone, and an unfinished
+  one is resumed or explicitly replaced (``force`` removes only the files
+  lcpress writes, never others).
+* **One run at a time**: a run holds ``run.lock`` (pid, host, start) while it
+  writes; a second run or resume of the same directory stops with an error
+  naming the holder. A lock left by a process that no longer exists on this
+  host is taken over.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
+import os
+import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 from lcpress.atomic import write_text_atomic
 from lcpress.errors import RunDirectoryError
 
+RUN_FORMAT = "lcpress-run"
 CHECKPOINT = "checkpoint.safetensors"
 RUN_INFO = "run.json"
 MODEL_FILE = "model.safetensors"
+LOCK = "run.lock"
 #: Files `lcpress report` writes into a run directory.
 REPORT_FILES = ("report.md", "report.html", "report.csv", "report-ranks.png", "report-forms.png", "report-costs.png",
                 "report-lc.png")
@@ -51,14 +67,24 @@ class RunDirectory:
     def finished(self) -> bool:
         return self.info().get("status") == "finished"
 
-    def prepare(self, *, resume: bool, force: bool, config: dict[str, Any]) -> bool:
+    def is_run(self) -> bool:
+        """True when lcpress made this folder (a ``run.json`` of its own, also one written before 0.2)."""
+        info = self.info()
+        return info.get("format") == RUN_FORMAT or {"status", "config"} <= set(info)
+
+    # ------------------------------------------------------------ preparing
+    def prepare(self, *, resume: bool, force: bool, config: dict[str, Any], extend: bool = False) -> bool:
         """Make the directory ready; returns True when a checkpoint should be resumed."""
+        self._check_place()
+        if self.path.exists() and not self.is_run() and any(self._entries()):
+            self._refuse_foreign(force)
         has_checkpoint = self.checkpoint_path.exists()
         if resume:
             if not has_checkpoint:
                 raise RunDirectoryError(f"--resume: {str(self.path)!r} holds no checkpoint to resume from")
-            if self.finished() and not force:
-                raise RunDirectoryError(f"{str(self.path)!r} holds a finished run; nothing to resume (use --force to redo it)")
+            if self.finished() and not (force or extend):
+                raise RunDirectoryError(f"{str(self.path)!r} holds a finished run; nothing to resume (--extend with "
+                                        f"more schedule.steps continues it; --force redoes it)")
             return True
         if (has_checkpoint or self.finished()) and not force:
             what = "a finished run" if self.finished() else "an unfinished run"
@@ -66,13 +92,51 @@ class RunDirectory:
                 f"{str(self.path)!r} holds {what}; use --resume to continue it, --force to replace it, "
                 f"or choose another output_dir"
             )
-        if force and self.path.exists():
+        if force and self.is_run():
             for name in RUN_FILES:
                 (self.path / name).unlink(missing_ok=True)
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.write_info({"status": "running", "config": config})
+        self._make()
+        self.write_info({"format": RUN_FORMAT, "status": "running", "config": config})
         return False
 
+    def _entries(self) -> Iterator[Path]:
+        return (p for p in self.path.iterdir() if p.name != LOCK)
+
+    def _check_place(self) -> None:
+        """output_dir must be a folder (or not exist yet) that this user can write."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirectoryError(f"output_dir {str(self.path)!r} is a file, not a folder; choose another output_dir")
+        for parent in self.path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise RunDirectoryError(f"output_dir {str(self.path)!r} lies under {str(parent)!r}, which is a "
+                                            f"file; choose another output_dir")
+                break
+
+    def _make(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirectoryError(f"cannot create output_dir {str(self.path)!r}: {exc.strerror or exc}") from None
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise RunDirectoryError(f"output_dir {str(self.path)!r} is not writable by this user; choose another "
+                                    f"output_dir or change its permissions")
+
+    def _refuse_foreign(self, force: bool) -> None:
+        names = sorted(p.name for p in self._entries())
+        shown = ", ".join(names[:5]) + (" …" if len(names) > 5 else "")
+        if not force:
+            raise RunDirectoryError(
+                f"{str(self.path)!r} is a folder lcpress did not create and it holds files ({shown}); lcpress writes "
+                f"only into new folders or its own run folders. Choose another output_dir, or pass --force to add a "
+                f"run beside those files (none of them is ever replaced or deleted)")
+        clash = [n for n in RUN_FILES if (self.path / n).exists()]
+        if clash:
+            raise RunDirectoryError(
+                f"{str(self.path)!r} holds {', '.join(clash)}, which lcpress did not write and a run would replace; "
+                f"--force never replaces files lcpress did not write: move them or choose another output_dir")
+
+    # ------------------------------------------------------------- run.json
     def write_info(self, info: dict[str, Any]) -> None:
         write_text_atomic(self.path / RUN_INFO, json.dumps(info, indent=2, default=str))
 
@@ -84,3 +148,87 @@ class RunDirectory:
 
     def mark_finished(self, **extra: Any) -> None:
         self.update_info(**extra, status="finished")
+
+    # ---------------------------------------------------------------- lock
+    @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK
+
+    def acquire(self) -> None:
+        """Take ``run.lock``, or a :class:`RunDirectoryError` naming the run that holds it."""
+        self._check_place()
+        self._make()
+        record = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "since": datetime.datetime.now().isoformat(timespec="seconds")}
+        for _ in range(2):
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is not None and _gone(holder):
+                    self.lock_path.unlink(missing_ok=True)  # its process ended without releasing it
+                    continue
+                raise RunDirectoryError(_held_message(self.lock_path, holder)) from None
+            with os.fdopen(fd, "w") as fh:
+                json.dump(record, fh)
+            return
+        raise RunDirectoryError(_held_message(self.lock_path, self._holder()))
+
+    def release(self) -> None:
+        holder = self._holder()
+        if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+            self.lock_path.unlink(missing_ok=True)
+
+    def _holder(self) -> dict[str, Any] | None:
+        try:
+            holder = json.loads(self.lock_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return holder if isinstance(holder, dict) else None
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator["RunDirectory"]:
+        """Hold ``run.lock`` for the block."""
+        self.acquire()
+        try:
+            yield self
+        finally:
+            self.release()
+
+
+def _gone(holder: Mapping[str, Any]) -> bool:
+    """True when the lock's process is known to have ended: same host, and no such pid."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, under another user
+        return False
+    return False
+
+
+def _held_message(path: Path, holder: Mapping[str, Any] | None) -> str:
+    who = (f"process {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}" if holder
+           else "a process that left no readable record")
+    return (f"{str(path.parent)!r} is in use by another lcpress run ({who}); wait for it to finish, or use another "
+            f"output_dir. If that run is certainly gone (on another machine, say), delete {str(path)!r}.")
+
+
+def changed_keys(recorded: Any, current: Any, prefix: str = "", ignore: tuple[str, ...] = ()) -> list[str]:
+    """Key paths whose values differ between two configs as plain dicts (``schedule.steps: 10 → 20``)."""
+    if prefix in ignore:
+        return []
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        found = []
+        for key in sorted(set(recorded) | set(current), key=str):
+            path = f"{prefix}.{key}" if prefix else str(key)
+            found += changed_keys(recorded.get(key), current.get(key), path, ignore)
+        return found
+    if isinstance(recorded, list) and isinstance(current, list) and len(recorded) == len(current):
+        return [k for i, (a, b) in enumerate(zip(recorded, current))
+                for k in changed_keys(a, b, f"{prefix}[{i}]", ignore)]
+    if json.dumps(recorded, sort_keys=True, default=str) != json.dumps(current, sort_keys=True, default=str):
+        return [f"{prefix}: {json.dumps(recorded, default=str)} → {json.dumps(current, default=str)}"]
+    return []

@@ -127,8 +127,9 @@ def module_from_json(doc: dict[str, Any], allowed: Allowed = ALLOWED) -> nn.Modu
     args = {k: tuple(v) if isinstance(v, list) else v for k, v in doc.get("args", {}).items()}
     try:
         module = cls(**args)
-    except TypeError as exc:
-        raise CheckpointError(f"cannot rebuild {kind} from the file's arguments: {exc}") from None
+    except Exception as exc:  # an allow-listed class refusing arguments no saved model holds
+        raise CheckpointError(f"cannot rebuild {kind} from the file's arguments {args}: {type(exc).__name__}: "
+                              f"{exc}") from None
     for name, child in doc.get("children", []):
         if isinstance(module, nn.Sequential) or isinstance(module, nn.ModuleList):
             module.add_module(str(name), module_from_json(child, allowed))

@@ -20,7 +20,8 @@ import pandas as pd
 from lcpress.reporting import plots as draw
 from lcpress.reporting.document import Bullets, Document, Heading, Image, Paragraph, Table
 from lcpress.reporting.runinfo import RunSummary, read_run
-from lcpress.reporting.tables import cell, display_columns, form_value_columns, format_number, totals
+from lcpress.reporting.tables import (cell, display_columns, form_value_columns, target_lines,
+                                      totals)
 
 
 @dataclass
@@ -63,7 +64,8 @@ def write_report(run_dir: str | Path, *, plots: bool | None = None) -> ReportFil
 def run_document(summary: RunSummary, *, plots: bool = True) -> Document:
     """The report of a :class:`~lcpress.reporting.runinfo.RunSummary` as a :class:`Document`."""
     doc = Document(f"lcpress report: {summary.path.name}")
-    doc.add(Paragraph(_status(summary)), Bullets(_config_lines(summary.config)))
+    last = summary.history.iloc[-1].to_dict() if len(summary.history) else None
+    doc.add(Paragraph(_status(summary)), Bullets(_config_lines(summary.config) + target_lines(summary.config, last)))
     doc.add(Heading("Totals"), Table(_totals_frame(summary), cell))
     metric = _metric_line(summary)
     if metric:
@@ -127,10 +129,8 @@ def _config_lines(config: Mapping[str, Any]) -> list[str]:
         layers = ", ".join(task.get("layers", []))
         if task.get("exclude"):
             layers += f" (except {', '.join(task['exclude'])})"
-        target = task.get("target")
-        if target:
-            bound = f"{target['ratio']:.0%} of dense" if target.get("ratio") is not None else format_number(target["value"])
-            how = f"target: {target['cost']} ≤ {bound}"
+        if task.get("target"):
+            how = "a target (below)"
         else:
             how = f"α = {task.get('alpha', 0)} on {task.get('cost', 'flops')}"
         options = ", ".join(f"{k}={v}" for k, v in (task.get("options") or {}).items())
@@ -138,7 +138,7 @@ def _config_lines(config: Mapping[str, Any]) -> list[str]:
                      + (f" ({options})" if options else "") + f" on {layers}; {how}")
     schedule = config.get("schedule") or {}
     if schedule:
-        lines.append(f"schedule: {schedule.get('steps')} LC steps, μ from {schedule.get('mu0')} × "
+        lines.append(f"schedule: {schedule.get('steps')} LC steps, μ0 {schedule.get('mu0')}, growth "
                      f"{schedule.get('factor')} per step"
                      + (", augmented Lagrangian" if schedule.get("augmented_lagrangian") else ""))
     return lines

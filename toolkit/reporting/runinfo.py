@@ -87,8 +87,9 @@ def read_run(path: str | Path) -> RunSummary:
         raise LcpressError(f"{str(path)!r} is not an lcpress run directory (it has no {RUN_INFO} and no history.csv)")
     try:
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    except ValueError as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise LcpressError(f"{str(info_path)!r} is not valid JSON: {exc}") from None
+    _check_info(info, info_path)
     missing: list[str] = []
     history = _read_csv(history_path)
     if history is None:
@@ -96,6 +97,32 @@ def read_run(path: str | Path) -> RunSummary:
         missing.append("the LC curve: history.csv is not written yet (it appears after the direct-compression step)")
     layers, source = _read_layers(path, info, missing)
     return RunSummary(path, info, history, layers, source, missing)
+
+
+#: The shape of run.json that reports read: field → the type it must have when present.
+INFO_FIELDS = {"status": str, "config": dict, "plan": dict, "dense_metric": (int, float), "metric": (int, float),
+               "totals": dict}
+
+
+def _check_info(info: Any, path: Path) -> None:
+    """run.json must have the shape lcpress writes; a hand-edited or foreign one is named, field by field."""
+    def refuse(field: str, expected: str) -> None:
+        raise LcpressError(f"{str(path)!r}: {field} should be {expected}; this run.json was not written by lcpress "
+                           f"(or was edited), so no report can be made from it")
+
+    if not isinstance(info, dict):
+        refuse("the file", "a JSON object")
+    for field, kind in INFO_FIELDS.items():
+        if info.get(field) is not None and not isinstance(info[field], kind):
+            refuse(field, f"a {kind.__name__ if isinstance(kind, type) else 'number'}")
+    config = info.get("config") or {}
+    if not isinstance(config.get("tasks", []), list) or not all(isinstance(t, dict) for t in config.get("tasks", [])):
+        refuse("config.tasks", "a list of mappings")
+    if not isinstance(config.get("schedule") or {}, dict):
+        refuse("config.schedule", "a mapping")
+    plan = info.get("plan") or {}
+    if not isinstance(plan.get("layers", {}), dict) or not isinstance(plan.get("tasks", []), list):
+        refuse("plan", "a mapping of layers and a list of tasks")
 
 
 def _read_csv(path: Path) -> pd.DataFrame | None:
@@ -124,6 +151,10 @@ def _read_layers(path: Path, info: dict[str, Any], missing: list[str]) -> tuple[
         table, step = layers_from_checkpoint(path / CHECKPOINT, info)
     except LcpressError as exc:
         missing.append(f"the per-layer table: {exc}")
+        return None, ""
+    except (KeyError, TypeError, ValueError, IndexError) as exc:  # a plan or checkpoint of another shape
+        missing.append(f"the per-layer table: run.json's plan does not match its checkpoint ({type(exc).__name__}: "
+                       f"{exc})")
         return None, ""
     missing.append("measured cost models in the per-layer table (only analytic ones are priced while a run is "
                    "running; their totals per step are in the LC history)")

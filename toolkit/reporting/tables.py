@@ -28,8 +28,14 @@ def layer_table(
     cost_models: Mapping[str, CostModel],
     schemes: Mapping[str, str] | None = None,
     realized: Iterable[str] = (),
+    kept_dense: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """One row per traced layer: shape, scheme, form, and cost before/after per cost model.
+
+    ``kept_dense`` names layers whose compressed form was *not* realized (it
+    would cost more than dense, or the layer sits where a realized module
+    cannot stand in): the model — and the saved file — hold them dense, so they
+    are priced dense, and their form reads ``<form> → kept dense``.
 
     Besides the form's short description, every field of the form gets a
     ``form_<field>`` column (``form_rank``, ``form_groups``, a quantizer's
@@ -38,17 +44,20 @@ def layer_table(
     weight matrix (in the form's matricization), the reference for ranks.
     """
     specs = graph.specs if isinstance(graph, ModelGraph) else graph
-    schemes = schemes or {}
+    schemes, kept_dense = schemes or {}, kept_dense or {}
     realized = set(realized)
     rows = []
     for name, spec in specs.items():
         form = forms.get(name, Dense())
+        text = form.describe()
+        if name in kept_dense and not isinstance(form, Dense):
+            form, text = Dense(), f"{text} → kept dense"
         row = {
             "layer": name,
             "kind": spec.kind,
             "shape": "×".join(map(str, spec.weight_shape)),
             "scheme": schemes.get(name, "—"),
-            "form": form.describe(),
+            "form": text,
             "realized": name in realized,
             "full_rank": full_rank(spec, form),
         }
@@ -149,3 +158,31 @@ def cell(value: object) -> str:
     if isinstance(value, (int, float)):
         return format_number(value)
     return str(value)
+
+
+def target_lines(config: Mapping[str, Any], row: Mapping[str, Any] | None) -> list[str]:
+    """"tasks[0] target: flops ≤ 50.0% of dense; achieved 47.8%" for every task group with a target.
+
+    ``config`` is a run config as a dict; ``row`` the history row of the
+    step to report (its ``target<g>_*`` columns), or None before any step.
+    """
+    lines = []
+    for g, task in enumerate(config.get("tasks") or []):
+        target = task.get("target") if isinstance(task, Mapping) else None
+        if not target:
+            continue
+        asked = (f"{target['ratio']:.1%} of dense" if target.get("ratio") is not None
+                 else format_number(target.get("value")))
+        line = f"tasks[{g}] target: {target.get('cost')} ≤ {asked}"
+        achieved, dense = (row or {}).get(f"target{g}_achieved"), (row or {}).get(f"target{g}_dense")
+        if _present(achieved) and _present(dense) and float(dense) > 0:
+            share = float(achieved) / float(dense)
+            requested = (row or {}).get(f"target{g}_requested")
+            missed = _present(requested) and float(achieved) > float(requested) * (1 + 1e-9)
+            line += f"; achieved {share:.1%}" + (" (out of reach: the cheapest forms)" if missed else "")
+        lines.append(line)
+    return lines
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))

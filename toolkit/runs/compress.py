@@ -8,12 +8,14 @@ shell over this function.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import datetime
 import logging
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterator
 
 import pandas as pd
 import torch
@@ -25,14 +27,19 @@ from lcpress.core.graph import ModelGraph
 from lcpress.core.plan import Plan, Task, load_config, plan
 from lcpress.core.realize import RealizedLayer, load_compressed, realize, verify
 from lcpress.core.scheme import State
-from lcpress.errors import ConfigError, LcpressError
+from lcpress.errors import ConfigError, LcpressError, RunDirectoryError
+from lcpress.progress import status_line
 from lcpress.io.checkpoint import FileCheckpointer
 from lcpress.io.modelfile import save
-from lcpress.io.rundir import RunDirectory
+from lcpress.io.rundir import RunDirectory, changed_keys
 from lcpress.reporting.runinfo import plan_record
-from lcpress.reporting.tables import format_table, layer_table, totals
+from lcpress.reporting.tables import format_table, layer_table, target_lines, totals
+from lcpress.core.costmodel import CostModel
+from lcpress.core.measured import MeasuredCostModel
+from lcpress.core.schedule import FALLBACK_MU0, convergence_problem
 from lcpress.runs import distributed
-from lcpress.runs.training import METRICS, SupervisedTrainer, forward, to_device
+from lcpress.runs.batchnorm import batchnorm_layers, recalibrate
+from lcpress.runs.training import LOSSES, METRICS, SupervisedTrainer, fixed_batches, forward, gradient_norm, to_device
 
 log = logging.getLogger("lcpress")
 
@@ -57,6 +64,10 @@ class CompressionResult:
     totals: dict[str, float] = field(default_factory=dict)
     #: the metric of the compressed model before ``finetune`` trained the realized model (None: no fine-tuning)
     metric_before_finetune: float | None = None
+    #: what the run should tell its user to change (not converged, a large loss of accuracy …)
+    warnings: list[str] = field(default_factory=list)
+    #: the whole model's measured latency, dense and realized, when a target is a measured cost
+    measured: list[str] = field(default_factory=list)
 
     def summary(self, metric_name: str = "metric") -> str:
         """The per-layer table, totals and metrics, as text."""
@@ -65,7 +76,10 @@ class CompressionResult:
             tuned = "" if self.metric_before_finetune is None else \
                 f" (after LC {self.metric_before_finetune:.4f}, then fine-tuned)"
             lines.append(f"{metric_name}: dense {self.dense_metric:.4f} → compressed {self.metric:.4f}{tuned}")
+        lines += target_lines(self.config.to_dict(), self.history.iloc[-1].to_dict() if len(self.history) else None)
         lines.append(f"realized model vs Δ(θ): max |difference| = {self.max_abs_error:.2e}")
+        lines += self.measured
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
     def write_report(self, plots: bool | None = None):
@@ -89,10 +103,11 @@ def compress(
     *,
     loaders: tuple[Any, Any] | None = None,
     example_input: Any = None,
+    calibration: Any = None,
     resume: bool = False,
+    extend: bool = False,
     force: bool = False,
     progress: bool = True,
-    calibration: Iterable | None = None,
 ) -> CompressionResult:
     """Compress ``model`` in place with the LC algorithm and return the result.
 
@@ -105,13 +120,25 @@ def compress(
         compressed weights after every step. Default: the config's ``metric``
         (top-1 accuracy, or cosine similarity to targets) on ``loaders[1]``.
     :param loaders: ``(train_loader, eval_loader)`` for the defaults above.
-    :param example_input: one input batch, traced to learn layer shapes.
-        Default: the first batch of the eval (else train) loader.
-    :param resume: continue the run in ``config.output_dir`` from its checkpoint.
-    :param force: replace whatever run ``config.output_dir`` holds.
-    :param calibration: training batches (inputs, or ``(inputs, targets)``) run forward before the direct
-        compression when a scheme measures error on layer outputs (``low_rank`` with ``error: output``);
-        default: the first ``calibration_batches`` batches of ``loaders[0]``. Never the evaluation data.
+    :param example_input: an input of the model, traced to learn layer shapes
+        (and priced by cost models at its batch size). Default: one sample of
+        the first batch of the eval (else train) loader.
+    :param calibration: batches of ``(input, target)`` — or of inputs — that
+        lcpress reads, in a fixed order and without gradients, to re-estimate
+        BatchNorm statistics for the compressed weights and to measure μ0
+        (``schedule.mu0: auto``), and, for a scheme that measures error on layer
+        outputs (``low_rank`` with ``error: output``), to collect its first
+        ``calibration_batches`` batches' layer inputs before the direct
+        compression. Default: ``loaders[0]``. Never the evaluation data.
+    :param resume: continue the run in ``config.output_dir`` from its checkpoint;
+        the config must be the one the run started with (every changed key is
+        listed otherwise).
+    :param extend: with ``resume``, continue a run — finished or not — for
+        more LC steps: only ``schedule.steps`` may differ, and must be larger;
+        ``run.json`` records the extension.
+    :param force: replace the run ``config.output_dir`` holds (only lcpress's
+        own files are ever removed; a folder lcpress did not create is written
+        into only with ``force``, and none of its files is replaced).
 
     Inside an initialised ``torch.distributed`` process group (torchrun) the L
     steps run data-parallel, the C step on rank 0, and only rank 0 writes the
@@ -129,15 +156,50 @@ def compress(
     finetune_fn = _finetune_fn(train_fn, loaders, config, device, progress)
     train_fn, eval_fn = _default_fns(train_fn, eval_fn, loaders, config, device, progress)
     train_fn = distributed.data_parallel(train_fn, model)
+    data = calibration if calibration is not None else (loaders[0] if loaders is not None else None)
+    normalize = _batchnorm_hook(model, config, data, device)
+    probe = _gradient_probe(config, data, device)
+    calibrate = _calibrate_fn(data, config, device)
 
     planned = plan(model, config, example_input)
-    graph, tasks, cost_models = planned.graph, planned.tasks, planned.cost_models
+    timed = _timed_targets(config, planned.cost_models)
 
-    run_dir = RunDirectory(config.output_dir) if config.output_dir else None
-    resuming = distributed.on_main(
-        lambda: run_dir.prepare(resume=resume, force=force, config=config.to_dict()) if run_dir else False)
+    run_dir = RunDirectory(config.path(config.output_dir)) if config.output_dir else None
     if resume and run_dir is None:
         raise ConfigError("output_dir: resuming needs the run directory of the run to continue")
+    if extend and not resume:
+        raise ConfigError("extend continues a run: pass resume=True too (CLI: --resume --extend)")
+    setup = _Setup(model, config, planned, train_fn, eval_fn, finetune_fn, normalize, probe, example_input, progress,
+                   timed, calibrate)
+    with _holding(run_dir):
+        resuming = distributed.on_main(lambda: _prepare(run_dir, config, resume, force, extend) if run_dir else False)
+        return _run(setup, run_dir, resuming)
+
+
+@dataclass
+class _Setup:
+    """Everything :func:`compress` resolved before the run: the model, its plan, and the functions it calls."""
+
+    model: nn.Module
+    config: LCConfig
+    planned: Plan
+    train_fn: TrainFn | None
+    eval_fn: EvalFn | None
+    finetune_fn: TrainFn | None
+    normalize: Any  # re-estimates BatchNorm statistics, or None
+    probe: Any  # measures ‖∇L‖ for mu0: auto, or None
+    example_input: Any
+    progress: bool
+    timed: dict[str, MeasuredCostModel]
+    calibrate: CalibrateFn | None = None  # runs training batches forward, for output-space metrics
+
+
+def _run(setup: _Setup, run_dir: RunDirectory | None, resuming: bool) -> CompressionResult:
+    """The run itself, once the run directory is held and ready."""
+    model, config, example_input = setup.model, setup.config, setup.example_input
+    train_fn, eval_fn = setup.train_fn, setup.eval_fn
+    graph, tasks, cost_models = setup.planned.graph, setup.planned.tasks, setup.planned.cost_models
+    dense_copy = copy.deepcopy(model) if setup.timed and distributed.is_main() else None
     checkpointer = FileCheckpointer(run_dir.checkpoint_path, config.to_dict()) if run_dir and config.checkpoint else None
 
     torch.manual_seed(config.seed)
@@ -147,34 +209,160 @@ def compress(
                             example_input=input_record(example_input))
     engine_class = distributed.DistributedLCEngine if distributed.active() else LCEngine
     engine = engine_class(model, tasks, config.schedule, train_fn, eval_fn, graph=graph, cost_models=cost_models,
-                          seed=config.seed, checkpointer=checkpointer, progress=progress,
+                          seed=config.seed, checkpointer=checkpointer, progress=setup.progress,
                           history_csv=run_dir.file("history.csv") if run_dir else None,
-                          calibrate=_calibrate_fn(calibration, loaders, config, device))
+                          before_eval=setup.normalize, gradient_norm=setup.probe, calibrate=setup.calibrate)
     if resuming:
         tensors, meta = FileCheckpointer(run_dir.checkpoint_path, {}).load()
         engine.restore(tensors, meta["engine"])
         log.info("resuming %s after LC step %d", run_dir.path, engine.next_step - 1)
     engine.run()
-    return _finish(model, engine, graph, cost_models, config, example_input, dense_metric, run_dir, finetune_fn, eval_fn)
+    result = _finish(model, engine, graph, cost_models, config, example_input, dense_metric, run_dir,
+                     setup.finetune_fn, eval_fn, setup.normalize)
+    if dense_copy is not None:
+        result.measured = measured_latency(setup.timed, dense_copy, model, example_input)
+    return result
+
+
+@contextlib.contextmanager
+def _holding(run_dir: RunDirectory | None) -> Iterator[None]:
+    """Hold the run directory's lock (rank 0, for every rank) for the block."""
+    if run_dir is None:
+        yield
+        return
+    distributed.on_main(run_dir.acquire)
+    try:
+        yield
+    finally:
+        if distributed.is_main():
+            run_dir.release()
+
+
+def _calibrate_fn(data: Any, config: LCConfig, device: torch.device) -> CalibrateFn | None:
+    """Forward passes over the first ``calibration_batches`` training batches, in a fixed order."""
+    if data is None:
+        return None
+
+    def calibrate(model: nn.Module) -> None:
+        for batch in islice(fixed_batches(data), config.calibration_batches):
+            inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+            forward(model, to_device(inputs, device))
+
+    return calibrate
+
+
+def _prepare(run_dir: RunDirectory, config: LCConfig, resume: bool, force: bool, extend: bool) -> bool:
+    """Ready the run directory; when resuming, the config must be the recorded one (``extend``: more steps only)."""
+    resuming = run_dir.prepare(resume=resume, force=force, config=config.to_dict(), extend=extend)
+    if resuming:
+        _check_same_config(run_dir, config, extend)
+    return resuming
+
+
+def _check_same_config(run_dir: RunDirectory, config: LCConfig, extend: bool) -> None:
+    info = run_dir.info()
+    recorded = info.get("config")
+    if not isinstance(recorded, dict):
+        raise RunDirectoryError(f"{str(run_dir.path)!r}: run.json records no config, so a resumed run could not be "
+                                f"checked against it; start afresh (--force)")
+    with contextlib.suppress(LcpressError):  # written by an older lcpress: compare with today's defaults filled in
+        recorded = LCConfig.from_dict(recorded).to_dict()
+    current = config.to_dict()
+    changes = changed_keys(recorded, current, ignore=("output_dir",))
+    before, after = (recorded.get("schedule") or {}).get("steps"), config.schedule.steps
+    if extend:
+        changes = [c for c in changes if not c.startswith("schedule.steps:")]
+        if not isinstance(before, int) or after <= before:
+            raise RunDirectoryError(f"--extend continues a run for more LC steps: set schedule.steps above the run's "
+                                    f"{before} (now {after})")
+    if changes:
+        hint = (" To add LC steps to the run, change only schedule.steps and pass --extend."
+                if any(c.startswith("schedule.steps:") for c in changes) else "")
+        raise RunDirectoryError(
+            f"{str(run_dir.path)!r} holds a run of another config, and --resume continues a run with the config it "
+            f"started with. Changed: {'; '.join(changes)}. Put those back, or start a new run (another output_dir, "
+            f"or --force to replace this one).{hint}")
+    if extend:
+        extensions = list(info.get("extensions") or [])
+        extensions.append({"from_steps": before, "to_steps": after,
+                           "at": datetime.datetime.now().isoformat(timespec="seconds")})
+        run_dir.update_info(status="running", config=current, extensions=extensions)
+
+
+def _timed_targets(config: LCConfig, cost_models: dict[str, CostModel]) -> dict[str, MeasuredCostModel]:
+    """The measured cost models the run's targets bound: the whole model is timed on them at the end."""
+    names = {t.target.cost for t in config.tasks if t.target is not None}
+    return {n: m for n, m in cost_models.items() if n in names and isinstance(m, MeasuredCostModel)}
+
+
+def measured_latency(models: dict[str, MeasuredCostModel], dense: nn.Module, compressed: nn.Module,
+                     example_input: Any, rounds: int = 3) -> list[str]:
+    """One line per cost model: the whole dense and compressed model measured, interleaved, fastest of ``rounds``."""
+    lines = []
+    for name, cost_model in models.items():
+        before, after = [], []
+        for _ in range(rounds):  # alternate, so a busy moment slows both, not one
+            before.append(cost_model.measure_model(dense, example_input))
+            after.append(cost_model.measure_model(compressed, example_input))
+        if None in before or None in after:
+            continue
+        b, a = min(before), min(after)
+        batch = getattr(cost_model.options, "batch_size", None) or (
+            example_input.shape[0] if isinstance(example_input, torch.Tensor) else None)
+        at = f" at batch {batch}" if batch else ""
+        lines.append(f"measured {name} of the whole model{at}: dense {b:.4g} {cost_model.unit} → compressed "
+                     f"{a:.4g} {cost_model.unit} ({a / b:.1%} of dense)")
+    return lines
+
+
+def _batchnorm_hook(model: nn.Module, config: LCConfig, data: Any, device: torch.device):
+    """What re-estimates BatchNorm statistics for Δ(θ), or None (no BatchNorm, switched off, or no data)."""
+    norms = batchnorm_layers(model)
+    if not norms or not config.batchnorm.recalibrate:
+        return None
+    if data is None:
+        log.warning("the model has %d BatchNorm layers, but lcpress has no training batches to re-estimate their "
+                    "statistics for the compressed weights, so they keep the dense model's: pass "
+                    "loaders=(train, eval) or calibration=loader (or set batchnorm.recalibrate: false)", len(norms))
+        return None
+    return lambda m: recalibrate(m, data, config.batchnorm.batches, device)
+
+
+def _gradient_probe(config: LCConfig, data: Any, device: torch.device):
+    """‖∇ training loss‖ for ``mu0: auto``, or None (a number was given, or there are no batches to measure on)."""
+    if config.schedule.mu0 != "auto" or config.schedule.steps == 0:
+        return None
+    if data is None:
+        log.warning("schedule.mu0 is 'auto' but lcpress has no training batches to measure it on (a train_fn and no "
+                    "loaders): starting at μ0 = %g; pass loaders= or calibration=, or set schedule.mu0", FALLBACK_MU0)
+        return None
+    loss_fn = LOSSES[config.train.loss]
+    return lambda model, params: gradient_norm(model, params, data, loss_fn, device=device)
 
 
 def _finish(model, engine: LCEngine, graph, cost_models, config, example_input, dense_metric, run_dir,
-            finetune_fn=None, eval_fn=None) -> CompressionResult:
+            finetune_fn=None, eval_fn=None, normalize=None) -> CompressionResult:
     states = list(engine.states)
     load_compressed(engine.tasks, states)  # the model now computes with Δ(θ) …
+    if normalize is not None:
+        normalize(model)  # … with BatchNorm statistics of its own, saved with it …
     reference = copy.deepcopy(model)  # … and this dense copy is what the realized model must match
-    records = realize(model, engine.tasks, states, graph.aliases)
+    records = realize(model, engine.tasks, states, graph.aliases, graph.specs)
     max_err = verify(model, reference, example_input)  # before fine-tuning moves the realized weights
-    tuned_metric = _fine_tune(model, finetune_fn, eval_fn, config)
+    tuned_metric = _fine_tune(model, finetune_fn, eval_fn, config, normalize, engine.progress)
     model.lcpress_layers = [r.to_dict() for r in records]
     schemes = {name: t.scheme.name for t in engine.tasks for name in t.layers}
-    table = layer_table(graph, engine.forms(), cost_models, schemes, [r.name for r in records if r.realized])
+    kept = {r.name: r.reason for r in records if not r.realized}
+    table = layer_table(graph, engine.forms(), cost_models, schemes, [r.name for r in records if r.realized], kept)
     history = engine.history_frame()
     metric = history["metric"].iloc[-1] if "metric" in history else None
     metric = None if metric is None else float(metric)
     result = CompressionResult(model, history, table, records, states, engine.tasks, graph, dense_metric,
                                metric if tuned_metric is None else tuned_metric, max_err, config, None, totals(table),
                                metric if tuned_metric is not None else None)
+    result.warnings = run_warnings(config, engine.history, dense_metric, result.metric)
+    for warning in result.warnings:
+        log.warning("%s", warning)
     if run_dir is not None:
         result.run_dir = run_dir.path
         tuned = {} if tuned_metric is None else {"metric_before_fine_tuning": metric, "fine_tuned": True,
@@ -197,21 +385,6 @@ def input_record(example_input: Any) -> dict[str, Any] | None:
     return {"shape": list(example_input.shape), "dtype": str(example_input.dtype).removeprefix("torch.")}
 
 
-def _calibrate_fn(calibration: Iterable | None, loaders, config: LCConfig, device) -> CalibrateFn | None:
-    """Forward passes over training batches (``calibration``, else the train loader's first batches)."""
-    if calibration is None:
-        calibration = loaders[0] if loaders is not None else None
-    if calibration is None:
-        return None
-
-    def calibrate(model: nn.Module) -> None:
-        for batch in islice(calibration, config.calibration_batches):
-            inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
-            forward(model, to_device(inputs, device))
-
-    return calibrate
-
-
 def _finetune_fn(train_fn, loaders, config: LCConfig, device, progress) -> TrainFn | None:
     """What trains the realized model: the user's train_fn, or a fresh built-in trainer (new parameters, new optimizer)."""
     if config.finetune.steps == 0:
@@ -224,7 +397,8 @@ def _finetune_fn(train_fn, loaders, config: LCConfig, device, progress) -> Train
                              description="fine-tuning the realized model, pass")
 
 
-def _fine_tune(model: nn.Module, finetune_fn, eval_fn, config: LCConfig) -> float | None:
+def _fine_tune(model: nn.Module, finetune_fn, eval_fn, config: LCConfig, normalize=None,
+               progress: bool = True) -> float | None:
     """``finetune.steps`` penalty-free passes over the realized model; its metric after them (None: no fine-tuning)."""
     if finetune_fn is None:
         return None
@@ -233,9 +407,31 @@ def _fine_tune(model: nn.Module, finetune_fn, eval_fn, config: LCConfig) -> floa
     zero = next(model.parameters()).new_zeros(())
     model.train()
     for k in range(config.finetune.steps):  # the learning rate keeps decaying from the last L step
-        finetune_fn(model, lambda: zero, LStep(done + k, 0.0, total))
+        loss = finetune_fn(model, lambda: zero, LStep(done + k, 0.0, total))
+        said = "" if loss is None else f": training loss {float(loss):.4g}"
+        status_line(f"fine-tuning the realized model, pass {k + 1}/{config.finetune.steps}{said}", enabled=progress)
     model.eval()
+    if normalize is not None:
+        normalize(model)
     return None if eval_fn is None else float(eval_fn(model))
+
+
+#: A compressed metric this far below dense (in the metric's own units: accuracy, cosine) is reported.
+METRIC_DROP_WARNING = 0.05
+
+
+def run_warnings(config: LCConfig, history: list[dict[str, Any]], dense: float | None,
+                 compressed: float | None) -> list[str]:
+    """What a finished run should tell its user to change: an unconverged LC path, a large loss of accuracy."""
+    found = []
+    problem = convergence_problem(config.schedule, history)
+    if problem:
+        found.append(problem)
+    if dense is not None and compressed is not None and dense - compressed > METRIC_DROP_WARNING:
+        found.append(f"the compressed model's {config.metric} is {compressed:.4f}, {dense - compressed:.4f} below "
+                     f"the dense model's {dense:.4f}: give the compression a larger budget (target ratio), more LC "
+                     f"steps or L-step epochs, or fine-tune the realized model (finetune.steps)")
+    return found
 
 
 def example_batch(example_input: Any, loaders: tuple[Any, Any] | None, device: torch.device) -> Any:
@@ -244,7 +440,7 @@ def example_batch(example_input: Any, loaders: tuple[Any, Any] | None, device: t
         if loaders is None:
             raise ConfigError("give example_input= (one input batch) or loaders= so lcpress can trace layer shapes")
         source = loaders[1] if loaders[1] is not None else loaders[0]
-        batch = next(iter(source))
+        batch = next(iter(fixed_batches(source)))  # never draws from a shuffled loader's generator
         example_input = batch[0] if isinstance(batch, (tuple, list)) else batch
         if isinstance(example_input, torch.Tensor):
             example_input = example_input[:1]  # costs are per sample unless an example batch is given

@@ -11,7 +11,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lcpress.config import TrainConfig
+from lcpress.core.engine import LStep
 from lcpress.errors import LcpressError
+from lcpress.progress import status_line
+from lcpress.runs.training import SupervisedTrainer
 
 
 def digits_tensors(seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
@@ -54,14 +58,18 @@ def digits_cnn() -> nn.Sequential:
 
 
 def train_dense(model: nn.Module, loader: DataLoader, epochs: int = 30, lr: float = 0.05, progress: bool = True) -> None:
-    """Plain supervised training of the reference (dense) model."""
-    from lcpress.config import TrainConfig
-    from lcpress.core.engine import LStep
-    from lcpress.runs.training import SupervisedTrainer
+    """Plain supervised training of the reference (dense) model.
 
-    trainer = SupervisedTrainer(loader, TrainConfig(epochs=epochs, lr=lr, lr_decay=1.0), progress=progress,
-                                description="training the dense model, pass")
-    trainer(model, lambda: torch.zeros(()), LStep(0, 0.0, 0))
+    Says how it goes every few epochs (a line on stderr, also when the output
+    is a log file), besides the progress bar on a terminal.
+    """
+    trainer = SupervisedTrainer(loader, TrainConfig(epochs=1, lr=lr, lr_decay=1.0), progress=progress,
+                                description="training the dense model, epoch")
+    every = max(1, epochs // 6)
+    for epoch in range(epochs):
+        loss = trainer(model, lambda: torch.zeros(()), LStep(epoch, 0.0, epochs))
+        if (epoch + 1) % every == 0 or epoch + 1 == epochs:
+            status_line(f"training the dense model: epoch {epoch + 1}/{epochs}, loss {loss:.4f}", enabled=progress)
 
 
 DEMO_CONFIG = {

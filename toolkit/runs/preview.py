@@ -40,11 +40,22 @@ class Profile:
             return ("no measured cost model in this config (cpu_latency, gpu_latency, gpu_energy …): "
                     "nothing to profile")
         lines = [self.table.to_string(index=False, float_format=lambda v: f"{v:.4g}")]
+        for name, ratio in self.lowest_ratios().items():
+            lines.append(f"{name}: the cheapest forms reach {ratio:.1%} of the dense cost of the layers the config "
+                         f"compresses — a target ratio below that is out of reach")
         for name, model in self.measured.items():
             again = f" ({model.remeasured} measured again: out of line with their neighbours)" if model.remeasured else ""
             lines.append(f"{name}: {model.measurements} measured now{again}, {model.table.hits} from the table "
                          f"{model.table.path}")
         return "\n".join(lines)
+
+
+    def lowest_ratios(self) -> dict[str, float]:
+        """Per measured cost model: the compressed layers' total with their cheapest forms, over their dense total."""
+        if self.table.empty:
+            return {}
+        sums = self.table.groupby("cost model")[["cheapest cost", "dense"]].sum()
+        return {name: float(row["cheapest cost"] / row["dense"]) for name, row in sums.iterrows() if row["dense"]}
 
 
 @dataclass

@@ -13,19 +13,23 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from lcpress.errors import CheckpointError, LcpressError
+from lcpress.config import parse_config
+from lcpress.errors import CheckpointError, ConfigError, LcpressError
 from lcpress.io.export import Exported, export_onnx
 from lcpress.io.modelfile import load, read_manifest
 from lcpress.io.rundir import MODEL_FILE, RUN_INFO, RunDirectory
-from lcpress.runs.sources import import_factory
+from lcpress.runs.sources import call_factory
 
 
-def load_run_model(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_run_model(run_dir: str | Path, config: str | Path | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """The realized model of a finished run directory, and its ``run.json``.
 
-    Models built only from allow-listed classes are rebuilt from the file;
-    others from the run's ``model.factory`` (importable from the current
-    directory or ``PYTHONPATH``), with the saved structure swapped in.
+    Models built only from allow-listed classes are rebuilt from the file —
+    nothing runs but lcpress. Others need their class: from the
+    ``model.factory`` of the config file ``config`` that the caller names
+    (imported from that file's folder), never from what the run directory
+    says: a run directory received from someone else is opened without
+    executing anything it holds or names.
     """
     run = RunDirectory(run_dir)
     if not run.path.is_dir():
@@ -44,15 +48,19 @@ def load_run_model(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     manifest = read_manifest(model_file)  # a truncated or edited file fails here, clearly
     if manifest.get("architecture") is not None:
         return load(model_file), info
-    factory = ((manifest.get("config") or info.get("config") or {}).get("model") or {}).get("factory")
-    if not factory:
-        classes = ", ".join(manifest.get("not_rebuildable", []))
+    classes = ", ".join(manifest.get("not_rebuildable", []))
+    if config is None:
         raise LcpressError(
-            f"{str(model_file)!r} holds classes lcpress cannot rebuild on its own ({classes}) and the run's config "
-            f"names no model.factory; export from Python: "
-            f"lcpress.export_onnx(lcpress.load(path, model=MyNet()), 'model.onnx', example_input)"
-        )
-    return load(model_file, model=import_factory(factory, "model.factory")()), info
+            f"{str(model_file)!r} holds classes lcpress cannot rebuild on its own ({classes}); name the config whose "
+            f"model.factory builds the architecture: --config path/to/config.yaml (lcpress imports it from that "
+            f"file's folder, and never from the run directory), or export from Python: "
+            f"lcpress.export_onnx(lcpress.load(path, model=MyNet()), 'model.onnx', example_input)")
+    parsed = parse_config(config)
+    if parsed.model is None or parsed.model.factory is None:
+        raise ConfigError(f"{config}: its model section names no factory, so it cannot build the architecture of "
+                          f"{str(model_file)!r} ({classes})")
+    architecture = call_factory(parsed.model.factory, "model.factory", parsed.base_dir)
+    return load(model_file, model=architecture), info
 
 
 def example_for(info: dict[str, Any], input_shape: Sequence[int] | None) -> torch.Tensor:
@@ -60,19 +68,25 @@ def example_for(info: dict[str, Any], input_shape: Sequence[int] | None) -> torc
     if input_shape is not None:
         return torch.randn(*input_shape)
     record = info.get("example_input")
-    if not record:
-        raise LcpressError("the run did not record its input shape; give one, e.g. --input-shape 1,3,224,224")
-    return torch.randn(*record["shape"], dtype=getattr(torch, record["dtype"]))
+    try:
+        shape = [int(s) for s in record["shape"]]
+        dtype = getattr(torch, str(record["dtype"]))
+        if not isinstance(dtype, torch.dtype) or not shape or min(shape) < 1 or len(shape) > 8:
+            raise ValueError
+    except (TypeError, KeyError, ValueError, AttributeError):
+        raise LcpressError("the run did not record a usable input shape; give one, e.g. --input-shape 1,3,224,224") \
+            from None
+    return torch.randn(*shape, dtype=dtype)
 
 
 def export_run(run_dir: str | Path, path: str | Path, *, overwrite: bool = False,
                input_shape: Sequence[int] | None = None, dynamic_batch: bool = True,
-               opset: int | None = None) -> Exported:
+               opset: int | None = None, config: str | Path | None = None) -> Exported:
     """``lcpress export RUN_DIR --onnx PATH``: the run's realized model as ONNX, checked in onnxruntime."""
     path = Path(path)
     if path.exists() and not overwrite:  # before the (slow) export, and before loading anything
         raise FileExistsError(f"{str(path)!r} exists; pass --force to replace it")
-    model, info = load_run_model(run_dir)
+    model, info = load_run_model(run_dir, config)
     torch.manual_seed(0)
     return export_onnx(model, path, example_for(info, input_shape), overwrite=overwrite,
                        dynamic_batch=dynamic_batch, opset=opset)

@@ -1,48 +1,83 @@
 """Build the model and data loaders that a config's ``model`` / ``data`` sections name.
 
 The Python API takes objects; the CLI needs them from the config: a built-in
-example (the digits CNN, trained on first use and cached in the run
+example (the digits CNN, trained on first use and cached beside the run
 directory), or a ``module:function`` factory from the user's own code.
-Weights load without pickle (safetensors, or ``torch.load(weights_only=True)``).
+
+Code runs only where the user pointed: a factory module is imported from the
+config's folder (``base_dir``) or from the installed packages — never from
+the current directory or a run directory implicitly. Weights load without
+pickle (safetensors, or ``torch.load(weights_only=True)``), and a file that
+does not fit the model names the file and the key.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
 from lcpress.config import DataConfig, ModelConfig
 from lcpress.errors import ConfigError, LcpressError
+from lcpress.runs.demo import digits_cnn, digits_loaders, train_dense
 
 
-def import_factory(spec: str, key: str) -> Callable[..., Any]:
-    """Resolve ``'package.module:function'`` (the current directory is importable)."""
+def import_factory(spec: str, key: str, base_dir: str | Path | None = None) -> Callable[..., Any]:
+    """Resolve ``'package.module:function'``: from ``base_dir`` when the module lives there, else installed packages."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"{key}: expected 'module:function', got {spec!r}")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
     try:
-        module = importlib.import_module(module_name)
+        with _importable_from(base_dir, module_name):
+            module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"{key}: cannot import {module_name!r}: {exc}") from exc
+        where = f" (looked in {str(base_dir)!r} and the installed packages)" if base_dir else ""
+        raise ConfigError(f"{key}: cannot import {module_name!r}{where}: {exc}") from exc
+    except Exception as exc:  # the user's module raised while it was imported
+        raise LcpressError(f"{key}: importing {module_name!r} raised {type(exc).__name__}: {exc}") from exc
     try:
         return getattr(module, attr)
     except AttributeError:
         raise ConfigError(f"{key}: module {module_name!r} has no attribute {attr!r}") from None
 
 
-def build_loaders(cfg: DataConfig, seed: int) -> tuple[Any, Any]:
-    if cfg.builtin == "digits":
-        from lcpress.runs.demo import digits_loaders
+@contextlib.contextmanager
+def _importable_from(base_dir: str | Path | None, module_name: str) -> Iterator[None]:
+    """``base_dir`` on the import path for one import, and only when the module is there."""
+    top = module_name.split(".")[0]
+    folder = Path(base_dir) if base_dir is not None else None
+    there = folder is not None and ((folder / f"{top}.py").is_file() or (folder / top / "__init__.py").is_file())
+    if not there:
+        yield
+        return
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(str(folder))
 
+
+def call_factory(spec: str, key: str, base_dir: str | Path | None) -> Any:
+    """Import and call a factory; what it raises is reported as the factory's, naming the key."""
+    factory = import_factory(spec, key, base_dir)
+    try:
+        return factory()
+    except LcpressError:
+        raise
+    except Exception as exc:
+        raise LcpressError(f"{key}: {spec!r} raised {type(exc).__name__}: {exc}") from exc
+
+
+def build_loaders(cfg: DataConfig, seed: int, base_dir: str | Path | None = None) -> tuple[Any, Any]:
+    if cfg.builtin == "digits":
         return digits_loaders(cfg.batch_size, seed)
-    loaders = import_factory(cfg.factory, "data.factory")()  # type: ignore[arg-type]
+    loaders = call_factory(cfg.factory, "data.factory", base_dir)  # type: ignore[arg-type]
     if not (isinstance(loaders, (tuple, list)) and len(loaders) == 2):
         raise ConfigError("data.factory: must return (train_loader, eval_loader)")
     return loaders[0], loaders[1]
@@ -53,35 +88,56 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"model.weights: {str(path)!r} does not exist")
+    state = _read_state(path)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = ([f"missing {', '.join(missing[:5])}" + (" …" if len(missing) > 5 else "")] if missing else []) + \
+                ([f"unexpected {', '.join(unexpected[:5])}" + (" …" if len(unexpected) > 5 else "")] if unexpected else [])
+        raise LcpressError(f"model.weights: {str(path)!r} does not fit the model ({'; '.join(parts)}); give the "
+                           f"weights of this architecture")
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(expected[key].shape):
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise LcpressError(f"model.weights: {str(path)!r} holds {key!r} of shape {shape}, but the model's is "
+                               f"{tuple(expected[key].shape)}")
+    model.load_state_dict(state)
+
+
+def _read_state(path: Path) -> dict[str, Any]:
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    else:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise LcpressError(f"model.weights: cannot read {str(path)!r} as a weights-only state dict: {exc}") from exc
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise LcpressError(f"model.weights: {str(path)!r} is not a readable safetensors file: {exc}") from None
     try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise LcpressError(f"model.weights: {str(path)!r} does not fit the model: {exc}") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise LcpressError(f"model.weights: cannot read {str(path)!r} as a weights-only state dict: {exc}") from exc
+    if not isinstance(state, dict):
+        raise LcpressError(f"model.weights: {str(path)!r} holds a {type(state).__name__}, not a state dict")
+    return state
 
 
-def build_model(cfg: ModelConfig, train_loader: Any, cache_dir: Path | None, progress: bool = True) -> nn.Module:
+def build_model(cfg: ModelConfig, train_loader: Any, cache_dir: Path | None, progress: bool = True,
+                base_dir: str | Path | None = None) -> nn.Module:
     """The model to compress, trained (built-ins) or with its weights loaded."""
+    weights = Path(base_dir) / cfg.weights if cfg.weights and base_dir and not Path(cfg.weights).is_absolute() \
+        else cfg.weights
     if cfg.factory is not None:
-        model = import_factory(cfg.factory, "model.factory")()
+        model = call_factory(cfg.factory, "model.factory", base_dir)
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model.factory: returned a {type(model).__name__}, not an nn.Module")
-        if cfg.weights:
-            load_weights(model, cfg.weights)
+        if weights:
+            load_weights(model, weights)
         return model
-    from lcpress.runs.demo import digits_cnn, train_dense
-
     model = digits_cnn()
-    if cfg.weights:
-        load_weights(model, cfg.weights)
+    if weights:
+        load_weights(model, weights)
         return model
     # keyed by everything that shapes the trained weights, so a changed recipe retrains
     key = f"dense-{cfg.builtin}-e{cfg.pretrain_epochs}.safetensors"

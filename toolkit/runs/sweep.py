@@ -86,7 +86,7 @@ def sweep(
     targets = list(targets if targets is not None else config.sweep.targets)
     baseline = config.sweep.baseline if baseline is None else baseline
     _check(config, targets)
-    out = Path(config.output_dir)  # type: ignore[arg-type]
+    out = config.path(config.output_dir)  # type: ignore[arg-type]
     rows: list[dict[str, Any]] = []
     dense_metric = None
     for i, target in enumerate(targets, 1):

@@ -12,11 +12,13 @@ checkpoints, so a resumed run continues exactly where it stopped. Any callable
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
 from lcpress.config import TrainConfig
 from lcpress.core.engine import LStep, Penalty
@@ -44,6 +46,44 @@ def to_device(batch: Any, device: torch.device | str) -> Any:
     if isinstance(batch, (tuple, list)):
         return type(batch)(to_device(v, device) for v in batch)
     return batch
+
+
+def fixed_batches(loader: Any) -> Iterable:
+    """The loader's data in a fixed order, without drawing from its shuffling generator.
+
+    Iterating a shuffled DataLoader advances its generator, which would change
+    the L steps' data order (and break bit-identical resumption); a DataLoader
+    is therefore read through a sequential twin over the same dataset.
+    """
+    if isinstance(loader, DataLoader) and loader.batch_size is not None:
+        return DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=False, collate_fn=loader.collate_fn,
+                          num_workers=0)
+    return loader
+
+
+def gradient_norm(model: nn.Module, params: list[nn.Parameter], loader: Iterable, loss_fn: Loss,
+                  batches: int = 8, device: str | torch.device = "cpu") -> float:
+    """‖∇‖ over ``params`` of the mean training loss on the first ``batches`` batches (in a fixed order).
+
+    What ``mu0: auto`` measures at the directly compressed weights: the pull
+    the loss exerts against the penalty. The model's gradients and the global
+    RNG are left as they were.
+    """
+    grads = [torch.zeros_like(p) for p in params]
+    count = 0
+    was_training = model.training
+    model.train()
+    with torch.random.fork_rng(devices=[]):
+        for inputs, targets in itertools.islice(fixed_batches(loader), batches):
+            loss = loss_fn(forward(model, to_device(inputs, device)), targets.to(device))
+            for g, piece in zip(grads, torch.autograd.grad(loss, params, allow_unused=True)):
+                if piece is not None:
+                    g += piece.detach()
+            count += 1
+    model.train(was_training)
+    if count == 0:
+        return float("nan")
+    return float(torch.sqrt(sum(torch.sum((g / count).double() ** 2) for g in grads)))
 
 
 def forward(model: nn.Module, inputs: Any) -> torch.Tensor:

@@ -17,17 +17,19 @@ They state the contract of :class:`lcpress.Scheme`:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
 from lcpress.core.forms import Form, LayerSpec
+from lcpress.errors import CStepError
 from lcpress.options import Options
 from lcpress.core.scheme import Scheme, State
 from lcpress.core.tree import join_tensors, split_tensors
@@ -82,8 +84,9 @@ class SchemeSubject:
         key = (case.name, dtype, ratio, alpha, repr(options))
         if cached and key in self._cache:
             return self._cache[key]
-        result = run_c_step(self.scheme(options), self.weight(case, dtype), case.spec(), layer=case.name,
-                            cost_model=ParamCount(), ratio=ratio, alpha=alpha, mu=MU, seed=self.seed)
+        with refused_as_failure(self.where(case, f"{dtype}, first C step")):
+            result = run_c_step(self.scheme(options), self.weight(case, dtype), case.spec(), layer=case.name,
+                                cost_model=ParamCount(), ratio=ratio, alpha=alpha, mu=MU, seed=self.seed)
         if cached:
             self._cache[key] = result
         return result
@@ -99,6 +102,15 @@ class SchemeSubject:
 
 
 Check = Callable[[SchemeSubject], "str | None"]
+
+
+@contextlib.contextmanager
+def refused_as_failure(where: str) -> Iterator[None]:
+    """The engine's own refusal of a C step (a CStepError: Δ(θ) of the wrong shape, dtype, NaN …) fails the check."""
+    try:
+        yield
+    except CStepError as exc:
+        raise AssertionError(f"{where}: {exc}") from exc
 
 
 def error(w: torch.Tensor, delta: torch.Tensor) -> float:
@@ -130,8 +142,9 @@ def check_shape_dtype(s: SchemeSubject) -> str | None:
             w = s.weight(case, dtype)
             ratio = SAMPLE_RATIOS[0] if s.selecting(case) else None
             first = s.run(case, dtype, ratio=ratio)
-            warm = run_c_step(s.scheme(), w, case.spec(), layer=case.name, cost_model=ParamCount(), ratio=ratio,
-                              mu=MU * 2, seed=s.seed, step=1, previous=first.state)
+            with refused_as_failure(s.where(case, f"{dtype}, warm-started C step")):
+                warm = run_c_step(s.scheme(), w, case.spec(), layer=case.name, cost_model=ParamCount(), ratio=ratio,
+                                  mu=MU * 2, seed=s.seed, step=1, previous=first.state)
             for label, run in (("first C step", first), ("warm-started C step", warm)):
                 require(isinstance(run.state, State),
                         f"{s.where(case)}: compress() returned a {type(run.state).__name__}, not an lcpress.State")

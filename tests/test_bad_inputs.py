@@ -1,0 +1,462 @@
+"""The catalogue of bad inputs: each gets one clear error saying what to fix, and nothing the user had is lost.
+
+One test per case, grouped as docs/guarantees.md groups them: run directories,
+resuming, code that could run from a run directory, hostile model files,
+plugin faults and NaN, config edges, file permissions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+import lcpress
+from lcpress import CheckpointError, ConfigError, CStepError, LcpressError, PluginError, RunDirectoryError
+from lcpress.cli import main
+from lcpress.core.registry import reset_registry
+from lcpress.io.files import write_file
+
+X = torch.randn(4, 12)
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 4))
+
+
+def _data():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 12, generator=g)
+    ds = torch.utils.data.TensorDataset(x, x[:, :4].argmax(1))
+    return (torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0)),
+            torch.utils.data.DataLoader(ds, batch_size=64))
+
+
+def _config(out, **over):
+    config = {"tasks": [{"layers": ["0"], "target": {"cost": "params", "ratio": 0.5}}],
+              "schedule": {"steps": 2, "mu0": 0.01, "factor": 2.0}, "output_dir": str(out)}
+    config.update(over)
+    return config
+
+
+def _compress(out, **kw):
+    config = _config(out, **kw.pop("config", {}))
+    return lcpress.compress(_net(), config, loaders=_data(), progress=False, **kw)
+
+
+# ------------------------------------------------------------------ run directories
+def test_a_folder_lcpress_did_not_create_is_not_written_into(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "history.csv").write_text("my own history\n")
+    with pytest.raises(RunDirectoryError, match="a folder lcpress did not create and it holds files \\(history.csv\\)"):
+        _compress(out)
+    assert (out / "history.csv").read_text() == "my own history\n"
+    assert sorted(p.name for p in out.iterdir()) == ["history.csv"]
+
+
+def test_force_never_replaces_a_file_lcpress_did_not_write(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "model.safetensors").write_text("not lcpress's")
+    with pytest.raises(RunDirectoryError, match="holds model.safetensors, which lcpress did not write"):
+        _compress(out, force=True)
+    assert (out / "model.safetensors").read_text() == "not lcpress's"
+
+
+def test_force_adds_a_run_beside_unrelated_files_and_keeps_them(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    _compress(out, force=True)
+    _compress(out, force=True)  # replacing lcpress's own run there: the notes stay
+    assert (out / "notes.txt").read_text() == "keep me" and (out / "model.safetensors").is_file()
+
+
+def test_a_second_run_into_a_held_directory_stops_naming_the_holder(tmp_path):
+    out = tmp_path / "run"
+    holder = lcpress.io.rundir.RunDirectory(out)
+    holder.acquire()
+    try:
+        with pytest.raises(RunDirectoryError, match=rf"in use by another lcpress run \(process {os.getpid()} on "):
+            _compress(out)
+        with pytest.raises(RunDirectoryError, match="in use by another lcpress run"):
+            _compress(out, resume=True)
+    finally:
+        holder.release()
+    _compress(out)  # released: the run goes ahead
+    assert not (out / "run.lock").exists()
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / "run.lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "since": "x"}))
+    _compress(out)
+    assert (out / "model.safetensors").is_file()
+
+
+def test_an_output_dir_that_is_a_file_or_under_one_is_refused(tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(RunDirectoryError, match="is a file, not a folder"):
+        _compress(target)
+    with pytest.raises(RunDirectoryError, match="lies under .*file.*, which is a file"):
+        _compress(target / "run")
+    assert target.read_text() == "x"
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_folder_is_refused(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(RunDirectoryError, match="(not writable|cannot create)"):
+            _compress(folder / "run")
+    finally:
+        folder.chmod(0o700)
+
+
+# ------------------------------------------------------------------ resuming
+@pytest.mark.parametrize("change, listed", [
+    ({"tasks": [{"layers": ["0"], "target": {"cost": "params", "ratio": 0.3}}]}, "tasks[0].target.ratio: 0.5 → 0.3"),
+    ({"train": {"lr": 0.5}}, "train.lr: 0.01 → 0.5"),
+    ({"schedule": {"steps": 2, "mu0": 0.02, "factor": 2.0}}, "schedule.mu0: 0.01 → 0.02"),
+    ({"seed": 3}, "seed: 0 → 3"),
+    ({"schedule": {"steps": 3, "mu0": 0.01, "factor": 2.0}}, "schedule.steps: 2 → 3"),
+])
+def test_resume_refuses_a_changed_config_listing_the_keys(tmp_path, monkeypatch, change, listed):
+    out = tmp_path / "run"
+    _interrupted(out, monkeypatch)
+    with pytest.raises(RunDirectoryError, match="holds a run of another config") as error:
+        _compress(out, resume=True, config=change)
+    assert listed in str(error.value)
+    _compress(out, resume=True)  # with the config it started with, it finishes
+
+
+def _interrupted(out, monkeypatch):
+    original = lcpress.LCEngine.l_step
+
+    def cut(self, k, mu):
+        if k == 2:
+            raise KeyboardInterrupt
+        return original(self, k, mu)
+
+    with monkeypatch.context() as m:
+        m.setattr(lcpress.LCEngine, "l_step", cut)
+        with pytest.raises(KeyboardInterrupt):
+            _compress(out)
+
+
+def test_a_finished_run_is_extended_by_more_steps_and_says_so(tmp_path):
+    out = tmp_path / "run"
+    _compress(out)
+    more = {"schedule": {"steps": 4, "mu0": 0.01, "factor": 2.0}}
+    with pytest.raises(RunDirectoryError, match="holds a finished run; nothing to resume"):
+        _compress(out, resume=True, config=more)
+    result = _compress(out, resume=True, extend=True, config=more)
+    assert list(result.history["step"]) == [0, 1, 2, 3, 4]
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "finished" and info["extensions"][0]["from_steps"] == 2
+    assert info["extensions"][0]["to_steps"] == 4 and info["config"]["schedule"]["steps"] == 4
+    with pytest.raises(RunDirectoryError, match="set schedule.steps above the run's 4"):
+        _compress(out, resume=True, extend=True, config=more)
+
+
+# ------------------------------------------------------------------ nothing runs from a run directory
+def test_a_run_directory_from_elsewhere_runs_no_code_when_exported_from_inside_it(tmp_path):
+    run = tmp_path / "received"
+    run.mkdir()
+    marker = tmp_path / "executed"
+    (run / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\ndef make():\n    return None\n")
+    (run / "run.json").write_text(json.dumps({"format": "lcpress-run", "status": "finished",
+                                              "config": {"model": {"factory": "evil:make"}, "tasks": []}}))
+    write_file(run / "model.safetensors", {"w": torch.zeros(2)},
+               {"format": "lcpress-model", "format_version": 1, "lcpress_version": "0", "torch_version": "0",
+                "layers": [], "architecture": None, "not_rebuildable": ["Evil"], "config": {"model": {
+                    "factory": "evil:make"}}})
+    done = subprocess.run([sys.executable, "-m", "lcpress", "export", ".", "--onnx", "out.onnx"], cwd=run,
+                          capture_output=True, text=True, env={**os.environ, "LCPRESS_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert done.returncode == 2 and "--config" in done.stderr
+    assert not marker.exists()
+
+
+def test_factories_and_relative_paths_resolve_against_the_config_file(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "mynet.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+        def model():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 4))
+        def data():
+            x = torch.randn(32, 12)
+            ds = torch.utils.data.TensorDataset(x, x[:, :4].argmax(1))
+            return torch.utils.data.DataLoader(ds, batch_size=16), torch.utils.data.DataLoader(ds, batch_size=32)
+    """))
+    (project / "job.yaml").write_text(yaml.safe_dump({
+        "model": {"factory": "mynet:model"}, "data": {"factory": "mynet:data"},
+        "tasks": [{"layers": ["0"], "options": {"rank": 4}}], "schedule": {"steps": 0}, "output_dir": "runs/a"}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["compress", str(project / "job.yaml"), "--quiet"]) == 0
+    assert (project / "runs" / "a" / "model.safetensors").is_file() and not (elsewhere / "runs").exists()
+    assert "mynet" in sys.modules and str(project) not in sys.path  # imported from there, and only for that
+
+
+# ------------------------------------------------------------------ hostile model files
+def _crafted(path, architecture=None, tensors=None, **manifest):
+    """A model file as an attacker would write it: any manifest, with a valid checksum (it is no signature)."""
+    doc = {"format": "lcpress-model", "format_version": 1, "lcpress_version": "0", "torch_version": "0",
+           "layers": [], "architecture": architecture, "not_rebuildable": [], "config": None}
+    doc.update(manifest)
+    write_file(path, tensors if tensors is not None else {"weight": torch.zeros(2, 2)}, doc)
+    return path
+
+
+def _rss_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs /proc to read this process's memory")
+def test_a_file_claiming_a_huge_layer_allocates_nothing(tmp_path):
+    huge = {"type": "Linear", "args": {"in_features": 10**7, "out_features": 10**7, "bias": False}, "children": []}
+    path = _crafted(tmp_path / "huge.safetensors", huge)
+    before = _rss_mb()
+    with pytest.raises(CheckpointError, match=r"tensor 'weight' is stored as \(2, 2\).*holds \(10000000, 10000000\)"):
+        lcpress.load(path)
+    assert _rss_mb() - before < 50
+
+
+def test_a_deeply_nested_file_is_refused_without_recursion(tmp_path):
+    node = {"type": "Sequential", "args": {}, "children": []}
+    root = node
+    for _ in range(100):
+        child = {"type": "Sequential", "args": {}, "children": []}
+        node["children"].append(["0", child])
+        node = child
+    path = _crafted(tmp_path / "deep.safetensors", root)
+    with pytest.raises(CheckpointError, match="nested deeper than 64 levels"):
+        lcpress.load(path)
+    deeper = tmp_path / "deeper.safetensors"  # nesting no JSON parser follows: written by hand, not by json.dumps
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                         "__metadata__": {"lcpress": "[" * 100_000 + "]" * 100_000}}).encode()
+    deeper.write_bytes(len(header).to_bytes(8, "little") + header + bytes(4))
+    with pytest.raises(CheckpointError, match="deeper.safetensors' is not a readable lcpress file"):
+        lcpress.load(deeper)
+
+
+@pytest.mark.parametrize("manifest, field", [
+    ({"layers": "x"}, "manifest field layers: expected list"),
+    ({"layers": [{"name": "0", "weight_shape": "abc"}]}, r"layers\[0\].weight_shape: expected list"),
+    ({"layers": [{"name": 3}]}, r"layers\[0\].name: expected str"),
+    ({"architecture": {"type": "Sequential", "args": {}, "children": 5}}, "architecture.children: expected list"),
+    ({"architecture": {"type": "Linear", "args": {"in_features": {"a": 1}}}}, r"architecture.args.in_features"),
+    ({"format_version": "1"}, "format_version: expected int"),
+    ({"architecture": {"type": "Pickle", "args": {}, "children": []}}, "unknown type 'Pickle'"),
+])
+def test_wrong_manifest_types_name_the_file_and_the_field(tmp_path, capsys, manifest, field):
+    path = _crafted(tmp_path / "bad.safetensors", **manifest)
+    with pytest.raises(CheckpointError, match=field):
+        lcpress.load(path, model=_net()) if manifest.get("architecture") is None else lcpress.load(path)
+    assert main(["info", str(path)]) in (0, 2)
+    printed = capsys.readouterr()
+    assert "Traceback" not in printed.err
+
+
+def test_info_says_no_where_load_refuses(tmp_path, capsys):
+    arch = {"type": "Linear", "args": {"in_features": 4, "out_features": 4, "bias": False}, "children": []}
+    path = _crafted(tmp_path / "mismatch.safetensors", arch, {"weight": torch.zeros(3, 3)})
+    with pytest.raises(CheckpointError, match="stored as \\(3, 3\\)"):
+        lcpress.load(path)
+    assert main(["info", str(path)]) == 0
+    assert "loads without the model's code: no (" in capsys.readouterr().out
+
+
+def test_a_random_safetensors_as_model_weights_names_the_file_and_the_key(tmp_path):
+    from safetensors.torch import save_file
+
+    from lcpress.runs.sources import load_weights
+
+    path = tmp_path / "other.safetensors"
+    save_file({"encoder.weight": torch.zeros(3)}, str(path))
+    with pytest.raises(LcpressError, match=r"other.safetensors.*does not fit the model \(missing 0.weight"):
+        load_weights(_net(), path)
+    (tmp_path / "junk.safetensors").write_bytes(os.urandom(64))
+    with pytest.raises(LcpressError, match="junk.safetensors' is not a readable safetensors file"):
+        load_weights(_net(), tmp_path / "junk.safetensors")
+
+
+# ------------------------------------------------------------------ plugin faults and NaN
+class _Broken(lcpress.Scheme):
+    name = "broken_delta"
+    mode = "nan"
+
+    def compress(self, w, ctx):
+        return lcpress.State({"w": w.detach().clone()}, {"step": ctx.step})
+
+    def decompress(self, state):
+        w = state.tensors["w"]
+        if state.meta["step"] < 1:
+            return w
+        return w.reshape(-1) if self.mode == "shape" else torch.full_like(w, float("nan"))
+
+
+class _BrokenPlugin:
+    __name__ = "broken_plugin"
+
+    def __init__(self, mode):
+        _Broken.mode = mode
+
+    @lcpress.hookimpl
+    def lcpress_register_schemes(self, register):
+        register(_Broken)
+
+
+@pytest.mark.parametrize("mode, said", [("nan", "Δ\\(θ\\) holds NaN"), ("shape", "Δ\\(θ\\) has shape \\(288,\\)")])
+def test_a_bad_delta_is_caught_at_the_step_it_happens_and_not_checkpointed(tmp_path, plugins, mode, said):
+    plugins(_BrokenPlugin(mode))
+    out = tmp_path / "run"
+    with pytest.raises(CStepError, match=rf"scheme 'broken_delta' \(plugin 'broken_plugin'.*on layer '0' at LC step 1: "
+                                         rf"{said}"):
+        _compress(out, config={"tasks": [{"layers": ["0"], "scheme": "broken_delta"}]})
+    checkpoint = lcpress.io.files.read_file(out / "checkpoint.safetensors")[1]
+    assert checkpoint["engine"]["next_step"] == 1  # only the direct compression was kept
+
+
+def test_a_cost_model_returning_nan_is_named(plugins):
+    class NanCost(lcpress.CostModel):
+        name = "nan_cost"
+
+        def cost(self, spec, form):
+            return float("nan")
+
+    class Plugin:
+        __name__ = "nan_cost_plugin"
+
+        @lcpress.hookimpl
+        def lcpress_register_cost_models(self, register):
+            register(NanCost)
+
+    plugins(Plugin())
+    config = {"tasks": [{"layers": ["0"], "cost": "nan_cost", "alpha": 1e-3}], "schedule": {"steps": 0}}
+    with pytest.raises(PluginError, match="cost model 'nan_cost' priced the linear 12→24 layer .* at nan; costs must "
+                                          "be finite and non-negative"):
+        lcpress.compress(_net(), config, example_input=X, progress=False)
+
+
+def test_nan_weights_in_the_input_model_are_named_as_such():
+    model = _net()
+    with torch.no_grad():
+        model[2].weight[0, 0] = float("nan")
+    config = {"tasks": [{"layers": ["*"], "options": {"rank": 2}}], "schedule": {"steps": 0}}
+    with pytest.raises(LcpressError, match=r"layer '2': its weight holds NaN or infinite values before compression") \
+            as error:
+        lcpress.compress(model, config, example_input=X, progress=False)
+    assert "learning rate" not in str(error.value)
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    config = _config(out, tasks=[{"layers": ["0"], "options": {"rank": 4}}])
+
+    def train_fn(model, penalty, step):
+        return float("nan") if step.index == 1 else 0.5
+
+    with pytest.raises(LcpressError, match="LC step 2: the L step's training loss is nan.*the checkpoint after LC "
+                                           "step 1 is intact"):
+        lcpress.compress(_net(), config, train_fn, lambda m: 0.0, example_input=X, progress=False)
+    assert lcpress.io.files.read_file(out / "checkpoint.safetensors")[1]["engine"]["next_step"] == 2
+
+
+@pytest.mark.parametrize("statement, said", [("import sys; sys.exit(3)", "called sys.exit\\(\\) while loading"),
+                                             ("raise KeyboardInterrupt", "was interrupted while loading")])
+def test_a_plugin_that_exits_at_import_is_named(tmp_path, monkeypatch, capsys, statement, said):
+    module = f"lcpress_test_exit_{abs(hash(statement)) % 1000}"
+    (tmp_path / f"{module}.py").write_text(statement + "\n")
+    dist = tmp_path / f"{module}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[lcpress]\n{module} = {module}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("LCPRESS_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    reset_registry()
+    try:
+        assert main(["plugins"]) == 2
+    finally:
+        reset_registry()
+    err = capsys.readouterr().err
+    assert f"plugin {module!r}" in err and re_search(said, err)
+
+
+def re_search(pattern, text):
+    import re
+
+    return re.search(pattern, text) is not None
+
+
+# ------------------------------------------------------------------ config edges
+@pytest.mark.parametrize("content, said", [
+    ("- a\n- b\n", "a config is a mapping of keys .* not a list"),
+    ("42\n", "a config is a mapping of keys .* not a int"),
+    (b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "not a text file"),
+    ("tasks: []\ntasks: [{layers: ['*']}]\n", "key 'tasks' appears twice in one mapping"),
+    ("tasks: [\n", "not valid YAML"),
+])
+def test_a_config_file_of_the_wrong_kind_is_one_clear_line(tmp_path, capsys, content, said):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert main(["compress", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert re_search(said, err) and "config.yaml" in err and "Traceback" not in err
+
+
+def test_a_factory_that_raises_is_named(tmp_path, capsys):
+    (tmp_path / "raising.py").write_text("def model():\n    raise ValueError('no such checkpoint')\n")
+    (tmp_path / "job.yaml").write_text("model: {factory: 'raising:model'}\ndata: {builtin: digits}\n"
+                                       "tasks: [{layers: ['*']}]\n")
+    assert main(["compress", str(tmp_path / "job.yaml")]) == 2
+    assert "model.factory: 'raising:model' raised ValueError: no such checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("info, said", [([1, 2], "the file should be a JSON object"),
+                                        ({"config": "x"}, "config should be a dict"),
+                                        ({"config": {"tasks": "abc"}}, "config.tasks should be a list of mappings")])
+def test_a_report_on_a_run_json_of_the_wrong_shape_names_the_field(tmp_path, capsys, info, said):
+    (tmp_path / "run.json").write_text(json.dumps(info))
+    assert main(["report", str(tmp_path), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
+
+
+def test_a_closed_pipe_ends_quietly():
+    done = subprocess.run(f"{sys.executable} -m lcpress options | head -1", shell=True, capture_output=True, text=True)
+    assert done.stdout.startswith("(top level):") and "Traceback" not in done.stderr and "Error" not in done.stderr
+
+
+# ------------------------------------------------------------------ permissions
+def test_files_written_atomically_keep_the_users_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        result = _compress(tmp_path / "run")
+        files = ["model.safetensors", "checkpoint.safetensors", "run.json", "history.csv", "layers.csv"]
+        for name in files:
+            assert (tmp_path / "run" / name).stat().st_mode & 0o777 == 0o644, name
+        path = result.save(tmp_path / "model.safetensors")
+        assert path.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
