@@ -50,8 +50,9 @@ class LowRankOptions(Options):
         "weight", help="what the C step minimises: weight (‖W − Δ‖²) or output (‖(W − Δ)X‖² over the layer's real "
                        "inputs, collected by a calibration pass and during the L steps; the penalty uses the same metric)"
     )
-    damping: float = option(0.01, help="error: output — δ added to the inputs' second moment, normalised to mean "
-                                       "eigenvalue 1 (0: the exact output error; larger: closer to weight space)", ge=0)
+    damping: float = option(0.01, help="error: output — δ added to the inputs' second moment, scaled to a largest "
+                                       "eigenvalue of 1 (0: the exact output error; larger: closer to weight space)",
+                            ge=0)
 
     def validate(self) -> None:
         if self.error == "output" and self.shape != "channel":

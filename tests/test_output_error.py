@@ -44,7 +44,7 @@ def test_claimed_error_is_the_measured_output_error_of_a_linear_layer():
     layer = nn.Linear(24, 16)
     x = _correlated_inputs(400, 24)
     moment = _moment(layer, x)
-    scale = float(torch.trace(moment)) / 24  # the metric is normalised to mean eigenvalue 1
+    scale = float(torch.linalg.eigvalsh(moment)[-1])  # the metric is scaled to a largest eigenvalue of 1
     w = layer.weight.detach()
     for index in (1, 5, 10, 15):
         candidates, delta = _compress(w, input_metric(moment, 0.0), index)
@@ -63,7 +63,7 @@ def test_claimed_error_is_the_measured_output_error_of_a_conv(conv):
     moment = _moment(conv, x)
     rows = input_vectors(conv, x).shape[0]
     assert rows == 6 * conv(x).shape[2] * conv(x).shape[3]
-    scale = float(torch.trace(moment)) / moment.shape[0]
+    scale = float(torch.linalg.eigvalsh(moment)[-1])
     w = conv.weight.detach()
     for index in (2, 9):
         candidates, delta = _compress(w, input_metric(moment, 0.0), index)
@@ -100,8 +100,16 @@ def test_isotropic_inputs_give_the_weight_space_c_step():
 def test_damping_moves_the_metric_towards_weight_space():
     moment = torch.diag(torch.tensor([4.0, 1.0, 1e-6], dtype=torch.float64))
     metric = input_metric(moment, 0.5)
-    scale = (4.0 + 1.0 + 1e-6) / 3
-    torch.testing.assert_close(torch.diagonal(metric), torch.diagonal(moment) / scale + 0.5)
+    torch.testing.assert_close(torch.diagonal(metric), torch.diagonal(moment) / 4.0 + 0.5)
+
+
+def test_the_metric_is_nowhere_stiffer_than_weight_space():
+    """Inputs with a dominant mean (after a ReLU): the penalty's curvature stays ≤ 1 + δ in every direction."""
+    x = torch.relu(torch.randn(2000, 64)) + 1.0
+    metric = input_metric((x.T @ x).double() / len(x), 0.01)
+    eigenvalues = torch.linalg.eigvalsh(metric)
+    assert float(eigenvalues[-1]) == pytest.approx(1.01)
+    assert float(eigenvalues[0]) >= 0.01 - 1e-12
 
 
 def _mlp():
@@ -138,7 +146,7 @@ def test_penalty_is_measured_in_the_input_metric():
     assert seen["penalty"] == pytest.approx(0.5 * 0.5 * expected, rel=1e-5)
     hidden = model[1](model[0](inputs))  # layer 2's metric: the second moment of what it reads
     moment = (hidden.T @ hidden).double() / len(inputs)
-    torch.testing.assert_close(engine.metrics[1], moment / (torch.trace(moment) / 32), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(engine.metrics[1], moment / torch.linalg.eigvalsh(moment)[-1], rtol=1e-4, atol=1e-6)
 
 
 def test_calibration_is_required_and_the_message_says_how():

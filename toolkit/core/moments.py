@@ -10,10 +10,11 @@ declares :class:`OutputError` gets ``Σ`` in its C-step context
 ``μ/2·tr((w − Δ) Σ (w − Δ)ᵀ)`` in the same metric, so the C step and the
 penalty minimise the same distance and LC stays consistent.
 
-``Σ`` is normalised to a mean eigenvalue of 1 (so μ and α keep the scale they
-have in weight space, and an isotropic input gives exactly the weight-space
-metric), then damped, ``Σ + δ·I``, so it is positive definite however few or
-correlated the inputs are. The inputs come from forward pre-hooks: one
+``Σ`` is scaled to a largest eigenvalue of 1 (so the penalty is nowhere
+stiffer than in weight space and a learning rate stable there stays stable;
+an isotropic input gives exactly the weight-space metric), then damped,
+``Σ + δ·I``, so it is positive definite however few or correlated the inputs
+are. The inputs come from forward pre-hooks: one
 calibration pass over training data before the direct compression, then the
 forward passes of each L step (never the evaluation data).
 """
@@ -33,8 +34,8 @@ from torch import nn
 class OutputError:
     """What a scheme returns from :meth:`lcpress.Scheme.output_error` to be handed its layer's input metric.
 
-    :ivar damping: δ added to the diagonal of the normalised second moment
-        (mean eigenvalue 1): 0 is the exact output error; larger values move
+    :ivar damping: δ added to the diagonal of the scaled second moment
+        (largest eigenvalue 1): 0 is the exact output error; larger values move
         the metric towards weight space and keep it well conditioned.
     """
 
@@ -110,10 +111,17 @@ class MomentCollector:
 
 
 def input_metric(moment: torch.Tensor, damping: float) -> torch.Tensor:
-    """``Σ / (tr Σ / n) + δ·I``: the metric of the C step and of the penalty (float64, positive definite for δ > 0)."""
+    """``Σ / λ_max(Σ) + δ·I``: the metric of the C step and of the penalty (float64, positive definite for δ > 0).
+
+    Scaled to a largest eigenvalue of 1, the penalty is never stiffer than the weight-space one in any
+    direction, so an L step whose learning rate is stable for ``μ/2‖w − Δ‖²`` stays stable. Inputs after a
+    ReLU have one dominant direction, their mean: on the 1568-wide layer of an MNIST CNN the largest
+    eigenvalue was 673 times the mean one, and with Σ scaled by its mean an SGD L step (lr 0.01, μ up to
+    1.3) ended at chance accuracy.
+    """
     n = moment.shape[0]
-    scale = float(torch.trace(moment)) / n
-    metric = moment / scale if scale > 0 else torch.zeros_like(moment)
+    largest = float(torch.linalg.eigvalsh(moment)[-1]) if n else 0.0
+    metric = moment / largest if largest > 0 else torch.zeros_like(moment)
     return metric + damping * torch.eye(n, dtype=moment.dtype, device=moment.device)
 
 
