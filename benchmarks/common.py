@@ -36,11 +36,16 @@ def publish(title: str, preamble: str, lines: list[str], out: str, quick: bool, 
 
 
 def fine_tune(model: torch.nn.Module, train, steps: int, cfg: TrainConfig) -> None:
-    """The optimizer, epochs and learning-rate decay of lcpress's L steps, without the penalty."""
+    """The optimizer, epochs and learning-rate decay of lcpress's L steps, without the penalty.
+
+    In training mode, as lcpress's L steps run (a peer may hand back its model in eval mode, which would
+    freeze BatchNorm's statistics and train against stale ones); back in eval mode afterwards.
+    """
     trainer = SupervisedTrainer(train, cfg, progress=False)
     model.train()  # as the LC engine's L steps do: BatchNorm learns from batch statistics, not running ones
     for k in range(steps):
         trainer(model, lambda: torch.zeros(()), LStep(k, 0.0, steps))
+    model.eval()
 
 
 def flops(model: torch.nn.Module, x: torch.Tensor) -> int:

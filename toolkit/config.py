@@ -163,6 +163,9 @@ class LCConfig(Options):
     cost_models: dict[str, Any] = option(default_factory=dict,
                                          help="options per cost model, e.g. {cpu_latency: {batch_size: 64, threads: 4}}")
     seed: int = option(0, help="seed of every random choice (data order, C-step generators)")
+    calibration_batches: int = option(
+        16, help="batches of training data run forward before the direct compression to collect layer inputs, for "
+                 "schemes that measure error on layer outputs (low_rank error: output)", ge=1)
     output_dir: str | None = option(None, help="run directory for checkpoints, history, report and model (relative to "
                                                "base_dir)")
     base_dir: str | None = option(None, help="folder that relative paths (output_dir, model.weights) and "
