@@ -29,14 +29,12 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
-import io
 import logging
 import math
 import os
 import sys
 import tempfile
 import time
-from contextlib import redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -45,11 +43,12 @@ import torch
 from torch import nn
 
 import lcpress
-from lcpress import TrainConfig, accuracy
+from lcpress import TrainConfig
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import describe, fine_tune, flops, interleaved_latency_ms, latency_note, publish  # noqa: E402
+from common import (aimet_svd_compress, describe, fine_tune, flops, interleaved_latency_ms,  # noqa: E402
+                    latency_note, publish)
 
 BATCHES = (1, 32)
 MARGIN = 0.97  # lcpress's direct compression must run at ≤ 97% of the peer's latency before LC trains it
@@ -127,30 +126,12 @@ def lcpress_run(case: Case, cost: str, ratio: float, error: str = "weight", step
 
 def aimet_svd(case: Case, ratio: float, scheme: str, candidates: int) -> tuple[nn.Module, dict[str, Any]]:
     """AIMET's greedy SVD at the whole-model MAC ratio matching ``ratio`` of the layers, then the same training."""
-    from aimet_torch.common.defs import CompressionScheme, CostMetric, GreedySelectionParameters, RankSelectScheme
-    from aimet_torch.compress import ModelCompressor
-    from aimet_torch.defs import SpatialSvdParameters, WeightSvdParameters
-
     model = copy.deepcopy(case.dense).eval()
     total, part = flops(case.timing(case.dense), case.example()), compressed_flops(case)
-    greedy = GreedySelectionParameters(target_comp_ratio=(ratio * part + total - part) / total,
-                                       num_comp_ratio_candidates=candidates)
-    ignore = [lcpress.get_module(model, name) for name in case.aimet_ignore]
-    if scheme == "weight_svd":
-        params = WeightSvdParameters(WeightSvdParameters.Mode.auto,
-                                     WeightSvdParameters.AutoModeParams(RankSelectScheme.greedy, greedy, ignore))
-        kind = CompressionScheme.weight_svd
-    else:
-        params = SpatialSvdParameters(SpatialSvdParameters.Mode.auto, SpatialSvdParameters.AutoModeParams(greedy, ignore))
-        kind = CompressionScheme.spatial_svd
-    start, cwd = time.perf_counter(), os.getcwd()
-    with tempfile.TemporaryDirectory() as scratch, redirect_stdout(io.StringIO()):
-        os.chdir(scratch)  # AIMET pickles its greedy-search scores into ./data/
-        try:
-            compressed, _ = ModelCompressor.compress_model(model, lambda m, iterations, use_cuda=False: case.score(m),
-                                                           10, case.aimet_input_shape, kind, CostMetric.mac, params)
-        finally:
-            os.chdir(cwd)
+    start = time.perf_counter()
+    compressed = aimet_svd_compress(model, lambda m, iterations, use_cuda=False: case.score(m),
+                                    case.aimet_input_shape, scheme, (ratio * part + total - part) / total, candidates,
+                                    [lcpress.get_module(model, name) for name in case.aimet_ignore])
     case.train.generator.manual_seed(0)
     fine_tune(compressed, case.train, case.passes, case.train_config)
     return compressed, {"seconds": time.perf_counter() - start}

@@ -181,29 +181,25 @@ def _len(loader: Iterable) -> int | None:
         return None
 
 
-@torch.no_grad()
 def accuracy(model: nn.Module, loader: Iterable, device: str | torch.device = "cpu") -> float:
     """Top-1 accuracy of ``model`` on ``loader`` (an ``eval_fn`` for classifiers)."""
-    was_training = model.training
-    model.eval()
-    correct, count = 0, 0
-    for inputs, targets in batches(loader):
-        logits = forward(model, to_device(inputs, device))
-        correct += int((logits.argmax(dim=1) == targets.to(device)).sum())
-        count += len(targets)
-    model.train(was_training)
-    return correct / max(count, 1)
+    return _mean_score(model, loader, device, lambda out, targets: (out.argmax(dim=1) == targets).sum())
+
+
+def mean_cosine(model: nn.Module, loader: Iterable, device: str | torch.device = "cpu") -> float:
+    """Mean cosine similarity of ``model``'s outputs to the targets (an ``eval_fn`` for embedding models)."""
+    return _mean_score(model, loader, device, lambda out, targets: F.cosine_similarity(out, targets, dim=-1).sum())
 
 
 @torch.no_grad()
-def mean_cosine(model: nn.Module, loader: Iterable, device: str | torch.device = "cpu") -> float:
-    """Mean cosine similarity of ``model``'s outputs to the targets (an ``eval_fn`` for embedding models)."""
+def _mean_score(model: nn.Module, loader: Iterable, device: str | torch.device,
+                score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> float:
+    """The per-sample mean of ``score(outputs, targets)`` (summed per batch) in eval mode, the mode restored after."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for inputs, targets in batches(loader):
-        out = forward(model, to_device(inputs, device))
-        total += float(F.cosine_similarity(out, targets.to(device), dim=-1).sum())
+        total += float(score(forward(model, to_device(inputs, device)), targets.to(device)))
         count += len(targets)
     model.train(was_training)
     return total / max(count, 1)
