@@ -3,11 +3,16 @@ FLOPs and interleaved latency."""
 
 from __future__ import annotations
 
+import io
+import os
 import platform
+import tempfile
 import time
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from torch.utils import benchmark as tbench
 from torch.utils.flop_counter import FlopCounterMode
@@ -36,11 +41,16 @@ def publish(title: str, preamble: str, lines: list[str], out: str, quick: bool, 
 
 
 def fine_tune(model: torch.nn.Module, train, steps: int, cfg: TrainConfig) -> None:
-    """The optimizer, epochs and learning-rate decay of lcpress's L steps, without the penalty."""
+    """The optimizer, epochs and learning-rate decay of lcpress's L steps, without the penalty.
+
+    In training mode, as lcpress's L steps run (a peer may hand back its model in eval mode, which would
+    freeze BatchNorm's statistics and train against stale ones); back in eval mode afterwards.
+    """
     trainer = SupervisedTrainer(train, cfg, progress=False)
     model.train()  # as the LC engine's L steps do: BatchNorm learns from batch statistics, not running ones
     for k in range(steps):
         trainer(model, lambda: torch.zeros(()), LStep(k, 0.0, steps))
+    model.eval()
 
 
 def flops(model: torch.nn.Module, x: torch.Tensor) -> int:
@@ -130,3 +140,34 @@ def plot_accuracy_vs_flops(panels: dict[str, list[tuple[str, float, float]]], ou
     fig.savefig(png)
     plt.close(fig)
     print(f"plot: {png}")
+
+
+def aimet_svd_compress(model: nn.Module, evaluate, input_shape: tuple, scheme: str, ratio: float, candidates: int,
+                       ignore: list) -> nn.Module:
+    """AIMET's greedy weight or spatial SVD of ``model`` to a whole-model MAC ``ratio`` (AIMET's own API, quietly).
+
+    ``evaluate(model, iterations, use_cuda=False)`` scores AIMET's candidates;
+    AIMET pickles its greedy-search scores into ``./data/``, so it runs inside
+    a scratch folder.
+    """
+    from aimet_torch.common.defs import CompressionScheme, CostMetric, GreedySelectionParameters, RankSelectScheme
+    from aimet_torch.compress import ModelCompressor
+    from aimet_torch.defs import SpatialSvdParameters, WeightSvdParameters
+
+    greedy = GreedySelectionParameters(target_comp_ratio=ratio, num_comp_ratio_candidates=candidates)
+    if scheme == "weight_svd":
+        params = WeightSvdParameters(WeightSvdParameters.Mode.auto,
+                                     WeightSvdParameters.AutoModeParams(RankSelectScheme.greedy, greedy, ignore))
+        kind = CompressionScheme.weight_svd
+    else:
+        params = SpatialSvdParameters(SpatialSvdParameters.Mode.auto, SpatialSvdParameters.AutoModeParams(greedy, ignore))
+        kind = CompressionScheme.spatial_svd
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as scratch, redirect_stdout(io.StringIO()):
+        os.chdir(scratch)
+        try:
+            compressed, _stats = ModelCompressor.compress_model(model, evaluate, 10, input_shape, kind,
+                                                                CostMetric.mac, params)
+        finally:
+            os.chdir(cwd)
+    return compressed

@@ -27,13 +27,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import logging
-import os
 import sys
-import tempfile
 import time
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import torch
@@ -45,7 +41,7 @@ from lcpress import accuracy
 
 sys.path.insert(0, str(Path(__file__).parent))
 from budget_methods import trained_models  # noqa: E402
-from common import (describe, fine_tune, flops, interleaved_latency_ms, latency_note,  # noqa: E402
+from common import (aimet_svd_compress, describe, fine_tune, flops, interleaved_latency_ms, latency_note,  # noqa: E402
                     layer_flops, plot_accuracy_vs_flops, publish)
 
 INPUT_SHAPE = (1, 1, 8, 8)
@@ -70,33 +66,14 @@ def run_lcpress(case, train, test, ratio, steps, cfg):
 
 
 def run_aimet(case, train, test, ratio, steps, cfg, scheme: str, candidates: int = 10):
-    from aimet_torch.common.defs import CostMetric, CompressionScheme, GreedySelectionParameters, RankSelectScheme
-    from aimet_torch.compress import ModelCompressor
-    from aimet_torch.defs import SpatialSvdParameters, WeightSvdParameters
-
     model = copy.deepcopy(case["dense"]).eval()
-    greedy = GreedySelectionParameters(target_comp_ratio=ratio, num_comp_ratio_candidates=candidates)
-    ignore = case["aimet_ignore"](model)
 
     def evaluate(m, iterations, use_cuda=False):  # AIMET scores candidates on training data (no test leakage)
         return accuracy(m, train)
 
-    if scheme == "weight_svd":
-        params = WeightSvdParameters(WeightSvdParameters.Mode.auto,
-                                     WeightSvdParameters.AutoModeParams(RankSelectScheme.greedy, greedy, ignore))
-        kind = CompressionScheme.weight_svd
-    else:
-        params = SpatialSvdParameters(SpatialSvdParameters.Mode.auto, SpatialSvdParameters.AutoModeParams(greedy, ignore))
-        kind = CompressionScheme.spatial_svd
     start = time.perf_counter()
-    cwd = os.getcwd()
-    with tempfile.TemporaryDirectory() as scratch, redirect_stdout(io.StringIO()):
-        os.chdir(scratch)  # AIMET pickles its greedy-search scores into ./data/
-        try:
-            compressed, _stats = ModelCompressor.compress_model(model, evaluate, 10, INPUT_SHAPE, kind,
-                                                                CostMetric.mac, params)
-        finally:
-            os.chdir(cwd)
+    compressed = aimet_svd_compress(model, evaluate, INPUT_SHAPE, scheme, ratio, candidates,
+                                    case["aimet_ignore"](model))
     train.generator.manual_seed(0)
     fine_tune(compressed, train, steps, cfg)
     return compressed, time.perf_counter() - start

@@ -11,6 +11,13 @@ shapes well); the dense layer is always a candidate too. Convolutions are
 factorized in the ``channel`` shape (k×k conv then 1×1), the ``spatial``
 shape (k×1 then 1×k), or whichever of the two has the lower objective
 (``auto``).
+
+With ``error: output`` the C step minimises the error on the layer's outputs,
+``‖(W − Δ)X‖²`` over the layer's real inputs, instead of ``‖W − Δ‖²``: the
+core hands it the metric Σ of the layer's inputs (``ctx.input_metric``), the
+scheme factorizes the whitened weight ``W L`` (``Σ = L Lᵀ``), so every
+candidate rank's error is the exact output-space error, and the engine
+measures the L-step penalty in the same metric (``lcpress.linalg.whitening``).
 """
 
 from __future__ import annotations
@@ -22,8 +29,10 @@ import torch
 from torch import nn
 
 import lcpress
-from lcpress import Candidates, CStepContext, Dense, Form, LayerSpec, LowRank, Options, Scheme, State, option
-from lcpress.linalg import Spectrum, from_matrix, spectra, spectrum, to_matrix
+from lcpress import (Candidates, CStepContext, Dense, Form, LayerSpec, LowRank, Options, OutputError, Scheme, State,
+                     option)
+from lcpress.linalg import (Spectrum, from_matrix, spectra, spectrum, to_matrix, unwhiten, whiten,
+                            whitening_factor)
 from lcpress.nn import PointwiseConv2d, two_stage
 
 Shape = Literal["channel", "spatial"]
@@ -37,6 +46,18 @@ class LowRankOptions(Options):
     shape: Literal["channel", "spatial", "auto"] = option(
         "channel", help="how a conv weight becomes a matrix: channel (k×k then 1×1), spatial (k×1 then 1×k), auto"
     )
+    error: Literal["weight", "output"] = option(
+        "weight", help="what the C step minimises: weight (‖W − Δ‖²) or output (‖(W − Δ)X‖² over the layer's real "
+                       "inputs, collected by a calibration pass and during the L steps; the penalty uses the same metric)"
+    )
+    damping: float = option(0.01, help="error: output — δ added to the inputs' second moment, scaled to a largest "
+                                       "eigenvalue of 1 (0: the exact output error; larger: closer to weight space)",
+                            ge=0)
+
+    def validate(self) -> None:
+        if self.error == "output" and self.shape != "channel":
+            self.fail("shape", "error: output measures errors over the layer's input patches, which the 'channel' "
+                               "shape factorizes; use shape: channel")
 
 
 class LowRankScheme(Scheme):
@@ -54,6 +75,9 @@ class LowRankScheme(Scheme):
             return "low_rank factorizes convolutions with groups=1 only"
         return None
 
+    def output_error(self) -> OutputError | None:
+        return OutputError(self.options.damping) if self.options.error == "output" else None
+
     def _shapes(self, w: torch.Tensor) -> list[Shape]:
         if w.dim() != 4:
             return ["channel"]
@@ -65,7 +89,7 @@ class LowRankScheme(Scheme):
     def candidates_many(self, items: list[tuple[torch.Tensor, CStepContext]]) -> list[Candidates | None]:
         if self.options.rank is not None:
             return [None] * len(items)
-        jobs = [(i, shape, to_matrix(w, shape)) for i, (w, _) in enumerate(items) for shape in self._shapes(w)]
+        jobs = [(i, shape, _matrix(w, shape, ctx)) for i, (w, ctx) in enumerate(items) for shape in self._shapes(w)]
         decomposed = spectra([m for _, _, m in jobs])  # same-shape matrices share one batched call
         per_item: list[dict[str, Spectrum]] = [{} for _ in items]
         for (i, shape, _), spec in zip(jobs, decomposed):
@@ -89,13 +113,15 @@ class LowRankScheme(Scheme):
         if form is None:  # fixed rank: take the shape with the smaller error at that rank
             best = None
             for shape in self._shapes(w):
-                spec = spectra[shape] = spectrum(to_matrix(w, shape))
+                spec = spectra[shape] = spectrum(_matrix(w, shape, ctx))
                 rank = min(self.options.rank, spec.full_rank)
                 err = float(spec.tail_errors()[rank])
                 if best is None or err < best[0]:
                     best = (err, LowRank(rank, shape))
             form = best[1]
         a, b = spectra[form.shape].factors(form.rank)
+        if ctx.input_metric is not None:  # the factors of W L: back to input space, Δ = A·(B L⁻¹)
+            a, b = a.to(w.dtype), unwhiten(b, whitening_factor(ctx.input_metric)).to(w.dtype)
         meta = {"form": "low_rank", "rank": form.rank, "shape": form.shape, "weight_shape": list(w.shape)}
         return State({"a": a.contiguous(), "b": b.contiguous()}, meta)
 
@@ -115,6 +141,12 @@ class LowRankScheme(Scheme):
                 return super().realize(state, module)  # split padding would differ from the original
             return factorized_conv(module, a, b, state.meta["shape"])
         raise TypeError(f"low_rank cannot realize a {type(module).__name__}")
+
+
+def _matrix(w: torch.Tensor, shape: Shape, ctx: CStepContext) -> torch.Tensor:
+    """The matrix whose truncations are the C step's candidates: W, or the whitened W L in an input metric."""
+    matrix = to_matrix(w.detach(), shape)
+    return matrix if ctx.input_metric is None else whiten(matrix, whitening_factor(ctx.input_metric))
 
 
 def factorized_linear(module: nn.Linear, a: torch.Tensor, b: torch.Tensor) -> nn.Sequential:

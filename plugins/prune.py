@@ -161,7 +161,7 @@ class PruneScheme(Scheme):
         elif o.mode == "l0_penalty":
             theta = torch.where(w.double().pow(2) * (ctx.mu / 2) > o.alpha, w, torch.zeros_like(w))
         else:
-            theta = soft_threshold(w, o.alpha / ctx.mu)
+            theta = soft_threshold(w, o.alpha / ctx.mu if ctx.mu > 0 else math.inf)  # μ = 0: nothing pulls w back
         return State({"weight": theta}, {"form": "sparse", "nonzeros": int(torch.count_nonzero(theta))})
 
     def decompress(self, state: State) -> torch.Tensor:

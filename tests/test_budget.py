@@ -128,7 +128,7 @@ def test_auto_shape_is_never_worse_than_either_shape(alpha):
 
 def test_budget_below_the_cheapest_forms_uses_the_cheapest_and_says_so(caplog):
     _, result = _run({"cost": "params", "value": 10})
-    assert "below the cheapest forms" in caplog.text
+    assert "is out of reach: the cheapest forms" in caplog.text
     assert result.history["target0_achieved"].iloc[0] > 10
 
 

@@ -118,3 +118,28 @@ def test_a_scheme_that_raises_is_named_with_layer_and_step():
     engine.tasks[0].scheme = Broken()
     with pytest.raises(CStepError, match=r"'broken_for_test'.*layer '0'.*LC step 3.*boom"):
         engine.c_step(3, 1.0)
+
+
+@pytest.mark.parametrize("selection", [{"alpha": 1e-6, "cost": "params"}, {"target": {"cost": "params", "ratio": 0.5}}])
+def test_direct_compression_at_zero_mu_takes_the_cheapest_forms_then_selects_by_error(selection):
+    task = {"layers": ["0", "2"], "options": {"rank_multiple": 1}, **selection}
+    engine = _engine(_mlp(), [task], None, mu0=1.0, dc_mu=0.0, steps=0)
+    engine.run()
+    assert engine.history[0]["mu"] == 1.0  # the path still starts at μ0
+    assert {name: form.rank for name, form in engine.forms().items()} == {"0": 1, "2": 1}  # rank 1: the cheapest
+    engine.c_step(1, 1.0)  # at μ > 0 the error counts again
+    assert any(not isinstance(form, lcpress.LowRank) or form.rank > 1 for form in engine.forms().values())
+
+
+def test_fixed_forms_are_the_same_projection_at_zero_mu():
+    engines = [_engine(_mlp(), [{"layers": ["0"], "options": {"rank": 3}}], None, steps=0, **extra)
+               for extra in ({}, {"dc_mu": 0.0})]
+    for engine in engines:
+        engine.run()
+    assert torch.equal(engines[0].states[0].tensors["a"], engines[1].states[0].tensors["a"])
+
+
+def test_cheapest_breaks_ties_by_error():
+    from lcpress.core.budget import cheapest
+
+    assert cheapest(torch.tensor([3.0, 1.0, 1.0, 2.0]), torch.tensor([0.0, 5.0, 4.0, 1.0])) == 2

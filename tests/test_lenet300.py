@@ -9,6 +9,7 @@ on a 2k-sample subset with one-epoch L steps, so the example keeps working.
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -102,25 +103,32 @@ def test_table_from_the_runs(example, runs, tmp_path):
             data = run_all.row_config(row.name, epochs=1, first_epochs=1, steps=1, output_dir=root / row.name,
                                       weights=runs[1])
             run_all.run_row(data, subset=SUBSET, quiet=True)
+    theirs = {"test_error": 0.0203, "seconds": 852.0, "ranks": [25, 9, 9]}  # as lc_toolkit.py writes it
+    (root / "lc_toolkit-rank_selection.json").write_text(json.dumps(theirs))
     records = run_all.collect(root)
     assert [r["row"] for r in records] == [r.name for r in run_all.ROWS]
     for r in records:
         assert 0 <= r["lcpress_error"] <= 100
         assert r["bits_after"] < r["bits_before"] and r["ratio"] > 1
         assert r["flops_after"] <= r["flops_before"]
-        assert r["full_recipe"] is False and r["steps"] == 1
+        assert r["full_recipe"] is False and r["steps"] == 1 and r["seed"] == 0
+        assert r["mean_load"] >= 0  # sampled while the run ran
+    by_row = {r["row"]: r for r in records}
+    assert by_row["quantize_all"]["their_ratio"] == by_row["quantize_all"]["ratio"]  # the row fixes the forms
+    # ranks 25/9/9: 31,690 weights and 410 biases, 32 bits each, against 266,610 floats
+    assert by_row["rank_selection"]["their_ratio"] == by_row["rank_selection"]["lc_toolkit_ratio"] == round(266_610 / 32_100, 2)
+    assert by_row["rank_selection"]["lc_toolkit_error"] == 2.03 and "lc_toolkit_error" not in by_row["mixed"]
     markdown, csv = tmp_path / "lenet300.md", tmp_path / "lenet300.csv"
     markdown.write_text("# title\n\ntext\n\n<!-- table: run_all.py -->\nold\n<!-- end table -->\n\nmore text\n")
     table = run_all.write_table(records, markdown, csv)
     text = markdown.read_text()
     assert text.startswith("# title\n\ntext\n") and text.endswith("more text\n") and "old" not in text
-    assert table in text and "2.56%" in table
+    assert table in text and "2.56%" in table and "| 2.03%, ranks 25/9/9, 8.31×, 14 min |" in table
     assert csv.read_text().splitlines()[0].startswith("row,configuration,their_error")
 
 
 @needs_mnist
 def test_table_shows_how_far_an_unfinished_run_got(example, runs, tmp_path):
-    import json
     import shutil
 
     _, run_all, _ = example
@@ -146,3 +154,16 @@ def test_shortened_runs_get_their_own_directory(example):
     assert run_all.run_name("mixed", 20, 40, 40) == "mixed"
     assert run_all.run_name("mixed", 5, 10, None) == "mixed-e5f10"
     assert run_all.run_name("mixed", None, None, 20) == "mixed-s20"
+
+
+def test_lc_toolkit_runs_are_paired_with_each_row(example, tmp_path):
+    import argparse
+
+    _, run_all, _ = example
+    args = argparse.Namespace(epochs=None, first_epochs=None, steps=None, lc_toolkit=tmp_path)
+    jobs = run_all._jobs(["mixed", "rank_selection"], args, tmp_path)
+    assert [name for name, _, _ in jobs][:2] == ["mixed", "LC toolkit mixed"]  # started together: the same load
+    theirs = jobs[1][1]
+    assert theirs[theirs.index("--lc-toolkit") + 1] == str(tmp_path) and theirs[theirs.index("--row") + 1] == "mixed"
+    args.lc_toolkit = None
+    assert [name for name, _, _ in run_all._jobs(["mixed"], args, tmp_path)] == ["mixed"]

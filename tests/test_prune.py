@@ -62,6 +62,12 @@ def test_penalty_modes_threshold_at_the_closed_form_levels():
     torch.testing.assert_close(l1, torch.sign(w) * (w.abs() - alpha / mu).clamp_min(0))
 
 
+@pytest.mark.parametrize("mode", ["l0_penalty", "l1_penalty"])
+def test_penalty_modes_at_zero_mu_keep_nothing(mode):  # schedule.dc_mu: 0, the LC toolkit's direct compression
+    theta = _scheme(mode=mode, alpha=0.1).compress(torch.linspace(-1, 1, 11), CStepContext(mu=0.0)).tensors["weight"]
+    assert not theta.count_nonzero()
+
+
 def test_selection_errors_are_exact():
     w = torch.randn(24, 16)
     for structured in (False, True):

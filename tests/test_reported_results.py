@@ -104,5 +104,7 @@ def test_profile_prints_the_lowest_reachable_ratio(tmp_path, monkeypatch, capsys
               "cost_models": {"cpu_latency": {"min_run_time": 0.01, "threads": 1}}, "schedule": {"steps": 0}}
     profile = lcpress.profile_costs(_cnn(), config, X, progress=False)
     ratios = profile.lowest_ratios()
-    assert set(ratios) == {"cpu_latency"} and 0 < ratios["cpu_latency"] < 1
+    # a measured ratio: on a loaded machine the cheapest rank-8 factorization may time no faster than dense
+    assert set(ratios) == {"cpu_latency"} and 0 < ratios["cpu_latency"] <= 1
     assert f"cpu_latency: the cheapest forms reach {ratios['cpu_latency']:.1%} of the dense cost" in profile.summary()
+

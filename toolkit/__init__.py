@@ -33,6 +33,7 @@ from lcpress.hookspecs import hookimpl
 from lcpress.core.forms import Dense, Form, LayerSpec, LowRank, Resized
 from lcpress.core.scheme import Binding, Candidates, Coupled, CStepContext, Scheme, State
 from lcpress.core.channels import ChannelGroup, ChannelGroups, Slice, channel_groups, kept_sizes
+from lcpress.core.moments import OutputError
 from lcpress.core.parts import PartOptions, Parts
 from lcpress.core.costmodel import CostModel
 from lcpress.core.measured import MeasuredCostModel, form_module
@@ -63,7 +64,7 @@ __all__ = [
     "load_config", "LCConfig", "TaskConfig", "TargetConfig", "ScheduleConfig", "TrainConfig", "FinetuneConfig",
     "ModelConfig", "DataConfig", "SweepConfig", "Options", "option",
     # plugin contract
-    "hookimpl", "Scheme", "State", "Candidates", "CStepContext", "PartOptions", "Parts",
+    "hookimpl", "Scheme", "State", "Candidates", "CStepContext", "OutputError", "PartOptions", "Parts",
     "Coupled", "Binding", "Form", "Dense", "LowRank", "Resized", "LayerSpec", "CostModel", "MeasuredCostModel", "form_module",
     "get_registry", "using_plugins",
     # building blocks of a run

@@ -71,6 +71,9 @@ class ScheduleConfig(Options):
     tolerance: float = option(0.01, help="factor: auto aims at ‖w − Δ(θ)‖ ≤ tolerance·‖Δ(θ)‖ after the last step; a "
                                          "run ending above 10× this is reported as not converged", gt=0, lt=1)
     augmented_lagrangian: bool = option(False, help="keep multipliers λ (augmented Lagrangian) instead of the plain penalty")
+    dc_mu: float | None = option(None, help="μ of the direct-compression step (default: mu0); 0 = the LC toolkit's: "
+                                            "forms chosen by cost alone (the cheapest), which the first L step then "
+                                            "trains the weights towards", ge=0)
 
 
 @dataclass
@@ -160,6 +163,9 @@ class LCConfig(Options):
     cost_models: dict[str, Any] = option(default_factory=dict,
                                          help="options per cost model, e.g. {cpu_latency: {batch_size: 64, threads: 4}}")
     seed: int = option(0, help="seed of every random choice (data order, C-step generators)")
+    calibration_batches: int = option(
+        16, help="batches of training data run forward before the direct compression to collect layer inputs, for "
+                 "schemes that measure error on layer outputs (low_rank error: output)", ge=1)
     output_dir: str | None = option(None, help="run directory for checkpoints, history, report and model (relative to "
                                                "base_dir)")
     base_dir: str | None = option(None, help="folder that relative paths (output_dir, model.weights) and "

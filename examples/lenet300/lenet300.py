@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 HERE = Path(__file__).resolve().parent
 #: the trained reference net that every config compresses (created by train_reference.py)
@@ -61,7 +61,7 @@ def _read(name: str, rows: int | None) -> tuple[torch.Tensor, torch.Tensor]:
 
     with _csv(name).open("rb") as fh:
         frame = pd.read_csv(fh, dtype="uint8", nrows=rows)
-    values = torch.from_numpy(frame.to_numpy())
+    values = torch.from_numpy(frame.to_numpy()).contiguous()  # pandas hands over columns: make rows contiguous
     return values[:, 1:].float() / 255.0, values[:, 0].long()
 
 
@@ -90,14 +90,13 @@ def single_thread() -> None:
 def loaders(batch_size: int = BATCH_SIZE, seed: int = 0, subset: int | None = None) -> tuple[DataLoader, DataLoader]:
     """Shuffled training loader and test loader, over in-memory tensors.
 
-    The training loader draws whole batches of indices (one tensor index per
-    batch instead of ``batch_size`` item look-ups) from a sampler driven by the
-    loader's own seeded generator, which lcpress checkpoints, so an
-    interrupted run resumes with the same data order.
+    Plain DataLoaders: lcpress's trainer reads batches of a DataLoader over a
+    TensorDataset straight from the tensors, in the loader's own order. The
+    training loader shuffles with its own seeded generator, which lcpress
+    checkpoints, so an interrupted run resumes with the same data order.
     """
     single_thread()
     train, test = mnist(subset if subset is not None else _subset_from_env())
     generator = torch.Generator().manual_seed(seed)
-    batches = BatchSampler(RandomSampler(train, generator=generator), batch_size, drop_last=False)
-    return (DataLoader(train, batch_size=None, sampler=batches, generator=generator),
+    return (DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator),
             DataLoader(test, batch_size=1000))

@@ -11,6 +11,13 @@ table is written to ``benchmarks/lenet300.md`` and
     python run_all.py                          # every row, full recipe, two at a time
     python run_all.py --rows prune_5pct,mixed --epochs 5 --first-epochs 10
     python run_all.py --table-only             # rewrite the table from the runs there are
+    python run_all.py --rows rank_selection --lc-toolkit /tmp/lc-toolkit   # beside the LC toolkit's own code
+
+With ``--lc-toolkit`` (a clone of UCMerced-ML/LC-model-compression) each
+row's lcpress run is paired with a run of the LC toolkit's own code on the
+same row (``lc_toolkit.py``), started at the same time, so both see the same
+load on this shared machine; the table then shows its error, compression and
+wall time beside lcpress's.
 
 ``--epochs`` / ``--first-epochs`` / ``--steps`` shorten the schedule; such a
 run goes to its own directory (``runs/<row>-e5f10``), and the table shows,
@@ -47,6 +54,9 @@ class Row:
     label: str
     theirs: float  # their published test error, %
 
+
+#: Their rank-selection run on this machine (the issue that asked for this table): ranks 25, 9, 9 at α = 1e-6.
+THEIR_RANKS = {"fc1": 25, "fc2": 9, "fc3": 9}
 
 ROWS = [
     Row("quantize_all", "quantize all layers, k=2 (a codebook per layer)", 2.56),
@@ -118,18 +128,41 @@ def run_row(data: dict[str, Any], *, subset: int | None = None, quiet: bool = Fa
     train_loader, test_loader = lenet300.loaders(seed=config.seed, subset=subset)
     model = lenet300.lenet300()
     model.load_state_dict(load_file(config.model.weights))
-    start = time.perf_counter()
-    result = lcpress.compress(model, config, loaders=(train_loader, test_loader), resume=resume,
-                              progress=not quiet)
-    _add_wall_time(Path(config.output_dir), time.perf_counter() - start)
+    start, load = time.perf_counter(), LoadSampler()
+    with load:
+        result = lcpress.compress(model, config, loaders=(train_loader, test_loader), resume=resume,
+                                  progress=not quiet)
+    _add_wall_time(Path(config.output_dir), time.perf_counter() - start, load.samples)
     return result
 
 
-def _add_wall_time(path: Path, seconds: float) -> None:
-    """Wall time over every session of a run (a resumed run adds to it)."""
+class LoadSampler:
+    """The machine's 1-minute load average, sampled every ``every`` seconds while a run lasts."""
+
+    def __init__(self, every: float = 60.0) -> None:
+        import threading
+
+        self.every, self.samples, self._stop = every, [os.getloadavg()[0]], threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.every):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self) -> "LoadSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self.samples.append(os.getloadavg()[0])
+
+
+def _add_wall_time(path: Path, seconds: float, load: list[float] | None = None) -> None:
+    """Wall time over every session of a run (a resumed run adds to it), and the load averages seen meanwhile."""
     file = path / "wall_time.json"
-    total = json.loads(file.read_text())["seconds"] if file.is_file() else 0.0
-    file.write_text(json.dumps({"seconds": total + seconds}))
+    before = json.loads(file.read_text()) if file.is_file() else {"seconds": 0.0, "load": []}
+    file.write_text(json.dumps({"seconds": before["seconds"] + seconds, "load": before.get("load", []) + (load or [])}))
 
 
 # ------------------------------------------------------------------ the table
@@ -177,9 +210,50 @@ def collect(root: Path = RUNS) -> list[dict[str, Any]]:
             "forms": "; ".join(f"{layer}: {form}" for layer, form in zip(layers["layer"], layers["form"])),
             "full_recipe": _is_full(summary.config), "run": path.name, "note": storage_note.strip(" ()"),
         })
-        record["ratio"] = round(record["bits_before"] / record["bits_after"], 1)
+        record["ratio"] = round(record["bits_before"] / record["bits_after"], 2)
+        load = json.loads(wall.read_text()).get("load", []) if wall.is_file() else []
+        record["mean_load"] = round(sum(load) / len(load), 1) if load else None
+        record["seed"] = summary.config.get("seed")
+        record["their_ratio"] = _their_ratio(row.name, record, root)
+        record.update(_lc_toolkit_here(row.name, root, record["bits_before"]))
         records.append(record)
     return records
+
+
+def _their_ratio(row: str, record: dict[str, Any], root: Path) -> float:
+    """Their compression in the storage cost model's bits: the same forms as lcpress's, but for rank selection."""
+    if row != "rank_selection":
+        return record["ratio"]  # codebook sizes, kept counts and fixed ranks are the row's definition
+    here = root / "lc_toolkit-rank_selection.json"
+    ranks = THEIR_RANKS
+    if here.is_file() and json.loads(here.read_text()).get("ranks"):
+        ranks = dict(zip(("fc1", "fc2", "fc3"), json.loads(here.read_text())["ranks"]))
+    return round(record["bits_before"] / low_rank_bits(ranks), 2)
+
+
+def low_rank_bits(ranks: dict[str, int]) -> int:
+    """Stored bits of LeNet300 with these ranks, as the ``storage`` cost model counts them (biases included)."""
+    import lcpress
+    import lenet300
+    import torch
+
+    graph = lcpress.trace(lenet300.lenet300(), torch.zeros(1, 784))
+    storage = lcpress.get_registry().cost_model("storage")()
+    return int(sum(storage.cost(spec, lcpress.LowRank(ranks[name]) if name in ranks else lcpress.Dense())
+                   for name, spec in graph.specs.items()))
+
+
+def _lc_toolkit_here(row: str, root: Path, bits_before: int) -> dict[str, Any]:
+    """The LC toolkit's own code on this row here (``lc_toolkit.py``), when it was run."""
+    path = root / f"lc_toolkit-{row}.json"
+    if not path.is_file():
+        return {}
+    found = json.loads(path.read_text())
+    out = {"lc_toolkit_error": round(100 * found["test_error"], 2), "lc_toolkit_seconds": round(found["seconds"])}
+    if found.get("ranks"):
+        out["lc_toolkit_ranks"] = "/".join(str(r) for r in found["ranks"])
+        out["lc_toolkit_ratio"] = round(bits_before / low_rank_bits(dict(zip(("fc1", "fc2", "fc3"), found["ranks"]))), 2)
+    return out
 
 
 def _progress(path: Path, summary) -> str:
@@ -198,8 +272,10 @@ def _machine() -> str:
     import torch
     from lcpress.costmodels.cpu_latency import cpu_model
 
-    return (f"{cpu_model()}, one torch thread per run, torch {torch.__version__}, Python {platform.python_version()}; "
-            f"wall time is the whole run (L and C steps and the evaluation after each step)")
+    return (f"{cpu_model()} (2 cores, shared with other people's jobs), one torch thread per run, torch {torch.__version__}, "
+            f"Python {platform.python_version()}; wall time is the whole run (L and C steps and the evaluation after each "
+            f"step), with the machine's mean 1-minute load average during it; the LC toolkit's code ran beside lcpress's "
+            f"run of the same row, at the same time")
 
 
 def _is_full(config: dict[str, Any]) -> bool:
@@ -213,6 +289,21 @@ def _epochs(config: dict[str, Any]) -> int:
     return (train["first_epochs"] + (steps - 1) * train["epochs"]) if steps else 0
 
 
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 600 else f"{seconds / 60:.1f} min"
+
+
+def _load(r: dict[str, Any]) -> str:
+    return "" if r.get("mean_load") is None else f" (load {r['mean_load']:.1f})"
+
+
+def _lc_toolkit_cell(r: dict[str, Any]) -> str:
+    if "lc_toolkit_error" not in r:
+        return "not run"
+    ranks = f", ranks {r['lc_toolkit_ranks']}, {r['lc_toolkit_ratio']:.2f}×" if r.get("lc_toolkit_ranks") else ""
+    return f"{r['lc_toolkit_error']:.2f}%{ranks}, {_minutes(r['lc_toolkit_seconds'])}"
+
+
 def _schedule(r: dict[str, Any]) -> str:
     text = f"{r['steps']} × {r['epochs']} ep ({r['first_epochs']} first)"
     return text if r["full_recipe"] else f"**{text}**"
@@ -224,20 +315,24 @@ def write_table(records: list[dict[str, Any]], markdown: Path = MARKDOWN, csv: P
 
     csv.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(records).to_csv(csv, index=False)
-    lines = ["| configuration | their error | lcpress error | Δ | bits before → after | ratio | FLOPs before → after "
-             "| wall time | schedule (LC steps × L-step epochs) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| configuration | their error | lcpress error | Δ | their storage ratio | lcpress storage ratio "
+             "| bits after | lcpress wall time | LC toolkit's code here | schedule (LC steps × L-step epochs) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         if "lcpress_error" not in r:
             lines.append(f"| {r['configuration']} | {r['their_error']:.2f}% | {r.get('status', 'not run yet')} "
-                         f"| | | | | | |")
+                         f"| | | | | | | |")
             continue
         delta = r["lcpress_error"] - r["their_error"]
         lines.append(
             f"| {r['configuration']} | {r['their_error']:.2f}% | {r['lcpress_error']:.2f}% | {delta:+.2f} "
-            f"| {r['bits_before']:,} → {r['bits_after']:,} | {r['ratio']:.1f}× "
-            f"| {r['flops_before']:,} → {r['flops_after']:,} | {r['wall_seconds'] / 60:.0f} min | {_schedule(r)} |"
+            f"| {r['their_ratio']:.2f}× | {r['ratio']:.2f}× | {r['bits_after']:,} "
+            f"| {_minutes(r['wall_seconds'])}{_load(r)} | {_lc_toolkit_cell(r)} | {_schedule(r)} |"
         )
     lines += ["", f"Machine: {_machine()}. Command: `cd examples/lenet300 && python run_all.py` (see the schedule column)."]
+    seeds = sorted({r["seed"] for r in records if r.get("seed") is not None})
+    if seeds:
+        lines.append(f"Seed {', '.join(map(str, seeds))} (weights of the reference net, data order, C-step generators).")
     refs = sorted({r["reference_error"] for r in records if "reference_error" in r})
     if refs:
         lines.append("")
@@ -270,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table-only", action="store_true", help="only rewrite the table from finished runs")
     parser.add_argument("--no-table", action="store_true", help="run, but leave the table alone")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--lc-toolkit", type=Path, help="a clone of the LC toolkit: run its own code on each row too")
     args = parser.parse_args(argv)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in rows if r not in BY_NAME]
@@ -279,8 +375,9 @@ def main(argv: list[str] | None = None) -> int:
         import train_reference
 
         train_reference.ensure()
-        if args.jobs > 1 and len(rows) > 1:
-            _run_parallel(rows, args)
+        jobs = _jobs(rows, args)
+        if args.jobs > 1 and len(jobs) > 1:
+            _run_parallel(jobs, args.jobs)
         else:
             for row in rows:
                 data = row_config(row, epochs=args.epochs, first_epochs=args.first_epochs, steps=args.steps)
@@ -291,25 +388,37 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run_parallel(rows: list[str], args: argparse.Namespace) -> None:
-    """Each row in its own process (logs in runs/<run>.log), at most ``--jobs`` at once."""
-    RUNS.mkdir(exist_ok=True)
-    pending, running = list(rows), []
+def _jobs(rows: list[str], args: argparse.Namespace, root: Path = RUNS) -> list[tuple[str, list[str], Path]]:
+    """(name, command, log) of every process to run: each row, each followed by the LC toolkit's run of it."""
     extra = [f"--{k.replace('_', '-')}={v}" for k, v in
              (("epochs", args.epochs), ("first_epochs", args.first_epochs), ("steps", args.steps)) if v is not None]
+    jobs = []
+    for row in rows:
+        name = run_name(row, args.epochs, args.first_epochs, args.steps)
+        cmd = [sys.executable, "-u", str(Path(__file__).resolve()), "--rows", row, "--jobs", "1", "--no-table", *extra]
+        jobs.append((row, cmd, root / f"{name}.log"))
+        if args.lc_toolkit is not None and not (root / f"lc_toolkit-{row}.json").is_file():
+            theirs = [sys.executable, "-u", str(HERE / "lc_toolkit.py"), "--lc-toolkit", str(args.lc_toolkit.resolve()),
+                      "--row", row, *[a for a in extra if a.startswith(("--epochs", "--steps"))]]
+            jobs.append((f"LC toolkit {row}", theirs, root / f"lc_toolkit-{row}.log"))
+    return jobs
+
+
+def _run_parallel(jobs: list[tuple[str, list[str], Path]], at_once: int) -> None:
+    """Each job in its own process (logs in runs/), at most ``at_once`` at a time."""
+    RUNS.mkdir(exist_ok=True)
+    pending, running = list(jobs), []
     while pending or running:
-        while pending and len(running) < args.jobs:
-            row = pending.pop(0)
-            log = RUNS / f"{run_name(row, args.epochs, args.first_epochs, args.steps)}.log"
-            cmd = [sys.executable, "-u", str(Path(__file__).resolve()), "--rows", row, "--jobs", "1", "--no-table", *extra]
-            print(f"started {row}: log {log}", flush=True)
-            running.append((row, subprocess.Popen(cmd, cwd=HERE, stdout=log.open("a"), stderr=subprocess.STDOUT,
-                                                  env={**os.environ, "LCPRESS_QUIET": ""})))
+        while pending and len(running) < at_once:
+            name, cmd, log = pending.pop(0)
+            print(f"started {name}: log {log}", flush=True)
+            running.append((name, subprocess.Popen(cmd, cwd=HERE, stdout=log.open("a"), stderr=subprocess.STDOUT,
+                                                   env={**os.environ, "LCPRESS_QUIET": ""})))
         time.sleep(5)
-        for row, proc in list(running):
+        for name, proc in list(running):
             if proc.poll() is not None:
-                running.remove((row, proc))
-                print(f"finished {row}: exit status {proc.returncode}", flush=True)
+                running.remove((name, proc))
+                print(f"finished {name}: exit status {proc.returncode}", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,13 @@ generated sentences (a small vocabulary and templates, seeded) paired with
 the *dense* model's embeddings, so the L steps distil the original model and
 the metric is the cosine similarity to its embeddings on held-out sentences.
 
+:func:`corpus_loaders` uses real English instead: the Lee news corpus (300 +
+50 Australian news articles, Lee, Pincombe & Welsh 2005) that the ``gensim``
+wheel ships as test data (``pip install --no-deps gensim``; only its data
+files are read, gensim is never imported). Sentences are split by document —
+training, validation and test sentences come from different articles — and
+batches are padded to their own longest sentence.
+
 Batches are ``({"input_ids": …, "attention_mask": …}, embedding)``: the dict is
 passed to the model as keyword arguments, as Hugging Face models expect.
 """
@@ -17,14 +24,17 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib.util
 import os
 import random
+import re
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub: everything is in the package
 
@@ -156,3 +166,108 @@ def loaders(train_size: int = 1024, eval_size: int = 256, batch_size: int = 32, 
 def tiny_loaders() -> tuple[DataLoader, DataLoader]:
     """A few sentences only: the test suite's quick version."""
     return loaders(train_size=32, eval_size=16, batch_size=16)
+
+
+#: documents of lee_background.cor in each split (the 50 of lee.cor are test documents too)
+CORPUS_SPLITS = {"train": range(0, 210), "validation": range(210, 240), "test": range(240, 300)}
+
+
+def _corpus_file(name: str) -> Path:
+    spec = importlib.util.find_spec("gensim")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the Lee news corpus ships inside the gensim wheel: pip install --no-deps gensim")
+    return Path(spec.submodule_search_locations[0]) / "test" / "test_data" / name
+
+
+def _sentences(documents: list[str]) -> list[str]:
+    """Sentences of at least five words (a full stop, ! or ? followed by a capital or a quote ends one)."""
+    found = []
+    for doc in documents:
+        found += [s for s in re.split(r'(?<=[.!?])\s+(?=[A-Z"])', doc.strip()) if len(s.split()) >= 5]
+    return found
+
+
+def lee_sentences() -> dict[str, list[str]]:
+    """Sentences of the Lee news corpus by split: train, validation, test (disjoint articles)."""
+    background = _corpus_file("lee_background.cor").read_text(encoding="utf-8").splitlines()
+    extra = _corpus_file("lee.cor").read_text(encoding="latin-1").splitlines()
+    split = {name: _sentences([background[i] for i in docs]) for name, docs in CORPUS_SPLITS.items()}
+    split["test"] += _sentences(extra)
+    return split
+
+
+class SentenceSet(Dataset):
+    """Token ids of each sentence (unpadded, at most ``max_length``) and the dense model's embedding of it."""
+
+    def __init__(self, texts: list[str], teacher: nn.Module, max_length: int = 48) -> None:
+        self.ids = [torch.tensor(t) for t in tokenizer()(texts, truncation=True, max_length=max_length)["input_ids"]]
+        with torch.no_grad():
+            self.targets = torch.cat([teacher(**pad(self.ids[i:i + 64])) for i in range(0, len(texts), 64)])
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.ids[i], self.targets[i]
+
+
+def pad(ids: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A batch of token-id sequences padded to the longest, with its attention mask."""
+    longest = max(len(t) for t in ids)
+    input_ids = torch.full((len(ids), longest), tokenizer().pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), longest), dtype=torch.long)
+    for row, t in enumerate(ids):
+        input_ids[row, : len(t)], mask[row, : len(t)] = t, 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def _collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    return pad([ids for ids, _ in items]), torch.stack([target for _, target in items])
+
+
+def corpus_loaders(chunk: int | None = None, batch_size: int = 32, seed: int = 0, subset: int | None = None,
+                   ) -> dict[str, DataLoader]:
+    """train / validation / test loaders over the Lee news corpus, targets the dense model's embeddings.
+
+    ``chunk``: every pass of the training loader is that many sentences drawn at random (L steps and
+    fine-tuning passes are counted in chunks); default: the whole training split. ``subset``: the first N
+    sentences of each split, for smoke runs.
+    """
+    teacher = _pretrained()[1]
+    texts = {name: found[:subset] for name, found in lee_sentences().items()}
+    sets = {name: SentenceSet(found, teacher) for name, found in texts.items()}
+    generator = torch.Generator().manual_seed(seed)
+    sampler = RandomSampler(sets["train"], num_samples=min(chunk or len(sets["train"]), len(sets["train"])),
+                            generator=generator)
+    return {"train": DataLoader(sets["train"], batch_size=batch_size, sampler=sampler, collate_fn=_collate,
+                                generator=generator),
+            "validation": DataLoader(sets["validation"], batch_size=64, collate_fn=_collate),
+            "test": DataLoader(sets["test"], batch_size=64, collate_fn=_collate)}
+
+
+@torch.no_grad()
+def embeddings(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the model's embeddings, the dense model's) of every sentence of ``loader``."""
+    model.eval()
+    found, targets = [], []
+    for inputs, target in loader:
+        found.append(model(**inputs))
+        targets.append(target)
+    return torch.cat(found), torch.cat(targets)
+
+
+def retrieval_agreement(model: nn.Module, loader: DataLoader, k: int = 10) -> dict[str, float]:
+    """How well the model keeps the dense model's nearest neighbours among the loader's sentences.
+
+    Every sentence queries all the others by cosine similarity. ``top1``: the fraction of queries whose nearest
+    neighbour is the dense model's; ``recall@k``: the mean overlap of the two top-k sets, over k. Also the mean
+    ``cosine`` of each embedding to the dense one.
+    """
+    found, dense = embeddings(model, loader)
+    eye = torch.eye(len(found), dtype=torch.bool)
+    ours = (found @ found.T).masked_fill(eye, -2).topk(k, dim=1).indices
+    theirs = (dense @ dense.T).masked_fill(eye, -2).topk(k, dim=1).indices
+    overlap = [len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(ours, theirs)]
+    return {"cosine": float(F.cosine_similarity(found, dense, dim=-1).mean()),
+            "top1": float((ours[:, 0] == theirs[:, 0]).float().mean()),
+            f"recall@{k}": sum(overlap) / len(overlap)}

@@ -44,10 +44,19 @@ def pick(costs: torch.Tensor, errors: torch.Tensor, trade_off: float) -> int:
 def choose_with_alpha(
     costs: Sequence[torch.Tensor], errors: Sequence[torch.Tensor], alpha: float, mu: float
 ) -> Choice:
-    """Per-layer choice for a fixed α at penalty μ."""
+    """Per-layer choice for a fixed α at penalty μ; at μ = 0 the cheapest form (the least error among equals)."""
+    if mu == 0:
+        idx = [cheapest(c, e) for c, e in zip(costs, errors)]
+        return Choice(idx, math.inf, _total(costs, idx))
     t = 2.0 * alpha / mu
     idx = [pick(c, e, t) for c, e in zip(costs, errors)]
     return Choice(idx, t, _total(costs, idx))
+
+
+def cheapest(costs: torch.Tensor, errors: torch.Tensor) -> int:
+    """The candidate of least cost; of several, the one of least error."""
+    costs, errors = costs.double().cpu(), errors.double().cpu()
+    return int(torch.argmin(torch.where(costs == costs.min(), errors, torch.inf)))
 
 
 def choose_for_budget(

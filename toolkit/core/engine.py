@@ -3,12 +3,19 @@
 Solves ``min L(w) s.t. w = Δ(θ)`` along an increasing penalty μ_k = μ0·a^k:
 
 * **DC step** (step 0): θ ← Π(w) for the trained weights; forms are selected
-  at μ0 (at μ = 0 the objective would pick the cheapest form everywhere).
+  at μ0 (at μ = 0 the objective picks the cheapest form everywhere, which is
+  what the LC toolkit does and ``schedule.dc_mu: 0`` asks for).
 * **L step**: the user's training loop on ``L(w) + μ/2‖w − Δ(θ) − λ/μ‖²``;
   the engine provides the penalty term as a callable.
 * **C step**: θ ← argmin ``μ/2‖w − λ/μ − Δ(θ)‖² + α·C(θ)`` per task, through the
   scheme plugin and the core's selection (α, or a global budget).
 * **multipliers** (augmented Lagrangian only): λ ← λ − μ(w − Δ(θ)).
+
+A scheme that measures error on its layer's outputs
+(:meth:`~lcpress.Scheme.output_error`) gets the metric Σ of the layer's inputs
+— from a calibration pass before the DC step, then from each L step's forward
+passes — and its penalty is ``μ/2·tr((w − Δ − λ/μ) Σ (…)ᵀ)`` (see
+:mod:`lcpress.core.moments`).
 
 After every step the engine records one row of history and, when given a
 checkpointer, saves everything needed to resume bit-for-bit.
@@ -36,11 +43,14 @@ from lcpress.core.costmodel import CostModel
 from lcpress.core.forms import Dense, Form, LayerSpec
 from lcpress.core.graph import ModelGraph
 from lcpress.core.guard import plugin_call
+from lcpress.core.moments import MomentCollector, input_metric, squared_distance
+from lcpress.core.penalty import QuadraticPenalty
 from lcpress.core.plan import Task
 from lcpress.core.realize import load_compressed
 from lcpress.core.registry import plugin_label
 from lcpress.core.schedule import initial_mu, next_mu
 from lcpress.core.scheme import Coupled, CStepContext, State
+from lcpress.core.surgery import get_module
 from lcpress.core.tree import join_tensors, split_tensors
 from lcpress.errors import CStepError, LcpressError
 from lcpress.progress import progress_bar, status_line
@@ -60,6 +70,7 @@ class LStep:
 Penalty = Callable[[], torch.Tensor]
 TrainFn = Callable[[nn.Module, Penalty, LStep], "float | None"]
 EvalFn = Callable[[nn.Module], float]
+CalibrateFn = Callable[[nn.Module], None]
 
 
 class Checkpointer(Protocol):
@@ -85,6 +96,7 @@ class LCEngine:
         progress: bool = True,
         before_eval: Callable[[nn.Module], None] | None = None,
         gradient_norm: Callable[[nn.Module, list[nn.Parameter]], float] | None = None,
+        calibrate: CalibrateFn | None = None,
     ) -> None:
         self.model = model
         self.tasks = list(tasks)
@@ -102,6 +114,11 @@ class LCEngine:
         self.before_eval = before_eval
         #: ‖∇ training loss‖ over the given parameters, for ``mu0: auto``; None when the run has no loss to measure
         self.gradient_norm = gradient_norm
+        #: runs the model forward on training data, so the layers that need their inputs' moments see some
+        self.calibrate = calibrate
+        #: the input metric Σ of each task whose scheme measures error on outputs (None: weight space)
+        self.metrics: list[torch.Tensor | None] = [None] * len(self.tasks)
+        self.collector = self._moment_collector()
         self.states: list[State | None] = [None] * len(self.tasks)
         self.multipliers: list[torch.Tensor | None] = [None] * len(self.tasks)
         self.next_step = 0  # 0 = the DC step has not run yet
@@ -148,13 +165,17 @@ class LCEngine:
         The forms are selected at μ0 (an α trade-off depends on it), so with
         ``mu0: auto`` the C step runs at a provisional μ, μ0 is measured at the
         forms it chose, and the C step runs again at μ0 when α selects forms.
+        With ``dc_mu`` set the C step runs at that μ instead (0: the cheapest
+        forms, the LC toolkit's direct compression), once.
         """
         provisional = initial_mu(self.schedule, None, 0.0)
-        self.c_step(0, provisional)
+        dc_mu = self.schedule.dc_mu
+        self.calibrate_metrics()
+        self.c_step(0, provisional if dc_mu is None else dc_mu)
         if self.schedule.mu0 != "auto":
             return provisional
         mu0 = initial_mu(self.schedule, self._gradient_at_delta(), self.distance())
-        if mu0 != provisional and any(t.config.target is None and t.config.alpha > 0 for t in self.tasks):
+        if dc_mu is None and mu0 != provisional and any(t.config.target is None and t.config.alpha > 0 for t in self.tasks):
             self.c_step(0, mu0)
         return mu0
 
@@ -181,18 +202,67 @@ class LCEngine:
         """Train with the penalty pulling each task's weights towards Δ(θ) + λ/μ."""
         if self.train_fn is None:
             return None
-        targets = [self._target(i, mu) for i in range(len(self.tasks))]
+        params, targets, measured = [], [], []
+        for i, task in enumerate(self.tasks):  # each task's target, once per L step
+            target = self._target(i, mu)
+            if self.metrics[i] is None:  # weight space: in the shapes of its parameters, one fused node for all
+                params += task.params
+                targets += task.view.scatter(target)
+            else:  # output space: ‖(w − t)L‖² in the layer's input metric
+                measured.append((task, target, self.metrics[i].to(target.dtype)))
+        quadratic = QuadraticPenalty(params, targets, mu)
 
         def penalty() -> torch.Tensor:
-            total = None
-            for task, target in zip(self.tasks, targets):
-                term = torch.sum((task.weight() - target) ** 2)
-                total = term if total is None else total + term
-            return 0.5 * mu * total
+            total = quadratic()
+            for task, target, metric in measured:
+                total = total + 0.5 * mu * squared_distance(task.weight() - target, metric)
+            return total
 
         self.model.train()
-        loss = self.train_fn(self.model, penalty, LStep(k - 1, mu, self.schedule.steps))
+        with self._collecting():
+            loss = self.train_fn(self.model, penalty, LStep(k - 1, mu, self.schedule.steps))
+        self._update_metrics()
         return None if loss is None else float(loss)
+
+    # ----------------------------------------------------- output-space metrics
+    def _moment_collector(self) -> MomentCollector | None:
+        """Hooks for the layers whose scheme measures error on outputs; None when no scheme does."""
+        watched = {}
+        for i, task in enumerate(self.tasks):
+            if task.scheme.output_error() is None:
+                continue
+            if not task.single_layer:
+                raise LcpressError(f"task {task.name!r}: scheme {task.scheme.name!r} measures error on the layer's "
+                                   f"outputs, which needs one layer per task; drop 'shared: true'")
+            watched[i] = get_module(self.model, task.layers[0])
+        return MomentCollector(watched) if watched else None
+
+    def _collecting(self) -> contextlib.AbstractContextManager:
+        return self.collector.collecting() if self.collector is not None else contextlib.nullcontext()
+
+    def calibrate_metrics(self) -> None:
+        """Before the DC step: one calibration pass gives the layers' input metrics (nothing to do without one)."""
+        if self.collector is None:
+            return
+        if self.calibrate is None:
+            raise LcpressError(
+                "a scheme measures error on layer outputs, so the direct compression needs the layers' inputs: "
+                "pass loaders=(train, eval) or calibration=<training batches> to lcpress.compress (or calibrate= to "
+                "LCEngine), or use the weight-space error"
+            )
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad(), self.collector.collecting():
+            self.calibrate(self.model)
+        self.model.train(was_training)
+        self._update_metrics()
+
+    def _update_metrics(self) -> None:
+        """The metrics of the next C step and L step, from the inputs the layers saw since the last update."""
+        if self.collector is None:
+            return
+        for i, moment in self.collector.take().items():
+            self.metrics[i] = input_metric(moment, self.tasks[i].scheme.output_error().damping)
 
     def _target(self, i: int, mu: float) -> torch.Tensor:
         task = self.tasks[i]
@@ -251,7 +321,7 @@ class LCEngine:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
         contexts = [
             CStepContext(mu=mu, cost_model=t.cost_model, spec=t.spec, previous=self.states[i],
-                         generator=generator, step=k, layer=t.name)
+                         generator=generator, step=k, layer=t.name, input_metric=self.metrics[i])
             for i, t in enumerate(self.tasks)
         ]
         for members in self._batches():
@@ -307,14 +377,17 @@ class LCEngine:
             errors = []
             for i in members:
                 e = contexts[i].candidates.errors.to("cpu", torch.float64)  # costs are CPU tensors; SVDs stay on the device
-                if cfg.normalize or minmax:
-                    e = e / max(float(torch.sum(inputs[i].double() ** 2)), 1e-300)
+                if cfg.normalize or minmax:  # relative to the error of Δ = 0, in the task's own metric
+                    e = e / max(float(squared_distance(inputs[i].double(), self.metrics[i])), 1e-300)
                 errors.append(e)
-            if cfg.target is not None:
+            if cfg.target is not None and mu > 0:
                 choice = self._choose_for_target(members, contexts, errors, cfg, minmax, warn=g not in self._told)
                 self._told.add(g)
-            else:
-                costs = [self._price(self.tasks[i], self.tasks[i].cost_model, contexts[i].candidates.forms) for i in members]
+            else:  # by α; at μ = 0 (schedule.dc_mu: 0, the LC toolkit's direct compression) by cost alone
+                priced_by = [self.cost_models[cfg.target.cost] if cfg.target is not None else self.tasks[i].cost_model
+                             for i in members]
+                costs = [self._price(self.tasks[i], model, contexts[i].candidates.forms)
+                         for i, model in zip(members, priced_by)]
                 choice = budget_mod.choose_with_alpha(costs, errors, cfg.alpha, mu)
             self.selection[g] = choice
             for i, idx in zip(members, choice.indices):
@@ -464,6 +537,8 @@ class LCEngine:
                                                             f"theta/{i}") for i, s in enumerate(self.states)],
             "multipliers": [None if m is None else split_tensors(m, tensors, f"lambda/{i}")
                             for i, m in enumerate(self.multipliers)],
+            "metrics": [None if m is None else split_tensors(m, tensors, f"metric/{i}")
+                        for i, m in enumerate(self.metrics)],
             "task_names": [t.name for t in self.tasks],
             "rng": split_tensors(_rng_state(), tensors, "rng"),
         }
@@ -483,6 +558,8 @@ class LCEngine:
         device = next(self.model.parameters()).device
         self.states = [None if s is None else _state(join_tensors(s, tensors)).to(device) for s in meta["states"]]
         self.multipliers = [None if m is None else join_tensors(m, tensors).to(device) for m in meta["multipliers"]]
+        self.metrics = [None if m is None else join_tensors(m, tensors).to(device)
+                        for m in meta.get("metrics", [None] * len(self.tasks))]
         self.history = list(meta["history"])
         self.next_step = int(meta["next_step"])
         if "trainer" in meta and hasattr(self.train_fn, "load_state_dict"):

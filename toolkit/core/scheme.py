@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from lcpress.core.forms import Dense, Form, LayerSpec
+from lcpress.core.moments import OutputError
 from lcpress.options import Options
 
 if TYPE_CHECKING:
@@ -124,6 +125,9 @@ class CStepContext:
     :ivar candidates: the candidates this scheme returned, when it selects.
     :ivar choice: index into ``candidates.forms`` the core selected.
     :ivar layer: name of the layer (or task) for messages.
+    :ivar input_metric: for a scheme that declares :meth:`Scheme.output_error`, the metric Σ (n×n, float64:
+        the layer inputs' second moment, normalised and damped) under which the error is
+        ``tr((W − Δ) Σ (W − Δ)ᵀ)``, W as an (out, in·kh·kw) matrix; None: weight space (Σ = I).
     """
 
     mu: float
@@ -135,6 +139,7 @@ class CStepContext:
     candidates: "Candidates | Coupled | None" = None
     choice: "int | list[int] | None" = None
     layer: str = ""
+    input_metric: torch.Tensor | None = None
 
     def chosen_form(self) -> Form | None:
         if not isinstance(self.candidates, Candidates) or self.choice is None:
@@ -211,6 +216,18 @@ class Scheme(ABC):
 
         Called while the run is planned, before any training, so a config that
         points a scheme at a layer it cannot handle fails at once.
+        """
+        return None
+
+    def output_error(self) -> OutputError | None:
+        """How to measure error on the layer's outputs, ``‖(W − Δ)X‖²`` over real inputs; None: weight space.
+
+        A scheme that returns an :class:`OutputError` gets the metric Σ of its
+        layer's inputs in ``ctx.input_metric`` at every C step, and the engine
+        measures the L-step penalty in the same metric (see
+        :mod:`lcpress.core.moments`). Its candidates' errors must then be
+        ``tr((W − Δ) Σ (W − Δ)ᵀ)``. Only single-layer tasks get a metric.
+        Default: None.
         """
         return None
 

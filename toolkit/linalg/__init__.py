@@ -7,6 +7,8 @@
 * :mod:`lcpress.linalg.matrices`: a weight as the matrix a low-rank scheme
   factorizes (conv ``channel`` / ``spatial`` shapes, block-interleaved
   reshapes), and back.
+* :mod:`lcpress.linalg.whitening`: low rank in a metric ``Σ = L Lᵀ`` (output-space
+  error over real inputs) as plain low rank of ``W L``.
 * :mod:`lcpress.linalg.kmeans`: optimal 1-D k-means (every codebook size's
   exact error from one dynamic program) and Lloyd's iterations.
 """
@@ -14,6 +16,8 @@
 from lcpress.linalg.kmeans import KMeans1D, lloyd, optimal_kmeans
 from lcpress.linalg.matrices import from_matrix, reshape_matrix, to_matrix, unreshape_matrix
 from lcpress.linalg.spectral import Spectrum, spectra, spectrum
+from lcpress.linalg.whitening import unwhiten, whiten, whitening_factor
 
 __all__ = ["Spectrum", "spectra", "spectrum", "to_matrix", "from_matrix", "reshape_matrix", "unreshape_matrix",
-           "KMeans1D", "optimal_kmeans", "lloyd"]
+           "KMeans1D", "optimal_kmeans", "lloyd",
+           "whitening_factor", "whiten", "unwhiten"]

@@ -13,6 +13,7 @@ import copy
 import datetime
 import logging
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from lcpress.config import LCConfig
-from lcpress.core.engine import EvalFn, LCEngine, LStep, TrainFn
+from lcpress.core.engine import CalibrateFn, EvalFn, LCEngine, LStep, TrainFn
 from lcpress.core.graph import ModelGraph
 from lcpress.core.plan import Plan, Task, load_config, plan
 from lcpress.core.realize import RealizedLayer, load_compressed, realize, verify
@@ -38,7 +39,7 @@ from lcpress.core.measured import MeasuredCostModel
 from lcpress.core.schedule import FALLBACK_MU0, convergence_problem
 from lcpress.runs import distributed
 from lcpress.runs.batchnorm import batchnorm_layers, recalibrate
-from lcpress.runs.training import LOSSES, METRICS, SupervisedTrainer, fixed_batches, gradient_norm, to_device
+from lcpress.runs.training import LOSSES, METRICS, SupervisedTrainer, fixed_batches, forward, gradient_norm, to_device
 
 log = logging.getLogger("lcpress")
 
@@ -125,7 +126,10 @@ def compress(
     :param calibration: batches of ``(input, target)`` — or of inputs — that
         lcpress reads, in a fixed order and without gradients, to re-estimate
         BatchNorm statistics for the compressed weights and to measure μ0
-        (``schedule.mu0: auto``). Default: ``loaders[0]``.
+        (``schedule.mu0: auto``), and, for a scheme that measures error on layer
+        outputs (``low_rank`` with ``error: output``), to collect its first
+        ``calibration_batches`` batches' layer inputs before the direct
+        compression. Default: ``loaders[0]``. Never the evaluation data.
     :param resume: continue the run in ``config.output_dir`` from its checkpoint;
         the config must be the one the run started with (every changed key is
         listed otherwise).
@@ -155,6 +159,7 @@ def compress(
     data = calibration if calibration is not None else (loaders[0] if loaders is not None else None)
     normalize = _batchnorm_hook(model, config, data, device)
     probe = _gradient_probe(config, data, device)
+    calibrate = _calibrate_fn(data, config, device)
 
     planned = plan(model, config, example_input)
     timed = _timed_targets(config, planned.cost_models)
@@ -165,7 +170,7 @@ def compress(
     if extend and not resume:
         raise ConfigError("extend continues a run: pass resume=True too (CLI: --resume --extend)")
     setup = _Setup(model, config, planned, train_fn, eval_fn, finetune_fn, normalize, probe, example_input, progress,
-                   timed)
+                   timed, calibrate)
     with _holding(run_dir):
         resuming = distributed.on_main(lambda: _prepare(run_dir, config, resume, force, extend) if run_dir else False)
         return _run(setup, run_dir, resuming)
@@ -186,6 +191,7 @@ class _Setup:
     example_input: Any
     progress: bool
     timed: dict[str, MeasuredCostModel]
+    calibrate: CalibrateFn | None = None  # runs training batches forward, for output-space metrics
 
 
 def _run(setup: _Setup, run_dir: RunDirectory | None, resuming: bool) -> CompressionResult:
@@ -205,7 +211,7 @@ def _run(setup: _Setup, run_dir: RunDirectory | None, resuming: bool) -> Compres
     engine = engine_class(model, tasks, config.schedule, train_fn, eval_fn, graph=graph, cost_models=cost_models,
                           seed=config.seed, checkpointer=checkpointer, progress=setup.progress,
                           history_csv=run_dir.file("history.csv") if run_dir else None,
-                          before_eval=setup.normalize, gradient_norm=setup.probe)
+                          before_eval=setup.normalize, gradient_norm=setup.probe, calibrate=setup.calibrate)
     if resuming:
         tensors, meta = FileCheckpointer(run_dir.checkpoint_path, {}).load()
         engine.restore(tensors, meta["engine"])
@@ -230,6 +236,19 @@ def _holding(run_dir: RunDirectory | None) -> Iterator[None]:
     finally:
         if distributed.is_main():
             run_dir.release()
+
+
+def _calibrate_fn(data: Any, config: LCConfig, device: torch.device) -> CalibrateFn | None:
+    """Forward passes over the first ``calibration_batches`` training batches, in a fixed order."""
+    if data is None:
+        return None
+
+    def calibrate(model: nn.Module) -> None:
+        for batch in islice(fixed_batches(data), config.calibration_batches):
+            inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+            forward(model, to_device(inputs, device))
+
+    return calibrate
 
 
 def _prepare(run_dir: RunDirectory, config: LCConfig, resume: bool, force: bool, extend: bool) -> bool:

@@ -24,6 +24,7 @@ from lcpress.core.budget import Choice
 from lcpress.core.engine import LCEngine
 from lcpress.core.measured import MeasuredCostModel
 from lcpress.core.plan import load_config, plan
+from lcpress.core.schedule import initial_mu
 from lcpress.progress import progress_bar
 from lcpress.reporting.tables import layer_table
 
@@ -80,7 +81,7 @@ def profile_costs(model: nn.Module, config: LCConfig | dict[str, Any] | str, exa
     measured = {n: m for n, m in engine.cost_models.items() if isinstance(m, MeasuredCostModel)}
     rows = []
     if measured:
-        for task, ctx in zip(engine.tasks, engine.candidates(0, config.schedule.mu0)):
+        for task, ctx in zip(engine.tasks, engine.candidates(0, initial_mu(config.schedule, None, 0.0))):
             if ctx.candidates is None or task.spec is None:
                 continue
             forms = ctx.candidates.forms
@@ -103,7 +104,7 @@ def predict_costs(model: nn.Module, config: LCConfig | dict[str, Any] | str, exa
     """Per-layer cost, dense and in the forms the direct-compression step chooses (no training)."""
     config = load_config(config)
     engine = _engine(model, config, example_input, progress)
-    engine.c_step(0, config.schedule.mu0)
+    engine.direct_compression()  # the run's own step 0: at dc_mu, or μ0 (a provisional one under mu0: auto)
     schemes = {name: t.scheme.name for t in engine.tasks for name in t.layers}
     table = layer_table(engine.graph, engine.forms(), engine.cost_models, schemes)
     return Prediction(table, dict(engine.selection))

@@ -24,6 +24,7 @@ from lcpress.config import TrainConfig
 from lcpress.core.engine import LStep, Penalty
 from lcpress.core.surgery import call_model
 from lcpress.progress import progress_bar
+from lcpress.runs.batches import batches
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -133,24 +134,24 @@ class SupervisedTrainer:
         for group in optimizer.param_groups:
             group["lr"] = c.lr * c.lr_decay**step.index
         epochs = c.first_epochs if (step.index == 0 and c.first_epochs is not None) else c.epochs
-        total, count = 0.0, 0
+        total, count = torch.zeros((), dtype=torch.float64, device=self.device), 0
         with progress_bar(total=epochs * _len(self.loader), desc=f"{self.description} {step.index + 1}", enabled=self.progress) as bar:
             for _ in range(epochs):
                 set_epoch = getattr(getattr(self.loader, "sampler", None), "set_epoch", None)
                 if callable(set_epoch):
                     set_epoch(self.epochs_done)
                 self.epochs_done += 1
-                for inputs, targets in self.loader:
+                for inputs, targets in batches(self.loader):
                     inputs, targets = to_device(inputs, self.device), targets.to(self.device)
                     loss = self.loss_fn(forward(model, inputs), targets)
                     objective = loss + penalty()
                     optimizer.zero_grad(set_to_none=True)
                     objective.backward()
                     optimizer.step()
-                    total += float(loss.detach()) * len(targets)
+                    total.add_(loss.detach(), alpha=len(targets))  # summed on the device: no wait for it per batch
                     count += len(targets)
                     bar.update(1)
-        return total / max(count, 1)
+        return float(total) / max(count, 1)
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"epochs_done": self.epochs_done}
@@ -180,29 +181,25 @@ def _len(loader: Iterable) -> int | None:
         return None
 
 
-@torch.no_grad()
 def accuracy(model: nn.Module, loader: Iterable, device: str | torch.device = "cpu") -> float:
     """Top-1 accuracy of ``model`` on ``loader`` (an ``eval_fn`` for classifiers)."""
-    was_training = model.training
-    model.eval()
-    correct, count = 0, 0
-    for inputs, targets in loader:
-        logits = forward(model, to_device(inputs, device))
-        correct += int((logits.argmax(dim=1) == targets.to(device)).sum())
-        count += len(targets)
-    model.train(was_training)
-    return correct / max(count, 1)
+    return _mean_score(model, loader, device, lambda out, targets: (out.argmax(dim=1) == targets).sum())
+
+
+def mean_cosine(model: nn.Module, loader: Iterable, device: str | torch.device = "cpu") -> float:
+    """Mean cosine similarity of ``model``'s outputs to the targets (an ``eval_fn`` for embedding models)."""
+    return _mean_score(model, loader, device, lambda out, targets: F.cosine_similarity(out, targets, dim=-1).sum())
 
 
 @torch.no_grad()
-def mean_cosine(model: nn.Module, loader: Iterable, device: str | torch.device = "cpu") -> float:
-    """Mean cosine similarity of ``model``'s outputs to the targets (an ``eval_fn`` for embedding models)."""
+def _mean_score(model: nn.Module, loader: Iterable, device: str | torch.device,
+                score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> float:
+    """The per-sample mean of ``score(outputs, targets)`` (summed per batch) in eval mode, the mode restored after."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for inputs, targets in loader:
-        out = forward(model, to_device(inputs, device))
-        total += float(F.cosine_similarity(out, targets.to(device), dim=-1).sum())
+    for inputs, targets in batches(loader):
+        total += float(score(forward(model, to_device(inputs, device)), targets.to(device)))
         count += len(targets)
     model.train(was_training)
     return total / max(count, 1)

@@ -1,0 +1,363 @@
+"""Accuracy at equal *measured* latency: lcpress with a cpu_latency target against AIMET weight and spatial SVD,
+uniform truncated SVD and lcpress with a FLOPs target — on MNIST CNNs (residual blocks; a large fully connected
+head) and all-MiniLM-L6-v2 on real news sentences.
+
+For each model and FLOPs budget (30%, 50%, 70% of the compressed layers' FLOPs):
+
+1. the peers compress the same trained model at that budget — uniform truncated SVD (every layer the same FLOPs
+   ratio), AIMET 2.42 weight SVD and spatial SVD (greedy per-layer ratios, candidates scored on the *validation*
+   split; where AIMET is installed), lcpress LC with a ``flops`` target — and each is trained for the same number
+   of passes over the same training chunks (the LC run's L steps are its training);
+2. every peer's final model is timed, interleaved in one process, at batch 1 and 32 (1 torch thread, the thread's
+   CPU time); the fastest peer at each batch size sets the latency lcpress must meet;
+3. lcpress's ``cpu_latency`` target ratio is chosen so that its direct compression, realized, runs at ≤ 97% of that
+   latency at both batch sizes (bisection, each candidate timed interleaved with the peer it must beat); then the
+   LC run at that ratio — with the weight-space C step and with the activation-aware one (``error: output``);
+4. all final models are timed again, interleaved, and evaluated on the test split.
+
+Same trained model, same splits, same training passes, same optimizer and learning-rate decay for every method;
+BatchNorm statistics re-estimated on 2,000 training images for every CNN model before evaluation. Writes
+``benchmarks/results/equal_latency_<model>.md`` (+ ``.csv`` and ``.png``).
+
+    python benchmarks/equal_latency.py --model resnet|fchead|minilm [--budgets 0.3,0.5,0.7] [--quick]
+
+AIMET needs the peer environment (``bash benchmarks/make_peer_env.sh``); without it the AIMET rows are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+import lcpress
+from lcpress import TrainConfig
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import (aimet_svd_compress, describe, fine_tune, flops, interleaved_latency_ms,  # noqa: E402
+                    latency_note, publish)
+
+BATCHES = (1, 32)
+MARGIN = 0.97  # lcpress's direct compression must run at ≤ 97% of the peer's latency before LC trains it
+
+
+@dataclass
+class Case:
+    """One model of the benchmark and everything every method shares."""
+
+    name: str
+    dense: nn.Module
+    layers: list[str]  # what every method compresses
+    aimet_ignore: list[str]  # every other Linear/Conv2d, named for AIMET
+    aimet_schemes: list[str]
+    inputs: dict[int, Any]  # timing inputs by batch size
+    train: Any  # a loader whose every pass is one training chunk
+    validation: Any
+    evaluate: Callable[[nn.Module], dict[str, float]]  # test metrics; the first is the one compared
+    score: Callable[[nn.Module], float]  # validation metric, for AIMET's greedy search
+    train_config: TrainConfig
+    passes: int  # training passes (chunks) every method gets
+    schedule: dict[str, Any]
+    options: dict[str, Any]
+    finish: Callable[[nn.Module], None] = lambda model: None  # e.g. BatchNorm re-estimation
+    timing: Callable[[nn.Module], nn.Module] = lambda model: model  # a module called as m(x)
+    aimet_input_shape: tuple[int, ...] | None = None
+    run_metric: str = "accuracy"  # what lcpress reports on the validation split after every LC step
+    notes: list[str] = field(default_factory=list)
+
+    def example(self) -> Any:
+        return self.inputs[1]
+
+
+# ------------------------------------------------------------------ methods
+def layer_ratio_ranks(case: Case, ratio: float) -> dict[str, int]:
+    """Uniform truncated SVD: each layer's largest rank whose FLOPs are ≤ ``ratio`` of its own (r(m+n) ≤ ratio·mn)."""
+    ranks = {}
+    for name in case.layers:
+        w = lcpress.get_module(case.dense, name).weight
+        m, n = w.shape[0], w[0].numel()
+        ranks[name] = max(1, math.floor(ratio * m * n / (m + n)))
+    return ranks
+
+
+def compress(case: Case, config: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """One lcpress run from the dense model; the model, and what the run measured."""
+    model = copy.deepcopy(case.dense)
+    case.train.generator.manual_seed(0)
+    config = {"train": case.train_config.to_dict(), "seed": 0, "metric": case.run_metric, **config}
+    start = time.perf_counter()
+    result = lcpress.compress(model, config, loaders=(case.train, case.validation), example_input=case.example(),
+                              progress=False)
+    history = result.history
+    info = {"seconds": time.perf_counter() - start, "distance_first": float(history["distance"].iloc[0]),
+            "distance_last": float(history["distance"].iloc[-1]), "steps": int(config["schedule"]["steps"])}
+    return result.model, info
+
+
+def uniform_svd(case: Case, ratio: float) -> tuple[nn.Module, dict[str, Any]]:
+    tasks = [{"layers": [name], "options": {"rank": rank}} for name, rank in layer_ratio_ranks(case, ratio).items()]
+    return compress(case, {"tasks": tasks, "schedule": {"steps": 0}, "finetune": {"steps": case.passes}})
+
+
+def lcpress_run(case: Case, cost: str, ratio: float, error: str = "weight", steps: int | None = None
+                ) -> tuple[nn.Module, dict[str, Any]]:
+    """LC (or, with ``steps=0``, direct compression and fine-tuning) at a ``cost`` target; ``passes`` in all."""
+    steps = case.schedule["steps"] if steps is None else steps
+    task = {"layers": case.layers, "options": {**case.options, "error": error}, "cost": cost, "normalize": True,
+            "target": {"cost": cost, "ratio": ratio}}
+    config = {"tasks": [task], "schedule": {**case.schedule, "steps": steps},
+              "finetune": {"steps": case.passes - steps},
+              "cost_models": {"cpu_latency": {"batch_size": 32, "threads": 1, "min_run_time": 0.05}} if cost == "cpu_latency" else {}}
+    return compress(case, config)
+
+
+def aimet_svd(case: Case, ratio: float, scheme: str, candidates: int) -> tuple[nn.Module, dict[str, Any]]:
+    """AIMET's greedy SVD at the whole-model MAC ratio matching ``ratio`` of the layers, then the same training."""
+    model = copy.deepcopy(case.dense).eval()
+    total, part = flops(case.timing(case.dense), case.example()), compressed_flops(case)
+    start = time.perf_counter()
+    compressed = aimet_svd_compress(model, lambda m, iterations, use_cuda=False: case.score(m),
+                                    case.aimet_input_shape, scheme, (ratio * part + total - part) / total, candidates,
+                                    [lcpress.get_module(model, name) for name in case.aimet_ignore])
+    case.train.generator.manual_seed(0)
+    fine_tune(compressed, case.train, case.passes, case.train_config)
+    return compressed, {"seconds": time.perf_counter() - start}
+
+
+def compressed_flops(case: Case) -> float:
+    """FLOPs of the compressed layers alone at batch 1 (the FLOPs budgets are fractions of these)."""
+    graph = lcpress.trace(case.dense, case.example())
+    cost = lcpress.get_registry().cost_model("flops")()
+    return sum(cost.cost(graph.specs[n], lcpress.Dense()) for n in case.layers)
+
+
+# ------------------------------------------------------------------ latency
+def latencies(case: Case, models: dict[str, nn.Module], rounds: int) -> dict[str, dict[int, float]]:
+    """Milliseconds per call of every model at each batch size, interleaved in one session per batch size."""
+    timed = {name: case.timing(model) for name, model in models.items()}
+    out: dict[str, dict[int, float]] = {name: {} for name in models}
+    for batch in BATCHES:
+        for name, ms in interleaved_latency_ms(timed, case.inputs[batch], rounds).items():
+            out[name][batch] = ms
+    return out
+
+
+def matched_ratio(case: Case, references: dict[int, nn.Module], error: str, rounds: int, steps: int, log) -> float:
+    """The largest cpu_latency target ratio whose realized direct compression is ≤ MARGIN × each reference.
+
+    Bisection on the log of the ratio; every candidate is timed interleaved with the reference model it must
+    beat at that batch size, so the comparison is a ratio measured in one session.
+    """
+    def fits(ratio: float) -> bool:
+        model, _ = _direct(case, ratio, error)
+        for batch, reference in references.items():
+            timed = {"candidate": case.timing(model), "reference": case.timing(reference)}
+            ms = interleaved_latency_ms(timed, case.inputs[batch], rounds)
+            if ms["candidate"] > MARGIN * ms["reference"]:
+                log(f"  ratio {ratio:.3f}: {ms['candidate']:.3f} ms > {MARGIN} × {ms['reference']:.3f} ms at b={batch}")
+                return False
+        log(f"  ratio {ratio:.3f} fits")
+        return True
+
+    low, high = math.log(0.02), math.log(1.0)
+    if not fits(math.exp(low)):
+        return math.exp(low)
+    for _ in range(steps):
+        mid = (low + high) / 2
+        low, high = (mid, high) if fits(math.exp(mid)) else (low, mid)
+    return math.exp(low)
+
+
+def _direct(case: Case, ratio: float, error: str) -> tuple[nn.Module, dict[str, Any]]:
+    """Direct compression at a cpu_latency target, realized, untrained (what the ratio search times)."""
+    saved, case.passes = case.passes, 0
+    try:
+        return lcpress_run(case, "cpu_latency", ratio, error, steps=0)
+    finally:
+        case.passes = saved
+
+
+# ------------------------------------------------------------------ the benchmark
+def run_budget(case: Case, ratio: float, aimet: bool, candidates: int, rounds: int, search: int, log,
+               one_shot: bool = False) -> list[dict[str, Any]]:
+    """Every method at one FLOPs budget; the rows of the table."""
+    runs: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
+
+    def record(name: str, outcome: tuple[nn.Module, dict[str, Any]]) -> None:
+        case.finish(outcome[0])
+        runs[name] = outcome
+        log(f"{case.name} {ratio:.0%} {name}: {case.evaluate(outcome[0])} ({outcome[1].get('seconds', 0):.0f} s)")
+
+    record("uniform SVD", uniform_svd(case, ratio))
+    if aimet:
+        for scheme in case.aimet_schemes:
+            label = "AIMET " + scheme.replace("_svd", " SVD")
+            try:
+                record(label, aimet_svd(case, ratio, scheme, candidates))
+            except Exception as exc:  # a peer that fails is reported, not hidden
+                case.notes.append(f"{label} at {ratio:.0%} failed: {type(exc).__name__}: {str(exc)[:200]}")
+                log(case.notes[-1])
+    record("lcpress LC, flops target", lcpress_run(case, "flops", ratio))
+    peers = dict(runs)
+    measured = latencies(case, {name: model for name, (model, _) in peers.items()}, rounds)
+    fastest = {b: min(peers, key=lambda n: measured[n][b]) for b in BATCHES}
+    references = {b: peers[fastest[b]][0] for b in BATCHES}
+    for error, label in (("weight", "lcpress LC, cpu_latency target"),
+                         ("output", "lcpress LC, cpu_latency target, activation-aware")):
+        target = matched_ratio(case, references, error, max(3, rounds // 2), search, log)
+        model, info = lcpress_run(case, "cpu_latency", target, error)
+        info["latency_ratio"] = target
+        record(label, (model, info))
+        if one_shot:  # the same target, direct compression then the same passes of fine-tuning instead of LC
+            model, info = lcpress_run(case, "cpu_latency", target, error, steps=0)
+            info["latency_ratio"] = target
+            record(label.replace("LC", "one-shot"), (model, info))
+    final = latencies(case, {"dense": case.dense, **{name: model for name, (model, _) in runs.items()}}, rounds)
+    dense_flops = flops(case.timing(case.dense), case.example())
+    rows = []
+    for name, (model, info) in [("dense", (case.dense, {})), *runs.items()]:
+        metrics = case.evaluate(model)
+        rows.append({"budget": ratio, "method": name, **metrics,
+                     **{f"ms_b{b}": final[name][b] for b in BATCHES},
+                     "flops": flops(case.timing(model), case.example()) / dense_flops, **info,
+                     "fastest_peer": ", ".join(f"b={b}: {fastest[b]}" for b in BATCHES)})
+    return rows
+
+
+def bar(rows: list[dict[str, Any]], metric: str, ours: str) -> list[str]:
+    """For each budget: does ``ours`` have ≥ every peer's metric at ≤ its measured latency (both batch sizes)?"""
+    lines = []
+    peers_of = lambda r: r["method"] != "dense" and "cpu_latency" not in r["method"]  # noqa: E731
+    for budget in sorted({r["budget"] for r in rows}):
+        these = [r for r in rows if r["budget"] == budget]
+        mine = next(r for r in these if r["method"] == ours)
+        for peer in filter(peers_of, these):
+            faster = all(mine[f"ms_b{b}"] <= peer[f"ms_b{b}"] for b in BATCHES)
+            better = mine[metric] >= peer[metric]
+            verdict = "met" if faster and better else "missed"
+            lines.append(f"| {budget:.0%} | {peer['method']} | {peer[metric]:.4f} vs **{mine[metric]:.4f}** | "
+                         + " | ".join(f"{peer[f'ms_b{b}']:.3f} vs {mine[f'ms_b{b}']:.3f}" for b in BATCHES)
+                         + f" | {verdict} |")
+    return lines
+
+
+def table(rows: list[dict[str, Any]], metrics: list[str]) -> list[str]:
+    head = ["budget", "method", *metrics, "latency b=1 (ms)", "latency b=32 (ms)", "FLOPs", "‖w−Δ‖ first → last",
+            "cpu_latency ratio", "wall (s)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        dist = f"{r['distance_first']:.3g} → {r['distance_last']:.3g}" if "distance_first" in r and r.get("steps") else ""
+        cells = [f"{r['budget']:.0%}", r["method"], *(f"{r[m]:.4f}" for m in metrics),
+                 *(f"{r[f'ms_b{b}']:.3f}" for b in BATCHES), f"{r['flops']:.1%}", dist,
+                 f"{r['latency_ratio']:.3f}" if "latency_ratio" in r else "", f"{r.get('seconds', 0):.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot(rows: list[dict[str, Any]], metric: str, out: Path, quick: bool) -> None:
+    """Metric against measured latency (batch 1 and 32), one line per method."""
+    if quick or importlib.util.find_spec("matplotlib") is None:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(BATCHES), figsize=(6 * len(BATCHES), 4), dpi=90)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for ax, batch in zip(axes, BATCHES):
+        for i, method in enumerate(methods):
+            points = sorted((r[f"ms_b{batch}"], r[metric]) for r in rows if r["method"] == method)
+            if method == "dense":
+                ax.axhline(points[0][1], color="grey", linestyle="--", linewidth=1, label="dense")
+                ax.axvline(points[0][0], color="grey", linestyle=":", linewidth=1)
+                continue
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="osD^vP*X"[i % 8], label=method)
+        ax.set_xlabel(f"measured latency, batch {batch} (ms, 1 thread)")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"))
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=["resnet", "fchead", "minilm"], default="fchead")
+    parser.add_argument("--budgets", default="0.3,0.5,0.7", help="FLOPs ratios of the compressed layers")
+    parser.add_argument("--quick", action="store_true", help="tiny data, one budget, short runs: a smoke run")
+    parser.add_argument("--no-aimet", action="store_true", help="leave AIMET out even where it is installed")
+    parser.add_argument("--aimet-candidates", type=int, default=8, help="AIMET's num_comp_ratio_candidates")
+    parser.add_argument("--chunk", type=int, help="training images (sentences) per pass, instead of the model's default")
+    parser.add_argument("--one-shot", action="store_true",
+                        help="also run lcpress one-shot (direct compression + the same fine-tuning) at the matched target")
+    parser.add_argument("--out", help="default: benchmarks/results/equal_latency_<model>.md")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # the machine is shared: one thread, timed by its own CPU clock
+    logging.disable(logging.WARNING)
+    os.environ.setdefault("LCPRESS_CACHE_DIR", str(Path(tempfile.gettempdir()) / "lcpress-equal-latency-tables"))
+    out = Path(args.out or HERE / "results" / f"equal_latency_{args.model}.md")
+    budgets = [0.5] if args.quick else [float(b) for b in args.budgets.split(",")]
+    from equal_latency_cases import build  # noqa: E402 (the models and their data)
+
+    case = build(args.model, args.quick, args.chunk)
+    aimet = not args.no_aimet and importlib.util.find_spec("aimet_torch") is not None
+    if not aimet:
+        case.notes.append("AIMET rows: not run (aimet_torch is not installed here; bash benchmarks/make_peer_env.sh)"
+                          if not args.no_aimet else "AIMET rows: left out (--no-aimet)")
+    rounds = 3 if args.quick else 15
+    started = time.perf_counter()
+    log = lambda text: print(text, flush=True)  # noqa: E731
+    search = 2 if args.quick else 6
+    rows: list[dict[str, Any]] = []
+    for ratio in budgets:  # the results are written after every budget, so a long run keeps what it finished
+        rows += run_budget(case, ratio, aimet, 3 if args.quick else args.aimet_candidates, rounds, search, log,
+                           args.one_shot)
+        write(case, rows, args, out, rounds, time.perf_counter() - started)
+
+
+def write(case: Case, rows: list[dict[str, Any]], args: argparse.Namespace, out: Path, rounds: int,
+          seconds: float) -> None:
+    """The table, the bar, the CSV and the plot of the budgets done so far."""
+    metrics = list(case.evaluate(case.dense))
+    metric = metrics[0]
+    lines = table(rows, metrics)
+    for label, ours in (("lcpress LC with the cpu_latency target", "lcpress LC, cpu_latency target"),
+                        ("the activation-aware run", "lcpress LC, cpu_latency target, activation-aware")):
+        lines += ["", f"Bar — {label} vs each peer ({metric}; latency b=1, b=32 in ms; peer vs lcpress):", "",
+                  f"| budget | peer | {metric} | latency b=1 | latency b=32 | bar |", "|---|---|---|---|---|---|",
+                  *bar(rows, metric, ours)]
+    done = ",".join(f"{b:g}" for b in dict.fromkeys(r["budget"] for r in rows))
+    preamble = (f"Machine: {describe()}; load average {os.getloadavg()[0]:.1f} when written (2 cores, shared with "
+                f"other jobs). {latency_note(rounds)} Command: `python benchmarks/equal_latency.py "
+                f"{' '.join(sys.argv[1:])}` (budgets done: {done}). Training for every method: "
+                f"{case.passes} passes of one training chunk ({case.train_config.optimizer}, lr "
+                f"{case.train_config.lr} × {case.train_config.lr_decay}^k); LC: schedule {case.schedule}. Seeds: "
+                f"dense training 0, data order 0, C steps 0. Wall time so far: {seconds:.0f} s."
+                + "".join(f" {n}." for n in case.notes))
+    publish(f"Equal measured latency: {case.name}", preamble, lines, str(out), args.quick)
+    if not args.quick:
+        import csv
+
+        with open(out.with_suffix(".csv"), "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+            writer.writeheader()
+            writer.writerows(rows)
+    plot(rows, metric, out, args.quick)
+
+if __name__ == "__main__":
+    main()
