@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
+import logging
 import os
 import platform
 import statistics
@@ -186,6 +187,7 @@ class Interleaved:
 def measure(work: Workload, threads: int, rounds: int) -> dict[str, float]:
     """Median seconds per epoch of each loop, over ``rounds`` interleaved rounds (after one warm-up round)."""
     torch.set_num_threads(threads)
+    logging.getLogger("lcpress").setLevel(logging.ERROR)  # the run only drives the loops: its LC result is not read
     clock = time.thread_time if threads == 1 else time.perf_counter
     train_fn = Interleaved(work, clock)
     config = {"tasks": [work.task], "schedule": {"mu0": MU, "factor": 1.0, "steps": rounds + 1},

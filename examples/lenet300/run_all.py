@@ -274,8 +274,8 @@ def _machine() -> str:
 
     return (f"{cpu_model()} (2 cores, shared with other people's jobs), one torch thread per run, torch {torch.__version__}, "
             f"Python {platform.python_version()}; wall time is the whole run (L and C steps and the evaluation after each "
-            f"step), with the machine's mean 1-minute load average during it; the LC toolkit's code ran beside lcpress's "
-            f"run of the same row, at the same time")
+            f"step), with the machine's mean 1-minute load average during it; the LC toolkit's code ran on the same "
+            f"machine with one thread while other runs shared it (compare its wall time at a similar load only)")
 
 
 def _is_full(config: dict[str, Any]) -> bool:
