@@ -31,6 +31,10 @@ class CpuLatencyOptions(Options):
     threads: int | None = option(None, help="CPU threads (default: torch.get_num_threads())", ge=1)
     dtype: Literal["float32", "bfloat16", "float16"] = option("float32", help="data type of weights and input")
     min_run_time: float = option(0.2, help="seconds of timing per measurement (adaptive_autorange)", gt=0)
+    max_run_time: float | None = option(
+        None, help="the most seconds one measurement may take while its timings stay noisy (default: "
+                   "20 × min_run_time; torch's own default of 10 s per measurement makes a loaded machine "
+                   "spend minutes on a table)", gt=0)
     working_set_mb: float = option(0.0, help="cycle weight copies totalling this many MB so every timed call reads "
                                              "its weights as inside a model of that size (between two whole numbers "
                                              "of copies the latency is interpolated; 0: time the layer cache-hot)",
@@ -100,7 +104,7 @@ class CpuLatency(MeasuredCostModel):
         timer = benchmark.Timer("model(x)", globals={"model": model.eval(), "x": x}, num_threads=self.threads,
                                 timer=self._clock)
         with torch.no_grad():
-            return timer.adaptive_autorange(min_run_time=self.options.min_run_time).median * 1e3
+            return timer.adaptive_autorange(**self._run_times).median * 1e3
 
     def _time(self, module: torch.nn.Module, x: torch.Tensor, copies: int) -> float:
         """Median ms per call while cycling ``copies`` copies of the weights (1 = cache-hot)."""
@@ -108,7 +112,14 @@ class CpuLatency(MeasuredCostModel):
         timer = benchmark.Timer("for m in modules: m(x)", globals={"modules": modules, "x": x}, num_threads=self.threads,
                                 timer=self._clock)
         with torch.no_grad():
-            return timer.adaptive_autorange(min_run_time=self.options.min_run_time).median * 1e3 / copies
+            return timer.adaptive_autorange(**self._run_times).median * 1e3 / copies
+
+    @property
+    def _run_times(self) -> dict[str, float]:
+        """adaptive_autorange's time limits: at least min_run_time, at most max_run_time, however noisy."""
+        low = self.options.min_run_time
+        high = self.options.max_run_time if self.options.max_run_time is not None else 20 * low
+        return {"min_run_time": low, "max_run_time": max(low, high)}
 
     @property
     def _clock(self) -> Any:
