@@ -359,3 +359,17 @@ def test_a_consumer_claimed_by_another_task_is_refused():
               "schedule": {"steps": 0}}
     with pytest.raises(lcpress.ConfigError, match="layer 'down' is also changed by tasks"):
         lcpress.compress(Attention(), config, example_input=torch.randn(1, 3, 8), progress=False)
+
+
+def test_an_unreachable_channel_target_is_reported_once_in_ratios(caplog):
+    torch.manual_seed(0)
+    model = _randomize_norms(Block())
+    config = {"tasks": [{"layers": ["*"], "scheme": "channels", "options": {"multiple": 1},
+                         "target": {"cost": "flops", "ratio": 0.001}}],
+              "schedule": {"mu0": 0.1, "factor": 2.0, "steps": 3}}
+    with caplog.at_level(logging.WARNING, logger="lcpress.engine"):
+        lcpress.compress(model, config, lambda m, penalty, step: None, example_input=torch.randn(1, 2, 5, 5),
+                         progress=False)
+    said = [r.getMessage() for r in caplog.records if "out of reach" in r.getMessage()]
+    assert len(said) == 1, said  # four C steps, one warning
+    assert said[0].startswith("tasks[0].target: flops ≤ 0.1% of dense is out of reach: the cheapest forms")

@@ -411,9 +411,9 @@ class LCEngine:
                 choice = (coupled_mod.select_minmax(pricing, errors, budget) if minmax
                           else coupled_mod.select(pricing, errors, None, budget))
         choice.dense_cost = dense
-        if not choice.feasible:
-            log.warning("budget %.4g %s is below the cheapest forms (%.4g); using the cheapest",
-                        choice.budget, model.name, choice.total_cost)
+        if not choice.feasible and task.group not in self._told:  # once, in ratios, as for any other target
+            log.warning("%s", _unreachable(task, model, choice))
+            self._told.add(task.group)
         ctx.choice = choice.indices
         return choice
 

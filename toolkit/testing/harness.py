@@ -91,7 +91,7 @@ def run_c_step(
     scheme.candidates_many = recording  # type: ignore[method-assign]
     engine_log = logging.getLogger("lcpress.engine")
     level = engine_log.level
-    engine_log.setLevel(logging.ERROR)  # "budget below the cheapest forms" is expected at the kit's small budgets
+    engine_log.setLevel(logging.ERROR)  # "target … is out of reach" is expected at the kit's small budgets
     try:
         engine.c_step(step, mu)
     finally:
