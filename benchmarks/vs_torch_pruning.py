@@ -104,6 +104,7 @@ class Case:
     min_run_time: float = 0.05  # seconds per cpu_latency measurement
     metric: Callable[[nn.Module, DataLoader], float] = accuracy
     num_heads: Callable[[nn.Module], dict] | None = None  # Torch-Pruning's attention heads, when it prunes heads
+    channels: dict = field(default_factory=dict)  # lcpress's channels options for the table, chosen by --select
 
 
 def mnist_split(quick: bool, batch: int = 128) -> tuple[DataLoader, DataLoader, DataLoader]:
@@ -163,8 +164,12 @@ def resnet_case(quick: bool) -> Case:
     if quick:
         return Case("MNIST ResNet", model, (train, test), validation, torch.zeros(1, 784), ["fc"], 8, [0.5], 2,
                     TrainConfig(epochs=1, lr=0.01), 1, min_run_time=0.002)
+    # --select on the validation split (results/vs_torch_pruning_selection_resnet.md): min–max allocation, 2 LC steps
+    # from μ0 = 0.05 growing 4× (0.9888; one-shot pruning + 5 passes also 0.9888; auto μ0, which closes the gap in
+    # one L step, 0.9874); Torch-Pruning 0.9892
     return Case("MNIST ResNet", model, (train, test), validation, torch.zeros(1, 784), ["fc"], 4, [0.5, 0.3], 5,
-                TrainConfig(epochs=1, lr=0.01, lr_decay=0.8), 4)
+                TrainConfig(epochs=1, lr=0.01, lr_decay=0.8), 2, schedule={"mu0": 0.05, "factor": 4.0},
+                channels={"allocation": "minmax"})
 
 
 def digits_case(quick: bool) -> Case:
@@ -276,7 +281,7 @@ def run_lcpress(case: Case, method: str, cost: str, ratio: float, options: dict 
     run's own evaluations read the validation split.
     """
     lc_steps = case.lc_steps if lc_steps is None else lc_steps
-    options = {"multiple": case.multiple, "ignore": case.ignored, **(options or {})}
+    options = {"multiple": case.multiple, "ignore": case.ignored, **case.channels, **(options or {})}
     task = {"layers": ["*"], "scheme": "channels", "options": options, "cost": cost,
             "target": {"cost": cost, "ratio": ratio}, "normalize": normalize}
     config = {"tasks": [task], "schedule": {**case.schedule, "steps": lc_steps},
@@ -338,10 +343,14 @@ def achieved_flops(case: Case, model: nn.Module) -> float:
     return layer_flops(model, case.x, layers) / layer_flops(case.dense, case.x, layers)
 
 
-#: What --select compares on the validation split: (label, channels options, normalize, LC steps or None = the case's)
-VARIANTS = [("sum (absolute errors)", {"allocation": "sum"}, False, None),
-            ("sum, normalize: true", {"allocation": "sum"}, True, None),
-            ("minmax", {"allocation": "minmax"}, False, None)]
+#: What --select compares on the validation split: (label, channels options, normalize, LC steps or None = the case's
+#: and SPLITS, μ schedule or None = the case's)
+VARIANTS = [("sum (absolute errors)", {"allocation": "sum"}, False, None, {}),
+            ("sum, normalize: true", {"allocation": "sum"}, True, None, {}),
+            ("minmax", {"allocation": "minmax"}, False, None, {}),
+            ("minmax, μ0 0.05 ×3", {"allocation": "minmax"}, False, 3, {"mu0": 0.05, "factor": 3.0}),
+            ("minmax, μ0 0.02 ×3", {"allocation": "minmax"}, False, 4, {"mu0": 0.02, "factor": 3.0}),
+            ("minmax, μ0 0.05 ×4", {"allocation": "minmax"}, False, 2, {"mu0": 0.05, "factor": 4.0})]
 
 
 def select(case: Case, budget: float, bisections: int) -> list[str]:
@@ -349,21 +358,23 @@ def select(case: Case, budget: float, bisections: int) -> list[str]:
     tp_run = run_tp(case, budget, bisections)
     ratio = achieved_flops(case, tp_run.model)
     runs = [tp_run]
-    for label, options, normalize, lc_steps in VARIANTS:
-        steps = case.lc_steps if lc_steps is None else lc_steps
-        variants = sorted({steps, *SPLITS.get(case.name, ())})
+    chosen = case.schedule
+    for label, options, normalize, lc_steps, schedule in VARIANTS:
+        case.schedule = schedule or {}  # {}: mu0 and factor auto
+        variants = [lc_steps] if lc_steps is not None else sorted({case.lc_steps, *SPLITS.get(case.name, ())})
         for k in variants:
             run = run_lcpress(case, f"lcpress {label}", "flops", ratio, options, normalize, k)
             runs.append(run)
             print(f"{case.name} {budget:.0%} {run.method} ({run.notes}): validation "
                   f"{case.metric(run.model, case.validation):.4f}", flush=True)
+    case.schedule = chosen
     return [f"| {case.name} | {budget:.0%} | {r.method} | {case.metric(r.model, case.validation):.4f} | "
             f"{achieved_flops(case, r.model):.1%} | {params(r.model):,} | {r.seconds:.0f} | {r.notes} | {r.widths} |"
             for r in runs]
 
 
 #: LC-step counts --select also tries per model (the rest of the passes fine-tune the realized model)
-SPLITS: dict[str, tuple[int, ...]] = {"MNIST ResNet": (2,), "MiniLM encoder": (1,)}
+SPLITS: dict[str, tuple[int, ...]] = {"MNIST ResNet": (0, 1, 2, 4), "MiniLM encoder": (1,)}
 
 
 def compare(case: Case, budget: float, bisections: int, rounds: int, quick: bool) -> list[Run]:

@@ -70,9 +70,9 @@ class ChannelOptions(Options):
     rounds: int = option(10, help="coordinate-descent rounds of the selection in one C step (a layer between two "
                                   "groups costs what both make of it)", ge=1)
     allocation: Literal["sum", "minmax"] = option(
-        "sum", help="how a target's budget is shared among groups: sum = least total error (by α per unit of cost); "
-                    "minmax = least largest relative error (error / the group's ‖w‖²), the rest of the budget then "
-                    "spent on the total")
+        "minmax", help="how a target's budget is shared among groups: minmax = least largest relative error (error / "
+                       "the group's ‖w‖²), the rest of the budget then spent on the total; sum = least total error "
+                       "(by α per unit of cost; it can empty a group whose weights are small in absolute terms)")
 
 
 class ChannelScheme(Scheme):

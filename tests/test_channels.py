@@ -169,7 +169,8 @@ def test_group_c_step_equals_a_brute_force_scan_of_alpha_cost_plus_error():
 def test_group_errors_are_the_exact_distance_to_delta():
     torch.manual_seed(0)
     model, x = _randomize_norms(Block()), torch.randn(1, 2, 5, 5)
-    engine, task = _engine(model, x, options={"multiple": 2}, target={"cost": "flops", "ratio": 0.5})
+    engine, task = _engine(model, x, options={"multiple": 2, "allocation": "sum"},
+                           target={"cost": "flops", "ratio": 0.5})
     engine.c_step(0, 1e-3)
     w = task.weight().detach()
     delta = task.scheme.decompress(engine.states[0])
@@ -177,7 +178,8 @@ def test_group_errors_are_the_exact_distance_to_delta():
     coupled_errors = engine.candidates(0, 1e-3)[0].candidates.parts
     for part, j, entry in zip(coupled_errors, chosen, engine.states[0].meta["groups"]):
         assert part.forms[j].kept == entry["kept"]
-    # groups of this model share no entry: ‖w − Δ‖² is the sum of the chosen candidates' errors
+    # the groups this choice prunes share no entry (a conv between two pruned groups would count its
+    # corner twice): ‖w − Δ‖² is the sum of the chosen candidates' errors
     total = sum(float(p.errors[j]) for p, j in zip(coupled_errors, chosen))
     assert float(((w.double() - delta.double()) ** 2).sum()) == pytest.approx(total, rel=1e-9)
     assert engine.selection[0].total_cost <= 0.5 * engine.selection[0].dense_cost
@@ -186,7 +188,7 @@ def test_group_errors_are_the_exact_distance_to_delta():
 def test_coupled_selection_is_a_coordinate_wise_optimum_under_a_budget():
     torch.manual_seed(0)
     model, x = Concat(), torch.randn(1, 1, 4, 4)
-    engine, task = _engine(model, x, options={"multiple": 1}, target={"cost": "flops", "ratio": 0.4})
+    engine, task = _engine(model, x, options={"multiple": 1, "allocation": "sum"}, target={"cost": "flops", "ratio": 0.4})
     contexts = engine.candidates(0, 1e-3)
     engine._select(0, 1e-3, engine.c_step_inputs(0, 1e-3), contexts)
     choice, coupled = engine.selection[0], contexts[0].candidates
@@ -237,6 +239,7 @@ def test_minmax_allocation_is_the_schemes_option_and_leaves_alpha_selection_alon
     scheme = get_registry().scheme("channels")
     assert scheme(scheme.Options.from_dict({"allocation": "minmax"})).allocation == "minmax"
     assert scheme.allocation == "sum"  # the class default the conformance kit reads
+    assert scheme().allocation == "minmax"  # the option's default: a BatchNorm ResNet's validation split chose it
 
 
 # --------------------------------------------------------- realization, files
