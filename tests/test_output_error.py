@@ -149,6 +149,24 @@ def test_penalty_is_measured_in_the_input_metric():
     torch.testing.assert_close(engine.metrics[1], moment / torch.linalg.eigvalsh(moment)[-1], rtol=1e-4, atol=1e-6)
 
 
+def test_distance_and_scale_of_an_output_space_task_are_in_its_metric():
+    """‖w − Δ‖ in the history is the penalty's norm: tr(D Σ Dᵀ) for output error, Frobenius for weight error."""
+    inputs = torch.randn(64, 20) @ torch.randn(20, 20)
+    for error in ("output", "weight"):
+        engine = _engine(_mlp(), {"rank": 4, "error": error, "damping": 0.0}, calibrate=lambda m: m(inputs), mu0=0.5)
+        engine.calibrate_metrics()
+        engine.c_step(0, 0.5)
+        distance, scale = 0.0, 0.0
+        for i, task in enumerate(engine.tasks):
+            delta = engine._delta(i, engine.next_step).double()
+            d = task.weight().detach().double() - delta
+            metric = engine.metrics[i] if error == "output" else torch.eye(d.shape[1], dtype=torch.float64)
+            distance += float(torch.trace(d @ metric @ d.T))
+            scale += float(torch.trace(delta @ metric @ delta.T))
+        assert engine.distance() == pytest.approx(distance**0.5, rel=1e-6)
+        assert engine.scale() == pytest.approx(scale**0.5, rel=1e-6)
+
+
 def test_calibration_is_required_and_the_message_says_how():
     engine = _engine(_mlp(), {"rank": 4, "error": "output"})
     with pytest.raises(LcpressError, match="calibration="):

@@ -475,17 +475,31 @@ class LCEngine:
         return row
 
     def distance(self) -> float:
-        """‖w − Δ(θ)‖ over all tasks."""
+        """‖w − Δ(θ)‖ over all tasks, each in its penalty's norm.
+
+        A task whose scheme measures error on layer outputs is penalised in its
+        input metric, where directions the inputs never take cost nothing; its
+        weight-space distance need not fall as LC converges, so it is measured
+        in that metric (``tr(D Σ Dᵀ)``), as the penalty and the C step see it.
+        """
         total = 0.0
         for i, task in enumerate(self.tasks):
             w = task.weight().detach()
-            total += float(torch.sum((w - self._delta(i, self.next_step).to(w.device)) ** 2))
+            diff = w - self._delta(i, self.next_step).to(w.device)
+            total += float(torch.sum(diff**2) if self.metrics[i] is None else self._in_metric(i, diff))
         return math.sqrt(total)
 
     def scale(self) -> float:
-        """‖Δ(θ)‖ over all tasks: what ``tolerance`` is relative to."""
-        return math.sqrt(sum(float(torch.sum(self._delta(i, self.next_step).double() ** 2))
-                             for i in range(len(self.tasks))))
+        """‖Δ(θ)‖ over all tasks, each in its penalty's norm: what ``tolerance`` is relative to."""
+        total = 0.0
+        for i in range(len(self.tasks)):
+            delta = self._delta(i, self.next_step).double()
+            total += float(torch.sum(delta**2) if self.metrics[i] is None else self._in_metric(i, delta))
+        return math.sqrt(total)
+
+    def _in_metric(self, i: int, diff: torch.Tensor) -> torch.Tensor:
+        metric = self.metrics[i]
+        return squared_distance(diff.double(), metric.to(device=diff.device, dtype=torch.float64))
 
     def forms(self) -> dict[str, Form]:
         """Current form of every compressed layer, by layer name (multi-layer tasks through ``layer_forms``)."""
