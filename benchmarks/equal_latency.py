@@ -78,6 +78,7 @@ class Case:
     timing: Callable[[nn.Module], nn.Module] = lambda model: model  # a module called as m(x)
     aimet_input_shape: tuple[int, ...] | None = None
     run_metric: str = "accuracy"  # what lcpress reports on the validation split after every LC step
+    latency_batch: int = 32  # the batch size cpu_latency prices layers at (--latency-batch)
     notes: list[str] = field(default_factory=list)
 
     def example(self) -> Any:
@@ -122,7 +123,8 @@ def lcpress_run(case: Case, cost: str, ratio: float, error: str = "weight", step
             "target": {"cost": cost, "ratio": ratio}}
     config = {"tasks": [task], "schedule": {**case.schedule, "steps": steps},
               "finetune": {"steps": case.passes - steps},
-              "cost_models": {"cpu_latency": {"batch_size": 32, "threads": 1, "min_run_time": 0.05}} if cost == "cpu_latency" else {}}
+              "cost_models": {"cpu_latency": {"batch_size": case.latency_batch, "threads": 1, "min_run_time": 0.05}}
+              if cost == "cpu_latency" else {}}
     return compress(case, config)
 
 
@@ -305,6 +307,8 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, help="training images (sentences) per pass, instead of the model's default")
     parser.add_argument("--one-shot", action="store_true",
                         help="also run lcpress one-shot (direct compression + the same fine-tuning) at the matched target")
+    parser.add_argument("--latency-batch", type=int, default=32,
+                        help="batch size the cpu_latency cost model measures layers at (the bar is at 1 and 32)")
     parser.add_argument("--out", help="default: benchmarks/results/equal_latency_<model>.md")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the machine is shared: one thread, timed by its own CPU clock
@@ -315,6 +319,7 @@ def main() -> None:
     from equal_latency_cases import build  # noqa: E402 (the models and their data)
 
     case = build(args.model, args.quick, args.chunk)
+    case.latency_batch = args.latency_batch
     aimet = not args.no_aimet and importlib.util.find_spec("aimet_torch") is not None
     if not aimet:
         case.notes.append("AIMET rows: not run (aimet_torch is not installed here; bash benchmarks/make_peer_env.sh)"
@@ -347,7 +352,8 @@ def write(case: Case, rows: list[dict[str, Any]], args: argparse.Namespace, out:
                 f"{' '.join(sys.argv[1:])}` (budgets done: {done}). Training for every method: "
                 f"{case.passes} passes of one training chunk ({case.train_config.optimizer}, lr "
                 f"{case.train_config.lr} × {case.train_config.lr_decay}^k); LC: schedule {case.schedule}. Seeds: "
-                f"dense training 0, data order 0, C steps 0. Wall time so far: {seconds:.0f} s."
+                f"dense training 0, data order 0, C steps 0. cpu_latency prices layers at batch {case.latency_batch}. "
+                f"Wall time so far: {seconds:.0f} s."
                 + "".join(f" {n}." for n in case.notes))
     publish(f"Equal measured latency: {case.name}", preamble, lines, str(out), args.quick)
     if not args.quick:
