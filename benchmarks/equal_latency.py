@@ -243,9 +243,7 @@ def bar(rows: list[dict[str, Any]], metric: str, ours: str) -> list[str]:
     for budget in sorted({r["budget"] for r in rows}):
         these = [r for r in rows if r["budget"] == budget]
         for peer in (r for r in these if r["method"] != "dense" and "matched_to" not in r):
-            mine = next((r for r in these if r["method"] == f"{ours} @ {peer['method']}"), None)
-            if mine is None:
-                continue
+            mine = next(r for r in these if r["method"] == f"{ours} @ {peer['method']}")
             faster = all(mine[f"ms_b{b}"] <= peer[f"ms_b{b}"] for b in BATCHES)
             better = mine[metric] >= peer[metric]
             verdict = "met" if faster and better else "missed"

@@ -378,7 +378,7 @@ class LCEngine:
             for i in members:
                 e = contexts[i].candidates.errors.to("cpu", torch.float64)  # costs are CPU tensors; SVDs stay on the device
                 if cfg.normalize or minmax:  # relative to the error of Δ = 0, in the task's own metric
-                    e = e / max(float(squared_distance(inputs[i].double(), self.metrics[i])), 1e-300)
+                    e = e / max(float(self._squared_norm(i, inputs[i].double())), 1e-300)
                 errors.append(e)
             if cfg.target is not None and mu > 0:
                 choice = self._choose_for_target(members, contexts, errors, cfg, minmax, warn=g not in self._told)
@@ -485,21 +485,20 @@ class LCEngine:
         total = 0.0
         for i, task in enumerate(self.tasks):
             w = task.weight().detach()
-            diff = w - self._delta(i, self.next_step).to(w.device)
-            total += float(torch.sum(diff**2) if self.metrics[i] is None else self._in_metric(i, diff))
+            total += float(self._squared_norm(i, w - self._delta(i, self.next_step).to(w.device)))
         return math.sqrt(total)
 
     def scale(self) -> float:
         """‖Δ(θ)‖ over all tasks, each in its penalty's norm: what ``tolerance`` is relative to."""
-        total = 0.0
-        for i in range(len(self.tasks)):
-            delta = self._delta(i, self.next_step).double()
-            total += float(torch.sum(delta**2) if self.metrics[i] is None else self._in_metric(i, delta))
-        return math.sqrt(total)
+        return math.sqrt(sum(float(self._squared_norm(i, self._delta(i, self.next_step).double()))
+                             for i in range(len(self.tasks))))
 
-    def _in_metric(self, i: int, diff: torch.Tensor) -> torch.Tensor:
+    def _squared_norm(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """``‖x‖²`` in task ``i``'s penalty norm: its input metric (in float64) for output-space error, else Frobenius."""
         metric = self.metrics[i]
-        return squared_distance(diff.double(), metric.to(device=diff.device, dtype=torch.float64))
+        if metric is None:
+            return squared_distance(x, None)
+        return squared_distance(x.double(), metric.to(device=x.device, dtype=torch.float64))
 
     def forms(self) -> dict[str, Form]:
         """Current form of every compressed layer, by layer name (multi-layer tasks through ``layer_forms``)."""
