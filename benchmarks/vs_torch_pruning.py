@@ -273,7 +273,7 @@ def run_tp(case: Case, budget: float, bisections: int) -> Run:
 
 
 def run_lcpress(case: Case, method: str, cost: str, ratio: float, options: dict | None = None,
-                normalize: bool = False, lc_steps: int | None = None) -> Run:
+                normalize: bool = False, lc_steps: int | None = None, schedule: dict | None = None) -> Run:
     """LC with the channels scheme and a ``cost`` target of ``ratio`` over every prunable layer.
 
     ``lc_steps`` of the case's passes are LC steps (μ0 and its growth measured:
@@ -281,10 +281,11 @@ def run_lcpress(case: Case, method: str, cost: str, ratio: float, options: dict 
     run's own evaluations read the validation split.
     """
     lc_steps = case.lc_steps if lc_steps is None else lc_steps
+    schedule = case.schedule if schedule is None else schedule
     options = {"multiple": case.multiple, "ignore": case.ignored, **case.channels, **(options or {})}
     task = {"layers": ["*"], "scheme": "channels", "options": options, "cost": cost,
             "target": {"cost": cost, "ratio": ratio}, "normalize": normalize}
-    config = {"tasks": [task], "schedule": {**case.schedule, "steps": lc_steps},
+    config = {"tasks": [task], "schedule": {**schedule, "steps": lc_steps},
               "finetune": {"steps": case.steps - lc_steps}, "train": case.cfg.to_dict(),
               "metric": "cosine" if case.metric is mean_cosine else "accuracy"}
     if cost == "cpu_latency":
@@ -344,7 +345,7 @@ def achieved_flops(case: Case, model: nn.Module) -> float:
 
 
 #: What --select compares on the validation split: (label, channels options, normalize, LC steps or None = the case's
-#: and SPLITS, μ schedule or None = the case's)
+#: and SPLITS, μ schedule — {}: mu0 and factor auto)
 VARIANTS = [("sum (absolute errors)", {"allocation": "sum"}, False, None, {}),
             ("sum, normalize: true", {"allocation": "sum"}, True, None, {}),
             ("minmax", {"allocation": "minmax"}, False, None, {}),
@@ -358,16 +359,13 @@ def select(case: Case, budget: float, bisections: int) -> list[str]:
     tp_run = run_tp(case, budget, bisections)
     ratio = achieved_flops(case, tp_run.model)
     runs = [tp_run]
-    chosen = case.schedule
     for label, options, normalize, lc_steps, schedule in VARIANTS:
-        case.schedule = schedule or {}  # {}: mu0 and factor auto
         variants = [lc_steps] if lc_steps is not None else sorted({case.lc_steps, *SPLITS.get(case.name, ())})
-        for k in variants:
-            run = run_lcpress(case, f"lcpress {label}", "flops", ratio, options, normalize, k)
+        for k in (k for k in variants if k <= case.steps):  # more LC steps than the case's passes: not a split
+            run = run_lcpress(case, f"lcpress {label}", "flops", ratio, options, normalize, k, schedule)
             runs.append(run)
             print(f"{case.name} {budget:.0%} {run.method} ({run.notes}): validation "
                   f"{case.metric(run.model, case.validation):.4f}", flush=True)
-    case.schedule = chosen
     return [f"| {case.name} | {budget:.0%} | {r.method} | {case.metric(r.model, case.validation):.4f} | "
             f"{achieved_flops(case, r.model):.1%} | {params(r.model):,} | {r.seconds:.0f} | {r.notes} | {r.widths} |"
             for r in runs]
