@@ -81,7 +81,7 @@ def lcpress_cstep(weights: list[torch.Tensor], alpha: float, mu: float, multiple
     """lcpress's C step: batched candidates, core selection, factors of the winner."""
     scheme_cls = get_registry().scheme("low_rank")
     cost = get_registry().cost_model("params")()
-    scheme = scheme_cls(scheme_cls.Options(rank_multiple=multiple))
+    scheme = scheme_cls(scheme_cls.Options(rank_multiple=multiple, shape="channel"))  # the reference factorizes (out, in·k·k)
     contexts = []
     for w in weights:
         m, n = w.shape[0], int(np.prod(w.shape[1:]))

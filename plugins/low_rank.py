@@ -9,8 +9,12 @@ builds the factors: selection, budgets and cost models come from the core.
 Candidate ranks are multiples of ``rank_multiple`` (hardware executes such
 shapes well); the dense layer is always a candidate too. Convolutions are
 factorized in the ``channel`` shape (k×k conv then 1×1), the ``spatial``
-shape (k×1 then 1×k), or whichever of the two has the lower objective
-(``auto``).
+shape (k×1 then 1×k), the ``input`` shape (1×1 then k×k: the k×k conv
+unfolds only r channels, which is what a CPU convolution spends its time on
+at small batch sizes), or — the default, ``auto`` — whichever of the three
+has the lowest objective under the task's cost model, per layer: the shapes
+cost the same FLOPs for a square layer but neither the same error nor the
+same measured time.
 
 With ``error: output`` the C step minimises the error on the layer's outputs,
 ``‖(W − Δ)X‖²`` over the layer's real inputs, instead of ``‖W − Δ‖²``: the
@@ -31,20 +35,19 @@ from torch import nn
 import lcpress
 from lcpress import (Candidates, CStepContext, Dense, Form, LayerSpec, LowRank, Options, OutputError, Scheme, State,
                      option)
-from lcpress.linalg import (Spectrum, from_matrix, spectra, spectrum, to_matrix, unwhiten, whiten,
+from lcpress.linalg import (Shape, Spectrum, from_matrix, spectra, spectrum, to_matrix, unwhiten, whiten,
                             whitening_factor)
 from lcpress.nn import PointwiseConv2d, two_stage
-
-Shape = Literal["channel", "spatial"]
-
 
 @dataclass
 class LowRankOptions(Options):
     rank: int | None = option(None, help="fixed rank for every layer of the task; empty = automatic rank selection",
                               ge=1)
     rank_multiple: int = option(8, help="candidate ranks are multiples of this; 1 allows every rank", ge=1)
-    shape: Literal["channel", "spatial", "auto"] = option(
-        "channel", help="how a conv weight becomes a matrix: channel (k×k then 1×1), spatial (k×1 then 1×k), auto"
+    shape: Literal["channel", "spatial", "input", "auto"] = option(
+        "auto", help="how a conv weight becomes a matrix: channel (k×k then 1×1), spatial (k×1 then 1×k), input "
+                     "(1×1 then k×k), auto (when ranks are selected: per layer, whichever the C step's objective "
+                     "prefers; with a fixed rank or error: output, channel)"
     )
     error: Literal["weight", "output"] = option(
         "weight", help="what the C step minimises: weight (‖W − Δ‖²) or output (‖(W − Δ)X‖² over the layer's real "
@@ -55,9 +58,9 @@ class LowRankOptions(Options):
                             ge=0)
 
     def validate(self) -> None:
-        if self.error == "output" and self.shape != "channel":
+        if self.error == "output" and self.shape not in ("channel", "auto"):
             self.fail("shape", "error: output measures errors over the layer's input patches, which the 'channel' "
-                               "shape factorizes; use shape: channel")
+                               "shape factorizes; use shape: channel (or auto, which then means channel)")
 
 
 class LowRankScheme(Scheme):
@@ -79,9 +82,13 @@ class LowRankScheme(Scheme):
         return OutputError(self.options.damping) if self.options.error == "output" else None
 
     def _shapes(self, w: torch.Tensor) -> list[Shape]:
-        if w.dim() != 4:
+        if w.dim() != 4 or w.shape[2:] == (1, 1):  # a matrix, or a 1×1 conv: every shape is the same factorization
             return ["channel"]
-        return ["channel", "spatial"] if self.options.shape == "auto" else [self.options.shape]
+        if self.options.shape == "auto" and (self.options.rank is not None or self.options.error == "output"):
+            # a fixed rank is a conv's rank in the usual (channel) sense: the shapes' costs at one rank differ, and
+            # only selection weighs cost; the output metric is over the patches the channel matrix's columns hold
+            return ["channel"]
+        return ["channel", "spatial", "input"] if self.options.shape == "auto" else [self.options.shape]
 
     def candidates(self, w: torch.Tensor, ctx: CStepContext) -> Candidates | None:
         return self.candidates_many([(w, ctx)])[0]
@@ -159,25 +166,42 @@ def factorized_linear(module: nn.Linear, a: torch.Tensor, b: torch.Tensor) -> nn
 
 
 def factorized_conv(module: nn.Conv2d, a: torch.Tensor, b: torch.Tensor, shape: Shape) -> nn.Sequential:
-    """Two convolutions computing ``module`` with its weight replaced by the factorized one."""
-    kw = {"device": module.weight.device, "dtype": module.weight.dtype}
+    """Two convolutions computing ``module`` with its weight replaced by the factorized one.
+
+    Plain 1×1 stages are :class:`PointwiseConv2d` (a GEMM: on CPUs much faster than torch's NCHW 1×1 conv
+    with few channels), which is also what the measured cost models time.
+    """
     out, cin, kh, kwid = module.weight.shape
     (sh, sw), (dh, dw) = module.stride, module.dilation
-    if shape == "channel":
+    bias = module.bias is not None
+    if shape == "input":  # 1×1 over the input channels, then the layer's own conv over r channels
         rank = b.shape[0]
-        first = nn.Conv2d(cin, rank, (kh, kwid), module.stride, module.padding, module.dilation,
-                          bias=False, padding_mode=module.padding_mode, **kw)
-        second = PointwiseConv2d(rank, out, bias=module.bias is not None, **kw)  # a GEMM: faster than NCHW 1×1 conv
+        first = _stage(module, cin, rank, (1, 1), (1, 1), (0, 0), (1, 1), False)
+        second = _stage(module, rank, out, (kh, kwid), module.stride, module.padding, module.dilation, bias)
+        first_w = b.reshape(rank, cin, 1, 1)
+        second_w = a.reshape(out, kh, kwid, rank).permute(0, 3, 1, 2)
+    elif shape == "channel":
+        rank = b.shape[0]
+        first = _stage(module, cin, rank, (kh, kwid), module.stride, module.padding, module.dilation, False)
+        second = _stage(module, rank, out, (1, 1), (1, 1), (0, 0), (1, 1), bias)
         first_w = b.reshape(rank, cin, kh, kwid)
         second_w = a.reshape(out, rank, 1, 1)
     else:
         rank = a.shape[1]
         ph, pw = module.padding  # numeric: realize() keeps 'same'/'valid' convs dense in this shape
-        first = nn.Conv2d(cin, rank, (kh, 1), (sh, 1), (ph, 0), (dh, 1), bias=False, **kw)
-        second = nn.Conv2d(rank, out, (1, kwid), (1, sw), (0, pw), (1, dw), bias=module.bias is not None, **kw)
+        first = _stage(module, cin, rank, (kh, 1), (sh, 1), (ph, 0), (dh, 1), False)
+        second = _stage(module, rank, out, (1, kwid), (1, sw), (0, pw), (1, dw), bias)
         first_w = a.T.reshape(rank, cin, kh, 1)
         second_w = b.reshape(rank, out, kwid).permute(1, 0, 2).reshape(out, rank, 1, kwid)
     return two_stage(first, second, first_w, second_w, module.bias)
+
+
+def _stage(module: nn.Conv2d, cin: int, out: int, kernel, stride, padding, dilation, bias: bool) -> nn.Module:
+    """One conv of a factorization, on ``module``'s device and dtype: a PointwiseConv2d where it is a plain 1×1."""
+    kw = {"device": module.weight.device, "dtype": module.weight.dtype}
+    if tuple(kernel) == (1, 1) and tuple(stride) == (1, 1) and padding in ((0, 0), "valid") and tuple(dilation) == (1, 1):
+        return PointwiseConv2d(cin, out, bias=bias, **kw)
+    return nn.Conv2d(cin, out, kernel, stride, padding, dilation, bias=bias, padding_mode=module.padding_mode, **kw)
 
 
 @lcpress.hookimpl

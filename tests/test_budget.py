@@ -115,7 +115,7 @@ def _objective(task, state, w, alpha, mu):
 @pytest.mark.parametrize("alpha", [1e-6, 1e-5, 1e-4])
 def test_auto_shape_is_never_worse_than_either_shape(alpha):
     objectives = {}
-    for shape in ("channel", "spatial", "auto"):
+    for shape in ("channel", "spatial", "input", "auto"):
         model = _net()
         weights = {n: model.get_submodule(n).weight.detach().clone() for n in ["0", "2", "4"]}
         cfg = {"tasks": [{"layers": ["0", "2", "4"], "alpha": alpha, "options": {"shape": shape, "rank_multiple": 1}}],
@@ -123,7 +123,8 @@ def test_auto_shape_is_never_worse_than_either_shape(alpha):
         result = lcpress.compress(model, cfg, example_input=X)
         objectives[shape] = [_objective(t, s, weights[t.name], alpha, 1.0) for t, s in zip(result.tasks, result.states)]
     for i in range(3):
-        assert objectives["auto"][i] <= min(objectives["channel"][i], objectives["spatial"][i]) * (1 + 1e-6) + 1e-12
+        best = min(objectives[shape][i] for shape in ("channel", "spatial", "input"))
+        assert objectives["auto"][i] <= best * (1 + 1e-6) + 1e-12
 
 
 def test_budget_below_the_cheapest_forms_uses_the_cheapest_and_says_so(caplog):

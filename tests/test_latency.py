@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import lcpress
+from lcpress.core.measured import PRIMITIVES_VERSION
 from lcpress.core.forms import Dense, LayerSpec, LowRank
 from lcpress.core.registry import get_registry, using_plugins
 
@@ -78,7 +79,7 @@ def test_second_run_is_served_from_the_table(cache):
     assert len(StairTimer.calls) == first  # nothing measured again
     table = json.loads(next(cache.glob("stair_latency-*.json")).read_text())
     # the staircase's steps were measured again (see the recheck tests), so fewer entries than calls
-    assert table["fingerprint"] == {"device": "stairs"} and len(table["entries"]) == len(set(map(repr, StairTimer.calls)))
+    assert table["fingerprint"] == {"device": "stairs", "primitives": PRIMITIVES_VERSION} and len(table["entries"]) == len(set(map(repr, StairTimer.calls)))
 
 
 def test_another_device_measures_afresh(cache):

@@ -165,3 +165,14 @@ def test_normalized_error_makes_alpha_scale_free():
 
     assert chosen_rank(1.0, True) == chosen_rank(100.0, True)
     assert chosen_rank(1.0, False) != chosen_rank(100.0, False)
+
+
+@pytest.mark.parametrize("shape", ["channel", "spatial", "input"])
+def test_matricizations_invert_and_the_input_shape_factors_over_input_channels(shape):
+    from lcpress.linalg import from_matrix, to_matrix
+
+    w = torch.randn(6, 4, 3, 5)
+    m = to_matrix(w, shape)
+    assert torch.equal(from_matrix(m, tuple(w.shape), shape), w)
+    if shape == "input":  # one column per input channel: a rank-r product is a 1×1 conv in→r, then a k×k conv
+        assert m.shape == (6 * 3 * 5, 4) and torch.equal(m[:, 2], w[:, 2].reshape(-1))

@@ -36,13 +36,14 @@ def _compressed_custom():
     return model, x
 
 
-def _compressed_sequential():
+def _compressed_sequential(shape: str = "channel"):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+    model = nn.Sequential(nn.Conv2d(4, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                           nn.Linear(16 * 4 * 4, 32), nn.ReLU(), nn.Linear(32, 10))
-    x = torch.randn(3, 1, 8, 8)
-    lcpress.compress(model, {"tasks": [{"layers": ["0", "4"], "options": {"rank": 8, "rank_multiple": 1}}],
-                             "schedule": {"steps": 0}}, example_input=x)
+    x = torch.randn(3, 4, 8, 8)
+    options = {"rank": 3, "rank_multiple": 1, "shape": shape}
+    lcpress.compress(model, {"tasks": [{"layers": ["0", "4"], "options": options}], "schedule": {"steps": 0}},
+                     example_input=x)
     return model, x
 
 
@@ -55,11 +56,13 @@ def test_round_trip_with_architecture(tmp_path):
         assert torch.equal(loaded(x), model(x))
 
 
-def test_round_trip_without_the_code(tmp_path):
-    model, x = _compressed_sequential()
+@pytest.mark.parametrize("shape", ["channel", "input"])
+def test_round_trip_without_the_code(tmp_path, shape):
+    model, x = _compressed_sequential(shape)
     path = lcpress.save(model, tmp_path / "m.safetensors")
     loaded = lcpress.load(path)
     assert type(loaded) is nn.Sequential
+    assert [type(m).__name__ for m in loaded[0]] == [type(m).__name__ for m in model[0]]
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
     assert [layer["name"] for layer in loaded.lcpress_layers] == ["0", "4"]
@@ -159,7 +162,7 @@ def test_info_command_prints_the_manifest(tmp_path, capsys):
     path = lcpress.save(model, tmp_path / "m.safetensors")
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "loads without the model's code: yes" in out and "low_rank" in out and "rank=8" in out
+    assert "loads without the model's code: yes" in out and "low_rank" in out and "rank=3" in out
 
 
 def test_a_write_that_fails_leaves_the_file_as_it_was(tmp_path):

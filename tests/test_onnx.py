@@ -32,8 +32,9 @@ def mlp() -> nn.Sequential:
     return nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, 16))
 
 
-LOW_RANK = [{"layers": ["0", "5", "8"], "options": {"rank_multiple": 8}, "target": {"cost": "flops", "ratio": 0.3}},
+LOW_RANK = [{"layers": ["0", "5", "8"], "options": {"rank_multiple": 8, "shape": "channel"}, "target": {"cost": "flops", "ratio": 0.3}},
             {"layers": ["2"], "options": {"rank": 8, "shape": "spatial"}}]
+INPUT_FIRST = [{"layers": ["2", "5"], "options": {"rank": 4, "shape": "input"}}]
 ALDS = [{"layers": ["2", "5", "8"], "scheme": "alds", "options": {"groups": [2, 4], "rank_multiple": 4},
          "target": {"cost": "flops", "ratio": 0.4}}]
 
@@ -54,8 +55,9 @@ def _kinds(model: nn.Module, names: list[str]) -> set[str]:
     return kinds
 
 
-@pytest.mark.parametrize("tasks, kinds", [(LOW_RANK, {"pointwise", "spatial"}), (ALDS, {"grouped conv", "grouped linear"})],
-                         ids=["factorized", "grouped"])
+@pytest.mark.parametrize("tasks, kinds", [(LOW_RANK, {"pointwise", "spatial"}), (INPUT_FIRST, {"pointwise"}),
+                                          (ALDS, {"grouped conv", "grouped linear"})],
+                         ids=["factorized", "input-first", "grouped"])
 def test_realized_model_runs_in_onnxruntime_like_in_torch(tasks, kinds, tmp_path):
     x = torch.randn(5, 1, 8, 8)
     result = direct(digits_cnn(), tasks, x)

@@ -175,7 +175,7 @@ def test_calibration_is_required_and_the_message_says_how():
 
 def test_output_error_needs_the_channel_shape():
     with pytest.raises(ConfigError, match="shape: channel"):
-        lcpress.load_config({"tasks": [{"layers": ["*"], "options": {"error": "output", "shape": "auto"}}]})
+        lcpress.load_config({"tasks": [{"layers": ["*"], "options": {"error": "output", "shape": "input"}}]})
 
 
 def test_compress_with_output_error_meets_the_target(digits):

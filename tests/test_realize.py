@@ -36,7 +36,7 @@ CONVS = [
 
 
 @pytest.mark.parametrize("conv", CONVS, ids=["plain", "stride-pad", "dilated", "reflect"])
-@pytest.mark.parametrize("shape", ["channel", "spatial"])
+@pytest.mark.parametrize("shape", ["channel", "spatial", "input"])
 def test_realized_conv_equals_dense_delta(conv, shape):
     import copy
 
@@ -50,8 +50,30 @@ def test_realized_conv_equals_dense_delta(conv, shape):
         assert isinstance(realized, nn.Conv2d)  # split padding would change the function: kept dense
     else:
         assert isinstance(realized, nn.Sequential) and realized[0].out_channels == 3
+        stages = [type(m).__name__ for m in realized]
+        assert stages == {"channel": ["Conv2d", "PointwiseConv2d"], "spatial": ["Conv2d", "Conv2d"],
+                          "input": ["PointwiseConv2d", "Conv2d"]}[shape]
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", ["channel", "spatial", "input"])
+def test_realized_stages_are_the_forms_primitives_and_what_measured_models_time(shape):
+    """Every stage of a realized low-rank conv has the shape its form's primitive prices, and the measured cost
+    models time the same module kinds (a plain 1×1 stage is a PointwiseConv2d in both)."""
+    from lcpress.core.measured import form_module
+
+    conv = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+    model = nn.Sequential(conv, nn.ReLU(), nn.Flatten())
+    x = torch.randn(2, 8, 13, 11)
+    result = _compress(model, ["0"], x, rank=5, shape=shape)
+    spec, form = result.graph.specs["0"], result.tasks[0].scheme.form(result.states[0])
+    assert form.shape == shape
+    realized, timed = list(model[0]), list(form_module(spec, form))
+    assert [type(m) for m in realized] == [type(m) for m in timed]
+    for stage, primitive, clone in zip(realized, form.primitives(spec), timed):
+        assert stage.weight.shape == clone.weight.shape == primitive.weight_shape
+    assert sum(p.numel() for p in model[0].parameters()) == PARAMS.cost(spec, form)
 
 
 def test_realized_linear_equals_dense_delta_and_params_match_cost_model():

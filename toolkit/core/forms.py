@@ -161,10 +161,13 @@ class LowRank(Form):
 
     ``shape="channel"``: a k×k conv in→r then a 1×1 conv r→out (Linear: in→r→out).
     ``shape="spatial"``: a kh×1 conv in→r then a 1×kw conv r→out.
+    ``shape="input"``: a 1×1 conv in→r then the kh×kw conv r→out (what AIMET's weight SVD builds). The same
+    FLOPs as ``channel`` for a square layer, but the kh×kw conv unfolds r input channels instead of ``in``,
+    which is what a CPU convolution spends much of its time on at small batch sizes.
     """
 
     rank: int
-    shape: Literal["channel", "spatial"] = "channel"
+    shape: Literal["channel", "spatial", "input"] = "channel"
     kind: ClassVar[str] = "low_rank"
 
     def primitives(self, spec: LayerSpec) -> tuple[LayerSpec, ...]:
@@ -182,6 +185,10 @@ class LowRank(Form):
                 stride=(1, 1), padding=(0, 0), dilation=(1, 1),
             )
             return (first, second)
+        if self.shape == "input":
+            first = spec.with_(out_channels=r, bias=False, kernel_size=(1, 1), stride=(1, 1), padding=(0, 0),
+                               dilation=(1, 1))
+            return (first, spec.with_(in_channels=r, input_shape=first.output_shape))
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = spec.kernel_size, spec.stride, spec.padding, spec.dilation
         first = spec.with_(
             out_channels=r, bias=False, kernel_size=(kh, 1), stride=(sh, 1), padding=(ph, 0), dilation=(dh, 1)
@@ -193,7 +200,7 @@ class LowRank(Form):
         return (first, second)
 
     def describe(self) -> str:
-        return f"rank {self.rank}" + (" (spatial)" if self.shape == "spatial" else "")
+        return f"rank {self.rank}" + (f" ({self.shape})" if self.shape != "channel" else "")
 
 
 @dataclass(frozen=True)

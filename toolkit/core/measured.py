@@ -42,7 +42,7 @@ from torch import nn
 from lcpress.atomic import write_text_atomic
 from lcpress.core.costmodel import CostModel
 from lcpress.core.forms import Dense, Form, LayerSpec, Resized, form_to_dict
-from lcpress.nn.modules import GroupedLinear, ParallelSum, ScatterChannels
+from lcpress.nn.modules import GroupedLinear, ParallelSum, PointwiseConv2d, ScatterChannels
 
 log = logging.getLogger("lcpress.measured")
 
@@ -53,12 +53,30 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("LCPRESS_CACHE_DIR") or Path.home() / ".cache" / "lcpress")
 
 
-def primitive_module(spec: LayerSpec) -> nn.Module:
-    """A runnable torch module for one primitive layer (random weights)."""
+#: Part of every measured table's key: bump it when :func:`primitive_module` builds a primitive differently,
+#: so tables measured with the old modules are not read as prices of the new ones.
+PRIMITIVES_VERSION = 2
+
+
+def is_pointwise(spec: LayerSpec) -> bool:
+    """A plain 1×1 convolution: what a factorized layer's 1×1 stage is realized as (:class:`PointwiseConv2d`)."""
+    return spec.kind == "conv2d" and (spec.kernel_size, spec.stride, spec.padding, spec.dilation, spec.groups) == (
+        (1, 1), (1, 1), (0, 0), (1, 1), 1)
+
+
+def primitive_module(spec: LayerSpec, stage: bool = False) -> nn.Module:
+    """A runnable torch module for one primitive layer (random weights): the module realization builds for it.
+
+    A plain 1×1 conv that is one ``stage`` of a factorized layer is realized as
+    :class:`PointwiseConv2d` (a GEMM), so it is timed as one; a layer that is
+    one primitive keeps its own kind.
+    """
     if spec.kind == "linear":
         if spec.groups > 1:
             return GroupedLinear(spec.in_channels, spec.out_channels, spec.groups)
         return nn.Linear(spec.in_channels, spec.out_channels, bias=spec.bias)
+    if stage and is_pointwise(spec):
+        return PointwiseConv2d(spec.in_channels, spec.out_channels, bias=spec.bias)
     return nn.Conv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding,
                      spec.dilation, spec.groups, bias=spec.bias)
 
@@ -80,7 +98,7 @@ def _chain(spec: LayerSpec, prims: tuple[LayerSpec, ...]) -> nn.Sequential:
     for p in prims:
         if tuple(p.input_shape) != shape:
             layers.append(_View(tuple(p.input_shape[1:])))
-        layers.append(primitive_module(p))
+        layers.append(primitive_module(p, stage=len(prims) > 1))
         shape = tuple(p.output_shape)
     return nn.Sequential(*layers)
 
@@ -227,7 +245,7 @@ class MeasuredCostModel(CostModel):
     def table(self) -> CostTable:
         if self._table is None:
             directory = getattr(self.options, "cache_dir", None) or default_cache_dir()
-            self._table = CostTable(Path(directory), self.name, self.fingerprint())
+            self._table = CostTable(Path(directory), self.name, {**self.fingerprint(), "primitives": PRIMITIVES_VERSION})
         return self._table
 
     def cost(self, spec: LayerSpec, form: Form) -> float:

@@ -5,7 +5,7 @@
   smaller Gram matrix (:func:`spectra`); ``Σ_{i>r} s_i²`` is the exact error
   of every rank r, which is what a rank-selecting C step needs.
 * :mod:`lcpress.linalg.matrices`: a weight as the matrix a low-rank scheme
-  factorizes (conv ``channel`` / ``spatial`` shapes, block-interleaved
+  factorizes (conv ``channel`` / ``spatial`` / ``input`` shapes, block-interleaved
   reshapes), and back.
 * :mod:`lcpress.linalg.whitening`: low rank in a metric ``Σ = L Lᵀ`` (output-space
   error over real inputs) as plain low rank of ``W L``.
@@ -14,10 +14,10 @@
 """
 
 from lcpress.linalg.kmeans import KMeans1D, lloyd, optimal_kmeans
-from lcpress.linalg.matrices import from_matrix, reshape_matrix, to_matrix, unreshape_matrix
+from lcpress.linalg.matrices import Shape, from_matrix, reshape_matrix, to_matrix, unreshape_matrix
 from lcpress.linalg.spectral import Spectrum, spectra, spectrum
 from lcpress.linalg.whitening import unwhiten, whiten, whitening_factor
 
-__all__ = ["Spectrum", "spectra", "spectrum", "to_matrix", "from_matrix", "reshape_matrix", "unreshape_matrix",
+__all__ = ["Shape", "Spectrum", "spectra", "spectrum", "to_matrix", "from_matrix", "reshape_matrix", "unreshape_matrix",
            "KMeans1D", "optimal_kmeans", "lloyd",
            "whitening_factor", "whiten", "unwhiten"]

@@ -78,11 +78,13 @@ def form_fields(form: Form) -> dict[str, Any]:
 
 
 def full_rank(spec: LayerSpec, form: Form) -> int:
-    """Rank of the weight as a matrix: out × in·kh·kw, or in·kh × out·kw for spatial forms."""
+    """Rank of the weight as a matrix: out × in·kh·kw, in·kh × out·kw (spatial) or out·kh·kw × in (input)."""
     out, cin = spec.out_channels, spec.in_channels // spec.groups
     kh, kw = spec.kernel_size if spec.kind == "conv2d" else (1, 1)
     if getattr(form, "shape", None) == "spatial":
         return min(cin * kh, out * kw)
+    if getattr(form, "shape", None) == "input":
+        return min(out * kh * kw, cin)
     return min(out, cin * kh * kw)
 
 

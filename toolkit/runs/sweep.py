@@ -196,7 +196,7 @@ def baseline_config(model: nn.Module, config: LCConfig, ratio: float, example_in
             new_tasks.append(data["tasks"][g])
             continue
         cost_model = cost_models[group.target.cost]
-        shape = group.options.get("shape") if group.options.get("shape") in ("channel", "spatial") else "channel"
+        shape = group.options.get("shape") if group.options.get("shape") in ("channel", "spatial", "input") else "channel"
         for task in (t for t in tasks if t.group == g):
             if task.spec is None:
                 raise ConfigError(f"tasks[{g}]: the baseline compresses layer by layer; 'shared: true' groups "

@@ -46,11 +46,11 @@ Check = Callable[[CostModelSubject], "str | None"]
 
 
 def default_forms(spec: LayerSpec) -> list[Form]:
-    """Dense, and low-rank forms of a few ranks (channel and, for convolutions, spatial shape)."""
+    """Dense, and low-rank forms of a few ranks (channel and, for convolutions, spatial and input shapes)."""
     forms: list[Form] = [Dense()]
     if spec.groups != 1:
         return forms
-    shapes = ["channel", "spatial"] if spec.kind == "conv2d" and spec.kernel_size != (1, 1) else ["channel"]
+    shapes = ["channel", "spatial", "input"] if spec.kind == "conv2d" and spec.kernel_size != (1, 1) else ["channel"]
     top = min(spec.in_channels, spec.out_channels)
     for rank in sorted({1, max(1, top // 4), max(1, top // 2)}):
         forms += [LowRank(rank, shape) for shape in shapes]
