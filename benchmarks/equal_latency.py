@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import importlib.util
 import logging
 import math
@@ -70,7 +71,7 @@ class Case:
     validation: Any
     evaluate: Callable[[nn.Module], dict[str, float]]  # test metrics; the first is the one compared
     score: Callable[[nn.Module], float]  # validation metric, for AIMET's greedy search
-    train_config: TrainConfig
+    train_config: TrainConfig  # the peers' fine-tuning (uniform SVD, AIMET)
     passes: int  # training passes (chunks) every method gets
     schedule: dict[str, Any]
     options: dict[str, Any]
@@ -79,6 +80,7 @@ class Case:
     aimet_input_shape: tuple[int, ...] | None = None
     run_metric: str = "accuracy"  # what lcpress reports on the validation split after every LC step
     latency_batch: int = 32  # the batch size cpu_latency prices layers at (--latency-batch)
+    lc_train_config: TrainConfig | None = None  # lcpress's L steps and fine-tuning; None: train_config (--lc-lr)
     notes: list[str] = field(default_factory=list)
 
     def example(self) -> Any:
@@ -96,11 +98,11 @@ def layer_ratio_ranks(case: Case, ratio: float) -> dict[str, int]:
     return ranks
 
 
-def compress(case: Case, config: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
-    """One lcpress run from the dense model; the model, and what the run measured."""
+def compress(case: Case, config: dict[str, Any], train: TrainConfig) -> tuple[nn.Module, dict[str, Any]]:
+    """One lcpress run from the dense model, training with ``train``; the model, and what the run measured."""
     model = copy.deepcopy(case.dense)
     case.train.generator.manual_seed(0)
-    config = {"train": case.train_config.to_dict(), "seed": 0, "metric": case.run_metric, **config}
+    config = {"train": train.to_dict(), "seed": 0, "metric": case.run_metric, **config}
     start = time.perf_counter()
     result = lcpress.compress(model, config, loaders=(case.train, case.validation), example_input=case.example(),
                               progress=False)
@@ -112,20 +114,25 @@ def compress(case: Case, config: dict[str, Any]) -> tuple[nn.Module, dict[str, A
 
 def uniform_svd(case: Case, ratio: float) -> tuple[nn.Module, dict[str, Any]]:
     tasks = [{"layers": [name], "options": {"rank": rank}} for name, rank in layer_ratio_ranks(case, ratio).items()]
-    return compress(case, {"tasks": tasks, "schedule": {"steps": 0}, "finetune": {"steps": case.passes}})
+    return compress(case, {"tasks": tasks, "schedule": {"steps": 0}, "finetune": {"steps": case.passes}},
+                    case.train_config)
 
 
 def lcpress_run(case: Case, cost: str, ratio: float, error: str = "weight", steps: int | None = None
                 ) -> tuple[nn.Module, dict[str, Any]]:
     """LC (or, with ``steps=0``, direct compression and fine-tuning) at a ``cost`` target; ``passes`` in all."""
     steps = case.schedule["steps"] if steps is None else steps
-    task = {"layers": case.layers, "options": {**case.options, "error": error}, "cost": cost, "normalize": True,
+    options = {**case.options, "error": error}
+    if error == "output":  # the output-space error is measured over input patches: the channel shape's matrix
+        options["shape"] = "channel"
+    task = {"layers": case.layers, "options": options, "cost": cost, "normalize": True,
             "target": {"cost": cost, "ratio": ratio}}
     config = {"tasks": [task], "schedule": {**case.schedule, "steps": steps},
               "finetune": {"steps": case.passes - steps},
-              "cost_models": {"cpu_latency": {"batch_size": case.latency_batch, "threads": 1, "min_run_time": 0.05}}
+              "cost_models": {"cpu_latency": {"batch_size": case.latency_batch, "threads": 1, "min_run_time": 0.05,
+                                              "clock": "thread"}}  # the shared machine: CPU time, as the final timing
               if cost == "cpu_latency" else {}}
-    return compress(case, config)
+    return compress(case, config, case.lc_train_config or case.train_config)
 
 
 def aimet_svd(case: Case, ratio: float, scheme: str, candidates: int) -> tuple[nn.Module, dict[str, Any]]:
@@ -159,7 +166,8 @@ def latencies(case: Case, models: dict[str, nn.Module], rounds: int) -> dict[str
     return out
 
 
-def matched_ratio(case: Case, references: dict[int, nn.Module], error: str, rounds: int, steps: int, log) -> float:
+def matched_ratio(case: Case, references: dict[int, nn.Module], error: str, rounds: int, steps: int, log,
+                  margin: float = MARGIN) -> float:
     """The largest cpu_latency target ratio whose realized direct compression is ≤ MARGIN × each reference.
 
     Bisection on the log of the ratio; every candidate is timed interleaved with the reference model it must
@@ -170,8 +178,8 @@ def matched_ratio(case: Case, references: dict[int, nn.Module], error: str, roun
         for batch, reference in references.items():
             timed = {"candidate": case.timing(model), "reference": case.timing(reference)}
             ms = interleaved_latency_ms(timed, case.inputs[batch], rounds)
-            if ms["candidate"] > MARGIN * ms["reference"]:
-                log(f"  ratio {ratio:.3f}: {ms['candidate']:.3f} ms > {MARGIN} × {ms['reference']:.3f} ms at b={batch}")
+            if ms["candidate"] > margin * ms["reference"]:
+                log(f"  ratio {ratio:.3f}: {ms['candidate']:.3f} ms > {margin} × {ms['reference']:.3f} ms at b={batch}")
                 return False
         log(f"  ratio {ratio:.3f} fits")
         return True
@@ -196,7 +204,7 @@ def _direct(case: Case, ratio: float, error: str) -> tuple[nn.Module, dict[str, 
 
 # ------------------------------------------------------------------ the benchmark
 def run_budget(case: Case, ratio: float, aimet: bool, candidates: int, rounds: int, search: int, log,
-               one_shot: bool = False) -> list[dict[str, Any]]:
+               one_shot: bool = False, match: bool = True, margin: float = MARGIN) -> list[dict[str, Any]]:
     """Every method at one FLOPs budget; the rows of the table."""
     runs: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
 
@@ -215,9 +223,10 @@ def run_budget(case: Case, ratio: float, aimet: bool, candidates: int, rounds: i
                 case.notes.append(f"{label} at {ratio:.0%} failed: {type(exc).__name__}: {str(exc)[:200]}")
                 log(case.notes[-1])
     record("lcpress LC, flops target", lcpress_run(case, "flops", ratio))
-    peers = dict(runs)
+    peers = dict(runs) if match else {}
     for peer, (reference, _) in peers.items():  # lcpress at each peer's own measured latency
-        target = matched_ratio(case, {b: reference for b in BATCHES}, "weight", max(3, rounds // 2), search, log)
+        target = matched_ratio(case, {b: reference for b in BATCHES}, "weight", max(3, rounds // 2), search, log,
+                               margin)
         for error, label in (("weight", LATENCY), ("output", AWARE)):
             model, info = lcpress_run(case, "cpu_latency", target, error)
             info.update(latency_ratio=target, matched_to=peer)
@@ -233,7 +242,8 @@ def run_budget(case: Case, ratio: float, aimet: bool, candidates: int, rounds: i
         metrics = case.evaluate(model)
         rows.append({"budget": ratio, "method": name, **metrics,
                      **{f"ms_b{b}": final[name][b] for b in BATCHES},
-                     "flops": flops(case.timing(model), case.example()) / dense_flops, **info})
+                     "flops": flops(case.timing(model), case.example()) / dense_flops, **info,
+                     "layers": layer_forms(case, model)})
     return rows
 
 
@@ -253,15 +263,34 @@ def bar(rows: list[dict[str, Any]], metric: str, ours: str) -> list[str]:
     return lines
 
 
+def layer_forms(case: Case, model: nn.Module) -> str:
+    """Each compressed layer as realized, whatever built it: rank and shape of a two-stage layer, or D (dense).
+
+    ``8s``: rank 8, spatial (kh×1 then 1×kw); ``8i``: input (1×1 then k×k); ``8c``: channel (k×k then 1×1).
+    """
+    out = []
+    for name in case.layers:
+        module = lcpress.get_module(model, name)
+        if not isinstance(module, nn.Sequential) or len(module) != 2:
+            out.append("D")
+            continue
+        first = module[0]
+        kernel = tuple(getattr(first, "kernel_size", (1, 1)))
+        shape = "" if isinstance(first, nn.Linear) else "i" if kernel == (1, 1) else "s" if kernel[1] == 1 else "c"
+        out.append(f"{getattr(first, 'out_channels', None) or first.out_features}{shape}")
+    return " ".join(out)
+
+
 def table(rows: list[dict[str, Any]], metrics: list[str]) -> list[str]:
     head = ["budget", "method", *metrics, "latency b=1 (ms)", "latency b=32 (ms)", "FLOPs", "‖w−Δ‖ first → last",
-            "cpu_latency ratio", "wall (s)"]
+            "cpu_latency ratio", "wall (s)", "layers (rank, shape)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         dist = f"{r['distance_first']:.3g} → {r['distance_last']:.3g}" if "distance_first" in r and r.get("steps") else ""
         cells = [f"{r['budget']:.0%}", r["method"], *(f"{r[m]:.4f}" for m in metrics),
                  *(f"{r[f'ms_b{b}']:.3f}" for b in BATCHES), f"{r['flops']:.1%}", dist,
-                 f"{r['latency_ratio']:.3f}" if "latency_ratio" in r else "", f"{r.get('seconds', 0):.0f}"]
+                 f"{r['latency_ratio']:.3f}" if "latency_ratio" in r else "", f"{r.get('seconds', 0):.0f}",
+                 r.get("layers", "")]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -307,6 +336,15 @@ def main() -> None:
                         help="also run lcpress one-shot (direct compression + the same fine-tuning) at the matched target")
     parser.add_argument("--latency-batch", type=int, default=32,
                         help="batch size the cpu_latency cost model measures layers at (the bar is at 1 and 32)")
+    parser.add_argument("--lr", type=float, help="the peers' fine-tuning learning rate, instead of the model's default")
+    parser.add_argument("--lc-lr", type=float, help="lcpress's L-step learning rate, instead of the model's default")
+    parser.add_argument("--no-match", action="store_true",
+                        help="skip the latency-matched lcpress runs: the peers and the FLOPs-targeted LC run only")
+    parser.add_argument("--shape", choices=["channel", "spatial", "input", "auto"],
+                        help="low_rank's conv shape for lcpress's weight-space runs, instead of the model's default")
+    parser.add_argument("--search", type=int, default=6, help="bisection steps of the latency-matched ratio search")
+    parser.add_argument("--margin", type=float, default=MARGIN,
+                        help="a candidate fits when it runs at ≤ margin × the peer's latency during the search")
     parser.add_argument("--out", help="default: benchmarks/results/equal_latency_<model>.md")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the machine is shared: one thread, timed by its own CPU clock
@@ -318,6 +356,12 @@ def main() -> None:
 
     case = build(args.model, args.quick, args.chunk)
     case.latency_batch = args.latency_batch
+    if args.shape:
+        case.options = {**case.options, "shape": args.shape}
+    if args.lr:
+        case.train_config = dataclasses.replace(case.train_config, lr=args.lr)
+    if args.lc_lr:
+        case.lc_train_config = dataclasses.replace(case.train_config, lr=args.lc_lr)
     aimet = not args.no_aimet and importlib.util.find_spec("aimet_torch") is not None
     if not aimet:
         case.notes.append("AIMET rows: not run (aimet_torch is not installed here; bash benchmarks/make_peer_env.sh)"
@@ -325,11 +369,11 @@ def main() -> None:
     rounds = 3 if args.quick else 15
     started = time.perf_counter()
     log = lambda text: print(text, flush=True)  # noqa: E731
-    search = 2 if args.quick else 6
+    search = 2 if args.quick else args.search
     rows: list[dict[str, Any]] = []
     for ratio in budgets:  # the results are written after every budget, so a long run keeps what it finished
         rows += run_budget(case, ratio, aimet, 3 if args.quick else args.aimet_candidates, rounds, search, log,
-                           args.one_shot)
+                           args.one_shot, match=not args.no_match, margin=args.margin)
         write(case, rows, args, out, rounds, time.perf_counter() - started)
 
 
@@ -339,7 +383,8 @@ def write(case: Case, rows: list[dict[str, Any]], args: argparse.Namespace, out:
     metrics = list(case.evaluate(case.dense))
     metric = metrics[0]
     lines = table(rows, metrics)
-    for label, ours in (("lcpress LC with the cpu_latency target", LATENCY), ("the activation-aware run", AWARE)):
+    matched = (("lcpress LC with the cpu_latency target", LATENCY), ("the activation-aware run", AWARE))
+    for label, ours in () if args.no_match else matched:
         lines += ["", f"Bar — {label}, run at each peer's measured latency, vs that peer ({metric}; latency "
                       f"b=1, b=32 in ms; peer vs lcpress):", "",
                   f"| budget | peer | {metric} | latency b=1 | latency b=32 | bar |", "|---|---|---|---|---|---|",
@@ -349,7 +394,8 @@ def write(case: Case, rows: list[dict[str, Any]], args: argparse.Namespace, out:
                 f"other jobs). {latency_note(rounds)} Command: `python benchmarks/equal_latency.py "
                 f"{' '.join(sys.argv[1:])}` (budgets done: {done}). Training for every method: "
                 f"{case.passes} passes of one training chunk ({case.train_config.optimizer}, lr "
-                f"{case.train_config.lr} × {case.train_config.lr_decay}^k); LC: schedule {case.schedule}. Seeds: "
+                f"{case.train_config.lr} × {case.train_config.lr_decay}^k); LC: schedule {case.schedule}, L-step lr "
+                f"{(case.lc_train_config or case.train_config).lr}. Seeds: "
                 f"dense training 0, data order 0, C steps 0. cpu_latency prices layers at batch {case.latency_batch}. "
                 f"Wall time so far: {seconds:.0f} s."
                 + "".join(f" {n}." for n in case.notes))
