@@ -27,7 +27,7 @@ measures the L-step penalty in the same metric (``lcpress.linalg.whitening``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -37,7 +37,7 @@ from lcpress import (Candidates, CStepContext, Dense, Form, LayerSpec, LowRank, 
                      option)
 from lcpress.linalg import (Shape, Spectrum, from_matrix, spectra, spectrum, to_matrix, unwhiten, whiten,
                             whitening_factor)
-from lcpress.nn import PointwiseConv2d, two_stage
+from lcpress.nn import PointwiseConv2d, is_plain_pointwise, two_stage
 
 @dataclass
 class LowRankOptions(Options):
@@ -88,7 +88,7 @@ class LowRankScheme(Scheme):
             # a fixed rank is a conv's rank in the usual (channel) sense: the shapes' costs at one rank differ, and
             # only selection weighs cost; the output metric is over the patches the channel matrix's columns hold
             return ["channel"]
-        return ["channel", "spatial", "input"] if self.options.shape == "auto" else [self.options.shape]
+        return list(get_args(Shape)) if self.options.shape == "auto" else [self.options.shape]
 
     def candidates(self, w: torch.Tensor, ctx: CStepContext) -> Candidates | None:
         return self.candidates_many([(w, ctx)])[0]
@@ -199,7 +199,7 @@ def factorized_conv(module: nn.Conv2d, a: torch.Tensor, b: torch.Tensor, shape: 
 def _stage(module: nn.Conv2d, cin: int, out: int, kernel, stride, padding, dilation, bias: bool) -> nn.Module:
     """One conv of a factorization, on ``module``'s device and dtype: a PointwiseConv2d where it is a plain 1×1."""
     kw = {"device": module.weight.device, "dtype": module.weight.dtype}
-    if tuple(kernel) == (1, 1) and tuple(stride) == (1, 1) and padding in ((0, 0), "valid") and tuple(dilation) == (1, 1):
+    if is_plain_pointwise(kernel, stride, padding, dilation):
         return PointwiseConv2d(cin, out, bias=bias, **kw)
     return nn.Conv2d(cin, out, kernel, stride, padding, dilation, bias=bias, padding_mode=module.padding_mode, **kw)
 

@@ -42,7 +42,7 @@ from torch import nn
 from lcpress.atomic import write_text_atomic
 from lcpress.core.costmodel import CostModel
 from lcpress.core.forms import Dense, Form, LayerSpec, Resized, form_to_dict
-from lcpress.nn.modules import GroupedLinear, ParallelSum, PointwiseConv2d, ScatterChannels
+from lcpress.nn.modules import GroupedLinear, ParallelSum, PointwiseConv2d, ScatterChannels, is_plain_pointwise
 
 log = logging.getLogger("lcpress.measured")
 
@@ -58,12 +58,6 @@ def default_cache_dir() -> Path:
 PRIMITIVES_VERSION = 2
 
 
-def is_pointwise(spec: LayerSpec) -> bool:
-    """A plain 1×1 convolution: what a factorized layer's 1×1 stage is realized as (:class:`PointwiseConv2d`)."""
-    return spec.kind == "conv2d" and (spec.kernel_size, spec.stride, spec.padding, spec.dilation, spec.groups) == (
-        (1, 1), (1, 1), (0, 0), (1, 1), 1)
-
-
 def primitive_module(spec: LayerSpec, stage: bool = False) -> nn.Module:
     """A runnable torch module for one primitive layer (random weights): the module realization builds for it.
 
@@ -75,7 +69,7 @@ def primitive_module(spec: LayerSpec, stage: bool = False) -> nn.Module:
         if spec.groups > 1:
             return GroupedLinear(spec.in_channels, spec.out_channels, spec.groups)
         return nn.Linear(spec.in_channels, spec.out_channels, bias=spec.bias)
-    if stage and is_pointwise(spec):
+    if stage and is_plain_pointwise(spec.kernel_size, spec.stride, spec.padding, spec.dilation, spec.groups):
         return PointwiseConv2d(spec.in_channels, spec.out_channels, bias=spec.bias)
     return nn.Conv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding,
                      spec.dilation, spec.groups, bias=spec.bias)

@@ -24,10 +24,10 @@ from lcpress.nn.bitpack import bits_for, pack_bits, packed_size, unpack_bits
 from lcpress.nn.codecs import (CodebookWeight, DecodedConv2d, DecodedLinear, DenseWeight, SparseCodebookWeight,
                                SparseWeight, WeightCodec, decoded, sparse_index_bits)
 from lcpress.nn.modules import (GroupedLinear, InterleavedLowRank, ParallelSum, PointwiseConv2d, ScatterChannels,
-                                two_stage)
+                                is_plain_pointwise, two_stage)
 
 __all__ = [
-    "PointwiseConv2d", "GroupedLinear", "ParallelSum", "ScatterChannels", "InterleavedLowRank", "two_stage",
+    "PointwiseConv2d", "is_plain_pointwise", "GroupedLinear", "ParallelSum", "ScatterChannels", "InterleavedLowRank", "two_stage",
     "WeightCodec", "DenseWeight", "CodebookWeight", "SparseWeight", "SparseCodebookWeight",
     "DecodedLinear", "DecodedConv2d", "decoded", "sparse_index_bits",
     "bits_for", "pack_bits", "unpack_bits", "packed_size",

@@ -27,6 +27,12 @@ def two_stage(first: nn.Module, second: nn.Module, first_weight: torch.Tensor, s
     return nn.Sequential(first, second)
 
 
+def is_plain_pointwise(kernel_size, stride, padding, dilation, groups: int = 1) -> bool:
+    """A 1×1, stride-1, unpadded, undilated, ungrouped convolution: what :class:`PointwiseConv2d` computes."""
+    return (tuple(kernel_size), tuple(stride), tuple(dilation), groups) == ((1, 1), (1, 1), (1, 1), 1) \
+        and padding in ((0, 0), "valid")
+
+
 class PointwiseConv2d(nn.Module):
     """A 1×1 convolution computed as one batched matrix product in NCHW.
 
@@ -51,8 +57,7 @@ class PointwiseConv2d(nn.Module):
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> "PointwiseConv2d":
         """The same layer as a 1×1, stride-1, unpadded, ungrouped ``conv``."""
-        if conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.groups != 1 or conv.dilation != (1, 1) \
-                or conv.padding not in ((0, 0), "valid"):
+        if not is_plain_pointwise(conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups):
             raise ValueError("PointwiseConv2d replaces only plain 1×1 convolutions")
         new = cls(conv.in_channels, conv.out_channels, conv.bias is not None,
                   device=conv.weight.device, dtype=conv.weight.dtype)
