@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from lcpress.linalg.matrices import Shape
+
 Pair = tuple[int, int]
 
 
@@ -167,7 +169,7 @@ class LowRank(Form):
     """
 
     rank: int
-    shape: Literal["channel", "spatial", "input"] = "channel"
+    shape: Shape = "channel"
     kind: ClassVar[str] = "low_rank"
 
     def primitives(self, spec: LayerSpec) -> tuple[LayerSpec, ...]:

@@ -9,14 +9,16 @@ and the CLI all print tables through here.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, get_args
 
 import pandas as pd
+import torch
 
 from lcpress.core.costmodel import CostModel
 from lcpress.core.forms import Dense, Form, LayerSpec
 from lcpress.core.graph import ModelGraph
 from lcpress.core.plan import REPORTED_COST_MODELS
+from lcpress.linalg.matrices import Shape, to_matrix
 
 __all__ = ["REPORTED_COST_MODELS", "layer_table", "format_table", "totals", "full_rank", "form_fields",
            "form_value_columns", "display_columns", "format_number", "cell"]
@@ -78,14 +80,10 @@ def form_fields(form: Form) -> dict[str, Any]:
 
 
 def full_rank(spec: LayerSpec, form: Form) -> int:
-    """Rank of the weight as a matrix: out × in·kh·kw, in·kh × out·kw (spatial) or out·kh·kw × in (input)."""
-    out, cin = spec.out_channels, spec.in_channels // spec.groups
-    kh, kw = spec.kernel_size if spec.kind == "conv2d" else (1, 1)
-    if getattr(form, "shape", None) == "spatial":
-        return min(cin * kh, out * kw)
-    if getattr(form, "shape", None) == "input":
-        return min(out * kh * kw, cin)
-    return min(out, cin * kh * kw)
+    """Rank of the weight as the matrix the form's shape factorizes (:func:`lcpress.linalg.to_matrix`)."""
+    shape = getattr(form, "shape", None)
+    matrix = to_matrix(torch.empty(spec.weight_shape, device="meta"), shape if shape in get_args(Shape) else "channel")
+    return min(matrix.shape)
 
 
 def totals(table: pd.DataFrame) -> dict[str, float]:

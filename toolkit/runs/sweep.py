@@ -26,7 +26,7 @@ import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, get_args
 
 import pandas as pd
 import torch
@@ -38,6 +38,7 @@ from lcpress.core.forms import LayerSpec, LowRank
 from lcpress.core.plan import load_config, plan
 from lcpress.errors import ConfigError, RunDirectoryError
 from lcpress.io.rundir import RunDirectory
+from lcpress.linalg.matrices import Shape
 from lcpress.progress import status_line
 from lcpress.reporting import plots
 from lcpress.reporting.document import Document, Image, Paragraph, Table, markdown_table
@@ -196,7 +197,7 @@ def baseline_config(model: nn.Module, config: LCConfig, ratio: float, example_in
             new_tasks.append(data["tasks"][g])
             continue
         cost_model = cost_models[group.target.cost]
-        shape = group.options.get("shape") if group.options.get("shape") in ("channel", "spatial", "input") else "channel"
+        shape = group.options.get("shape") if group.options.get("shape") in get_args(Shape) else "channel"
         for task in (t for t in tasks if t.group == g):
             if task.spec is None:
                 raise ConfigError(f"tasks[{g}]: the baseline compresses layer by layer; 'shared: true' groups "

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Sequence, get_args
 
 import torch
 
 from lcpress.core.costmodel import CostModel
 from lcpress.core.forms import Dense, Form, LayerSpec, LowRank
+from lcpress.linalg.matrices import Shape
 from lcpress.options import Options
 from .layers import default_layers
 from .report import require
@@ -50,7 +51,7 @@ def default_forms(spec: LayerSpec) -> list[Form]:
     forms: list[Form] = [Dense()]
     if spec.groups != 1:
         return forms
-    shapes = ["channel", "spatial", "input"] if spec.kind == "conv2d" and spec.kernel_size != (1, 1) else ["channel"]
+    shapes = list(get_args(Shape)) if spec.kind == "conv2d" and spec.kernel_size != (1, 1) else ["channel"]
     top = min(spec.in_channels, spec.out_channels)
     for rank in sorted({1, max(1, top // 4), max(1, top // 2)}):
         forms += [LowRank(rank, shape) for shape in shapes]
