@@ -86,6 +86,10 @@ class Case:
     def example(self) -> Any:
         return self.inputs[1]
 
+    def lc_train(self) -> TrainConfig:
+        """What lcpress's runs train with: ``lc_train_config``, or the peers' ``train_config``."""
+        return self.lc_train_config or self.train_config
+
 
 # ------------------------------------------------------------------ methods
 def layer_ratio_ranks(case: Case, ratio: float) -> dict[str, int]:
@@ -132,7 +136,7 @@ def lcpress_run(case: Case, cost: str, ratio: float, error: str = "weight", step
               "cost_models": {"cpu_latency": {"batch_size": case.latency_batch, "threads": 1, "min_run_time": 0.05,
                                               "clock": "thread"}}  # the shared machine: CPU time, as the final timing
               if cost == "cpu_latency" else {}}
-    return compress(case, config, case.lc_train_config or case.train_config)
+    return compress(case, config, case.lc_train())
 
 
 def aimet_svd(case: Case, ratio: float, scheme: str, candidates: int) -> tuple[nn.Module, dict[str, Any]]:
@@ -395,7 +399,7 @@ def write(case: Case, rows: list[dict[str, Any]], args: argparse.Namespace, out:
                 f"{' '.join(sys.argv[1:])}` (budgets done: {done}). Training for every method: "
                 f"{case.passes} passes of one training chunk ({case.train_config.optimizer}, lr "
                 f"{case.train_config.lr} × {case.train_config.lr_decay}^k); LC: schedule {case.schedule}, L-step lr "
-                f"{(case.lc_train_config or case.train_config).lr}. Seeds: "
+                f"{case.lc_train().lr}. Seeds: "
                 f"dense training 0, data order 0, C steps 0. cpu_latency prices layers at batch {case.latency_batch}. "
                 f"Wall time so far: {seconds:.0f} s."
                 + "".join(f" {n}." for n in case.notes))
