@@ -87,8 +87,13 @@ def minilm_case(quick: bool) -> Case:
         train_config=TrainConfig(epochs=1, optimizer="adam", lr=5e-4, lr_decay=0.85, loss="cosine"),
         passes=passes, schedule={"mu0": 5e-3, "factor": 2.5, "steps": passes}, options={"rank_multiple": 128 if quick else 16},
         timing=Keywords, run_metric="cosine",
-        notes=["AIMET on MiniLM: not run — AIMET's ModelCompressor times and counts the model on dummy inputs it "
-               "builds itself with torch.rand from input_shape (aimet_torch.utils.create_rand_tensors_given_shapes), "
-               "and this encoder takes integer token ids and an attention mask; a wrapper that turns a float tensor "
-               "into token ids was not tried for lack of machine time"],
+        notes=["AIMET on MiniLM: no rows. AIMET's ModelCompressor counts the model on dummy inputs it builds with "
+               "torch.rand from input_shape, and this encoder takes integer token ids, so it was tried through a "
+               "wrapper that ignores the float input and feeds one fixed sentence's ids (70% MAC target, 8 candidate "
+               "ratios, the 48-sentence quick split scoring candidates): AIMET 2.42's greedy weight SVD scored every "
+               "candidate ratio of each of the 36 Linear layers identically — each ratio became the same rank — and "
+               "split every layer at rank 1 (cosine 0.13 before any training). Its layer database stores a Linear's "
+               "(1, 32, 384) output as [1, 32, 384, 1, 1]; the dense MACs multiply the weight by the last two entries "
+               "(1·1), a split layer's by entries 2 and 3 (384·1), so every target ratio maps to rank 1 "
+               "(benchmarks/aimet_minilm_probe.py)"],
     )

