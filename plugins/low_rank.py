@@ -56,6 +56,11 @@ class LowRankOptions(Options):
     damping: float = option(0.01, help="error: output — δ added to the inputs' second moment, scaled to a largest "
                                        "eigenvalue of 1 (0: the exact output error; larger: closer to weight space)",
                             ge=0)
+    allocation: Literal["sum", "minmax"] = option(
+        "sum", help="how a target's budget is shared among the task group's layers: sum = least total error (the LC "
+                    "C step's objective); minmax = least largest relative error ‖W − Δ‖²/‖W‖² of any layer (ALDS's "
+                    "rule), so no layer is cut to its cheapest rank to pay for another"
+    )
 
     def validate(self) -> None:
         if self.error == "output" and self.shape not in ("channel", "auto"):
@@ -69,6 +74,10 @@ class LowRankScheme(Scheme):
     name = "low_rank"
     Options = LowRankOptions
     options: LowRankOptions
+
+    def __init__(self, options: LowRankOptions | None = None) -> None:
+        super().__init__(options)
+        self.allocation = self.options.allocation  # the core reads it to share a target's budget
 
     def selecting(self) -> bool:
         return self.options.rank is None

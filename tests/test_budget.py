@@ -147,3 +147,47 @@ def test_choose_for_budget_against_brute_force():
         got = sum(float(e[i]) for e, i in zip(errors, choice.indices))
         assert got >= best  # Lagrangian solutions lie on the convex hull: at most the exact optimum …
         assert got <= best + max(float(e.max()) for e in errors)  # … and within one step of it
+
+
+def _trained_weights() -> dict[str, torch.Tensor]:
+    """The weights every ``_run`` starts from (``_net`` is seeded), before compression."""
+    return {name: m.weight.detach().double() for name, m in _net().named_modules() if name in LAYERS}
+
+
+def _relative_errors(result) -> list[float]:
+    """‖W − Δ‖²/‖W‖² of every layer, against the weights the run started from."""
+    weights = _trained_weights()
+    return [float(((weights[t.name] - t.scheme.decompress(s).double()) ** 2).sum() / (weights[t.name] ** 2).sum())
+            for t, s in zip(result.tasks, result.states)]
+
+
+@pytest.mark.parametrize("cost,ratio", [("params", 0.3), ("params", 0.5), ("flops", 0.35), ("flops", 0.6)])
+def test_minmax_allocation_is_the_least_largest_relative_error_any_choice_reaches(cost, ratio):
+    """low_rank's ``allocation: minmax`` against a brute-force scan of every layer's candidates."""
+    import itertools
+
+    _, result = _run({"cost": cost, "ratio": ratio}, options={"allocation": "minmax", "shape": "channel"})
+    budget_total = result.history["target0_requested"].iloc[0]
+    assert result.history["target0_achieved"].iloc[0] <= budget_total
+    cost_model = get_registry().cost_model(cost)()
+    weights, per_layer = _trained_weights(), []
+    for task in result.tasks:
+        w = weights[task.name].float()
+        candidates = task.scheme.candidates(w, lcpress.CStepContext(mu=1.0, spec=task.spec))
+        norm = float((w.double() ** 2).sum())
+        per_layer.append([(cost_model.cost(task.spec, f), float(e) / norm)
+                          for f, e in zip(candidates.forms, candidates.errors)])
+    best = min(max(e for _, e in combo) for combo in itertools.product(*per_layer)
+               if sum(c for c, _ in combo) <= budget_total)
+    assert best > 0
+    assert max(_relative_errors(result)) == pytest.approx(best, rel=1e-5)
+    _, summed = _run({"cost": cost, "ratio": ratio}, options={"shape": "channel"})
+    assert max(_relative_errors(summed)) >= best * (1 - 1e-5)  # the default (sum) is as balanced or less
+
+
+def test_allocation_is_a_validated_option_of_low_rank():
+    scheme = get_registry().scheme("low_rank")
+    assert scheme().allocation == "sum"
+    assert scheme(scheme.Options.from_dict({"allocation": "minmax"})).allocation == "minmax"
+    with pytest.raises(lcpress.ConfigError, match="allocation"):
+        scheme.Options.from_dict({"allocation": "even"})
