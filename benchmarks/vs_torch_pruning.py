@@ -543,8 +543,8 @@ PROTOCOL = (
     "cpu_latency target ratio equal to the smaller of Torch-Pruning's measured latency ratio and the "
     "cost model's price of its Conv2d / Linear layers relative to dense (one thread, weights timed as inside a model "
     "of the dense model's weight size: working_set_mb), both at batch 1 unless the run column says otherwise. "
-    "FLOPs: FlopCounterMode, batch 1. Widths: output channels of every conv / Linear in model order. Run: lcpress's allocation, LC steps + fine-tuning passes, μ first → last "
-    "and ‖w − Δ(θ)‖/‖Δ(θ)‖ after the last LC step.")
+    "FLOPs: FlopCounterMode, batch 1. Widths: output channels of every conv / Linear in model order. Run: lcpress's "
+    "allocation, LC steps + fine-tuning passes, μ first → last and ‖w − Δ(θ)‖/‖Δ(θ)‖ after the last LC step.")
 
 
 if __name__ == "__main__":
