@@ -81,6 +81,7 @@ class Case:
     run_metric: str = "accuracy"  # what lcpress reports on the validation split after every LC step
     latency_batch: int = 32  # the batch size cpu_latency prices layers at (--latency-batch)
     lc_train_config: TrainConfig | None = None  # lcpress's L steps and fine-tuning; None: train_config (--lc-lr)
+    weight_only: bool = False  # skip the activation-aware (error: output) latency runs (--no-aware)
     notes: list[str] = field(default_factory=list)
 
     def example(self) -> Any:
@@ -231,7 +232,7 @@ def run_budget(case: Case, ratio: float, aimet: bool, candidates: int, rounds: i
     for peer, (reference, _) in peers.items():  # lcpress at each peer's own measured latency
         target = matched_ratio(case, {b: reference for b in BATCHES}, "weight", max(3, rounds // 2), search, log,
                                margin)
-        for error, label in (("weight", LATENCY), ("output", AWARE)):
+        for error, label in (("weight", LATENCY), ("output", AWARE))[:1 if case.weight_only else 2]:
             model, info = lcpress_run(case, "cpu_latency", target, error)
             info.update(latency_ratio=target, matched_to=peer)
             record(f"{label} @ {peer}", (model, info))
@@ -257,7 +258,9 @@ def bar(rows: list[dict[str, Any]], metric: str, ours: str) -> list[str]:
     for budget in sorted({r["budget"] for r in rows}):
         these = [r for r in rows if r["budget"] == budget]
         for peer in (r for r in these if r["method"] != "dense" and "matched_to" not in r):
-            mine = next(r for r in these if r["method"] == f"{ours} @ {peer['method']}")
+            mine = next((r for r in these if r["method"] == f"{ours} @ {peer['method']}"), None)
+            if mine is None:  # that run was skipped (--no-match, or --no-aware for the activation-aware bar)
+                continue
             faster = all(mine[f"ms_b{b}"] <= peer[f"ms_b{b}"] for b in BATCHES)
             better = mine[metric] >= peer[metric]
             verdict = "met" if faster and better else "missed"
@@ -346,6 +349,10 @@ def main() -> None:
                         help="skip the latency-matched lcpress runs: the peers and the FLOPs-targeted LC run only")
     parser.add_argument("--shape", choices=["channel", "spatial", "input", "auto"],
                         help="low_rank's conv shape for lcpress's weight-space runs, instead of the model's default")
+    parser.add_argument("--allocation", choices=["sum", "minmax"],
+                        help="low_rank's allocation for lcpress's runs (default: the scheme's, sum)")
+    parser.add_argument("--rank-multiple", type=int, help="low_rank's rank_multiple, instead of the model's default")
+    parser.add_argument("--no-aware", action="store_true", help="skip the activation-aware latency-matched runs")
     parser.add_argument("--search", type=int, default=6, help="bisection steps of the latency-matched ratio search")
     parser.add_argument("--margin", type=float, default=MARGIN,
                         help="a candidate fits when it runs at ≤ margin × the peer's latency during the search")
@@ -362,6 +369,11 @@ def main() -> None:
     case.latency_batch = args.latency_batch
     if args.shape:
         case.options = {**case.options, "shape": args.shape}
+    if args.allocation:
+        case.options = {**case.options, "allocation": args.allocation}
+    if args.rank_multiple:
+        case.options = {**case.options, "rank_multiple": args.rank_multiple}
+    case.weight_only = args.no_aware
     if args.lr:
         case.train_config = dataclasses.replace(case.train_config, lr=args.lr)
     if args.lc_lr:
@@ -388,7 +400,7 @@ def write(case: Case, rows: list[dict[str, Any]], args: argparse.Namespace, out:
     metric = metrics[0]
     lines = table(rows, metrics)
     matched = (("lcpress LC with the cpu_latency target", LATENCY), ("the activation-aware run", AWARE))
-    for label, ours in () if args.no_match else matched:
+    for label, ours in () if args.no_match else matched[:1] if args.no_aware else matched:
         lines += ["", f"Bar — {label}, run at each peer's measured latency, vs that peer ({metric}; latency "
                       f"b=1, b=32 in ms; peer vs lcpress):", "",
                   f"| budget | peer | {metric} | latency b=1 | latency b=32 | bar |", "|---|---|---|---|---|---|",
