@@ -83,10 +83,6 @@ class ChannelScheme(Scheme):
     options: ChannelOptions
     scope = "model"
 
-    def __init__(self, options: ChannelOptions | None = None) -> None:
-        super().__init__(options)
-        self.allocation = self.options.allocation  # the core reads it to share a target's budget
-
     def selecting(self) -> bool:
         return True
 

@@ -39,6 +39,7 @@ from lcpress.linalg import (Shape, Spectrum, from_matrix, spectra, spectrum, to_
                             whitening_factor)
 from lcpress.nn import PointwiseConv2d, is_plain_pointwise, two_stage
 
+
 @dataclass
 class LowRankOptions(Options):
     rank: int | None = option(None, help="fixed rank for every layer of the task; empty = automatic rank selection",
@@ -74,10 +75,6 @@ class LowRankScheme(Scheme):
     name = "low_rank"
     Options = LowRankOptions
     options: LowRankOptions
-
-    def __init__(self, options: LowRankOptions | None = None) -> None:
-        super().__init__(options)
-        self.allocation = self.options.allocation  # the core reads it to share a target's budget
 
     def selecting(self) -> bool:
         return self.options.rank is None

@@ -172,7 +172,8 @@ class Scheme(ABC):
     Options: ClassVar[type[Options]] = Options
     #: How a global budget is shared among layers: "sum" minimises the total
     #: error (the LC C step); "minmax" minimises the largest *relative* error
-    #: of any layer (ALDS's allocation).
+    #: of any layer (ALDS's allocation). A scheme whose options have an
+    #: ``allocation`` field lets the user choose: the instance takes the option's value.
     allocation: ClassVar[str] = "sum"
     #: "layer": one task per matched layer (one for all with ``shared: true``). "model": one task for the
     #: task group, whose parameters and layers the scheme chooses in :meth:`bind` (channel pruning reaches
@@ -181,6 +182,7 @@ class Scheme(ABC):
 
     def __init__(self, options: Options | None = None) -> None:
         self.options = options if options is not None else self.Options()
+        self.allocation = getattr(self.options, "allocation", type(self).allocation)  # what the core reads
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Let the core handle the dense form: a subclass's code never sees it.
