@@ -16,7 +16,10 @@ norm parameters and consumer columns). Candidates are kept counts in
 multiples of ``multiple``; the core prices each one by what it makes of every
 layer it touches and selects by α or a global budget under any cost model
 (:mod:`lcpress.core.coupled`: coordinate descent across groups, since a layer
-between two groups shrinks with both).
+between two groups shrinks with both). A group of attention heads also
+prices the attention products it shrinks (QKᵀ, softmax and AV over the heads
+kept: a parameter-free ``LayerSpec`` of kind ``"attention"``), so a latency
+target sees what a head costs beyond its projections.
 
 Because Δ(θ) zeroes a pruned channel's producer rows, bias and BatchNorm
 affine parameters *and* the consumer columns reading it, the constant that
@@ -106,7 +109,9 @@ class ChannelScheme(Scheme):
         self.sizes = {n: _channels(modules[n]) for n in self.layers}
         self.depthwise = {n for n in touched if isinstance(modules[n], nn.Conv2d) and modules[n].groups > 1}
         self.index = _positions(self.groups, touched, modules) if self.groups else []
-        return Binding(params, self.layers)
+        self.sites = {name: spec for name, spec in found.attention.items()
+                      if any(s.module == name for g in self.groups for s in g.slices)}
+        return Binding(params, self.layers, self.sites)
 
     def _outside(self, group: ChannelGroup, layers: list[str]) -> str:
         for producer in group.producers:
@@ -136,6 +141,10 @@ class ChannelScheme(Scheme):
         """What removing ``removed`` channels of ``group`` takes from each layer it touches."""
         cuts: dict[str, tuple[int, int]] = {}
         for s in group.slices:
+            if s.role == "heads":  # an attention core: fewer heads of queries/keys and of values
+                spec = self.sites[s.module]
+                cuts[s.module] = (removed * spec.out_channels // spec.groups, removed * spec.in_channels // spec.groups)
+                continue
             if s.module not in self.sizes:
                 continue  # a norm: not priced
             count = removed * s.width
@@ -181,12 +190,14 @@ class ChannelScheme(Scheme):
     def _removed(self, state: State) -> dict[str, dict[str, set[int]]]:
         """Rows and columns removed from every module the groups touch."""
         removed: dict[str, dict[str, set[int]]] = {}
-        for s in (s for g in self.groups for s in g.slices):
+        in_modules = [s for g in self.groups for s in g.slices if s.role != "heads"]  # an attention core: no module
+        for s in in_modules:
             removed.setdefault(s.module, {"rows": set(), "columns": set()})
         for entry, group in zip(state.meta.get("groups", []), self.groups):
             dropped = sorted(set(range(group.channels)) - set(entry["indices"]))
             for s in group.slices:
-                removed[s.module][s.role].update(i for c in dropped for i in s.indices[c])
+                if s.role != "heads":
+                    removed[s.module][s.role].update(i for c in dropped for i in s.indices[c])
         return removed
 
     def realize_layers(self, state: State, model: nn.Module) -> dict[str, nn.Module]:
@@ -219,7 +230,7 @@ def _positions(groups: list[ChannelGroup], touched: list[str], modules: dict[str
         rows = []
         for c in range(group.channels):
             parts = []
-            for s in group.slices:
+            for s in (s for s in group.slices if s.role != "heads"):  # an attention core holds no weights
                 idx = torch.tensor(s.indices[c])
                 weight, bias = offsets.get((s.module, "weight")), offsets.get((s.module, "bias"))
                 if s.role == "columns":

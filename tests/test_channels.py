@@ -10,10 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import sdpa_flop_count
 
 import lcpress
 from lcpress import channel_groups, kept_sizes
 from lcpress.core.coupled import CoupledPricing
+from lcpress.core.measured import form_module
 from lcpress.core.registry import get_registry
 
 FLOPS = get_registry().cost_model("flops")()
@@ -132,6 +134,22 @@ def test_transformer_block_groups_heads_and_the_feed_forward_width():
     assert kept_sizes(heads, 8) == [2]     # only even head counts are multiples of 8 rows
 
 
+def test_attention_heads_carry_their_attention_core_as_a_priced_site():
+    found = channel_groups(Attention(), torch.randn(2, 3, 8))
+    heads = next(g for g in found.groups if g.producers == ["k", "q", "v"])
+    (site, indices), = [(s.module, s.indices) for s in heads.slices if s.role == "heads"]
+    assert indices == [[0], [1]]
+    spec = found.attention[site]
+    assert (spec.kind, spec.in_channels, spec.out_channels, spec.input_shape, spec.groups, spec.params) == \
+        ("attention", 8, 8, (2, 3, 8), 2, 0)
+    # QKᵀ and AV as torch's formula for scaled_dot_product_attention counts them
+    assert spec.flops == sdpa_flop_count((2, 2, 3, 4), (2, 2, 3, 4), (2, 2, 3, 4))
+    one_head = lcpress.Resized(4, 4).primitives(spec)[0]
+    assert (one_head.groups, one_head.flops) == (1, spec.flops // 2)
+    module = form_module(spec, lcpress.Resized(4, 4))
+    assert module(torch.randn(2, 3, 4)).shape == (2, 3, 4)
+
+
 # -------------------------------------------------------------- the C step
 def _engine(model, x, **task):
     config = lcpress.load_config({"tasks": [{"layers": ["*"], "scheme": "channels", **task}],
@@ -164,6 +182,21 @@ def test_group_c_step_equals_a_brute_force_scan_of_alpha_cost_plus_error():
     errors = [p.errors for p in coupled.parts]
     assert _objective(pricing, errors, chosen, t) == pytest.approx(_objective(pricing, errors, list(best), t), rel=1e-12)
     assert any(j != pricing.dense[i] for i, j in enumerate(chosen))  # the trade-off does prune something
+
+
+def test_a_head_group_is_priced_with_the_attention_products_it_removes():
+    x = torch.randn(2, 3, 8)
+    engine, task = _engine(Attention(), x, options={"multiple": 1}, target={"cost": "flops", "ratio": 0.5})
+    coupled = engine.candidates(0, 1e-3)[0].candidates
+    pricing = CoupledPricing(task.layer_specs, coupled, FLOPS)
+    part = next(p for p, cuts in enumerate(coupled.cuts) if any(k.endswith("attention_core") for k in cuts[0]))
+    (site,) = [k for k in coupled.cuts[part][0] if k.endswith("attention_core")]
+    one_head = coupled.parts[part].forms.index(next(f for f in coupled.parts[part].forms if f.kept == 1))
+    saved = float(pricing.prices(pricing.dense)[part][pricing.dense[part]] - pricing.prices(pricing.dense)[part][one_head])
+    rows, positions = 4, 2 * 3  # one head: 4 rows of q, k, v and 4 columns of o, at every (batch, token)
+    projections = 2 * positions * (3 * rows * 8 + 8 * rows)
+    assert saved == projections + task.layer_specs[site].flops / 2
+    assert pricing.total(pricing.dense) == sum(spec.flops for spec in task.layer_specs.values())
 
 
 def test_group_errors_are_the_exact_distance_to_delta():

@@ -34,6 +34,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from lcpress.core.forms import LayerSpec
 from lcpress.core.surgery import get_module
 from lcpress.errors import LcpressError
 
@@ -84,8 +85,8 @@ class Slice:
     (one for a conv channel, a block for a flattened channel or an attention head).
     """
 
-    module: str
-    role: str  # "rows": producer or follower (BatchNorm, depthwise conv); "columns": consumer
+    module: str  # a module's name, or an attention core's (:attr:`ChannelGroups.attention`; role "heads")
+    role: str  # "rows": producer or follower (BatchNorm, depthwise conv); "columns": consumer; "heads": attention core
     indices: list[list[int]]
 
     @property
@@ -128,6 +129,7 @@ class ChannelGroups:
     groups: list[ChannelGroup]
     traced: bool
     reason: str = ""  # why tracing failed, when it did
+    attention: dict[str, LayerSpec] = field(default_factory=dict)  # attention cores: sites of "heads" slices
 
     def prunable(self) -> list[ChannelGroup]:
         return [g for g in self.groups if not g.blocked]
@@ -211,6 +213,7 @@ class _Analysis:
         self.members: list[_Member] = []
         self.calls: dict[str, int] = {}
         self.outputs_of: dict[str, torch.Tensor] = {}  # producer module → its row labels
+        self.sites: dict[str, LayerSpec] = {}  # attention cores, priced with the head groups
 
     def run(self) -> ChannelGroups:
         for node in self.program.graph.nodes:
@@ -222,7 +225,7 @@ class _Analysis:
         for name, count in self.calls.items():
             if count > 1:
                 self.labels.block(self.outputs_of.get(name), f"{name} is called {count} times (shared layer)")
-        return ChannelGroups(self._groups(), True)
+        return ChannelGroups(self._groups(), True, attention=self.sites)
 
     # ------------------------------------------------------------- helpers
     def _get(self, value: Any) -> torch.Tensor | None:
@@ -237,9 +240,13 @@ class _Analysis:
             return self.param_of[value.name].rpartition(".")[0]
         return None
 
-    def _where(self, node: torch.fx.Node) -> str:
+    def _path(self, node: torch.fx.Node) -> str:
+        """The name of the module whose forward ran ``node`` ("" at the top level)."""
         stack = node.meta.get("nn_module_stack") or {}
-        path = list(stack.values())[-1][0] if stack else ""
+        return list(stack.values())[-1][0] if stack else ""
+
+    def _where(self, node: torch.fx.Node) -> str:
+        path = self._path(node)
         return f"{str(node.target).replace('aten.', '')}" + (f" in {path}" if path else "")
 
     def _shape(self, node: torch.fx.Node) -> tuple[int, ...] | None:
@@ -401,17 +408,40 @@ class _Analysis:
         return out.reshape(shape) if shape is not None else out
 
     def _attention(self, node: torch.fx.Node) -> torch.Tensor | None:
-        """Heads: q, k and v rows of one head, and the output's columns of it, are one channel."""
+        """Heads: q, k and v rows of one head, and the output's columns of it, are one channel.
+
+        The attention products shrink with the heads too: a self-attention call
+        (as many keys as queries) becomes a priced site, one head per channel.
+        """
         q, k, v = (self._get(a) for a in node.args[:3])
         if any(t is None for t in (q, k, v)) or q.dim() != 4:
             self._block_inputs(node, f"attention in {self._where(node)} on projections lcpress cannot trace")
             return None
+        site = self._site(node)
         for head in range(q.shape[1]):
             labels = torch.cat([t[:, head].reshape(-1) for t in (q, k, v)])
             labels = labels[labels != NONE]
             if labels.numel():
                 self.labels.union(labels[:1].expand(labels.numel()), labels)
+                if site is not None:
+                    self.members.append(_Member(site, "heads", int(labels[0]), head))
         return v.expand(self._shape(node)).clone()
+
+    def _site(self, node: torch.fx.Node) -> str | None:
+        """Name and record the attention core of ``node`` as a priced site (None: cross-attention, not priced)."""
+        q, k, v = (self._shape(a) for a in node.args[:3])
+        if q is None or k is None or v is None or q[2] != k[2]:
+            return None
+        path = self._path(node)
+        base = f"{path}.attention_core" if path else "attention_core"
+        name, n = base, 1
+        while name in self.sites:
+            n += 1
+            name = f"{base}{n}"
+        batch, heads, length, size = q
+        self.sites[name] = LayerSpec("attention", heads * size, heads * v[3], (batch, length, heads * size),
+                                     groups=heads, bias=False)
+        return name
 
     # ------------------------------------------------------------- groups
     def _groups(self) -> list[ChannelGroup]:

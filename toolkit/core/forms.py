@@ -26,9 +26,16 @@ class LayerSpec:
     ``input_shape`` is the shape of one call's input, batch included;
     ``calls`` counts how often the forward pass runs the layer (a shared layer
     costs FLOPs and time on every call).
+
+    ``kind="attention"`` is the parameter-free core of multi-head
+    self-attention (QKᵀ, softmax, AV over ``groups`` heads): ``in_channels``
+    is the query/key width (heads × head size), ``out_channels`` the value
+    width, ``input_shape`` the queries' ``(batch, sequence, in_channels)``.
+    Pruning attention heads shrinks it as it shrinks the projections, so the
+    channel-group scheme prices it with them (see :mod:`lcpress.core.channels`).
     """
 
-    kind: Literal["linear", "conv2d"]
+    kind: Literal["linear", "conv2d", "attention"]
     in_channels: int
     out_channels: int
     input_shape: tuple[int, ...]
@@ -48,7 +55,7 @@ class LayerSpec:
 
     @property
     def output_shape(self) -> tuple[int, ...]:
-        if self.kind == "linear":
+        if self.kind != "conv2d":
             return (*self.input_shape[:-1], self.out_channels)
         batch, _, height, width = self.input_shape
         out_hw = [
@@ -63,12 +70,14 @@ class LayerSpec:
     def positions(self) -> int:
         """Output positions per call: rows of the matmul this layer performs."""
         out = self.output_shape
-        if self.kind == "linear":
+        if self.kind != "conv2d":
             return math.prod(out[:-1])
         return out[0] * out[2] * out[3]
 
     @property
     def params(self) -> int:
+        if self.kind == "attention":
+            return 0
         return math.prod(self.weight_shape) + (self.out_channels if self.bias else 0)
 
     @property
@@ -76,8 +85,13 @@ class LayerSpec:
         """FLOPs of all calls, counted as ``torch.utils.flop_counter`` counts them.
 
         Two per multiply–accumulate; the bias add is not counted (FlopCounterMode
-        counts addmm and convolution by their matmul alone).
+        counts addmm and convolution by their matmul alone). Attention: QKᵀ and
+        AV, each query position against every key position, softmax not counted
+        (as FlopCounterMode counts ``scaled_dot_product_attention``).
         """
+        if self.kind == "attention":
+            keys = self.input_shape[-2]
+            return 2 * self.positions * keys * (self.in_channels + self.out_channels) * self.calls
         macs_per_position = math.prod(self.weight_shape)
         return 2 * self.positions * macs_per_position * self.calls
 
@@ -227,12 +241,17 @@ class Resized(Form):
 
 
 def resized(spec: LayerSpec, out_channels: int, in_channels: int) -> LayerSpec:
-    """``spec`` with other channel counts (its input shape follows; a depthwise conv keeps groups = channels)."""
+    """``spec`` with other channel counts (its input shape follows; a depthwise conv keeps groups = channels).
+
+    An attention core keeps its head size: fewer channels are fewer heads.
+    """
     depthwise = spec.groups > 1 and spec.groups == spec.in_channels == spec.out_channels
     shape = list(spec.input_shape)
     shape[1 if spec.kind == "conv2d" else -1] = in_channels
-    return spec.with_(out_channels=out_channels, in_channels=in_channels, input_shape=tuple(shape),
-                      groups=in_channels if depthwise else spec.groups)
+    groups = in_channels if depthwise else spec.groups
+    if spec.kind == "attention":
+        groups = in_channels // (spec.in_channels // spec.groups)
+    return spec.with_(out_channels=out_channels, in_channels=in_channels, input_shape=tuple(shape), groups=groups)
 
 
 def form_to_dict(form: Form) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lcpress.atomic import write_text_atomic
@@ -61,10 +62,15 @@ PRIMITIVES_VERSION = 2
 def primitive_module(spec: LayerSpec, stage: bool = False) -> nn.Module:
     """A runnable torch module for one primitive layer (random weights): the module realization builds for it.
 
+    An attention core (``spec.kind == "attention"``) is :class:`AttentionCore`: no weights, the head split,
+    ``scaled_dot_product_attention`` and the head merge.
+
     A plain 1×1 conv that is one ``stage`` of a factorized layer is realized as
     :class:`PointwiseConv2d` (a GEMM), so it is timed as one; a layer that is
     one primitive keeps its own kind.
     """
+    if spec.kind == "attention":
+        return AttentionCore(spec.groups, spec.out_channels // spec.groups)
     if spec.kind == "linear":
         if spec.groups > 1:
             return GroupedLinear(spec.in_channels, spec.out_channels, spec.groups)
@@ -73,6 +79,31 @@ def primitive_module(spec: LayerSpec, stage: bool = False) -> nn.Module:
         return PointwiseConv2d(spec.in_channels, spec.out_channels, bias=spec.bias)
     return nn.Conv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding,
                      spec.dilation, spec.groups, bias=spec.bias)
+
+
+class AttentionCore(nn.Module):
+    """Multi-head self-attention without its projections: what a measured cost model times for a head count.
+
+    Reads ``(batch, sequence, heads·head size)`` queries and uses them as keys
+    too, splits the heads, runs ``scaled_dot_product_attention`` and merges the
+    heads back — the reshapes and the copy included, as a transformer's
+    attention layer does them. Values are as wide as ``value_size`` per head
+    (the queries themselves when that is the head size).
+    """
+
+    def __init__(self, heads: int, value_size: int) -> None:
+        super().__init__()
+        self.heads, self.value_size = heads, value_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, width = x.shape
+        q = x.reshape(batch, length, self.heads, width // self.heads).transpose(1, 2)
+        v = q if q.shape[-1] == self.value_size else q.new_empty(batch, self.heads, length, self.value_size)
+        out = F.scaled_dot_product_attention(q, q, v)
+        return out.transpose(1, 2).reshape(batch, length, self.heads * self.value_size)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}, value_size={self.value_size}"
 
 
 class _View(nn.Module):

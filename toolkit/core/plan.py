@@ -156,7 +156,8 @@ class Task:
     spec: LayerSpec | None
     group: int
     config: TaskConfig
-    #: the specs of the layers a model-scope task prices (its layers in their traced shapes)
+    #: the specs of the layers a model-scope task prices (its layers in their traced shapes, and the
+    #: :attr:`Binding.sites` that change with it)
     layer_specs: dict[str, LayerSpec] = field(default_factory=dict)
 
     def weight(self) -> torch.Tensor:
@@ -252,7 +253,7 @@ def _bound_task(model: nn.Module, graph: ModelGraph, group: GroupPlugins, names:
         raise ConfigError(f"tasks[{group.index}]: layers {missing} are not called by the forward pass on the example input")
     view = TaskView("flatten", tuple(tuple(p.shape) for p in binding.params))
     return Task(f"group{group.index}", list(binding.layers), list(binding.params), view, scheme, cost_model, None,
-                group.index, group.config, {n: graph.specs[n] for n in binding.layers})
+                group.index, group.config, {**{n: graph.specs[n] for n in binding.layers}, **binding.sites})
 
 
 def _match(cfg: TaskConfig, modules: dict[str, nn.Module], graph: ModelGraph, g: int) -> list[str]:

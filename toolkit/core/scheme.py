@@ -106,10 +106,15 @@ class Coupled:
 
 @dataclass
 class Binding:
-    """What a model-scope scheme (``scope = "model"``) makes one task of: its parameters and priced layers."""
+    """What a model-scope scheme (``scope = "model"``) makes one task of: its parameters and priced layers.
+
+    ``sites`` are priced parts of the forward pass that are not modules but change with the scheme's choice
+    (the attention products of pruned heads); their cuts in :class:`Coupled` are priced like a layer's.
+    """
 
     params: list[nn.Parameter]
     layers: list[str]
+    sites: dict[str, LayerSpec] = field(default_factory=dict)
 
 
 @dataclass

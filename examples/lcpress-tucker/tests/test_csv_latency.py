@@ -72,6 +72,12 @@ def test_unmeasured_configuration_is_refused(model):
         CsvLatency(CsvLatency.Options(table=model.options.table, batch_size=8)).cost(conv(8, 8), Dense())
 
 
+def test_an_attention_core_is_refused_with_what_to_use_instead(model):
+    core = LayerSpec("attention", 64, 64, (1, 4, 64), groups=2, bias=False)
+    with pytest.raises(TableError, match=r"no rows for 'attention' layers .* cpu_latency or flops"):
+        model.cost(core, Dense())
+
+
 def test_linear_rows_count_every_leading_dimension(model):
     assert model.cost(LayerSpec("linear", 64, 10, (4, 64)), Dense()) == 0.125
     assert model.cost(LayerSpec("linear", 64, 10, (2, 2, 64)), Dense()) == 0.125

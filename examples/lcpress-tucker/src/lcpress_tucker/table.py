@@ -62,6 +62,9 @@ class Setting:
 
 def setting_of(spec: LayerSpec, batch_size: int | None = None) -> Setting:
     """The table setting of a primitive layer, at ``batch_size`` if given (else its traced batch)."""
+    if spec.kind not in ("linear", "conv2d"):
+        raise TableError(f"a latency table holds Linear and Conv2d layers; it has no rows for {spec.kind!r} "
+                         f"layers (the attention core of pruned heads): price that with cpu_latency or flops")
     if spec.kind == "linear":
         rows = math.prod(spec.input_shape[:-1])
         if batch_size is not None:
