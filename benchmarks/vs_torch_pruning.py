@@ -108,6 +108,7 @@ class Case:
     seed: int = 0              # the training split's shuffling seed, the same for every method (--seeds varies it)
     latency_batch: int = 1     # the batch size the latency target is measured and priced at (--latency-batch)
     match: int = 0             # more runs of the latency target, searched to Torch-Pruning's latency (--match)
+    variants: str = ""         # --select: only these VARIANTS labels ("a; b"), or all
 
     def batch(self, size: int) -> torch.Tensor:
         """``size`` copies of the example input, as one batch (what latency is timed on)."""
@@ -237,10 +238,14 @@ def minilm_case(quick: bool) -> Case:
     # --select on the validation split (results/vs_torch_pruning_selection_minilm.md): pruning by min–max allocation,
     # then 4 passes of fine-tuning (0.9717; Torch-Pruning 0.9680). Each LC step traded for a fine-tuning pass costs
     # cosine (1 LC step 0.9688, 3 LC steps 0.9479): with Adam at this lr, ‖w − Δ‖ stays at 37-64% of ‖Δ‖ after 1-3
-    # L steps, so the final projection removes what those steps learned
+    # L steps, so the final projection removes what those steps learned. --select --match
+    # (results/vs_torch_pruning_selection_minilm_latency.md), every allocation at Torch-Pruning's measured latency:
+    # errors on the consumers' outputs (error: output) 0.9772 (minmax) and 0.9760 (sum, normalized), weight
+    # errors 0.9670-0.9686, Torch-Pruning 0.9680
     steps = 2 if quick else 4
     return Case("MiniLM encoder", model, loaders, validation, x, residual, 64, [0.5], steps, cfg, 1 if quick else 0,
-                min_run_time=0.005 if quick else 0.05, metric=mean_cosine, num_heads=heads)
+                min_run_time=0.005 if quick else 0.05, metric=mean_cosine, num_heads=heads,
+                channels={"allocation": "minmax", "error": "output"})
 
 
 def tp_pruned(case: Case, ratio: float) -> nn.Module:
@@ -372,12 +377,14 @@ def achieved_flops(case: Case, model: nn.Module) -> float:
 
 #: What --select compares on the validation split: (label, channels options, normalize, LC steps or None = the case's
 #: and SPLITS, μ schedule — {}: mu0 and factor auto)
-VARIANTS = [("sum (absolute errors)", {"allocation": "sum"}, False, None, {}),
-            ("sum, normalize: true", {"allocation": "sum"}, True, None, {}),
-            ("minmax", {"allocation": "minmax"}, False, None, {}),
-            ("minmax, μ0 0.05 ×3", {"allocation": "minmax"}, False, 3, {"mu0": 0.05, "factor": 3.0}),
-            ("minmax, μ0 0.02 ×3", {"allocation": "minmax"}, False, 4, {"mu0": 0.02, "factor": 3.0}),
-            ("minmax, μ0 0.05 ×4", {"allocation": "minmax"}, False, 2, {"mu0": 0.05, "factor": 4.0})]
+VARIANTS = [("sum (absolute errors)", {"allocation": "sum", "error": "weight"}, False, None, {}),
+            ("sum, normalize: true", {"allocation": "sum", "error": "weight"}, True, None, {}),
+            ("minmax", {"allocation": "minmax", "error": "weight"}, False, None, {}),
+            ("minmax, μ0 0.05 ×3", {"allocation": "minmax", "error": "weight"}, False, 3, {"mu0": 0.05, "factor": 3.0}),
+            ("minmax, μ0 0.02 ×3", {"allocation": "minmax", "error": "weight"}, False, 4, {"mu0": 0.02, "factor": 3.0}),
+            ("minmax, μ0 0.05 ×4", {"allocation": "minmax", "error": "weight"}, False, 2, {"mu0": 0.05, "factor": 4.0}),
+            ("minmax, output error", {"allocation": "minmax", "error": "output"}, False, None, {}),
+            ("sum, normalize: true, output error", {"allocation": "sum", "error": "output"}, True, None, {})]
 
 
 def select(case: Case, budget: float, bisections: int, rounds: int) -> list[str]:
@@ -387,13 +394,15 @@ def select(case: Case, budget: float, bisections: int, rounds: int) -> list[str]
     ratio = achieved_flops(case, tp_run.model)
     runs = [tp_run]
     for label, options, normalize, lc_steps, schedule in VARIANTS:
+        if case.variants and not any(v.strip() == label for v in case.variants.split(";")):
+            continue
         if case.match:
             if lc_steps is None:
                 runs.append(latency_run(case, tp_run, rounds, options, normalize, f"lcpress {label}, latency matched"))
                 print(f"{case.name} {budget:.0%} {runs[-1].method}: validation "
                       f"{case.metric(runs[-1].model, case.validation):.4f}", flush=True)
             continue
-        variants = [lc_steps] if lc_steps is not None else sorted({case.lc_steps, *SPLITS.get(case.name, ())})
+        variants = [lc_steps] if lc_steps is not None else sorted(SPLITS.get(case.name, (case.lc_steps,)))
         for k in (k for k in variants if k <= case.steps):  # more LC steps than the case's passes: not a split
             run = run_lcpress(case, f"lcpress {label}", "flops", ratio, options, normalize, k, schedule)
             runs.append(run)
@@ -493,6 +502,9 @@ def main() -> None:
     parser.add_argument("--match", type=int, default=0,
                         help="more runs of the latency-targeted method, searching the target until its model times as "
                              "Torch-Pruning's at batch 1 and 32 (no slower at either, within 1%% at the worse)")
+    parser.add_argument("--splits", help="--select: the LC-step counts to try, e.g. 0,2 (default: each model's)")
+    parser.add_argument("--variants", default="",
+                        help="--select: only these variants, by label, separated by ';' (default: all)")
     parser.add_argument("--seeds", type=int, default=1,
                         help="rerun every method with this many training seeds and add their spread to the table")
     parser.add_argument("--out", help="markdown file (default: results/vs_torch_pruning[_selection]_<models>.md)")
@@ -518,7 +530,9 @@ def main() -> None:
         case = makers[key](args.quick)
         if args.budgets:
             case.budgets = [float(b) for b in args.budgets.split(",")]
-        case.latency_batch, case.match = args.latency_batch, args.match
+        case.latency_batch, case.match, case.variants = args.latency_batch, args.match, args.variants
+        if args.splits:
+            SPLITS[case.name] = tuple(int(k) for k in args.splits.split(","))
         if args.select:
             for budget in case.budgets:
                 lines += select(case, budget, bisections, rounds)
@@ -538,6 +552,7 @@ def main() -> None:
             spread += seed_spread(case, runs[1:], args.seeds, bisections, rounds, args.quick)
     command = f"python benchmarks/vs_torch_pruning.py --models {args.models}" + \
         f"{' --budgets ' + args.budgets if args.budgets else ''}{' --select' if args.select else ''}" + \
+        (f" --variants '{args.variants}'" if args.variants else "") + (f" --splits {args.splits}" if args.splits else "") + \
         f"{f' --seeds {args.seeds}' if args.seeds > 1 else ''}" + \
         f"{f' --latency-batch {args.latency_batch}' if args.latency_batch != 1 else ''}" + \
         f"{f' --match {args.match}' if args.match else ''}{' --quick' if args.quick else ''}"

@@ -21,6 +21,11 @@ prices the attention products it shrinks (QKᵀ, softmax and AV over the heads
 kept: a parameter-free ``LayerSpec`` of kind ``"attention"``), so a latency
 target sees what a head costs beyond its projections.
 
+With ``error: output`` a channel's error is the energy it takes from its
+consumers' outputs, ``‖W[:, c]‖²·E[x_c²]`` over real inputs: a diagonal
+metric over the task's parameter vector (:meth:`ChannelScheme.output_metric`)
+that the engine also uses for the L-step penalty.
+
 Because Δ(θ) zeroes a pruned channel's producer rows, bias and BatchNorm
 affine parameters *and* the consumer columns reading it, the constant that
 channel still carries (the activation of zero) meets zero weights: there is
@@ -42,7 +47,7 @@ from torch import nn
 
 import lcpress
 from lcpress import (Binding, Candidates, ChannelGroup, Coupled, CStepContext, Dense, Form, LayerSpec, Options,
-                     Resized, Scheme, State, channel_groups, get_module, kept_sizes, option)
+                     OutputError, Resized, Scheme, State, channel_groups, get_module, kept_sizes, option)
 
 log = logging.getLogger("lcpress.channels")
 
@@ -72,6 +77,14 @@ class ChannelOptions(Options):
                                                           "pruned; their inputs may still shrink")
     rounds: int = option(10, help="coordinate-descent rounds of the selection in one C step (a layer between two "
                                   "groups costs what both make of it)", ge=1)
+    error: Literal["weight", "output"] = option(
+        "weight", help="what a channel's removal costs: weight = its squared weights (producer rows, norm entries, "
+                       "consumer columns); output = the energy it takes from the consumers' outputs, ‖W[:, c]‖²·E[x_c²] "
+                       "over real inputs (a calibration pass, then the L steps' inputs; the penalty uses the same "
+                       "diagonal metric)")
+    damping: float = option(0.01, help="error: output — the weight of every entry that is not a consumer column "
+                                       "(producer rows, biases, norms), and added to the consumers' input energies, "
+                                       "which are scaled to a largest of 1 per layer", ge=0)
     allocation: Literal["sum", "minmax"] = option(
         "minmax", help="how a target's budget is shared among groups: minmax = least largest relative error (error / "
                        "the group's ‖w‖²), the rest of the budget then spent on the total; sum = least total error "
@@ -88,6 +101,30 @@ class ChannelScheme(Scheme):
 
     def selecting(self) -> bool:
         return True
+
+    # ----------------------------------------------------- output-space error
+    def output_error(self) -> OutputError | None:
+        return OutputError(self.options.damping, per_channel=True) if self.options.error == "output" else None
+
+    def moment_layers(self) -> list[str]:
+        """The consumers: every priced layer reading a group's channels."""
+        return [n for n in self.layers if any(s.module == n and s.role == "columns"
+                                              for g in self.groups for s in g.slices)]
+
+    def output_metric(self, moments: dict[str, torch.Tensor], damping: float) -> torch.Tensor:
+        """A diagonal metric: a consumer's weight column c weighs E[x_c²] (scaled to a largest 1 in the layer) + δ.
+
+        Removing channel c takes ``W[:, c]·x_c`` from every consumer's output; its energy over the inputs is
+        ``‖W[:, c]‖²·E[x_c²]`` (for a conv, spatial correlations within the channel are left out). Every other
+        entry — producer rows, biases, norm parameters — weighs δ, so the penalty still holds them.
+        """
+        metric = torch.full((self.length,), float(damping), dtype=torch.float64)
+        for name, energy in moments.items():
+            weight = self.offsets[(name, "weight")]
+            scaled = energy.double().cpu() / max(float(energy.max()), 1e-300)
+            columns = scaled.reshape(1, -1, *([1] * (weight.dim() - 2))).expand(weight.shape)
+            metric[weight.reshape(-1)] += columns.reshape(-1)
+        return metric
 
     # ------------------------------------------------------------- planning
     def bind(self, model: nn.Module, layers: list[str], example_input: Any) -> Binding:
@@ -108,7 +145,8 @@ class ChannelScheme(Scheme):
             params = [modules[n].weight for n in layers]
         self.sizes = {n: _channels(modules[n]) for n in self.layers}
         self.depthwise = {n for n in touched if isinstance(modules[n], nn.Conv2d) and modules[n].groups > 1}
-        self.index = _positions(self.groups, touched, modules) if self.groups else []
+        self.offsets, self.length = _offsets(touched, modules)
+        self.index = _positions(self.groups, self.offsets) if self.groups else []
         self.sites = {name: spec for name, spec in found.attention.items()
                       if any(s.module == name for g in self.groups for s in g.slices)}
         return Binding(params, self.layers, self.sites)
@@ -127,7 +165,7 @@ class ChannelScheme(Scheme):
             return None
         parts, cuts, norms_of = [], [], []
         for group, index in zip(self.groups, self.index):
-            norms = w.detach()[index].double().pow(2).sum(1)
+            norms = _norms(w, index, ctx.input_metric)
             ascending = torch.cumsum(torch.sort(norms)[0], 0)
             sizes = kept_sizes(group, self.options.multiple)
             errors = [float(ascending[group.channels - k - 1]) if k < group.channels else 0.0 for k in sizes]
@@ -162,7 +200,7 @@ class ChannelScheme(Scheme):
         norms_of = ctx.candidates.data if isinstance(ctx.candidates, Coupled) else []
         for g, (group, index) in enumerate(zip(self.groups, self.index)):
             k = ctx.chosen_forms()[g].kept if norms_of else group.channels
-            norms = norms_of[g] if norms_of else w[index].double().pow(2).sum(1)
+            norms = norms_of[g] if norms_of else _norms(w, index, ctx.input_metric)
             keep = torch.sort(torch.topk(norms, k).indices)[0]
             drop = torch.ones(group.channels, dtype=torch.bool)
             drop[keep] = False
@@ -208,6 +246,14 @@ class ChannelScheme(Scheme):
         return new
 
 
+def _norms(w: torch.Tensor, index: torch.Tensor, metric: torch.Tensor | None) -> torch.Tensor:
+    """Each channel's squared norm over its entries (``index``: channels × entries), in the diagonal ``metric``."""
+    squares = w.detach().double().pow(2)
+    if metric is not None:
+        squares = squares * metric.to(squares.device)
+    return squares[index].sum(1)
+
+
 def _own_params(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in (getattr(module, "weight", None), getattr(module, "bias", None)) if isinstance(p, nn.Parameter)]
 
@@ -217,14 +263,19 @@ def _channels(module: nn.Module) -> tuple[int, int]:
     return module.weight.shape[0], module.in_features if isinstance(module, nn.Linear) else module.in_channels
 
 
-def _positions(groups: list[ChannelGroup], touched: list[str], modules: dict[str, nn.Module]) -> list[torch.Tensor]:
-    """For each group, a (channels, entries) tensor of positions in the task's flat parameter vector."""
+def _offsets(touched: list[str], modules: dict[str, nn.Module]) -> tuple[dict[tuple[str, str], torch.Tensor], int]:
+    """Where each (module, "weight" | "bias") lives in the task's flat parameter vector (in its shape), and its length."""
     offsets, start = {}, 0
     for name in touched:
         for kind, p in zip(("weight", "bias"), (getattr(modules[name], "weight", None), getattr(modules[name], "bias", None))):
             if isinstance(p, nn.Parameter):
                 offsets[(name, kind)] = (start + torch.arange(p.numel())).reshape(p.shape)
                 start += p.numel()
+    return offsets, start
+
+
+def _positions(groups: list[ChannelGroup], offsets: dict[tuple[str, str], torch.Tensor]) -> list[torch.Tensor]:
+    """For each group, a (channels, entries) tensor of positions in the task's flat parameter vector."""
     out = []
     for group in groups:
         rows = []

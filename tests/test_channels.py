@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 from collections import OrderedDict
@@ -275,6 +276,59 @@ def test_minmax_allocation_is_the_schemes_option_and_leaves_alpha_selection_alon
     assert scheme().allocation == "minmax"  # the option's default: a BatchNorm ResNet's validation split chose it
 
 
+# ------------------------------------------------------------ output error
+class Mlp(nn.Module):
+    """x → up → ReLU → down: one group of hidden units, read by ``down``."""
+
+    def __init__(self, d: int = 6, hidden: int = 8) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(d, hidden), nn.Linear(hidden, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.relu(self.up(x)))
+
+
+def test_output_error_weighs_consumer_columns_by_the_energy_of_their_inputs():
+    torch.manual_seed(0)
+    model, x = Mlp(), torch.randn(64, 6)
+    damping = 0.05
+    engine, task = _engine(model, x[:1], options={"multiple": 1, "error": "output", "damping": damping},
+                           target={"cost": "flops", "ratio": 0.5})
+    engine.calibrate = lambda m: m(x)
+    engine.calibrate_metrics()
+    hidden = F.relu(model.up(x)).detach().double()
+    energy = hidden.pow(2).mean(0)
+    energy = energy / energy.max()
+    expected = (damping * (model.up.weight.double().pow(2).sum(1) + model.up.bias.double().pow(2))
+                + model.down.weight.double().pow(2).sum(0) * (energy + damping))
+    norms = engine.candidates(0, 1e-3)[0].candidates.data[0]
+    assert torch.allclose(norms, expected, rtol=1e-9)
+    # the penalty is measured in the same metric: ‖w − 0‖² in it is the sum of the channels' norms
+    assert float(engine._squared_norm(0, task.weight().detach().double())) == pytest.approx(
+        float(norms.sum()) + damping * model.down.bias.double().pow(2).sum().item(), rel=1e-9)
+
+
+def test_output_error_keeps_the_channels_that_carry_the_signal():
+    torch.manual_seed(0)
+    model, x = Mlp(), torch.randn(256, 6)
+    with torch.no_grad():  # units 0-3: large weights that ReLU silences; units 4-7: small weights, always active
+        model.up.weight[:4] *= 4
+        model.up.bias[:4] = -10.0
+        model.up.weight[4:] *= 0.3
+        model.up.bias[4:] = 3.0
+    removed = {}
+    for error in ("weight", "output"):
+        options = {"multiple": 4, "error": error, "damping": 1e-3}
+        config = {"tasks": [{"layers": ["*"], "scheme": "channels", "options": options,
+                             "target": {"cost": "flops", "ratio": 0.6}}], "schedule": {"steps": 0}}
+        result = lcpress.compress(copy.deepcopy(model), config, example_input=x[:1], calibration=[x], progress=False)
+        kept = result.states[0].meta["groups"][0]["indices"]
+        with torch.no_grad():
+            removed[error] = float((result.model(x) - model(x)).pow(2).mean())
+        assert kept == ([0, 1, 2, 3] if error == "weight" else [4, 5, 6, 7])
+    assert removed["output"] < 1e-3 * removed["weight"]
+
+
 # --------------------------------------------------------- realization, files
 def _compressed(model, x, ratio=0.5, cost="flops", **options):
     config = {"tasks": [{"layers": ["*"], "scheme": "channels", "options": {"multiple": 1, **options},
@@ -349,7 +403,7 @@ class Interrupt(Exception):
     pass
 
 
-def _train_run(out, stop_at=None, resume=False):
+def _train_run(out, stop_at=None, resume=False, error="weight"):
     """Three LC steps of the residual block with a small regression L step; ``stop_at`` interrupts one."""
     torch.manual_seed(0)
     model = _randomize_norms(Block())
@@ -367,17 +421,19 @@ def _train_run(out, stop_at=None, resume=False):
             opt.step()
         return float(loss.detach())
 
-    config = {"tasks": [{"layers": ["*"], "scheme": "channels", "options": {"multiple": 2},
+    config = {"tasks": [{"layers": ["*"], "scheme": "channels", "options": {"multiple": 2, "error": error},
                          "target": {"cost": "flops", "ratio": 0.5}}],
               "schedule": {"mu0": 0.1, "factor": 2.0, "steps": 3}, "output_dir": str(out)}
-    return lcpress.compress(model, config, train, example_input=x[:1], resume=resume, progress=False)
+    return lcpress.compress(model, config, train, example_input=x[:1], resume=resume, progress=False,
+                            calibration=[(x, y)])
 
 
-def test_interrupted_run_resumes_exactly_and_exports_to_onnx(tmp_path):
-    full = _train_run(tmp_path / "full")
+@pytest.mark.parametrize("error", ["weight", "output"])
+def test_interrupted_run_resumes_exactly_and_exports_to_onnx(tmp_path, error):
+    full = _train_run(tmp_path / "full", error=error)
     with pytest.raises(Interrupt):
-        _train_run(tmp_path / "cut", stop_at=1)
-    resumed = _train_run(tmp_path / "cut", resume=True)
+        _train_run(tmp_path / "cut", stop_at=1, error=error)
+    resumed = _train_run(tmp_path / "cut", resume=True, error=error)
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.max_abs_error < 1e-5 and full.model.conv1.out_channels < 6

@@ -227,15 +227,23 @@ class LCEngine:
     # ----------------------------------------------------- output-space metrics
     def _moment_collector(self) -> MomentCollector | None:
         """Hooks for the layers whose scheme measures error on outputs; None when no scheme does."""
-        watched = {}
+        watched, per_channel = {}, set()
         for i, task in enumerate(self.tasks):
-            if task.scheme.output_error() is None:
+            wanted = task.scheme.output_error()
+            if wanted is None:
                 continue
-            if not task.single_layer:
+            if task.scheme.scope == "model":
+                names = task.scheme.moment_layers()
+            elif task.single_layer:
+                names = [task.layers[0]]
+            else:
                 raise LcpressError(f"task {task.name!r}: scheme {task.scheme.name!r} measures error on the layer's "
                                    f"outputs, which needs one layer per task; drop 'shared: true'")
-            watched[i] = get_module(self.model, task.layers[0])
-        return MomentCollector(watched) if watched else None
+            for name in names:
+                watched[(i, name)] = get_module(self.model, name)
+                if wanted.per_channel:
+                    per_channel.add((i, name))
+        return MomentCollector(watched, per_channel=per_channel) if watched else None
 
     def _collecting(self) -> contextlib.AbstractContextManager:
         return self.collector.collecting() if self.collector is not None else contextlib.nullcontext()
@@ -261,8 +269,18 @@ class LCEngine:
         """The metrics of the next C step and L step, from the inputs the layers saw since the last update."""
         if self.collector is None:
             return
-        for i, moment in self.collector.take().items():
-            self.metrics[i] = input_metric(moment, self.tasks[i].scheme.output_error().damping)
+        by_task: dict[int, dict[str, torch.Tensor]] = {}
+        for (i, name), moment in self.collector.take().items():
+            by_task.setdefault(i, {})[name] = moment
+        for i, moments in by_task.items():
+            scheme = self.tasks[i].scheme
+            damping = scheme.output_error().damping
+            if scheme.scope == "model":
+                with self._calling(self.tasks[i], self.next_step, "output_metric"):
+                    metric = scheme.output_metric(moments, damping)
+                self.metrics[i] = metric.to(self.tasks[i].params[0].device, torch.float64)
+            else:
+                self.metrics[i] = input_metric(moments[self.tasks[i].layers[0]], damping)
 
     def _target(self, i: int, mu: float) -> torch.Tensor:
         task = self.tasks[i]

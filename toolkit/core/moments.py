@@ -17,13 +17,19 @@ an isotropic input gives exactly the weight-space metric), then damped,
 are. The inputs come from forward pre-hooks: one
 calibration pass over training data before the direct compression, then the
 forward passes of each L step (never the evaluation data).
+
+A scheme over many layers (channel pruning) asks for each input channel's
+mean square alone (:attr:`OutputError.per_channel`) and builds a *diagonal*
+metric, one weight per entry of its parameter vector
+(:meth:`lcpress.Scheme.output_metric`); the penalty then is
+``μ/2·Σ_e m_e (w_e − Δ_e)²``.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Hashable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +46,10 @@ class OutputError:
     """
 
     damping: float = 0.01
+    #: True: only each input *channel*'s mean square ``E[x_c²]`` (the diagonal, over every position), for a
+    #: scheme whose metric is diagonal — channel pruning over many layers, where a full Σ per layer would cost
+    #: more than the layers themselves.
+    per_channel: bool = False
 
 
 def input_vectors(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -47,6 +57,12 @@ def input_vectors(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(module, nn.Conv2d):
         return _patches(module, x)
     return x.reshape(-1, x.shape[-1])
+
+
+def channel_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` as (positions, channels): every value of one input channel in one column (a conv's at every pixel)."""
+    axis = 1 if isinstance(module, nn.Conv2d) else -1
+    return x.movedim(axis, -1).reshape(-1, x.shape[axis])
 
 
 def _patches(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -76,11 +92,13 @@ class MomentCollector:
     length n = in·kh·kw is larger than its output channels.
     """
 
-    def __init__(self, modules: dict[int, nn.Module], max_rows: int = 2048) -> None:
+    def __init__(self, modules: dict[Hashable, nn.Module], max_rows: int = 2048,
+                 per_channel: set[Hashable] | None = None) -> None:
         self.modules = modules
         self.max_rows = max_rows
-        self.sums: dict[int, torch.Tensor] = {}
-        self.counts: dict[int, int] = {}
+        self.per_channel = per_channel or set()  # keys that keep E[x_c²] per input channel only
+        self.sums: dict[Hashable, torch.Tensor] = {}
+        self.counts: dict[Hashable, int] = {}
 
     @contextlib.contextmanager
     def collecting(self) -> Iterator["MomentCollector"]:
@@ -92,19 +110,24 @@ class MomentCollector:
             for handle in handles:
                 handle.remove()
 
-    def _hook(self, key: int):
+    def _hook(self, key: Hashable):
         def hook(module: nn.Module, args: tuple) -> None:
             with torch.no_grad():
-                rows = input_vectors(module, args[0].detach())
-                rows = rows[:: -(-rows.shape[0] // self.max_rows)]  # at most max_rows, evenly strided
-                gram = (rows.T @ rows).to(torch.float64)
+                if key in self.per_channel:
+                    rows = channel_rows(module, args[0].detach())
+                    gram = rows.double().pow(2).sum(0)
+                else:
+                    rows = input_vectors(module, args[0].detach())
+                    rows = rows[:: -(-rows.shape[0] // self.max_rows)]  # at most max_rows, evenly strided
+                    gram = (rows.T @ rows).to(torch.float64)
             self.sums[key] = gram if key not in self.sums else self.sums[key] + gram
             self.counts[key] = self.counts.get(key, 0) + rows.shape[0]
 
         return hook
 
-    def take(self) -> dict[int, torch.Tensor]:
-        """``E[x xᵀ]`` of every layer that saw input since the last call (float64); then starts afresh."""
+    def take(self) -> dict[Hashable, torch.Tensor]:
+        """``E[x xᵀ]`` (per-channel keys: ``E[x_c²]``) of every layer that saw input since the last call (float64);
+        then starts afresh."""
         moments = {key: total / self.counts[key] for key, total in self.sums.items()}
         self.sums, self.counts = {}, {}
         return moments
@@ -126,8 +149,13 @@ def input_metric(moment: torch.Tensor, damping: float) -> torch.Tensor:
 
 
 def squared_distance(diff: torch.Tensor, metric: torch.Tensor | None) -> torch.Tensor:
-    """``tr(D Σ Dᵀ)`` for ``D = diff`` as an (out, in·kh·kw) matrix; ``‖diff‖²`` without a metric (differentiable)."""
+    """``tr(D Σ Dᵀ)`` for ``D = diff`` as an (out, in·kh·kw) matrix; ``‖diff‖²`` without a metric (differentiable).
+
+    A one-dimensional metric is a diagonal one, a weight per entry of ``diff``: ``Σ_e m_e·diff_e²``.
+    """
     if metric is None:
         return torch.sum(diff**2)
+    if metric.dim() == 1:
+        return torch.sum(metric * diff.reshape(-1) ** 2)
     d = diff.reshape(diff.shape[0], -1)
     return torch.sum((d @ metric.to(d.dtype)) * d)

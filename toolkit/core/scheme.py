@@ -233,10 +233,25 @@ class Scheme(ABC):
         layer's inputs in ``ctx.input_metric`` at every C step, and the engine
         measures the L-step penalty in the same metric (see
         :mod:`lcpress.core.moments`). Its candidates' errors must then be
-        ``tr((W − Δ) Σ (W − Δ)ᵀ)``. Only single-layer tasks get a metric.
-        Default: None.
+        ``tr((W − Δ) Σ (W − Δ)ᵀ)``. Per-layer schemes get a metric for
+        single-layer tasks only; a model-scope scheme names the layers whose
+        inputs it needs (:meth:`moment_layers`) and builds its task's metric
+        from them (:meth:`output_metric`). Default: None.
         """
         return None
+
+    def moment_layers(self) -> list[str]:
+        """A model-scope scheme with :meth:`output_error`: the layers whose input moments make its metric."""
+        return []
+
+    def output_metric(self, moments: dict[str, torch.Tensor], damping: float) -> torch.Tensor:
+        """A model-scope scheme with :meth:`output_error`: its task's metric from ``moments`` (by layer name).
+
+        Either an (n × n) matrix or, for a diagonal metric, one non-negative weight per entry of the task's
+        parameter vector; it reaches the C step as ``ctx.input_metric`` and weighs the L-step penalty.
+        """
+        raise NotImplementedError(f"scheme {self.name!r} measures error on outputs over a whole model but has no "
+                                  f"output_metric()")
 
     def candidates(self, w: torch.Tensor, ctx: CStepContext) -> Candidates | None:
         """Forms this scheme could produce for ``w``, with exact errors; None if it has no choice."""
