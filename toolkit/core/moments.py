@@ -113,14 +113,14 @@ class MomentCollector:
     def _hook(self, key: Hashable):
         def hook(module: nn.Module, args: tuple) -> None:
             with torch.no_grad():
-                if key in self.per_channel:
+                if key in self.per_channel:  # Σ_positions x_c², one number per channel
                     rows = channel_rows(module, args[0].detach())
-                    gram = rows.double().pow(2).sum(0)
-                else:
+                    total = rows.double().pow(2).sum(0)
+                else:  # the Gram matrix Σ x xᵀ
                     rows = input_vectors(module, args[0].detach())
                     rows = rows[:: -(-rows.shape[0] // self.max_rows)]  # at most max_rows, evenly strided
-                    gram = (rows.T @ rows).to(torch.float64)
-            self.sums[key] = gram if key not in self.sums else self.sums[key] + gram
+                    total = (rows.T @ rows).to(torch.float64)
+            self.sums[key] = total if key not in self.sums else self.sums[key] + total
             self.counts[key] = self.counts.get(key, 0) + rows.shape[0]
 
         return hook
