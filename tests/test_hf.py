@@ -151,3 +151,23 @@ def test_minilm_example_compresses_and_distils(tmp_path, monkeypatch):
     assert result.max_abs_error < 1e-5
     ratio = result.layers.set_index("layer").filter(like="layer.5.", axis=0)
     assert ratio["flops_after"].sum() <= 0.5 * ratio["flops_before"].sum()
+
+
+@needs_minilm
+def test_minilm_head_pruning_example_prices_attention_and_realizes_smaller_heads(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "examples" / "minilm"))
+    sys.modules.pop("minilm", None)
+    import minilm
+
+    data = lcpress.load_config(ROOT / "examples" / "minilm" / "prune_heads.yaml").to_dict()
+    data.update(output_dir=None, checkpoint=False, finetune={"steps": 1})
+    result = lcpress.compress(minilm.encoder(), data, loaders=minilm.tiny_loaders(), progress=False)
+    assert result.max_abs_error < 1e-5
+    sites = [spec for name, spec in result.tasks[0].layer_specs.items() if name.endswith("attention_core")]
+    assert len(sites) == 6 and all(spec.kind == "attention" and spec.groups == 12 for spec in sites)
+    kept_heads = [m.out_features // 32 for n, m in result.model.named_modules() if n.endswith("attention.self.query")]
+    assert len(kept_heads) == 6 and min(kept_heads) < 12 and all(h % 2 == 0 for h in kept_heads)  # multiple: 64
+    last = result.history.iloc[-1]  # the target's total holds the attention cores in their kept head counts
+    assert last["target0_achieved"] <= 0.5 * last["target0_dense"]
+    assert last["target0_dense"] == sum(spec.flops for spec in result.tasks[0].layer_specs.values())
+    assert 0.5 < result.metric <= 1.0
