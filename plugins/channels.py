@@ -228,14 +228,12 @@ class ChannelScheme(Scheme):
     def _removed(self, state: State) -> dict[str, dict[str, set[int]]]:
         """Rows and columns removed from every module the groups touch."""
         removed: dict[str, dict[str, set[int]]] = {}
-        in_modules = [s for g in self.groups for s in g.slices if s.role != "heads"]  # an attention core: no module
-        for s in in_modules:
+        for s in (s for g in self.groups for s in g.module_slices):
             removed.setdefault(s.module, {"rows": set(), "columns": set()})
         for entry, group in zip(state.meta.get("groups", []), self.groups):
             dropped = sorted(set(range(group.channels)) - set(entry["indices"]))
-            for s in group.slices:
-                if s.role != "heads":
-                    removed[s.module][s.role].update(i for c in dropped for i in s.indices[c])
+            for s in group.module_slices:
+                removed[s.module][s.role].update(i for c in dropped for i in s.indices[c])
         return removed
 
     def realize_layers(self, state: State, model: nn.Module) -> dict[str, nn.Module]:
@@ -248,10 +246,10 @@ class ChannelScheme(Scheme):
 
 def _norms(w: torch.Tensor, index: torch.Tensor, metric: torch.Tensor | None) -> torch.Tensor:
     """Each channel's squared norm over its entries (``index``: channels × entries), in the diagonal ``metric``."""
-    squares = w.detach().double().pow(2)
+    squares = w.detach()[index].double().pow(2)
     if metric is not None:
-        squares = squares * metric.to(squares.device)
-    return squares[index].sum(1)
+        squares = squares * metric.to(squares.device)[index]
+    return squares.sum(1)
 
 
 def _own_params(module: nn.Module) -> list[nn.Parameter]:
@@ -281,7 +279,7 @@ def _positions(groups: list[ChannelGroup], offsets: dict[tuple[str, str], torch.
         rows = []
         for c in range(group.channels):
             parts = []
-            for s in (s for s in group.slices if s.role != "heads"):  # an attention core holds no weights
+            for s in group.module_slices:
                 idx = torch.tensor(s.indices[c])
                 weight, bias = offsets.get((s.module, "weight")), offsets.get((s.module, "bias"))
                 if s.role == "columns":

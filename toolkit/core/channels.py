@@ -113,6 +113,11 @@ class ChannelGroup:
         return [s.module for s in self.slices if s.role == "columns"]
 
     @property
+    def module_slices(self) -> list[Slice]:
+        """The slices that live in a module's weights (an attention core's "heads" slice has none)."""
+        return [s for s in self.slices if s.role != "heads"]
+
+    @property
     def unit(self) -> int:
         """Rows per channel in the first producer (1 for a conv channel, the head size for a head)."""
         return next((s.width for s in self.slices if s.role == "rows"), 1)
