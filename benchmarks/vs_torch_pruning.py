@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import os
 import sys
 import time
@@ -49,7 +50,7 @@ from lcpress import (LStep, SupervisedTrainer, TrainConfig, accuracy, digits_cnn
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples" / "lenet300"))
-from common import (describe, fine_tune, flops, interleaved_latency_ms, latency_note, layer_flops,  # noqa: E402
+from common import (describe, fine_tune, flops, interleaved_latency_ms, latency_note,  # noqa: E402
                     publish)
 
 VALIDATION = 5000  # MNIST training images held out for the benchmark's choices
@@ -113,6 +114,11 @@ class Case:
     def batch(self, size: int) -> torch.Tensor:
         """``size`` copies of the example input, as one batch (what latency is timed on)."""
         return self.x.expand(size, *self.x.shape[1:]).contiguous()
+
+    @functools.cached_property
+    def dense_specs(self) -> list[lcpress.LayerSpec]:
+        """What a channel target prices in the dense model (traced once: every ratio is relative to it)."""
+        return priced_specs(self.dense, self.x)
 
 
 def mnist_split(quick: bool, batch: int = 128) -> tuple[DataLoader, DataLoader, DataLoader]:
@@ -341,11 +347,11 @@ def latency_options(case: Case) -> dict:
             **({"cache_dir": cache} if cache else {})}
 
 
-def priced_latency(model: nn.Module, case: Case) -> float:
-    """The summed cpu_latency prices of ``model``'s Conv2d / Linear layers and attention cores in their actual shapes."""
+def priced_latency(specs: list[lcpress.LayerSpec], case: Case) -> float:
+    """The summed cpu_latency prices of a model's ``specs`` (:func:`priced_specs`)."""
     cost_model = lcpress.get_registry().cost_model("cpu_latency")
     priced = cost_model(cost_model.Options.from_dict(latency_options(case)))
-    return priced.total((spec, lcpress.Dense()) for spec in priced_specs(model, case.x))
+    return priced.total((spec, lcpress.Dense()) for spec in specs)
 
 
 def priced_specs(model: nn.Module, x: torch.Tensor) -> list[lcpress.LayerSpec]:
@@ -363,16 +369,12 @@ def params(model: nn.Module) -> int:
 
 
 def achieved_flops(case: Case, model: nn.Module) -> float:
-    """FLOPs of the dense model's Conv2d / Linear layers and attention cores in ``model``, as a fraction of dense.
+    """FLOPs of ``model``'s Conv2d / Linear layers and attention cores, as a fraction of dense.
 
     The flops target's ratio: lcpress's channel groups price the attention products of the heads they keep
     (FlopCounterMode counts none for scaled_dot_product_attention on a CPU).
     """
-    layers = [n for n, m in case.dense.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-
-    def total(m: nn.Module) -> float:
-        return layer_flops(m, case.x, layers) + sum(s.flops for s in lcpress.channel_groups(m, case.x).attention.values())
-    return total(model) / total(case.dense)
+    return sum(s.flops for s in priced_specs(model, case.x)) / sum(s.flops for s in case.dense_specs)
 
 
 #: What --select compares on the validation split: (label, channels options, normalize, LC steps or None = the case's
@@ -434,7 +436,7 @@ def latency_run(case: Case, tp_run: Run, rounds: int, options: dict | None = Non
                 label: str = LC_LATENCY) -> Run:
     """lcpress with a cpu_latency target at Torch-Pruning's latency ratio (searched with ``case.match``)."""
     measured = interleaved_latency_ms({"dense": case.dense, "tp": tp_run.model}, case.batch(case.latency_batch), rounds)
-    priced = priced_latency(tp_run.model, case) / priced_latency(case.dense, case)
+    priced = priced_latency(priced_specs(tp_run.model, case.x), case) / priced_latency(case.dense_specs, case)
     ratio = min(1.0, measured["tp"] / measured["dense"], priced)
 
     def rerun(target: float) -> Run:
