@@ -43,7 +43,7 @@ from lcpress.core.costmodel import CostModel
 from lcpress.core.forms import Dense, Form, LayerSpec
 from lcpress.core.graph import ModelGraph
 from lcpress.core.guard import plugin_call
-from lcpress.core.moments import MomentCollector, input_metric, squared_distance
+from lcpress.core.moments import MomentCollector, squared_distance
 from lcpress.core.penalty import QuadraticPenalty
 from lcpress.core.plan import Task
 from lcpress.core.realize import load_compressed
@@ -274,13 +274,9 @@ class LCEngine:
             by_task.setdefault(i, {})[name] = moment
         for i, moments in by_task.items():
             scheme = self.tasks[i].scheme
-            damping = scheme.output_error().damping
-            if scheme.scope == "model":
-                with self._calling(self.tasks[i], self.next_step, "output_metric"):
-                    metric = scheme.output_metric(moments, damping)
-                self.metrics[i] = metric.to(self.tasks[i].params[0].device, torch.float64)
-            else:
-                self.metrics[i] = input_metric(moments[self.tasks[i].layers[0]], damping)
+            with self._calling(self.tasks[i], self.next_step, "output_metric"):
+                metric = scheme.output_metric(moments, scheme.output_error().damping)
+            self.metrics[i] = metric.to(self.tasks[i].params[0].device, torch.float64)
 
     def _target(self, i: int, mu: float) -> torch.Tensor:
         task = self.tasks[i]

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from lcpress.core.forms import Dense, Form, LayerSpec
-from lcpress.core.moments import OutputError
+from lcpress.core.moments import OutputError, input_metric
 from lcpress.options import Options
 
 if TYPE_CHECKING:
@@ -245,13 +245,18 @@ class Scheme(ABC):
         return []
 
     def output_metric(self, moments: dict[str, torch.Tensor], damping: float) -> torch.Tensor:
-        """A model-scope scheme with :meth:`output_error`: its task's metric from ``moments`` (by layer name).
+        """The task's metric from its layers' input ``moments`` (by layer name), for a scheme with :meth:`output_error`.
 
         Either an (n × n) matrix or, for a diagonal metric, one non-negative weight per entry of the task's
         parameter vector; it reaches the C step as ``ctx.input_metric`` and weighs the L-step penalty.
+        Default: a single-layer task's ``Σ`` of its one layer (:func:`lcpress.core.moments.input_metric`); a
+        model-scope scheme that watches several layers overrides this.
         """
-        raise NotImplementedError(f"scheme {self.name!r} measures error on outputs over a whole model but has no "
-                                  f"output_metric()")
+        if len(moments) != 1:
+            raise NotImplementedError(f"scheme {self.name!r} measures error on the outputs of {len(moments)} layers "
+                                      f"but has no output_metric() to combine them")
+        (moment,) = moments.values()
+        return input_metric(moment, damping)
 
     def candidates(self, w: torch.Tensor, ctx: CStepContext) -> Candidates | None:
         """Forms this scheme could produce for ``w``, with exact errors; None if it has no choice."""
