@@ -114,6 +114,39 @@ def test_finetune_trains_the_realized_model_and_keeps_what_lc_reached(digits, tm
         torch.testing.assert_close(loaded(x), model.eval()(x))
 
 
+def test_finetune_lr_sets_the_fine_tuning_passes_learning_rate(digits, monkeypatch):
+    """finetune.lr: fine-tuning pass k trains at finetune.lr · lr_decay^k; the L steps keep train.lr · lr_decay^k."""
+    from lcpress.runs.demo import digits_cnn
+    from lcpress.runs.training import SupervisedTrainer
+
+    seen = []
+    original = SupervisedTrainer.__call__
+
+    def recording(self, model, penalty, step):
+        loss = original(self, model, penalty, step)
+        seen.append((self.description, step.index, self.optimizer.param_groups[0]["lr"]))
+        return loss
+
+    monkeypatch.setattr(SupervisedTrainer, "__call__", recording)
+    torch.manual_seed(0)
+    config = {"tasks": [{"layers": ["8"], "options": {"rank": 8}}], "schedule": {"steps": 2},
+              "train": {"epochs": 1, "lr": 0.02, "lr_decay": 0.5}, "finetune": {"steps": 2, "lr": 0.003},
+              "checkpoint": False}
+    lcpress.compress(digits_cnn(), config, loaders=digits, progress=False)
+    rates = [(d.startswith("fine-tuning"), i, lr) for d, i, lr in seen]
+    assert [(tuned, i) for tuned, i, _ in rates] == [(False, 0), (False, 1), (True, 2), (True, 3)]
+    assert [lr for *_, lr in rates] == pytest.approx([0.02, 0.01, 0.003, 0.0015])
+
+
+def test_finetune_lr_is_refused_with_your_own_train_fn():
+    model = nn.Sequential(nn.Linear(4, 4))
+    config = {"tasks": [{"layers": ["0"], "options": {"rank": 2}}], "schedule": {"steps": 0},
+              "finetune": {"steps": 1, "lr": 1e-3}}
+    with pytest.raises(lcpress.ConfigError, match="finetune.lr sets the built-in trainer's learning rate"):
+        lcpress.compress(model, config, train_fn=lambda m, penalty, step: 0.0, example_input=torch.randn(1, 4),
+                         progress=False)
+
+
 def test_finetune_needs_a_training_function():
     model = nn.Sequential(nn.Linear(4, 4))
     config = {"tasks": [{"layers": ["0"], "options": {"rank": 2}}], "schedule": {"steps": 0}, "finetune": {"steps": 1}}

@@ -112,3 +112,15 @@ def test_sweep_cli_checks_targets(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["sweep", str(cfg), "--targets", "0.2,1.5"])
     assert "target ratios must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_the_baseline_trains_at_finetune_lr_where_one_is_set(dense_mlp, tmp_path):
+    """The baseline is all fine-tuning of thin layers: it takes finetune.lr, and LC's passes, when the user sets it."""
+    from lcpress.runs.compress import finetune_train
+    from lcpress.runs.sweep import baseline_config
+
+    for finetune, lr in (({"steps": 1}, 0.02), ({"steps": 1, "lr": 0.004}, 0.004)):
+        config = lcpress.load_config({**CONFIG, "finetune": finetune})
+        cfg = baseline_config(dense_mlp, config, 0.5, torch.zeros(1, 64), tmp_path)
+        assert cfg.schedule.steps == 0 and cfg.finetune.steps == 2  # one LC step + one fine-tuning pass
+        assert finetune_train(cfg).lr == pytest.approx(lr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import datetime
 import logging
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lcpress.config import LCConfig
+from lcpress.config import LCConfig, TrainConfig
 from lcpress.core.engine import CalibrateFn, EvalFn, LCEngine, LStep, TrainFn
 from lcpress.core.graph import ModelGraph
 from lcpress.core.plan import Plan, Task, load_config, plan
@@ -390,11 +391,26 @@ def _finetune_fn(train_fn, loaders, config: LCConfig, device, progress) -> Train
     if config.finetune.steps == 0:
         return None
     if train_fn is not None:
+        if config.finetune.lr is not None:
+            raise ConfigError("finetune.lr sets the built-in trainer's learning rate; your train_fn sets its own (it "
+                              "gets LStep.index, counting on from the LC steps): leave finetune.lr out")
         return train_fn
     if loaders is None or loaders[0] is None:
         raise ConfigError("finetune.steps > 0 needs a training function: pass train_fn=…, or loaders=(train, eval)")
-    return SupervisedTrainer(loaders[0], config.train, device=device, progress=progress,
+    return SupervisedTrainer(loaders[0], finetune_train(config), device=device, progress=progress,
                              description="fine-tuning the realized model, pass")
+
+
+def finetune_train(config: LCConfig) -> TrainConfig:
+    """The built-in trainer's settings for fine-tuning: ``train``, with ``finetune.lr`` at the first pass if set.
+
+    Fine-tuning pass k is trainer step ``schedule.steps + k`` (so ``first_epochs`` never applies to it), and the
+    trainer's rate at step i is ``lr · lr_decay^i``: the base rate is scaled so that pass k gets
+    ``finetune.lr · lr_decay^k``.
+    """
+    if config.finetune.lr is None:
+        return config.train
+    return dataclasses.replace(config.train, lr=config.finetune.lr / config.train.lr_decay ** config.schedule.steps)
 
 
 def _fine_tune(model: nn.Module, finetune_fn, eval_fn, config: LCConfig, normalize=None,

@@ -208,7 +208,9 @@ def baseline_config(model: nn.Module, config: LCConfig, ratio: float, example_in
     data["tasks"] = new_tasks
     data["schedule"] = dict(data["schedule"], steps=0)
     # trained as a realized model for the same passes over the data, at the same learning rates, as the LC run
-    data["finetune"] = {"steps": config.schedule.steps + config.finetune.steps}
+    # (at finetune.lr where one is set: the rate the user gives thin layers trained directly)
+    data["finetune"] = {"steps": config.schedule.steps + config.finetune.steps,
+                        **({"lr": config.finetune.lr} if config.finetune.lr is not None else {})}
     return LCConfig.from_dict(data)
 
 
