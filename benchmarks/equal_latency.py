@@ -13,7 +13,9 @@ For each model and FLOPs budget (30%, 50%, 70% of the compressed layers' FLOPs):
 3. for *each* peer, lcpress's ``cpu_latency`` target ratio is chosen so that its direct compression, realized, runs
    at ≤ 97% of that peer's latency at both batch sizes (bisection, each candidate timed interleaved with the peer);
    then the LC run at that ratio — with the weight-space C step and with the activation-aware one
-   (``error: output``) — is compared with that peer (the bar tables);
+   (``error: output``) — is compared with that peer (the bar tables); with ``--lc-splits 8,4,2`` each lcpress
+   weight-space run tries that many L steps, the rest of the passes fine-tuning the realized model, and keeps the
+   split whose model scores best on the validation split (as AIMET's greedy search scores its candidates there);
 4. all final models are timed again, interleaved, and evaluated on the test split.
 
 Same trained model, same splits, same training passes, same optimizer and learning-rate decay for every method;
@@ -82,6 +84,11 @@ class Case:
     latency_batch: int = 32  # the batch size cpu_latency prices layers at (--latency-batch)
     lc_train_config: TrainConfig | None = None  # lcpress's L steps and fine-tuning; None: train_config (--lc-lr)
     weight_only: bool = False  # skip the activation-aware (error: output) latency runs (--no-aware)
+    #: L-step counts lcpress's weight-space runs try, the rest of the passes fine-tuning (--lc-splits); the one
+    #: with the best validation metric is kept. Empty: the schedule's steps only, no selection.
+    lc_splits: tuple[int, ...] = ()
+    validate: Callable[[nn.Module], float] | None = None  # the metric lc_splits choose by; None: score
+    finetune_lr: float | None = None  # lcpress's fine-tuning passes start at this rate (--ft-lr); None: the L steps'
     notes: list[str] = field(default_factory=list)
 
     def example(self) -> Any:
@@ -93,6 +100,24 @@ class Case:
 
 
 # ------------------------------------------------------------------ methods
+def lcpress_best(case: Case, cost: str, ratio: float, error: str = "weight") -> tuple[nn.Module, dict[str, Any]]:
+    """lcpress at a ``cost`` target; with ``case.lc_splits``, the split of the passes between L steps and fine-tuning
+    whose model scores best on the *validation* split (never the test split), with every split's score recorded."""
+    if not case.lc_splits or error != "weight":
+        return lcpress_run(case, cost, ratio, error)
+    validate = case.validate or case.score
+    tried = []
+    for steps in case.lc_splits:
+        model, info = lcpress_run(case, cost, ratio, error, steps=steps)
+        case.finish(model)
+        info["validation"] = validate(model)
+        tried.append((info["validation"], -steps, model, info))
+    best = max(tried, key=lambda t: t[:2])  # ties: fewer L steps, more fine-tuning
+    best[3]["seconds"] = sum(t[3]["seconds"] for t in tried)  # the wall time of the whole selection
+    best[3]["splits"] = ", ".join(f"{-s} + {case.passes + s}: {v:.4f}" for v, s, _, _ in tried)
+    return best[2], best[3]
+
+
 def layer_ratio_ranks(case: Case, ratio: float) -> dict[str, int]:
     """Uniform truncated SVD: each layer's largest rank whose FLOPs are ≤ ``ratio`` of its own (r(m+n) ≤ ratio·mn)."""
     ranks = {}
@@ -133,7 +158,8 @@ def lcpress_run(case: Case, cost: str, ratio: float, error: str = "weight", step
     task = {"layers": case.layers, "options": options, "cost": cost, "normalize": True,
             "target": {"cost": cost, "ratio": ratio}}
     config = {"tasks": [task], "schedule": {**case.schedule, "steps": steps},
-              "finetune": {"steps": case.passes - steps},
+              "finetune": {"steps": case.passes - steps,
+                           **({"lr": case.finetune_lr} if case.finetune_lr and steps < case.passes else {})},
               "cost_models": {"cpu_latency": {"batch_size": case.latency_batch, "threads": 1, "min_run_time": 0.05,
                                               "clock": "thread"}}  # the shared machine: CPU time, as the final timing
               if cost == "cpu_latency" else {}}
@@ -227,13 +253,13 @@ def run_budget(case: Case, ratio: float, aimet: bool, candidates: int, rounds: i
             except Exception as exc:  # a peer that fails is reported, not hidden
                 case.notes.append(f"{label} at {ratio:.0%} failed: {type(exc).__name__}: {str(exc)[:200]}")
                 log(case.notes[-1])
-    record("lcpress LC, flops target", lcpress_run(case, "flops", ratio))
+    record("lcpress LC, flops target", lcpress_best(case, "flops", ratio))
     peers = dict(runs) if match else {}
     for peer, (reference, _) in peers.items():  # lcpress at each peer's own measured latency
         target = matched_ratio(case, {b: reference for b in BATCHES}, "weight", max(3, rounds // 2), search, log,
                                margin)
         for error, label in (("weight", LATENCY), ("output", AWARE))[:1 if case.weight_only else 2]:
-            model, info = lcpress_run(case, "cpu_latency", target, error)
+            model, info = lcpress_best(case, "cpu_latency", target, error)
             info.update(latency_ratio=target, matched_to=peer)
             record(f"{label} @ {peer}", (model, info))
             if one_shot:  # the same target, direct compression then the same passes of fine-tuning instead of LC
@@ -291,6 +317,9 @@ def layer_forms(case: Case, model: nn.Module) -> str:
 def table(rows: list[dict[str, Any]], metrics: list[str]) -> list[str]:
     head = ["budget", "method", *metrics, "latency b=1 (ms)", "latency b=32 (ms)", "FLOPs", "‖w−Δ‖ first → last",
             "cpu_latency ratio", "wall (s)", "layers (rank, shape)"]
+    split = any("splits" in r for r in rows)
+    if split:
+        head.insert(-1, "L steps + fine-tuning passes: validation")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         dist = f"{r['distance_first']:.3g} → {r['distance_last']:.3g}" if "distance_first" in r and r.get("steps") else ""
@@ -298,8 +327,18 @@ def table(rows: list[dict[str, Any]], metrics: list[str]) -> list[str]:
                  *(f"{r[f'ms_b{b}']:.3f}" for b in BATCHES), f"{r['flops']:.1%}", dist,
                  f"{r['latency_ratio']:.3f}" if "latency_ratio" in r else "", f"{r.get('seconds', 0):.0f}",
                  r.get("layers", "")]
+        if split:
+            cells.insert(-1, _splits(r))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _splits(row: dict[str, Any]) -> str:
+    """Every split of the passes an lcpress run tried (L steps + fine-tuning: validation metric), the kept one bold."""
+    if "splits" not in row:
+        return ""
+    kept = f"{row['steps']} + "
+    return ", ".join(f"**{t}**" if t.startswith(kept) else t for t in row["splits"].split(", "))
 
 
 def plot(rows: list[dict[str, Any]], metric: str, out: Path, quick: bool) -> None:
@@ -352,6 +391,10 @@ def main() -> None:
     parser.add_argument("--allocation", choices=["sum", "minmax"],
                         help="low_rank's allocation for lcpress's runs (default: the scheme's, sum)")
     parser.add_argument("--rank-multiple", type=int, help="low_rank's rank_multiple, instead of the model's default")
+    parser.add_argument("--lc-splits", help="L-step counts to try for lcpress's weight-space runs, e.g. 8,4,2 (the "
+                        "rest of the passes fine-tune the realized model); the best on the validation split is kept")
+    parser.add_argument("--ft-lr", type=float, help="learning rate of lcpress's first fine-tuning pass "
+                        "(finetune.lr; default: the L steps' rate, decaying on)")
     parser.add_argument("--no-aware", action="store_true", help="skip the activation-aware latency-matched runs")
     parser.add_argument("--search", type=int, default=6, help="bisection steps of the latency-matched ratio search")
     parser.add_argument("--margin", type=float, default=MARGIN,
@@ -374,6 +417,11 @@ def main() -> None:
     if args.rank_multiple:
         case.options = {**case.options, "rank_multiple": args.rank_multiple}
     case.weight_only = args.no_aware
+    case.finetune_lr = args.ft_lr
+    if args.lc_splits:
+        case.lc_splits = tuple(int(s) for s in args.lc_splits.split(","))
+        if any(not 0 <= s <= case.passes for s in case.lc_splits):
+            parser.error(f"--lc-splits: every L-step count must be between 0 and the {case.passes} passes")
     if args.lr:
         case.train_config = dataclasses.replace(case.train_config, lr=args.lr)
     if args.lc_lr:
@@ -411,7 +459,12 @@ def write(case: Case, rows: list[dict[str, Any]], args: argparse.Namespace, out:
                 f"{' '.join(sys.argv[1:])}` (budgets done: {done}). Training for every method: "
                 f"{case.passes} passes of one training chunk ({case.train_config.optimizer}, lr "
                 f"{case.train_config.lr} × {case.train_config.lr_decay}^k); LC: schedule {case.schedule}, L-step lr "
-                f"{case.lc_train().lr}. Seeds: "
+                f"{case.lc_train().lr}"
+                + (f"; lcpress's weight-space runs try {', '.join(map(str, case.lc_splits))} L steps, the rest of the "
+                   f"passes fine-tuning the realized model"
+                   + (f" (from lr {case.finetune_lr}, × {case.lc_train().lr_decay} per pass)" if case.finetune_lr
+                      else "") + ", and keep the best on the validation split"
+                   if case.lc_splits else "") + ". Seeds: "
                 f"dense training 0, data order 0, C steps 0. cpu_latency prices layers at batch {case.latency_batch}. "
                 f"Wall time so far: {seconds:.0f} s."
                 + "".join(f" {n}." for n in case.notes))

@@ -48,3 +48,32 @@ def test_minilm_quick_mode_runs(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| cosine to the dense embeddings" in done.stdout and "| encoder CPU latency, batch 32" in done.stdout
     assert (tmp_path / "run" / "report.html").exists() and not (tmp_path / "out.md").exists()
+
+
+def test_equal_latency_keeps_the_split_best_on_validation(monkeypatch):
+    """--lc-splits: every split runs, the best validation score wins (ties: more fine-tuning), the table shows all."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import equal_latency
+
+    validation = {8: 0.5, 4: 0.7, 2: 0.7, 0: 0.6}
+
+    def run(case, cost, ratio, error="weight", steps=None):
+        model = nn.Identity()
+        model.steps = steps
+        return model, {"seconds": 1.0, "steps": steps}
+
+    monkeypatch.setattr(equal_latency, "lcpress_run", run)
+    finished = []
+    case = SimpleNamespace(lc_splits=(8, 4, 2, 0), passes=8, validate=lambda m: validation[m.steps],
+                           score=None, finish=finished.append)
+    model, info = equal_latency.lcpress_best(case, "flops", 0.5)
+    assert model.steps == 2 and info["validation"] == 0.7 and info["seconds"] == 4.0
+    assert len(finished) == 4  # every candidate is scored as it will be evaluated (e.g. BatchNorm re-estimated)
+    assert info["splits"] == "8 + 0: 0.5000, 4 + 4: 0.7000, 2 + 6: 0.7000, 0 + 8: 0.6000"
+    assert equal_latency._splits(info) == "8 + 0: 0.5000, 4 + 4: 0.7000, **2 + 6: 0.7000**, 0 + 8: 0.6000"
+    model, info = equal_latency.lcpress_best(case, "flops", 0.5, error="output")  # activation-aware: no selection
+    assert model.steps is None and "splits" not in info
