@@ -108,8 +108,8 @@ class ChannelScheme(Scheme):
 
     def moment_layers(self) -> list[str]:
         """The consumers: every priced layer reading a group's channels."""
-        return [n for n in self.layers if any(s.module == n and s.role == "columns"
-                                              for g in self.groups for s in g.slices)]
+        consumers = {n for g in self.groups for n in g.consumers}
+        return [n for n in self.layers if n in consumers]
 
     def output_metric(self, moments: dict[str, torch.Tensor], damping: float) -> torch.Tensor:
         """A diagonal metric: a consumer's weight column c weighs E[x_c²] (scaled to a largest 1 in the layer) + δ.
