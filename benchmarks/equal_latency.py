@@ -88,7 +88,11 @@ class Case:
     #: with the best validation metric is kept. Empty: the schedule's steps only, no selection.
     lc_splits: tuple[int, ...] = ()
     validate: Callable[[nn.Module], float] | None = None  # the metric lc_splits choose by; None: score
-    finetune_lr: float | None = None  # lcpress's fine-tuning passes start at this rate (--ft-lr); None: the L steps'
+    #: rates lcpress's fine-tuning passes may start at (finetune.lr, --ft-lr); with several, each split that
+    #: fine-tunes tries each and the best on validation is kept. Empty: the L steps' rate, decaying on.
+    finetune_lrs: tuple[float, ...] = ()
+    seed: int = 0  # the training data's order (and lcpress's C-step generators), the same for every method
+    peers: tuple[str, ...] = ()  # --peers: only these peers (and lcpress matched to them); empty: every peer
     notes: list[str] = field(default_factory=list)
 
     def example(self) -> Any:
@@ -101,21 +105,42 @@ class Case:
 
 # ------------------------------------------------------------------ methods
 def lcpress_best(case: Case, cost: str, ratio: float, error: str = "weight") -> tuple[nn.Module, dict[str, Any]]:
-    """lcpress at a ``cost`` target; with ``case.lc_splits``, the split of the passes between L steps and fine-tuning
-    whose model scores best on the *validation* split (never the test split), with every split's score recorded."""
-    if not case.lc_splits or error != "weight":
-        return lcpress_run(case, cost, ratio, error)
+    """lcpress at a ``cost`` target; with ``case.lc_splits`` (or several ``case.finetune_lrs``), the split of the
+    passes between L steps and fine-tuning, and the fine-tuning rate, whose model scores best on the *validation*
+    split (never the test split), with every candidate's score recorded."""
+    candidates = split_candidates(case)
+    if len(candidates) < 2 or error != "weight":
+        return lcpress_run(case, cost, ratio, error, finetune_lr=first_rate(case))
     validate = case.validate or case.score
     tried = []
-    for steps in case.lc_splits:
-        model, info = lcpress_run(case, cost, ratio, error, steps=steps)
+    for steps, rate in candidates:
+        model, info = lcpress_run(case, cost, ratio, error, steps=steps, finetune_lr=rate)
         case.finish(model)
         info["validation"] = validate(model)
+        info["split"] = split_label(case, steps, rate)
         tried.append((info["validation"], -steps, model, info))
-    best = max(tried, key=lambda t: t[:2])  # ties: fewer L steps, more fine-tuning
+    best = max(tried, key=lambda t: t[:2])  # ties: fewer L steps, more fine-tuning; then the first rate listed
     best[3]["seconds"] = sum(t[3]["seconds"] for t in tried)  # the wall time of the whole selection
-    best[3]["splits"] = ", ".join(f"{-s} + {case.passes + s}: {v:.4f}" for v, s, _, _ in tried)
+    best[3]["splits"] = ", ".join(f"{t[3]['split']}: {t[0]:.4f}" for t in tried)
     return best[2], best[3]
+
+
+def split_candidates(case: Case) -> list[tuple[int, float | None]]:
+    """(L steps, first fine-tuning rate) pairs to choose among: every split × every rate where it fine-tunes."""
+    splits = case.lc_splits or (case.schedule["steps"],)
+    rates = case.finetune_lrs or (None,)
+    return [(steps, rate) for steps in splits for rate in (rates if steps < case.passes else (None,))]
+
+
+def first_rate(case: Case) -> float | None:
+    """The fine-tuning rate of a run that chooses none: the first one listed, or the L steps' decaying on."""
+    return case.finetune_lrs[0] if case.finetune_lrs else None
+
+
+def split_label(case: Case, steps: int, rate: float | None) -> str:
+    """``4 + 4`` (L steps + fine-tuning passes), with `` from 0.0005`` when several fine-tuning rates are tried."""
+    several = len(case.finetune_lrs) > 1 and steps < case.passes
+    return f"{steps} + {case.passes - steps}" + (f" from {rate:g}" if several else "")
 
 
 def layer_ratio_ranks(case: Case, ratio: float) -> dict[str, int]:
@@ -131,8 +156,8 @@ def layer_ratio_ranks(case: Case, ratio: float) -> dict[str, int]:
 def compress(case: Case, config: dict[str, Any], train: TrainConfig) -> tuple[nn.Module, dict[str, Any]]:
     """One lcpress run from the dense model, training with ``train``; the model, and what the run measured."""
     model = copy.deepcopy(case.dense)
-    case.train.generator.manual_seed(0)
-    config = {"train": train.to_dict(), "seed": 0, "metric": case.run_metric, **config}
+    case.train.generator.manual_seed(case.seed)
+    config = {"train": train.to_dict(), "seed": case.seed, "metric": case.run_metric, **config}
     start = time.perf_counter()
     result = lcpress.compress(model, config, loaders=(case.train, case.validation), example_input=case.example(),
                               progress=False)
@@ -148,9 +173,10 @@ def uniform_svd(case: Case, ratio: float) -> tuple[nn.Module, dict[str, Any]]:
                     case.train_config)
 
 
-def lcpress_run(case: Case, cost: str, ratio: float, error: str = "weight", steps: int | None = None
-                ) -> tuple[nn.Module, dict[str, Any]]:
-    """LC (or, with ``steps=0``, direct compression and fine-tuning) at a ``cost`` target; ``passes`` in all."""
+def lcpress_run(case: Case, cost: str, ratio: float, error: str = "weight", steps: int | None = None,
+                finetune_lr: float | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """LC (or, with ``steps=0``, direct compression and fine-tuning) at a ``cost`` target; ``passes`` in all,
+    the fine-tuning ones from ``finetune_lr`` (None: the L steps' rate, decaying on)."""
     steps = case.schedule["steps"] if steps is None else steps
     options = {**case.options, "error": error}
     if error == "output":  # the output-space error is measured over input patches: the channel shape's matrix
@@ -159,7 +185,7 @@ def lcpress_run(case: Case, cost: str, ratio: float, error: str = "weight", step
             "target": {"cost": cost, "ratio": ratio}}
     config = {"tasks": [task], "schedule": {**case.schedule, "steps": steps},
               "finetune": {"steps": case.passes - steps,
-                           **({"lr": case.finetune_lr} if case.finetune_lr and steps < case.passes else {})},
+                           **({"lr": finetune_lr} if finetune_lr and steps < case.passes else {})},
               "cost_models": {"cpu_latency": {"batch_size": case.latency_batch, "threads": 1, "min_run_time": 0.05,
                                               "clock": "thread"}}  # the shared machine: CPU time, as the final timing
               if cost == "cpu_latency" else {}}
@@ -174,7 +200,7 @@ def aimet_svd(case: Case, ratio: float, scheme: str, candidates: int) -> tuple[n
     compressed = aimet_svd_compress(model, lambda m, iterations, use_cuda=False: case.score(m),
                                     case.aimet_input_shape, scheme, (ratio * part + total - part) / total, candidates,
                                     [lcpress.get_module(model, name) for name in case.aimet_ignore])
-    case.train.generator.manual_seed(0)
+    case.train.generator.manual_seed(case.seed)
     fine_tune(compressed, case.train, case.passes, case.train_config)
     return compressed, {"seconds": time.perf_counter() - start}
 
@@ -207,8 +233,7 @@ def matched_ratio(case: Case, references: dict[int, nn.Module], error: str, roun
     def fits(ratio: float) -> bool:
         model, _ = _direct(case, ratio, error)
         for batch, reference in references.items():
-            timed = {"candidate": case.timing(model), "reference": case.timing(reference)}
-            ms = interleaved_latency_ms(timed, case.inputs[batch], rounds)
+            ms = _interleaved(case, model, reference, batch, rounds)
             if ms["candidate"] > margin * ms["reference"]:
                 log(f"  ratio {ratio:.3f}: {ms['candidate']:.3f} ms > {margin} × {ms['reference']:.3f} ms at b={batch}")
                 return False
@@ -224,6 +249,56 @@ def matched_ratio(case: Case, references: dict[int, nn.Module], error: str, roun
     return math.exp(low)
 
 
+def _interleaved(case: Case, model: nn.Module, reference: nn.Module, batch: int, rounds: int) -> dict[str, float]:
+    """Milliseconds per call of ``model`` ("candidate") and ``reference``, timed interleaved at ``batch``."""
+    timed = {"candidate": case.timing(model), "reference": case.timing(reference)}
+    return interleaved_latency_ms(timed, case.inputs[batch], rounds)
+
+
+def matched_run(case: Case, reference: nn.Module, target: float, error: str, rounds: int, margin: float, log,
+                tries: int = 1) -> tuple[nn.Module, dict[str, Any]]:
+    """lcpress at the searched ``target``, its *trained* model timed against ``reference`` at every batch size.
+
+    The search times untrained direct compressions; LC's last C step chooses ranks from trained weights and may
+    land a little slower, or leave time unused. So the trained model is timed too, and while it is slower than
+    the peer at either batch size, or faster than ``margin`` of it, the target moves by the ratio measured
+    (aiming at the middle of [margin, 1]) and the run is redone — once a target on each side is known, the
+    next is their midpoint — at most ``tries`` runs in all. The run kept is the loosest target whose trained
+    model was no slower than the peer (the last one when none was). Latency only, never accuracy, steers it;
+    every try is recorded and its wall time counts.
+    """
+    aim = (1.0 + margin) / 2
+    fast: tuple[float, nn.Module, dict[str, Any]] | None = None  # the loosest target that was no slower
+    slow: float | None = None  # the tightest target that was slower
+    record, seconds = [], 0.0
+    for attempt in range(tries):
+        model, info = lcpress_best(case, "cpu_latency", target, error)
+        last = (target, model, info)
+        seconds += info.get("seconds", 0.0)
+        slowest = _slowest(case, model, reference, rounds)
+        record.append(f"{target:.3f}: {slowest:.3f}×")
+        log(f"  trained model at ratio {target:.3f}: {slowest:.3f}× the peer's latency")
+        if slowest <= 1.0:
+            fast = max(fast, (target, model, info), key=lambda f: f[0]) if fast else (target, model, info)
+        else:
+            slow = target if slow is None else min(slow, target)
+        if margin <= slowest <= 1.0:
+            break
+        target = (fast[0] + slow) / 2 if fast and slow is not None else target * aim / slowest
+    target, model, info = fast or last
+    info.update(seconds=seconds, latency_ratio=target, **({"ratio_tries": ", ".join(record)} if tries > 1 else {}))
+    return model, info
+
+
+def _slowest(case: Case, model: nn.Module, reference: nn.Module, rounds: int) -> float:
+    """``model``'s latency over ``reference``'s at the worse of the batch sizes."""
+    ratios = []
+    for batch in BATCHES:
+        ms = _interleaved(case, model, reference, batch, rounds)
+        ratios.append(ms["candidate"] / ms["reference"])
+    return max(ratios)
+
+
 def _direct(case: Case, ratio: float, error: str) -> tuple[nn.Module, dict[str, Any]]:
     """Direct compression at a cpu_latency target, realized, untrained (what the ratio search times)."""
     saved, case.passes = case.passes, 0
@@ -234,8 +309,22 @@ def _direct(case: Case, ratio: float, error: str) -> tuple[nn.Module, dict[str, 
 
 
 # ------------------------------------------------------------------ the benchmark
+Method = Callable[[], tuple[nn.Module, dict[str, Any]]]
+
+
+def peer_methods(case: Case, ratio: float, aimet: bool, candidates: int) -> dict[str, Method]:
+    """Every peer at one FLOPs budget, by name (``case.peers``: only those), each a call that trains it afresh."""
+    methods: dict[str, Method] = {"uniform SVD": lambda: uniform_svd(case, ratio)}
+    for scheme in case.aimet_schemes if aimet else ():
+        methods["AIMET " + scheme.replace("_svd", " SVD")] = \
+            lambda scheme=scheme: aimet_svd(case, ratio, scheme, candidates)
+    methods["lcpress LC, flops target"] = lambda: lcpress_best(case, "flops", ratio)
+    return {name: m for name, m in methods.items() if not case.peers or name in case.peers}
+
+
 def run_budget(case: Case, ratio: float, aimet: bool, candidates: int, rounds: int, search: int, log,
-               one_shot: bool = False, match: bool = True, margin: float = MARGIN) -> list[dict[str, Any]]:
+               one_shot: bool = False, match: bool = True, margin: float = MARGIN,
+               tries: int = 1) -> list[dict[str, Any]]:
     """Every method at one FLOPs budget; the rows of the table."""
     runs: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
 
@@ -244,27 +333,26 @@ def run_budget(case: Case, ratio: float, aimet: bool, candidates: int, rounds: i
         runs[name] = outcome
         log(f"{case.name} {ratio:.0%} {name}: {case.evaluate(outcome[0])} ({outcome[1].get('seconds', 0):.0f} s)")
 
-    record("uniform SVD", uniform_svd(case, ratio))
-    if aimet:
-        for scheme in case.aimet_schemes:
-            label = "AIMET " + scheme.replace("_svd", " SVD")
-            try:
-                record(label, aimet_svd(case, ratio, scheme, candidates))
-            except Exception as exc:  # a peer that fails is reported, not hidden
-                case.notes.append(f"{label} at {ratio:.0%} failed: {type(exc).__name__}: {str(exc)[:200]}")
-                log(case.notes[-1])
-    record("lcpress LC, flops target", lcpress_best(case, "flops", ratio))
+    for name, method in peer_methods(case, ratio, aimet, candidates).items():
+        try:
+            record(name, method())
+        except Exception as exc:  # a peer that fails is reported, not hidden
+            if not name.startswith("AIMET"):
+                raise
+            case.notes.append(f"{name} at {ratio:.0%} failed: {type(exc).__name__}: {str(exc)[:200]}")
+            log(case.notes[-1])
     peers = dict(runs) if match else {}
     for peer, (reference, _) in peers.items():  # lcpress at each peer's own measured latency
         target = matched_ratio(case, {b: reference for b in BATCHES}, "weight", max(3, rounds // 2), search, log,
                                margin)
         for error, label in (("weight", LATENCY), ("output", AWARE))[:1 if case.weight_only else 2]:
-            model, info = lcpress_best(case, "cpu_latency", target, error)
-            info.update(latency_ratio=target, matched_to=peer)
+            model, info = matched_run(case, reference, target, error, max(3, rounds // 2), margin, log, tries)
+            info.update(matched_to=peer)
             record(f"{label} @ {peer}", (model, info))
             if one_shot:  # the same target, direct compression then the same passes of fine-tuning instead of LC
-                model, info = lcpress_run(case, "cpu_latency", target, error, steps=0)
-                info.update(latency_ratio=target, matched_to=peer)
+                kept = info["latency_ratio"]
+                model, info = lcpress_run(case, "cpu_latency", kept, error, steps=0, finetune_lr=first_rate(case))
+                info.update(latency_ratio=kept, matched_to=peer)
                 record(f"{label.replace('LC', 'one-shot')} @ {peer}", (model, info))
     final = latencies(case, {"dense": case.dense, **{name: model for name, (model, _) in runs.items()}}, rounds)
     dense_flops = flops(case.timing(case.dense), case.example())
@@ -276,6 +364,55 @@ def run_budget(case: Case, ratio: float, aimet: bool, candidates: int, rounds: i
                      "flops": flops(case.timing(model), case.example()) / dense_flops, **info,
                      "layers": layer_forms(case, model)})
     return rows
+
+
+def seed_spread(case: Case, rows: list[dict[str, Any]], seeds: int, aimet: bool, candidates: int,
+                log) -> list[dict[str, Any]]:
+    """Each peer and the weight-space lcpress run matched to it, retrained with data-order seeds 1 … seeds − 1.
+
+    Only training depends on the seed: the peers' ranks (uniform, AIMET's greedy search on the dense model) and
+    the matched ``cpu_latency`` ratio (searched on untrained direct compressions) do not, so each seed reruns the
+    same compressions with another order of the training data. Seed 0 is the table's own run.
+    """
+    metric = next(iter(case.evaluate(case.dense)))
+    spread = []
+    for budget in dict.fromkeys(r["budget"] for r in rows):
+        these = {r["method"]: r for r in rows if r["budget"] == budget}
+        methods = peer_methods(case, budget, aimet, candidates)
+        for peer, method in methods.items():
+            mine = these.get(f"{LATENCY} @ {peer}")
+            if peer not in these or mine is None:
+                continue
+            entry = {"budget": budget, "peer": peer, "peer_scores": [these[peer][metric]],
+                     "lcpress_scores": [mine[metric]]}
+            for seed in range(1, seeds):
+                case.seed = seed
+                try:
+                    for key, run in (("peer_scores", method),
+                                     ("lcpress_scores", lambda: lcpress_best(case, "cpu_latency", mine["latency_ratio"]))):
+                        model = run()[0]
+                        case.finish(model)
+                        entry[key].append(case.evaluate(model)[metric])
+                finally:
+                    case.seed = 0
+                log(f"{case.name} {budget:.0%} seed {seed}: {peer} {entry['peer_scores'][-1]:.4f}, lcpress matched "
+                    f"{entry['lcpress_scores'][-1]:.4f}")
+            spread.append(entry)
+    return spread
+
+
+def spread_table(spread: list[dict[str, Any]], metric: str) -> list[str]:
+    """Per budget and peer: its score and the matched lcpress run's, per seed and on the mean."""
+    lines = [f"| budget | peer | peer {metric} per seed | peer mean | lcpress {metric} per seed | lcpress mean | "
+             "lcpress − peer, mean (sd of the differences) |", "|---|---|---|---:|---|---:|---|"]
+    for e in spread:
+        peer, mine = torch.tensor(e["peer_scores"]), torch.tensor(e["lcpress_scores"])
+        gaps = mine - peer
+        sd = f" ({float(gaps.std()):.4f})" if len(gaps) > 1 else ""
+        lines.append(f"| {e['budget']:.0%} | {e['peer']} | {' '.join(f'{v:.4f}' for v in peer.tolist())} | "
+                     f"{float(peer.mean()):.4f} | {' '.join(f'{v:.4f}' for v in mine.tolist())} | "
+                     f"{float(mine.mean()):.4f} | {float(gaps.mean()):+.4f}{sd} |")
+    return lines
 
 
 def bar(rows: list[dict[str, Any]], metric: str, ours: str) -> list[str]:
@@ -325,7 +462,7 @@ def table(rows: list[dict[str, Any]], metrics: list[str]) -> list[str]:
         dist = f"{r['distance_first']:.3g} → {r['distance_last']:.3g}" if "distance_first" in r and r.get("steps") else ""
         cells = [f"{r['budget']:.0%}", r["method"], *(f"{r[m]:.4f}" for m in metrics),
                  *(f"{r[f'ms_b{b}']:.3f}" for b in BATCHES), f"{r['flops']:.1%}", dist,
-                 f"{r['latency_ratio']:.3f}" if "latency_ratio" in r else "", f"{r.get('seconds', 0):.0f}",
+                 _ratio(r), f"{r.get('seconds', 0):.0f}",
                  r.get("layers", "")]
         if split:
             cells.insert(-1, _splits(r))
@@ -333,11 +470,19 @@ def table(rows: list[dict[str, Any]], metrics: list[str]) -> list[str]:
     return lines
 
 
+def _ratio(row: dict[str, Any]) -> str:
+    """The cpu_latency target ratio a matched run kept, and every target it tried (--tries) with its model's latency."""
+    if "latency_ratio" not in row:
+        return ""
+    tries = row.get("ratio_tries")
+    return f"{row['latency_ratio']:.3f}" + (f" (tried {tries} the peer)" if isinstance(tries, str) and tries else "")
+
+
 def _splits(row: dict[str, Any]) -> str:
     """Every split of the passes an lcpress run tried (L steps + fine-tuning: validation metric), the kept one bold."""
     if "splits" not in row:
         return ""
-    kept = f"{row['steps']} + "
+    kept = f"{row['split']}: "
     return ", ".join(f"**{t}**" if t.startswith(kept) else t for t in row["splits"].split(", "))
 
 
@@ -393,12 +538,21 @@ def main() -> None:
     parser.add_argument("--rank-multiple", type=int, help="low_rank's rank_multiple, instead of the model's default")
     parser.add_argument("--lc-splits", help="L-step counts to try for lcpress's weight-space runs, e.g. 8,4,2 (the "
                         "rest of the passes fine-tune the realized model); the best on the validation split is kept")
-    parser.add_argument("--ft-lr", type=float, help="learning rate of lcpress's first fine-tuning pass "
-                        "(finetune.lr; default: the L steps' rate, decaying on)")
+    parser.add_argument("--ft-lr", help="learning rate of lcpress's first fine-tuning pass (finetune.lr; default: "
+                        "the L steps' rate, decaying on); several, e.g. 5e-4,2.5e-4: each split that fine-tunes tries "
+                        "each, and the best on the validation split is kept")
     parser.add_argument("--no-aware", action="store_true", help="skip the activation-aware latency-matched runs")
     parser.add_argument("--search", type=int, default=6, help="bisection steps of the latency-matched ratio search")
     parser.add_argument("--margin", type=float, default=MARGIN,
                         help="a candidate fits when it runs at ≤ margin × the peer's latency during the search")
+    parser.add_argument("--tries", type=int, default=1,
+                        help="trained runs per latency-matched row: after each, the trained model is timed against "
+                             "the peer, and the target moves until it runs at margin–100%% of the peer's latency")
+    parser.add_argument("--peers", help="only these peers, by name, separated by ';' (e.g. 'AIMET weight SVD'), and "
+                        "lcpress matched to them (default: every peer)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="retrain each peer and the lcpress run matched to it with this many data-order seeds "
+                             "(seed 0 is the table's run) and add their spread")
     parser.add_argument("--out", help="default: benchmarks/results/equal_latency_<model>.md")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the machine is shared: one thread, timed by its own CPU clock
@@ -417,7 +571,10 @@ def main() -> None:
     if args.rank_multiple:
         case.options = {**case.options, "rank_multiple": args.rank_multiple}
     case.weight_only = args.no_aware
-    case.finetune_lr = args.ft_lr
+    if args.peers:
+        case.peers = tuple(name.strip() for name in args.peers.split(";"))
+    if args.ft_lr:
+        case.finetune_lrs = tuple(float(r) for r in args.ft_lr.split(","))
     if args.lc_splits:
         case.lc_splits = tuple(int(s) for s in args.lc_splits.split(","))
         if any(not 0 <= s <= case.passes for s in case.lc_splits):
@@ -435,15 +592,39 @@ def main() -> None:
     log = lambda text: print(text, flush=True)  # noqa: E731
     search = 2 if args.quick else args.search
     rows: list[dict[str, Any]] = []
+    spread: list[dict[str, Any]] = []
+    candidates = 3 if args.quick else args.aimet_candidates
     for ratio in budgets:  # the results are written after every budget, so a long run keeps what it finished
-        rows += run_budget(case, ratio, aimet, 3 if args.quick else args.aimet_candidates, rounds, search, log,
-                           args.one_shot, match=not args.no_match, margin=args.margin)
-        write(case, rows, args, out, rounds, time.perf_counter() - started)
+        budget_rows = run_budget(case, ratio, aimet, candidates, rounds, search, log, args.one_shot,
+                                 match=not args.no_match, margin=args.margin, tries=args.tries)
+        rows += budget_rows
+        if args.seeds > 1 and not args.no_match:
+            spread += seed_spread(case, budget_rows, args.seeds, aimet, candidates, log)
+        write(case, rows, args, out, rounds, time.perf_counter() - started, spread)
+
+
+def protocol(case: Case, seeds: int) -> str:
+    """What every method trained with, what lcpress chose among, the seeds and the peers: the results' preamble."""
+    train = case.train_config
+    text = (f"Training for every method: {case.passes} passes of one training chunk ({train.optimizer}, lr {train.lr}"
+            f" × {train.lr_decay}^k); LC: schedule {case.schedule}, L-step lr {case.lc_train().lr}")
+    if case.lc_splits or len(case.finetune_lrs) > 1:
+        splits = ", ".join(map(str, case.lc_splits or (case.schedule["steps"],)))
+        rates = (f" (from lr {' or '.join(f'{r:g}' for r in case.finetune_lrs)}, × {case.lc_train().lr_decay} per "
+                 f"pass)") if case.finetune_lrs else ""
+        text += (f"; lcpress's weight-space runs try {splits} L steps, the rest of the passes fine-tuning the "
+                 f"realized model{rates}, and keep the best on the validation split")
+    text += ". Seeds: dense training 0, data order 0, C steps 0"
+    if seeds > 1:
+        text += f" (the seed spread: data order and C steps 0–{seeds - 1})"
+    if case.peers:
+        text += f"; peers: {', '.join(case.peers)} only"
+    return text + f". cpu_latency prices layers at batch {case.latency_batch}."
 
 
 def write(case: Case, rows: list[dict[str, Any]], args: argparse.Namespace, out: Path, rounds: int,
-          seconds: float) -> None:
-    """The table, the bar, the CSV and the plot of the budgets done so far."""
+          seconds: float, spread: list[dict[str, Any]] | None = None) -> None:
+    """The table, the bar, the seed spread (--seeds), the CSV and the plot of the budgets done so far."""
     metrics = list(case.evaluate(case.dense))
     metric = metrics[0]
     lines = table(rows, metrics)
@@ -453,21 +634,16 @@ def write(case: Case, rows: list[dict[str, Any]], args: argparse.Namespace, out:
                       f"b=1, b=32 in ms; peer vs lcpress):", "",
                   f"| budget | peer | {metric} | latency b=1 | latency b=32 | bar |", "|---|---|---|---|---|---|",
                   *bar(rows, metric, ours)]
+    if spread:
+        lines += ["", f"Spread over training seeds — each peer and the lcpress run matched to it (weight-space C "
+                      f"step, the same cpu_latency ratio), retrained with data-order seeds 0–{args.seeds - 1} "
+                      f"({metric}; latency not retimed: only training depends on the seed):", "",
+                  *spread_table(spread, metric)]
     done = ",".join(f"{b:g}" for b in dict.fromkeys(r["budget"] for r in rows))
     preamble = (f"Machine: {describe()}; load average {os.getloadavg()[0]:.1f} when written (2 cores, shared with "
                 f"other jobs). {latency_note(rounds)} Command: `python benchmarks/equal_latency.py "
-                f"{' '.join(sys.argv[1:])}` (budgets done: {done}). Training for every method: "
-                f"{case.passes} passes of one training chunk ({case.train_config.optimizer}, lr "
-                f"{case.train_config.lr} × {case.train_config.lr_decay}^k); LC: schedule {case.schedule}, L-step lr "
-                f"{case.lc_train().lr}"
-                + (f"; lcpress's weight-space runs try {', '.join(map(str, case.lc_splits))} L steps, the rest of the "
-                   f"passes fine-tuning the realized model"
-                   + (f" (from lr {case.finetune_lr}, × {case.lc_train().lr_decay} per pass)" if case.finetune_lr
-                      else "") + ", and keep the best on the validation split"
-                   if case.lc_splits else "") + ". Seeds: "
-                f"dense training 0, data order 0, C steps 0. cpu_latency prices layers at batch {case.latency_batch}. "
-                f"Wall time so far: {seconds:.0f} s."
-                + "".join(f" {n}." for n in case.notes))
+                f"{' '.join(sys.argv[1:])}` (budgets done: {done}). {protocol(case, args.seeds if spread else 1)} "
+                f"Wall time so far: {seconds:.0f} s." + "".join(f" {n}." for n in case.notes))
     publish(f"Equal measured latency: {case.name}", preamble, lines, str(out), args.quick)
     if not args.quick:
         import csv

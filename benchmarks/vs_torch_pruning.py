@@ -110,6 +110,7 @@ class Case:
     latency_batch: int = 1     # the batch size the latency target is measured and priced at (--latency-batch)
     match: int = 0             # more runs of the latency target, searched to Torch-Pruning's latency (--match)
     variants: str = ""         # --select: only these VARIANTS labels ("a; b"), or all
+    finetune_lr: float | None = None  # lcpress's finetune.lr: its first fine-tuning pass's rate (--ft-lr)
 
     def batch(self, size: int) -> torch.Tensor:
         """``size`` copies of the example input, as one batch (what latency is timed on)."""
@@ -308,7 +309,7 @@ def run_lcpress(case: Case, method: str, cost: str, ratio: float, options: dict 
     task = {"layers": ["*"], "scheme": "channels", "options": options, "cost": cost,
             "target": {"cost": cost, "ratio": ratio}, "normalize": normalize}
     config = {"tasks": [task], "schedule": {**schedule, "steps": lc_steps},
-              "finetune": {"steps": case.steps - lc_steps}, "train": case.cfg.to_dict(),
+              "finetune": finetune(case, case.steps - lc_steps), "train": case.cfg.to_dict(),
               "metric": "cosine" if case.metric is mean_cosine else "accuracy"}
     if cost == "cpu_latency":
         config["cost_models"] = {"cpu_latency": latency_options(case)}
@@ -322,9 +323,15 @@ def run_lcpress(case: Case, method: str, cost: str, ratio: float, options: dict 
     last = result.history.iloc[-1]
     path = f"μ {result.history['mu'].iloc[0]:.3g}→{last['mu']:.3g}, ‖w − Δ‖/‖Δ‖ {last['distance'] / last['scale']:.2%}" \
         if lc_steps else "direct compression"
+    ft_lr = f" from lr {case.finetune_lr:g}" if case.finetune_lr and case.steps > lc_steps else ""
     notes = f"{result.tasks[0].scheme.options.allocation}{' normalized' if normalize else ''}; {lc_steps} LC + " \
-            f"{case.steps - lc_steps} FT; {path}"
+            f"{case.steps - lc_steps} FT{ft_lr}; {path}"
     return Run(method, result.model.eval(), time.perf_counter() - start, notes, widths(result.model))
+
+
+def finetune(case: Case, passes: int) -> dict:
+    """lcpress's fine-tuning section: ``passes`` passes, from ``case.finetune_lr`` when set (and there are any)."""
+    return {"steps": passes, **({"lr": case.finetune_lr} if case.finetune_lr and passes else {})}
 
 
 @dataclass
@@ -509,6 +516,9 @@ def main() -> None:
                         help="--select: only these variants, by label, separated by ';' (default: all)")
     parser.add_argument("--seeds", type=int, default=1,
                         help="rerun every method with this many training seeds and add their spread to the table")
+    parser.add_argument("--ft-lr", type=float,
+                        help="lcpress's finetune.lr: the learning rate its first fine-tuning pass starts from (then × "
+                             "lr_decay per pass), instead of continuing the L steps' decay")
     parser.add_argument("--out", help="markdown file (default: results/vs_torch_pruning[_selection]_<models>.md)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -533,6 +543,7 @@ def main() -> None:
         if args.budgets:
             case.budgets = [float(b) for b in args.budgets.split(",")]
         case.latency_batch, case.match, case.variants = args.latency_batch, args.match, args.variants
+        case.finetune_lr = args.ft_lr
         if args.splits:
             SPLITS[case.name] = tuple(int(k) for k in args.splits.split(","))
         if args.select:
@@ -557,7 +568,8 @@ def main() -> None:
         (f" --variants '{args.variants}'" if args.variants else "") + (f" --splits {args.splits}" if args.splits else "") + \
         f"{f' --seeds {args.seeds}' if args.seeds > 1 else ''}" + \
         f"{f' --latency-batch {args.latency_batch}' if args.latency_batch != 1 else ''}" + \
-        f"{f' --match {args.match}' if args.match else ''}{' --quick' if args.quick else ''}"
+        f"{f' --match {args.match}' if args.match else ''}{f' --ft-lr {args.ft_lr:g}' if args.ft_lr else ''}" + \
+        f"{' --quick' if args.quick else ''}"
     if spread:
         lines += ["", "**Spread over training seeds** (the shuffling of the training split, the same for every "
                       "method within a seed; seed 0 is the table above; latency not retimed):", "",

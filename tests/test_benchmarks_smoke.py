@@ -61,7 +61,7 @@ def test_equal_latency_keeps_the_split_best_on_validation(monkeypatch):
 
     validation = {8: 0.5, 4: 0.7, 2: 0.7, 0: 0.6}
 
-    def run(case, cost, ratio, error="weight", steps=None):
+    def run(case, cost, ratio, error="weight", steps=None, finetune_lr=None):
         model = nn.Identity()
         model.steps = steps
         return model, {"seconds": 1.0, "steps": steps}
@@ -69,7 +69,7 @@ def test_equal_latency_keeps_the_split_best_on_validation(monkeypatch):
     monkeypatch.setattr(equal_latency, "lcpress_run", run)
     finished = []
     case = SimpleNamespace(lc_splits=(8, 4, 2, 0), passes=8, validate=lambda m: validation[m.steps],
-                           score=None, finish=finished.append)
+                           score=None, finish=finished.append, finetune_lrs=(), schedule={"steps": 8})
     model, info = equal_latency.lcpress_best(case, "flops", 0.5)
     assert model.steps == 2 and info["validation"] == 0.7 and info["seconds"] == 4.0
     assert len(finished) == 4  # every candidate is scored as it will be evaluated (e.g. BatchNorm re-estimated)
@@ -77,3 +77,115 @@ def test_equal_latency_keeps_the_split_best_on_validation(monkeypatch):
     assert equal_latency._splits(info) == "8 + 0: 0.5000, 4 + 4: 0.7000, **2 + 6: 0.7000**, 0 + 8: 0.6000"
     model, info = equal_latency.lcpress_best(case, "flops", 0.5, error="output")  # activation-aware: no selection
     assert model.steps is None and "splits" not in info
+
+
+def test_equal_latency_chooses_the_fine_tuning_rate_on_validation(monkeypatch):
+    """--ft-lr with several rates: each split that fine-tunes tries each rate; all-L-step splits run once."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import equal_latency
+
+    calls = []
+
+    def run(case, cost, ratio, error="weight", steps=None, finetune_lr=None):
+        calls.append((steps, finetune_lr))
+        model = nn.Identity()
+        model.key = (steps, finetune_lr)
+        return model, {"seconds": 1.0, "steps": steps}
+
+    monkeypatch.setattr(equal_latency, "lcpress_run", run)
+    validation = {(8, None): 0.5, (4, 5e-4): 0.6, (4, 2.5e-4): 0.8}
+    case = SimpleNamespace(lc_splits=(8, 4), passes=8, validate=lambda m: validation[m.key], score=None,
+                           finish=lambda m: None, finetune_lrs=(5e-4, 2.5e-4), schedule={"steps": 8})
+    model, info = equal_latency.lcpress_best(case, "flops", 0.5)
+    assert calls == [(8, None), (4, 5e-4), (4, 2.5e-4)]
+    assert model.key == (4, 2.5e-4) and info["split"] == "4 + 4 from 0.00025"
+    assert equal_latency._splits(info) == "8 + 0: 0.5000, 4 + 4 from 0.0005: 0.6000, **4 + 4 from 0.00025: 0.8000**"
+    calls.clear()  # no --lc-splits: the schedule's own split, each rate; one rate and no splits: no selection
+    case.lc_splits, case.schedule = (), {"steps": 4}
+    equal_latency.lcpress_best(case, "flops", 0.5)
+    assert calls == [(4, 5e-4), (4, 2.5e-4)]
+    calls.clear()
+    case.finetune_lrs = (5e-4,)
+    model, info = equal_latency.lcpress_best(case, "flops", 0.5)
+    assert calls == [(None, 5e-4)] and "splits" not in info  # steps None: the schedule's
+
+
+def test_equal_latency_seed_spread_retrains_each_peer_and_its_matched_run(monkeypatch):
+    """--seeds: every peer with a matched lcpress row is retrained at the same ratio with seeds 1…N−1, then reset."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import equal_latency
+
+    def trained(score):
+        model = nn.Identity()
+        model.score = score
+        return model, {}
+
+    case = SimpleNamespace(name="a CNN", seed=0, finish=lambda m: None, dense=trained(1.0)[0],
+                           evaluate=lambda m: {"accuracy": m.score})
+
+    seen = []
+    monkeypatch.setattr(equal_latency, "peer_methods", lambda case, budget, aimet, candidates: {
+        "AIMET weight SVD": lambda: trained(0.90 + case.seed / 100), "uniform SVD": lambda: trained(0.5)})
+
+    def best(case, cost, ratio, error="weight"):
+        seen.append((case.seed, cost, ratio))
+        return trained(0.91 + case.seed / 100)
+
+    monkeypatch.setattr(equal_latency, "lcpress_best", best)
+    rows = [{"budget": 0.5, "method": "AIMET weight SVD", "accuracy": 0.93},
+            {"budget": 0.5, "method": f"{equal_latency.LATENCY} @ AIMET weight SVD", "accuracy": 0.92,
+             "latency_ratio": 0.55},
+            {"budget": 0.5, "method": "uniform SVD", "accuracy": 0.5}]  # no matched run: not retrained
+    spread = equal_latency.seed_spread(case, rows, 3, True, 8, log=lambda text: None)
+    assert seen == [(1, "cpu_latency", 0.55), (2, "cpu_latency", 0.55)] and case.seed == 0
+    assert spread == [{"budget": 0.5, "peer": "AIMET weight SVD", "peer_scores": pytest.approx([0.93, 0.91, 0.92]),
+                       "lcpress_scores": pytest.approx([0.92, 0.92, 0.93])}]
+    line = equal_latency.spread_table(spread, "accuracy")[-1]
+    assert line == ("| 50% | AIMET weight SVD | 0.9300 0.9100 0.9200 | 0.9200 | 0.9200 0.9200 0.9300 | 0.9233 | "
+                    "+0.0033 (0.0115) |")
+
+
+def test_equal_latency_moves_the_target_until_the_trained_model_fits(monkeypatch):
+    """--tries: the trained matched model is timed against its peer; the target moves until it runs at
+    margin–100% of the peer's latency, and the loosest target that was no slower is kept."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import equal_latency
+
+    def run(slowdowns, tries):
+        targets, times = [], iter(slowdowns)
+
+        def best(case, cost, ratio, error="weight"):
+            targets.append(ratio)
+            model = nn.Identity()
+            model.target = ratio
+            return model, {"seconds": 10.0}
+
+        monkeypatch.setattr(equal_latency, "lcpress_best", best)
+        monkeypatch.setattr(equal_latency, "_slowest", lambda case, model, reference, rounds: next(times))
+        model, info = equal_latency.matched_run(SimpleNamespace(), nn.Identity(), 0.5, "weight", 3, 0.98,
+                                                log=lambda text: None, tries=tries)
+        return targets, model, info
+
+    targets, model, info = run([1.02, 0.985], 3)  # too slow, then within [0.98, 1]: stop there
+    assert targets == [0.5, pytest.approx(0.5 * 0.99 / 1.02)] and model.target == targets[1]
+    assert info["latency_ratio"] == targets[1] and info["seconds"] == 20.0
+    assert equal_latency._ratio(info) == "0.485 (tried 0.500: 1.020×, 0.485: 0.985× the peer)"
+    targets, model, info = run([0.90, 1.01, 0.95], 3)  # time left unused, then too loose: bisect between
+    assert targets[1] == pytest.approx(0.5 * 0.99 / 0.90) and targets[2] == pytest.approx((0.5 + targets[1]) / 2)
+    assert model.target == targets[2]  # the loosest that was no slower
+    targets, model, info = run([1.05, 1.04], 2)  # never fits: the last run is kept, and the tries say so
+    assert model.target == targets[1] and info["ratio_tries"].count("×") == 2
+    targets, model, info = run([0.90], 1)  # one try: no retiming, no record
+    assert targets == [0.5] and "ratio_tries" not in info
