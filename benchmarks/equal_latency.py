@@ -374,7 +374,7 @@ def seed_spread(case: Case, rows: list[dict[str, Any]], seeds: int, aimet: bool,
     the matched ``cpu_latency`` ratio (searched on untrained direct compressions) do not, so each seed reruns the
     same compressions with another order of the training data. Seed 0 is the table's own run.
     """
-    metric = next(iter(case.evaluate(case.dense)))
+    metrics = list(case.evaluate(case.dense))
     spread = []
     for budget in dict.fromkeys(r["budget"] for r in rows):
         these = {r["method"]: r for r in rows if r["budget"] == budget}
@@ -383,35 +383,37 @@ def seed_spread(case: Case, rows: list[dict[str, Any]], seeds: int, aimet: bool,
             mine = these.get(f"{LATENCY} @ {peer}")
             if peer not in these or mine is None:
                 continue
-            entry = {"budget": budget, "peer": peer, "peer_scores": [these[peer][metric]],
-                     "lcpress_scores": [mine[metric]]}
+            entries = {m: {"budget": budget, "peer": peer, "metric": m, "peer_scores": [these[peer][m]],
+                           "lcpress_scores": [mine[m]]} for m in metrics}  # one per metric, seed 0 first
             for seed in range(1, seeds):
                 case.seed = seed
                 try:
-                    for key, run in (("peer_scores", method),
-                                     ("lcpress_scores", lambda: lcpress_best(case, "cpu_latency", mine["latency_ratio"]))):
+                    matched = lambda: lcpress_best(case, "cpu_latency", mine["latency_ratio"])  # noqa: E731
+                    for key, run in (("peer_scores", method), ("lcpress_scores", matched)):
                         model = run()[0]
                         case.finish(model)
-                        entry[key].append(case.evaluate(model)[metric])
+                        for m, score in case.evaluate(model).items():
+                            entries[m][key].append(score)
                 finally:
                     case.seed = 0
-                log(f"{case.name} {budget:.0%} seed {seed}: {peer} {entry['peer_scores'][-1]:.4f}, lcpress matched "
-                    f"{entry['lcpress_scores'][-1]:.4f}")
-            spread.append(entry)
+                first = entries[metrics[0]]
+                log(f"{case.name} {budget:.0%} seed {seed}: {peer} {first['peer_scores'][-1]:.4f}, lcpress matched "
+                    f"{first['lcpress_scores'][-1]:.4f}")
+            spread += entries.values()
     return spread
 
 
-def spread_table(spread: list[dict[str, Any]], metric: str) -> list[str]:
-    """Per budget and peer: its score and the matched lcpress run's, per seed and on the mean."""
-    lines = [f"| budget | peer | peer {metric} per seed | peer mean | lcpress {metric} per seed | lcpress mean | "
-             "lcpress − peer, mean (sd of the differences) |", "|---|---|---|---:|---|---:|---|"]
+def spread_table(spread: list[dict[str, Any]]) -> list[str]:
+    """Per budget, peer and metric: the peer's score and the matched lcpress run's, per seed and on the mean."""
+    lines = ["| budget | peer | metric | peer per seed | peer mean | lcpress per seed | lcpress mean | "
+             "lcpress − peer, mean (sd of the differences) |", "|---|---|---|---|---:|---|---:|---|"]
     for e in spread:
         peer, mine = torch.tensor(e["peer_scores"]), torch.tensor(e["lcpress_scores"])
         gaps = mine - peer
         sd = f" ({float(gaps.std()):.4f})" if len(gaps) > 1 else ""
-        lines.append(f"| {e['budget']:.0%} | {e['peer']} | {' '.join(f'{v:.4f}' for v in peer.tolist())} | "
-                     f"{float(peer.mean()):.4f} | {' '.join(f'{v:.4f}' for v in mine.tolist())} | "
-                     f"{float(mine.mean()):.4f} | {float(gaps.mean()):+.4f}{sd} |")
+        per_seed = [" ".join(f"{v:.4f}" for v in scores.tolist()) for scores in (peer, mine)]
+        lines.append(f"| {e['budget']:.0%} | {e['peer']} | {e['metric']} | {per_seed[0]} | {float(peer.mean()):.4f} | "
+                     f"{per_seed[1]} | {float(mine.mean()):.4f} | {float(gaps.mean()):+.4f}{sd} |")
     return lines
 
 
@@ -573,6 +575,9 @@ def main() -> None:
     case.weight_only = args.no_aware
     if args.peers:
         case.peers = tuple(name.strip() for name in args.peers.split(";"))
+        known = list(peer_methods(dataclasses.replace(case, peers=()), 0.5, True, 1))
+        if unknown := [name for name in case.peers if name not in known]:
+            parser.error(f"--peers: no peer named {', '.join(map(repr, unknown))}; the peers are {', '.join(known)}")
     if args.ft_lr:
         case.finetune_lrs = tuple(float(r) for r in args.ft_lr.split(","))
     if args.lc_splits:
@@ -637,8 +642,8 @@ def write(case: Case, rows: list[dict[str, Any]], args: argparse.Namespace, out:
     if spread:
         lines += ["", f"Spread over training seeds — each peer and the lcpress run matched to it (weight-space C "
                       f"step, the same cpu_latency ratio), retrained with data-order seeds 0–{args.seeds - 1} "
-                      f"({metric}; latency not retimed: only training depends on the seed):", "",
-                  *spread_table(spread, metric)]
+                      f"(latency not retimed: only training depends on the seed):", "",
+                  *spread_table(spread)]
     done = ",".join(f"{b:g}" for b in dict.fromkeys(r["budget"] for r in rows))
     preamble = (f"Machine: {describe()}; load average {os.getloadavg()[0]:.1f} when written (2 cores, shared with "
                 f"other jobs). {latency_note(rounds)} Command: `python benchmarks/equal_latency.py "

@@ -129,7 +129,7 @@ def test_equal_latency_seed_spread_retrains_each_peer_and_its_matched_run(monkey
         return model, {}
 
     case = SimpleNamespace(name="a CNN", seed=0, finish=lambda m: None, dense=trained(1.0)[0],
-                           evaluate=lambda m: {"accuracy": m.score})
+                           evaluate=lambda m: {"accuracy": m.score, "top1": m.score / 2})
 
     seen = []
     monkeypatch.setattr(equal_latency, "peer_methods", lambda case, budget, aimet, candidates: {
@@ -140,17 +140,20 @@ def test_equal_latency_seed_spread_retrains_each_peer_and_its_matched_run(monkey
         return trained(0.91 + case.seed / 100)
 
     monkeypatch.setattr(equal_latency, "lcpress_best", best)
-    rows = [{"budget": 0.5, "method": "AIMET weight SVD", "accuracy": 0.93},
-            {"budget": 0.5, "method": f"{equal_latency.LATENCY} @ AIMET weight SVD", "accuracy": 0.92,
+    rows = [{"budget": 0.5, "method": "AIMET weight SVD", "accuracy": 0.93, "top1": 0.465},
+            {"budget": 0.5, "method": f"{equal_latency.LATENCY} @ AIMET weight SVD", "accuracy": 0.92, "top1": 0.46,
              "latency_ratio": 0.55},
             {"budget": 0.5, "method": "uniform SVD", "accuracy": 0.5}]  # no matched run: not retrained
     spread = equal_latency.seed_spread(case, rows, 3, True, 8, log=lambda text: None)
     assert seen == [(1, "cpu_latency", 0.55), (2, "cpu_latency", 0.55)] and case.seed == 0
-    assert spread == [{"budget": 0.5, "peer": "AIMET weight SVD", "peer_scores": pytest.approx([0.93, 0.91, 0.92]),
-                       "lcpress_scores": pytest.approx([0.92, 0.92, 0.93])}]
-    line = equal_latency.spread_table(spread, "accuracy")[-1]
-    assert line == ("| 50% | AIMET weight SVD | 0.9300 0.9100 0.9200 | 0.9200 | 0.9200 0.9200 0.9300 | 0.9233 | "
-                    "+0.0033 (0.0115) |")
+    assert spread[0] == {"budget": 0.5, "peer": "AIMET weight SVD", "metric": "accuracy",
+                         "peer_scores": pytest.approx([0.93, 0.91, 0.92]),
+                         "lcpress_scores": pytest.approx([0.92, 0.92, 0.93])}
+    assert len(spread) == 2 and spread[1]["metric"] == "top1"  # every metric, from the same models
+    assert spread[1]["lcpress_scores"] == pytest.approx([0.46, 0.46, 0.465])
+    line = equal_latency.spread_table(spread)[2]  # the accuracy row, after the header and its rule
+    assert line == ("| 50% | AIMET weight SVD | accuracy | 0.9300 0.9100 0.9200 | 0.9200 | 0.9200 0.9200 0.9300 | "
+                    "0.9233 | +0.0033 (0.0115) |")
 
 
 def test_equal_latency_moves_the_target_until_the_trained_model_fits(monkeypatch):
