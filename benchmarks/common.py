@@ -53,6 +53,11 @@ def fine_tune(model: torch.nn.Module, train, steps: int, cfg: TrainConfig) -> No
     model.eval()
 
 
+def finetune_section(passes: int, lr: float | None) -> dict:
+    """lcpress's ``finetune`` config: ``passes`` passes, starting at ``lr`` (finetune.lr) when given and there are any."""
+    return {"steps": passes, **({"lr": lr} if lr and passes else {})}
+
+
 def flops(model: torch.nn.Module, x: torch.Tensor) -> int:
     """FLOPs of one forward pass of ``x``, counted by torch's FlopCounterMode (in eval mode)."""
     counter = FlopCounterMode(display=False)

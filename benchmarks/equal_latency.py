@@ -51,7 +51,7 @@ from lcpress import TrainConfig
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import (aimet_svd_compress, describe, fine_tune, flops, interleaved_latency_ms,  # noqa: E402
+from common import (aimet_svd_compress, describe, fine_tune, finetune_section, flops, interleaved_latency_ms,  # noqa: E402
                     latency_note, publish)
 
 BATCHES = (1, 32)
@@ -184,8 +184,7 @@ def lcpress_run(case: Case, cost: str, ratio: float, error: str = "weight", step
     task = {"layers": case.layers, "options": options, "cost": cost, "normalize": True,
             "target": {"cost": cost, "ratio": ratio}}
     config = {"tasks": [task], "schedule": {**case.schedule, "steps": steps},
-              "finetune": {"steps": case.passes - steps,
-                           **({"lr": finetune_lr} if finetune_lr and steps < case.passes else {})},
+              "finetune": finetune_section(case.passes - steps, finetune_lr),
               "cost_models": {"cpu_latency": {"batch_size": case.latency_batch, "threads": 1, "min_run_time": 0.05,
                                               "clock": "thread"}}  # the shared machine: CPU time, as the final timing
               if cost == "cpu_latency" else {}}

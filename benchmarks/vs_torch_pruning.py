@@ -50,8 +50,8 @@ from lcpress import (LStep, SupervisedTrainer, TrainConfig, accuracy, digits_cnn
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples" / "lenet300"))
-from common import (describe, fine_tune, flops, interleaved_latency_ms, latency_note,  # noqa: E402
-                    publish)
+from common import (describe, fine_tune, finetune_section, flops, interleaved_latency_ms,  # noqa: E402
+                    latency_note, publish)
 
 VALIDATION = 5000  # MNIST training images held out for the benchmark's choices
 TP, LC_FLOPS, LC_LATENCY = "Torch-Pruning", "lcpress channels (FLOPs)", "lcpress channels (latency)"
@@ -308,8 +308,9 @@ def run_lcpress(case: Case, method: str, cost: str, ratio: float, options: dict 
     options = {"multiple": case.multiple, "ignore": case.ignored, **case.channels, **(options or {})}
     task = {"layers": ["*"], "scheme": "channels", "options": options, "cost": cost,
             "target": {"cost": cost, "ratio": ratio}, "normalize": normalize}
+    finetune = finetune_section(case.steps - lc_steps, case.finetune_lr)
     config = {"tasks": [task], "schedule": {**schedule, "steps": lc_steps},
-              "finetune": finetune(case, case.steps - lc_steps), "train": case.cfg.to_dict(),
+              "finetune": finetune, "train": case.cfg.to_dict(),
               "metric": "cosine" if case.metric is mean_cosine else "accuracy"}
     if cost == "cpu_latency":
         config["cost_models"] = {"cpu_latency": latency_options(case)}
@@ -323,15 +324,10 @@ def run_lcpress(case: Case, method: str, cost: str, ratio: float, options: dict 
     last = result.history.iloc[-1]
     path = f"μ {result.history['mu'].iloc[0]:.3g}→{last['mu']:.3g}, ‖w − Δ‖/‖Δ‖ {last['distance'] / last['scale']:.2%}" \
         if lc_steps else "direct compression"
-    ft_lr = f" from lr {case.finetune_lr:g}" if case.finetune_lr and case.steps > lc_steps else ""
+    ft_lr = f" from lr {finetune['lr']:g}" if "lr" in finetune else ""
     notes = f"{result.tasks[0].scheme.options.allocation}{' normalized' if normalize else ''}; {lc_steps} LC + " \
             f"{case.steps - lc_steps} FT{ft_lr}; {path}"
     return Run(method, result.model.eval(), time.perf_counter() - start, notes, widths(result.model))
-
-
-def finetune(case: Case, passes: int) -> dict:
-    """lcpress's fine-tuning section: ``passes`` passes, from ``case.finetune_lr`` when set (and there are any)."""
-    return {"steps": passes, **({"lr": case.finetune_lr} if case.finetune_lr and passes else {})}
 
 
 @dataclass
