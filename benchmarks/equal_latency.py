@@ -36,6 +36,7 @@ import importlib.util
 import logging
 import math
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -646,7 +647,7 @@ def write(case: Case, rows: list[dict[str, Any]], args: argparse.Namespace, out:
     done = ",".join(f"{b:g}" for b in dict.fromkeys(r["budget"] for r in rows))
     preamble = (f"Machine: {describe()}; load average {os.getloadavg()[0]:.1f} when written (2 cores, shared with "
                 f"other jobs). {latency_note(rounds)} Command: `python benchmarks/equal_latency.py "
-                f"{' '.join(sys.argv[1:])}` (budgets done: {done}). {protocol(case, args.seeds if spread else 1)} "
+                f"{shlex.join(sys.argv[1:])}` (budgets done: {done}). {protocol(case, args.seeds if spread else 1)} "
                 f"Wall time so far: {seconds:.0f} s." + "".join(f" {n}." for n in case.notes))
     publish(f"Equal measured latency: {case.name}", preamble, lines, str(out), args.quick)
     if not args.quick:
