@@ -109,12 +109,11 @@ def lcpress_best(case: Case, cost: str, ratio: float, error: str = "weight") -> 
     """lcpress at a ``cost`` target; with ``case.lc_splits`` (or several ``case.finetune_lrs``), the split of the
     passes between L steps and fine-tuning, and the fine-tuning rate, whose model scores best on the *validation*
     split (never the test split), with every candidate's score recorded."""
-    candidates = split_candidates(case)
-    if len(candidates) < 2 or error != "weight":
+    if error != "weight" or not (case.lc_splits or len(case.finetune_lrs) > 1):
         return lcpress_run(case, cost, ratio, error, finetune_lr=first_rate(case))
     validate = case.validate or case.score
     tried = []
-    for steps, rate in candidates:
+    for steps, rate in split_candidates(case):  # one --lc-splits entry is one candidate, and its steps are kept
         model, info = lcpress_run(case, cost, ratio, error, steps=steps, finetune_lr=rate)
         case.finish(model)
         info["validation"] = validate(model)

@@ -97,7 +97,7 @@ def test_equal_latency_chooses_the_fine_tuning_rate_on_validation(monkeypatch):
         return model, {"seconds": 1.0, "steps": steps}
 
     monkeypatch.setattr(equal_latency, "lcpress_run", run)
-    validation = {(8, None): 0.5, (4, 5e-4): 0.6, (4, 2.5e-4): 0.8}
+    validation = {(8, None): 0.5, (4, 5e-4): 0.6, (4, 2.5e-4): 0.8, (0, 5e-4): 0.7}
     case = SimpleNamespace(lc_splits=(8, 4), passes=8, validate=lambda m: validation[m.key], score=None,
                            finish=lambda m: None, finetune_lrs=(5e-4, 2.5e-4), schedule={"steps": 8})
     model, info = equal_latency.lcpress_best(case, "flops", 0.5)
@@ -112,6 +112,10 @@ def test_equal_latency_chooses_the_fine_tuning_rate_on_validation(monkeypatch):
     case.finetune_lrs = (5e-4,)
     model, info = equal_latency.lcpress_best(case, "flops", 0.5)
     assert calls == [(None, 5e-4)] and "splits" not in info  # steps None: the schedule's
+    calls.clear()  # one split given: it runs at its own L steps, not the schedule's
+    case.lc_splits = (0,)
+    model, info = equal_latency.lcpress_best(case, "flops", 0.5)
+    assert calls == [(0, 5e-4)] and info["split"] == "0 + 8"
 
 
 def test_equal_latency_seed_spread_retrains_each_peer_and_its_matched_run(monkeypatch):
