@@ -30,6 +30,7 @@ import argparse
 import copy
 import functools
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -559,13 +560,7 @@ def main() -> None:
                          f"{lat32[str(i)]:.3f} | {r.seconds:.0f} | {r.notes} | {r.widths} |")
         if args.seeds > 1:
             spread += seed_spread(case, runs[1:], args.seeds, bisections, rounds, args.quick)
-    command = f"python benchmarks/vs_torch_pruning.py --models {args.models}" + \
-        f"{' --budgets ' + args.budgets if args.budgets else ''}{' --select' if args.select else ''}" + \
-        (f" --variants '{args.variants}'" if args.variants else "") + (f" --splits {args.splits}" if args.splits else "") + \
-        f"{f' --seeds {args.seeds}' if args.seeds > 1 else ''}" + \
-        f"{f' --latency-batch {args.latency_batch}' if args.latency_batch != 1 else ''}" + \
-        f"{f' --match {args.match}' if args.match else ''}{f' --ft-lr {args.ft_lr:g}' if args.ft_lr else ''}" + \
-        f"{' --quick' if args.quick else ''}"
+    command = f"python benchmarks/vs_torch_pruning.py {shlex.join(sys.argv[1:])}"  # as typed, every option quoted
     if spread:
         lines += ["", "**Spread over training seeds** (the shuffling of the training split, the same for every "
                       "method within a seed; seed 0 is the table above; latency not retimed):", "",
