@@ -83,7 +83,6 @@ class Case:
     aimet_input_shape: tuple[int, ...] | None = None
     run_metric: str = "accuracy"  # what lcpress reports on the validation split after every LC step
     latency_batch: int = 32  # the batch size cpu_latency prices layers at (--latency-batch)
-    price_run_time: float = 0.05  # cpu_latency's min_run_time: seconds per price (a smoke run takes less)
     lc_train_config: TrainConfig | None = None  # lcpress's L steps and fine-tuning; None: train_config (--lc-lr)
     weight_only: bool = False  # skip the activation-aware (error: output) latency runs (--no-aware)
     #: L-step counts lcpress's weight-space runs try, the rest of the passes fine-tuning (--lc-splits); the one
@@ -186,8 +185,7 @@ def lcpress_run(case: Case, cost: str, ratio: float, error: str = "weight", step
             "target": {"cost": cost, "ratio": ratio}}
     config = {"tasks": [task], "schedule": {**case.schedule, "steps": steps},
               "finetune": finetune_section(case.passes - steps, finetune_lr),
-              "cost_models": {"cpu_latency": {"batch_size": case.latency_batch, "threads": 1,
-                                              "min_run_time": case.price_run_time,
+              "cost_models": {"cpu_latency": {"batch_size": case.latency_batch, "threads": 1, "min_run_time": 0.05,
                                               "clock": "thread"}}  # the shared machine: CPU time, as the final timing
               if cost == "cpu_latency" else {}}
     return compress(case, config, case.lc_train())

@@ -49,7 +49,6 @@ def cnn_case(name: str, quick: bool, chunk: int | None = None) -> Case:
         train_config=TrainConfig(epochs=1, lr=0.01, lr_decay=0.8, momentum=0.9),
         passes=passes, schedule={"mu0": 1e-2, "factor": 2.0, "steps": passes}, options={"rank_multiple": (256 if quick else 32) if name == "fchead" else 8},
         finish=lambda m: mnist_cnns.reestimate_batchnorm(m, data["train"]), aimet_input_shape=(1, 1, 28, 28),
-        price_run_time=0.005 if quick else 0.05,
     )
 
 
@@ -88,7 +87,7 @@ def minilm_case(quick: bool) -> Case:
         score=lambda m: minilm.retrieval_agreement(m, loaders["validation"])["cosine"],
         train_config=TrainConfig(epochs=1, optimizer="adam", lr=5e-4, lr_decay=0.85, loss="cosine"),
         passes=passes, schedule={"mu0": 5e-3, "factor": 2.5, "steps": passes}, options={"rank_multiple": 128 if quick else 16},
-        timing=Keywords, run_metric="cosine", price_run_time=0.005 if quick else 0.05,
+        timing=Keywords, run_metric="cosine",
         notes=["AIMET on MiniLM: no rows. AIMET's ModelCompressor counts the model on dummy inputs it builds with "
                "torch.rand from input_shape, and this encoder takes integer token ids, so it was tried through a "
                "wrapper that ignores the float input and feeds one fixed sentence's ids (70% MAC target, 8 candidate "
