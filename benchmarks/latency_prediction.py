@@ -35,6 +35,7 @@ import lcpress
 from lcpress import Dense
 from lcpress import trace
 from lcpress import get_registry
+from lcpress.costmodels.cpu_latency import RUN_TIME_CAP
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import describe, publish  # noqa: E402
@@ -46,13 +47,13 @@ ROUNDS = 3
 def measured_ms(model: nn.Module, x: torch.Tensor, min_run_time: float) -> float:
     """The fastest of ROUNDS medians: other jobs on a shared machine only ever add time.
 
-    Each median is timed for at least ``min_run_time`` and at most 20× that, as the ``cpu_latency`` cost model
-    times its layers (without the cap adaptive_autorange keeps timing a noisy measurement for up to 10 s).
+    Each median is timed for at least ``min_run_time`` and at most RUN_TIME_CAP times that, as the ``cpu_latency``
+    cost model times its layers (without the cap adaptive_autorange keeps timing a noisy measurement for up to 10 s).
     """
     timer = tbench.Timer("m(x)", globals={"m": model.eval(), "x": x}, num_threads=torch.get_num_threads())
     with torch.no_grad():
-        return min(timer.adaptive_autorange(min_run_time=min_run_time, max_run_time=20 * min_run_time).median
-                   for _ in range(ROUNDS)) * 1e3
+        limits = {"min_run_time": min_run_time, "max_run_time": RUN_TIME_CAP * min_run_time}
+        return min(timer.adaptive_autorange(**limits).median for _ in range(ROUNDS)) * 1e3
 
 
 class Replay(nn.Module):

@@ -24,6 +24,7 @@ from torch.utils import benchmark as tbench
 from lcpress.linalg import spectrum
 from lcpress import get_registry
 from lcpress import State
+from lcpress.costmodels.cpu_latency import RUN_TIME_CAP
 from lcpress.linalg import to_matrix
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -37,11 +38,12 @@ def realized(layer: nn.Module, rank: int) -> nn.Module:
 
 
 def median_s(module: nn.Module, x: torch.Tensor, threads: int, min_run_time: float) -> float:
-    """Median seconds per call, timed for at least ``min_run_time`` and at most 20× that (as ``cpu_latency``):
-    without the cap, adaptive_autorange keeps timing a noisy measurement for up to 10 s."""
+    """Median seconds per call, timed for at least ``min_run_time`` and at most RUN_TIME_CAP times that (as
+    ``cpu_latency``): without the cap, adaptive_autorange keeps timing a noisy measurement for up to 10 s."""
     timer = tbench.Timer("m(x)", globals={"m": module.eval(), "x": x}, num_threads=threads)
     with torch.no_grad():
-        return timer.adaptive_autorange(min_run_time=min_run_time, max_run_time=20 * min_run_time).median
+        return timer.adaptive_autorange(min_run_time=min_run_time,
+                                        max_run_time=RUN_TIME_CAP * min_run_time).median
 
 
 def cases(quick: bool):

@@ -25,6 +25,10 @@ import lcpress
 from lcpress import Form, LayerSpec, MeasuredCostModel, Options, form_module, option
 
 
+#: The most seconds one measurement may take, as a multiple of its ``min_run_time`` (``max_run_time``'s default).
+RUN_TIME_CAP = 20
+
+
 @dataclass
 class CpuLatencyOptions(Options):
     batch_size: int | None = option(None, help="batch size to time at (default: the traced example's)", ge=1)
@@ -118,7 +122,7 @@ class CpuLatency(MeasuredCostModel):
     def _run_times(self) -> dict[str, float]:
         """adaptive_autorange's time limits: at least min_run_time, at most max_run_time, however noisy."""
         low = self.options.min_run_time
-        high = self.options.max_run_time if self.options.max_run_time is not None else 20 * low
+        high = self.options.max_run_time if self.options.max_run_time is not None else RUN_TIME_CAP * low
         return {"min_run_time": low, "max_run_time": max(low, high)}
 
     @property
