@@ -149,6 +149,37 @@ def test_choose_for_budget_against_brute_force():
         assert got <= best + max(float(e.max()) for e in errors)  # … and within one step of it
 
 
+def test_choose_for_budget_spends_what_the_convex_hull_leaves():
+    """A candidate above the hull's chord is never a trade-off's pick; fill reaches it when the budget allows."""
+    costs, errors = [torch.tensor([1.0, 5.0, 10.0])], [torch.tensor([10.0, 6.0, 0.0])]
+    assert budget.pick(costs[0], errors[0], 10 / 9) in (0, 2)  # the chord's slope: 5 → 6 lies above it
+    choice = budget.choose_for_budget(costs, errors, 7.0)
+    assert choice.indices == [1] and choice.total_cost == 5.0
+
+
+def test_choose_for_budget_fill_is_never_worse_than_the_hull_and_never_over_budget():
+    import itertools
+
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(40):
+        layers = 2 + trial % 3
+        costs = [torch.sort(torch.rand(5, generator=generator) * 10, descending=True).values for _ in range(layers)]
+        errors = [torch.sort(torch.rand(5, generator=generator) * 10).values for _ in range(layers)]
+        for e in errors:
+            e[0] = 0.0  # the costliest candidate (dense) has no error
+        b = float(sum(c.min() for c in costs)) + float(torch.rand((), generator=generator)) * 15
+        choice = budget.choose_for_budget(costs, errors, b)
+        total = lambda idx, xs: sum(float(x[i]) for x, i in zip(xs, idx))  # noqa: E731
+        assert choice.total_cost == pytest.approx(total(choice.indices, costs)) and choice.total_cost <= b + 1e-9
+        hull = [budget.pick(c, e, choice.trade_off) for c, e in zip(costs, errors)]
+        assert total(choice.indices, errors) <= total(hull, errors)
+        feasible = [idx for idx in itertools.product(range(5), repeat=layers) if total(idx, costs) <= b]
+        assert total(choice.indices, errors) >= min(total(idx, errors) for idx in feasible) - 1e-9
+        assert not any(total(choice.indices, costs) - float(c[i]) + float(c[j]) <= b  # no single move fits and helps
+                       and float(e[j]) < float(e[i])
+                       for c, e, i in zip(costs, errors, choice.indices) for j in range(5))
+
+
 def _trained_weights() -> dict[str, torch.Tensor]:
     """The weights every ``_run`` starts from (``_net`` is seeded), before compression."""
     return {name: m.weight.detach().double() for name, m in _net().named_modules() if name in LAYERS}
