@@ -16,6 +16,8 @@ For each model and FLOPs budget (30%, 50%, 70% of the compressed layers' FLOPs):
    (``error: output``) — is compared with that peer (the bar tables); with ``--lc-splits 8,4,2`` each lcpress
    weight-space run tries that many L steps, the rest of the passes fine-tuning the realized model, and keeps the
    split whose model scores best on the validation split (as AIMET's greedy search scores its candidates there);
+   with ``--allocation sum,minmax`` the latency-matched weight-space run is searched and trained once per
+   allocation of the budget among the layers, and the one that scores best on the validation split is kept;
 4. all final models are timed again, interleaved, and evaluated on the test split.
 
 Same trained model, same splits, same training passes, same optimizer and learning-rate decay for every method;
@@ -30,6 +32,7 @@ AIMET needs the peer environment (``bash benchmarks/make_peer_env.sh``); without
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import importlib.util
@@ -92,6 +95,10 @@ class Case:
     #: rates lcpress's fine-tuning passes may start at (finetune.lr, --ft-lr); with several, each split that
     #: fine-tunes tries each and the best on validation is kept. Empty: the L steps' rate, decaying on.
     finetune_lrs: tuple[float, ...] = ()
+    #: low_rank allocations lcpress's latency-matched weight-space runs try (--allocation sum,minmax): each is
+    #: searched to the peer's latency and trained, and the one with the best validation metric is kept.
+    #: Empty: the scheme's (or ``options``') allocation only.
+    allocations: tuple[str, ...] = ()
     seed: int = 0  # the training data's order (and lcpress's C-step generators), the same for every method
     peers: tuple[str, ...] = ()  # --peers: only these peers (and lcpress matched to them); empty: every peer
     notes: list[str] = field(default_factory=list)
@@ -342,16 +349,16 @@ def run_budget(case: Case, ratio: float, aimet: bool, candidates: int, rounds: i
             log(case.notes[-1])
     peers = dict(runs) if match else {}
     for peer, (reference, _) in peers.items():  # lcpress at each peer's own measured latency
-        target = matched_ratio(case, {b: reference for b in BATCHES}, "weight", max(3, rounds // 2), search, log,
-                               margin)
         for error, label in (("weight", LATENCY), ("output", AWARE))[:1 if case.weight_only else 2]:
-            model, info = matched_run(case, reference, target, error, max(3, rounds // 2), margin, log, tries)
+            model, info = matched_allocation(case, reference, error, rounds, search, margin, log, tries)
+            target = info["latency_ratio"]
             info.update(matched_to=peer)
             record(f"{label} @ {peer}", (model, info))
             if one_shot:  # the same target, direct compression then the same passes of fine-tuning instead of LC
-                kept = info["latency_ratio"]
-                model, info = lcpress_run(case, "cpu_latency", kept, error, steps=0, finetune_lr=first_rate(case))
-                info.update(latency_ratio=kept, matched_to=peer)
+                with allocated(case, info.get("allocation")):
+                    model, info = lcpress_run(case, "cpu_latency", target, error, steps=0,
+                                              finetune_lr=first_rate(case))
+                info.update(latency_ratio=target, matched_to=peer)
                 record(f"{label.replace('LC', 'one-shot')} @ {peer}", (model, info))
     final = latencies(case, {"dense": case.dense, **{name: model for name, (model, _) in runs.items()}}, rounds)
     dense_flops = flops(case.timing(case.dense), case.example())
@@ -363,6 +370,46 @@ def run_budget(case: Case, ratio: float, aimet: bool, candidates: int, rounds: i
                      "flops": flops(case.timing(model), case.example()) / dense_flops, **info,
                      "layers": layer_forms(case, model)})
     return rows
+
+
+def matched_allocation(case: Case, reference: nn.Module, error: str, rounds: int, search: int, margin: float, log,
+                       tries: int) -> tuple[nn.Module, dict[str, Any]]:
+    """lcpress matched to ``reference``'s latency: the ratio searched, then trained (:func:`matched_run`).
+
+    With several ``case.allocations`` (weight-space runs only), each allocation is searched and trained on its
+    own, since the same target buys a different structure, and so a different latency, under each; the one
+    whose model scores best on the validation split is kept, every allocation's score recorded.
+    """
+    allocations = case.allocations if error == "weight" and len(case.allocations) > 1 else (None,)
+    tried = []
+    for allocation in allocations:
+        with allocated(case, allocation):
+            if allocation:
+                log(f"  allocation {allocation}")
+            target = matched_ratio(case, {b: reference for b in BATCHES}, "weight", max(3, rounds // 2), search, log,
+                                   margin)
+            model, info = matched_run(case, reference, target, error, max(3, rounds // 2), margin, log, tries)
+        if allocation:
+            case.finish(model)
+            info.update(allocation=allocation, validation=info.get("validation", (case.validate or case.score)(model)))
+        tried.append((info.get("validation", 0.0), model, info))
+    best = max(tried, key=lambda t: t[0])  # ties: the first allocation listed
+    if len(tried) > 1:
+        best[2]["allocations"] = ", ".join(f"{t[2]['allocation']}: {t[0]:.4f}" for t in tried)
+        best[2]["seconds"] = sum(t[2].get("seconds", 0.0) for t in tried)
+    return best[1], best[2]
+
+
+@contextlib.contextmanager
+def allocated(case: Case, allocation: str | None):
+    """``case`` with its low_rank allocation set to ``allocation`` for the duration (None: unchanged)."""
+    saved = case.options
+    if allocation:
+        case.options = {**case.options, "allocation": allocation}
+    try:
+        yield case
+    finally:
+        case.options = saved
 
 
 def seed_spread(case: Case, rows: list[dict[str, Any]], seeds: int, aimet: bool, candidates: int,
@@ -387,7 +434,10 @@ def seed_spread(case: Case, rows: list[dict[str, Any]], seeds: int, aimet: bool,
             for seed in range(1, seeds):
                 case.seed = seed
                 try:
-                    matched = lambda: lcpress_best(case, "cpu_latency", mine["latency_ratio"])  # noqa: E731
+                    def matched() -> tuple[nn.Module, dict[str, Any]]:
+                        with allocated(case, mine.get("allocation") or None):
+                            return lcpress_best(case, "cpu_latency", mine["latency_ratio"])
+
                     for key, run in (("peer_scores", method), ("lcpress_scores", matched)):
                         model = run()[0]
                         case.finish(model)
@@ -458,6 +508,9 @@ def table(rows: list[dict[str, Any]], metrics: list[str]) -> list[str]:
     split = any("splits" in r for r in rows)
     if split:
         head.insert(-1, "L steps + fine-tuning passes: validation")
+    allocation = any("allocations" in r for r in rows)
+    if allocation:
+        head.insert(-1, "allocation: validation")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         dist = f"{r['distance_first']:.3g} → {r['distance_last']:.3g}" if "distance_first" in r and r.get("steps") else ""
@@ -467,6 +520,8 @@ def table(rows: list[dict[str, Any]], metrics: list[str]) -> list[str]:
                  r.get("layers", "")]
         if split:
             cells.insert(-1, _splits(r))
+        if allocation:
+            cells.insert(-1, _allocations(r))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -481,10 +536,20 @@ def _ratio(row: dict[str, Any]) -> str:
 
 def _splits(row: dict[str, Any]) -> str:
     """Every split of the passes an lcpress run tried (L steps + fine-tuning: validation metric), the kept one bold."""
-    if "splits" not in row:
+    return _tried(row, "splits", "split")
+
+
+def _allocations(row: dict[str, Any]) -> str:
+    """Every allocation a matched run tried (allocation: validation metric), the kept one bold."""
+    return _tried(row, "allocations", "allocation")
+
+
+def _tried(row: dict[str, Any], tried: str, kept: str) -> str:
+    """``row[tried]`` ("label: score, …") with the entry of ``row[kept]`` in bold; empty when nothing was tried."""
+    if tried not in row:
         return ""
-    kept = f"{row['split']}: "
-    return ", ".join(f"**{t}**" if t.startswith(kept) else t for t in row["splits"].split(", "))
+    prefix = f"{row[kept]}: "
+    return ", ".join(f"**{t}**" if t.startswith(prefix) else t for t in row[tried].split(", "))
 
 
 def plot(rows: list[dict[str, Any]], metric: str, out: Path, quick: bool) -> None:
@@ -534,8 +599,10 @@ def main() -> None:
                         help="skip the latency-matched lcpress runs: the peers and the FLOPs-targeted LC run only")
     parser.add_argument("--shape", choices=["channel", "spatial", "input", "auto"],
                         help="low_rank's conv shape for lcpress's weight-space runs, instead of the model's default")
-    parser.add_argument("--allocation", choices=["sum", "minmax"],
-                        help="low_rank's allocation for lcpress's runs (default: the scheme's, sum)")
+    parser.add_argument("--allocation",
+                        help="low_rank's allocation for lcpress's runs: sum or minmax (default: the scheme's, sum); "
+                             "both, sum,minmax: the latency-matched weight-space runs try each (searched and trained "
+                             "apart) and keep the best on the validation split")
     parser.add_argument("--rank-multiple", type=int, help="low_rank's rank_multiple, instead of the model's default")
     parser.add_argument("--lc-splits", help="L-step counts to try for lcpress's weight-space runs, e.g. 8,4,2 (the "
                         "rest of the passes fine-tune the realized model); the best on the validation split is kept")
@@ -568,7 +635,12 @@ def main() -> None:
     if args.shape:
         case.options = {**case.options, "shape": args.shape}
     if args.allocation:
-        case.options = {**case.options, "allocation": args.allocation}
+        allocations = tuple(dict.fromkeys(a.strip() for a in args.allocation.split(",")))
+        if unknown := [a for a in allocations if a not in ("sum", "minmax")]:
+            parser.error(f"--allocation: {', '.join(map(repr, unknown))} is not an allocation; use sum, minmax or "
+                         f"sum,minmax")
+        case.options = {**case.options, "allocation": allocations[0]}
+        case.allocations = allocations if len(allocations) > 1 else ()
     if args.rank_multiple:
         case.options = {**case.options, "rank_multiple": args.rank_multiple}
     case.weight_only = args.no_aware
@@ -618,6 +690,10 @@ def protocol(case: Case, seeds: int) -> str:
                  f"pass)") if case.finetune_lrs else ""
         text += (f"; lcpress's weight-space runs try {splits} L steps, the rest of the passes fine-tuning the "
                  f"realized model{rates}, and keep the best on the validation split")
+    if case.allocations:
+        text += (f"; lcpress's latency-matched weight-space runs try the {' and '.join(case.allocations)} "
+                 f"allocations, each searched to the peer's latency and trained, and keep the best on the "
+                 f"validation split")
     text += ". Seeds: dense training 0, data order 0, C steps 0"
     if seeds > 1:
         text += f" (the seed spread: data order and C steps 0–{seeds - 1})"

@@ -140,16 +140,18 @@ def test_equal_latency_seed_spread_retrains_each_peer_and_its_matched_run(monkey
         "AIMET weight SVD": lambda: trained(0.90 + case.seed / 100), "uniform SVD": lambda: trained(0.5)})
 
     def best(case, cost, ratio, error="weight"):
-        seen.append((case.seed, cost, ratio))
+        seen.append((case.seed, cost, ratio, case.options["allocation"]))
         return trained(0.91 + case.seed / 100)
 
     monkeypatch.setattr(equal_latency, "lcpress_best", best)
+    case.options = {"allocation": "sum"}
     rows = [{"budget": 0.5, "method": "AIMET weight SVD", "accuracy": 0.93, "top1": 0.465},
             {"budget": 0.5, "method": f"{equal_latency.LATENCY} @ AIMET weight SVD", "accuracy": 0.92, "top1": 0.46,
-             "latency_ratio": 0.55},
+             "latency_ratio": 0.55, "allocation": "minmax"},  # the allocation the matched run kept
             {"budget": 0.5, "method": "uniform SVD", "accuracy": 0.5}]  # no matched run: not retrained
     spread = equal_latency.seed_spread(case, rows, 3, True, 8, log=lambda text: None)
-    assert seen == [(1, "cpu_latency", 0.55), (2, "cpu_latency", 0.55)] and case.seed == 0
+    assert seen == [(1, "cpu_latency", 0.55, "minmax"), (2, "cpu_latency", 0.55, "minmax")] and case.seed == 0
+    assert case.options == {"allocation": "sum"}
     assert spread[0] == {"budget": 0.5, "peer": "AIMET weight SVD", "metric": "accuracy",
                          "peer_scores": pytest.approx([0.93, 0.91, 0.92]),
                          "lcpress_scores": pytest.approx([0.92, 0.92, 0.93])}
@@ -158,6 +160,41 @@ def test_equal_latency_seed_spread_retrains_each_peer_and_its_matched_run(monkey
     line = equal_latency.spread_table(spread)[2]  # the accuracy row, after the header and its rule
     assert line == ("| 50% | AIMET weight SVD | accuracy | 0.9300 0.9100 0.9200 | 0.9200 | 0.9200 0.9200 0.9300 | "
                     "0.9233 | +0.0033 (0.0115) |")
+
+
+def test_equal_latency_searches_each_allocation_and_keeps_the_best_on_validation(monkeypatch):
+    """--allocation sum,minmax: each allocation is searched to the peer's latency and trained on its own, the best
+    validation score is kept (ties: the first listed), the case's options are restored, and the table shows all."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import equal_latency
+
+    searched, trained = [], []
+    ratios = {"sum": 0.38, "minmax": 0.39}
+    monkeypatch.setattr(equal_latency, "matched_ratio", lambda case, refs, error, rounds, steps, log, margin:
+                        searched.append(case.options["allocation"]) or ratios[case.options["allocation"]])
+
+    def run(case, reference, target, error, rounds, margin, log, tries):
+        trained.append((case.options["allocation"], target))
+        model = nn.Identity()
+        model.allocation = case.options["allocation"]
+        return model, {"seconds": 10.0, "latency_ratio": target}
+
+    monkeypatch.setattr(equal_latency, "matched_run", run)
+    validation = {"sum": 0.9910, "minmax": 0.9930}
+    case = SimpleNamespace(allocations=("sum", "minmax"), options={"allocation": "sum", "rank_multiple": 4},
+                           finish=lambda m: None, validate=lambda m: validation[m.allocation], score=None)
+    model, info = equal_latency.matched_allocation(case, nn.Identity(), "weight", 15, 8, 0.98, lambda t: None, 1)
+    assert searched == ["sum", "minmax"] and trained == [("sum", 0.38), ("minmax", 0.39)]
+    assert model.allocation == "minmax" and info["latency_ratio"] == 0.39 and info["seconds"] == 20.0
+    assert case.options == {"allocation": "sum", "rank_multiple": 4}
+    assert equal_latency._allocations(info) == "sum: 0.9910, **minmax: 0.9930**"
+    searched.clear()
+    model, info = equal_latency.matched_allocation(case, nn.Identity(), "output", 15, 8, 0.98, lambda t: None, 1)
+    assert searched == ["sum"] and "allocations" not in info  # activation-aware runs: the case's allocation only
 
 
 def test_equal_latency_moves_the_target_until_the_trained_model_fits(monkeypatch):
