@@ -180,6 +180,14 @@ def test_choose_for_budget_fill_is_never_worse_than_the_hull_and_never_over_budg
                        for c, e, i in zip(costs, errors, choice.indices) for j in range(5))
 
 
+def test_minmax_spends_what_its_level_leaves_without_raising_the_level():
+    costs = [torch.tensor([10.0, 5.0, 4.0, 1.0]), torch.tensor([10.0, 8.0, 6.0, 2.0])]
+    relative = [torch.tensor([0.0, 0.08, 0.1, 0.5]), torch.tensor([0.0, 0.05, 0.2, 0.4])]
+    choice = budget.choose_minmax(costs, relative, 11.0)  # level 0.1 costs 12; level 0.2 takes [2, 2] at 10 …
+    assert choice.trade_off == pytest.approx(0.2)
+    assert choice.indices == [1, 2] and choice.total_cost == 11.0  # … and the 1 left moves layer 1 to 0.08
+
+
 def _trained_weights() -> dict[str, torch.Tensor]:
     """The weights every ``_run`` starts from (``_net`` is seeded), before compression."""
     return {name: m.weight.detach().double() for name, m in _net().named_modules() if name in LAYERS}

@@ -141,7 +141,8 @@ def choose_minmax(costs: Sequence[torch.Tensor], relative_errors: Sequence[torch
     For an error level ε every layer takes its cheapest form with relative
     error ≤ ε (dense, error 0, always qualifies); the total cost falls as ε
     grows. Bisection over the sorted distinct error levels finds the smallest
-    feasible ε exactly. ``trade_off`` in the result holds that ε.
+    feasible ε exactly; what that choice leaves of the budget is then spent by
+    :func:`fill` on the other layers' errors. ``trade_off`` in the result holds that ε.
     """
     levels = torch.unique(torch.cat([e.reshape(-1).double().cpu() for e in relative_errors]))  # sorted
 
@@ -159,5 +160,5 @@ def choose_minmax(costs: Sequence[torch.Tensor], relative_errors: Sequence[torch
             hi = mid
         else:
             lo = mid + 1
-    idx = at(float(levels[lo]))
+    idx = fill(at(float(levels[lo])), costs, relative_errors, budget)  # fill only lowers errors: the level holds
     return Choice(idx, float(levels[lo]), _total(costs, idx), budget)
