@@ -288,9 +288,9 @@ def matched_run(case: Case, reference: nn.Module, target: float, error: str, rou
             fast = max(fast, (target, model, info), key=lambda f: f[0]) if fast else (target, model, info)
         else:
             slow = target if slow is None else min(slow, target)
-        if margin <= slowest <= 1.0:
+        if margin <= slowest <= 1.0 or (slowest < margin and target >= 1.0):  # in the band, or at the dense price
             break
-        target = (fast[0] + slow) / 2 if fast and slow is not None else target * aim / slowest
+        target = (fast[0] + slow) / 2 if fast and slow is not None else min(1.0, target * aim / slowest)
     target, model, info = fast or last
     info.update(seconds=seconds, latency_ratio=target, **({"ratio_tries": ", ".join(record)} if tries > 1 else {}))
     return model, info

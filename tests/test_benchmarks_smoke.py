@@ -218,9 +218,11 @@ def test_equal_latency_moves_the_target_until_the_trained_model_fits(monkeypatch
 
         monkeypatch.setattr(equal_latency, "lcpress_best", best)
         monkeypatch.setattr(equal_latency, "_slowest", lambda case, model, reference, rounds: next(times))
-        model, info = equal_latency.matched_run(SimpleNamespace(), nn.Identity(), 0.5, "weight", 3, 0.98,
+        model, info = equal_latency.matched_run(SimpleNamespace(), nn.Identity(), start, "weight", 3, 0.98,
                                                 log=lambda text: None, tries=tries)
         return targets, model, info
+
+    start = 0.5
 
     targets, model, info = run([1.02, 0.985], 3)  # too slow, then within [0.98, 1]: stop there
     assert targets == [0.5, pytest.approx(0.5 * 0.99 / 1.02)] and model.target == targets[1]
@@ -233,3 +235,6 @@ def test_equal_latency_moves_the_target_until_the_trained_model_fits(monkeypatch
     assert model.target == targets[1] and info["ratio_tries"].count("×") == 2
     targets, model, info = run([0.90], 1)  # one try: no retiming, no record
     assert targets == [0.5] and "ratio_tries" not in info
+    start = 0.985  # faster than the margin near the dense price: the target stops at 1 (a ratio is at most 1)
+    targets, model, info = run([0.96, 0.97, 0.97], 3)
+    assert targets == [0.985, 1.0] and model.target == 1.0
