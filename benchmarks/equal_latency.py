@@ -349,8 +349,9 @@ def run_budget(case: Case, ratio: float, aimet: bool, candidates: int, rounds: i
             log(case.notes[-1])
     peers = dict(runs) if match else {}
     for peer, (reference, _) in peers.items():  # lcpress at each peer's own measured latency
+        searched: dict[str | None, float] = {}  # one search per allocation, shared by both C-step errors
         for error, label in (("weight", LATENCY), ("output", AWARE))[:1 if case.weight_only else 2]:
-            model, info = matched_allocation(case, reference, error, rounds, search, margin, log, tries)
+            model, info = matched_allocation(case, reference, error, rounds, search, margin, log, tries, searched)
             target = info["latency_ratio"]
             info.update(matched_to=peer)
             record(f"{label} @ {peer}", (model, info))
@@ -373,25 +374,32 @@ def run_budget(case: Case, ratio: float, aimet: bool, candidates: int, rounds: i
 
 
 def matched_allocation(case: Case, reference: nn.Module, error: str, rounds: int, search: int, margin: float, log,
-                       tries: int) -> tuple[nn.Module, dict[str, Any]]:
+                       tries: int, searched: dict[str | None, float] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """lcpress matched to ``reference``'s latency: the ratio searched, then trained (:func:`matched_run`).
 
     With several ``case.allocations`` (weight-space runs only), each allocation is searched and trained on its
     own, since the same target buys a different structure, and so a different latency, under each; the one
-    whose model scores best on the validation split is kept, every allocation's score recorded.
+    whose model scores best on the validation split is kept, every allocation's score recorded. ``searched``
+    holds the ratio already found for an allocation against this reference (the search times direct
+    compressions, which do not depend on the C step's error), so a later run reuses it.
     """
+    searched = {} if searched is None else searched
     allocations = case.allocations if error == "weight" and len(case.allocations) > 1 else (None,)
     tried = []
     for allocation in allocations:
         with allocated(case, allocation):
             if allocation:
                 log(f"  allocation {allocation}")
-            target = matched_ratio(case, {b: reference for b in BATCHES}, "weight", max(3, rounds // 2), search, log,
-                                   margin)
-            model, info = matched_run(case, reference, target, error, max(3, rounds // 2), margin, log, tries)
+            key = case.options.get("allocation")
+            if key not in searched:
+                searched[key] = matched_ratio(case, {b: reference for b in BATCHES}, "weight", max(3, rounds // 2),
+                                              search, log, margin)
+            model, info = matched_run(case, reference, searched[key], error, max(3, rounds // 2), margin, log, tries)
         if allocation:
-            case.finish(model)
-            info.update(allocation=allocation, validation=info.get("validation", (case.validate or case.score)(model)))
+            info["allocation"] = allocation
+            if "validation" not in info:  # lcpress_best scored it already when it chose a split
+                case.finish(model)
+                info["validation"] = (case.validate or case.score)(model)
         tried.append((info.get("validation", 0.0), model, info))
     best = max(tried, key=lambda t: t[0])  # ties: the first allocation listed
     if len(tried) > 1:
@@ -435,7 +443,7 @@ def seed_spread(case: Case, rows: list[dict[str, Any]], seeds: int, aimet: bool,
                 case.seed = seed
                 try:
                     def matched() -> tuple[nn.Module, dict[str, Any]]:
-                        with allocated(case, mine.get("allocation") or None):
+                        with allocated(case, mine.get("allocation")):
                             return lcpress_best(case, "cpu_latency", mine["latency_ratio"])
 
                     for key, run in (("peer_scores", method), ("lcpress_scores", matched)):

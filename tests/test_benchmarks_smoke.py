@@ -195,6 +195,12 @@ def test_equal_latency_searches_each_allocation_and_keeps_the_best_on_validation
     searched.clear()
     model, info = equal_latency.matched_allocation(case, nn.Identity(), "output", 15, 8, 0.98, lambda t: None, 1)
     assert searched == ["sum"] and "allocations" not in info  # activation-aware runs: the case's allocation only
+    searched.clear()  # a ratio already searched against this reference is reused, whichever the C-step error
+    found = {}
+    equal_latency.matched_allocation(case, nn.Identity(), "weight", 15, 8, 0.98, lambda t: None, 1, found)
+    model, info = equal_latency.matched_allocation(case, nn.Identity(), "output", 15, 8, 0.98, lambda t: None, 1,
+                                                   found)
+    assert searched == ["sum", "minmax"] and found == ratios and info["latency_ratio"] == 0.38
 
 
 def test_equal_latency_moves_the_target_until_the_trained_model_fits(monkeypatch):
