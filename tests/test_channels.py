@@ -219,22 +219,31 @@ def test_group_errors_are_the_exact_distance_to_delta():
     assert engine.selection[0].total_cost <= 0.5 * engine.selection[0].dense_cost
 
 
-def test_coupled_selection_is_a_coordinate_wise_optimum_under_a_budget():
+@pytest.mark.parametrize("make, x, allocation, ratio, multiple", [
+    (Concat, torch.randn(1, 1, 4, 4), "sum", 0.4, 1),
+    (lambda: _randomize_norms(flat_cnn()), torch.randn(1, 1, 4, 4), "sum", 0.3, 1),  # the hull stops short
+    (lambda: _randomize_norms(flat_cnn()), torch.randn(1, 1, 4, 4), "sum", 0.4, 2),  # of these budgets
+    (lambda: _randomize_norms(Block()), torch.randn(1, 2, 5, 5), "minmax", 0.7, 2),
+    (lambda: _randomize_norms(flat_cnn()), torch.randn(1, 1, 4, 4), "minmax", 0.5, 1),
+])
+def test_coupled_selection_leaves_no_single_move_that_fits_the_budget_and_helps(make, x, allocation, ratio, multiple):
     torch.manual_seed(0)
-    model, x = Concat(), torch.randn(1, 1, 4, 4)
-    engine, task = _engine(model, x, options={"multiple": 1, "allocation": "sum"}, target={"cost": "flops", "ratio": 0.4})
+    engine, task = _engine(make(), x, options={"multiple": multiple, "allocation": allocation},
+                           target={"cost": "flops", "ratio": ratio})
     contexts = engine.candidates(0, 1e-3)
     engine._select(0, 1e-3, engine.c_step_inputs(0, 1e-3), contexts)
     choice, coupled = engine.selection[0], contexts[0].candidates
     pricing = CoupledPricing(task.layer_specs, coupled, FLOPS)
+    # minmax spends what its level leaves on the summed relative error
+    errors = [p.errors.double() / (s if allocation == "minmax" else 1.0) for p, s in zip(coupled.parts, coupled.scales)]
     assert choice.total_cost == pricing.total(choice.indices) <= choice.budget
-    error = sum(float(p.errors[j]) for p, j in zip(coupled.parts, choice.indices))
+    error = sum(float(e[j]) for e, j in zip(errors, choice.indices))
     for p, part in enumerate(coupled.parts):  # no single group can lower the error and still fit the budget
         for j in range(len(part.forms)):
             other = list(choice.indices)
             other[p] = j
             if pricing.total(other) <= choice.budget:
-                assert sum(float(q.errors[i]) for q, i in zip(coupled.parts, other)) >= error - 1e-12
+                assert sum(float(e[i]) for e, i in zip(errors, other)) >= error - 1e-12
 
 
 def _minmax_selection(model, x, ratio):

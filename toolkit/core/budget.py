@@ -102,22 +102,32 @@ def fill(indices: list[int], costs: Sequence[torch.Tensor], errors: Sequence[tor
     costs = [c.double().cpu() for c in costs]
     errors = [e.double().cpu() for e in errors]
     left = budget - _total(costs, indices)
-    while True:
-        best, move = 0.0, None
-        for layer, (c, e) in enumerate(zip(costs, errors)):
-            extra, gain = c - c[indices[layer]], e[indices[layer]] - e
-            ok = (gain > 0) & (extra <= left + 1e-12 * max(abs(budget), 1.0))
-            if not bool(ok.any()):
-                continue
-            rate = torch.where(ok, gain / extra.clamp_min(1e-300), -torch.inf)
-            i = int(torch.argmax(rate))
-            if move is None or float(rate[i]) > best:
-                best, move = float(rate[i]), (layer, i)
-        if move is None:
-            return indices
+    while (move := best_move(costs, errors, indices, left, budget)) is not None:
         layer, i = move
         left -= float(costs[layer][i] - costs[layer][indices[layer]])
         indices[layer] = i
+    return indices
+
+
+def best_move(costs: Sequence[torch.Tensor], errors: Sequence[torch.Tensor], indices: Sequence[int],
+              left: float, budget: float) -> tuple[int, int] | None:
+    """The one-layer move to less error whose extra cost fits ``left``, most error removed per unit of cost.
+
+    ``costs[layer][i] - costs[layer][indices[layer]]`` must be what the move adds to the total; a move that
+    costs nothing or saves is taken first. ``None`` when no move fits and helps.
+    """
+    best, move = 0.0, None
+    for layer, (c, e) in enumerate(zip(costs, errors)):
+        c, e = c.double().cpu(), e.double().cpu()
+        extra, gain = c - c[indices[layer]], e[indices[layer]] - e
+        ok = (gain > 0) & (extra <= left + 1e-12 * max(abs(budget), 1.0))
+        if not bool(ok.any()):
+            continue
+        rate = torch.where(ok, gain / extra.clamp_min(1e-300), -torch.inf)
+        i = int(torch.argmax(rate))
+        if move is None or float(rate[i]) > best:
+            best, move = float(rate[i]), (layer, i)
+    return move
 
 
 def _scale(costs: Sequence[torch.Tensor], errors: Sequence[torch.Tensor]) -> float:

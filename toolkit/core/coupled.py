@@ -22,7 +22,9 @@ A scheme that shares a budget by the largest *relative* error
 (``allocation = "minmax"``) is served by :func:`select_minmax`: the smallest
 error level ε at which every part's cheapest candidate of relative error ≤ ε
 fits the budget, then what that leaves of the budget spent to lower the
-summed relative error without any part exceeding ε. When each layer's price
+summed relative error without any part exceeding ε. Either selection ends by
+spending what is left of a budget one part at a time (:func:`fill`): the
+trade-off only reaches choices on each part's convex hull. When each layer's price
 falls as either of its kept counts falls (FLOPs, parameters), the cheapest
 candidate under ε is the same whatever the other parts choose, and ε is the
 exact optimum of the min–max problem.
@@ -35,7 +37,7 @@ from typing import Sequence
 
 import torch
 
-from lcpress.core.budget import Choice, pick
+from lcpress.core.budget import Choice, best_move, pick
 from lcpress.core.costmodel import CostModel
 from lcpress.core.forms import Dense, LayerSpec, Resized
 from lcpress.core.scheme import Coupled
@@ -98,7 +100,8 @@ def select(pricing: CoupledPricing, errors: list[torch.Tensor], trade_off: float
 
     ``trade_off`` is ``t = 2α/μ`` (α selection); with ``budget`` the smallest
     ``t`` whose exact total fits is found by bisection in every round. The
-    feasible choice of least total error seen in any round is kept.
+    feasible choice of least total error seen in any round is kept, and what
+    it leaves of the budget is spent by :func:`fill`.
     """
     choice = list(pricing.dense)
     best: Choice | None = None
@@ -117,7 +120,30 @@ def select(pricing: CoupledPricing, errors: list[torch.Tensor], trade_off: float
             break
         choice = new
     assert best is not None
+    if budget is not None and best.feasible:
+        best.indices = fill(pricing, best.indices, errors, budget)
+        best.total_cost = pricing.total(best.indices)
     return best
+
+
+def fill(pricing: CoupledPricing, indices: Sequence[int], errors: list[torch.Tensor], budget: float) -> list[int]:
+    """Spend what a feasible choice leaves of ``budget``: one part at a time, to less error, while it fits.
+
+    The trade-off's choice lies on the convex hull of each part's (price, error) candidates, so with
+    candidates in steps of ``multiple`` it can stop a whole step short of the budget (the FLOPs of one
+    more block of channels). As :func:`lcpress.core.budget.fill` does for independent layers, each move
+    takes the part whose move to a candidate of smaller error removes the most error per unit of extra
+    cost and still fits; the extra cost is exact (the part's candidates are priced with every other part
+    at its current choice) and the prices are taken again after every move. The summed error only
+    falls, and the exact total stays within the budget.
+    """
+    choice = list(indices)
+    while True:
+        left = budget - pricing.total(choice)
+        move = best_move(pricing.prices(choice), errors, choice, left, budget)
+        if move is None:
+            return choice
+        choice[move[0]] = move[1]
 
 
 def select_minmax(pricing: CoupledPricing, relative: list[torch.Tensor], budget: float) -> Choice:
@@ -130,7 +156,8 @@ def select_minmax(pricing: CoupledPricing, relative: list[torch.Tensor], budget:
     smallest ε whose exact total fits. Then the sum selection
     (:func:`select`) runs on the candidates within ε, so budget the min–max
     choice leaves unused lowers the other parts' errors; it is kept only if
-    it fits and its summed error is lower. ``trade_off`` in the result is ε.
+    it fits and its summed error is lower, and what is still left is spent by
+    :func:`fill`. ``trade_off`` in the result is ε.
     """
     levels = torch.unique(torch.cat([e.reshape(-1).double() for e in relative]))  # sorted
 
@@ -159,9 +186,9 @@ def select_minmax(pricing: CoupledPricing, relative: list[torch.Tensor], budget:
     base.total_cost = pricing.total(base.indices)
     within = [torch.where(e.double() <= level, e.double(), torch.inf) for e in relative]
     spent = select(pricing, within, None, budget)
-    if spent.feasible and _error(spent, relative) < _error(base, relative):
-        return Choice(spent.indices, level, spent.total_cost, budget)
-    return base
+    chosen = spent if spent.feasible and _error(spent, relative) < _error(base, relative) else base
+    indices = fill(pricing, chosen.indices, relative, budget)  # moves only lower errors: the level holds
+    return Choice(indices, level, pricing.total(indices), budget)
 
 
 def _cheapest_within(prices: torch.Tensor, errors: torch.Tensor, level: float) -> int:
