@@ -184,10 +184,11 @@ def test_a_working_set_between_whole_copies_interpolates(cache, monkeypatch):
 
 
 class BusyTimer(StairTimer):
-    """Ranks cost rank/8; the first measurement of each rank in ``busy`` comes back 25× too slow."""
+    """Ranks cost rank/8; the first measurement of each rank in ``busy`` comes back ``slowdown`` × too slow."""
 
     name = "busy_latency"
     busy: set = set()
+    slowdown = 25.0
 
     def measure(self, spec, form):
         StairTimer.calls.append(form)
@@ -195,7 +196,7 @@ class BusyTimer(StairTimer):
             return 0.5  # another structure: never compared with the factorizations
         if form.rank in BusyTimer.busy:
             BusyTimer.busy.discard(form.rank)
-            return 25 * form.rank / 8
+            return self.slowdown * form.rank / 8
         return form.rank / 8
 
     def fingerprint(self):
@@ -211,6 +212,16 @@ def test_a_measurement_slowed_by_a_busy_core_is_measured_again(cache, order):
     assert model.remeasured == 1 and len(StairTimer.calls) == 4
     assert model.cost(SPEC, LowRank(16)) == 2.0 and model.costs(SPEC, [LowRank(16)]).tolist() == [2.0]
     assert BusyTimer().cost(SPEC, LowRank(16)) == 2.0  # the table holds the value measured again
+
+
+def test_a_measurement_slowed_by_a_third_is_measured_again_too(cache):
+    class Sibling(BusyTimer):  # a busy sibling core: 1.4× slower, which the thread clock still counts
+        slowdown = 1.4
+
+    BusyTimer.busy = {16}
+    model = Sibling()
+    assert model.costs(SPEC, [LowRank(rank) for rank in (8, 16, 24)]).tolist() == [1.0, 2.0, 3.0]
+    assert model.remeasured == 1
 
 
 def test_a_staircase_that_holds_when_measured_again_is_kept(cache, caplog):
