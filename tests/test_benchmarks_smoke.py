@@ -244,3 +244,37 @@ def test_equal_latency_moves_the_target_until_the_trained_model_fits(monkeypatch
     start = 0.985  # faster than the margin near the dense price: the target stops at 1 (a ratio is at most 1)
     targets, model, info = run([0.96, 0.97, 0.97], 3)
     assert targets == [0.985, 1.0] and model.target == 1.0
+
+
+def test_torch_pruning_latency_search_keeps_the_loosest_target_within_the_margin(monkeypatch):
+    """--match with --margin: a model fits only at ≤ margin × Torch-Pruning's latency at both batch sizes; the
+    loosest target that fitted is kept, and a model at 0.99× does not fit a margin of 0.97."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import vs_torch_pruning as vs
+
+    def model(target):  # a model whose latency over Torch-Pruning's is 2 × its target ratio
+        m = nn.Identity()
+        m.target = target
+        return m
+
+    monkeypatch.setattr(vs, "_slowdown", lambda case, ref, m, batch, rounds: 2 * m.target)
+    reruns = []
+
+    def rerun(target):
+        reruns.append(target)
+        return vs.Run("lcpress", model(target), 1.0, "", "")
+
+    for margin in (1.0, 0.97):
+        reruns.clear()
+        case = SimpleNamespace(match=5, margin=margin)
+        kept = vs.matched(case, SimpleNamespace(model=None), rerun(0.6), 0.6, 3, rerun)
+        assert 2 * kept.model.target <= margin and 2 * kept.model.target >= margin - 0.02
+        assert all(2 * t > margin for t in reruns if t > kept.model.target)  # every looser target was too slow
+        assert f"kept the target of {kept.model.target:.1%}" in kept.notes
+    case = SimpleNamespace(match=0, margin=0.97)  # no more runs: a model at 0.99× fits nothing
+    kept = vs.matched(case, SimpleNamespace(model=None), vs.Run("lcpress", model(0.495), 1.0, "", ""), 0.495, 3, rerun)
+    assert kept.notes.endswith("none fitted")
