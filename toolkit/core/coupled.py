@@ -112,9 +112,9 @@ def select(pricing: CoupledPricing, errors: list[torch.Tensor], trade_off: float
         else:
             t, new = _bisect(pricing, prices, errors, budget)
         total = pricing.total(new)
-        error = sum(float(e[j]) for e, j in zip(errors, new))
+        error = _error(new, errors)
         candidate = Choice(new, t, total, budget)
-        if best is None or (candidate.feasible, -error) > (best.feasible, -_error(best, errors)):
+        if best is None or (candidate.feasible, -error) > (best.feasible, -_error(best.indices, errors)):
             best = candidate
         if new == choice:
             break
@@ -172,8 +172,8 @@ def select_minmax(pricing: CoupledPricing, relative: list[torch.Tensor], budget:
         return choice
 
     lo, hi = 0, len(levels) - 1
-    if pricing.total(at(float(levels[hi]))) > budget:
-        cheapest = at(float(levels[hi]))
+    cheapest = at(float(levels[hi]))
+    if pricing.total(cheapest) > budget:
         return Choice(cheapest, float(levels[hi]), pricing.total(cheapest), budget)
     while lo < hi:
         mid = (lo + hi) // 2
@@ -182,12 +182,13 @@ def select_minmax(pricing: CoupledPricing, relative: list[torch.Tensor], budget:
         else:
             lo = mid + 1
     level = float(levels[lo])
-    base = Choice(at(level), level, 0.0, budget)
-    base.total_cost = pricing.total(base.indices)
+    base = at(level)
     within = [torch.where(e.double() <= level, e.double(), torch.inf) for e in relative]
     spent = select(pricing, within, None, budget)
-    chosen = spent if spent.feasible and _error(spent, relative) < _error(base, relative) else base
-    indices = fill(pricing, chosen.indices, relative, budget)  # moves only lower errors: the level holds
+    if spent.feasible and _error(spent.indices, relative) < _error(base, relative):
+        indices = spent.indices  # select's own fill has spent the rest: within ε its moves are fill's below
+    else:
+        indices = fill(pricing, base, relative, budget)  # moves only lower errors: the level holds
     return Choice(indices, level, pricing.total(indices), budget)
 
 
@@ -197,8 +198,8 @@ def _cheapest_within(prices: torch.Tensor, errors: torch.Tensor, level: float) -
     return int(torch.argmin(torch.where(allowed == allowed.min(), errors, torch.inf)))
 
 
-def _error(choice: Choice, errors: list[torch.Tensor]) -> float:
-    return sum(float(e[j]) for e, j in zip(errors, choice.indices))
+def _error(indices: Sequence[int], errors: list[torch.Tensor]) -> float:
+    return sum(float(e[j]) for e, j in zip(errors, indices))
 
 
 def _bisect(pricing: CoupledPricing, prices: list[torch.Tensor], errors: list[torch.Tensor],
