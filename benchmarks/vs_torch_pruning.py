@@ -113,6 +113,7 @@ class Case:
     margin: float = 1.0        # --match: a model fits at ≤ margin × Torch-Pruning's latency (--margin)
     variants: str = ""         # --select: only these VARIANTS labels ("a; b"), or all
     finetune_lr: float | None = None  # lcpress's finetune.lr: its first fine-tuning pass's rate (--ft-lr)
+    lc_splits: tuple[int, ...] = ()  # LC-step counts each lcpress run also tries, kept by validation (--lc-splits)
 
     def batch(self, size: int) -> torch.Tensor:
         """``size`` copies of the example input, as one batch (what latency is timed on)."""
@@ -183,7 +184,7 @@ def resnet_case(quick: bool) -> Case:
                     TrainConfig(epochs=1, lr=0.01), 1, min_run_time=0.002)
     # --select on the validation split (results/vs_torch_pruning_selection_resnet.md): min–max allocation, 2 LC steps
     # from μ0 = 0.05 growing 4× (0.9888; one-shot pruning + 5 passes also 0.9888; auto μ0, which closes the gap in
-    # one L step, 0.9874); Torch-Pruning 0.9892
+    # one L step, 0.9874); Torch-Pruning 0.9892. With --lc-splits each run chooses its own split on validation.
     return Case("MNIST ResNet", model, (train, test), validation, torch.zeros(1, 784), ["fc"], 4, [0.5, 0.3], 5,
                 TrainConfig(epochs=1, lr=0.01, lr_decay=0.8), 2, schedule={"mu0": 0.05, "factor": 4.0},
                 channels={"allocation": "minmax"})
@@ -329,7 +330,7 @@ def run_lcpress(case: Case, method: str, cost: str, ratio: float, options: dict 
     ft_lr = f" from lr {finetune['lr']:g}" if "lr" in finetune else ""
     notes = f"{result.tasks[0].scheme.options.allocation}{' normalized' if normalize else ''}; {lc_steps} LC + " \
             f"{case.steps - lc_steps} FT{ft_lr}; {path}"
-    return Run(method, result.model.eval(), time.perf_counter() - start, notes, widths(result.model))
+    return Run(method, result.model.eval(), time.perf_counter() - start, notes, widths(result.model), lc_steps, ratio)
 
 
 @dataclass
@@ -339,6 +340,27 @@ class Run:
     seconds: float
     notes: str
     widths: str
+    lc_steps: int = 0             # lcpress: how many of the passes were LC steps
+    target: float | None = None   # lcpress: the target ratio it ran at
+
+
+def best_split(case: Case, run: Run, rerun: Callable[[int], Run], fits: Callable[[Run], bool] | None = None) -> Run:
+    """With ``case.lc_splits``: ``run``, or a rerun at its target with another LC-step count, whichever scores
+    best on the validation split (never the test split; ties: fewer LC steps, more fine-tuning).
+
+    A rerun is a candidate only if ``fits`` accepts it (the latency search's margin: another split can choose
+    other channels at the same target). The kept run's notes list every candidate's validation score.
+    """
+    others = [k for k in case.lc_splits if k != run.lc_steps and k <= case.steps]  # more than the passes: no split
+    if not others:
+        return run
+    tried = [run, *(rerun(k) for k in others)]
+    scores = {id(r): case.metric(r.model, case.validation) for r in tried}
+    fit = {id(r): r is run or fits is None or fits(r) for r in tried}  # each model timed once
+    listed = ", ".join(f"{r.lc_steps} LC {scores[id(r)]:.4f}{'' if fit[id(r)] else ' (too slow)'}" for r in tried)
+    kept = max((r for r in tried if fit[id(r)]), key=lambda r: (scores[id(r)], -r.lc_steps))
+    kept.notes += f"; split by validation: {listed}"
+    return kept
 
 
 def latency_options(case: Case) -> dict:
@@ -427,7 +449,9 @@ SPLITS: dict[str, tuple[int, ...]] = {"MNIST ResNet": (0, 1, 2, 4), "MiniLM enco
 def compare(case: Case, budget: float, bisections: int, rounds: int, quick: bool) -> list[Run]:
     """Torch-Pruning at ``budget``, lcpress at its FLOPs and (outside quick mode) at its latency."""
     tp_run = run_tp(case, budget, bisections)
-    runs = [tp_run, run_lcpress(case, LC_FLOPS, "flops", achieved_flops(case, tp_run.model))]
+    ratio = achieved_flops(case, tp_run.model)
+    runs = [tp_run, best_split(case, run_lcpress(case, LC_FLOPS, "flops", ratio),
+                               lambda k: run_lcpress(case, LC_FLOPS, "flops", ratio, lc_steps=k))]
     if not quick:  # quick: no measured cost table
         runs.append(latency_run(case, tp_run, rounds))
     for run in runs:
@@ -450,7 +474,14 @@ def latency_run(case: Case, tp_run: Run, rounds: int, options: dict | None = Non
     run = rerun(ratio)
     run.notes += f"; target {ratio:.1%} (Torch-Pruning measured {measured['tp'] / measured['dense']:.1%}, " \
                  f"priced {priced:.1%}, at batch {case.latency_batch})"
-    return matched(case, tp_run, run, ratio, rounds, rerun) if case.match else run
+    run = matched(case, tp_run, run, ratio, rounds, rerun) if case.match else run
+
+    def fits(other: Run) -> bool:  # as the search's margin; without a search, as the run it replaces: not retimed
+        return not case.match or max(_slowdown(case, tp_run.model, other.model, b, rounds) for b in (1, 32)) \
+            <= case.margin
+
+    return best_split(case, run, lambda k: run_lcpress(case, label, "cpu_latency", run.target, options, normalize, k),
+                      fits)
 
 
 def matched(case: Case, tp_run: Run, run: Run, ratio: float, rounds: int, rerun: Callable[[float], Run]) -> Run:
@@ -515,6 +546,8 @@ def main() -> None:
                         help="more runs of the latency-targeted method, searching the target until its model times as "
                              "Torch-Pruning's at batch 1 and 32 (no slower at either, within 1%% at the worse)")
     parser.add_argument("--splits", help="--select: the LC-step counts to try, e.g. 0,2 (default: each model's)")
+    parser.add_argument("--lc-splits", help="LC-step counts every lcpress run of the table also tries at its target, "
+                                            "e.g. 0,2,4; the model that scores best on the validation split is kept")
     parser.add_argument("--variants", default="",
                         help="--select: only these variants, by label, separated by ';' (default: all)")
     parser.add_argument("--seeds", type=int, default=1,
@@ -548,6 +581,8 @@ def main() -> None:
         case.latency_batch, case.match, case.variants = args.latency_batch, args.match, args.variants
         case.margin = args.margin
         case.finetune_lr = args.ft_lr
+        if args.lc_splits:
+            case.lc_splits = tuple(int(k) for k in args.lc_splits.split(","))
         if args.splits:
             SPLITS[case.name] = tuple(int(k) for k in args.splits.split(","))
         if args.select:

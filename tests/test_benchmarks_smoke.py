@@ -278,3 +278,38 @@ def test_torch_pruning_latency_search_keeps_the_loosest_target_within_the_margin
     case = SimpleNamespace(match=0, margin=0.97)  # no more runs: a model at 0.99× fits nothing
     kept = vs.matched(case, SimpleNamespace(model=None), vs.Run("lcpress", model(0.495), 1.0, "", ""), 0.495, 3, rerun)
     assert kept.notes.endswith("none fitted")
+
+
+def test_torch_pruning_split_choice_keeps_the_best_validation_score_among_models_that_fit(monkeypatch):
+    """--lc-splits: each other LC-step count reruns at the run's target; the best validation score wins, a model the
+    latency check rejects never does, ties go to fewer LC steps, and every candidate is listed in the notes."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import vs_torch_pruning as vs
+
+    def run(steps, score):
+        m = nn.Identity()
+        m.score = score
+        return vs.Run("lcpress", m, 1.0, "", "", steps, 0.5)
+
+    validation = {0: 0.98, 1: 0.99, 2: 0.97, 4: 0.99}
+
+    def case(splits):
+        return SimpleNamespace(lc_splits=splits, steps=5, validation=None, metric=lambda m, loader: m.score)
+
+    def rerun(k):
+        return run(k, validation[k])
+
+    first = run(2, validation[2])
+    kept = vs.best_split(case((0, 1, 2, 4, 8)), first, rerun)  # 8 > the 5 passes: not a split
+    assert kept.lc_steps == 1  # 1 and 4 tie at 0.99: fewer LC steps
+    assert kept.notes == "; split by validation: 2 LC 0.9700, 0 LC 0.9800, 1 LC 0.9900, 4 LC 0.9900"
+    kept = vs.best_split(case((0, 1, 2, 4)), run(2, 0.97), rerun, fits=lambda r: r.lc_steps not in (1, 4))
+    assert kept.lc_steps == 0 and "1 LC 0.9900 (too slow)" in kept.notes
+    kept = vs.best_split(case((0, 1)), run(2, 0.97), rerun, fits=lambda r: False)  # none fits: the run stays
+    assert kept.lc_steps == 2
+    alone = run(2, 0.97)
+    assert vs.best_split(case(()), alone, rerun) is alone and alone.notes == ""
