@@ -481,12 +481,12 @@ def latency_run(case: Case, tp_run: Run, rounds: int, options: dict | None = Non
                  f"priced {priced:.1%}, at batch {case.latency_batch})"
     run = matched(case, tp_run, run, ratio, rounds, rerun) if case.match else run
 
-    def fits(other: Run) -> bool:  # as the search's margin; without a search, as the run it replaces: not retimed
-        return not case.match or max(_slowdown(case, tp_run.model, other.model, b, rounds) for b in (1, 32)) \
-            <= case.margin
+    def fits(other: Run) -> bool:  # as the search's margin
+        return _worst_slowdown(case, tp_run.model, other.model, rounds) <= case.margin
 
+    # without a search, no split's model is timed either: as the run it would replace
     return best_split(case, run, lambda k: run_lcpress(case, label, "cpu_latency", run.target, options, normalize, k),
-                      fits)
+                      fits if case.match else None)
 
 
 def matched(case: Case, tp_run: Run, run: Run, ratio: float, rounds: int, rerun: Callable[[float], Run]) -> Run:
@@ -509,7 +509,7 @@ def matched(case: Case, tp_run: Run, run: Run, ratio: float, rounds: int, rerun:
     fast: tuple[float, Run] | None = None  # the loosest target whose model was no slower
     slow: float | None = None             # the tightest target whose model was slower
     for attempt in range(case.match + 1):
-        slowest = max(_slowdown(case, tp_run.model, run.model, batch, rounds) for batch in (1, 32))
+        slowest = _worst_slowdown(case, tp_run.model, run.model, rounds)
         tries.append(f"{slowest:.3f}× Torch-Pruning's latency at target {ratio:.1%}")
         if slowest <= case.margin:
             fast = max(fast, (ratio, run), key=lambda f: f[0]) if fast else (ratio, run)
@@ -526,6 +526,11 @@ def matched(case: Case, tp_run: Run, run: Run, ratio: float, rounds: int, rerun:
     kept.notes = f"{first}; searched: {', '.join(tries)}; kept the target of {fast[0]:.1%}" if fast is not None \
         else f"{first}; searched: {', '.join(tries)}; none fitted"
     return kept
+
+
+def _worst_slowdown(case: Case, reference: nn.Module, model: nn.Module, rounds: int) -> float:
+    """``model``'s measured latency over ``reference``'s at the worse of batch 1 and 32."""
+    return max(_slowdown(case, reference, model, batch, rounds) for batch in (1, 32))
 
 
 def _slowdown(case: Case, reference: nn.Module, model: nn.Module, batch: int, rounds: int) -> float:
