@@ -112,7 +112,7 @@ class Case:
     metric: Callable[[nn.Module, DataLoader], float] = accuracy
     num_heads: Callable[[nn.Module], dict] | None = None  # Torch-Pruning's attention heads, when it prunes heads
     channels: dict = field(default_factory=dict)  # lcpress's channels options for the table, chosen by --select
-    seed: int = 0              # the training split's shuffling seed, the same for every method (--seeds varies it)
+    seed: int = 0              # the training split's shuffling seed, the same for every method (--first-seed, --seeds)
     latency_batch: int = 1     # the batch size the latency target is measured and priced at (--latency-batch)
     match: int = 0             # more runs of the latency target, searched to Torch-Pruning's latency (--match)
     margin: float = 1.0        # --match: a model fits at ≤ margin × Torch-Pruning's latency (--margin)
@@ -562,11 +562,16 @@ def main() -> None:
                         help="--select: only these variants, by label, separated by ';' (default: all)")
     parser.add_argument("--seeds", type=int, default=1,
                         help="rerun every method with this many training seeds and add their spread to the table")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the timed table's training seed; --seeds counts on from it (e.g. --first-seed 3 "
+                             "--seeds 2 adds seeds 3 and 4 to an earlier run of seeds 0-2)")
     parser.add_argument("--ft-lr", type=float,
                         help="lcpress's finetune.lr: the learning rate its first fine-tuning pass starts from (then × "
                              "lr_decay per pass), instead of continuing the L steps' decay")
     parser.add_argument("--out", help="markdown file (default: results/vs_torch_pruning[_selection]_<models>.md)")
     args = parser.parse_args()
+    if args.first_seed < 0 or args.seeds < 1:
+        parser.error("--first-seed must be 0 or more and --seeds 1 or more")
     torch.set_num_threads(args.threads)
     try:
         import torch_pruning  # noqa: F401
@@ -589,7 +594,7 @@ def main() -> None:
         if args.budgets:
             case.budgets = [float(b) for b in args.budgets.split(",")]
         case.latency_batch, case.match, case.variants = args.latency_batch, args.match, args.variants
-        case.margin = args.margin
+        case.margin, case.seed = args.margin, args.first_seed
         case.finetune_lr = args.ft_lr
         if args.lc_splits:
             case.lc_splits = tuple(int(k) for k in args.lc_splits.split(","))
@@ -615,7 +620,7 @@ def main() -> None:
     command = f"python benchmarks/vs_torch_pruning.py {shlex.join(sys.argv[1:])}"  # as typed, every option quoted
     if spread:
         lines += ["", "**Spread over training seeds** (the shuffling of the training split, the same for every "
-                      "method within a seed; seed 0 is the table above; latency not retimed):", "",
+                      f"method within a seed; seed {args.first_seed} is the table above; latency not retimed):", "",
                   "| model | budget | method | test accuracy per seed | mean | sd | widths per seed |",
                   "|---|---|---|---|---|---|---|", *spread]
     publish("Structured pruning: Torch-Pruning vs lcpress channel groups" + (", validation" if args.select else ""),
@@ -626,7 +631,7 @@ def main() -> None:
 
 def seed_spread(case: Case, first: list[tuple[str, Run]], seeds: int, bisections: int, rounds: int,
                 quick: bool) -> list[str]:
-    """Rows of test accuracy per training seed: ``first`` is seed 0's runs; seeds 1… rerun every method.
+    """Rows of test accuracy per training seed: ``first`` is the table's seed's runs; the next seeds rerun every method.
 
     One seed's test accuracy moves by about one sd of a binomial (0.1 points at 99% on 10,000 images), which is
     the size of the gaps between these methods; the spread says whether a gap is larger than that.
@@ -634,13 +639,14 @@ def seed_spread(case: Case, first: list[tuple[str, Run]], seeds: int, bisections
     scores: dict[tuple[str, str], list[tuple[float, str]]] = {}
     for budget, run in first:
         scores.setdefault((budget, run.method), []).append((case.metric(run.model, case.loaders[1]), run.widths))
-    for seed in range(1, seeds):
+    table_seed = case.seed
+    for seed in range(table_seed + 1, table_seed + seeds):
         case.seed = seed
         for budget in case.budgets:
             for run in compare(case, budget, bisections, rounds, quick):
                 scores.setdefault((f"{budget:.0%}", run.method), []).append(
                     (case.metric(run.model, case.loaders[1]), run.widths))
-    case.seed = 0
+    case.seed = table_seed
     rows = []
     for (budget, method), values in scores.items():
         acc = torch.tensor([a for a, _ in values], dtype=torch.float64)
