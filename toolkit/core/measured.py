@@ -56,7 +56,7 @@ def default_cache_dir() -> Path:
 
 #: Part of every measured table's key: bump it when :func:`primitive_module` builds a primitive differently,
 #: so tables measured with the old modules are not read as prices of the new ones.
-PRIMITIVES_VERSION = 2
+PRIMITIVES_VERSION = 3
 
 
 def primitive_module(spec: LayerSpec, stage: bool = False) -> nn.Module:

@@ -40,8 +40,18 @@ class PointwiseConv2d(nn.Module):
     second half of every channel-shaped low-rank conv — runs far below the
     speed of the equivalent GEMM (2–3× slower in benchmarks/realized_speedup.py).
     ``baddbmm`` over ``(N, r, H·W)`` computes exactly the same function.
-    Channels-last inputs already take a GEMM path and go to ``F.conv2d``.
+    Channels-last inputs already take a GEMM path and go to ``F.conv2d``, and
+    so do batches of at most :attr:`CONV_UP_TO` images, where the batched
+    product's fixed cost outweighs the convolution's: a residual CNN on MNIST
+    with every 1×1 stage as this GEMM ran 12% slower than with torch's 1×1
+    convolution at batch 1 and 7% at batch 4, and 7% faster at batch 32 (one
+    thread; benchmarks/pointwise_kernel.py). A batch size that is symbolic
+    (``torch.export`` with a dynamic batch) takes the GEMM, so an exported
+    graph holds no guard on it.
     """
+
+    #: batches up to this size run torch's own 1×1 convolution (see the class docstring)
+    CONV_UP_TO = 4
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
@@ -68,7 +78,8 @@ class PointwiseConv2d(nn.Module):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        if x.dim() != 4 or (type(x.shape[0]) is int and x.shape[0] <= self.CONV_UP_TO) or (
+                x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()):
             return F.conv2d(x, self.weight, self.bias)
         n, c, h, w = x.shape
         weight = self.weight.reshape(self.out_channels, c).expand(n, -1, -1)
