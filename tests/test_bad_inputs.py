@@ -21,7 +21,7 @@ import yaml
 from torch import nn
 
 import lcpress
-from lcpress import CheckpointError, ConfigError, CStepError, LcpressError, PluginError, RunDirectoryError
+from lcpress import CheckpointError, CStepError, LcpressError, PluginError, RunDirectoryError
 from lcpress.cli import main
 from lcpress.core.registry import reset_registry
 from lcpress.io.files import write_file

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 import lcpress
-from lcpress.cli import main
 
 
 def _cnn():

@@ -106,15 +106,15 @@ INFO_FIELDS = {"status": str, "config": dict, "plan": dict, "dense_metric": (int
 
 def _check_info(info: Any, path: Path) -> None:
     """run.json must have the shape lcpress writes; a hand-edited or foreign one is named, field by field."""
-    def refuse(field: str, expected: str) -> None:
-        raise LcpressError(f"{str(path)!r}: {field} should be {expected}; this run.json was not written by lcpress "
+    def refuse(what: str, expected: str) -> None:
+        raise LcpressError(f"{str(path)!r}: {what} should be {expected}; this run.json was not written by lcpress "
                            f"(or was edited), so no report can be made from it")
 
     if not isinstance(info, dict):
         refuse("the file", "a JSON object")
-    for field, kind in INFO_FIELDS.items():
-        if info.get(field) is not None and not isinstance(info[field], kind):
-            refuse(field, f"a {kind.__name__ if isinstance(kind, type) else 'number'}")
+    for name, kind in INFO_FIELDS.items():
+        if info.get(name) is not None and not isinstance(info[name], kind):
+            refuse(name, f"a {kind.__name__ if isinstance(kind, type) else 'number'}")
     config = info.get("config") or {}
     if not isinstance(config.get("tasks", []), list) or not all(isinstance(t, dict) for t in config.get("tasks", [])):
         refuse("config.tasks", "a list of mappings")
