@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from torch.utils import benchmark as tbench
 from torch.utils.flop_counter import FlopCounterMode
 
 from lcpress import TrainConfig
@@ -75,36 +74,52 @@ def layer_flops(model: torch.nn.Module, x: torch.Tensor, names: list[str]) -> fl
 
 def interleaved_latency_ms(models: dict[str, torch.nn.Module], x: torch.Tensor, rounds: int = 15,
                            round_time: float = 0.02) -> dict[str, float]:
-    """Median milliseconds per forward pass of each model, measured in interleaved rounds.
+    """Median milliseconds per forward pass of each model, timed call by call, the models taking turns.
 
-    Every round times each model once (a fixed number of calls, calibrated so a
-    round lasts about ``round_time`` seconds), so load from other processes
-    falls on all models alike; the result is the median over rounds. With one
-    torch thread every op runs on the calling thread, and the clock is that
-    thread's CPU time: on a shared machine, time-slicing by other processes then
-    does not count, only what the model itself costs (cache sharing still does).
-    With more threads the clock is wall time.
+    Every turn runs each model twice, back to back, and times the second call: its weights are then as warm in
+    the caches as when it serves one request after another, whatever the other models evicted. The order of
+    the models reverses every turn (A B, B A, ...), so a change in the machine's speed falls on all of them
+    alike, and the result is the median over turns. There are enough turns for each model to be timed for
+    about ``rounds × round_time`` seconds, and at least ``4 × rounds``.
+
+    Why not blocks: timing each model for a block of calls per round (``torch.utils.benchmark``, as this helper
+    did before) lets noise that lasts about as long as a block fall on one model and not the other. Two
+    realizations of the MNIST residual CNN, timed six times in a row each way (blocks in two sessions), gave
+    their ratio a standard deviation of 1.2–5.8% in blocks and 0.3–0.5% in turns (a model against its own
+    copy: 0.9–2.3% and 0.7–1.0%).
+
+    With one torch thread every op runs on the calling thread, and the clock is that thread's CPU time: on a
+    shared machine, time-slicing by other processes then does not count, only what the model itself costs
+    (cache sharing still does). With more threads the clock is wall time.
     """
-    clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
-    timers, counts, samples = {}, {}, {name: [] for name in models}
+    clock = time.thread_time_ns if torch.get_num_threads() == 1 else time.perf_counter_ns
+    samples: dict[str, list[int]] = {name: [] for name in models}
     with torch.no_grad():
+        once = {}
         for name, model in models.items():
-            timers[name] = tbench.Timer("m(x)", globals={"m": model.eval(), "x": x}, timer=clock,
-                                        num_threads=torch.get_num_threads())
-            timers[name].timeit(3)  # warm-up
-            once = timers[name].timeit(5).median
-            counts[name] = max(1, int(round_time / max(once, 1e-7)))
-        for _ in range(rounds):
-            for name, timer in timers.items():
-                samples[name].append(timer.timeit(counts[name]).median)
-    return {name: float(torch.tensor(s).median()) * 1e3 for name, s in samples.items()}
+            model.eval()
+            for _ in range(3):  # warm-up
+                model(x)
+            start = clock()
+            model(x)
+            once[name] = max(clock() - start, 1) / 1e9
+        turns = max(4 * rounds, int(rounds * round_time / max(once.values())))
+        order = list(models.items())
+        for turn in range(turns):
+            for name, model in order if turn % 2 == 0 else order[::-1]:
+                model(x)
+                start = clock()
+                model(x)
+                samples[name].append(clock() - start)
+    return {name: float(torch.tensor(s, dtype=torch.float64).median()) / 1e6 for name, s in samples.items()}
 
 
 def latency_note(rounds: int) -> str:
     """How the latency columns were measured, for a table's preamble."""
     clock = "CPU time of the one torch thread" if torch.get_num_threads() == 1 else "wall time"
-    return (f"Latency: median of {rounds} interleaved rounds (every model timed once per round; torch.utils.benchmark), "
-            f"clock = {clock} — the machine is shared with other jobs.")
+    return (f"Latency: median over alternating turns (each turn runs every model twice and times the second call; "
+            f"the order reverses every turn; at least {4 * rounds} turns), clock = {clock} — the machine is shared "
+            f"with other jobs.")
 
 
 def plot_accuracy_vs_flops(panels: dict[str, list[tuple[str, float, float]]], out: str, quick: bool,

@@ -313,3 +313,29 @@ def test_torch_pruning_split_choice_keeps_the_best_validation_score_among_models
     assert kept.lc_steps == 2
     alone = run(2, 0.97)
     assert vs.best_split(case(()), alone, rerun) is alone and alone.notes == ""
+
+
+def test_interleaved_timing_takes_turns_in_reversed_order_and_times_warm_calls():
+    """The benchmarks' latency helper: each turn calls every model twice (a warm-up, then the timed call), and
+    the order of the models reverses every turn, so drift in the machine's speed falls on all of them alike."""
+    import torch
+
+    sys.path.insert(0, str(BENCH))
+    from common import interleaved_latency_ms
+
+    calls: list[str] = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+        def forward(self, x):
+            calls.append(self.name)
+            return x * 2
+
+    ms = interleaved_latency_ms({"a": Recorder("a"), "b": Recorder("b")}, torch.ones(4), rounds=2)
+    assert set(ms) == {"a", "b"} and all(v >= 0 for v in ms.values())
+    timed = calls[8:]  # after the warm-up (3 calls) and the one call that sizes the run, for each model
+    assert timed[:8] == ["a", "a", "b", "b", "b", "b", "a", "a"]
+    assert len(timed) % 4 == 0 and len(timed) // 4 >= 8  # at least 4 × rounds turns, each one complete
