@@ -6,7 +6,7 @@ own 1×1 convolution for batches of at most ``CONV_UP_TO`` images and a batched
 matrix product (``baddbmm`` over ``(N, r, H·W)``) for larger ones. This script
 times the residual CNN of the equal-latency benchmark with its seven convs
 factorized (AIMET weight SVD's 30% ranks, ``input`` shape), three ways, in
-interleaved rounds in one process:
+turns in one process (`common.interleaved_latency_ms`):
 
 - **default**: ``PointwiseConv2d`` as it is;
 - **always GEMM**: every 1×1 stage takes the batched product;
@@ -74,7 +74,8 @@ def with_kernel(model: nn.Module, cls: type[PointwiseConv2d]) -> nn.Module:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="batches 1 and 32, 3 rounds")
-    parser.add_argument("--rounds", type=int, default=25, help="interleaved timing rounds per batch size")
+    parser.add_argument("--rounds", type=int, default=25,
+                        help="timing length per batch size: about 20 ms per model per round, at least 4 turns per round")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "pointwise_kernel.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
