@@ -95,15 +95,15 @@ def interleaved_latency_ms(models: dict[str, torch.nn.Module], x: torch.Tensor, 
     clock = time.thread_time_ns if torch.get_num_threads() == 1 else time.perf_counter_ns
     samples: dict[str, list[int]] = {name: [] for name in models}
     with torch.no_grad():
-        once = {}
-        for name, model in models.items():
+        slowest = 1  # ns: the slowest model's one call sizes the run
+        for model in models.values():
             model.eval()
             for _ in range(3):  # warm-up
                 model(x)
             start = clock()
             model(x)
-            once[name] = max(clock() - start, 1) / 1e9
-        turns = max(4 * rounds, int(rounds * round_time / max(once.values())))
+            slowest = max(slowest, clock() - start)
+        turns = max(4 * rounds, int(rounds * round_time * 1e9 / slowest))
         order = list(models.items())
         for turn in range(turns):
             for name, model in order if turn % 2 == 0 else order[::-1]:
