@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import platform
+import random
 import tempfile
 import time
 from contextlib import redirect_stdout
@@ -77,10 +78,17 @@ def interleaved_latency_ms(models: dict[str, torch.nn.Module], x: torch.Tensor, 
     """Median milliseconds per forward pass of each model, timed call by call, the models taking turns.
 
     Every turn runs each model twice, back to back, and times the second call: its weights are then as warm in
-    the caches as when it serves one request after another, whatever the other models evicted. The order of
-    the models reverses every turn (A B, B A, ...), so a change in the machine's speed falls on all of them
-    alike, and the result is the median over turns. There are enough turns for each model to be timed for
-    about ``rounds × round_time`` seconds, and at least ``4 × rounds``.
+    the caches as when it serves one request after another, whatever the other models evicted. Turns come in
+    pairs: the models in a random order, then in the reverse of that order, so a steady change in the
+    machine's speed falls on all of them alike, and the result is the median over turns. There are enough
+    turns for each model to be timed for about ``rounds × round_time`` seconds, and at least ``4 × rounds``.
+    The order is drawn from a fixed seed, so a timing session is repeatable.
+
+    Why a random order: with a fixed one (A B C, C B A, ...) the models at the ends ran four times in a row at
+    every other turn boundary, and so were warmer when timed than the ones in the middle. Three copies of one
+    model with 10 MB of weights (the large-head MNIST CNN at batch 1) timed the middle copy 10–13% slower than
+    the others, whichever copy was in the middle. Drawn at random, every model runs in every position and
+    after every other model equally often on average. For two models nothing changes but which one starts.
 
     Why not blocks: timing each model for a block of calls per round (``torch.utils.benchmark``, as this helper
     did before) lets noise that lasts about as long as a block fall on one model and not the other. Two
@@ -104,9 +112,11 @@ def interleaved_latency_ms(models: dict[str, torch.nn.Module], x: torch.Tensor, 
             model(x)
             slowest = max(slowest, clock() - start)
         turns = max(4 * rounds, int(rounds * round_time * 1e9 / slowest))
+        draw = random.Random(0)
         order = list(models.items())
-        for turn in range(turns):
-            for name, model in order if turn % 2 == 0 else order[::-1]:
+        for turn in range(turns + turns % 2):  # whole pairs of turns
+            order = draw.sample(order, len(order)) if turn % 2 == 0 else order[::-1]
+            for name, model in order:
                 model(x)
                 start = clock()
                 model(x)
@@ -117,9 +127,9 @@ def interleaved_latency_ms(models: dict[str, torch.nn.Module], x: torch.Tensor, 
 def latency_note(rounds: int) -> str:
     """How the latency columns were measured, for a table's preamble."""
     clock = "CPU time of the one torch thread" if torch.get_num_threads() == 1 else "wall time"
-    return (f"Latency: median over alternating turns (each turn runs every model twice and times the second call; "
-            f"the order reverses every turn; at least {4 * rounds} turns), clock = {clock} — the machine is shared "
-            f"with other jobs.")
+    return (f"Latency: median over turns (each turn runs every model twice and times the second call; turns come "
+            f"in pairs, a random order and then its reverse; at least {4 * rounds} turns), clock = {clock} — the "
+            f"machine is shared with other jobs.")
 
 
 def plot_accuracy_vs_flops(panels: dict[str, list[tuple[str, float, float]]], out: str, quick: bool,

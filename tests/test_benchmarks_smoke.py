@@ -315,9 +315,10 @@ def test_torch_pruning_split_choice_keeps_the_best_validation_score_among_models
     assert vs.best_split(case(()), alone, rerun) is alone and alone.notes == ""
 
 
-def test_interleaved_timing_takes_turns_in_reversed_order_and_times_warm_calls():
-    """The benchmarks' latency helper: each turn calls every model twice (a warm-up, then the timed call), and
-    the order of the models reverses every turn, so drift in the machine's speed falls on all of them alike."""
+def test_interleaved_timing_takes_turns_in_random_then_reversed_order_and_times_warm_calls():
+    """The benchmarks' latency helper: each turn calls every model twice (a warm-up, then the timed call); turns
+    come in pairs, a random order and then its reverse, so drift in the machine's speed falls on all models alike
+    and no model always runs in the middle (with a fixed order, the middle one was timed colder than the ends)."""
     import torch
 
     sys.path.insert(0, str(BENCH))
@@ -334,8 +335,19 @@ def test_interleaved_timing_takes_turns_in_reversed_order_and_times_warm_calls()
             calls.append(self.name)
             return x * 2
 
-    ms = interleaved_latency_ms({"a": Recorder("a"), "b": Recorder("b")}, torch.ones(4), rounds=2)
-    assert set(ms) == {"a", "b"} and all(v >= 0 for v in ms.values())
-    timed = calls[8:]  # after the warm-up (3 calls) and the one call that sizes the run, for each model
-    assert timed[:8] == ["a", "a", "b", "b", "b", "b", "a", "a"]
-    assert len(timed) % 4 == 0 and len(timed) // 4 >= 8  # at least 4 × rounds turns, each one complete
+    names = ["a", "b", "c"]
+    ms = interleaved_latency_ms({n: Recorder(n) for n in names}, torch.ones(4), rounds=4)
+    assert set(ms) == set(names) and all(v >= 0 for v in ms.values())
+    timed = calls[4 * len(names):]  # after each model's warm-up (3 calls) and the one call that sizes the run
+    assert timed[0::2] == timed[1::2]  # every model runs twice in a row: a warm-up, then the timed call
+    turns = [timed[i:i + 2 * len(names)][0::2] for i in range(0, len(timed), 2 * len(names))]
+    assert len(turns) >= 16 and len(turns) % 2 == 0  # at least 4 × rounds turns, in whole pairs
+    for first, second in zip(turns[0::2], turns[1::2]):
+        assert sorted(first) == names and second == first[::-1]
+    middles = {turn[1] for turn in turns}
+    assert middles == set(names)  # every model lands in the middle at some turn
+
+    calls.clear()  # the order comes from a fixed seed, so a second session repeats it (its length may differ)
+    interleaved_latency_ms({n: Recorder(n) for n in names}, torch.ones(4), rounds=4)
+    replay = calls[4 * len(names):]
+    assert replay[:len(timed)] == timed[:len(replay)]
