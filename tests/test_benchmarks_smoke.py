@@ -351,3 +351,24 @@ def test_interleaved_timing_takes_turns_in_random_then_reversed_order_and_times_
     interleaved_latency_ms({n: Recorder(n) for n in names}, torch.ones(4), rounds=4)
     replay = calls[4 * len(names):]
     assert replay[:len(timed)] == timed[:len(replay)]
+
+
+def test_equal_latency_bar_judges_latency_on_the_paired_timing():
+    """The bar compares a matched model with its peer as timed alone together (paired_latencies), not as timed
+    among every model of the budget, whose times depend on which models ran before; rows without paired
+    times fall back to the table's columns."""
+    sys.path.insert(0, str(BENCH))
+    import equal_latency
+
+    peer = {"budget": 0.5, "method": "uniform SVD", "accuracy": 0.990, "ms_b1": 1.00, "ms_b32": 10.0}
+    table_slower = {"ms_b1": 0.98, "ms_b32": 10.4}  # among every model: 4% slower at b=32
+    mine = {"budget": 0.5, "method": "lcpress @ uniform SVD", "matched_to": "uniform SVD", "accuracy": 0.991,
+            **table_slower, "pair_ms_b1": 0.97, "pair_peer_ms_b1": 1.01, "pair_ms_b32": 9.8, "pair_peer_ms_b32": 10.1}
+    [line] = equal_latency.bar([peer, mine], "accuracy", "lcpress")
+    assert line.endswith("| met |") and "1.010 vs 0.970" in line and "10.100 vs 9.800" in line
+    unpaired = {k: v for k, v in mine.items() if not k.startswith("pair_")}
+    [line] = equal_latency.bar([peer, unpaired], "accuracy", "lcpress")
+    assert line.endswith("| missed |") and "10.000 vs 10.400" in line
+    worse = {**mine, "accuracy": 0.989}
+    [line] = equal_latency.bar([peer, worse], "accuracy", "lcpress")
+    assert line.endswith("| missed |")
