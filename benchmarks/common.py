@@ -86,9 +86,10 @@ def interleaved_latency_ms(models: dict[str, torch.nn.Module], x: torch.Tensor, 
 
     Why a random order: with a fixed one (A B C, C B A, ...) the models at the ends ran four times in a row at
     every other turn boundary, and so were warmer when timed than the ones in the middle. Three copies of one
-    model with 10 MB of weights (the large-head MNIST CNN at batch 1) timed the middle copy 10–13% slower than
-    the others, whichever copy was in the middle. Drawn at random, every model runs in every position and
-    after every other model equally often on average. For two models nothing changes but which one starts.
+    model with 10 MB of weights (the large-head MNIST CNN at batch 1) timed the middle copy 6–14% slower than
+    the others in each of 13 sessions, whichever copy was in the middle; in a random order they spread by
+    0.5–2.5%. Drawn at random, every model runs in every position and after every other model equally often on
+    average. For two models nothing changes but which one starts.
 
     Why not blocks: timing each model for a block of calls per round (``torch.utils.benchmark``, as this helper
     did before) lets noise that lasts about as long as a block fall on one model and not the other. Two
