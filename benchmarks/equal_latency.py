@@ -313,11 +313,8 @@ def matched_run(case: Case, reference: nn.Module, target: float, error: str, rou
 
 def _slowest(case: Case, model: nn.Module, reference: nn.Module, rounds: int) -> float:
     """``model``'s latency over ``reference``'s at the worse of the batch sizes."""
-    ratios = []
-    for batch in BATCHES:
-        ms = _interleaved(case, model, reference, batch, rounds)
-        ratios.append(ms["candidate"] / ms["reference"])
-    return max(ratios)
+    pair = paired_latencies(case, model, reference, rounds)
+    return max(pair[f"pair_ms_b{b}"] / pair[f"pair_peer_ms_b{b}"] for b in BATCHES)
 
 
 def _direct(case: Case, ratio: float, error: str) -> tuple[nn.Module, dict[str, Any]]:
