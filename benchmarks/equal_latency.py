@@ -629,6 +629,9 @@ def main() -> None:
                         help="low_rank's allocation for lcpress's runs: sum or minmax (default: the scheme's, sum); "
                              "both, sum,minmax: the latency-matched weight-space runs try each (searched and trained "
                              "apart) and keep the best on the validation split")
+    parser.add_argument("--sensitivity", choices=["error", "measured"],
+                        help="low_rank's sensitivity for lcpress's runs: measured shares the budget by the validation "
+                             "accuracy lost with each layer alone compressed (AIMET's scores), instead of the default")
     parser.add_argument("--rank-multiple", type=int, help="low_rank's rank_multiple, instead of the model's default")
     parser.add_argument("--lc-splits", help="L-step counts to try for lcpress's weight-space runs, e.g. 8,4,2 (the "
                         "rest of the passes fine-tune the realized model); the best on the validation split is kept")
@@ -669,6 +672,8 @@ def main() -> None:
         case.allocations = allocations if len(allocations) > 1 else ()
     if args.rank_multiple:
         case.options = {**case.options, "rank_multiple": args.rank_multiple}
+    if args.sensitivity:
+        case.options = {**case.options, "sensitivity": args.sensitivity}
     case.weight_only = args.no_aware
     if args.peers:
         case.peers = tuple(name.strip() for name in args.peers.split(";"))

@@ -62,8 +62,19 @@ class LowRankOptions(Options):
                     "C step's objective); minmax = least largest relative error ‖W − Δ‖²/‖W‖² of any layer (ALDS's "
                     "rule), so no layer is cut to its cheapest rank to pay for another"
     )
+    sensitivity: Literal["error", "measured"] = option(
+        "error", help="what the allocation compares between layers: error = the C step's relative error; measured = "
+                      "the drop of the run's metric (eval_fn) with that layer alone compressed, measured once at a "
+                      "few candidates per layer by the first C step under a target and interpolated in relative "
+                      "error (AIMET's greedy search scores layers so); needs a target and an eval_fn"
+    )
+    sensitivity_points: int = option(8, help="sensitivity: measured — candidates measured per layer, spread over its "
+                                             "cost range (each one evaluation of the model)", ge=1)
 
     def validate(self) -> None:
+        if self.sensitivity == "measured" and self.rank is not None:
+            self.fail("sensitivity", "a fixed rank leaves no budget to allocate; drop rank (automatic rank "
+                                     "selection) or sensitivity")
         if self.error == "output" and self.shape not in ("channel", "auto"):
             self.fail("shape", "error: output measures errors over the layer's input patches, which the 'channel' "
                                "shape factorizes; use shape: channel (or auto, which then means channel)")

@@ -40,3 +40,32 @@ def plugins():
 
     with contextlib.ExitStack() as stack:
         yield lambda *objs: stack.enter_context(using_plugins(*objs))
+
+
+class Interrupt(Exception):
+    """What :func:`power_cut` raises inside a run, like a crash between checkpoints."""
+
+
+@pytest.fixture
+def power_cut():
+    """``with power_cut(at=k): lcpress.compress(...)``: the default trainer dies when L step ``k`` starts.
+
+    The block expects the interruption (it fails if the run finishes), and the
+    trainer is itself again after it, ready for the resumed run.
+    """
+    from lcpress.runs.training import SupervisedTrainer
+
+    @contextlib.contextmanager
+    def cut(at: int):
+        original = SupervisedTrainer.__call__
+
+        def interrupted(self, model, penalty, step):
+            if step.index == at:
+                raise Interrupt(f"power cut at L step {at}")
+            return original(self, model, penalty, step)
+
+        with pytest.MonkeyPatch.context() as patch, pytest.raises(Interrupt):
+            patch.setattr(SupervisedTrainer, "__call__", interrupted)
+            yield
+
+    return cut

@@ -18,7 +18,6 @@ from lcpress import LcpressError
 from lcpress.cli import main
 from lcpress.runs.demo import digits_loaders, train_dense
 from lcpress.reporting.report import write_report
-from lcpress.runs.training import SupervisedTrainer
 
 CONFIG = {
     "tasks": [{"layers": ["1", "3"], "options": {"rank_multiple": 4}, "target": {"cost": "flops", "ratio": 0.4}}],
@@ -99,21 +98,9 @@ def test_layer_table_lists_form_fields_and_full_rank(finished_run):
     assert pd.isna(result.layers.set_index("layer").loc["5", "form_rank"])  # not a task: dense, no rank
 
 
-class Interrupt(Exception):
-    pass
-
-
-def test_running_run_report_prices_the_checkpoint(dense_mlp, tmp_path, monkeypatch):
-    original = SupervisedTrainer.__call__
-
-    def interrupted(self, model, penalty, step):
-        if step.index == 1:
-            raise Interrupt("stopped to look")
-        return original(self, model, penalty, step)
-
-    monkeypatch.setattr(SupervisedTrainer, "__call__", interrupted)
+def test_running_run_report_prices_the_checkpoint(dense_mlp, tmp_path, power_cut):
     run = tmp_path / "running"
-    with pytest.raises(Interrupt):
+    with power_cut(at=1):
         lcpress.compress(copy.deepcopy(dense_mlp), dict(CONFIG, output_dir=str(run)), loaders=digits_loaders(64, 0),
                          progress=False)
     assert not (run / "layers.csv").exists()

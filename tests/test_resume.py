@@ -33,30 +33,16 @@ def dense():
     return model
 
 
-class Interrupt(Exception):
-    pass
-
-
-def _run(dense, out, monkeypatch=None, stop_at=None, resume=False):
-    if stop_at is not None:
-        original = SupervisedTrainer.__call__
-
-        def interrupted(self, model, penalty, step):
-            if step.index == stop_at:
-                raise Interrupt("power cut")
-            return original(self, model, penalty, step)
-
-        monkeypatch.setattr(SupervisedTrainer, "__call__", interrupted)
+def _run(dense, out, resume=False):
     model = copy.deepcopy(dense)
     loaders = digits_loaders(64, 0)
     return lcpress.compress(model, dict(CONFIG, output_dir=str(out)), loaders=loaders, resume=resume, progress=False)
 
 
-def test_resumed_run_equals_uninterrupted_run(dense, tmp_path, monkeypatch):
+def test_resumed_run_equals_uninterrupted_run(dense, tmp_path, power_cut):
     full = _run(dense, tmp_path / "full")
-    with pytest.raises(Interrupt):
-        _run(dense, tmp_path / "cut", monkeypatch, stop_at=2)  # dies in the third L step
-    monkeypatch.undo()
+    with power_cut(at=2):  # dies in the third L step
+        _run(dense, tmp_path / "cut")
     checkpoint = lcpress.io.files.read_file(tmp_path / "cut" / "checkpoint.safetensors")[1]
     assert checkpoint["engine"]["next_step"] == 3  # DC + two LC steps were saved
     resumed = _run(dense, tmp_path / "cut", resume=True)
@@ -78,20 +64,18 @@ def test_finished_run_is_not_overwritten_without_force(dense, tmp_path):
     lcpress.compress(copy.deepcopy(dense), config, loaders=digits_loaders(64, 0), force=True, progress=False)
 
 
-def test_unfinished_run_needs_resume_or_force(dense, tmp_path, monkeypatch):
-    with pytest.raises(Interrupt):
-        _run(dense, tmp_path / "run", monkeypatch, stop_at=1)
-    monkeypatch.undo()
+def test_unfinished_run_needs_resume_or_force(dense, tmp_path, power_cut):
+    with power_cut(at=1):
+        _run(dense, tmp_path / "run")
     with pytest.raises(RunDirectoryError, match="holds an unfinished run; use --resume"):
         _run(dense, tmp_path / "run")
     with pytest.raises(RunDirectoryError, match="holds no checkpoint"):
         _run(dense, tmp_path / "empty", resume=True)
 
 
-def test_corrupted_checkpoint_is_reported_and_kept(dense, tmp_path, monkeypatch):
-    with pytest.raises(Interrupt):
-        _run(dense, tmp_path / "run", monkeypatch, stop_at=1)
-    monkeypatch.undo()
+def test_corrupted_checkpoint_is_reported_and_kept(dense, tmp_path, power_cut):
+    with power_cut(at=1):
+        _run(dense, tmp_path / "run")
     ckpt = tmp_path / "run" / "checkpoint.safetensors"
     data = bytearray(ckpt.read_bytes())
     data[-3] ^= 0xFF
@@ -101,10 +85,9 @@ def test_corrupted_checkpoint_is_reported_and_kept(dense, tmp_path, monkeypatch)
     assert ckpt.read_bytes() == bytes(data)
 
 
-def test_resume_with_another_config_is_refused(dense, tmp_path, monkeypatch):
-    with pytest.raises(Interrupt):
-        _run(dense, tmp_path / "run", monkeypatch, stop_at=1)
-    monkeypatch.undo()
+def test_resume_with_another_config_is_refused(dense, tmp_path, power_cut):
+    with power_cut(at=1):
+        _run(dense, tmp_path / "run")
     other = dict(CONFIG, tasks=[dict(CONFIG["tasks"][0], layers=["2", "5"])], output_dir=str(tmp_path / "run"))
     with pytest.raises(lcpress.LcpressError, match=r"holds a run of another config.*Changed: tasks\[0\]\.layers"):
         lcpress.compress(copy.deepcopy(dense), other, loaders=digits_loaders(64, 0), resume=True, progress=False)

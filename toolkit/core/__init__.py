@@ -15,6 +15,7 @@ Read in this order:
   :mod:`~lcpress.core.views` (parameters as the tensor a scheme compresses);
 * the algorithm — :mod:`~lcpress.core.plan` (config → plugins → tasks, once),
   :mod:`~lcpress.core.budget` (α trade-offs and global budgets),
+  :mod:`~lcpress.core.sensitivity` (a layer's measured metric drop),
   :mod:`~lcpress.core.engine` (the LC loop), :mod:`~lcpress.core.realize`
   (compressed layers → fast modules), :mod:`~lcpress.core.tree` (nested
   states ⇄ JSON + tensors, never pickled).

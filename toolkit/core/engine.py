@@ -39,6 +39,7 @@ from torch import nn
 from lcpress.config import ScheduleConfig
 from lcpress.core import budget as budget_mod
 from lcpress.core import coupled as coupled_mod
+from lcpress.core import sensitivity as sensitivity_mod
 from lcpress.core.costmodel import CostModel
 from lcpress.core.forms import Dense, Form, LayerSpec
 from lcpress.core.graph import ModelGraph
@@ -125,6 +126,9 @@ class LCEngine:
         self.history: list[dict[str, Any]] = []
         self.selection: dict[int, budget_mod.Choice] = {}
         self._told: set[int] = set()  # groups whose unreachable target was reported (once per run)
+        #: task index → its measured sensitivity curve (``sensitivity: measured``), from the first C step under a target
+        self.curves: dict[int, sensitivity_mod.Curve] = {}
+        self._check_sensitivity()
 
     # ---------------------------------------------------------------- the loop
     def run(self) -> pd.DataFrame:
@@ -387,13 +391,17 @@ class LCEngine:
                 for i in members:  # a model-scope scheme plans one task per task group
                     self.selection[g] = self._select_coupled(self.tasks[i], contexts[i], mu)
                 continue
-            minmax = cfg.target is not None and self.tasks[members[0]].scheme.allocation == "minmax"
+            scheme = self.tasks[members[0]].scheme
+            minmax = cfg.target is not None and scheme.allocation == "minmax"
+            measured = cfg.target is not None and mu > 0 and scheme.sensitivity == "measured"
             errors = []
             for i in members:
                 e = contexts[i].candidates.errors.to("cpu", torch.float64)  # costs are CPU tensors; SVDs stay on the device
-                if cfg.normalize or minmax:  # relative to the error of Δ = 0, in the task's own metric
+                if cfg.normalize or minmax or measured:  # relative to the error of Δ = 0, in the task's own metric
                     e = e / max(float(self._squared_norm(i, inputs[i].double())), 1e-300)
                 errors.append(e)
+            if measured:
+                errors = self._measured_drops(k, members, inputs, contexts, errors)
             if cfg.target is not None and mu > 0:
                 choice = self._choose_for_target(members, contexts, errors, cfg, minmax, warn=g not in self._told)
                 self._told.add(g)
@@ -406,6 +414,62 @@ class LCEngine:
             self.selection[g] = choice
             for i, idx in zip(members, choice.indices):
                 contexts[i].choice = idx
+
+    # ------------------------------------------------------ measured sensitivity
+    def _check_sensitivity(self) -> None:
+        """``sensitivity: measured`` shares a target's budget by the run's metric: it needs both."""
+        for task in self.tasks:
+            if task.scheme.sensitivity != "measured":
+                continue
+            if task.config.target is None:
+                raise LcpressError(f"task {task.name!r}: sensitivity: measured shares a target's budget by measured "
+                                   f"metric drops; give the task a target, or use sensitivity: error")
+            if self.eval_fn is None:
+                raise LcpressError(f"task {task.name!r}: sensitivity: measured scores candidates with the run's "
+                                   f"metric; pass eval_fn (or loaders=(train, eval)) to lcpress.compress, or use "
+                                   f"sensitivity: error")
+
+    def _measured_drops(self, k: int, members: list[int], inputs: list[torch.Tensor], contexts: list[CStepContext],
+                        errors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each candidate's metric drop, read off its layer's curve in relative error (measured once, here)."""
+        missing = [i for i in members if i not in self.curves]
+        if missing:
+            self._measure_curves(k, missing, inputs, contexts, dict(zip(members, errors)))
+        return [self.curves[i](e) for i, e in zip(members, errors)]
+
+    def _measure_curves(self, k: int, members: list[int], inputs: list[torch.Tensor], contexts: list[CStepContext],
+                        errors: dict[int, torch.Tensor]) -> None:
+        """The metric with each layer alone compressed, at a few of its candidates (:mod:`lcpress.core.sensitivity`)."""
+        cfg = self.tasks[members[0]].config
+        model = self.cost_models[cfg.target.cost]
+        chosen = {i: sensitivity_mod.probes(self._price(self.tasks[i], model, contexts[i].candidates.forms),
+                                            errors[i], self.tasks[i].scheme.sensitivity_points) for i in members}
+        with self._restoring():
+            baseline = self._evaluate()
+        with progress_bar(total=sum(map(len, chosen.values())), desc="measuring sensitivity", unit="eval",
+                          enabled=self.progress) as bar:
+            for i, candidates in chosen.items():
+                def metric_at(j: int, i: int = i) -> float:
+                    bar.update(1)
+                    return self._metric_with(i, k, inputs[i], contexts[i], j)
+
+                self.curves[i], raw = sensitivity_mod.measure(candidates, errors[i], baseline, metric_at)
+                log.info("sensitivity of %s (metric %.4f dense): %s", self.tasks[i].name, baseline,
+                         ", ".join(f"error {x:.3g} → drop {y:+.4f}" for x, y in raw))
+
+    def _metric_with(self, i: int, k: int, w: torch.Tensor, ctx: CStepContext, j: int) -> float:
+        """The run's metric with task ``i`` alone at candidate ``j`` of its C step; the model is restored after."""
+        task = self.tasks[i]
+        ctx.choice = j
+        with self._calling(task, k, "compress"):
+            state = task.scheme.compress(w, ctx)
+        self._check_state(task, k, state, w)
+        with self._calling(task, k, "decompress"):
+            delta = task.scheme.decompress(state)
+        with self._restoring(), torch.no_grad():
+            for p, value in zip(task.params, task.view.scatter(delta.to(w.device))):
+                p.copy_(value)
+            return self._evaluate()
 
     def _select_coupled(self, task: Task, ctx: CStepContext, mu: float) -> budget_mod.Choice:
         """One choice per part of a :class:`Coupled` task, priced layer by layer (:mod:`lcpress.core.coupled`)."""
@@ -467,9 +531,7 @@ class LCEngine:
                                "scale": self.scale()}
         if self.eval_fn is not None:
             with self.compressed():
-                if self.before_eval is not None:
-                    self.before_eval(self.model)
-                row["metric"] = float(self.eval_fn(self.model))
+                row["metric"] = self._evaluate()
         for name, model in self.cost_models.items():
             if self.graph is not None and not model.unavailable_reason():
                 row[f"cost_{name}"] = model.total(self.priced_layers())
@@ -532,9 +594,22 @@ class LCEngine:
         forms = self.forms()
         return [(spec, forms.get(name, Dense())) for name, spec in self.graph.specs.items()]
 
+    def _evaluate(self) -> float:
+        """The run's metric of the model as it stands, after re-estimating BatchNorm statistics where the run does."""
+        if self.before_eval is not None:
+            self.before_eval(self.model)
+        return float(self.eval_fn(self.model))
+
     @contextlib.contextmanager
     def compressed(self) -> Iterator[nn.Module]:
-        """Temporarily load Δ(θ) into the model (for evaluation), then restore w and every buffer.
+        """Temporarily load Δ(θ) into the model (for evaluation), then restore w and every buffer."""
+        with self._restoring():
+            load_compressed(self.tasks, self.states)
+            yield self.model
+
+    @contextlib.contextmanager
+    def _restoring(self) -> Iterator[None]:
+        """Restore every task's w and every buffer on exit, whatever was written into them meanwhile.
 
         Buffers (BatchNorm running statistics) are restored too, so what an
         evaluation re-estimates for Δ(θ) never leaks into the L steps.
@@ -542,8 +617,7 @@ class LCEngine:
         saved = [[p.detach().clone() for p in t.params] for t in self.tasks]
         buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
         try:
-            load_compressed(self.tasks, self.states)
-            yield self.model
+            yield
         finally:
             with torch.no_grad():
                 for task, values in zip(self.tasks, saved):
@@ -567,6 +641,7 @@ class LCEngine:
             "metrics": [None if m is None else split_tensors(m, tensors, f"metric/{i}")
                         for i, m in enumerate(self.metrics)],
             "task_names": [t.name for t in self.tasks],
+            "sensitivity": {str(i): curve.to_dict() for i, curve in self.curves.items()},
             "rng": split_tensors(_rng_state(), tensors, "rng"),
         }
         if hasattr(self.train_fn, "state_dict"):
@@ -588,6 +663,7 @@ class LCEngine:
         self.metrics = [None if m is None else join_tensors(m, tensors).to(device)
                         for m in meta.get("metrics", [None] * len(self.tasks))]
         self.history = list(meta["history"])
+        self.curves = {int(i): sensitivity_mod.Curve.from_dict(doc) for i, doc in meta.get("sensitivity", {}).items()}
         self.next_step = int(meta["next_step"])
         if "trainer" in meta and hasattr(self.train_fn, "load_state_dict"):
             self.train_fn.load_state_dict(join_tensors(meta["trainer"], tensors))

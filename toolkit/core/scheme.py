@@ -180,6 +180,11 @@ class Scheme(ABC):
     #: of any layer (ALDS's allocation). A scheme whose options have an
     #: ``allocation`` field lets the user choose: the instance takes the option's value.
     allocation: ClassVar[str] = "sum"
+    #: What a target's allocation compares between layers: "error", the C step's error; "measured", the drop of
+    #: the run's metric with the layer alone compressed (:mod:`lcpress.core.sensitivity`), measured at
+    #: ``sensitivity_points`` candidates per layer. Options with these fields let the user choose.
+    sensitivity: ClassVar[str] = "error"
+    sensitivity_points: ClassVar[int] = 8
     #: "layer": one task per matched layer (one for all with ``shared: true``). "model": one task for the
     #: task group, whose parameters and layers the scheme chooses in :meth:`bind` (channel pruning reaches
     #: the consumers and norms of the matched layers), realized through :meth:`realize_layers`.
@@ -188,6 +193,8 @@ class Scheme(ABC):
     def __init__(self, options: Options | None = None) -> None:
         self.options = options if options is not None else self.Options()
         self.allocation = getattr(self.options, "allocation", type(self).allocation)  # what the core reads
+        self.sensitivity = getattr(self.options, "sensitivity", type(self).sensitivity)
+        self.sensitivity_points = getattr(self.options, "sensitivity_points", type(self).sensitivity_points)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Let the core handle the dense form: a subclass's code never sees it.

@@ -39,7 +39,7 @@ MODEL_FILE = "model.safetensors"
 LOCK = "run.lock"
 #: Files `lcpress report` writes into a run directory.
 REPORT_FILES = ("report.md", "report.html", "report.csv", "report-ranks.png", "report-forms.png", "report-costs.png",
-                "report-lc.png")
+                "report-lc.png", "report-sensitivity.png")
 #: Every file a run writes into its directory (and the only ones --force removes).
 RUN_FILES = (CHECKPOINT, RUN_INFO, MODEL_FILE, "history.csv", "layers.csv", *REPORT_FILES)
 

@@ -84,6 +84,21 @@ def rank_figure(table: pd.DataFrame) -> "Figure | None":
     return fig
 
 
+def sensitivity_figure(curves: dict[str, dict[str, list[float]]], metric_name: str = "metric") -> "Figure | None":
+    """Measured sensitivity (``sensitivity: measured``): metric lost against relative error, one line per layer."""
+    if not curves:
+        return None
+    fig = _figure(7.5, 4.2)
+    ax = fig.add_subplot()
+    for name, curve in curves.items():
+        ax.plot(curve["errors"], curve["drops"], marker="o", markersize=3, linewidth=1, label=name)
+    ax.set_xlabel("relative error ‖W − Δ‖² / ‖W‖² of the layer alone")
+    ax.set_ylabel(f"{metric_name} lost")
+    ax.set_title("Measured sensitivity: each layer compressed alone")
+    ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
 def form_fields_figure(table: pd.DataFrame, fields: Sequence[str]) -> "Figure | None":
     """One panel per numeric form field (``form_nonzeros``, ``form_bits`` …), over the layers whose form has it.
 

@@ -69,6 +69,8 @@ class CompressionResult:
     warnings: list[str] = field(default_factory=list)
     #: the whole model's measured latency, dense and realized, when a target is a measured cost
     measured: list[str] = field(default_factory=list)
+    #: ``sensitivity: measured``: each task's curve, {"errors": relative errors, "drops": metric lost}, by task name
+    sensitivity: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     def summary(self, metric_name: str = "metric") -> str:
         """The per-layer table, totals and metrics, as text."""
@@ -361,6 +363,7 @@ def _finish(model, engine: LCEngine, graph, cost_models, config, example_input, 
     result = CompressionResult(model, history, table, records, states, engine.tasks, graph, dense_metric,
                                metric if tuned_metric is None else tuned_metric, max_err, config, None, totals(table),
                                metric if tuned_metric is not None else None)
+    result.sensitivity = {engine.tasks[i].name: curve.to_dict() for i, curve in sorted(engine.curves.items())}
     result.warnings = run_warnings(config, engine.history, dense_metric, result.metric)
     for warning in result.warnings:
         log.warning("%s", warning)
@@ -373,7 +376,8 @@ def _finish(model, engine: LCEngine, graph, cost_models, config, example_input, 
             table.to_csv(run_dir.file("layers.csv"), index=False)
             result.save(run_dir.file("model.safetensors"), overwrite=True)
             run_dir.mark_finished(dense_metric=dense_metric, metric=result.metric, max_abs_error=max_err,
-                                  totals=result.totals, **tuned)
+                                  totals=result.totals, **tuned,
+                                  **({"sensitivity": result.sensitivity} if result.sensitivity else {}))
 
         distributed.on_main(write)  # every rank returns once rank 0 has written the run directory
     return result
