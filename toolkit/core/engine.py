@@ -301,8 +301,12 @@ class LCEngine:
                 self.states[i] = state
                 bar.update(1)
 
-    def _check_state(self, task: Task, k: int, state: Any, w: torch.Tensor) -> None:
-        """Δ(θ) of a fresh state must be a finite tensor of w's shape and dtype, before anything uses or saves it."""
+    def _check_state(self, task: Task, k: int, state: Any, w: torch.Tensor) -> torch.Tensor:
+        """Δ(θ) of a fresh state must be a finite tensor of w's shape and dtype, before anything uses or saves it.
+
+        Returns that Δ(θ), for a caller that needs it at once.
+        """
+        delta = None
         if not isinstance(state, State):
             problem = f"compress() returned a {type(state).__name__}, not an lcpress.State"
         else:
@@ -314,6 +318,7 @@ class LCEngine:
                 f"{plugin_label(task.scheme)} on layer {task.name!r} at LC step {k}: {problem}. Nothing of this "
                 f"step was kept; fix the plugin (or choose another scheme for this layer)"
             )
+        return delta
 
     def c_step_inputs(self, k: int, mu: float) -> list[torch.Tensor]:
         """What each task's C step compresses: ``w − λ/μ`` (``w`` for the plain penalty), checked finite."""
@@ -463,9 +468,7 @@ class LCEngine:
         ctx.choice = j
         with self._calling(task, k, "compress"):
             state = task.scheme.compress(w, ctx)
-        self._check_state(task, k, state, w)
-        with self._calling(task, k, "decompress"):
-            delta = task.scheme.decompress(state)
+        delta = self._check_state(task, k, state, w)
         with self._restoring(), torch.no_grad():
             for p, value in zip(task.params, task.view.scatter(delta.to(w.device))):
                 p.copy_(value)

@@ -117,9 +117,9 @@ def measure(candidates: Sequence[int], errors: torch.Tensor, baseline: float,
     raw = []
     for j in candidates:
         value = float(metric_at(j))
-        if not math.isfinite(value) or not math.isfinite(baseline):
-            raise LcpressError(f"sensitivity: measured: the metric is {value if math.isfinite(baseline) else baseline} "
-                               f"{'with a layer compressed' if math.isfinite(baseline) else 'before compressing'}; "
-                               f"make eval_fn return a finite score (higher is better), or use sensitivity: error")
+        for score, when in ((baseline, "before compressing"), (value, "with a layer compressed")):
+            if not math.isfinite(score):
+                raise LcpressError(f"sensitivity: measured: the metric is {score} {when}; make eval_fn return a "
+                                   f"finite score (higher is better), or use sensitivity: error")
         raw.append((float(errors[j]), baseline - value))
     return curve([x for x, _ in raw], [y for _, y in raw]), raw
