@@ -28,6 +28,19 @@ def digits():
     return digits_loaders(batch_size=64, seed=0)
 
 
+@pytest.fixture(scope="session")
+def dense_mlp():
+    """A 64-64-64-10 MLP trained two epochs on digits, shared by the suite: copy it before compressing it."""
+    from torch import nn
+
+    from lcpress.runs.demo import digits_loaders, train_dense
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    train_dense(model, digits_loaders(64, 0)[0], epochs=2, progress=False)
+    return model
+
+
 @pytest.fixture
 def plugins():
     """Register plugin objects for one test: ``plugins(obj, ...)`` returns the registry.

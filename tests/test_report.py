@@ -10,13 +10,11 @@ from html.parser import HTMLParser
 
 import pandas as pd
 import pytest
-import torch
-from torch import nn
 
 import lcpress
 from lcpress import LcpressError
 from lcpress.cli import main
-from lcpress.runs.demo import digits_loaders, train_dense
+from lcpress.runs.demo import digits_loaders
 from lcpress.reporting.report import write_report
 
 CONFIG = {
@@ -24,14 +22,6 @@ CONFIG = {
     "schedule": {"mu0": 1e-2, "factor": 1.5, "steps": 2},
     "train": {"epochs": 1, "lr": 0.02},
 }
-
-
-@pytest.fixture(scope="module")
-def dense_mlp():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    train_dense(model, digits_loaders(64, 0)[0], epochs=2, progress=False)
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,12 @@ import copy
 import pandas as pd
 import pytest
 import torch
-from torch import nn
 
 import lcpress
 from lcpress import ConfigError
 from lcpress.cli import main
 from lcpress.core.costmodel import CostModel
-from lcpress.runs.demo import digits_loaders, train_dense
+from lcpress.runs.demo import digits_loaders
 from lcpress.core.forms import Dense, LayerSpec, LowRank
 from lcpress.core.registry import get_registry
 from lcpress.runs.sweep import sweep, uniform_rank, with_target
@@ -23,14 +22,6 @@ CONFIG = {
     "schedule": {"mu0": 1e-2, "factor": 1.5, "steps": 1},
     "train": {"epochs": 1, "lr": 0.02},
 }
-
-
-@pytest.fixture(scope="module")
-def dense_mlp():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    train_dense(model, digits_loaders(64, 0)[0], epochs=2, progress=False)
-    return model
 
 
 def _flops() -> CostModel:
