@@ -160,10 +160,119 @@ def test_lc_toolkit_runs_are_paired_with_each_row(example, tmp_path):
     import argparse
 
     _, run_all, _ = example
-    args = argparse.Namespace(epochs=None, first_epochs=None, steps=None, lc_toolkit=tmp_path)
-    jobs = run_all._jobs(["mixed", "rank_selection"], args, tmp_path)
+    args = argparse.Namespace(epochs=None, first_epochs=None, steps=None, lc_toolkit=tmp_path, reference="lcpress")
+    where = run_all.start("lcpress")
+    jobs = run_all._jobs(["mixed", "rank_selection"], args, where)
     assert [name for name, _, _ in jobs][:2] == ["mixed", "LC toolkit mixed"]  # started together: the same load
     theirs = jobs[1][1]
     assert theirs[theirs.index("--lc-toolkit") + 1] == str(tmp_path) and theirs[theirs.index("--row") + 1] == "mixed"
+    assert f"--weights={where.weights}" in theirs  # both codes compress the same net
     args.lc_toolkit = None
-    assert [name for name, _, _ in run_all._jobs(["mixed"], args, tmp_path)] == ["mixed"]
+    assert [name for name, _, _ in run_all._jobs(["mixed"], args, where)] == ["mixed"]
+
+
+def test_their_reference_net_runs_apart_from_ours(example, tmp_path):
+    import argparse
+
+    lenet300, run_all, _ = example
+    ours, theirs = run_all.start("lcpress"), run_all.start("lc-toolkit")
+    assert theirs.weights == lenet300.LC_REFERENCE != ours.weights
+    assert theirs.runs != ours.runs and theirs.markdown != ours.markdown and theirs.csv != ours.csv
+    args = argparse.Namespace(epochs=5, first_epochs=None, steps=None, lc_toolkit=tmp_path, reference="lc-toolkit")
+    (row, cmd, log), (_, lc_cmd, _) = run_all._jobs(["mixed"], args, theirs)
+    assert "--reference=lc-toolkit" in cmd and "--epochs=5" in cmd and log.parent == theirs.runs
+    assert f"--weights={theirs.weights}" in lc_cmd and f"--output={theirs.runs / 'lc_toolkit-mixed.json'}" in lc_cmd
+
+
+def test_their_reference_net_must_be_converted_first(example, tmp_path, monkeypatch, capsys):
+    lenet300, run_all, _ = example
+    monkeypatch.setattr(lenet300, "LC_REFERENCE", tmp_path / "missing.safetensors")
+    with pytest.raises(SystemExit) as exc:
+        run_all.main(["--reference", "lc-toolkit", "--rows", "mixed", "--no-table"])
+    assert exc.value.code == 2 and "python lc_reference.py PATH" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+def _their_pickle(path: Path, names: list[str], device: str = "cuda") -> dict[str, torch.Tensor]:
+    """A gzip'd pickle laid out as the LC toolkit's lenet300_classic.pklz: float storages rebuilt from lists."""
+    import collections
+    import gzip
+    import pickle
+
+    class Storage:
+        def __init__(self, values):
+            self.values = values
+
+        def __reduce__(self):
+            return torch.FloatStorage, (self.values,)
+
+    class Tensor:
+        def __init__(self, t):
+            self.t = t
+
+        def __reduce__(self):
+            return torch._utils._rebuild_tensor_v2, (Storage(self.t.flatten().tolist()), 0, tuple(self.t.shape),
+                                                     self.t.stride(), False, collections.OrderedDict())
+
+    shapes = [(300, 784), (300,), (100, 300), (100,), (10, 100), (10,)]
+    tensors = {name: torch.randn(shape) for name, shape in zip(names, shapes)}
+    data = pickle.dumps(collections.OrderedDict((k, Tensor(v)) for k, v in tensors.items()), protocol=2)
+    if device == "cuda":  # as their GPU wrote it
+        data = data.replace(b"ctorch\nFloatStorage\n", b"ctorch.cuda\nFloatStorage\n")
+        assert b"torch.cuda" in data
+    with gzip.open(path, "wb") as f:
+        f.write(data)
+    return tensors
+
+
+@pytest.fixture()
+def lc_reference(example):
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        import lc_reference
+
+        yield lc_reference
+    finally:
+        sys.path.remove(str(EXAMPLE))
+
+
+THEIR_NAMES = [f"output.compressible_{i}.{p}" for i in range(3) for p in ("weight", "bias")]
+
+
+def test_their_reference_net_is_read_onto_the_cpu_under_our_names(lc_reference, tmp_path):
+    tensors = _their_pickle(tmp_path / "net.pklz", THEIR_NAMES)
+    weights = lc_reference.read(tmp_path / "net.pklz")
+    assert sorted(weights) == ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight", "fc3.bias", "fc3.weight"]
+    for i in range(3):
+        for p in ("weight", "bias"):
+            got = weights[f"fc{i + 1}.{p}"]
+            assert got.device.type == "cpu" and got.dtype == torch.float32
+            assert torch.equal(got, tensors[f"output.compressible_{i}.{p}"])
+
+
+def test_a_pickle_that_names_anything_else_is_refused(lc_reference, tmp_path):
+    import gzip
+    import os
+    import pickle
+
+    victim = tmp_path / "keep.txt"
+    victim.write_text("mine")
+
+    class Evil:
+        def __reduce__(self):
+            return os.remove, (str(victim),)
+
+    with gzip.open(tmp_path / "evil.pklz", "wb") as f:
+        f.write(pickle.dumps({"output.compressible_0.weight": Evil()}))
+    with pytest.raises(SystemExit, match=r"refusing to load posix\.remove|refusing to load nt\.remove"):
+        lc_reference.read(tmp_path / "evil.pklz")
+    assert victim.read_text() == "mine"
+
+
+def test_a_file_that_is_not_their_net_says_so(lc_reference, tmp_path):
+    _their_pickle(tmp_path / "other.pklz", [f"layer{i}" for i in range(6)], device="cpu")
+    with pytest.raises(SystemExit, match=r"expected the layers .*output\.compressible_0\.bias"):
+        lc_reference.read(tmp_path / "other.pklz")
+    (tmp_path / "garbage.pklz").write_bytes(b"not gzip")
+    with pytest.raises(SystemExit, match=r"not the LC toolkit's lenet300_classic\.pklz"):
+        lc_reference.read(tmp_path / "garbage.pklz")

@@ -16,7 +16,8 @@ their evaluation after every step (train and test accuracy) — on one torch
 thread, with what lcpress's rows use instead of what needs a GPU and
 torchvision: the MNIST tensors of ``lenet300.mnist()`` in a
 ``DataLoader(batch_size=256, shuffle=True)`` and the reference weights of
-``runs/lenet300_reference.safetensors``. It writes ``runs/lc_toolkit-<row>.json``
+``runs/lenet300_reference.safetensors`` (``--weights`` names another, e.g.
+their own net as ``lc_reference.py`` converts it). It writes ``runs/lc_toolkit-<row>.json``
 (test error after every step, the forms chosen, the parameter count their
 code reports, wall time), which ``run_all.py`` puts beside lcpress's row.
 """
@@ -79,6 +80,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--subset", type=int, default=None, help="first N images of each split (smoke runs)")
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--weights", type=Path, default=lenet300.REFERENCE,
+                        help="the reference net to compress (default: train_reference.py's; lc_reference.py converts "
+                             "theirs)")
     args = parser.parse_args()
     sys.path.insert(0, str(args.lc_toolkit.resolve()))
     import lc
@@ -91,7 +95,7 @@ def main() -> None:
     train_loader = DataLoader(train, batch_size=lenet300.BATCH_SIZE, shuffle=True)
     test_loader = DataLoader(test, batch_size=lenet300.BATCH_SIZE)
     net = lenet300_classic()
-    ours = load_file(str(lenet300.REFERENCE))
+    ours = load_file(str(args.weights))
     net.load_state_dict({f"output.compressible_{i}.{p}": ours[f"fc{i + 1}.{p}"] for i in range(3) for p in ("weight", "bias")})
     compression_tasks, mu_s, lr_base = tasks(lc, net, args.row)
     mu_s = mu_s[:args.steps]

@@ -25,6 +25,8 @@ from torch.utils.data import DataLoader, TensorDataset
 HERE = Path(__file__).resolve().parent
 #: the trained reference net that every config compresses (created by train_reference.py)
 REFERENCE = HERE / "runs" / "lenet300_reference.safetensors"
+#: the LC toolkit's own reference net, converted by lc_reference.py (their table starts from it)
+LC_REFERENCE = HERE / "runs" / "lenet300_lc_reference.safetensors"
 BATCH_SIZE = 256
 
 

@@ -12,6 +12,7 @@ table is written to ``benchmarks/lenet300.md`` and
     python run_all.py --rows prune_5pct,mixed --epochs 5 --first-epochs 10
     python run_all.py --table-only             # rewrite the table from the runs there are
     python run_all.py --rows rank_selection --lc-toolkit /tmp/lc-toolkit   # beside the LC toolkit's own code
+    python run_all.py --reference lc-toolkit  # from their own reference net (lc_reference.py converts it)
 
 With ``--lc-toolkit`` (a clone of UCMerced-ML/LC-model-compression) each
 row's lcpress run is paired with a run of the LC toolkit's own code on the
@@ -23,6 +24,12 @@ wall time beside lcpress's.
 run goes to its own directory (``runs/<row>-e5f10``), and the table shows,
 per row, the full run when it has finished, else the longest finished
 shortened run, and says which schedule each row used.
+
+``--reference lc-toolkit`` compresses the LC toolkit's own reference net
+instead of ``train_reference.py``'s (convert their ``lenet300_classic.pklz``
+with ``lc_reference.py`` first); those runs go to ``runs/lc-reference/`` and
+their table to ``benchmarks/results/lenet300_lc_reference.md``, so the two
+starting points never mix.
 """
 
 from __future__ import annotations
@@ -46,6 +53,32 @@ RUNS = HERE / "runs"
 MARKDOWN = REPO / "benchmarks" / "lenet300.md"
 CSV = REPO / "benchmarks" / "results" / "lenet300.csv"
 FULL = {"epochs": 20, "first_epochs": 40, "steps": 40}
+
+
+@dataclass(frozen=True)
+class Start:
+    """The trained net every row compresses, and where its runs and table go."""
+    weights: Path
+    runs: Path
+    markdown: Path
+    csv: Path
+    command: str
+    title: str
+
+
+def start(reference: str = "lcpress") -> Start:
+    """``lcpress``: train_reference.py's net (the table of benchmarks/lenet300.md); ``lc-toolkit``: theirs."""
+    import lenet300
+
+    if reference == "lcpress":
+        return Start(lenet300.REFERENCE, RUNS, MARKDOWN, CSV, "python run_all.py",
+                     "LeNet300 on MNIST: the LC toolkit's table, with lcpress")
+    if reference == "lc-toolkit":
+        results = REPO / "benchmarks" / "results"
+        return Start(lenet300.LC_REFERENCE, RUNS / "lc-reference", results / "lenet300_lc_reference.md",
+                     results / "lenet300_lc_reference.csv", "python run_all.py --reference lc-toolkit",
+                     "LeNet300 on MNIST from the LC toolkit's own reference net")
+    raise ValueError(f"unknown reference {reference!r}: lcpress or lc-toolkit")
 
 
 @dataclass(frozen=True)
@@ -309,7 +342,9 @@ def _schedule(r: dict[str, Any]) -> str:
     return text if r["full_recipe"] else f"**{text}**"
 
 
-def write_table(records: list[dict[str, Any]], markdown: Path = MARKDOWN, csv: Path = CSV) -> str:
+def write_table(records: list[dict[str, Any]], markdown: Path = MARKDOWN, csv: Path = CSV,
+                command: str = "python run_all.py",
+                title: str = "LeNet300 on MNIST: the LC toolkit's table, with lcpress") -> str:
     """The results table (markdown, returned) into ``markdown``'s generated block and ``csv``."""
     import pandas as pd
 
@@ -329,7 +364,7 @@ def write_table(records: list[dict[str, Any]], markdown: Path = MARKDOWN, csv: P
             f"| {r['their_ratio']:.2f}× | {r['ratio']:.2f}× | {r['bits_after']:,} "
             f"| {_minutes(r['wall_seconds'])}{_load(r)} | {_lc_toolkit_cell(r)} | {_schedule(r)} |"
         )
-    lines += ["", f"Machine: {_machine()}. Command: `cd examples/lenet300 && python run_all.py` (see the schedule column)."]
+    lines += ["", f"Machine: {_machine()}. Command: `cd examples/lenet300 && {command}` (see the schedule column)."]
     seeds = sorted({r["seed"] for r in records if r.get("seed") is not None})
     if seeds:
         lines.append(f"Seed {', '.join(map(str, seeds))} (weights of the reference net, data order, C-step generators).")
@@ -350,7 +385,7 @@ def write_table(records: list[dict[str, Any]], markdown: Path = MARKDOWN, csv: P
         markdown.write_text(f"{head}{begin}\n{table}\n{end}{tail}")
     else:
         markdown.parent.mkdir(parents=True, exist_ok=True)
-        markdown.write_text(f"# LeNet300 on MNIST: the LC toolkit's table, with lcpress\n\n{begin}\n{table}\n{end}\n")
+        markdown.write_text(f"# {title}\n\n{begin}\n{table}\n{end}\n")
     return table
 
 
@@ -366,47 +401,62 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-table", action="store_true", help="run, but leave the table alone")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--lc-toolkit", type=Path, help="a clone of the LC toolkit: run its own code on each row too")
+    parser.add_argument("--reference", choices=("lcpress", "lc-toolkit"), default="lcpress",
+                        help="the net every row compresses: train_reference.py's (trained first when missing), or "
+                             "the LC toolkit's own (convert it with lc_reference.py); its runs go to "
+                             "runs/lc-reference/, its table to benchmarks/results/lenet300_lc_reference.md")
     args = parser.parse_args(argv)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in rows if r not in BY_NAME]
     if unknown:
         parser.error(f"unknown row(s) {', '.join(unknown)}; rows: {', '.join(BY_NAME)}")
+    where = start(args.reference)
     if not args.table_only:
         import train_reference
 
-        train_reference.ensure()
-        jobs = _jobs(rows, args)
+        if args.reference == "lcpress":
+            train_reference.ensure()
+        elif not where.weights.is_file():
+            parser.error(f"{where.weights} is missing: convert the LC toolkit's lenet300_classic.pklz first, "
+                         f"with `python lc_reference.py PATH`")
+        jobs = _jobs(rows, args, where)
         if args.jobs > 1 and len(jobs) > 1:
             _run_parallel(jobs, args.jobs)
         else:
             for row in rows:
-                data = row_config(row, epochs=args.epochs, first_epochs=args.first_epochs, steps=args.steps)
+                data = row_config(row, epochs=args.epochs, first_epochs=args.first_epochs, steps=args.steps,
+                                  output_dir=where.runs / run_name(row, args.epochs, args.first_epochs, args.steps),
+                                  weights=where.weights)
                 print(f"== {row} → {data['output_dir']}", flush=True)
                 run_row(data, quiet=args.quiet)
     if not args.no_table:
-        print(write_table(collect()))
+        print(write_table(collect(where.runs), where.markdown, where.csv, where.command, where.title))
     return 0
 
 
-def _jobs(rows: list[str], args: argparse.Namespace, root: Path = RUNS) -> list[tuple[str, list[str], Path]]:
+def _jobs(rows: list[str], args: argparse.Namespace, where: Start) -> list[tuple[str, list[str], Path]]:
     """(name, command, log) of every process to run: each row, each followed by the LC toolkit's run of it."""
     extra = [f"--{k.replace('_', '-')}={v}" for k, v in
              (("epochs", args.epochs), ("first_epochs", args.first_epochs), ("steps", args.steps)) if v is not None]
     jobs = []
     for row in rows:
         name = run_name(row, args.epochs, args.first_epochs, args.steps)
-        cmd = [sys.executable, "-u", str(Path(__file__).resolve()), "--rows", row, "--jobs", "1", "--no-table", *extra]
-        jobs.append((row, cmd, root / f"{name}.log"))
-        if args.lc_toolkit is not None and not (root / f"lc_toolkit-{row}.json").is_file():
+        cmd = [sys.executable, "-u", str(Path(__file__).resolve()), "--rows", row, "--jobs", "1", "--no-table",
+               f"--reference={args.reference}", *extra]
+        jobs.append((row, cmd, where.runs / f"{name}.log"))
+        result = where.runs / f"lc_toolkit-{row}.json"
+        if args.lc_toolkit is not None and not result.is_file():
             theirs = [sys.executable, "-u", str(HERE / "lc_toolkit.py"), "--lc-toolkit", str(args.lc_toolkit.resolve()),
-                      "--row", row, *[a for a in extra if a.startswith(("--epochs", "--steps"))]]
-            jobs.append((f"LC toolkit {row}", theirs, root / f"lc_toolkit-{row}.log"))
+                      "--row", row, f"--weights={where.weights}", f"--output={result}",
+                      *[a for a in extra if a.startswith(("--epochs", "--steps"))]]
+            jobs.append((f"LC toolkit {row}", theirs, where.runs / f"lc_toolkit-{row}.log"))
     return jobs
 
 
 def _run_parallel(jobs: list[tuple[str, list[str], Path]], at_once: int) -> None:
     """Each job in its own process (logs in runs/), at most ``at_once`` at a time."""
-    RUNS.mkdir(exist_ok=True)
+    for _, _, log in jobs:
+        log.parent.mkdir(parents=True, exist_ok=True)
     pending, running = list(jobs), []
     while pending or running:
         while pending and len(running) < at_once:
