@@ -173,12 +173,14 @@ def test_lc_toolkit_runs_are_paired_with_each_row(example, tmp_path):
 
 def test_their_reference_net_runs_apart_from_ours(example, tmp_path):
     import argparse
+    import dataclasses
 
     lenet300, run_all, _ = example
     ours, theirs = run_all.start("lcpress"), run_all.start("lc-toolkit")
     assert theirs.weights == lenet300.LC_REFERENCE != ours.weights
     assert theirs.runs != ours.runs and theirs.markdown != ours.markdown and theirs.csv != ours.csv
     args = argparse.Namespace(epochs=5, first_epochs=None, steps=None, lc_toolkit=tmp_path, reference="lc-toolkit")
+    theirs = dataclasses.replace(theirs, runs=tmp_path / "lc-reference")  # not the checkout's runs, which may hold results
     (row, cmd, log), (_, lc_cmd, _) = run_all._jobs(["mixed"], args, theirs)
     assert "--reference=lc-toolkit" in cmd and "--epochs=5" in cmd and log.parent == theirs.runs
     assert f"--weights={theirs.weights}" in lc_cmd and f"--output={theirs.runs / 'lc_toolkit-mixed.json'}" in lc_cmd
