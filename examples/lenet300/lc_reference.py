@@ -37,8 +37,6 @@ _ALLOWED = {
     ("torch", "FloatStorage"): ("torch", "FloatStorage"),
     ("torch.cuda", "FloatStorage"): ("torch", "FloatStorage"),  # their file was saved from a GPU
 }
-#: their layer names → this folder's
-_NAMES = {f"output.compressible_{i}.{p}": f"fc{i + 1}.{p}" for i in range(3) for p in ("weight", "bias")}
 
 
 class _StateDictUnpickler(pickle.Unpickler):
@@ -57,9 +55,10 @@ def read(path: Path) -> dict[str, torch.Tensor]:
             state = _StateDictUnpickler(f).load()
     except Exception as err:  # a malformed pickle fails in any of a dozen ways; each means the same to the user
         raise SystemExit(f"{path}: not the LC toolkit's lenet300_classic.pklz ({err})") from None
-    if set(state) != set(_NAMES):
-        raise SystemExit(f"{path}: expected the layers {sorted(_NAMES)}, found {sorted(state)}")
-    return {_NAMES[k]: v.detach().float().cpu().contiguous() for k, v in state.items()}
+    names = lenet300.LC_TOOLKIT_NAMES
+    if set(state) != set(names):
+        raise SystemExit(f"{path}: expected the layers {sorted(names)}, found {sorted(state)}")
+    return {names[k]: v.detach().float().cpu().contiguous() for k, v in state.items()}
 
 
 def test_error(weights: dict[str, torch.Tensor]) -> float:

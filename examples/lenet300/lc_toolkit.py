@@ -96,7 +96,7 @@ def main() -> None:
     test_loader = DataLoader(test, batch_size=lenet300.BATCH_SIZE)
     net = lenet300_classic()
     ours = load_file(str(args.weights))
-    net.load_state_dict({f"output.compressible_{i}.{p}": ours[f"fc{i + 1}.{p}"] for i in range(3) for p in ("weight", "bias")})
+    net.load_state_dict({theirs: ours[name] for theirs, name in lenet300.LC_TOOLKIT_NAMES.items()})
     compression_tasks, mu_s, lr_base = tasks(lc, net, args.row)
     mu_s = mu_s[:args.steps]
     errors: list[float] = []

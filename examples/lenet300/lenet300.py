@@ -27,6 +27,8 @@ HERE = Path(__file__).resolve().parent
 REFERENCE = HERE / "runs" / "lenet300_reference.safetensors"
 #: the LC toolkit's own reference net, converted by lc_reference.py (their table starts from it)
 LC_REFERENCE = HERE / "runs" / "lenet300_lc_reference.safetensors"
+#: the LC toolkit's name of each parameter (their ``lenet300_classic``) → this folder's
+LC_TOOLKIT_NAMES = {f"output.compressible_{i}.{p}": f"fc{i + 1}.{p}" for i in range(3) for p in ("weight", "bias")}
 BATCH_SIZE = 256
 
 

@@ -53,6 +53,8 @@ RUNS = HERE / "runs"
 MARKDOWN = REPO / "benchmarks" / "lenet300.md"
 CSV = REPO / "benchmarks" / "results" / "lenet300.csv"
 FULL = {"epochs": 20, "first_epochs": 40, "steps": 40}
+COMMAND = "python run_all.py"
+TITLE = "LeNet300 on MNIST: the LC toolkit's table, with lcpress"
 
 
 @dataclass(frozen=True)
@@ -71,12 +73,11 @@ def start(reference: str = "lcpress") -> Start:
     import lenet300
 
     if reference == "lcpress":
-        return Start(lenet300.REFERENCE, RUNS, MARKDOWN, CSV, "python run_all.py",
-                     "LeNet300 on MNIST: the LC toolkit's table, with lcpress")
+        return Start(lenet300.REFERENCE, RUNS, MARKDOWN, CSV, COMMAND, TITLE)
     if reference == "lc-toolkit":
         results = REPO / "benchmarks" / "results"
         return Start(lenet300.LC_REFERENCE, RUNS / "lc-reference", results / "lenet300_lc_reference.md",
-                     results / "lenet300_lc_reference.csv", "python run_all.py --reference lc-toolkit",
+                     results / "lenet300_lc_reference.csv", f"{COMMAND} --reference lc-toolkit",
                      "LeNet300 on MNIST from the LC toolkit's own reference net")
     raise ValueError(f"unknown reference {reference!r}: lcpress or lc-toolkit")
 
@@ -343,8 +344,7 @@ def _schedule(r: dict[str, Any]) -> str:
 
 
 def write_table(records: list[dict[str, Any]], markdown: Path = MARKDOWN, csv: Path = CSV,
-                command: str = "python run_all.py",
-                title: str = "LeNet300 on MNIST: the LC toolkit's table, with lcpress") -> str:
+                command: str = COMMAND, title: str = TITLE) -> str:
     """The results table (markdown, returned) into ``markdown``'s generated block and ``csv``."""
     import pandas as pd
 
