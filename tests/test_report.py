@@ -107,6 +107,19 @@ def test_running_run_report_prices_the_checkpoint(dense_mlp, tmp_path, power_cut
     assert "the checkpoint after LC step 1" in markdown and "realized" not in markdown.split("## Per layer")[1].split("\n\n")[2]
 
 
+def test_a_damaged_checkpoint_is_named_and_the_rest_of_the_report_stands(dense_mlp, tmp_path, power_cut):
+    run = tmp_path / "running"
+    with power_cut(at=1):
+        lcpress.compress(copy.deepcopy(dense_mlp), dict(CONFIG, output_dir=str(run)), loaders=digits_loaders(64, 0),
+                         progress=False)
+    checkpoint = run / "checkpoint.safetensors"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:-100])  # cut short, as by a full disk
+    markdown = write_report(run, plots=False).markdown.read_text()
+    not_shown = markdown.split("## Not shown")[1]
+    assert "the per-layer table and measured sensitivity" in not_shown and "is not a readable lcpress file" in not_shown
+    assert "## LC history" in markdown and "## Per layer" not in markdown
+
+
 def test_report_says_what_is_missing(dense_mlp, tmp_path):
     run = tmp_path / "old"
     lcpress.compress(copy.deepcopy(dense_mlp), dict(CONFIG, output_dir=str(run)), loaders=digits_loaders(64, 0),

@@ -13,6 +13,7 @@ import lcpress
 from lcpress.core.engine import LCEngine
 from lcpress.core.sensitivity import TIE_BREAK, Curve, curve, probes
 from lcpress.reporting.plots import matplotlib_available
+from lcpress.reporting.runinfo import read_run
 from lcpress.runs.demo import digits_cnn, digits_loaders, train_dense
 
 
@@ -157,6 +158,8 @@ def test_a_resumed_run_keeps_its_curves_and_ends_where_an_uninterrupted_one_does
     full = run(tmp_path / "full")
     with power_cut(at=1):
         run(tmp_path / "cut")
+    running = read_run(tmp_path / "cut")  # the interrupted run's report already has the curves, from its checkpoint
+    assert not running.finished and running.sensitivity == full.sensitivity
     measured = []
     monkeypatch.setattr(LCEngine, "_measure_curves", lambda self, *a, **k: measured.append(1))
     resumed = run(tmp_path / "cut", resume=True)

@@ -102,7 +102,7 @@ def _figures(summary: RunSummary) -> list[Any]:
         fig = draw.cost_share_figure(table, _cost_names(table))
         if fig is not None:
             blocks.append(Image("report-costs.png", "Cost share per layer, before and after", draw.png(fig)))
-    fig = draw.sensitivity_figure(summary.info.get("sensitivity") or {}, summary.metric_name)
+    fig = draw.sensitivity_figure(summary.sensitivity, summary.metric_name)
     if fig is not None:
         blocks.append(Image("report-sensitivity.png", "Measured sensitivity: metric lost against relative error",
                             draw.png(fig)))

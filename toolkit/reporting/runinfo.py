@@ -12,8 +12,11 @@ turned into its form by the scheme named in the plan, and the forms are priced
 with the analytic cost models of the run (params, FLOPs …). Measured cost
 models (latency, energy) are left out of that table, so that looking at a run
 never starts measurements on a machine that may not be the one the run
-measures; their per-step totals are in the history either way. Whatever cannot
-be shown is listed in :attr:`RunSummary.missing`, with the reason.
+measures; their per-step totals are in the history either way. The measured
+sensitivity curves (``sensitivity: measured``) of a running run come from the
+same checkpoint, so they can be looked at as soon as they are measured, long
+before the run ends. Whatever cannot be shown is listed in
+:attr:`RunSummary.missing`, with the reason.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ class RunSummary:
     layers: pd.DataFrame | None
     layers_source: str
     missing: list[str] = field(default_factory=list)
+    #: ``sensitivity: measured``: each task's curve ({"errors": …, "drops": …}) by task name; empty if none
+    sensitivity: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
@@ -95,8 +100,14 @@ def read_run(path: str | Path) -> RunSummary:
     if history is None:
         history = pd.DataFrame()
         missing.append("the LC curve: history.csv is not written yet (it appears after the direct-compression step)")
-    layers, source = _read_layers(path, info, missing)
-    return RunSummary(path, info, history, layers, source, missing)
+    table = _read_csv(path / "layers.csv") if info.get("status") == "finished" else None
+    if table is not None:
+        return RunSummary(path, info, history, table, "layers.csv of the finished run", missing,
+                          info.get("sensitivity") or {})
+    checkpoint = _read_checkpoint(path, missing)  # a running run: its table and curves are in the checkpoint
+    layers, source = _layers_of(checkpoint, info, missing)
+    curves = info.get("sensitivity") or (checkpoint_sensitivity(checkpoint[1]) if checkpoint is not None else {})
+    return RunSummary(path, info, history, layers, source, missing, curves)
 
 
 #: The shape of run.json that reports read: field → the type it must have when present.
@@ -134,21 +145,30 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
         return None
 
 
-def _read_layers(path: Path, info: dict[str, Any], missing: list[str]) -> tuple[pd.DataFrame | None, str]:
-    if info.get("status") == "finished":
-        table = _read_csv(path / "layers.csv")
-        if table is not None:
-            return table, "layers.csv of the finished run"
+def _read_checkpoint(path: Path, missing: list[str]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """A run's checkpoint (tensors, metadata), read once for its table and curves; None if it has none."""
     if not (path / CHECKPOINT).is_file():
         missing.append("the per-layer table: the run has no layers.csv yet and no checkpoint to derive it from "
                        "(checkpoints need `checkpoint: true`)")
+        return None
+    try:
+        return read_file(path / CHECKPOINT, what="checkpoint")
+    except LcpressError as exc:
+        missing.append(f"the per-layer table and measured sensitivity: {exc}")
+        return None
+
+
+def _layers_of(checkpoint: tuple[dict[str, Any], dict[str, Any]] | None, info: dict[str, Any],
+               missing: list[str]) -> tuple[pd.DataFrame | None, str]:
+    """The per-layer table priced from a checkpoint, and where it came from; what is missing is noted instead."""
+    if checkpoint is None:
         return None, ""
     if "plan" not in info:
         missing.append("the per-layer table: run.json holds no plan of layers and tasks (the run was started by an "
                        "older lcpress, or has not traced the model yet); it appears when the run finishes")
         return None, ""
     try:
-        table, step = layers_from_checkpoint(path / CHECKPOINT, info)
+        table, step = layers_from_checkpoint(*checkpoint, info)
     except LcpressError as exc:
         missing.append(f"the per-layer table: {exc}")
         return None, ""
@@ -161,9 +181,20 @@ def _read_layers(path: Path, info: dict[str, Any], missing: list[str]) -> tuple[
     return table, f"the checkpoint after LC step {step} (run in progress)"
 
 
-def layers_from_checkpoint(path: Path, info: dict[str, Any]) -> tuple[pd.DataFrame, int]:
-    """The per-layer table of the forms θ takes in a checkpoint, and the LC step it was written after."""
-    tensors, meta = read_file(path, what="checkpoint")
+def checkpoint_sensitivity(meta: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
+    """The measured sensitivity curves a checkpoint holds, by task name (as a finished run's ``run.json`` has them)."""
+    engine = meta.get("engine") or {}
+    names = engine.get("task_names") or []
+    curves = engine.get("sensitivity") or {}
+    if not isinstance(curves, dict):
+        return {}
+    return {names[int(i)] if str(i).isdigit() and int(i) < len(names) else str(i): doc for i, doc in curves.items()}
+
+
+def layers_from_checkpoint(tensors: dict[str, Any], meta: dict[str, Any],
+                           info: dict[str, Any]) -> tuple[pd.DataFrame, int]:
+    """The per-layer table of the forms θ takes in a checkpoint's (tensors, metadata), and the LC step after which
+    it was written."""
     engine = meta.get("engine") or {}
     resolved = resolve(LCConfig.from_dict(info.get("config") or meta.get("config")), measured=False)
     plan = info["plan"]
