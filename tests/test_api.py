@@ -77,6 +77,19 @@ def test_direct_compression_only_needs_no_training():
     assert "rank 8" in result.summary()
 
 
+def test_the_result_shows_as_a_few_lines_in_a_notebook():
+    model = _trained_mlp()
+    x, y = _data()
+    result = lcpress.compress(model, {"tasks": [{"layers": ["*"], "options": {"rank": 8}}], "schedule": {"steps": 0}},
+                              example_input=x[:4], eval_fn=lambda m: float((m(x).argmax(1) == y).float().mean()))
+    shown = repr(result)
+    assert "tensor(" not in shown and "\n" not in shown and len(shown) < 300
+    assert "layers=3 compressed (2 realized)" in shown
+    assert f"metric={result.dense_metric:.4f} → {result.metric:.4f}" in shown
+    params = result.totals["params_after"] / result.totals["params_before"]
+    assert f"params={params:.1%} of dense" in shown
+
+
 def test_loaders_give_default_trainer_and_accuracy(digits):
     from lcpress.runs.demo import digits_cnn
 

@@ -68,6 +68,42 @@ def test_round_trip_without_the_code(tmp_path, shape):
     assert [layer["name"] for layer in loaded.lcpress_layers] == ["0", "4"]
 
 
+
+_HALF_SCHEMES = {"low_rank": {"rank": 4, "rank_multiple": 1}, "prune": {"keep": 300}, "quantize": {"k": 4}}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("scheme", sorted(_HALF_SCHEMES))
+def test_a_half_precision_model_compresses_and_round_trips_in_its_dtype(tmp_path, dtype, scheme):
+    torch.manual_seed(0)
+    make = lambda: nn.Sequential(nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 5))  # noqa: E731
+    model = make().to(dtype)
+    x = torch.randn(3, 32, dtype=dtype)
+    config = {"tasks": [{"layers": ["0"], "scheme": scheme, "options": _HALF_SCHEMES[scheme]}], "schedule": {"steps": 0}}
+    result = lcpress.compress(model, config, example_input=x)
+    assert result.records[0].realized
+    assert {t.dtype for t in model.state_dict().values() if t.is_floating_point()} == {dtype}
+    path = lcpress.save(model, tmp_path / "m.safetensors")
+    for loaded in (lcpress.load(path), lcpress.load(path, model=make())):
+        assert {t.dtype for t in loaded.state_dict().values() if t.is_floating_point()} == {dtype}
+        with torch.no_grad():
+            assert torch.equal(loaded(x), model(x))
+
+
+def test_integer_codes_stored_as_floats_are_refused(tmp_path):
+    from lcpress.io.files import read_file, write_file
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 5))
+    lcpress.compress(model, {"tasks": [{"layers": ["0"], "scheme": "quantize", "options": {"k": 4}}],
+                             "schedule": {"steps": 0}}, example_input=torch.randn(1, 32))
+    tensors, manifest = read_file(lcpress.save(model, tmp_path / "m.safetensors"))
+    codes = next(k for k, v in tensors.items() if not v.is_floating_point())
+    tensors[codes] = tensors[codes].float()
+    write_file(tmp_path / "bad.safetensors", tensors, manifest)
+    with pytest.raises(CheckpointError, match=f"{codes}.*stored as .*float32.*holds .*uint8"):
+        lcpress.load(tmp_path / "bad.safetensors")
+
 def test_custom_model_without_architecture_says_what_to_pass(tmp_path):
     model, _ = _compressed_custom()
     path = lcpress.save(model, tmp_path / "m.safetensors")

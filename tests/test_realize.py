@@ -143,6 +143,38 @@ def test_shared_layer_is_realized_under_every_name():
         torch.testing.assert_close(model(x), ref(x), rtol=0, atol=1e-5)
 
 
+
+class TiedWeights(nn.Module):
+    """Two distinct layers holding one weight tensor, as a language model's head and embedding do."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(32, 32)
+        self.b = nn.Linear(32, 32)
+        self.b.weight = self.a.weight
+        self.out = nn.Linear(32, 2)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+@pytest.mark.parametrize("layers", [["a"], ["b"], ["*"]])
+def test_a_tied_weight_is_refused_naming_its_other_holder_and_nothing_changes(layers):
+    model = TiedWeights()
+    weight = model.a.weight.detach().clone()
+    with pytest.raises(lcpress.ConfigError, match=r"shares its weight with (a|b)\.weight.*untie"):
+        _compress(model, layers, torch.randn(4, 32), rank=8)
+    assert model.a.weight is model.b.weight and torch.equal(model.a.weight, weight)
+    assert isinstance(model.a, nn.Linear) and isinstance(model.b, nn.Linear)
+
+
+def test_untied_as_the_error_says_the_layer_compresses():
+    model = TiedWeights()
+    model.a.weight = nn.Parameter(model.a.weight.detach().clone())
+    result = _compress(model, ["a"], torch.randn(4, 32), rank=8)
+    assert isinstance(model.a, nn.Sequential) and isinstance(model.b, nn.Linear)
+    assert result.max_abs_error <= 1e-5
+
 def test_form_costlier_than_dense_stays_dense():
     model = nn.Sequential(nn.Linear(16, 16))
     w = model[0].weight.detach().clone()

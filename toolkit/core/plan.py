@@ -224,7 +224,38 @@ def plan_tasks(model: nn.Module, graph: ModelGraph, resolved: Resolved, example_
             task_name = unit[0] if len(unit) == 1 else f"group{g}"
             tasks.append(Task(task_name, unit, params, view, scheme, cost_model, spec, g, cfg))
     _refuse_overlap(tasks)
+    _refuse_tied(model, tasks)
     return tasks
+
+
+def _refuse_tied(model: nn.Module, tasks: list[Task]) -> None:
+    """A compressed weight that another module also holds (tied weights) fails before training.
+
+    Compressing it replaces one holder by thin layers, and the other would go on
+    reading a tensor that is neither the trained weight nor its compressed form
+    (a language model's output layer tied to its embedding is the usual case).
+    A module registered under two names is one layer, not a tie: the graph's
+    aliases already make it one task.
+    """
+    holders: dict[int, list[str]] = {}
+    seen: set[int] = set()
+    for name, module in model.named_modules(remove_duplicate=False):
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        for pname, param in module.named_parameters(recurse=False):
+            holders.setdefault(id(param), []).append(f"{name}.{pname}" if name else pname)
+    for task in tasks:
+        for layer in task.layers:
+            weight = getattr(model.get_submodule(layer), "weight", None)
+            owners = holders.get(id(weight), []) if isinstance(weight, nn.Parameter) else []
+            others = [o for o in owners if o != f"{layer}.weight"]
+            if others:
+                raise ConfigError(
+                    f"tasks[{task.group}]: layer {layer!r} shares its weight with {', '.join(others)} (tied "
+                    f"parameters); compressing it would change what the other holder computes. Leave {layer!r} "
+                    f"out (exclude), or untie them first: model.{layer}.weight = "
+                    f"nn.Parameter(model.{layer}.weight.detach().clone())")
 
 
 def _refuse_overlap(tasks: list[Task]) -> None:

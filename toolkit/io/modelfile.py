@@ -121,7 +121,7 @@ def _on_meta(build, path: str | Path) -> nn.Module:
 
 
 def _fitting(model: nn.Module, tensors: dict[str, torch.Tensor], path: str | Path) -> nn.Module:
-    """``model`` if its state dict has exactly the keys, shapes and dtypes of the stored tensors; else which one not."""
+    """``model`` if its state dict has exactly the keys, shapes and kinds of dtype of the stored tensors; else which one not."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected]
@@ -131,7 +131,10 @@ def _fitting(model: nn.Module, tensors: dict[str, torch.Tensor], path: str | Pat
                               f"{len(unexpected)} unexpected); the file does not hold this architecture")
     for key, value in expected.items():
         stored = tensors[key]
-        if tuple(stored.shape) != tuple(value.shape) or stored.dtype != value.dtype:
+        # Modules are built in the default float dtype; a half-precision file's floats replace them as they
+        # are (the load assigns the stored tensors). Any other dtype (integer codes, masks) must match.
+        floats = stored.dtype.is_floating_point and value.dtype.is_floating_point
+        if tuple(stored.shape) != tuple(value.shape) or (stored.dtype != value.dtype and not floats):
             raise CheckpointError(f"model file {str(path)!r}: tensor {key!r} is stored as {tuple(stored.shape)} "
                                   f"{stored.dtype} but the described module holds {tuple(value.shape)} {value.dtype}")
     return model

@@ -210,7 +210,7 @@ class DecodedLinear(_Decoded):
         if linear.bias is not None:
             with torch.no_grad():
                 new.bias.copy_(linear.bias)
-        return new.to(linear.weight.device)
+        return new.to(device=linear.weight.device, dtype=linear.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight_now(), self.bias)
@@ -240,7 +240,7 @@ class DecodedConv2d(_Decoded):
         if conv.bias is not None:
             with torch.no_grad():
                 new.bias.copy_(conv.bias)
-        return new.to(conv.weight.device)
+        return new.to(device=conv.weight.device, dtype=conv.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight_now()

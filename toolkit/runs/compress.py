@@ -46,7 +46,7 @@ log = logging.getLogger("lcpress")
 
 
 
-@dataclass
+@dataclass(repr=False)
 class CompressionResult:
     """What a compression returns: the realized model and everything measured."""
 
@@ -71,6 +71,22 @@ class CompressionResult:
     measured: list[str] = field(default_factory=list)
     #: ``sensitivity: measured``: each task's curve, {"errors": relative errors, "drops": metric lost}, by task name
     sensitivity: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        """A few lines, not the tensors the fields hold: what a notebook shows for ``result``."""
+        realized = sum(1 for r in self.records if r.realized)
+        parts = [f"model={type(self.model).__name__}", f"layers={len(self.records)} compressed ({realized} realized)"]
+        if self.dense_metric is not None and self.metric is not None:
+            parts.append(f"metric={self.dense_metric:.4f} → {self.metric:.4f}")
+        for cost in ("params", "flops", "storage"):
+            before, after = self.totals.get(f"{cost}_before"), self.totals.get(f"{cost}_after")
+            if before and after is not None:
+                parts.append(f"{cost}={after / before:.1%} of dense")
+        if self.run_dir is not None:
+            parts.append(f"run_dir={str(self.run_dir)!r}")
+        if self.warnings:
+            parts.append(f"warnings={len(self.warnings)}")
+        return f"CompressionResult({', '.join(parts)}; .summary() for the per-layer table)"
 
     def summary(self, metric_name: str = "metric") -> str:
         """The per-layer table, totals and metrics, as text."""
