@@ -77,6 +77,21 @@ def test_direct_compression_only_needs_no_training():
     assert "rank 8" in result.summary()
 
 
+
+def test_a_frozen_layer_is_refused_before_training_and_compresses_directly():
+    model = _trained_mlp()
+    model[2].weight.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, _ = _data()
+    config = {"tasks": [{"layers": ["2"], "options": {"rank": 8}}], "schedule": {"steps": 2}}
+    trained = []
+    with pytest.raises(lcpress.ConfigError, match=r"2\.weight is frozen.*requires_grad_\(True\).*steps: 0"):
+        lcpress.compress(model, config, lambda m, p, s: trained.append(s), lambda m: 0.0, example_input=x[:1])
+    assert not trained and isinstance(model[2], nn.Linear)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    result = lcpress.compress(model, {**config, "schedule": {"steps": 0}}, example_input=x[:1])
+    assert isinstance(model[2], nn.Sequential) and result.max_abs_error < 1e-5
+
 def test_the_result_shows_as_a_few_lines_in_a_notebook():
     model = _trained_mlp()
     x, y = _data()

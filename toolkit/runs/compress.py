@@ -181,6 +181,7 @@ def compress(
     calibrate = _calibrate_fn(data, config, device)
 
     planned = plan(model, config, example_input)
+    _refuse_frozen(model, planned.tasks, config)
     timed = _timed_targets(config, planned.cost_models)
 
     run_dir = RunDirectory(config.path(config.output_dir)) if config.output_dir else None
@@ -194,6 +195,21 @@ def compress(
         resuming = distributed.on_main(lambda: _prepare(run_dir, config, resume, force, extend) if run_dir else False)
         return _run(setup, run_dir, resuming)
 
+
+
+def _refuse_frozen(model: nn.Module, tasks: list[Task], config: LCConfig) -> None:
+    """LC's L steps move the compressed weights towards Δ(θ); a frozen one never could, so say so before training."""
+    if config.schedule.steps == 0:
+        return
+    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    for task in tasks:
+        frozen = [names.get(id(p), "?") for p in task.params if not p.requires_grad]
+        if frozen:
+            raise ConfigError(
+                f"tasks[{task.group}]: {frozen[0]} is frozen (requires_grad=False), but LC's L steps train the "
+                f"weights they compress towards their compressed form; unfreeze it for the run "
+                f"(model.get_parameter({frozen[0]!r}).requires_grad_(True)), leave its layer out of the tasks, "
+                f"or compress directly with schedule.steps: 0")
 
 @dataclass
 class _Setup:
