@@ -92,6 +92,25 @@ def test_a_frozen_layer_is_refused_before_training_and_compresses_directly():
     result = lcpress.compress(model, {**config, "schedule": {"steps": 0}}, example_input=x[:1])
     assert isinstance(model[2], nn.Sequential) and result.max_abs_error < 1e-5
 
+
+@pytest.mark.parametrize("batch, shown", [
+    (lambda x, y: {"input": x, "label": y}, r"a dict with keys \['input', 'label'\]"),
+    (lambda x, y: (x, y, y), "a tuple of 3 items"),
+    (lambda x, y: x, "a Tensor"),
+])
+def test_loaders_that_do_not_yield_pairs_are_refused_before_anything_runs(batch, shown):
+    model = _trained_mlp()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = _data()
+    good = [(x[:64], y[:64])]
+    bad = [batch(x[:64], y[:64])]
+    config = {"tasks": [{"layers": ["0"], "options": {"rank": 8}}], "schedule": {"steps": 1}}
+    for loaders, which in [((bad, good), "train"), ((good, bad), "eval")]:
+        with pytest.raises(lcpress.ConfigError, match=f"the {which} loader yields {shown}.*pairs"):
+            lcpress.compress(model, config, loaders=loaders)
+    assert isinstance(model[0], nn.Linear)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
 def test_the_result_shows_as_a_few_lines_in_a_notebook():
     model = _trained_mlp()
     x, y = _data()

@@ -168,6 +168,7 @@ def compress(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: 'cuda' was asked for but torch sees no CUDA device; use device: cpu")
     model.to(device)
+    _refuse_unpaired(loaders)
     example_input = example_batch(example_input, loaders, device)
     if distributed.active() and train_fn is None and loaders is not None:
         loaders = (distributed.shard_loader(loaders[0], config.seed), loaders[1])
@@ -484,6 +485,33 @@ def run_warnings(config: LCConfig, history: list[dict[str, Any]], dense: float |
                      f"the dense model's {dense:.4f}: give the compression a larger budget (target ratio), more LC "
                      f"steps or L-step epochs, or fine-tune the realized model (finetune.steps)")
     return found
+
+
+def _refuse_unpaired(loaders: tuple[Any, Any] | None) -> None:
+    """``loaders=`` batches are ``(inputs, targets)`` pairs; anything else fails here, not deep inside a forward pass.
+
+    A dict holding inputs and labels together (a Hugging Face dataset's
+    batches) would otherwise reach the model as keyword arguments, label
+    included, and fail with the model's own complaint about an unexpected
+    argument.
+    """
+    if loaders is None:
+        return
+    if not isinstance(loaders, (tuple, list)) or len(loaders) != 2:
+        raise ConfigError("loaders: pass a pair (train_loader, eval_loader); either may be None")
+    for which, loader in zip(("train", "eval"), loaders):
+        if loader is None:
+            continue
+        batch = next(iter(fixed_batches(loader)), None)  # never draws from a shuffled loader's generator
+        if batch is None:
+            raise ConfigError(f"loaders: the {which} loader yields no batches")
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            shown = f"a dict with keys {sorted(batch)}" if isinstance(batch, dict) else \
+                f"a {type(batch).__name__}" + (f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else "")
+            raise ConfigError(
+                f"loaders: the {which} loader yields {shown}; loaders= reads (inputs, targets) pairs, the inputs a "
+                f"tensor, a tuple of arguments or a dict of keyword arguments. Yield pairs (e.g. a collate_fn that "
+                f"returns (inputs, labels)), or pass your own train_fn= and eval_fn= with example_input=")
 
 
 def example_batch(example_input: Any, loaders: tuple[Any, Any] | None, device: torch.device) -> Any:
