@@ -111,6 +111,40 @@ def test_loaders_that_do_not_yield_pairs_are_refused_before_anything_runs(batch,
     assert isinstance(model[0], nn.Linear)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
+
+@pytest.mark.parametrize("returned, named", [
+    ({"accuracy": 0.9, "loss": 0.3}, r"eval_fn returned dict .*one number.*result\['accuracy'\]"),
+    (None, "eval_fn returned NoneType None: it must return one number"),
+])
+def test_an_eval_fn_that_returns_no_number_is_named_before_training(returned, named):
+    model = _trained_mlp()
+    x, _ = _data()
+    trained = []
+    with pytest.raises(lcpress.LcpressError, match=named):
+        lcpress.compress(model, {"tasks": [{"layers": ["0"], "options": {"rank": 8}}], "schedule": {"steps": 1}},
+                         lambda m, p, s: trained.append(s), lambda m: returned, example_input=x[:1])
+    assert not trained
+
+
+def test_a_train_fn_that_returns_no_number_is_named():
+    model = _trained_mlp()
+    x, _ = _data()
+    with pytest.raises(lcpress.LcpressError, match=r"train_fn returned dict .*training loss as one number, or None"):
+        lcpress.compress(model, {"tasks": [{"layers": ["0"], "options": {"rank": 8}}], "schedule": {"steps": 1}},
+                         lambda m, p, s: {"loss": 0.1}, example_input=x[:1])
+
+
+def test_metrics_and_losses_given_as_tensors_are_recorded_as_numbers():
+    model = _trained_mlp()
+    x, y = _data()
+    config = {"tasks": [{"layers": ["0"], "options": {"rank": 8}}], "schedule": {"steps": 1}}
+    result = lcpress.compress(model, config, lambda m, p, s: p() + torch.tensor(0.25),
+                              lambda m: (m(x).argmax(1) == y).float().mean(), example_input=x[:1])
+    assert isinstance(result.metric, float) and isinstance(result.dense_metric, float)
+    loss = result.history["train_loss"].iloc[1]
+    assert isinstance(loss, float) and loss >= 0.25  # the penalty is never negative
+    assert all(isinstance(v, float) for v in result.history["metric"])
+
 def test_the_result_shows_as_a_few_lines_in_a_notebook():
     model = _trained_mlp()
     x, y = _data()

@@ -74,6 +74,25 @@ EvalFn = Callable[[nn.Module], float]
 CalibrateFn = Callable[[nn.Module], None]
 
 
+def returned_number(value: Any, function: str, meaning: str) -> float:
+    """What a user function returned, as one float; anything else is named, with what to return instead."""
+    try:
+        return float(value.detach() if isinstance(value, torch.Tensor) else value)  # `return loss` is common
+    except (TypeError, ValueError, RuntimeError):
+        shown = repr(value)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        hint = ""
+        if isinstance(value, dict) and value:
+            hint = f"; return one of its values, e.g. result[{next(iter(value))!r}]"
+        raise LcpressError(f"{function} returned {type(value).__name__} {shown}: it must return {meaning}{hint}") \
+            from None
+
+
+def metric_value(value: Any) -> float:
+    """``eval_fn``'s result: one number, the metric every step records."""
+    return returned_number(value, "eval_fn", "one number, the metric lcpress records and reports (e.g. accuracy)")
+
+
 class Checkpointer(Protocol):
     def save(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None: ...
 
@@ -226,7 +245,7 @@ class LCEngine:
         with self._collecting():
             loss = self.train_fn(self.model, penalty, LStep(k - 1, mu, self.schedule.steps))
         self._update_metrics()
-        return None if loss is None else float(loss)
+        return None if loss is None else returned_number(loss, "train_fn", "the training loss as one number, or None")
 
     # ----------------------------------------------------- output-space metrics
     def _moment_collector(self) -> MomentCollector | None:
@@ -601,7 +620,7 @@ class LCEngine:
         """The run's metric of the model as it stands, after re-estimating BatchNorm statistics where the run does."""
         if self.before_eval is not None:
             self.before_eval(self.model)
-        return float(self.eval_fn(self.model))
+        return metric_value(self.eval_fn(self.model))
 
     @contextlib.contextmanager
     def compressed(self) -> Iterator[nn.Module]:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from lcpress.config import LCConfig, TrainConfig
-from lcpress.core.engine import CalibrateFn, EvalFn, LCEngine, LStep, TrainFn
+from lcpress.core.engine import CalibrateFn, EvalFn, LCEngine, LStep, TrainFn, metric_value
 from lcpress.core.graph import ModelGraph
 from lcpress.core.plan import Plan, Task, load_config, plan
 from lcpress.core.realize import RealizedLayer, load_compressed, realize, verify
@@ -239,7 +239,7 @@ def _run(setup: _Setup, run_dir: RunDirectory | None, resuming: bool) -> Compres
     checkpointer = FileCheckpointer(run_dir.checkpoint_path, config.to_dict()) if run_dir and config.checkpoint else None
 
     torch.manual_seed(config.seed)
-    dense_metric = float(eval_fn(model)) if eval_fn is not None else None
+    dense_metric = metric_value(eval_fn(model)) if eval_fn is not None else None
     if run_dir is not None and distributed.is_main():  # what `lcpress report` needs while the run is running
         run_dir.update_info(plan=plan_record(graph, tasks), dense_metric=dense_metric,
                             example_input=input_record(example_input))
@@ -466,7 +466,7 @@ def _fine_tune(model: nn.Module, finetune_fn, eval_fn, config: LCConfig, normali
     model.eval()
     if normalize is not None:
         normalize(model)
-    return None if eval_fn is None else float(eval_fn(model))
+    return None if eval_fn is None else metric_value(eval_fn(model))
 
 
 #: A compressed metric this far below dense (in the metric's own units: accuracy, cosine) is reported.
