@@ -254,8 +254,8 @@ def _refuse_tied(model: nn.Module, tasks: list[Task]) -> None:
                 raise ConfigError(
                     f"tasks[{task.group}]: layer {layer!r} shares its weight with {', '.join(others)} (tied "
                     f"parameters); compressing it would change what the other holder computes. Leave {layer!r} "
-                    f"out (exclude), or untie them first: model.{layer}.weight = "
-                    f"nn.Parameter(model.{layer}.weight.detach().clone())")
+                    f"out (exclude), or untie them first: layer = model.get_submodule({layer!r}); "
+                    f"layer.weight = nn.Parameter(layer.weight.detach().clone())")
 
 
 def _refuse_overlap(tasks: list[Task]) -> None:

@@ -197,7 +197,6 @@ def compress(
         return _run(setup, run_dir, resuming)
 
 
-
 def _refuse_frozen(model: nn.Module, tasks: list[Task], config: LCConfig) -> None:
     """LC's L steps move the compressed weights towards Δ(θ); a frozen one never could, so say so before training."""
     if config.schedule.steps == 0:
@@ -211,6 +210,7 @@ def _refuse_frozen(model: nn.Module, tasks: list[Task], config: LCConfig) -> Non
                 f"weights they compress towards their compressed form; unfreeze it for the run "
                 f"(model.get_parameter({frozen[0]!r}).requires_grad_(True)), leave its layer out of the tasks, "
                 f"or compress directly with schedule.steps: 0")
+
 
 @dataclass
 class _Setup:
@@ -506,7 +506,7 @@ def _refuse_unpaired(loaders: tuple[Any, Any] | None) -> None:
         if batch is None:
             raise ConfigError(f"loaders: the {which} loader yields no batches")
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-            shown = f"a dict with keys {sorted(batch)}" if isinstance(batch, dict) else \
+            shown = f"a dict with keys {list(batch)}" if isinstance(batch, dict) else \
                 f"a {type(batch).__name__}" + (f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else "")
             raise ConfigError(
                 f"loaders: the {which} loader yields {shown}; loaders= reads (inputs, targets) pairs, the inputs a "
