@@ -145,6 +145,40 @@ def test_metrics_and_losses_given_as_tensors_are_recorded_as_numbers():
     assert isinstance(loss, float) and loss >= 0.25  # the penalty is never negative
     assert all(isinstance(v, float) for v in result.history["metric"])
 
+
+def test_a_compiled_model_compresses_under_its_own_layer_names_and_saves_as_the_plain_model(tmp_path):
+    model = _trained_mlp()
+    compiled = torch.compile(model, backend="eager")  # no C compiler needed
+    x, _ = _data()
+    result = lcpress.compress(compiled, {"tasks": [{"layers": ["0", "2"], "options": {"rank": 8}}],
+                                         "schedule": {"steps": 0}}, example_input=x[:1])
+    assert result.model is compiled and list(result.layers["layer"]) == ["0", "2", "4"]  # no "_orig_mod." prefix
+    assert isinstance(model[0], nn.Sequential) and isinstance(model[2], nn.Sequential)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
+    path = result.save(tmp_path / "m.safetensors")
+    plain = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
+    for loaded in (lcpress.load(path), lcpress.load(path, model=plain)):
+        with torch.no_grad():
+            assert torch.equal(loaded(x), model(x))
+
+
+def test_a_loader_that_changes_as_it_is_read_is_read_only_by_the_trainer():
+    """A custom iterable without a length (an epoch counter inside) is read once per epoch: no look-ahead."""
+    x, y = _data()
+
+    class Epochs:
+        reads = 0
+
+        def __iter__(self):
+            Epochs.reads += 1
+            return iter([(x[:128], y[:128]), (x[128:], y[128:])])
+
+    config = {"tasks": [{"layers": ["0"], "options": {"rank": 8}}], "schedule": {"steps": 2, "mu0": 1e-3},
+              "train": {"epochs": 1}}
+    lcpress.compress(_trained_mlp(), config, loaders=(Epochs(), None), example_input=x[:1], progress=False)
+    assert Epochs.reads == 2
+
 def test_the_result_shows_as_a_few_lines_in_a_notebook():
     model = _trained_mlp()
     x, y = _data()

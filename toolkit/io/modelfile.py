@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from lcpress.core.registry import get_registry
-from lcpress.core.surgery import get_module, replace_module
+from lcpress.core.surgery import get_module, replace_module, uncompiled
 from lcpress.errors import CheckpointError, LcpressError
 from lcpress.io.files import read_file, write_file
 from lcpress.io.manifest import check_manifest
@@ -40,6 +40,7 @@ def save(model: nn.Module, path: str | Path, *, config: dict[str, Any] | None = 
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True (CLI: --force) to replace it")
+    model = uncompiled(model)
     allowed = allowed_modules()
     layers = []
     for record in getattr(model, "lcpress_layers", []):

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import pandas as pd
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from lcpress.config import LCConfig, TrainConfig
 from lcpress.core.engine import CalibrateFn, EvalFn, LCEngine, LStep, TrainFn, metric_value
@@ -28,6 +29,7 @@ from lcpress.core.graph import ModelGraph
 from lcpress.core.plan import Plan, Task, load_config, plan
 from lcpress.core.realize import RealizedLayer, load_compressed, realize, verify
 from lcpress.core.scheme import State
+from lcpress.core.surgery import uncompiled
 from lcpress.errors import ConfigError, LcpressError, RunDirectoryError
 from lcpress.progress import status_line
 from lcpress.io.checkpoint import FileCheckpointer
@@ -164,6 +166,7 @@ def compress(
     run directory: see :mod:`lcpress.distributed`.
     """
     config = load_config(config)
+    passed, model = model, uncompiled(model)  # a torch.compile'd model: its layers keep the user's names
     device = distributed.local_device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: 'cuda' was asked for but torch sees no CUDA device; use device: cpu")
@@ -194,7 +197,9 @@ def compress(
                    timed, calibrate)
     with _holding(run_dir):
         resuming = distributed.on_main(lambda: _prepare(run_dir, config, resume, force, extend) if run_dir else False)
-        return _run(setup, run_dir, resuming)
+        result = _run(setup, run_dir, resuming)
+    result.model = passed
+    return result
 
 
 def _refuse_frozen(model: nn.Module, tasks: list[Task], config: LCConfig) -> None:
@@ -493,15 +498,17 @@ def _refuse_unpaired(loaders: tuple[Any, Any] | None) -> None:
     A dict holding inputs and labels together (a Hugging Face dataset's
     batches) would otherwise reach the model as keyword arguments, label
     included, and fail with the model's own complaint about an unexpected
-    argument.
+    argument. Only loaders that can be read without changing them are looked
+    at: DataLoaders with a batch size (through a sequential twin) and lists
+    of batches.
     """
     if loaders is None:
         return
     if not isinstance(loaders, (tuple, list)) or len(loaders) != 2:
         raise ConfigError("loaders: pass a pair (train_loader, eval_loader); either may be None")
     for which, loader in zip(("train", "eval"), loaders):
-        if loader is None:
-            continue
+        if not (isinstance(loader, (list, tuple)) or (isinstance(loader, DataLoader) and loader.batch_size)):
+            continue  # other loaders may change as they are read (a batch sampler's epoch): the trainer reads them
         batch = next(iter(fixed_batches(loader)), None)  # never draws from a shuffled loader's generator
         if batch is None:
             raise ConfigError(f"loaders: the {which} loader yields no batches")

@@ -135,7 +135,8 @@ class SupervisedTrainer:
             group["lr"] = c.lr * c.lr_decay**step.index
         epochs = c.first_epochs if (step.index == 0 and c.first_epochs is not None) else c.epochs
         total, count = torch.zeros((), dtype=torch.float64, device=self.device), 0
-        with progress_bar(total=epochs * _len(self.loader), desc=f"{self.description} {step.index + 1}", enabled=self.progress) as bar:
+        per_epoch = _len(self.loader)  # None for an iterable without a length: the bar counts without a total
+        with progress_bar(total=None if per_epoch is None else epochs * per_epoch, desc=f"{self.description} {step.index + 1}", enabled=self.progress) as bar:
             for _ in range(epochs):
                 set_epoch = getattr(getattr(self.loader, "sampler", None), "set_epoch", None)
                 if callable(set_epoch):
