@@ -301,6 +301,35 @@ def test_a_random_safetensors_as_model_weights_names_the_file_and_the_key(tmp_pa
         load_weights(_net(), tmp_path / "junk.safetensors")
 
 
+
+@pytest.mark.parametrize("wrap, where", [
+    (lambda sd: {"model": sd, "optimizer": {"state": {}}, "epoch": 3}, "under 'model'"),
+    (lambda sd: {f"module.{k}": v for k, v in sd.items()}, "'module.' prefix"),
+    (lambda sd: {"state_dict": {f"model.{k}": v for k, v in sd.items()}}, "under 'state_dict' without the keys' 'model.'"),
+])
+def test_weights_saved_by_a_training_script_load_when_their_keys_are_exactly_the_models(tmp_path, caplog, wrap, where):
+    from lcpress.runs.sources import load_weights
+
+    trained = _net()
+    with torch.no_grad():
+        trained[0].weight.add_(1.0)
+    torch.save(wrap(trained.state_dict()), tmp_path / "ckpt.pt")
+    model = _net()
+    with caplog.at_level("INFO", logger="lcpress"):
+        load_weights(model, tmp_path / "ckpt.pt")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), trained.state_dict().values()))
+    assert where in caplog.text
+
+
+def test_a_checkpoint_whose_keys_fit_only_partly_is_still_refused(tmp_path):
+    from lcpress.runs.sources import load_weights
+
+    state = {f"module.{k}": v for k, v in _net().state_dict().items()}
+    state["module.extra.weight"] = torch.zeros(1)
+    torch.save({"model": state}, tmp_path / "ckpt.pt")
+    with pytest.raises(LcpressError, match=r"ckpt.pt.*does not fit the model \(missing 0.weight"):
+        load_weights(_net(), tmp_path / "ckpt.pt")
+
 # ------------------------------------------------------------------ plugin faults and NaN
 class _Broken(lcpress.Scheme):
     name = "broken_delta"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -25,6 +26,8 @@ from torch import nn
 from lcpress.config import DataConfig, ModelConfig
 from lcpress.errors import ConfigError, LcpressError
 from lcpress.runs.demo import digits_cnn, digits_loaders, train_dense
+
+log = logging.getLogger("lcpress")
 
 
 def import_factory(spec: str, key: str, base_dir: str | Path | None = None) -> Callable[..., Any]:
@@ -88,8 +91,10 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"model.weights: {str(path)!r} does not exist")
-    state = _read_state(path)
     expected = model.state_dict()
+    state, where = model_state(_read_state(path), expected)
+    if where:
+        log.info("model.weights: %s: loading %s", path, where)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
@@ -103,6 +108,32 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
             raise LcpressError(f"model.weights: {str(path)!r} holds {key!r} of shape {shape}, but the model's is "
                                f"{tuple(expected[key].shape)}")
     model.load_state_dict(state)
+
+
+#: What wraps a model's keys in files saved from a wrapper: DistributedDataParallel, torch.compile, a Lightning module.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+def model_state(state: dict[str, Any], expected: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The state dict in ``state`` whose keys are exactly the model's, and where it was found ('' if it is ``state``).
+
+    Training scripts save more than a state dict: ``{"model": …, "optimizer": …}``
+    checkpoints, and keys prefixed by the wrapper the model was trained in
+    (``module.`` under DistributedDataParallel). Either is taken only when the
+    keys then match the model's exactly, so nothing is guessed; otherwise
+    ``state`` comes back unchanged for the caller to report.
+    """
+    keys = set(expected)
+    nested = [(f"the state dict under {name!r}", v) for name, v in state.items() if isinstance(v, dict)]
+    for where, candidate in [("", state), *nested]:
+        if set(candidate) == keys:
+            return candidate, where
+        for prefix in WRAPPER_PREFIXES:
+            if all(isinstance(k, str) and k.startswith(prefix) for k in candidate) and \
+                    {k[len(prefix):] for k in candidate} == keys:
+                stripped = {k[len(prefix):]: v for k, v in candidate.items()}
+                return stripped, f"{where or 'the file'} without the keys' {prefix!r} prefix"
+    return state, ""
 
 
 def _read_state(path: Path) -> dict[str, Any]:
