@@ -67,6 +67,7 @@ def test_sweep_runs_every_target_and_the_baseline(dense_mlp, tmp_path, monkeypat
     for name in ("sweep.csv", "sweep.md", "sweep.html", "sweep.png"):
         assert (tmp_path / "sweep" / name).is_file()
     assert "| lc | 0.3 |" in (tmp_path / "sweep" / "sweep.md").read_text()
+    assert repr(result).startswith("SweepResult(points=5 (1 dense, 2 lc, 2 baseline)") and "\n" not in repr(result)
 
     # a second sweep reuses every finished run of the same config
     def no_run(*args, **kwargs):

@@ -50,13 +50,19 @@ from lcpress.runs.compress import compress, example_batch
 BASELINE_SCHEME = "low_rank"
 
 
-@dataclass
+@dataclass(repr=False)
 class SweepResult:
     """Every point of a sweep, and the files it wrote."""
 
     points: pd.DataFrame
     output_dir: Path
     files: dict[str, Path] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        """One line, as :class:`CompressionResult` shows itself; ``.points`` and ``.summary()`` have the numbers."""
+        methods = ", ".join(f"{n} {m}" for m, n in self.points["method"].value_counts(sort=False).items())
+        return (f"SweepResult(points={len(self.points)} ({methods}), output_dir={str(self.output_dir)!r}, "
+                f"files={sorted(self.files)}; .summary() for the table)")
 
     def summary(self) -> str:
         return markdown_table(self.points.drop(columns=["run"]), cell)
