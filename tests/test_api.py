@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import pandas as pd
 import pytest
 import torch
@@ -178,6 +179,47 @@ def test_a_loader_that_changes_as_it_is_read_is_read_only_by_the_trainer():
               "train": {"epochs": 1}}
     lcpress.compress(_trained_mlp(), config, loaders=(Epochs(), None), example_input=x[:1], progress=False)
     assert Epochs.reads == 2
+
+
+class _Output(dict):
+    """What a Hugging Face model returns: a dict whose fields are also attributes."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class _Returns(nn.Module):
+    def __init__(self, wrap):
+        super().__init__()
+        self.net, self.wrap = _trained_mlp(), wrap
+
+    def forward(self, x):
+        return self.wrap(self.net(x))
+
+
+@pytest.mark.parametrize("wrap", [lambda out: _Output(logits=out, hidden=out), lambda out: (out, out.detach() * 0)],
+                         ids=["output object with logits", "tuple"])
+def test_the_built_in_trainer_and_accuracy_take_logits_from_an_output_object_or_a_tuple(wrap):
+    x, y = _data()
+    model = _Returns(wrap)
+    plain = copy.deepcopy(model.net)
+    batches = [(x[:128], y[:128]), (x[128:], y[128:])]
+    result = lcpress.compress(model, {"tasks": [{"layers": ["net.2"], "options": {"rank": 8}}],
+                                      "schedule": {"steps": 1}, "train": {"epochs": 1}}, loaders=(batches, batches),
+                              progress=False)
+    assert result.dense_metric == pytest.approx(lcpress.accuracy(plain, batches))
+    assert result.history["train_loss"].iloc[1] > 0 and isinstance(model.net[2], nn.Sequential)
+
+
+def test_an_output_without_logits_is_named_with_its_fields():
+    x, y = _data()
+    model = _Returns(lambda out: _Output(last_hidden_state=out, pooler_output=out))
+    with pytest.raises(lcpress.LcpressError, match=r"returned a _Output \(fields: last_hidden_state, pooler_output\)"):
+        lcpress.compress(model, {"tasks": [{"layers": ["net.2"], "options": {"rank": 8}}], "schedule": {"steps": 1}},
+                         loaders=([(x, y)], [(x, y)]), progress=False)
 
 def test_the_result_shows_as_a_few_lines_in_a_notebook():
     model = _trained_mlp()

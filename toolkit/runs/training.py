@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lcpress.config import TrainConfig
+from lcpress.errors import LcpressError
 from lcpress.core.engine import LStep, Penalty
 from lcpress.core.surgery import call_model
 from lcpress.progress import progress_bar
@@ -88,8 +89,26 @@ def gradient_norm(model: nn.Module, params: list[nn.Parameter], loader: Iterable
 
 
 def forward(model: nn.Module, inputs: Any) -> torch.Tensor:
-    """``model(inputs)``; a dict of inputs is passed as keyword arguments (Hugging Face style)."""
-    return call_model(model, inputs)
+    """``model(inputs)`` as the tensor the built-in losses and metrics compare with the targets.
+
+    A dict of inputs is passed as keyword arguments (Hugging Face style). A
+    Hugging Face output object gives its ``logits``; a tuple its first element
+    (the main output, by the convention of ``return_dict=False`` and of
+    auxiliary-head classifiers). Anything else is named rather than guessed.
+    """
+    out = call_model(model, inputs)
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    fields = f" (fields: {', '.join(list(out.keys())[:6])})" if hasattr(out, "keys") else ""
+    raise LcpressError(
+        f"the model returned a {type(out).__name__}{fields}, and the built-in trainer and metrics compare one tensor "
+        f"with the targets (logits, or embeddings for the mse and cosine losses); wrap the model so that it returns "
+        f"that tensor, or pass your own train_fn= and eval_fn=")
 
 
 class SupervisedTrainer:
