@@ -165,6 +165,24 @@ def test_per_step_lines_go_to_stderr_unless_quiet(dense_mlp, monkeypatch, capsys
     assert capsys.readouterr().err == ""
 
 
+
+def test_bars_show_in_a_jupyter_kernel_though_its_stderr_is_no_terminal(monkeypatch):
+    import sys
+    import types
+
+    from lcpress.progress import bars_enabled
+
+    monkeypatch.delenv("LCPRESS_QUIET", raising=False)
+    assert not bars_enabled()  # pytest's stderr is no terminal, and no kernel runs
+
+    class ZMQInteractiveShell:  # the shell class of an IPython kernel (a terminal IPython is another)
+        pass
+
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=ZMQInteractiveShell))
+    assert bars_enabled() and not bars_enabled(False)
+    monkeypatch.setenv("LCPRESS_QUIET", "1")
+    assert not bars_enabled()
+
 def test_forms_without_a_rank_get_their_own_columns_and_no_rank_bar(finished_run, tmp_path):
     """Schemes other than low rank (pruning, quantization) carry other form fields: shown, and plotted apart."""
     import shutil

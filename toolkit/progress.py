@@ -1,7 +1,8 @@
 """Progress bars and per-step lines that stay quiet where nobody is watching.
 
-Bars show on an interactive terminal; they are off when output goes to a file
-or a CI log, with ``--quiet``, or with ``LCPRESS_QUIET=1``.
+Bars show on an interactive terminal and in a Jupyter notebook (as widgets
+where ipywidgets is installed); they are off when output goes to a file or a
+CI log, with ``--quiet``, or with ``LCPRESS_QUIET=1``.
 
 A long run still says how it is going when nobody watches a terminal: every
 LC step writes one line (:func:`status_line`) to stderr — above the bars on a
@@ -23,10 +24,17 @@ def quiet_env() -> bool:
     return bool(os.environ.get("LCPRESS_QUIET"))
 
 
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel, whose stderr is no terminal but whose user watches the cell's output."""
+    ipython = sys.modules.get("IPython")
+    shell = getattr(ipython, "get_ipython", lambda: None)() if ipython is not None else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
 def bars_enabled(requested: bool = True) -> bool:
     if not requested or quiet_env():
         return False
-    return sys.stderr.isatty()
+    return sys.stderr.isatty() or in_notebook()
 
 
 def progress_bar(*, enabled: bool = True, **kwargs: Any) -> tqdm:
