@@ -221,6 +221,31 @@ def test_an_output_without_logits_is_named_with_its_fields():
         lcpress.compress(model, {"tasks": [{"layers": ["net.2"], "options": {"rank": 8}}], "schedule": {"steps": 1}},
                          loaders=([(x, y)], [(x, y)]), progress=False)
 
+
+def test_a_parametrized_weight_is_refused_before_training_and_folding_it_as_told_works():
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.parametrizations import weight_norm
+
+    x, y = _data()
+    model = _trained_mlp()
+    weight_norm(model[2])
+    config = {"tasks": [{"layers": ["2"], "options": {"rank": 8}}], "schedule": {"steps": 2, "mu0": 1e-2}}
+
+    def train_fn(m, penalty, step):
+        opt = torch.optim.SGD(m.parameters(), lr=0.05)
+        loss = F.cross_entropy(m(x), y) + penalty()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    with pytest.raises(lcpress.ConfigError, match=r"layer '2' has a parametrized weight \(_WeightNorm\).*"
+                                                  r"remove_parametrizations.*steps: 0"):
+        lcpress.compress(model, config, train_fn, example_input=x[:1])
+    assert parametrize.is_parametrized(model[2])
+    parametrize.remove_parametrizations(model[2], "weight")
+    result = lcpress.compress(model, config, train_fn, example_input=x[:1])
+    assert isinstance(model[2], nn.Sequential) and len(result.history) == 3
+
 def test_the_result_shows_as_a_few_lines_in_a_notebook():
     model = _trained_mlp()
     x, y = _data()

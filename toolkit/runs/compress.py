@@ -185,7 +185,7 @@ def compress(
     calibrate = _calibrate_fn(data, config, device)
 
     planned = plan(model, config, example_input)
-    _refuse_frozen(model, planned.tasks, config)
+    _refuse_untrainable(model, planned.tasks, config)
     timed = _timed_targets(config, planned.cost_models)
 
     run_dir = RunDirectory(config.path(config.output_dir)) if config.output_dir else None
@@ -202,12 +202,29 @@ def compress(
     return result
 
 
-def _refuse_frozen(model: nn.Module, tasks: list[Task], config: LCConfig) -> None:
-    """LC's L steps move the compressed weights towards Δ(θ); a frozen one never could, so say so before training."""
+def _refuse_untrainable(model: nn.Module, tasks: list[Task], config: LCConfig) -> None:
+    """LC's L steps train the compressed weights themselves; say before training when one cannot be trained so.
+
+    A frozen weight could never move towards Δ(θ). A parametrized one (weight
+    norm, spectral norm, ``torch.nn.utils.parametrize``) is recomputed from
+    other tensors at every call, so the penalty would pull on a copy. Direct
+    compression (no L steps) needs neither and compresses both.
+    """
     if config.schedule.steps == 0:
         return
+    from torch.nn.utils import parametrize
+
     names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
     for task in tasks:
+        for layer in task.layers:
+            module = model.get_submodule(layer)
+            if parametrize.is_parametrized(module, "weight"):
+                kinds = ", ".join(type(p).__name__ for p in module.parametrizations["weight"])
+                raise ConfigError(
+                    f"tasks[{task.group}]: layer {layer!r} has a parametrized weight ({kinds}), which LC's L steps "
+                    f"cannot train towards its compressed form; fold it into a plain weight first "
+                    f"(torch.nn.utils.parametrize.remove_parametrizations(model.get_submodule({layer!r}), 'weight')), "
+                    f"or compress directly with schedule.steps: 0")
         frozen = [names.get(id(p), "?") for p in task.params if not p.requires_grad]
         if frozen:
             raise ConfigError(
