@@ -246,6 +246,15 @@ def test_a_parametrized_weight_is_refused_before_training_and_folding_it_as_told
     result = lcpress.compress(model, config, train_fn, example_input=x[:1])
     assert isinstance(model[2], nn.Sequential) and len(result.history) == 3
 
+
+def test_calibration_passes_run_a_model_whose_output_has_no_logits():
+    """Calibration only needs the layers' inputs; an encoder's output object is fine there."""
+    x, _ = _data()
+    model = _Returns(lambda out: _Output(last_hidden_state=out))
+    config = {"tasks": [{"layers": ["net.2"], "options": {"rank": 8, "error": "output"}}], "schedule": {"steps": 0}}
+    result = lcpress.compress(model, config, example_input=x[:1], calibration=[x[:128], x[128:]], progress=False)
+    assert isinstance(model.net[2], nn.Sequential) and result.max_abs_error < 1e-4
+
 def test_the_result_shows_as_a_few_lines_in_a_notebook():
     model = _trained_mlp()
     x, y = _data()

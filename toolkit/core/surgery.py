@@ -27,7 +27,6 @@ def get_module(root: nn.Module, name: str) -> nn.Module:
         raise LcpressError(f"the model has no submodule {name!r}") from None
 
 
-
 def uncompiled(model: nn.Module) -> nn.Module:
     """The user's own module inside ``torch.compile``'s wrapper (itself otherwise).
 
@@ -38,6 +37,7 @@ def uncompiled(model: nn.Module) -> nn.Module:
     """
     inner = getattr(model, "_orig_mod", None)
     return inner if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module) else model
+
 
 def replace_module(root: nn.Module, name: str, new: nn.Module, aliases: Sequence[str] = ()) -> nn.Module:
     """Put ``new`` at ``name`` (and every alias); returns the module it replaced.

@@ -29,7 +29,7 @@ from lcpress.core.graph import ModelGraph
 from lcpress.core.plan import Plan, Task, load_config, plan
 from lcpress.core.realize import RealizedLayer, load_compressed, realize, verify
 from lcpress.core.scheme import State
-from lcpress.core.surgery import uncompiled
+from lcpress.core.surgery import call_model, uncompiled
 from lcpress.errors import ConfigError, LcpressError, RunDirectoryError
 from lcpress.progress import status_line
 from lcpress.io.checkpoint import FileCheckpointer
@@ -42,7 +42,7 @@ from lcpress.core.measured import MeasuredCostModel
 from lcpress.core.schedule import FALLBACK_MU0, convergence_problem
 from lcpress.runs import distributed
 from lcpress.runs.batchnorm import batchnorm_layers, recalibrate
-from lcpress.runs.training import LOSSES, METRICS, SupervisedTrainer, fixed_batches, forward, gradient_norm, to_device
+from lcpress.runs.training import LOSSES, METRICS, SupervisedTrainer, fixed_batches, gradient_norm, to_device
 
 log = logging.getLogger("lcpress")
 
@@ -304,7 +304,7 @@ def _calibrate_fn(data: Any, config: LCConfig, device: torch.device) -> Calibrat
     def calibrate(model: nn.Module) -> None:
         for batch in islice(fixed_batches(data), config.calibration_batches):
             inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
-            forward(model, to_device(inputs, device))
+            call_model(model, to_device(inputs, device))  # only the layers' inputs matter, not the output
 
     return calibrate
 

@@ -104,7 +104,7 @@ def forward(model: nn.Module, inputs: Any) -> torch.Tensor:
         return logits
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         return out[0]
-    fields = f" (fields: {', '.join(list(out.keys())[:6])})" if hasattr(out, "keys") else ""
+    fields = f" (fields: {', '.join(map(str, list(out.keys())[:6]))})" if hasattr(out, "keys") else ""
     raise LcpressError(
         f"the model returned a {type(out).__name__}{fields}, and the built-in trainer and metrics compare one tensor "
         f"with the targets (logits, or embeddings for the mse and cosine losses); wrap the model so that it returns "
@@ -155,7 +155,8 @@ class SupervisedTrainer:
         epochs = c.first_epochs if (step.index == 0 and c.first_epochs is not None) else c.epochs
         total, count = torch.zeros((), dtype=torch.float64, device=self.device), 0
         per_epoch = _len(self.loader)  # None for an iterable without a length: the bar counts without a total
-        with progress_bar(total=None if per_epoch is None else epochs * per_epoch, desc=f"{self.description} {step.index + 1}", enabled=self.progress) as bar:
+        total_batches = None if per_epoch is None else epochs * per_epoch
+        with progress_bar(total=total_batches, desc=f"{self.description} {step.index + 1}", enabled=self.progress) as bar:
             for _ in range(epochs):
                 set_epoch = getattr(getattr(self.loader, "sampler", None), "set_epoch", None)
                 if callable(set_epoch):
