@@ -255,6 +255,26 @@ def test_calibration_passes_run_a_model_whose_output_has_no_logits():
     result = lcpress.compress(model, config, example_input=x[:1], calibration=[x[:128], x[128:]], progress=False)
     assert isinstance(model.net[2], nn.Sequential) and result.max_abs_error < 1e-4
 
+
+def test_auto_mu0_with_calibration_inputs_but_no_targets_starts_at_the_fallback_and_says_why(caplog):
+    from lcpress.core.schedule import FALLBACK_MU0
+
+    x, y = _data()
+
+    def train_fn(m, penalty, step):
+        opt = torch.optim.SGD(m.parameters(), lr=0.05)
+        loss = F.cross_entropy(m(x), y) + penalty()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    config = {"tasks": [{"layers": ["2"], "options": {"rank": 8}}], "schedule": {"steps": 1}}
+    with caplog.at_level("WARNING", logger="lcpress"):
+        result = lcpress.compress(_trained_mlp(), config, train_fn, example_input=x[:1],
+                                  calibration=[x[:128], x[128:]], progress=False)
+    assert result.history["mu"].iloc[0] == FALLBACK_MU0
+    assert "hold no targets (a Tensor, not an (inputs, targets) pair)" in caplog.text
+
 def test_the_result_shows_as_a_few_lines_in_a_notebook():
     model = _trained_mlp()
     x, y = _data()

@@ -147,7 +147,8 @@ def compress(
     :param calibration: batches of ``(input, target)`` — or of inputs — that
         lcpress reads, in a fixed order and without gradients, to re-estimate
         BatchNorm statistics for the compressed weights and to measure μ0
-        (``schedule.mu0: auto``), and, for a scheme that measures error on layer
+        (``schedule.mu0: auto``; that needs targets, and batches of inputs
+        alone start at a fixed μ0 with a warning), and, for a scheme that measures error on layer
         outputs (``low_rank`` with ``error: output``), to collect its first
         ``calibration_batches`` batches' layer inputs before the direct
         compression. Default: ``loaders[0]``. Never the evaluation data.

@@ -13,6 +13,7 @@ checkpoints, so a resumed run continues exactly where it stopped. Any callable
 from __future__ import annotations
 
 import itertools
+import logging
 from typing import Any, Callable, Iterable
 
 import torch
@@ -23,9 +24,12 @@ from torch.utils.data import DataLoader
 from lcpress.config import TrainConfig
 from lcpress.errors import LcpressError
 from lcpress.core.engine import LStep, Penalty
+from lcpress.core.schedule import FALLBACK_MU0
 from lcpress.core.surgery import call_model
 from lcpress.progress import progress_bar
 from lcpress.runs.batches import batches
+
+log = logging.getLogger("lcpress")
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -76,7 +80,13 @@ def gradient_norm(model: nn.Module, params: list[nn.Parameter], loader: Iterable
     was_training = model.training
     model.train()
     with torch.random.fork_rng(devices=[]):
-        for inputs, targets in itertools.islice(fixed_batches(loader), batches):
+        for batch in itertools.islice(fixed_batches(loader), batches):
+            if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor)):
+                log.warning("schedule.mu0 is 'auto' but the training batches it is measured on hold no targets (a "
+                            "%s, not an (inputs, targets) pair): starting at μ0 = %g; give calibration= pairs, or "
+                            "set schedule.mu0", type(batch).__name__, FALLBACK_MU0)
+                break
+            inputs, targets = batch
             loss = loss_fn(forward(model, to_device(inputs, device)), targets.to(device))
             for g, piece in zip(grads, torch.autograd.grad(loss, params, allow_unused=True)):
                 if piece is not None:
@@ -84,7 +94,7 @@ def gradient_norm(model: nn.Module, params: list[nn.Parameter], loader: Iterable
             count += 1
     model.train(was_training)
     if count == 0:
-        return float("nan")
+        return float("nan")  # μ0 falls back to FALLBACK_MU0
     return float(torch.sqrt(sum(torch.sum((g / count).double() ** 2) for g in grads)))
 
 
