@@ -159,7 +159,9 @@ def test_a_compiled_model_compresses_under_its_own_layer_names_and_saves_as_the_
         torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
     path = result.save(tmp_path / "m.safetensors")
     plain = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
-    for loaded in (lcpress.load(path), lcpress.load(path, model=plain)):
+    into_compiled = torch.compile(copy.deepcopy(plain), backend="eager")
+    assert lcpress.load(path, model=into_compiled) is into_compiled
+    for loaded in (lcpress.load(path), lcpress.load(path, model=plain), into_compiled):
         with torch.no_grad():
             assert torch.equal(loaded(x), model(x))
 

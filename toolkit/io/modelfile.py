@@ -162,7 +162,9 @@ def load(path: str | Path, model: nn.Module | None = None, *, map_location: str 
                 f"pass the architecture: lcpress.load(path, model=MyModel())"
             )
         model = _on_meta(lambda: module_from_json(manifest["architecture"], allowed), path)
+        passed = model
     else:
+        passed, model = model, uncompiled(model)  # a compiled architecture: its module takes the saved layers
         for layer in manifest.get("layers", []):
             if layer.get("realized"):
                 _swap_in(model, layer, allowed, path)
@@ -173,7 +175,8 @@ def load(path: str | Path, model: nn.Module | None = None, *, map_location: str 
         raise CheckpointError(f"model file {str(path)!r}: {leftover[0]!r} holds state the file does not store; "
                               f"lcpress cannot rebuild that module class from a file")
     model.lcpress_layers = manifest.get("layers", [])
-    return model.to(map_location)
+    model.to(map_location)
+    return passed
 
 
 def _swap_in(model: nn.Module, layer: dict[str, Any], allowed: Allowed, path: str | Path) -> None:
