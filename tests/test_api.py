@@ -31,6 +31,19 @@ def _trained_mlp():
     return model
 
 
+
+def _one_sgd_step(x, y):
+    """A train_fn of one SGD step on ``(x, y)`` with the penalty."""
+
+    def train_fn(model, penalty, step):
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        loss = F.cross_entropy(model(x), y) + penalty()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return train_fn
+
 def test_compress_with_user_functions_realizes_in_place():
     model = _trained_mlp()
     x, y = _data()
@@ -233,12 +246,7 @@ def test_a_parametrized_weight_is_refused_before_training_and_folding_it_as_told
     weight_norm(model[2])
     config = {"tasks": [{"layers": ["2"], "options": {"rank": 8}}], "schedule": {"steps": 2, "mu0": 1e-2}}
 
-    def train_fn(m, penalty, step):
-        opt = torch.optim.SGD(m.parameters(), lr=0.05)
-        loss = F.cross_entropy(m(x), y) + penalty()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_fn = _one_sgd_step(x, y)
 
     with pytest.raises(lcpress.ConfigError, match=r"layer '2' has a parametrized weight \(_WeightNorm\).*"
                                                   r"remove_parametrizations.*steps: 0"):
@@ -263,12 +271,7 @@ def test_auto_mu0_with_calibration_inputs_but_no_targets_starts_at_the_fallback_
 
     x, y = _data()
 
-    def train_fn(m, penalty, step):
-        opt = torch.optim.SGD(m.parameters(), lr=0.05)
-        loss = F.cross_entropy(m(x), y) + penalty()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_fn = _one_sgd_step(x, y)
 
     config = {"tasks": [{"layers": ["2"], "options": {"rank": 8}}], "schedule": {"steps": 1}}
     with caplog.at_level("WARNING", logger="lcpress"):
@@ -276,6 +279,7 @@ def test_auto_mu0_with_calibration_inputs_but_no_targets_starts_at_the_fallback_
                                   calibration=[x[:128], x[128:]], progress=False)
     assert result.history["mu"].iloc[0] == FALLBACK_MU0
     assert "hold no targets (a Tensor, not an (inputs, targets) pair)" in caplog.text
+
 
 def test_the_result_shows_as_a_few_lines_in_a_notebook():
     model = _trained_mlp()
