@@ -69,6 +69,17 @@ def test_realized_model_runs_in_onnxruntime_like_in_torch(tasks, kinds, tmp_path
     assert float((run_onnx(done.path, x) - expected).abs().max()) <= TOLERANCE  # another batch size: dynamic batch
 
 
+def test_a_compiled_model_exports_the_module_it_holds(tmp_path):
+    net = mlp()
+    compiled = torch.compile(net, backend="eager")  # no C compiler needed
+    x = torch.randn(3, 64)
+    direct(compiled, [{"layers": ["0", "2"], "options": {"rank": 16}}], x[:1])
+    done = export_onnx(compiled, tmp_path / "m.onnx", x[:1])
+    assert done.max_abs_error is not None and done.max_abs_error <= TOLERANCE
+    with torch.no_grad():
+        assert float((run_onnx(done.path, x) - net(x)).abs().max()) <= TOLERANCE
+
+
 def _combination(scheme: str, *parts: dict) -> list[dict]:
     return [{"layers": ["2", "10"], "scheme": scheme, "cost": "storage", "options": {"parts": list(parts)}}]
 

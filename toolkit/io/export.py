@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from lcpress.atomic import replacing
-from lcpress.core.surgery import first_tensor, replace_module
+from lcpress.core.surgery import first_tensor, replace_module, uncompiled
 from lcpress.errors import LcpressError
 from lcpress.nn.codecs import DecodedConv2d, DecodedLinear
 
@@ -69,6 +69,7 @@ def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor,
     missing = missing_packages(check=False)
     if missing:
         raise LcpressError(f"ONNX export needs {', '.join(missing)}: pip install 'lcpress[onnx]'")
+    model = uncompiled(model)  # torch.export cannot trace torch.compile's wrapper; the module it holds exports
     source = model
     was_training = model.training
     model.eval()
