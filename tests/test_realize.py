@@ -192,16 +192,50 @@ def test_replace_module_refuses_unknown_names():
         replace_module(nn.Sequential(nn.Linear(2, 2)), "missing", nn.Identity())
 
 
-def test_layers_inside_fused_torch_transformer_stay_dense_and_exact():
+def _torch_encoder():
+    torch.manual_seed(0)
+    return nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True), 1,
+                                 enable_nested_tensor=False).eval()
+
+
+def test_layers_inside_fused_torch_transformer_stay_dense_and_exact(caplog):
     import copy
 
-    torch.manual_seed(0)
-    model = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True), 1,
-                                  enable_nested_tensor=False).eval()
+    model = _torch_encoder()
     before = copy.deepcopy(model)
     x = torch.randn(2, 5, 32)
-    result = _compress(model, ["layers.0.linear1", "layers.0.linear2"], x, rank=8)
+    with caplog.at_level("WARNING", logger="lcpress"):
+        result = _compress(model, ["layers.0.linear1", "layers.0.linear2"], x, rank=8)
     assert all(not r.realized and "reads the layer's weight directly" in r.reason for r in result.records)
+    warned = [r.message for r in caplog.records if "stay dense modules" in r.message]
+    assert len(warned) == 1 and "layers.0.linear1, layers.0.linear2" in warned[0]
+    assert "TransformerEncoderLayer" in warned[0]
     ref = _dense_reference(result, before)
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref(x), rtol=0, atol=1e-5)
+
+
+def test_glob_leaves_attention_out_proj_alone_with_a_warning(caplog):
+    """MultiheadAttention never calls out_proj: '*' skips it (saying so); the called Linears are compressed."""
+    model, x = _torch_encoder(), torch.randn(2, 5, 32)
+    with caplog.at_level("WARNING", logger="lcpress"):
+        result = _compress(model, ["*"], x, rank=8)
+    assert [r.name for r in result.records] == ["layers.0.linear1", "layers.0.linear2"]
+    skipped = [r.message for r in caplog.records if "also matches" in r.message]
+    assert len(skipped) == 1 and "'layers.0.self_attn.out_proj'" in skipped[0] and "MultiheadAttention" in skipped[0]
+
+
+def test_naming_attention_out_proj_is_refused_with_the_reason():
+    with pytest.raises(lcpress.ConfigError, match=r"out_proj' is not called .*MultiheadAttention reads"):
+        _compress(_torch_encoder(), ["layers.0.self_attn.out_proj"], torch.randn(2, 5, 32), rank=8)
+    with pytest.raises(lcpress.ConfigError, match=r"no layer it matches is called .*MultiheadAttention"):
+        _compress(_torch_encoder(), ["*out_proj"], torch.randn(2, 5, 32), rank=8)
+
+
+def test_exclude_applies_before_a_match_is_checked(caplog):
+    """An excluded layer the forward never calls is neither an error nor a warning."""
+    with caplog.at_level("WARNING", logger="lcpress"):
+        config = {"tasks": [{"layers": ["*"], "exclude": ["*out_proj"], "options": {"rank": 8}}],
+                  "schedule": {"steps": 0}}
+        result = lcpress.compress(_torch_encoder(), config, example_input=torch.randn(2, 5, 32))
+    assert len(result.records) == 2 and not [r for r in caplog.records if "also matches" in r.message]

@@ -21,6 +21,7 @@ and never reads plugin names or options again.
 from __future__ import annotations
 
 import fnmatch
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ from lcpress.core.scheme import Scheme
 from lcpress.core.views import TaskView
 from lcpress.errors import ConfigError, LcpressError, PluginError
 from lcpress.options import Options
+
+log = logging.getLogger(__name__)
 
 #: Analytic cost models every run prices and reports, besides those its tasks use.
 REPORTED_COST_MODELS = ("params", "flops", "storage")
@@ -290,8 +293,10 @@ def _bound_task(model: nn.Module, graph: ModelGraph, group: GroupPlugins, names:
 def _match(cfg: TaskConfig, modules: dict[str, nn.Module], graph: ModelGraph, g: int) -> list[str]:
     canonical = {alias: primary for primary, others in graph.aliases.items() for alias in others}
     names: list[str] = []
+    left_alone: list[str] = []
     for i, pattern in enumerate(cfg.layers):
-        if pattern in modules:
+        explicit = pattern in modules
+        if explicit:
             hits = [pattern]
         else:
             hits = [n for n in modules if n and fnmatch.fnmatchcase(n, pattern) and isinstance(modules[n], COMPRESSIBLE)]
@@ -301,7 +306,10 @@ def _match(cfg: TaskConfig, modules: dict[str, nn.Module], graph: ModelGraph, g:
             raise ConfigError(
                 f"tasks[{g}].layers[{i}]: {pattern!r} matches no layer of the model; compressible layers: {known}"
             )
+        uncalled: list[str] = []
         for name in dict.fromkeys(canonical.get(h, h) for h in hits):
+            if any(fnmatch.fnmatchcase(name, ex) for ex in cfg.exclude):
+                continue
             module = modules[name]
             if not isinstance(module, COMPRESSIBLE):
                 raise ConfigError(
@@ -309,16 +317,31 @@ def _match(cfg: TaskConfig, modules: dict[str, nn.Module], graph: ModelGraph, g:
                     f"nn.Linear and nn.Conv2d layers (name the layers inside it, e.g. '{name}.*')"
                 )
             if name not in graph.specs:
-                raise ConfigError(
-                    f"tasks[{g}].layers[{i}]: layer {name!r} is not called by the forward pass on the example input"
-                )
-            if any(fnmatch.fnmatchcase(name, ex) for ex in cfg.exclude):
-                continue
-            if name not in names:
+                if explicit:
+                    raise ConfigError(f"tasks[{g}].layers[{i}]: layer {name!r} is not called by the forward pass "
+                                      f"on the example input{_why_uncalled(modules, name)}")
+                uncalled.append(name)
+            elif name not in names:
                 names.append(name)
+        if uncalled:  # a glob reaches every layer of that type; one the forward never calls is not compressible
+            log.warning("tasks[%d].layers[%d]: %r also matches %s, which the forward pass on the example input does "
+                        "not call%s; left alone (exclude them to silence this)", g, i, pattern,
+                        ", ".join(repr(n) for n in uncalled), _why_uncalled(modules, uncalled[0]))
+            left_alone += uncalled
     if not names:
-        raise ConfigError(f"tasks[{g}].exclude: every layer matched by 'layers' is excluded")
+        raise ConfigError(f"tasks[{g}].layers: no layer it matches is called by the forward pass on the example "
+                          f"input{_why_uncalled(modules, left_alone[0])}" if left_alone else
+                          f"tasks[{g}].exclude: every layer matched by 'layers' is excluded")
     return names
+
+
+def _why_uncalled(modules: dict[str, nn.Module], name: str) -> str:
+    """Why a layer the model holds may not be called: a parent that reads its weight instead (attention)."""
+    parent = modules.get(name.rpartition(".")[0])
+    if isinstance(parent, nn.MultiheadAttention):
+        return (" (nn.MultiheadAttention reads its out_proj's weight inside its own forward, so the layer is "
+                "never called and cannot be priced or replaced)")
+    return " (a branch used only in training, or by another input, is not called on this one)"
 
 
 def _refuse_conv1d(cfg: TaskConfig, modules: dict[str, nn.Module], pattern: str, g: int, i: int) -> None:

@@ -67,6 +67,7 @@ def realize(
     aliases, specs = aliases or {}, specs or {}
     load_compressed(tasks, states)
     records: list[RealizedLayer] = []
+    fused: list[str] = []  # compressed layers a fused parent keeps dense
     for task, state in zip(tasks, states):
         if task.scheme.scope == "model":
             records.extend(_realize_bound(model, task, state, aliases))
@@ -83,13 +84,26 @@ def realize(
             record.form = form_to_dict(form)
             record.reason = _kept_dense(model, name, task, form, is_dense(layer_state), specs.get(name, task.spec))
             if record.reason:
+                fused += [name] if _parent_reading_weights(model, name) and not isinstance(form, Dense) else []
                 continue
             new = _realized_module(task, layer_state, module)
             if new is module:
                 raise LcpressError(f"scheme {task.scheme.name!r} returned the original module from realize()")
             replace_module(model, name, new, record.aliases)
             record.realized = True
+    if fused:
+        _warn_fused(model, fused)
     return records
+
+
+def _warn_fused(model: nn.Module, names: list[str]) -> None:
+    """One warning for the layers a fused parent keeps dense: their compression is in their weights only."""
+    parents = sorted({_parent_reading_weights(model, n) or "" for n in names})
+    log.warning("%d compressed layer(s) stay dense modules holding Δ(θ) (%s%s): their parent (%s) reads their "
+                "weights inside its own forward (fused fast path), so no realized module can stand in for them: they "
+                "compute with Δ(θ) but run, and are saved, at their dense size. To gain from them, build the blocks "
+                "from modules that call their Linear children (as Hugging Face encoders do), or leave them out", len(names), ", ".join(names[:4]), " …" if len(names) > 4 else "",
+                ", ".join(parents))
 
 
 def _realize_bound(model: nn.Module, task: Task, state: State, aliases: dict[str, list[str]]) -> list[RealizedLayer]:
