@@ -321,6 +321,24 @@ def test_weights_saved_by_a_training_script_load_when_their_keys_are_exactly_the
     assert where in caplog.text
 
 
+def test_a_compressed_model_file_as_model_weights_brings_its_realized_layers(tmp_path):
+    """model.weights: runs/x/model.safetensors compresses a compressed model again (CLI chaining)."""
+    from lcpress.runs.sources import load_weights
+
+    torch.manual_seed(0)
+    compressed, x = _net(), torch.randn(3, 12)
+    lcpress.compress(compressed, {"tasks": [{"layers": ["*"], "options": {"rank": 2, "rank_multiple": 1}}],
+                                  "schedule": {"steps": 0}}, example_input=x)
+    path = lcpress.save(compressed, tmp_path / "model.safetensors")
+    model = _net()
+    load_weights(model, path)
+    assert isinstance(model[0], nn.Sequential) and [r["name"] for r in model.lcpress_layers] == ["0", "2"]
+    with torch.no_grad():
+        assert torch.equal(model(x), compressed(x))
+    with pytest.raises(CheckpointError, match="does not match the saved one"):
+        load_weights(nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 4)), path)
+
+
 def test_a_checkpoint_whose_keys_fit_only_partly_is_still_refused(tmp_path):
     from lcpress.runs.sources import load_weights
 

@@ -69,6 +69,26 @@ def test_round_trip_without_the_code(tmp_path, shape):
 
 
 
+def test_a_model_compressed_twice_quantizes_every_thin_layer_and_round_trips(tmp_path):
+    """Low rank, then quantize '*': the 1×1 stages are quantized too, and the file loads into the original class."""
+    model, x = _compressed_custom()
+    with torch.no_grad():
+        before = model(x)
+    config = {"tasks": [{"layers": ["*"], "scheme": "quantize", "options": {"k": 4}}], "schedule": {"steps": 0}}
+    result = lcpress.compress(model, config, example_input=x)
+    assert sorted(r.name for r in result.records) == ["conv.0", "conv.1", "fc.0", "fc.1"]
+    assert all(r.realized for r in result.records)
+    assert [r["name"] for r in model.lcpress_layers] == ["conv", "fc", "conv.0", "conv.1", "fc.0", "fc.1"]
+    with torch.no_grad():
+        after = model(x)
+    assert not torch.equal(after, before)
+    assert all(len(torch.unique(s.tensors['codebook'])) <= 4 for s in result.states)
+    loaded = lcpress.load(lcpress.save(model, tmp_path / "m.safetensors"), model=Custom())
+    assert type(loaded.conv[1]).__name__ == type(model.conv[1]).__name__ != "PointwiseConv2d"
+    with torch.no_grad():
+        assert torch.equal(loaded(x), after)
+
+
 _HALF_SCHEMES = {"low_rank": {"rank": 4, "rank_multiple": 1}, "prune": {"keep": 300}, "quantize": {"k": 4}}
 
 

@@ -28,6 +28,17 @@ def test_pointwise_conv_equals_1x1_conv(bias, channels_last, batch):
     assert [p.shape for p in fast.parameters()] == [p.shape for p in conv.parameters()]
 
 
+def test_pointwise_conv_back_to_a_conv_is_exact():
+    torch.manual_seed(0)
+    fast = PointwiseConv2d.from_conv(nn.Conv2d(6, 10, 1))
+    conv = fast.to_conv()
+    x = torch.randn(GEMM_BATCH, 6, 4, 4)
+    assert type(conv) is nn.Conv2d and conv.kernel_size == (1, 1)
+    assert conv.state_dict().keys() == fast.state_dict().keys()
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), fast(x), rtol=1e-5, atol=1e-6)
+
+
 def test_pointwise_conv_backward_matches():
     torch.manual_seed(1)
     conv = nn.Conv2d(4, 5, 1)

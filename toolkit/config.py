@@ -122,7 +122,7 @@ class ModelConfig(Options):
 
     builtin: Literal["digits_cnn"] | None = option(None, help="a model lcpress ships (trained on first use)")
     factory: str | None = option(None, help="'module:function' returning an nn.Module")
-    weights: str | None = option(None, help="trained weights: .safetensors, or a .pt state dict (loaded weights_only); one inside a training checkpoint (under 'model', 'state_dict' …) or with a wrapper's 'module.' prefix is found")
+    weights: str | None = option(None, help="trained weights: .safetensors, or a .pt state dict (loaded weights_only); one inside a training checkpoint (under 'model', 'state_dict' …) or with a wrapper's 'module.' prefix is found; an lcpress model file (a run's model.safetensors) brings its realized layers, to compress a compressed model again")
     pretrain_epochs: int = option(30, help="epochs to train a builtin model that has no weights yet", ge=0)
 
     def validate(self) -> None:

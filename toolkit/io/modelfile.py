@@ -165,9 +165,12 @@ def load(path: str | Path, model: nn.Module | None = None, *, map_location: str 
         passed = model
     else:
         passed, model = model, uncompiled(model)  # a compiled architecture: its module takes the saved layers
+        swapped: list[str] = []
         for layer in manifest.get("layers", []):
-            if layer.get("realized"):
+            # a layer inside one already swapped in (compressed again, e.g. low rank then quantize) came with it
+            if layer.get("realized") and not any(layer["name"].startswith(f"{s}.") for s in swapped):
                 _swap_in(model, layer, allowed, path)
+                swapped.append(layer["name"])
     _fitting(model, tensors, path)
     model.load_state_dict({k: v.to(map_location) for k, v in tensors.items()}, strict=True, assign=True)
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]

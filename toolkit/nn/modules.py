@@ -77,6 +77,17 @@ class PointwiseConv2d(nn.Module):
                 new.bias.copy_(conv.bias)
         return new
 
+    def to_conv(self) -> nn.Conv2d:
+        """The ``nn.Conv2d`` this layer computes, holding the same tensors' values (to compress it again)."""
+        conv = nn.Conv2d(self.in_channels, self.out_channels, 1, bias=self.bias is not None,
+                         device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(self.weight)
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        conv.train(self.training)
+        return conv
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or (type(x.shape[0]) is int and x.shape[0] <= self.CONV_UP_TO) or (
                 x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()):

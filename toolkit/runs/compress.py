@@ -12,6 +12,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime
+import fnmatch
 import logging
 from dataclasses import dataclass, field
 from itertools import islice
@@ -23,13 +24,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lcpress.config import LCConfig, TrainConfig
+from lcpress.config import LCConfig, TaskConfig, TrainConfig
 from lcpress.core.engine import CalibrateFn, EvalFn, LCEngine, LStep, TrainFn, metric_value
 from lcpress.core.graph import ModelGraph
 from lcpress.core.plan import Plan, Task, load_config, plan
 from lcpress.core.realize import RealizedLayer, load_compressed, realize, verify
 from lcpress.core.scheme import State
-from lcpress.core.surgery import call_model, uncompiled
+from lcpress.core.surgery import call_model, replace_module, uncompiled
+from lcpress.nn.modules import PointwiseConv2d
 from lcpress.errors import ConfigError, LcpressError, RunDirectoryError
 from lcpress.progress import status_line
 from lcpress.io.checkpoint import FileCheckpointer
@@ -185,6 +187,7 @@ def compress(
     probe = _gradient_probe(config, data, device)
     calibrate = _calibrate_fn(data, config, device)
 
+    _pointwise_as_conv(model, config)
     planned = plan(model, config, example_input)
     _refuse_untrainable(model, planned.tasks, config)
     timed = _timed_targets(config, planned.cost_models)
@@ -399,6 +402,43 @@ def _gradient_probe(config: LCConfig, data: Any, device: torch.device):
     return lambda model, params: gradient_norm(model, params, data, loss_fn, device=device)
 
 
+def _pointwise_as_conv(model: nn.Module, config: LCConfig) -> None:
+    """Realized 1×1 stages a task names become the ``nn.Conv2d`` they compute (exactly), so they compress again.
+
+    A model compressed once holds :class:`PointwiseConv2d` layers (the second half of a low-rank conv); a
+    second compression of it (quantize the thin layers) reaches them as the plain convolutions they are.
+    """
+    for name, module in list(model.named_modules()):
+        if isinstance(module, PointwiseConv2d) and any(_names(task, name) for task in config.tasks):
+            replace_module(model, name, module.to_conv())
+
+
+def _names(task: TaskConfig, name: str) -> bool:
+    """Whether ``task``'s layer patterns reach layer ``name`` (and its excludes do not)."""
+    hit = any(name == p or fnmatch.fnmatchcase(name, p) for p in task.layers)
+    return hit and not any(fnmatch.fnmatchcase(name, p) for p in task.exclude)
+
+
+def _layer_records(model: nn.Module, records: list) -> list[dict[str, Any]]:
+    """This run's layer records, after those of an earlier compression of the same model that it left in place.
+
+    Compressing a compressed model (low rank, then quantize the thin layers) keeps the first run's records, so
+    a saved file still names the original layers and loads into the original architecture.
+    """
+    new = [r.to_dict() for r in records]
+    replaced = {r["name"] for r in new}
+    earlier = [r for r in getattr(model, "lcpress_layers", []) if r["name"] not in replaced and _has(model, r["name"])]
+    return earlier + new
+
+
+def _has(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
 def _finish(model, engine: LCEngine, graph, cost_models, config, example_input, dense_metric, run_dir,
             finetune_fn=None, eval_fn=None, normalize=None) -> CompressionResult:
     states = list(engine.states)
@@ -409,7 +449,7 @@ def _finish(model, engine: LCEngine, graph, cost_models, config, example_input, 
     records = realize(model, engine.tasks, states, graph.aliases, graph.specs)
     max_err = verify(model, reference, example_input)  # before fine-tuning moves the realized weights
     tuned_metric = _fine_tune(model, finetune_fn, eval_fn, config, normalize, engine.progress)
-    model.lcpress_layers = [r.to_dict() for r in records]
+    model.lcpress_layers = _layer_records(model, records)
     schemes = {name: t.scheme.name for t in engine.tasks for name in t.layers}
     kept = {r.name: r.reason for r in records if not r.realized}
     table = layer_table(graph, engine.forms(), cost_models, schemes, [r.name for r in records if r.realized], kept)

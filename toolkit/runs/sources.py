@@ -91,6 +91,12 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"model.weights: {str(path)!r} does not exist")
+    if _is_lcpress_file(path):  # a model compressed before: its realized layers come with its weights
+        from lcpress.io.modelfile import load
+
+        load(path, model=model)
+        log.info("model.weights: %s: a compressed model, loaded with its realized layers", path)
+        return
     expected = model.state_dict()
     state, where = model_state(_read_state(path), expected)
     if where:
@@ -134,6 +140,21 @@ def model_state(state: dict[str, Any], expected: dict[str, Any]) -> tuple[dict[s
                 stripped = {k[len(prefix):]: v for k, v in candidate.items()}
                 return stripped, f"{where or 'the file'} without the keys' {prefix!r} prefix"
     return state, ""
+
+
+def _is_lcpress_file(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file lcpress wrote (its header holds lcpress's manifest)."""
+    from safetensors import SafetensorError, safe_open
+
+    from lcpress.io.files import META_KEY
+
+    if path.suffix != ".safetensors":
+        return False
+    try:
+        with safe_open(str(path), "pt") as f:
+            return META_KEY in (f.metadata() or {})
+    except (SafetensorError, OSError, ValueError):
+        return False  # unreadable: _read_state says so
 
 
 def _read_state(path: Path) -> dict[str, Any]:
