@@ -369,3 +369,19 @@ def test_finetune_needs_a_training_function():
     config = {"tasks": [{"layers": ["0"], "options": {"rank": 2}}], "schedule": {"steps": 0}, "finetune": {"steps": 1}}
     with pytest.raises(lcpress.ConfigError, match="finetune.steps > 0 needs a training function"):
         lcpress.compress(model, config, example_input=torch.randn(1, 4), progress=False)
+
+
+def test_a_model_that_cannot_be_deep_copied_compresses():
+    """Realization is checked against the dense output taken beforehand, not against a copy of the model."""
+    import threading
+
+    class Locked(nn.Sequential):
+        def __init__(self):
+            super().__init__(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16))
+            self.lock = threading.Lock()  # deepcopy: "cannot pickle '_thread.lock' object"
+
+    torch.manual_seed(0)
+    model = Locked()
+    result = lcpress.compress(model, {"tasks": [{"layers": ["*"], "options": {"rank": 4, "rank_multiple": 1}}],
+                                      "schedule": {"steps": 0}}, example_input=torch.randn(3, 16))
+    assert all(r.realized for r in result.records) and result.max_abs_error < 1e-5

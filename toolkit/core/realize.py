@@ -182,14 +182,22 @@ def _parent_reading_weights(model: nn.Module, name: str) -> str | None:
 
 
 @torch.no_grad()
-def verify(realized: nn.Module, reference: nn.Module, example_input: Any) -> float:
-    """Largest absolute difference between the two models' outputs on ``example_input``."""
-    outs = []
-    for model in (realized, reference):
-        was = model.training
-        model.eval()
-        outs.append(call_model(model, example_input))
+def eval_output(model: nn.Module, example_input: Any) -> torch.Tensor:
+    """The model's (first) output tensor on ``example_input`` in eval mode; its own mode is restored."""
+    was = model.training
+    model.eval()
+    try:
+        return first_tensor(call_model(model, example_input))
+    finally:
         model.train(was)
-    a, b = (first_tensor(o) for o in outs)
-    return float((a - b).abs().max()) if a.numel() else 0.0
+
+
+def verify(realized: nn.Module, expected: torch.Tensor, example_input: Any) -> float:
+    """Largest absolute difference between ``realized``'s output on ``example_input`` and ``expected``.
+
+    ``expected`` is the dense model's output holding Δ(θ), taken before realization, so no copy of the
+    model is ever made (a copy doubles the memory of a large model, and some models cannot be deep-copied).
+    """
+    actual = eval_output(realized, example_input)
+    return float((actual - expected).abs().max()) if actual.numel() else 0.0
 

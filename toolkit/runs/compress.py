@@ -28,7 +28,7 @@ from lcpress.config import LCConfig, TaskConfig, TrainConfig
 from lcpress.core.engine import CalibrateFn, EvalFn, LCEngine, LStep, TrainFn, metric_value
 from lcpress.core.graph import ModelGraph
 from lcpress.core.plan import Plan, Task, load_config, plan
-from lcpress.core.realize import RealizedLayer, load_compressed, realize, verify
+from lcpress.core.realize import RealizedLayer, eval_output, load_compressed, realize, verify
 from lcpress.core.scheme import State
 from lcpress.core.surgery import call_model, replace_module, uncompiled
 from lcpress.nn.modules import PointwiseConv2d
@@ -445,9 +445,9 @@ def _finish(model, engine: LCEngine, graph, cost_models, config, example_input, 
     load_compressed(engine.tasks, states)  # the model now computes with Δ(θ) …
     if normalize is not None:
         normalize(model)  # … with BatchNorm statistics of its own, saved with it …
-    reference = copy.deepcopy(model)  # … and this dense copy is what the realized model must match
+    expected = eval_output(model, example_input)  # … and its output is what the realized model must match
     records = realize(model, engine.tasks, states, graph.aliases, graph.specs)
-    max_err = verify(model, reference, example_input)  # before fine-tuning moves the realized weights
+    max_err = verify(model, expected, example_input)  # before fine-tuning moves the realized weights
     tuned_metric = _fine_tune(model, finetune_fn, eval_fn, config, normalize, engine.progress)
     model.lcpress_layers = _layer_records(model, records)
     schemes = {name: t.scheme.name for t in engine.tasks for name in t.layers}
