@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import lcpress
 from lcpress.core import budget
 from lcpress.core.forms import Dense, LayerSpec, LowRank
 from lcpress.linalg import spectrum
@@ -176,3 +177,26 @@ def test_matricizations_invert_and_the_input_shape_factors_over_input_channels(s
     assert torch.equal(from_matrix(m, tuple(w.shape), shape), w)
     if shape == "input":  # one column per input channel: a rank-r product is a 1×1 conv in→r, then a k×k conv
         assert m.shape == (6 * 3 * 5, 4) and torch.equal(m[:, 2], w[:, 2].reshape(-1))
+
+
+def _mobile_block():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=16),
+                         nn.Conv2d(16, 32, 1), nn.Flatten(), nn.Linear(32 * 8 * 8, 10))
+
+
+def test_a_glob_leaves_depthwise_convs_alone_and_naming_one_is_refused(caplog):
+    """'*' over a MobileNet-style model compresses what low_rank can and says which layers it left."""
+    x = torch.randn(2, 3, 8, 8)
+    config = {"tasks": [{"layers": ["*"], "options": {"rank": 4, "rank_multiple": 1}}], "schedule": {"steps": 0}}
+    with caplog.at_level("WARNING", logger="lcpress"):
+        result = lcpress.compress(_mobile_block(), config, example_input=x)
+    assert [r.name for r in result.records] == ["0", "3", "5"]
+    left = [r.message for r in caplog.records if "left alone" in r.message]
+    assert len(left) == 1 and "'2' (low_rank factorizes convolutions with groups=1 only)" in left[0]
+    config["tasks"][0]["layers"] = ["0", "2"]
+    with pytest.raises(lcpress.ConfigError, match=r"tasks\[0\]: layer '2': low_rank factorizes convolutions with groups=1"):
+        lcpress.compress(_mobile_block(), config, example_input=x)
+    config["tasks"][0]["layers"] = ["2*"]
+    with pytest.raises(lcpress.ConfigError, match=r"low_rank can compress none of the layers matched: '2'"):
+        lcpress.compress(_mobile_block(), config, example_input=x)

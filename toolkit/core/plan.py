@@ -196,7 +196,9 @@ def plan_tasks(model: nn.Module, graph: ModelGraph, resolved: Resolved, example_
     tasks: list[Task] = []
     for group in resolved.groups:
         g, cfg = group.index, group.config
-        names = _match(cfg, modules, graph, g)
+        names, named = _match(cfg, modules, graph, g)
+        if group.scheme_class.scope != "model":
+            names = _fitting_layers(group, names, named, graph, modules)
         for name in names:
             if name in claimed:
                 raise ConfigError(
@@ -212,10 +214,6 @@ def plan_tasks(model: nn.Module, graph: ModelGraph, resolved: Resolved, example_
         for unit in units:
             scheme = group.scheme()
             spec = graph.specs.get(unit[0]) if len(unit) == 1 else None
-            for name in unit:
-                problem = scheme.check_layer(graph.specs.get(name), modules[name])
-                if problem:
-                    raise ConfigError(f"tasks[{g}]: layer {name!r}: {problem}")
             params = [modules[n].weight for n in unit]
             for name, param in zip(unit, params):
                 if not bool(torch.isfinite(param.detach()).all()):
@@ -229,6 +227,32 @@ def plan_tasks(model: nn.Module, graph: ModelGraph, resolved: Resolved, example_
     _refuse_overlap(tasks)
     _refuse_tied(model, tasks)
     return tasks
+
+
+def _fitting_layers(group: GroupPlugins, names: list[str], named: set[str], graph: ModelGraph,
+                    modules: dict[str, nn.Module]) -> list[str]:
+    """The matched layers the group's scheme can compress; a layer it cannot is an error only if named exactly.
+
+    A glob (``"*"`` over a MobileNet) reaches layers of every kind, depthwise convolutions among them; those
+    the scheme cannot handle are left alone with a warning, as a pattern's non-compressible modules are.
+    """
+    scheme, g = group.scheme(), group.index
+    kept, unfit = [], []
+    for name in names:
+        problem = scheme.check_layer(graph.specs.get(name), modules[name])
+        if problem and name in named:
+            raise ConfigError(f"tasks[{g}]: layer {name!r}: {problem}")
+        if problem:
+            unfit.append(f"{name!r} ({problem})")
+        else:
+            kept.append(name)
+    if unfit and not kept:
+        raise ConfigError(f"tasks[{g}]: {group.config.scheme} can compress none of the layers matched: "
+                          f"{', '.join(unfit[:4])}{' …' if len(unfit) > 4 else ''}")
+    if unfit:
+        log.warning("tasks[%d]: %d matched layer(s) left alone, which %s cannot compress: %s; exclude them to "
+                    "silence this", g, len(unfit), group.config.scheme, ", ".join(unfit[:4]) + (" …" if len(unfit) > 4 else ""))
+    return kept
 
 
 def _refuse_tied(model: nn.Module, tasks: list[Task]) -> None:
@@ -290,9 +314,10 @@ def _bound_task(model: nn.Module, graph: ModelGraph, group: GroupPlugins, names:
                 group.index, group.config, {**{n: graph.specs[n] for n in binding.layers}, **binding.sites})
 
 
-def _match(cfg: TaskConfig, modules: dict[str, nn.Module], graph: ModelGraph, g: int) -> list[str]:
+def _match(cfg: TaskConfig, modules: dict[str, nn.Module], graph: ModelGraph, g: int) -> tuple[list[str], set[str]]:
     canonical = {alias: primary for primary, others in graph.aliases.items() for alias in others}
     names: list[str] = []
+    named: set[str] = set()  # layers a pattern names exactly, not through a glob
     left_alone: list[str] = []
     for i, pattern in enumerate(cfg.layers):
         explicit = pattern in modules
@@ -321,8 +346,9 @@ def _match(cfg: TaskConfig, modules: dict[str, nn.Module], graph: ModelGraph, g:
                     raise ConfigError(f"tasks[{g}].layers[{i}]: layer {name!r} is not called by the forward pass "
                                       f"on the example input{_why_uncalled(modules, name)}")
                 uncalled.append(name)
-            elif name not in names:
-                names.append(name)
+            else:
+                names += [name] if name not in names else []
+                named |= {name} if explicit else set()
         if uncalled:  # a glob reaches every layer of that type; one the forward never calls is not compressible
             log.warning("tasks[%d].layers[%d]: %r also matches %s, which the forward pass on the example input does "
                         "not call%s; left alone (exclude them to silence this)", g, i, pattern,
@@ -332,7 +358,7 @@ def _match(cfg: TaskConfig, modules: dict[str, nn.Module], graph: ModelGraph, g:
         raise ConfigError(f"tasks[{g}].layers: no layer it matches is called by the forward pass on the example "
                           f"input{_why_uncalled(modules, left_alone[0])}" if left_alone else
                           f"tasks[{g}].exclude: every layer matched by 'layers' is excluded")
-    return names
+    return names, named
 
 
 def _why_uncalled(modules: dict[str, nn.Module], name: str) -> str:

@@ -229,7 +229,8 @@ class Scheme(ABC):
         """Why this scheme cannot compress that layer, or None if it can.
 
         Called while the run is planned, before any training, so a config that
-        points a scheme at a layer it cannot handle fails at once.
+        names a layer the scheme cannot handle fails at once; a layer reached
+        only by a glob (``"*"``) is left alone instead, with a warning.
         """
         return None
 
