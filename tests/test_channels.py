@@ -363,6 +363,8 @@ def test_realized_model_is_smaller_equals_delta_and_has_the_priced_parameters(ma
     assert realized == priced
     assert sum(p.numel() for p in result.model.parameters()) < dense_params
     assert not any(isinstance(m, lcpress.nn.ScatterChannels) for m in result.model.modules())
+    n = len(result.tasks[0].layers)  # repr counts the weight layers, not the norms rebuilt beside them
+    assert f"layers={n} compressed ({n} realized)" in repr(result)
 
 
 def test_save_load_round_trip_of_a_pruned_model(tmp_path):

@@ -78,8 +78,10 @@ class CompressionResult:
 
     def __repr__(self) -> str:
         """A few lines, not the tensors the fields hold: what a notebook shows for ``result``."""
-        realized = sum(1 for r in self.records if r.realized)
-        parts = [f"model={type(self.model).__name__}", f"layers={len(self.records)} compressed ({realized} realized)"]
+        # the tasks' weight layers (a channel task also rebuilds the norms beside them: records, not layers)
+        names = {name for task in self.tasks for name in task.layers}
+        realized = sum(1 for r in self.records if r.realized and r.name in names)
+        parts = [f"model={type(self.model).__name__}", f"layers={len(names)} compressed ({realized} realized)"]
         if self.dense_metric is not None and self.metric is not None:
             parts.append(f"metric={self.dense_metric:.4f} → {self.metric:.4f}")
         for cost in ("params", "flops", "storage"):
