@@ -385,3 +385,22 @@ def test_a_model_that_cannot_be_deep_copied_compresses():
     result = lcpress.compress(model, {"tasks": [{"layers": ["*"], "options": {"rank": 4, "rank_multiple": 1}}],
                                       "schedule": {"steps": 0}}, example_input=torch.randn(3, 16))
     assert all(r.realized for r in result.records) and result.max_abs_error < 1e-5
+
+
+def test_a_train_fn_that_never_calls_the_penalty_is_stopped_after_its_first_l_step():
+    """Without penalty() the L steps never pull w towards Δ(θ): say so, instead of a silent non-converged run."""
+    x, y = _data()
+    steps = []
+
+    def train_fn(model, penalty, step):
+        steps.append(step.index)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        loss = F.cross_entropy(model(x), y)  # the penalty forgotten
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    config = {"tasks": [{"layers": ["0"], "options": {"rank": 4}}], "schedule": {"steps": 3, "mu0": 0.01}}
+    with pytest.raises(lcpress.LcpressError, match=r"trained the compressed weights without calling penalty\(\).*\+ penalty"):
+        lcpress.compress(_trained_mlp(), config, train_fn, lambda m: 0.0, example_input=x[:1], progress=False)
+    assert steps == [0]

@@ -234,16 +234,26 @@ class LCEngine:
             else:  # output space: ‖(w − t)L‖² in the layer's input metric
                 measured.append((task, target, self.metrics[i].to(target.dtype)))
         quadratic = QuadraticPenalty(params, targets, mu)
+        calls = 0
 
         def penalty() -> torch.Tensor:
+            nonlocal calls
+            calls += 1
             total = quadratic()
             for task, target, metric in measured:
                 total = total + 0.5 * mu * squared_distance(task.weight() - target, metric)
             return total
 
         self.model.train()
+        weights = [p for task in self.tasks for p in task.params]
+        versions = [p._version for p in weights]  # bumped by every in-place update (an optimizer step)
         with self._collecting():
             loss = self.train_fn(self.model, penalty, LStep(k - 1, mu, self.schedule.steps))
+        trained = any(p._version != v for p, v in zip(weights, versions))
+        if trained and calls == 0:  # every L step would train away from Δ(θ), and LC would never converge
+            raise LcpressError("train_fn trained the compressed weights without calling penalty(), so nothing "
+                               "pulled them towards their compressed form. Add it to the loss you backpropagate: "
+                               "loss = task_loss + penalty()")
         self._update_metrics()
         return None if loss is None else returned_number(loss, "train_fn", "the training loss as one number, or None")
 
