@@ -257,6 +257,21 @@ def test_a_parametrized_weight_is_refused_before_training_and_folding_it_as_told
     assert isinstance(model[2], nn.Sequential) and len(result.history) == 3
 
 
+def test_a_weight_torch_prune_recomputes_is_refused_before_training_and_removing_it_as_told_works():
+    import torch.nn.utils.prune as torch_prune
+
+    x, y = _data()
+    model = _trained_mlp()
+    torch_prune.l1_unstructured(model[2], "weight", 0.5)
+    config = {"tasks": [{"layers": ["*"], "options": {"rank": 8}}], "schedule": {"steps": 2, "mu0": 1e-2}}
+    with pytest.raises(lcpress.ConfigError, match=r"layer '2' has a weight computed before every call "
+                                                  r"\(torch.nn.utils.prune's.*prune.remove\(.*steps: 0"):
+        lcpress.compress(model, config, _one_sgd_step(x, y), example_input=x[:1])
+    torch_prune.remove(model[2], "weight")
+    result = lcpress.compress(model, config, _one_sgd_step(x, y), example_input=x[:1])
+    assert isinstance(model[2], nn.Sequential) and len(result.history) == 3
+
+
 def test_calibration_passes_run_a_model_whose_output_has_no_logits():
     """Calibration only needs the layers' inputs; an encoder's output object is fine there."""
     x, _ = _data()

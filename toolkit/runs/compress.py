@@ -231,13 +231,28 @@ def _refuse_untrainable(model: nn.Module, tasks: list[Task], config: LCConfig) -
                     f"cannot train towards its compressed form; fold it into a plain weight first "
                     f"(torch.nn.utils.parametrize.remove_parametrizations(model.get_submodule({layer!r}), 'weight')), "
                     f"or compress directly with schedule.steps: 0")
-        frozen = [names.get(id(p), "?") for p in task.params if not p.requires_grad]
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, torch.Tensor) and not isinstance(weight, nn.Parameter):  # a hook recomputes it
+                raise ConfigError(_computed_weight(task, layer, module))
+        frozen = [names[id(p)] for p in task.params if id(p) in names and not p.requires_grad]
         if frozen:
             raise ConfigError(
                 f"tasks[{task.group}]: {frozen[0]} is frozen (requires_grad=False), but LC's L steps train the "
                 f"weights they compress towards their compressed form; unfreeze it for the run "
                 f"(model.get_parameter({frozen[0]!r}).requires_grad_(True)), leave its layer out of the tasks, "
                 f"or compress directly with schedule.steps: 0")
+
+
+def _computed_weight(task: Task, layer: str, module: nn.Module) -> str:
+    """Why a layer whose ``weight`` is no parameter of the model (a forward pre-hook computes it) cannot be trained."""
+    if hasattr(module, "weight_orig") and hasattr(module, "weight_mask"):
+        how = f"torch.nn.utils.prune.remove(model.get_submodule({layer!r}), 'weight')"
+        what = "torch.nn.utils.prune's weight_orig × weight_mask"
+    else:
+        how, what = "make it a plain nn.Parameter", "a hook"
+    return (f"tasks[{task.group}]: layer {layer!r} has a weight computed before every call ({what}), not a "
+            f"parameter LC's L steps can train towards its compressed form; fold it first ({how}), or compress "
+            f"directly with schedule.steps: 0")
 
 
 @dataclass
