@@ -98,6 +98,23 @@ def test_realized_layer_equals_delta_and_stores_what_the_cost_model_counts(layer
     assert os.path.getsize(path) < (spec.params * 4) / 3 + 4096
 
 
+def test_a_quantized_model_traces_with_torch_jit_and_the_trace_keeps_the_packed_weights(tmp_path, recwarn):
+    """jit.trace checks that two traced calls record one graph; the decode cache must not make them differ."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 512), nn.ReLU(),
+                          nn.Linear(512, 5))
+    x = torch.randn(2, 3, 6, 6)
+    config = {"tasks": [{"layers": ["*"], "scheme": "quantize", "options": {"k": 4}}], "schedule": {"steps": 0}}
+    lcpress.compress(model, config, example_input=x, progress=False)
+    with torch.no_grad():
+        traced = torch.jit.trace(model.eval(), x)  # raises TracingCheckError when the graphs differ
+        torch.testing.assert_close(traced(x), model(x), rtol=0, atol=0)
+    assert not [w for w in recwarn if issubclass(w.category, torch.jit.TracerWarning)]
+    torch.jit.save(traced, tmp_path / "traced.pt")
+    float_bytes = 4 * sum(p.numel() for p in nn.Linear(128, 512).parameters())
+    assert os.path.getsize(tmp_path / "traced.pt") < float_bytes / 4  # 2-bit codes, not float weights
+
+
 def test_codebook_size_is_chosen_under_a_storage_budget():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))

@@ -239,3 +239,26 @@ def test_exclude_applies_before_a_match_is_checked(caplog):
                   "schedule": {"steps": 0}}
         result = lcpress.compress(_torch_encoder(), config, example_input=torch.randn(2, 5, 32))
     assert len(result.records) == 2 and not [r for r in caplog.records if "also matches" in r.message]
+
+
+@pytest.mark.parametrize("task", [
+    {"layers": ["*"], "options": {"rank": 4, "rank_multiple": 1, "shape": "channel"}},
+    {"layers": ["*"], "options": {"rank": 4, "rank_multiple": 1, "shape": "input"}},
+    {"layers": ["*"], "scheme": "alds", "target": {"cost": "flops", "ratio": 0.5}},
+    {"layers": ["*"], "scheme": "channels", "target": {"cost": "flops", "ratio": 0.5}},
+    {"layers": ["5", "7"], "scheme": "additive", "options": {"parts": [
+        {"scheme": "low_rank", "options": {"rank": 4, "rank_multiple": 1}},
+        {"scheme": "low_rank", "options": {"rank": 2, "rank_multiple": 1}, "reshape": 4}]}},
+], ids=["low_rank-channel", "low_rank-input", "alds", "channels", "additive-reshaped"])
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script.*is deprecated:DeprecationWarning")
+def test_realized_structures_compile_with_torch_jit_script(task):
+    """TorchScript users (mobile) script the realized model; its thin modules must compile and compute the same."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(32 * 36, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+    x = torch.randn(8, 3, 6, 6)  # more images than PointwiseConv2d.CONV_UP_TO: its GEMM path too
+    lcpress.compress(model, {"tasks": [task], "schedule": {"steps": 0}}, example_input=x[:1], progress=False)
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        for batch in (x[:1], x):
+            torch.testing.assert_close(scripted(batch), model(batch), rtol=1e-5, atol=1e-6)

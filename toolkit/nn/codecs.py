@@ -182,7 +182,14 @@ class _Decoded(nn.Module):
         self._cache: tuple[tuple[int, ...], torch.Tensor] | None = None
 
     def weight_now(self) -> torch.Tensor:
-        """The dense weight (decoded once, re-decoded only when a payload changed)."""
+        """The dense weight (decoded once, re-decoded only when a payload changed).
+
+        Under ``torch.jit.trace`` it is decoded at every call, so every traced invocation records the same
+        graph (the decode from the stored payloads, which the traced module keeps as small as this one).
+        """
+        if torch.jit.is_tracing():
+            weight = sum(c.decode() for c in self.codecs)
+            return weight.to(self.bias.dtype) if self.bias is not None else weight
         key = tuple(b._version for c in self.codecs for b in c.buffers()) + tuple(
             id(b) for c in self.codecs for b in c.buffers())
         if self._cache is None or self._cache[0] != key:

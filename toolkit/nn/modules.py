@@ -52,6 +52,7 @@ class PointwiseConv2d(nn.Module):
 
     #: batches up to this size run torch's own 1×1 convolution (see the class docstring)
     CONV_UP_TO = 4
+    __constants__ = ["CONV_UP_TO", "in_channels", "out_channels"]  # so torch.jit.script compiles the module
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
@@ -88,8 +89,14 @@ class PointwiseConv2d(nn.Module):
         conv.train(self.training)
         return conv
 
+    def _few_images(self, x: torch.Tensor) -> bool:
+        """At most CONV_UP_TO images; a symbolic batch size (``torch.export``, dynamic) is not few."""
+        if torch.jit.is_scripting():  # TorchScript's sizes are always ints (and it cannot compile type())
+            return x.shape[0] <= self.CONV_UP_TO
+        return type(x.shape[0]) is int and x.shape[0] <= self.CONV_UP_TO
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or (type(x.shape[0]) is int and x.shape[0] <= self.CONV_UP_TO) or (
+        if x.dim() != 4 or self._few_images(x) or (
                 x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()):
             return F.conv2d(x, self.weight, self.bias)
         n, c, h, w = x.shape
@@ -127,7 +134,7 @@ class GroupedLinear(nn.Module):
         blocks = x.reshape(-1, k, self.in_features // k).transpose(0, 1)  # (k, N, in/k)
         weight = self.weight.reshape(k, self.out_features // k, -1)  # (k, out/k, in/k)
         out = torch.bmm(blocks, weight.transpose(1, 2))  # (k, N, out/k)
-        return out.transpose(0, 1).reshape(*x.shape[:-1], self.out_features)
+        return out.transpose(0, 1).reshape(list(x.shape[:-1]) + [self.out_features])  # a list: TorchScript too
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, groups={self.groups}"
@@ -141,10 +148,10 @@ class ParallelSum(nn.ModuleList):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = None
-        for branch in self:
+        out = x  # a placeholder of the output's type (TorchScript), replaced by the first branch's output
+        for i, branch in enumerate(self):
             y = branch(x)
-            out = y if out is None else out + y
+            out = y if i == 0 else out + y
         return out
 
 
@@ -207,9 +214,9 @@ class InterleavedLowRank(nn.Module):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        columns = x.reshape(*lead, self.in_features // self.factor, self.factor).transpose(-1, -2)
-        return self.second(self.first(columns).reshape(*lead, self.factor * self.rank))
+        lead = list(x.shape[:-1])  # shapes as lists, so torch.jit.script compiles this too
+        columns = x.reshape(lead + [self.in_features // self.factor, self.factor]).transpose(-1, -2)
+        return self.second(self.first(columns).reshape(lead + [self.factor * self.rank]))
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, rank={self.rank}, factor={self.factor}"
