@@ -78,6 +78,33 @@ def test_sweep_runs_every_target_and_the_baseline(dense_mlp, tmp_path, monkeypat
     pd.testing.assert_frame_equal(again.points, points)
 
 
+def test_a_notebook_sweeps_with_the_functions_it_compresses_with(dense_mlp, tmp_path):
+    """sweep(..., train_fn=, eval_fn=, example_input=) as compress takes them; the baseline trains with train_fn too."""
+    train, test = digits_loaders(64, 0)
+    seen = []
+
+    def train_fn(model, penalty, step):
+        seen.append(step.index)
+        opt = torch.optim.SGD(model.parameters(), lr=0.02)
+        for x, y in train:
+            loss = torch.nn.functional.cross_entropy(model(x), y) + penalty()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    def eval_fn(model):
+        return lcpress.accuracy(model, test)
+
+    x = next(iter(test))[0][:1]
+    config = dict(CONFIG, output_dir=str(tmp_path / "sweep"))
+    result = sweep(dense_mlp, config, [0.4], train_fn=train_fn, eval_fn=eval_fn, example_input=x, baseline=True,
+                   progress=False, reports=False)
+    assert list(result.points["method"]) == ["dense", "lc", "baseline"] and result.points["metric"].notna().all()
+    assert seen == [0, 0]  # one L step (LC run), then the baseline's one pass of fine-tuning
+    with pytest.raises(ConfigError, match="pass eval_fn=.*or loaders="):
+        sweep(dense_mlp, config, [0.4], train_fn=train_fn, example_input=x, progress=False)
+
+
 def test_sweep_needs_a_target_and_targets(dense_mlp, tmp_path):
     loaders = digits_loaders(64, 0)
     no_target = {"tasks": [{"layers": ["1"], "options": {"rank": 8}}], "output_dir": str(tmp_path)}

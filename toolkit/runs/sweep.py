@@ -68,12 +68,33 @@ class SweepResult:
         return markdown_table(self.points.drop(columns=["run"]), cell)
 
 
+@dataclass
+class _Inputs:
+    """What every run of a sweep is given, as :func:`lcpress.compress` takes it."""
+
+    train_fn: Any = None
+    eval_fn: Any = None
+    loaders: tuple[Any, Any] | None = None
+    example_input: Any = None
+    calibration: Any = None
+
+    def compress(self, model: nn.Module, config: LCConfig, **kwargs: Any) -> None:
+        if self.loaders is not None:
+            _reseed(self.loaders, config.seed)  # every run sees the data in the order one `lcpress compress` would
+        compress(copy.deepcopy(model), config, self.train_fn, self.eval_fn, loaders=self.loaders,
+                 example_input=self.example_input, calibration=self.calibration, **kwargs)
+
+
 def sweep(
     model: nn.Module,
     config: LCConfig | dict[str, Any] | str | Path,
     targets: Sequence[float] | None = None,
     *,
-    loaders: tuple[Any, Any],
+    train_fn: Any = None,
+    eval_fn: Any = None,
+    loaders: tuple[Any, Any] | None = None,
+    example_input: Any = None,
+    calibration: Any = None,
     baseline: bool | None = None,
     force: bool = False,
     progress: bool = True,
@@ -81,10 +102,17 @@ def sweep(
 ) -> SweepResult:
     """Compress a copy of ``model`` once per target ratio and tabulate metric against cost.
 
+    Each run is a :func:`lcpress.compress` call with the same functions or loaders, so a notebook sweeps with the
+    ``train_fn`` and ``eval_fn`` it compresses with (and ``example_input``), or with ``loaders``.
+
     :param model: the trained dense model; it is not changed (each run gets a copy).
     :param config: the run config; ``output_dir`` is where the runs and the curve go.
     :param targets: target ratios; default ``config.sweep.targets``.
+    :param train_fn: one L step (as for :func:`lcpress.compress`); it also fine-tunes the baseline.
+    :param eval_fn: the metric on the sweep's axis; needed unless ``loaders`` give the built-in accuracy.
     :param loaders: ``(train_loader, eval_loader)`` for the built-in trainer and metric.
+    :param example_input: one input batch, to trace the model (default: the first batch of ``loaders``).
+    :param calibration: batches for μ0 and BatchNorm statistics, as for :func:`lcpress.compress`.
     :param baseline: also run the uniform truncated-SVD baseline; default ``config.sweep.baseline``.
     :param force: redo runs whose directories already hold results.
     :param reports: write each run's report (see :func:`lcpress.reporting.report.write_report`).
@@ -93,17 +121,21 @@ def sweep(
     targets = list(targets if targets is not None else config.sweep.targets)
     baseline = config.sweep.baseline if baseline is None else baseline
     _check(config, targets)
+    if eval_fn is None and loaders is None:
+        raise ConfigError("a sweep plots a metric against cost: pass eval_fn=… (with train_fn=… and example_input=…), "
+                          "or loaders=(train, eval) for the built-in trainer and accuracy")
+    inputs = _Inputs(train_fn, eval_fn, loaders, example_input, calibration)
     out = config.path(config.output_dir)  # type: ignore[arg-type]
     rows: list[dict[str, Any]] = []
     dense_metric = None
     for i, target in enumerate(targets, 1):
         status_line(f"sweep {i}/{len(targets)}: LC at target ratio {target:g}", enabled=progress)
-        info = _lc_run(model, config, target, out / f"target-{target:g}", loaders, force, progress, reports)
+        info = _lc_run(model, config, target, out / f"target-{target:g}", inputs, force, progress, reports)
         rows.append(_point("lc", target, info, f"target-{target:g}"))
         dense_metric = info.get("dense_metric", dense_metric)
         if baseline:
             status_line(f"sweep {i}/{len(targets)}: baseline at target ratio {target:g}", enabled=progress)
-            info = _baseline_run(model, config, target, out / f"baseline-{target:g}", loaders, force, progress, reports)
+            info = _baseline_run(model, config, target, out / f"baseline-{target:g}", inputs, force, progress, reports)
             rows.append(_point("baseline", target, info, f"baseline-{target:g}"))
     cost_names = [c[: -len("_ratio")] for c in rows[0] if c.endswith("_ratio")]
     rows.insert(0, {"method": "dense", "target": 1.0, "metric": dense_metric,
@@ -145,7 +177,7 @@ def with_target(config: LCConfig, ratio: float, output_dir: Path) -> LCConfig:
 
 
 def _reseed(loaders: tuple[Any, Any], seed: int) -> None:
-    """Every run sees the data in the order a single `lcpress compress` would."""
+    """The training loader's generator seeded as a single `lcpress compress` seeds it."""
     generator = getattr(loaders[0], "generator", None)
     if isinstance(generator, torch.Generator):
         generator.manual_seed(seed)
@@ -166,13 +198,11 @@ def _existing(run_dir: Path, config: LCConfig, force: bool, done_key: str = "") 
     return "resume" if directory.checkpoint_path.exists() and not done_key else "fresh"
 
 
-def _lc_run(model, config, target, run_dir, loaders, force, progress, reports) -> dict[str, Any]:
+def _lc_run(model, config, target, run_dir, inputs: _Inputs, force, progress, reports) -> dict[str, Any]:
     cfg = with_target(config, target, run_dir)
     state = _existing(run_dir, cfg, force)
     if state != "reuse":
-        _reseed(loaders, cfg.seed)
-        compress(copy.deepcopy(model), cfg, loaders=loaders, resume=state == "resume", force=state == "fresh",
-                 progress=progress)
+        inputs.compress(model, cfg, resume=state == "resume", force=state == "fresh", progress=progress)
         if reports:
             write_report(run_dir)
     return RunDirectory(run_dir).info()
@@ -220,14 +250,13 @@ def baseline_config(model: nn.Module, config: LCConfig, ratio: float, example_in
     return LCConfig.from_dict(data)
 
 
-def _baseline_run(model, config, target, run_dir, loaders, force, progress, reports) -> dict[str, Any]:
+def _baseline_run(model, config, target, run_dir, inputs: _Inputs, force, progress, reports) -> dict[str, Any]:
     device = torch.device(config.device)
-    example = example_batch(None, loaders, device)
+    example = example_batch(inputs.example_input, inputs.loaders, device)
     cfg = baseline_config(copy.deepcopy(model).to(device), config, target, example, run_dir)
     if _existing(run_dir, cfg, force, done_key="fine_tuned") == "reuse":
         return RunDirectory(run_dir).info()
-    _reseed(loaders, cfg.seed)
-    compress(copy.deepcopy(model), cfg, loaders=loaders, force=True, progress=progress)
+    inputs.compress(model, cfg, force=True, progress=progress)
     RunDirectory(run_dir).update_info(fine_tuned=True, fine_tune_passes=cfg.finetune.steps)
     if reports:
         write_report(run_dir)
