@@ -6,7 +6,12 @@ The C step is ``min ‖w − Δ(θ)‖²`` over codebooks and assignments:
   In 1-D it is solved *exactly* (:func:`lcpress.linalg.kmeans.optimal_kmeans`), and
   one solve gives the optimal error of every size up to K, so with
   ``k: null`` the core chooses the codebook size per layer from ``k_choices``
-  by α or a budget (priced by any cost model, e.g. ``storage``).
+  by α or a budget (priced by any cost model, e.g. ``storage``). The default
+  ``solver: auto`` is exact up to :data:`EXACT_UP_TO` values; a larger tensor
+  (a big conv or a transformer's feed-forward layer) takes
+  :func:`lcpress.linalg.kmeans.binned_kmeans`: the same programme over runs
+  of the sorted values, refined by Lloyd's iterations — within 3·10⁻⁷ of
+  the optimum, 16–65× faster.
   ``solver: lloyd`` uses Lloyd's iterations warm-started from the previous
   C step's codebook instead (a local optimum, cheaper for large K).
 * ``binary`` — ``{−a, a}``: the optimal ``a`` is ``mean |w|``.
@@ -30,7 +35,7 @@ from torch import nn
 
 import lcpress
 from lcpress import Candidates, CStepContext, Dense, Form, LayerSpec, Options, Scheme, State, option
-from lcpress.linalg import lloyd, optimal_kmeans
+from lcpress.linalg import KMeans1D, binned_kmeans, lloyd, optimal_kmeans
 from lcpress.nn import CodebookWeight, SparseCodebookWeight, bits_for, decoded, sparse_index_bits
 
 
@@ -75,6 +80,10 @@ class Quantized(Form):
         return fields if self.nonzeros is None else {**fields, "nonzeros": self.nonzeros}
 
 
+#: ``solver: auto`` solves 1-D k-means exactly up to this many values (a few seconds), binned above it.
+EXACT_UP_TO = 1 << 19
+
+
 @dataclass
 class QuantizeOptions(Options):
     codebook: Literal["adaptive", "binary", "ternary"] = option(
@@ -82,8 +91,10 @@ class QuantizeOptions(Options):
     k: int | None = option(2, help="codebook size (adaptive); empty = choose per layer among k_choices", ge=2)
     k_choices: list[int] = option(default_factory=lambda: [2, 4, 8, 16],
                                   help="codebook sizes the C step chooses from when k is empty", ge=2, nonempty=True)
-    solver: Literal["exact", "lloyd"] = option(
-        "exact", help="adaptive codebooks: exact (optimal 1-D k-means) or lloyd (warm-started from the last C step)")
+    solver: Literal["auto", "exact", "lloyd"] = option(
+        "auto", help="adaptive codebooks: exact (optimal 1-D k-means), lloyd (warm-started from the last C step), or "
+                     "auto: exact up to 524,288 values, above that the optimum over runs of the sorted values refined by "
+                     "Lloyd (within 3e-7 of exact, 16-65x faster)")
     iterations: int = option(30, help="Lloyd iterations per C step (solver: lloyd)", ge=1)
     zeros: Literal["quantize", "keep"] = option(
         "quantize", help="keep: exact zeros stay zero and uncoded (quantize what pruning left); quantize: code every weight")
@@ -109,7 +120,7 @@ class QuantizeScheme(Scheme):
         if not self.selecting():
             return None
         sizes = sorted(set(self.options.k_choices))
-        solution = optimal_kmeans(w, max(sizes))
+        solution = self._kmeans(w, max(sizes))
         forms: list[Form] = [Dense(), *(Quantized(k) for k in sizes)]
         errors = torch.cat([torch.zeros(1, dtype=torch.float64), solution.errors[[k - 1 for k in sizes]]])
         return Candidates(forms, errors, solution)
@@ -148,7 +159,13 @@ class QuantizeScheme(Scheme):
             else:  # first C step: evenly spaced quantiles
                 init = torch.quantile(values.double().cpu(), (torch.arange(k, dtype=torch.float64) + 0.5) / k)
             return lloyd(values, init, self.options.iterations)
-        return optimal_kmeans(values, k).codebook(k)  # the global optimum: nothing to warm-start
+        return self._kmeans(values, k).codebook(k)  # the (near-)global optimum: nothing to warm-start
+
+    def _kmeans(self, values: torch.Tensor, max_k: int) -> KMeans1D:
+        """Every codebook size's solution up to ``max_k``: exact, or binned and refined for large tensors."""
+        if self.options.solver == "auto" and values.numel() > EXACT_UP_TO:
+            return binned_kmeans(values, max_k)
+        return optimal_kmeans(values, max_k)
 
     def decompress(self, state: State) -> torch.Tensor:
         codes = state.tensors["codes"].long()

@@ -22,7 +22,8 @@ NEEDS = {"vs_torch_pruning.py": ("torch_pruning", "pip install --no-deps torch-p
 
 @pytest.mark.parametrize("script", ["realized_speedup.py", "cstep_speed.py", "budget_methods.py",
                                     "latency_target.py", "latency_prediction.py", "combinations.py",
-                                    "onnx_latency.py", "lstep_overhead.py", "pointwise_kernel.py", *NEEDS])
+                                    "onnx_latency.py", "lstep_overhead.py", "pointwise_kernel.py", "kmeans_speed.py",
+                                    *NEEDS])
 def test_quick_mode_runs(script, tmp_path):
     if script == "onnx_latency.py":
         from lcpress.io.export import missing_packages

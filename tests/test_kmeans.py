@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from lcpress.linalg.kmeans import assign, lloyd, optimal_kmeans
+from lcpress.linalg.kmeans import assign, binned_kmeans, lloyd, optimal_kmeans
 
 
 def brute_force(values: list[float], k: int) -> float:
@@ -80,3 +80,44 @@ def test_bad_input():
         optimal_kmeans(torch.randn(4), 0)
     with pytest.raises(ValueError, match="empty"):
         optimal_kmeans(torch.randn(0), 2)
+
+
+@pytest.mark.parametrize("draw", ["normal", "laplace", "mixture"])
+def test_binned_solution_lies_between_the_exact_and_the_run_restricted_optimum(draw):
+    """Lloyd's iterations only lower the error of the best boundaries on run ends, and no solution beats exact.
+
+    How close to exact it lands at the default 65,536 runs is measured in benchmarks/kmeans_speed.py.
+    """
+    from lcpress.linalg.kmeans import _programme, _sorted
+
+    g = torch.Generator().manual_seed(0)
+    n, runs = 40_000, 2048
+    x = {"normal": lambda: torch.randn(n, generator=g),
+         "laplace": lambda: torch.sign(torch.randn(n, generator=g)) * -torch.log(torch.rand(n, generator=g)),
+         "mixture": lambda: torch.cat([torch.randn(n // 2, generator=g) * 0.2, torch.randn(n // 2, generator=g) + 1]),
+         }[draw]()
+    exact, binned = optimal_kmeans(x, 16), binned_kmeans(x, 16, runs=runs)
+    _, _, p1, p2 = _sorted(x, 16)
+    restricted, _ = _programme(torch.linspace(0, n, runs + 1, dtype=torch.float64).round().long().unique(), p1, p2, 16)
+    assert torch.all(binned.errors >= exact.errors * (1 - 1e-12))
+    assert torch.all(binned.errors <= restricted * (1 + 1e-12))
+    assert torch.all(binned.errors <= exact.errors * (1 + 1e-3))
+    for k in (2, 5, 16):  # each size's codebook: its reported error, every value at its nearest entry
+        codebook, codes = binned.codebook(k)
+        assert float(((x.double() - codebook[codes]) ** 2).sum()) == pytest.approx(float(binned.errors[k - 1]), rel=1e-9)
+        assert torch.equal(assign(x.double(), codebook), codes)
+
+
+def test_binned_solution_with_one_value_per_run_is_the_exact_one():
+    x = torch.randn(3000, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(binned_kmeans(x, 8, runs=3000).errors, optimal_kmeans(x, 8).errors, rtol=1e-12, atol=0)
+
+
+def test_binned_solution_with_long_runs_of_one_value_has_no_empty_entry():
+    """Half the values exactly zero (a pruned layer quantized whole): runs cut inside the zeros, no NaN."""
+    x = torch.cat([torch.zeros(20_000), torch.randn(20_000, generator=torch.Generator().manual_seed(1))])
+    binned = binned_kmeans(x, 8, runs=1024)
+    assert torch.isfinite(binned.errors).all()
+    assert binned.errors[7] <= optimal_kmeans(x, 8).errors[7] * (1 + 1e-3)
+    codebook, codes = binned.codebook(8)
+    assert codebook.numel() == 8 and torch.isfinite(codebook).all() and torch.bincount(codes).min() > 0

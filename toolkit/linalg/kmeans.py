@@ -11,6 +11,15 @@ passes, not a Python loop over n. One run yields the exact optimal error
 for *every* codebook size up to K, which is what a codebook-size-selecting
 C step needs.
 
+That is still ~k·log2(n) passes over n values, half a minute for k = 16 on
+the 2.4 million weights of one ResNet-18 conv. :func:`binned_kmeans` solves
+the same programme over 65,536 equal-count runs of the sorted values (a
+cluster boundary may only fall between runs), then moves the boundaries by
+Lloyd's iterations over every value, which on sorted data with prefix sums
+cost O(k log n) each. Its error is never above the binned optimum's, and
+was within 3·10⁻⁷ of the exact optimum (relative) on 0.6–2.4 million
+normal and Laplace values, 16–65× faster (benchmarks/kmeans_speed.py).
+
 :func:`lloyd` is the classic alternative (the LC toolkit's): warm-started from
 a previous codebook it never increases the error, but it finds a local
 optimum only.
@@ -33,19 +42,12 @@ class KMeans1D:
     sorted_values: torch.Tensor  # float64, ascending
     order: torch.Tensor  # indices that sort the original vector
     errors: torch.Tensor  # float64, length K
-    splits: list[torch.Tensor]  # splits[k][j]: optimal start of the last cluster of the first j values, k+1 clusters
+    bounds: list[torch.Tensor]  # bounds[k-1]: the k+1 boundaries (indices into sorted_values) of k clusters
 
     def codebook(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(codebook, codes)`` of the optimal k-entry solution, codes in the original order."""
-        n = self.sorted_values.numel()
-        k = min(k, len(self.splits))
-        bounds = [n]
-        for level in range(k - 1, 0, -1):
-            bounds.append(int(self.splits[level][bounds[-1]]))
-        bounds.append(0)
-        bounds = bounds[::-1]
-        starts = torch.tensor(bounds[:-1])
-        ends = torch.tensor(bounds[1:])
+        bounds = self.bounds[min(k, len(self.bounds)) - 1]
+        starts, ends = bounds[:-1], bounds[1:]
         keep = ends > starts  # empty clusters only when there are fewer distinct values than k
         starts, ends = starts[keep], ends[keep]
         prefix = torch.cat([self.sorted_values.new_zeros(1), torch.cumsum(self.sorted_values, 0)])
@@ -58,39 +60,104 @@ class KMeans1D:
 
 def optimal_kmeans(x: torch.Tensor, max_k: int) -> KMeans1D:
     """Exact k-means of the values of ``x`` for every k ≤ ``max_k`` (see the module docstring)."""
+    values, order, p1, p2 = _sorted(x, max_k)
+    n = values.numel()
+    errors, bounds = _programme(torch.arange(n + 1), p1, p2, max_k)
+    return KMeans1D(values, order, errors, bounds)
+
+
+def binned_kmeans(x: torch.Tensor, max_k: int, runs: int = 1 << 16) -> KMeans1D:
+    """k-means of the values of ``x`` for every k ≤ ``max_k``: the exact programme over ``runs`` equal-count runs
+    of the sorted values, then Lloyd's iterations over all of them (see the module docstring)."""
+    values, order, p1, p2 = _sorted(x, max_k)
+    n = values.numel()
+    edges = torch.unique(torch.linspace(0, n, runs + 1, dtype=torch.float64).round().long())
+    errors, bounds = _programme(edges, p1, p2, max_k)
+    refined = [_lloyd_sorted(values, p1, b) for b in bounds]
+    return KMeans1D(values, order, torch.stack([_total_sse(p1, p2, b) for b in refined]), refined)
+
+
+def _sorted(x: torch.Tensor, max_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The values ascending (float64), their order, and the prefix sums of values and squares."""
     if max_k < 1:
         raise ValueError(f"max_k must be at least 1, got {max_k}")
     values, order = torch.sort(x.detach().reshape(-1).to(torch.float64).cpu())
-    n = values.numel()
-    if n == 0:
+    if values.numel() == 0:
         raise ValueError("cannot quantize an empty tensor")
     p1 = torch.cat([values.new_zeros(1), torch.cumsum(values, 0)])
     p2 = torch.cat([values.new_zeros(1), torch.cumsum(values * values, 0)])
+    return values, order, p1, p2
+
+
+def _programme(edges: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor,
+               max_k: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Optimal errors and boundaries of k = 1 … ``max_k`` clusters whose boundaries lie on ``edges``.
+
+    ``edges`` are ascending indices into the sorted values, from 0 to n: every index for the exact optimum,
+    or the ends of runs of values kept together.
+    """
+    m = edges.numel() - 1
+    e1, e2 = p1[edges], p2[edges]
+    sizes = edges.to(torch.float64)
 
     def sse(i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        count = (j - i).to(torch.float64)
-        s = p1[j] - p1[i]
-        return (p2[j] - p2[i] - s * s / count).clamp_min(0)
+        s = e1[j] - e1[i]
+        return (e2[j] - e2[i] - s * s / (sizes[j] - sizes[i])).clamp_min(0)
 
-    ends = torch.arange(n + 1)
-    previous = torch.zeros(n + 1, dtype=torch.float64)
-    previous[1:] = sse(torch.zeros(n, dtype=torch.long), ends[1:])
-    errors = [float(previous[n])]
-    splits = [torch.zeros(n + 1, dtype=torch.long)]
-    last = min(max_k, n)
+    ends = torch.arange(m + 1)
+    previous = torch.zeros(m + 1, dtype=torch.float64)
+    previous[1:] = sse(torch.zeros(m, dtype=torch.long), ends[1:])
+    errors = [float(previous[m])]
+    splits = [torch.zeros(m + 1, dtype=torch.long)]
+    last = min(max_k, m)
     for k in range(2, last + 1):
-        if k == last:  # the last layer is needed at j = n only: one vectorized pass
-            cand = torch.arange(k - 1, n)
-            cost = previous[cand] + sse(cand, torch.full_like(cand, n))
-            split = torch.zeros(n + 1, dtype=torch.long)
-            split[n] = cand[int(torch.argmin(cost))]
+        if k == last:  # the last layer is needed at j = m only: one vectorized pass
+            cand = torch.arange(k - 1, m)
+            cost = previous[cand] + sse(cand, torch.full_like(cand, m))
+            split = torch.zeros(m + 1, dtype=torch.long)
+            split[m] = cand[int(torch.argmin(cost))]
             errors.append(float(cost.min()))
         else:
-            previous, split = _dp_layer(previous, k, n, sse)
-            errors.append(float(previous[n]))
+            previous, split = _dp_layer(previous, k, m, sse)
+            errors.append(float(previous[m]))
         splits.append(split)
     errors += [0.0] * (max_k - len(errors))  # more entries than values: exact
-    return KMeans1D(values, order, torch.tensor(errors, dtype=torch.float64), splits)
+    return torch.tensor(errors, dtype=torch.float64), [edges[b] for b in _backtrack(splits, m)]
+
+
+def _backtrack(splits: list[torch.Tensor], m: int) -> list[torch.Tensor]:
+    """For every k, the k+1 boundaries (positions 0 … m) of the optimal k clusters, all k at once."""
+    count = len(splits)
+    current = torch.full((count,), m, dtype=torch.long)  # row k-1: the start of k clusters' last cluster so far
+    columns = [current.clone()]
+    for level in range(count - 1, 0, -1):  # rows with more than `level` clusters step back one boundary
+        rows = torch.arange(level, count)
+        current[rows] = splits[level][current[rows]]
+        columns.append(current.clone())
+    table = torch.stack(columns[::-1], 1)  # (count, count): row k-1 starts with its boundaries after 0, up to m
+    return [torch.cat([torch.zeros(1, dtype=torch.long), table[k - 1, :k]]) for k in range(1, count + 1)]
+
+
+def _lloyd_sorted(values: torch.Tensor, p1: torch.Tensor, bounds: torch.Tensor, iterations: int = 100) -> torch.Tensor:
+    """Cluster boundaries after Lloyd's iterations on sorted values: every value to its nearest mean.
+
+    A boundary moves to the midpoint between its neighbouring means; a step that would empty a cluster ends
+    the iterations (each accepted step lowers the error, as Lloyd's always does).
+    """
+    for _ in range(iterations):
+        means = (p1[bounds[1:]] - p1[bounds[:-1]]) / (bounds[1:] - bounds[:-1]).to(torch.float64)
+        inner = torch.searchsorted(values, (means[1:] + means[:-1]) / 2, right=True)
+        moved = torch.cat([bounds[:1], inner, bounds[-1:]])
+        if torch.equal(moved, bounds) or not bool((moved[1:] > moved[:-1]).all()):
+            break
+        bounds = moved
+    return bounds
+
+
+def _total_sse(p1: torch.Tensor, p2: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
+    starts, ends = bounds[:-1], bounds[1:]
+    s = p1[ends] - p1[starts]
+    return (p2[ends] - p2[starts] - s * s / (ends - starts).clamp_min(1).to(torch.float64)).clamp_min(0).sum()
 
 
 def _dp_layer(previous: torch.Tensor, k: int, n: int, sse) -> tuple[torch.Tensor, torch.Tensor]:
