@@ -347,8 +347,10 @@ def _match(cfg: TaskConfig, modules: dict[str, nn.Module], graph: ModelGraph, g:
                                       f"on the example input{_why_uncalled(modules, name)}")
                 uncalled.append(name)
             else:
-                names += [name] if name not in names else []
-                named |= {name} if explicit else set()
+                if name not in names:
+                    names.append(name)
+                if explicit:
+                    named.add(name)
         if uncalled:  # a glob reaches every layer of that type; one the forward never calls is not compressible
             log.warning("tasks[%d].layers[%d]: %r also matches %s, which the forward pass on the example input does "
                         "not call%s; left alone (exclude them to silence this)", g, i, pattern,

@@ -84,7 +84,8 @@ def realize(
             record.form = form_to_dict(form)
             record.reason = _kept_dense(model, name, task, form, is_dense(layer_state), specs.get(name, task.spec))
             if record.reason:
-                fused += [name] if _parent_reading_weights(model, name) and not isinstance(form, Dense) else []
+                if _parent_reading_weights(model, name) and not isinstance(form, Dense):
+                    fused.append(name)
                 continue
             new = _realized_module(task, layer_state, module)
             if new is module:
@@ -98,12 +99,13 @@ def realize(
 
 def _warn_fused(model: nn.Module, names: list[str]) -> None:
     """One warning for the layers a fused parent keeps dense: their compression is in their weights only."""
-    parents = sorted({_parent_reading_weights(model, n) or "" for n in names})
-    log.warning("%d compressed layer(s) stay dense modules holding Δ(θ) (%s%s): their parent (%s) reads their "
+    parents = ", ".join(sorted({_parent_reading_weights(model, n) or "" for n in names}))
+    shown = ", ".join(names[:4]) + (" …" if len(names) > 4 else "")
+    log.warning("%d compressed layer(s) stay dense modules holding Δ(θ) (%s): their parent (%s) reads their "
                 "weights inside its own forward (fused fast path), so no realized module can stand in for them: they "
                 "compute with Δ(θ) but run, and are saved, at their dense size. To gain from them, build the blocks "
-                "from modules that call their Linear children (as Hugging Face encoders do), or leave them out", len(names), ", ".join(names[:4]), " …" if len(names) > 4 else "",
-                ", ".join(parents))
+                "from modules that call their Linear children (as Hugging Face encoders do), or leave them out",
+                len(names), shown, parents)
 
 
 def _realize_bound(model: nn.Module, task: Task, state: State, aliases: dict[str, list[str]]) -> list[RealizedLayer]:
