@@ -31,6 +31,13 @@ def describe() -> str:
     return f"{cpu_model()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, Python {platform.python_version()}"
 
 
+def timed(fn, *args):
+    """``(seconds, fn(*args))``: one call's wall time and its result."""
+    start = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - start, out
+
+
 def publish(title: str, preamble: str, lines: list[str], out: str, quick: bool, summary: str = "") -> None:
     """Print the table; outside quick mode, also write it as markdown to ``out``."""
     text = "\n".join([f"# {title}", "", preamble, "", *lines, "", *([summary, ""] if summary else [])])

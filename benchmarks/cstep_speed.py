@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from lcpress import get_registry
 from lcpress import CStepContext
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import describe, publish  # noqa: E402
+from common import describe, publish, timed  # noqa: E402
 
 
 def resnet50_weight_shapes() -> list[tuple[int, ...]]:
@@ -97,12 +96,6 @@ def lcpress_cstep(weights: list[torch.Tensor], alpha: float, mu: float, multiple
             continue
         chosen.append(scheme.form(scheme.compress(w, ctx)).rank)
     return chosen
-
-
-def timed(fn, *args) -> tuple[float, list]:
-    start = time.perf_counter()
-    out = fn(*args)
-    return time.perf_counter() - start, out
 
 
 def main() -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ import torch
 from lcpress.linalg import binned_kmeans, lloyd, optimal_kmeans
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import describe, publish  # noqa: E402
+from common import describe, publish, timed  # noqa: E402
 
 
 def draw(kind: str, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -47,12 +46,6 @@ def lloyd_errors(x: torch.Tensor, k_max: int) -> torch.Tensor:
         codebook, codes = lloyd(values, start, 30)
         errors.append(float(((values - codebook[codes]) ** 2).sum()))
     return torch.tensor(errors, dtype=torch.float64)
-
-
-def timed(fn, *args):
-    start = time.perf_counter()
-    out = fn(*args)
-    return time.perf_counter() - start, out
 
 
 def main() -> None:
