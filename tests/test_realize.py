@@ -262,3 +262,20 @@ def test_realized_structures_compile_with_torch_jit_script(task):
     with torch.no_grad():
         for batch in (x[:1], x):
             torch.testing.assert_close(scripted(batch), model(batch), rtol=1e-5, atol=1e-6)
+
+
+def test_a_glob_says_which_weight_layers_it_reaches_but_does_not_compress(caplog):
+    """'*' over a 1-D CNN compresses the Linear head; the Conv1d layers it leaves dense are named, not silent."""
+    model = nn.Sequential(nn.Conv1d(4, 16, 3), nn.ReLU(), nn.Conv1d(16, 16, 3), nn.Flatten(), nn.Linear(96, 10))
+    x = torch.randn(1, 4, 10)
+    with caplog.at_level("WARNING", logger="lcpress"):
+        result = _compress(model, ["*"], x, rank=4)
+    assert [r.name for r in result.records] == ["4"]
+    assert [r.message for r in caplog.records if "does not compress" in r.message] == [
+        "tasks[0].layers[0]: '*' also reaches 2 Conv1d, which lcpress does not compress (it compresses nn.Linear "
+        "and nn.Conv2d); they stay as they are (exclude them to silence this)"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lcpress"):
+        lcpress.compress(model, {"tasks": [{"layers": ["*"], "exclude": ["0", "2"], "options": {"rank": 4}}],
+                                 "schedule": {"steps": 0}}, example_input=x)
+    assert not [r for r in caplog.records if "does not compress" in r.message]

@@ -326,6 +326,8 @@ def _match(cfg: TaskConfig, modules: dict[str, nn.Module], graph: ModelGraph, g:
         else:
             hits = [n for n in modules if n and fnmatch.fnmatchcase(n, pattern) and isinstance(modules[n], COMPRESSIBLE)]
         _refuse_conv1d(cfg, modules, pattern, g, i)
+        if not explicit:
+            _warn_other_weights(cfg, modules, pattern, g, i)
         if not hits:
             known = ", ".join(graph.order[:12]) + (" …" if len(graph.order) > 12 else "")
             raise ConfigError(
@@ -361,6 +363,25 @@ def _match(cfg: TaskConfig, modules: dict[str, nn.Module], graph: ModelGraph, g:
                           f"input{_why_uncalled(modules, left_alone[0])}" if left_alone else
                           f"tasks[{g}].exclude: every layer matched by 'layers' is excluded")
     return names, named
+
+
+def _warn_other_weights(cfg: TaskConfig, modules: dict[str, nn.Module], pattern: str, g: int, i: int) -> None:
+    """Say which weight layers a glob reaches but lcpress does not compress (Conv1d, Conv3d, Embedding …).
+
+    Without this a ``"*"`` over a 1-D CNN compresses its Linear head and silently leaves every conv dense.
+    """
+    found: dict[str, int] = {}
+    for name, module in modules.items():
+        weight = getattr(module, "weight", None)
+        if (name and not isinstance(module, COMPRESSIBLE) and not is_conv1d(module) and not any(module.children())
+                and isinstance(weight, nn.Parameter) and weight.dim() >= 2 and fnmatch.fnmatchcase(name, pattern)
+                and not any(fnmatch.fnmatchcase(name, ex) for ex in cfg.exclude)):
+            found[type(module).__name__] = found.get(type(module).__name__, 0) + 1
+    if found:
+        kinds = ", ".join(f"{count} {kind}" for kind, count in found.items())
+        log.warning("tasks[%d].layers[%d]: %r also reaches %s, which lcpress does not compress (it compresses "
+                    "nn.Linear and nn.Conv2d); they stay as they are (exclude them to silence this)", g, i, pattern,
+                    kinds)
 
 
 def _why_uncalled(modules: dict[str, nn.Module], name: str) -> str:
