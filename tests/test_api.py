@@ -419,3 +419,20 @@ def test_a_train_fn_that_never_calls_the_penalty_is_stopped_after_its_first_l_st
     with pytest.raises(lcpress.LcpressError, match=r"trained the compressed weights without calling penalty\(\).*\+ penalty"):
         lcpress.compress(_trained_mlp(), config, train_fn, lambda m: 0.0, example_input=x[:1], progress=False)
     assert steps == [0]
+
+
+def test_one_calibration_batch_given_alone_counts_as_one_batch():
+    """calibration=(x, y), as a notebook writes it, is [(x, y)]: not x and y taken as two batches of inputs."""
+    from lcpress.runs.compress import _one_or_many
+
+    x, y = _data()
+    config = {"tasks": [{"layers": ["0"], "options": {"rank": 8}}], "schedule": {"steps": 1}}
+    runs = [lcpress.compress(_trained_mlp(), config, _one_sgd_step(x, y), example_input=x[:1], calibration=c,
+                             progress=False) for c in ((x, y), [(x, y)])]
+    assert runs[0].history["mu"].tolist() == runs[1].history["mu"].tolist()
+    for a, b in zip(runs[0].model.state_dict().values(), runs[1].model.state_dict().values()):
+        assert torch.equal(a, b)
+
+    assert _one_or_many(x)[0] is x and _one_or_many({"input_ids": x})[0]["input_ids"] is x
+    two_batches = (x[:8], x[8:16])  # same shape and dtype: batches of inputs, not inputs and labels
+    assert _one_or_many(two_batches) is two_batches and _one_or_many([(x, y)])[0][1] is y

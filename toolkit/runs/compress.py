@@ -148,7 +148,7 @@ def compress(
     :param example_input: an input of the model, traced to learn layer shapes
         (and priced by cost models at its batch size). Default: one sample of
         the first batch of the eval (else train) loader.
-    :param calibration: batches of ``(input, target)`` — or of inputs — that
+    :param calibration: batches of ``(input, target)`` — or of inputs — (a loader, a list, or one batch) that
         lcpress reads, in a fixed order and without gradients, to re-estimate
         BatchNorm statistics for the compressed weights and to measure μ0
         (``schedule.mu0: auto``; that needs targets, and batches of inputs
@@ -184,7 +184,7 @@ def compress(
     finetune_fn = _finetune_fn(train_fn, loaders, config, device, progress)
     train_fn, eval_fn = _default_fns(train_fn, eval_fn, loaders, config, device, progress)
     train_fn = distributed.data_parallel(train_fn, model)
-    data = calibration if calibration is not None else (loaders[0] if loaders is not None else None)
+    data = _one_or_many(calibration) if calibration is not None else (loaders[0] if loaders is not None else None)
     normalize = _batchnorm_hook(model, config, data, device)
     probe = _gradient_probe(config, data, device)
     calibrate = _calibrate_fn(data, config, device)
@@ -434,6 +434,22 @@ def _names(task: TaskConfig, name: str) -> bool:
     """Whether ``task``'s layer patterns reach layer ``name`` (and its excludes do not)."""
     hit = any(name == p or fnmatch.fnmatchcase(name, p) for p in task.layers)
     return hit and not any(fnmatch.fnmatchcase(name, p) for p in task.exclude)
+
+
+def _one_or_many(batches: Any) -> Any:
+    """``calibration=`` as batches: one batch alone (a tensor, a dict, an (inputs, targets) pair) becomes [batch].
+
+    A list or loader is batches already. A tuple is one pair when it holds two tensors of one batch size whose
+    second is integer or has fewer dimensions (inputs and labels); otherwise it too is batches.
+    """
+    if isinstance(batches, (torch.Tensor, dict)):
+        return [batches]
+    if isinstance(batches, tuple) and len(batches) == 2 and all(isinstance(t, torch.Tensor) for t in batches):
+        inputs, targets = batches
+        if inputs.dim() and targets.dim() and len(inputs) == len(targets) and (
+                not targets.is_floating_point() or targets.dim() < inputs.dim()):
+            return [batches]
+    return batches
 
 
 def _layer_records(model: nn.Module, records: list) -> list[dict[str, Any]]:
