@@ -314,6 +314,17 @@ def _bound_task(model: nn.Module, graph: ModelGraph, group: GroupPlugins, names:
                 group.index, group.config, {**{n: graph.specs[n] for n in binding.layers}, **binding.sites})
 
 
+def excluded(cfg: TaskConfig, name: str) -> bool:
+    """Whether one of the task group's ``exclude`` patterns removes layer ``name``."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in cfg.exclude)
+
+
+def reaches(cfg: TaskConfig, name: str, pattern: str | None = None) -> bool:
+    """Whether the group's layer patterns (or only ``pattern``) match module ``name`` and no exclude removes it."""
+    patterns = cfg.layers if pattern is None else [pattern]
+    return any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns) and not excluded(cfg, name)
+
+
 def _match(cfg: TaskConfig, modules: dict[str, nn.Module], graph: ModelGraph, g: int) -> tuple[list[str], set[str]]:
     canonical = {alias: primary for primary, others in graph.aliases.items() for alias in others}
     names: list[str] = []
@@ -335,7 +346,7 @@ def _match(cfg: TaskConfig, modules: dict[str, nn.Module], graph: ModelGraph, g:
             )
         uncalled: list[str] = []
         for name in dict.fromkeys(canonical.get(h, h) for h in hits):
-            if any(fnmatch.fnmatchcase(name, ex) for ex in cfg.exclude):
+            if excluded(cfg, name):
                 continue
             module = modules[name]
             if not isinstance(module, COMPRESSIBLE):
@@ -374,8 +385,7 @@ def _warn_other_weights(cfg: TaskConfig, modules: dict[str, nn.Module], pattern:
     for name, module in modules.items():
         weight = getattr(module, "weight", None)
         if (name and not isinstance(module, COMPRESSIBLE) and not is_conv1d(module) and not any(module.children())
-                and isinstance(weight, nn.Parameter) and weight.dim() >= 2 and fnmatch.fnmatchcase(name, pattern)
-                and not any(fnmatch.fnmatchcase(name, ex) for ex in cfg.exclude)):
+                and isinstance(weight, nn.Parameter) and weight.dim() >= 2 and reaches(cfg, name, pattern)):
             found[type(module).__name__] = found.get(type(module).__name__, 0) + 1
     if found:
         kinds = ", ".join(f"{count} {kind}" for kind, count in found.items())
@@ -395,8 +405,7 @@ def _why_uncalled(modules: dict[str, nn.Module], name: str) -> str:
 
 def _refuse_conv1d(cfg: TaskConfig, modules: dict[str, nn.Module], pattern: str, g: int, i: int) -> None:
     """A pattern that reaches transformers Conv1D layers fails, saying how to convert them."""
-    found = [n for n, m in modules.items() if n and is_conv1d(m) and fnmatch.fnmatchcase(n, pattern)
-             and not any(fnmatch.fnmatchcase(n, ex) for ex in cfg.exclude)]
+    found = [n for n, m in modules.items() if n and is_conv1d(m) and reaches(cfg, n, pattern)]
     if found:
         shown = ", ".join(found[:4]) + (" …" if len(found) > 4 else "")
         raise ConfigError(

@@ -12,7 +12,6 @@ import contextlib
 import copy
 import dataclasses
 import datetime
-import fnmatch
 import logging
 from dataclasses import dataclass, field
 from itertools import islice
@@ -24,10 +23,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lcpress.config import LCConfig, TaskConfig, TrainConfig
+from lcpress.config import LCConfig, TrainConfig
 from lcpress.core.engine import CalibrateFn, EvalFn, LCEngine, LStep, TrainFn, metric_value
 from lcpress.core.graph import ModelGraph
-from lcpress.core.plan import Plan, Task, load_config, plan
+from lcpress.core.plan import Plan, Task, load_config, plan, reaches
 from lcpress.core.realize import RealizedLayer, eval_output, load_compressed, realize, verify
 from lcpress.core.scheme import State
 from lcpress.core.surgery import call_model, replace_module, uncompiled
@@ -426,14 +425,8 @@ def _pointwise_as_conv(model: nn.Module, config: LCConfig) -> None:
     second compression of it (quantize the thin layers) reaches them as the plain convolutions they are.
     """
     for name, module in list(model.named_modules()):
-        if isinstance(module, PointwiseConv2d) and any(_names(task, name) for task in config.tasks):
+        if isinstance(module, PointwiseConv2d) and any(reaches(task, name) for task in config.tasks):
             replace_module(model, name, module.to_conv())
-
-
-def _names(task: TaskConfig, name: str) -> bool:
-    """Whether ``task``'s layer patterns reach layer ``name`` (and its excludes do not)."""
-    hit = any(name == p or fnmatch.fnmatchcase(name, p) for p in task.layers)
-    return hit and not any(fnmatch.fnmatchcase(name, p) for p in task.exclude)
 
 
 def _one_or_many(batches: Any) -> Any:
