@@ -108,7 +108,8 @@ def sweep(
     :param model: the trained dense model; it is not changed (each run gets a copy).
     :param config: the run config; ``output_dir`` is where the runs and the curve go.
     :param targets: target ratios; default ``config.sweep.targets``.
-    :param train_fn: one L step (as for :func:`lcpress.compress`); it also fine-tunes the baseline.
+    :param train_fn: one L step (as for :func:`lcpress.compress`); it also fine-tunes the baseline. Every run
+        trains its own copy of the model, so the function must build its optimizer from the model it is given.
     :param eval_fn: the metric on the sweep's axis; needed unless ``loaders`` give the built-in accuracy.
     :param loaders: ``(train_loader, eval_loader)`` for the built-in trainer and metric.
     :param example_input: one input batch, to trace the model (default: the first batch of ``loaders``).
