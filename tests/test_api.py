@@ -436,3 +436,21 @@ def test_one_calibration_batch_given_alone_counts_as_one_batch():
     assert _one_or_many(x)[0] is x and _one_or_many({"input_ids": x})[0]["input_ids"] is x
     two_batches = (x[:8], x[8:16])  # same shape and dtype: batches of inputs, not inputs and labels
     assert _one_or_many(two_batches) is two_batches and _one_or_many([(x, y)])[0][1] is y
+
+
+def test_a_train_fn_whose_optimizer_holds_another_models_parameters_is_named(caplog):
+    """An optimizer built once, for the model before it was copied (a sweep, a notebook cell run twice)."""
+    x, y = _data()
+    stale = torch.optim.SGD(_trained_mlp().parameters(), lr=0.05)
+
+    def train_fn(model, penalty, step):
+        loss = F.cross_entropy(model(x), y) + penalty()
+        stale.zero_grad()
+        loss.backward()
+        stale.step()
+
+    config = {"tasks": [{"layers": ["0"], "options": {"rank": 4}}], "schedule": {"steps": 2, "mu0": 0.01}}
+    with caplog.at_level("WARNING", logger="lcpress"):
+        lcpress.compress(_trained_mlp(), config, train_fn, lambda m: 0.0, example_input=x[:1], progress=False)
+    said = [r.message for r in caplog.records if "changed none of the compressed weights" in r.message]
+    assert len(said) == 1 and said[0].startswith("LC step 1:")

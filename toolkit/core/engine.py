@@ -142,6 +142,7 @@ class LCEngine:
         self.states: list[State | None] = [None] * len(self.tasks)
         self.multipliers: list[torch.Tensor | None] = [None] * len(self.tasks)
         self.next_step = 0  # 0 = the DC step has not run yet
+        self._said_untrained = False  # warned that an L step left the compressed weights unchanged
         self.history: list[dict[str, Any]] = []
         self.selection: dict[int, budget_mod.Choice] = {}
         self._told: set[int] = set()  # groups whose unreachable target was reported (once per run)
@@ -254,6 +255,11 @@ class LCEngine:
             raise LcpressError("train_fn trained the compressed weights without calling penalty(), so nothing "
                                "pulled them towards their compressed form. Add it to the loss you backpropagate: "
                                "loss = task_loss + penalty()")
+        if calls and not trained and not self._said_untrained:  # once: a stale optimizer, or a learning rate of 0
+            self._said_untrained = True
+            log.warning("LC step %d: train_fn called penalty() but changed none of the compressed weights; does its "
+                        "optimizer hold the parameters of the model it is given? (one built for another copy of the "
+                        "model trains that copy)", k)
         self._update_metrics()
         return None if loss is None else returned_number(loss, "train_fn", "the training loss as one number, or None")
 
