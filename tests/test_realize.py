@@ -279,3 +279,20 @@ def test_a_glob_says_which_weight_layers_it_reaches_but_does_not_compress(caplog
         lcpress.compress(model, {"tasks": [{"layers": ["*"], "exclude": ["0", "2"], "options": {"rank": 4}}],
                                  "schedule": {"steps": 0}}, example_input=x)
     assert not [r for r in caplog.records if "does not compress" in r.message]
+
+
+def test_planning_a_compressed_model_reaches_its_1x1_stages_as_convolutions(caplog):
+    """lcpress costs / profile / predict_costs on a low-rank model see the realized 1×1 stages as layers."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    _compress(model, ["*"], x, rank=8, rank_multiple=1, shape="channel")
+    assert isinstance(model[0][1], lcpress.nn.PointwiseConv2d)
+    with torch.no_grad():
+        before = model(x)
+    with caplog.at_level("WARNING", logger="lcpress"):
+        prediction = lcpress.predict_costs(model, {"tasks": [{"layers": ["*"], "scheme": "quantize"}]}, x)
+    assert list(prediction.table["layer"]) == ["0.0", "0.1", "2.0", "2.1"]
+    assert not [r for r in caplog.records if "does not compress" in r.message]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, rtol=0, atol=0)  # the 1×1 stages became equal convs

@@ -35,8 +35,10 @@ from lcpress.core.forms import LayerSpec
 from lcpress.core.graph import COMPRESSIBLE, ModelGraph, is_conv1d, trace
 from lcpress.core.registry import Registry, get_registry
 from lcpress.core.scheme import Scheme
+from lcpress.core.surgery import replace_module
 from lcpress.core.views import TaskView
 from lcpress.errors import ConfigError, LcpressError, PluginError
+from lcpress.nn.modules import PointwiseConv2d
 from lcpress.options import Options
 
 log = logging.getLogger(__name__)
@@ -183,10 +185,26 @@ class Plan:
 
 
 def plan(model: nn.Module, config: LCConfig, example_input: Any, resolved: Resolved | None = None) -> Plan:
-    """Trace ``model`` on ``example_input`` and turn the config's task groups into tasks (no training)."""
+    """Trace ``model`` on ``example_input`` and turn the config's task groups into tasks (no training).
+
+    The one change it makes to ``model``: realized 1×1 stages that a task's patterns reach become the
+    ``nn.Conv2d`` they compute (:func:`pointwise_as_conv`), the same function with the same state dict.
+    """
     resolved = resolved or resolve(config)
+    pointwise_as_conv(model, config)
     graph = trace(model, example_input)
     return Plan(graph, plan_tasks(model, graph, resolved, example_input), resolved.cost_models, resolved)
+
+
+def pointwise_as_conv(model: nn.Module, config: LCConfig) -> None:
+    """Realized 1×1 stages a task reaches become the ``nn.Conv2d`` they compute (exactly), so they compress again.
+
+    A model compressed once holds :class:`PointwiseConv2d` layers (the second half of a low-rank conv); a
+    second compression of it (quantize the thin layers) reaches them as the plain convolutions they are.
+    """
+    for name, module in list(model.named_modules()):
+        if isinstance(module, PointwiseConv2d) and any(reaches(task, name) for task in config.tasks):
+            replace_module(model, name, module.to_conv())
 
 
 def plan_tasks(model: nn.Module, graph: ModelGraph, resolved: Resolved, example_input: Any = None) -> list[Task]:

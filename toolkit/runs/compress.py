@@ -26,11 +26,10 @@ from torch.utils.data import DataLoader
 from lcpress.config import LCConfig, TrainConfig
 from lcpress.core.engine import CalibrateFn, EvalFn, LCEngine, LStep, TrainFn, metric_value
 from lcpress.core.graph import ModelGraph
-from lcpress.core.plan import Plan, Task, load_config, plan, reaches
+from lcpress.core.plan import Plan, Task, load_config, plan
 from lcpress.core.realize import RealizedLayer, eval_output, load_compressed, realize, verify
 from lcpress.core.scheme import State
-from lcpress.core.surgery import call_model, replace_module, uncompiled
-from lcpress.nn.modules import PointwiseConv2d
+from lcpress.core.surgery import call_model, uncompiled
 from lcpress.errors import ConfigError, LcpressError, RunDirectoryError
 from lcpress.progress import status_line
 from lcpress.io.checkpoint import FileCheckpointer
@@ -188,7 +187,6 @@ def compress(
     probe = _gradient_probe(config, data, device)
     calibrate = _calibrate_fn(data, config, device)
 
-    _pointwise_as_conv(model, config)
     planned = plan(model, config, example_input)
     _refuse_untrainable(model, planned.tasks, config)
     timed = _timed_targets(config, planned.cost_models)
@@ -416,17 +414,6 @@ def _gradient_probe(config: LCConfig, data: Any, device: torch.device):
         return None
     loss_fn = LOSSES[config.train.loss]
     return lambda model, params: gradient_norm(model, params, data, loss_fn, device=device)
-
-
-def _pointwise_as_conv(model: nn.Module, config: LCConfig) -> None:
-    """Realized 1×1 stages a task names become the ``nn.Conv2d`` they compute (exactly), so they compress again.
-
-    A model compressed once holds :class:`PointwiseConv2d` layers (the second half of a low-rank conv); a
-    second compression of it (quantize the thin layers) reaches them as the plain convolutions they are.
-    """
-    for name, module in list(model.named_modules()):
-        if isinstance(module, PointwiseConv2d) and any(reaches(task, name) for task in config.tasks):
-            replace_module(model, name, module.to_conv())
 
 
 def _one_or_many(batches: Any) -> Any:
