@@ -13,6 +13,7 @@ costs`` print their results — and both plan the run exactly as
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from lcpress.core.engine import LCEngine
 from lcpress.core.measured import MeasuredCostModel
 from lcpress.core.plan import load_config, plan
 from lcpress.core.schedule import initial_mu
+from lcpress.nn.modules import PointwiseConv2d
 from lcpress.progress import progress_bar
 from lcpress.reporting.tables import layer_table
 
@@ -68,6 +70,8 @@ class Prediction:
 
 
 def _engine(model: nn.Module, config: LCConfig, example_input: Any, progress: bool) -> LCEngine:
+    if any(isinstance(m, PointwiseConv2d) for m in model.modules()):
+        model = copy.deepcopy(model)  # planning turns realized 1×1 stages into convs; a preview leaves the model be
     planned = plan(model, config, example_input)
     return LCEngine(model, planned.tasks, config.schedule, None, graph=planned.graph,
                     cost_models=planned.cost_models, seed=config.seed, progress=progress)
