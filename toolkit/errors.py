@@ -8,6 +8,12 @@ wrong *and* what to do about it.
 from __future__ import annotations
 
 
+def listed(names, most: int = 4) -> str:
+    """The first ``most`` names, comma-separated, with " …" when there are more: a message's short list."""
+    names = list(names)
+    return ", ".join(names[:most]) + (" …" if len(names) > most else "")
+
+
 class LcpressError(Exception):
     """Base class of the errors lcpress raises deliberately."""
 

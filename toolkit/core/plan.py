@@ -37,7 +37,7 @@ from lcpress.core.registry import Registry, get_registry
 from lcpress.core.scheme import Scheme
 from lcpress.core.surgery import replace_module
 from lcpress.core.views import TaskView
-from lcpress.errors import ConfigError, LcpressError, PluginError
+from lcpress.errors import ConfigError, LcpressError, PluginError, listed
 from lcpress.nn.modules import PointwiseConv2d
 from lcpress.options import Options
 
@@ -266,10 +266,10 @@ def _fitting_layers(group: GroupPlugins, names: list[str], named: set[str], grap
             kept.append(name)
     if unfit and not kept:
         raise ConfigError(f"tasks[{g}]: {group.config.scheme} can compress none of the layers matched: "
-                          f"{', '.join(unfit[:4])}{' …' if len(unfit) > 4 else ''}")
+                          f"{listed(unfit)}")
     if unfit:
         log.warning("tasks[%d]: %d matched layer(s) left alone, which %s cannot compress: %s; exclude them to "
-                    "silence this", g, len(unfit), group.config.scheme, ", ".join(unfit[:4]) + (" …" if len(unfit) > 4 else ""))
+                    "silence this", g, len(unfit), group.config.scheme, listed(unfit))
     return kept
 
 
@@ -358,7 +358,7 @@ def _match(cfg: TaskConfig, modules: dict[str, nn.Module], graph: ModelGraph, g:
         if not explicit:
             _warn_other_weights(cfg, modules, pattern, g, i)
         if not hits:
-            known = ", ".join(graph.order[:12]) + (" …" if len(graph.order) > 12 else "")
+            known = listed(graph.order, 12)
             raise ConfigError(
                 f"tasks[{g}].layers[{i}]: {pattern!r} matches no layer of the model; compressible layers: {known}"
             )
@@ -425,7 +425,7 @@ def _refuse_conv1d(cfg: TaskConfig, modules: dict[str, nn.Module], pattern: str,
     """A pattern that reaches transformers Conv1D layers fails, saying how to convert them."""
     found = [n for n, m in modules.items() if n and is_conv1d(m) and reaches(cfg, n, pattern)]
     if found:
-        shown = ", ".join(found[:4]) + (" …" if len(found) > 4 else "")
+        shown = listed(found)
         raise ConfigError(
             f"tasks[{g}].layers[{i}]: {pattern!r} matches transformers Conv1D layers ({shown}), GPT-2's Linear "
             f"with a transposed weight, which lcpress does not compress directly; convert them first with "

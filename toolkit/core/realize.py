@@ -21,7 +21,7 @@ from lcpress.core.guard import plugin_call
 from lcpress.core.plan import Task
 from lcpress.core.scheme import State, is_dense
 from lcpress.core.surgery import call_model, first_tensor, get_module, replace_module
-from lcpress.errors import LcpressError
+from lcpress.errors import LcpressError, listed
 
 log = logging.getLogger("lcpress.realize")
 
@@ -67,7 +67,7 @@ def realize(
     aliases, specs = aliases or {}, specs or {}
     load_compressed(tasks, states)
     records: list[RealizedLayer] = []
-    fused: list[str] = []  # compressed layers a fused parent keeps dense
+    fused: dict[str, str] = {}  # compressed layers a fused parent keeps dense: the parent's class
     for task, state in zip(tasks, states):
         if task.scheme.scope == "model":
             records.extend(_realize_bound(model, task, state, aliases))
@@ -84,8 +84,9 @@ def realize(
             record.form = form_to_dict(form)
             record.reason = _kept_dense(model, name, task, form, is_dense(layer_state), specs.get(name, task.spec))
             if record.reason:
-                if _parent_reading_weights(model, name) and not isinstance(form, Dense):
-                    fused.append(name)
+                reader = _parent_reading_weights(model, name)
+                if reader and not isinstance(form, Dense):
+                    fused[name] = reader
                 continue
             new = _realized_module(task, layer_state, module)
             if new is module:
@@ -93,19 +94,17 @@ def realize(
             replace_module(model, name, new, record.aliases)
             record.realized = True
     if fused:
-        _warn_fused(model, fused)
+        _warn_fused(fused)
     return records
 
 
-def _warn_fused(model: nn.Module, names: list[str]) -> None:
+def _warn_fused(fused: dict[str, str]) -> None:
     """One warning for the layers a fused parent keeps dense: their compression is in their weights only."""
-    parents = ", ".join(sorted({_parent_reading_weights(model, n) or "" for n in names}))
-    shown = ", ".join(names[:4]) + (" …" if len(names) > 4 else "")
     log.warning("%d compressed layer(s) stay dense modules holding Δ(θ) (%s): their parent (%s) reads their "
                 "weights inside its own forward (fused fast path), so no realized module can stand in for them: they "
                 "compute with Δ(θ) but run, and are saved, at their dense size. To gain from them, build the blocks "
                 "from modules that call their Linear children (as Hugging Face encoders do), or leave them out",
-                len(names), shown, parents)
+                len(fused), listed(fused), ", ".join(sorted(set(fused.values()))))
 
 
 def _realize_bound(model: nn.Module, task: Task, state: State, aliases: dict[str, list[str]]) -> list[RealizedLayer]:

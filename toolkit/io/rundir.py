@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from lcpress.atomic import write_text_atomic
-from lcpress.errors import RunDirectoryError
+from lcpress.errors import RunDirectoryError, listed
 
 RUN_FORMAT = "lcpress-run"
 CHECKPOINT = "checkpoint.safetensors"
@@ -124,7 +124,7 @@ class RunDirectory:
 
     def _refuse_foreign(self, force: bool) -> None:
         names = sorted(p.name for p in self._entries())
-        shown = ", ".join(names[:5]) + (" …" if len(names) > 5 else "")
+        shown = listed(names, 5)
         if not force:
             raise RunDirectoryError(
                 f"{str(self.path)!r} is a folder lcpress did not create and it holds files ({shown}); lcpress writes "

@@ -101,8 +101,7 @@ def _programme(edges: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor,
     sizes = edges.to(torch.float64)
 
     def sse(i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        s = e1[j] - e1[i]
-        return (e2[j] - e2[i] - s * s / (sizes[j] - sizes[i])).clamp_min(0)
+        return _run_sse(e1[j] - e1[i], e2[j] - e2[i], sizes[j] - sizes[i])
 
     ends = torch.arange(m + 1)
     previous = torch.zeros(m + 1, dtype=torch.float64)
@@ -156,8 +155,12 @@ def _lloyd_sorted(values: torch.Tensor, p1: torch.Tensor, bounds: torch.Tensor, 
 
 def _total_sse(p1: torch.Tensor, p2: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
     starts, ends = bounds[:-1], bounds[1:]
-    s = p1[ends] - p1[starts]
-    return (p2[ends] - p2[starts] - s * s / (ends - starts).clamp_min(1).to(torch.float64)).clamp_min(0).sum()
+    return _run_sse(p1[ends] - p1[starts], p2[ends] - p2[starts], (ends - starts).clamp_min(1).to(torch.float64)).sum()
+
+
+def _run_sse(total: torch.Tensor, squares: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Sum of squared deviations from their mean of runs of values, from their sums, sums of squares and counts."""
+    return (squares - total * total / count).clamp_min(0)
 
 
 def _dp_layer(previous: torch.Tensor, k: int, n: int, sse) -> tuple[torch.Tensor, torch.Tensor]:

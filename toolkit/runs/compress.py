@@ -440,16 +440,9 @@ def _layer_records(model: nn.Module, records: list) -> list[dict[str, Any]]:
     """
     new = [r.to_dict() for r in records]
     replaced = {r["name"] for r in new}
-    earlier = [r for r in getattr(model, "lcpress_layers", []) if r["name"] not in replaced and _has(model, r["name"])]
+    present = {name for name, _ in model.named_modules(remove_duplicate=False)}
+    earlier = [r for r in getattr(model, "lcpress_layers", []) if r["name"] not in replaced and r["name"] in present]
     return earlier + new
-
-
-def _has(model: nn.Module, name: str) -> bool:
-    try:
-        model.get_submodule(name)
-    except AttributeError:
-        return False
-    return True
 
 
 def _finish(model, engine: LCEngine, graph, cost_models, config, example_input, dense_metric, run_dir,

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from lcpress.config import DataConfig, ModelConfig
-from lcpress.errors import ConfigError, LcpressError
+from lcpress.errors import ConfigError, LcpressError, listed
 from lcpress.runs.demo import digits_cnn, digits_loaders, train_dense
 
 log = logging.getLogger("lcpress")
@@ -104,8 +104,8 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
-        parts = ([f"missing {', '.join(missing[:5])}" + (" …" if len(missing) > 5 else "")] if missing else []) + \
-                ([f"unexpected {', '.join(unexpected[:5])}" + (" …" if len(unexpected) > 5 else "")] if unexpected else [])
+        parts = ([f"missing {listed(missing, 5)}"] if missing else []) + \
+                ([f"unexpected {listed(unexpected, 5)}"] if unexpected else [])
         raise LcpressError(f"model.weights: {str(path)!r} does not fit the model ({'; '.join(parts)}); give the "
                            f"weights of this architecture")
     for key, value in state.items():
