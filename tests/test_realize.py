@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from torch import nn
@@ -158,14 +160,24 @@ class TiedWeights(nn.Module):
         return self.out(torch.relu(self.b(torch.relu(self.a(x)))))
 
 
-@pytest.mark.parametrize("layers", [["a"], ["b"], ["*"]])
+@pytest.mark.parametrize("layers", [["a"], ["b"], ["[ab]"]])
 def test_a_tied_weight_is_refused_naming_its_other_holder_and_nothing_changes(layers):
+    """Named exactly, or the only layers a glob reaches, a tied layer stops the run before training."""
     model = TiedWeights()
     weight = model.a.weight.detach().clone()
     with pytest.raises(lcpress.ConfigError, match=r"shares its weight with (a|b)\.weight.*untie"):
         _compress(model, layers, torch.randn(4, 32), rank=8)
     assert model.a.weight is model.b.weight and torch.equal(model.a.weight, weight)
     assert isinstance(model.a, nn.Linear) and isinstance(model.b, nn.Linear)
+
+
+def test_a_glob_leaves_tied_layers_alone_with_a_warning_and_compresses_the_rest(caplog):
+    model = TiedWeights()
+    with caplog.at_level(logging.WARNING, logger="lcpress"):
+        result = _compress(model, ["*"], torch.randn(4, 32), rank=1)
+    assert [r.name for r in result.records] == ["out"]
+    assert model.a.weight is model.b.weight and isinstance(model.a, nn.Linear) and isinstance(model.b, nn.Linear)
+    assert "'a' (tied to b.weight)" in caplog.text and "'b' (tied to a.weight)" in caplog.text
 
 
 def test_untied_as_the_error_says_the_layer_compresses():

@@ -210,13 +210,14 @@ def pointwise_as_conv(model: nn.Module, config: LCConfig) -> None:
 def plan_tasks(model: nn.Module, graph: ModelGraph, resolved: Resolved, example_input: Any = None) -> list[Task]:
     """Resolve every task group against ``model`` (see the module docstring)."""
     modules = dict(model.named_modules(remove_duplicate=False))
+    tied = _tied_weights(model)
     claimed: dict[str, int] = {}
     tasks: list[Task] = []
     for group in resolved.groups:
         g, cfg = group.index, group.config
         names, named = _match(cfg, modules, graph, g)
         if group.scheme_class.scope != "model":
-            names = _fitting_layers(group, names, named, graph, modules)
+            names = _untied_layers(g, _fitting_layers(group, names, named, graph, modules), named, tied)
         for name in names:
             if name in claimed:
                 raise ConfigError(
@@ -243,7 +244,8 @@ def plan_tasks(model: nn.Module, graph: ModelGraph, resolved: Resolved, example_
             task_name = unit[0] if len(unit) == 1 else f"group{g}"
             tasks.append(Task(task_name, unit, params, view, scheme, cost_model, spec, g, cfg))
     _refuse_overlap(tasks)
-    _refuse_tied(model, tasks)
+    for task in tasks:  # a model-scope task's binding reaches beyond the matched layers
+        _refuse_tied(task.group, [n for n in task.layers if n in tied], tied)
     return tasks
 
 
@@ -273,34 +275,55 @@ def _fitting_layers(group: GroupPlugins, names: list[str], named: set[str], grap
     return kept
 
 
-def _refuse_tied(model: nn.Module, tasks: list[Task]) -> None:
-    """A compressed weight that another module also holds (tied weights) fails before training.
+def _tied_weights(model: nn.Module) -> dict[str, list[str]]:
+    """Layers whose weight another module also holds (tied weights), each with the other holders' names.
 
-    Compressing it replaces one holder by thin layers, and the other would go on
-    reading a tensor that is neither the trained weight nor its compressed form
-    (a language model's output layer tied to its embedding is the usual case).
-    A module registered under two names is one layer, not a tie: the graph's
-    aliases already make it one task.
+    A module registered under two names is one layer, not a tie: the graph's aliases already make it one task.
     """
-    holders: dict[int, list[str]] = {}
+    holders: dict[int, list[tuple[int, str]]] = {}  # parameter → (module, qualified name) of each holder
     seen: set[int] = set()
     for name, module in model.named_modules(remove_duplicate=False):
         if id(module) in seen:
             continue
         seen.add(id(module))
         for pname, param in module.named_parameters(recurse=False):
-            holders.setdefault(id(param), []).append(f"{name}.{pname}" if name else pname)
-    for task in tasks:
-        for layer in task.layers:
-            weight = getattr(model.get_submodule(layer), "weight", None)
-            owners = holders.get(id(weight), []) if isinstance(weight, nn.Parameter) else []
-            others = [o for o in owners if o != f"{layer}.weight"]
-            if others:
-                raise ConfigError(
-                    f"tasks[{task.group}]: layer {layer!r} shares its weight with {', '.join(others)} (tied "
-                    f"parameters); compressing it would change what the other holder computes. Leave {layer!r} "
-                    f"out (exclude), or untie them first: layer = model.get_submodule({layer!r}); "
-                    f"layer.weight = nn.Parameter(layer.weight.detach().clone())")
+            holders.setdefault(id(param), []).append((id(module), f"{name}.{pname}" if name else pname))
+    tied: dict[str, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        weight = getattr(module, "weight", None)
+        others = [o for m, o in holders.get(id(weight), []) if m != id(module)]
+        if isinstance(weight, nn.Parameter) and others:
+            tied[name] = others
+    return tied
+
+
+def _untied_layers(g: int, names: list[str], named: set[str], tied: dict[str, list[str]]) -> list[str]:
+    """The matched layers whose weight no other module holds; a tied one is an error only if named exactly.
+
+    Compressing one holder of a tied weight replaces it by thin layers, and the other would go on reading a
+    tensor that is neither the trained weight nor its compressed form (a language model's output layer tied
+    to its embedding is the usual case). ``"*"`` over such a model compresses the rest and says so.
+    """
+    left = [n for n in names if n in tied]
+    _refuse_tied(g, left if len(left) == len(names) else [n for n in left if n in named], tied)
+    if left:
+        log.warning("tasks[%d]: %s left alone: %s; untie a layer to compress it: layer = "
+                    "model.get_submodule(%r); layer.weight = nn.Parameter(layer.weight.detach().clone())", g,
+                    "a layer whose weight another module also holds is" if len(left) == 1 else
+                    "layers whose weight another module also holds are",
+                    listed([f"{n!r} (tied to {', '.join(tied[n])})" for n in left]), left[0])
+    return [n for n in names if n not in tied]
+
+
+def _refuse_tied(g: int, layers: list[str], tied: dict[str, list[str]]) -> None:
+    """Tied layers a task cannot leave out (named exactly, or all it has) fail before training."""
+    if layers:
+        layer = layers[0]
+        raise ConfigError(
+            f"tasks[{g}]: layer {layer!r} shares its weight with {', '.join(tied[layer])} (tied "
+            f"parameters); compressing it would change what the other holder computes. Leave {layer!r} "
+            f"out (exclude), or untie them first: layer = model.get_submodule({layer!r}); "
+            f"layer.weight = nn.Parameter(layer.weight.detach().clone())")
 
 
 def _refuse_overlap(tasks: list[Task]) -> None:
