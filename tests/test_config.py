@@ -36,6 +36,12 @@ def _cfg(**over):
         ({"tasks": [{"scheme": "low_rank"}]}, r"tasks\[0\]\.layers: required key is missing"),
         (_cfg(device="tpu"), r"device: must be 'cpu' or 'cuda"),
         (_cfg(train={"optimizer": "lbfgs"}), r"train\.optimizer: 'lbfgs' is not allowed; choose one of 'sgd', 'adam'"),
+        ({"tasks": [{"layers": ["fc"], "scheme": "prune", "options": {"keep": 0.2}}]},
+         r"options\.keep: expected an integer, got 0\.2 \(did you mean keep_fraction: 0\.2\?\)"),
+        ({"tasks": [{"layers": ["fc"], "scheme": "quantize", "options": {"k": [2, 4]}}]},
+         r"options\.k: expected an integer, got \[2, 4\] \(did you mean k_choices: \[2, 4\]\?\)"),
+        ({"tasks": [{"layers": ["fc"], "scheme": "prune", "options": {"keep": 0.2, "keep_fraction": 0.1}}]},
+         r"options\.keep: expected an integer, got 0\.2$"),
     ],
 )
 def test_bad_config_names_the_key(data, message):

@@ -225,7 +225,7 @@ def _build_dataclass(cls: type[T], data: Any, path: str) -> T:
     kwargs = {}
     for name, f in fields.items():
         if name in data:
-            kwargs[name] = _coerce(hints[name], data[name], _join(path, name))
+            kwargs[name] = _coerce_field(hints, name, data, _join(path, name))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
             raise ConfigError(f"{_join(path, name)}: required key is missing ({f.metadata.get('help', '')})")
     obj = cls.__new__(cls)
@@ -237,6 +237,24 @@ def _build_dataclass(cls: type[T], data: Any, path: str) -> T:
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path or 'config'}: {exc}") from exc
     return obj
+
+
+def _coerce_field(hints: dict[str, Any], name: str, data: dict[str, Any], path: str) -> Any:
+    """One key's value, checked; a value of the wrong type that a sibling key takes names that key.
+
+    ``keep: 0.2`` where ``keep`` counts weights and ``keep_fraction`` takes a fraction is a slip worth naming.
+    """
+    try:
+        return _coerce(hints[name], data[name], path)
+    except ConfigError as exc:
+        for other in hints:
+            if other != name and other.startswith(f"{name}_") and other not in data:
+                try:
+                    _coerce(hints[other], data[name], path)
+                except ConfigError:
+                    continue
+                raise ConfigError(f"{exc} (did you mean {other}: {data[name]!r}?)") from None
+        raise
 
 
 def _coerce(tp: Any, value: Any, path: str) -> Any:
