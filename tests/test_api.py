@@ -454,3 +454,27 @@ def test_a_train_fn_whose_optimizer_holds_another_models_parameters_is_named(cap
         lcpress.compress(_trained_mlp(), config, train_fn, lambda m: 0.0, example_input=x[:1], progress=False)
     said = [r.message for r in caplog.records if "changed none of the compressed weights" in r.message]
     assert len(said) == 1 and said[0].startswith("LC step 1:")
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_eval_fn_sees_the_model_in_eval_mode_and_the_model_comes_back_in_its_own_mode(training):
+    """An eval_fn that does not call model.eval() still scores without dropout; the caller's mode is kept."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.Dropout(0.5), nn.ReLU(), nn.Linear(64, 2)).train(training)
+    x, y = _data()
+    modes = {"train_fn": set(), "eval_fn": set()}
+
+    def train_fn(model, penalty, step):
+        modes["train_fn"].add(model.training)
+        _one_sgd_step(x, y)(model, penalty, step)
+
+    def eval_fn(model):
+        modes["eval_fn"].add(model.training)
+        with torch.no_grad():
+            return float((model(x).argmax(1) == y).float().mean())
+
+    config = {"tasks": [{"layers": ["0"], "options": {"rank": 8}}], "schedule": {"mu0": 1e-2, "steps": 2}}
+    result = lcpress.compress(model, config, train_fn, eval_fn, example_input=x[:1], progress=False)
+    assert modes == {"train_fn": {True}, "eval_fn": {False}}
+    assert model.training is training and all(m.training is training for m in model.modules())
+    assert result.metric == pytest.approx(eval_fn(model.eval()))  # no dropout noise in the recorded metric

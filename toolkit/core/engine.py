@@ -93,6 +93,20 @@ def metric_value(value: Any) -> float:
     return returned_number(value, "eval_fn", "one number, the metric lcpress records and reports (e.g. accuracy)")
 
 
+def evaluated(model: nn.Module, eval_fn: EvalFn) -> float:
+    """``eval_fn(model)`` with the model in eval mode (dropout off, BatchNorm on its running statistics).
+
+    An L step leaves the model in training mode, and an ``eval_fn`` written for a notebook rarely calls
+    ``model.eval()`` itself: its metric would move with dropout's random masks. The mode is restored after.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        return metric_value(eval_fn(model))
+    finally:
+        model.train(was_training)
+
+
 class Checkpointer(Protocol):
     def save(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None: ...
 
@@ -636,7 +650,7 @@ class LCEngine:
         """The run's metric of the model as it stands, after re-estimating BatchNorm statistics where the run does."""
         if self.before_eval is not None:
             self.before_eval(self.model)
-        return metric_value(self.eval_fn(self.model))
+        return evaluated(self.model, self.eval_fn)
 
     @contextlib.contextmanager
     def compressed(self) -> Iterator[nn.Module]:

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lcpress.config import LCConfig, TrainConfig
-from lcpress.core.engine import CalibrateFn, EvalFn, LCEngine, LStep, TrainFn, metric_value
+from lcpress.core.engine import CalibrateFn, EvalFn, LCEngine, LStep, TrainFn, evaluated
 from lcpress.core.graph import ModelGraph
 from lcpress.core.plan import Plan, Task, load_config, plan
 from lcpress.core.realize import RealizedLayer, eval_output, load_compressed, realize, verify
@@ -134,13 +134,15 @@ def compress(
 ) -> CompressionResult:
     """Compress ``model`` in place with the LC algorithm and return the result.
 
-    :param model: a trained model; its compressed layers are replaced in place.
+    :param model: a trained model; its compressed layers are replaced in place,
+        and it is handed back in the mode (train or eval) it came in.
     :param config: an :class:`LCConfig`, a dict of the YAML structure, or a YAML path.
     :param train_fn: ``train_fn(model, penalty, step)`` runs one L step: the user's
         training loop with ``penalty()`` added to the loss. Default: the built-in
         supervised trainer over ``loaders[0]`` (config ``train`` section).
     :param eval_fn: ``eval_fn(model) -> float``, e.g. test accuracy; run on the
-        compressed weights after every step. Default: the config's ``metric``
+        compressed weights after every step, with the model in eval mode (its
+        mode restored after). Default: the config's ``metric``
         (top-1 accuracy, or cosine similarity to targets) on ``loaders[1]``.
     :param loaders: ``(train_loader, eval_loader)`` for the defaults above.
     :param example_input: an input of the model, traced to learn layer shapes
@@ -198,9 +200,11 @@ def compress(
         raise ConfigError("extend continues a run: pass resume=True too (CLI: --resume --extend)")
     setup = _Setup(model, config, planned, train_fn, eval_fn, finetune_fn, normalize, probe, example_input, progress,
                    timed, calibrate)
+    was_training = model.training
     with _holding(run_dir):
         resuming = distributed.on_main(lambda: _prepare(run_dir, config, resume, force, extend) if run_dir else False)
         result = _run(setup, run_dir, resuming)
+    model.train(was_training)  # the mode the model came in: L steps train it, the end evaluates it
     result.model = passed
     return result
 
@@ -279,7 +283,7 @@ def _run(setup: _Setup, run_dir: RunDirectory | None, resuming: bool) -> Compres
     checkpointer = FileCheckpointer(run_dir.checkpoint_path, config.to_dict()) if run_dir and config.checkpoint else None
 
     torch.manual_seed(config.seed)
-    dense_metric = metric_value(eval_fn(model)) if eval_fn is not None else None
+    dense_metric = evaluated(model, eval_fn) if eval_fn is not None else None
     if run_dir is not None and distributed.is_main():  # what `lcpress report` needs while the run is running
         run_dir.update_info(plan=plan_record(graph, tasks), dense_metric=dense_metric,
                             example_input=input_record(example_input))
@@ -535,7 +539,7 @@ def _fine_tune(model: nn.Module, finetune_fn, eval_fn, config: LCConfig, normali
     model.eval()
     if normalize is not None:
         normalize(model)
-    return None if eval_fn is None else metric_value(eval_fn(model))
+    return None if eval_fn is None else evaluated(model, eval_fn)
 
 
 #: A compressed metric this far below dense (in the metric's own units: accuracy, cosine) is reported.
