@@ -161,8 +161,6 @@ class LowRankScheme(Scheme):
         if isinstance(module, nn.Linear):
             return factorized_linear(module, a, b)
         if isinstance(module, nn.Conv2d):
-            if state.meta["shape"] == "spatial" and (module.padding_mode != "zeros" or isinstance(module.padding, str)):
-                return super().realize(state, module)  # split padding would differ from the original
             return factorized_conv(module, a, b, state.meta["shape"])
         raise TypeError(f"low_rank cannot realize a {type(module).__name__}")
 
@@ -203,11 +201,12 @@ def factorized_conv(module: nn.Conv2d, a: torch.Tensor, b: torch.Tensor, shape: 
         second = _stage(module, rank, out, (1, 1), (1, 1), (0, 0), (1, 1), bias)
         first_w = b.reshape(rank, cin, kh, kwid)
         second_w = a.reshape(out, rank, 1, 1)
-    else:
+    else:  # each stage pads its own axis: exact for every padding mode, as a kh×1 conv acts on each column alone
         rank = a.shape[1]
-        ph, pw = module.padding  # numeric: realize() keeps 'same'/'valid' convs dense in this shape
-        first = _stage(module, cin, rank, (kh, 1), (sh, 1), (ph, 0), (dh, 1), False)
-        second = _stage(module, rank, out, (1, kwid), (1, sw), (0, pw), (1, dw), bias)
+        pad_h, pad_w = (module.padding, module.padding) if isinstance(module.padding, str) else \
+            ((module.padding[0], 0), (0, module.padding[1]))  # 'same' / 'valid' pad a kernel's 1-wide axis by 0
+        first = _stage(module, cin, rank, (kh, 1), (sh, 1), pad_h, (dh, 1), False)
+        second = _stage(module, rank, out, (1, kwid), (1, sw), pad_w, (1, dw), bias)
         first_w = a.T.reshape(rank, cin, kh, 1)
         second_w = b.reshape(rank, out, kwid).permute(1, 0, 2).reshape(out, rank, 1, kwid)
     return two_stage(first, second, first_w, second_w, module.bias)

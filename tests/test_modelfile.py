@@ -68,6 +68,20 @@ def test_round_trip_without_the_code(tmp_path, shape):
     assert [layer["name"] for layer in loaded.lcpress_layers] == ["0", "4"]
 
 
+@pytest.mark.parametrize("padding,mode", [("same", "zeros"), ("same", "reflect"), ((1, 2), "circular")])
+def test_a_spatially_split_conv_keeps_its_padding_through_a_round_trip(tmp_path, padding, mode):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, (3, 5), padding=padding, padding_mode=mode), nn.ReLU(), nn.Flatten())
+    x = torch.randn(2, 4, 7, 9)
+    dense = model(x)
+    lcpress.compress(model, {"tasks": [{"layers": ["0"], "options": {"rank": 3, "shape": "spatial"}}],
+                             "schedule": {"steps": 0}}, example_input=x)
+    loaded = lcpress.load(lcpress.save(model, tmp_path / "m.safetensors"))
+    assert [(m.padding, m.padding_mode) for m in loaded[0]] == [(m.padding, m.padding_mode) for m in model[0]]
+    with torch.no_grad():
+        assert loaded(x).shape == dense.shape and torch.equal(loaded(x), model(x))
+
+
 
 def test_a_model_compressed_twice_quantizes_every_thin_layer_and_round_trips(tmp_path):
     """Low rank, then quantize '*': the 1×1 stages are quantized too, and the file loads into the original class."""

@@ -34,10 +34,13 @@ CONVS = [
     nn.Conv2d(8, 16, 3, stride=2, padding=1),
     nn.Conv2d(8, 16, (3, 5), stride=(2, 1), padding=(2, 1), dilation=(2, 3)),
     nn.Conv2d(8, 16, 3, padding=1, padding_mode="reflect", bias=False),
+    nn.Conv2d(8, 16, (5, 3), stride=2, padding=(1, 2), padding_mode="circular"),
+    nn.Conv2d(8, 16, (3, 4), padding="same", dilation=(1, 2), padding_mode="replicate"),
+    nn.Conv2d(8, 16, 3, padding="valid"),
 ]
 
 
-@pytest.mark.parametrize("conv", CONVS, ids=["plain", "stride-pad", "dilated", "reflect"])
+@pytest.mark.parametrize("conv", CONVS, ids=["plain", "stride-pad", "dilated", "reflect", "circular", "same", "valid"])
 @pytest.mark.parametrize("shape", ["channel", "spatial", "input"])
 def test_realized_conv_equals_dense_delta(conv, shape):
     import copy
@@ -47,14 +50,11 @@ def test_realized_conv_equals_dense_delta(conv, shape):
     x = torch.randn(2, 8, 13, 11)
     result = _compress(model, ["0"], x, rank=3, shape=shape)
     ref = _dense_reference(result, before)
-    realized = model[0]
-    if shape == "spatial" and conv.padding_mode != "zeros":
-        assert isinstance(realized, nn.Conv2d)  # split padding would change the function: kept dense
-    else:
-        assert isinstance(realized, nn.Sequential) and realized[0].out_channels == 3
-        stages = [type(m).__name__ for m in realized]
-        assert stages == {"channel": ["Conv2d", "PointwiseConv2d"], "spatial": ["Conv2d", "Conv2d"],
-                          "input": ["PointwiseConv2d", "Conv2d"]}[shape]
+    realized = model[0]  # every padding (mode) splits exactly: a kh×1 stage acts on each column alone
+    assert isinstance(realized, nn.Sequential) and realized[0].out_channels == 3
+    stages = [type(m).__name__ for m in realized]
+    assert stages == {"channel": ["Conv2d", "PointwiseConv2d"], "spatial": ["Conv2d", "Conv2d"],
+                      "input": ["PointwiseConv2d", "Conv2d"]}[shape]
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref(x), rtol=0, atol=1e-5)
 
