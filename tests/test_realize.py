@@ -293,6 +293,28 @@ def test_a_glob_says_which_weight_layers_it_reaches_but_does_not_compress(caplog
     assert not [r for r in caplog.records if "does not compress" in r.message]
 
 
+class _Recurrent(nn.Module):
+    """A text classifier: embedding, LSTM, GRU, a Linear head, and a learned start token in a module of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.fc = nn.Embedding(50, 8), nn.Linear(16, 3)
+        self.lstm, self.gru = nn.LSTM(8, 16, batch_first=True), nn.GRU(16, 16, batch_first=True)
+        self.start = nn.ParameterList([torch.zeros(1, 1, 8)])
+
+    def forward(self, x):
+        h = torch.cat([self.start[0].expand(len(x), 1, 8), self.emb(x)], 1)
+        return self.fc(self.gru(self.lstm(h)[0])[0][:, -1])
+
+
+def test_a_glob_names_recurrent_layers_it_leaves_dense_and_not_a_learned_token(caplog):
+    with caplog.at_level("WARNING", logger="lcpress"):
+        result = _compress(_Recurrent(), ["*"], torch.randint(0, 50, (2, 5)), rank=2)
+    assert [r.name for r in result.records] == ["fc"]
+    said = [r.message for r in caplog.records if "does not compress" in r.message]
+    assert len(said) == 1 and "also reaches 1 Embedding, 1 LSTM, 1 GRU, which" in said[0], said
+
+
 def test_planning_a_compressed_model_reaches_its_1x1_stages_as_convolutions(caplog):
     """lcpress costs / profile / predict_costs on a low-rank model see the realized 1×1 stages as layers."""
     torch.manual_seed(0)

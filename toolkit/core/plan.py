@@ -418,21 +418,27 @@ def _match(cfg: TaskConfig, modules: dict[str, nn.Module], graph: ModelGraph, g:
 
 
 def _warn_other_weights(cfg: TaskConfig, modules: dict[str, nn.Module], pattern: str, g: int, i: int) -> None:
-    """Say which weight layers a glob reaches but lcpress does not compress (Conv1d, Conv3d, Embedding …).
+    """Say which weight layers a glob reaches but lcpress does not compress (Conv1d, Embedding, LSTM …).
 
-    Without this a ``"*"`` over a 1-D CNN compresses its Linear head and silently leaves every conv dense.
+    Without this a ``"*"`` over a 1-D CNN compresses its Linear head and silently leaves every conv dense. A
+    module counts when it holds a weight matrix itself (not through a child): an LSTM's ``weight_ih_l0``,
+    attention's ``in_proj_weight``; a learned token of shape (1, 1, d) is not a matrix.
     """
     found: dict[str, int] = {}
     for name, module in modules.items():
-        weight = getattr(module, "weight", None)
-        if (name and not isinstance(module, COMPRESSIBLE) and not is_conv1d(module) and not any(module.children())
-                and isinstance(weight, nn.Parameter) and weight.dim() >= 2 and reaches(cfg, name, pattern)):
+        if (name and not isinstance(module, COMPRESSIBLE) and not is_conv1d(module) and _holds_a_matrix(module)
+                and reaches(cfg, name, pattern)):
             found[type(module).__name__] = found.get(type(module).__name__, 0) + 1
     if found:
         kinds = ", ".join(f"{count} {kind}" for kind, count in found.items())
         log.warning("tasks[%d].layers[%d]: %r also reaches %s, which lcpress does not compress (it compresses "
                     "nn.Linear and nn.Conv2d); they stay as they are (exclude them to silence this)", g, i, pattern,
                     kinds)
+
+
+def _holds_a_matrix(module: nn.Module) -> bool:
+    """Whether ``module`` itself holds a parameter with at least two dimensions of more than one entry."""
+    return any(p.dim() >= 2 and sum(size > 1 for size in p.shape) >= 2 for p in module.parameters(recurse=False))
 
 
 def _why_uncalled(modules: dict[str, nn.Module], name: str) -> str:
