@@ -478,3 +478,13 @@ def test_eval_fn_sees_the_model_in_eval_mode_and_the_model_comes_back_in_its_own
     assert modes == {"train_fn": {True}, "eval_fn": {False}}
     assert model.training is training and all(m.training is training for m in model.modules())
     assert result.metric == pytest.approx(eval_fn(model.eval()))  # no dropout noise in the recorded metric
+
+
+def test_calibration_batches_give_the_example_input_when_none_is_passed():
+    model = _trained_mlp()
+    x, y = _data()
+    config = {"tasks": [{"layers": ["0"], "options": {"rank": 8}}], "schedule": {"mu0": 1e-2, "steps": 1}}
+    result = lcpress.compress(model, config, _one_sgd_step(x, y), calibration=(x, y), progress=False)
+    assert result.graph.specs["0"].input_shape == (1, 32)  # one sample, as from a loader
+    with pytest.raises(lcpress.ConfigError, match="give example_input=.*, loaders= or calibration="):
+        lcpress.compress(_trained_mlp(), config, _one_sgd_step(x, y), progress=False)

@@ -54,6 +54,29 @@ def test_resumed_run_equals_uninterrupted_run(dense, tmp_path, power_cut):
     assert full.history[columns].equals(resumed.history[columns])
 
 
+def test_a_failing_eval_fn_passes_through_after_naming_the_intact_checkpoint(dense, tmp_path, caplog):
+    """A notebook user's own exception reaches them unchanged, with one line saying the run can continue."""
+    calls = []
+
+    def eval_fn(model):
+        calls.append(1)
+        if len(calls) == 4:  # dense, step 0, step 1, then step 2
+            raise ZeroDivisionError("a bug in my metric")
+        return 0.5
+
+    config = dict(CONFIG, output_dir=str(tmp_path / "run"))
+    train, _ = digits_loaders(64, 0)
+    with pytest.raises(ZeroDivisionError, match="a bug in my metric"), caplog.at_level("ERROR", logger="lcpress"):
+        lcpress.compress(copy.deepcopy(dense), config, SupervisedTrainer(train, lcpress.config.TrainConfig(**CONFIG["train"])), eval_fn,
+                         calibration=train, progress=False)
+    assert [r.message for r in caplog.records if r.levelname == "ERROR"] == [
+        "LC step 2 stopped (ZeroDivisionError); the checkpoint after LC step 1 is intact: continue the run with "
+        "resume=True (CLI: lcpress compress --resume)"]
+    resumed = lcpress.compress(copy.deepcopy(dense), config, SupervisedTrainer(train, lcpress.config.TrainConfig(**CONFIG["train"])),
+                               lambda model: 0.5, calibration=train, resume=True, progress=False)
+    assert list(resumed.history["step"]) == [0, 1, 2, 3, 4]
+
+
 def test_finished_run_is_not_overwritten_without_force(dense, tmp_path):
     _run(dense, tmp_path / "run")
     before = (tmp_path / "run" / "model.safetensors").read_bytes()

@@ -156,6 +156,7 @@ class LCEngine:
         self.states: list[State | None] = [None] * len(self.tasks)
         self.multipliers: list[torch.Tensor | None] = [None] * len(self.tasks)
         self.next_step = 0  # 0 = the DC step has not run yet
+        self.checkpointed: int | None = None  # the last LC step whose checkpoint is written (this run or resumed)
         self._said_untrained = False  # warned that an L step left the compressed weights unchanged
         self.history: list[dict[str, Any]] = []
         self.selection: dict[int, budget_mod.Choice] = {}
@@ -179,7 +180,8 @@ class LCEngine:
             mu0 = self.direct_compression()
             row = self._finish_step(0, mu0, None, time.perf_counter() - start)
             status_line(f"LC step 0/{total} (direct compression): {_summary(row)}", enabled=self.progress)
-        with progress_bar(total=total, initial=self.next_step - 1, desc="LC steps", enabled=self.progress) as bar:
+        with progress_bar(total=total, initial=self.next_step - 1, desc="LC steps", enabled=self.progress) as bar, \
+                self._saying_what_is_kept():
             for k in range(self.next_step, total + 1):
                 mu = next_mu(self.schedule, self.history, k)
                 start = time.perf_counter()
@@ -193,6 +195,22 @@ class LCEngine:
                 bar.set_postfix_str(_summary(row))
                 status_line(f"LC step {k}/{total}: {_summary(row)}", enabled=self.progress)
         return self.history_frame()
+
+    @contextlib.contextmanager
+    def _saying_what_is_kept(self) -> Iterator[None]:
+        """When the user's train_fn or eval_fn raises (or the run is interrupted), say which checkpoint is intact.
+
+        lcpress's own errors say so themselves; a user's exception passes through unchanged, after one line that
+        tells a notebook user the run is not lost.
+        """
+        try:
+            yield
+        except (Exception, KeyboardInterrupt) as exc:
+            if self.checkpointed is not None and not isinstance(exc, LcpressError):
+                log.error("LC step %d stopped (%s); the checkpoint after LC step %d is intact: continue the run with "
+                          "resume=True (CLI: lcpress compress --resume)", self.checkpointed + 1, type(exc).__name__,
+                          self.checkpointed)
+            raise
 
     def history_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.history)
@@ -600,6 +618,7 @@ class LCEngine:
         if self.checkpointer is not None:
             tensors, meta = self.snapshot()
             self.checkpointer.save(tensors, meta)
+            self.checkpointed = k
         return row
 
     def distance(self) -> float:
@@ -717,6 +736,7 @@ class LCEngine:
         self.history = list(meta["history"])
         self.curves = {int(i): sensitivity_mod.Curve.from_dict(doc) for i, doc in meta.get("sensitivity", {}).items()}
         self.next_step = int(meta["next_step"])
+        self.checkpointed = self.next_step - 1
         if "trainer" in meta and hasattr(self.train_fn, "load_state_dict"):
             self.train_fn.load_state_dict(join_tensors(meta["trainer"], tensors))
         _set_rng_state(join_tensors(meta["rng"], tensors))

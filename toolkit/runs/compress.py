@@ -147,7 +147,7 @@ def compress(
     :param loaders: ``(train_loader, eval_loader)`` for the defaults above.
     :param example_input: an input of the model, traced to learn layer shapes
         (and priced by cost models at its batch size). Default: one sample of
-        the first batch of the eval (else train) loader.
+        the first batch of the eval (else train) loader, else of ``calibration``.
     :param calibration: batches of ``(input, target)`` — or of inputs — (a loader, a list, or one batch) that
         lcpress reads, in a fixed order and without gradients, to re-estimate
         BatchNorm statistics for the compressed weights and to measure μ0
@@ -177,14 +177,15 @@ def compress(
         raise ConfigError("device: 'cuda' was asked for but torch sees no CUDA device; use device: cpu")
     model.to(device)
     _refuse_unpaired(loaders)
-    example_input = example_batch(example_input, loaders, device)
+    calibration = None if calibration is None else _one_or_many(calibration)
+    example_input = example_batch(example_input, loaders, device, calibration)
     if distributed.active() and train_fn is None and loaders is not None:
         loaders = (distributed.shard_loader(loaders[0], config.seed), loaders[1])
     progress = progress and distributed.is_main()
     finetune_fn = _finetune_fn(train_fn, loaders, config, device, progress)
     train_fn, eval_fn = _default_fns(train_fn, eval_fn, loaders, config, device, progress)
     train_fn = distributed.data_parallel(train_fn, model)
-    data = _one_or_many(calibration) if calibration is not None else (loaders[0] if loaders is not None else None)
+    data = calibration if calibration is not None else (loaders[0] if loaders is not None else None)
     normalize = _batchnorm_hook(model, config, data, device)
     probe = _gradient_probe(config, data, device)
     calibrate = _calibrate_fn(data, config, device)
@@ -589,13 +590,16 @@ def _refuse_unpaired(loaders: tuple[Any, Any] | None) -> None:
                 f"returns (inputs, labels)), or pass your own train_fn= and eval_fn= with example_input=")
 
 
-def example_batch(example_input: Any, loaders: tuple[Any, Any] | None, device: torch.device) -> Any:
-    """The input the model is traced on: ``example_input``, else one sample of the eval (else train) loader's first batch."""
+def example_batch(example_input: Any, loaders: tuple[Any, Any] | None, device: torch.device,
+                  calibration: Any = None) -> Any:
+    """The input the model is traced on: ``example_input``, else one sample of the first batch of the eval (else
+    train) loader, else of the calibration batches."""
     if example_input is None:
-        if loaders is None:
-            raise ConfigError("give example_input= (one input batch) or loaders= so lcpress can trace layer shapes")
-        source = loaders[1] if loaders[1] is not None else loaders[0]
-        batch = next(iter(fixed_batches(source)))  # never draws from a shuffled loader's generator
+        sources = [s for s in (*(reversed(loaders) if loaders else ()), calibration) if s is not None]
+        if not sources:
+            raise ConfigError("give example_input= (one input batch), loaders= or calibration= so lcpress can trace "
+                              "layer shapes")
+        batch = next(iter(fixed_batches(sources[0])))  # never draws from a shuffled loader's generator
         example_input = batch[0] if isinstance(batch, (tuple, list)) else batch
         if isinstance(example_input, torch.Tensor):
             example_input = example_input[:1]  # costs are per sample unless an example batch is given
