@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import torch
 from torch import nn
@@ -93,6 +93,12 @@ class PruneOptions(Options):
     fractions: list[float] = option(default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75],
                                     help="unstructured selection: candidate fractions of weights to keep",
                                     gt=0, le=1, nonempty=True)
+
+    @classmethod
+    def hint(cls, key: str, value: Any) -> str | None:
+        if key in ("sparsity", "amount", "prune_ratio") and isinstance(value, float) and 0 < value < 1:
+            return f"prune counts what it keeps: a sparsity of {value} is keep_fraction: {round(1 - value, 6)}"
+        return super().hint(key, value)
 
     def validate(self) -> None:
         if self.keep is not None and self.keep_fraction is not None:

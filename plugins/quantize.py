@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import torch
 from torch import nn
@@ -98,6 +98,12 @@ class QuantizeOptions(Options):
     iterations: int = option(30, help="Lloyd iterations per C step (solver: lloyd)", ge=1)
     zeros: Literal["quantize", "keep"] = option(
         "quantize", help="keep: exact zeros stay zero and uncoded (quantize what pruning left); quantize: code every weight")
+
+    @classmethod
+    def hint(cls, key: str, value: Any) -> str | None:
+        if key in ("bits", "nbits", "num_bits") and isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return f"k counts codebook entries: {value} bits is k: {2**value}"
+        return super().hint(key, value)
 
     def validate(self) -> None:
         if self.k is None and self.zeros == "keep":

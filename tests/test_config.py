@@ -42,6 +42,18 @@ def _cfg(**over):
          r"options\.k: expected an integer, got \[2, 4\] \(did you mean k_choices: \[2, 4\]\?\)"),
         ({"tasks": [{"layers": ["fc"], "scheme": "prune", "options": {"keep": 0.2, "keep_fraction": 0.1}}]},
          r"options\.keep: expected an integer, got 0\.2$"),
+        # common slips name their fix
+        ({"tasks": [{"layers": ["fc"], "target": 0.3}]},
+         r"tasks\[0\]\.target: expected a mapping, got float 0\.3; write \{ratio: 0\.3\}"),
+        ({"tasks": [{"layers": ["fc"], "target": {"flops": 0.3}}]},
+         r"target\.flops: unknown key \(a target names its cost model: \{cost: flops, ratio: 0\.3\}\)"),
+        ({"tasks": [{"layers": ["fc"], "ratio": 0.3}]}, r"tasks\[0\]\.ratio: unknown key \(a budget goes under target"),
+        ({"tasks": [{"layers": ["fc"], "rank": 8}]}, r"tasks\[0\]\.rank: unknown key \(.*options: \{rank: 8\}"),
+        ({"tasks": {"layers": ["fc"]}}, r"tasks: expected a list, got one mapping; make it a list item"),
+        ({"tasks": [{"layers": ["fc"], "scheme": "quantize", "options": {"bits": 4}}]}, r"4 bits is k: 16"),
+        ({"tasks": [{"layers": ["fc"], "scheme": "prune", "options": {"sparsity": 0.9}}]},
+         r"a sparsity of 0\.9 is keep_fraction: 0\.1\)"),
+        (_cfg(train={"learning_rate": 0.1}), r"train\.learning_rate: unknown key \(did you mean 'lr'\?\)"),
     ],
 )
 def test_bad_config_names_the_key(data, message):

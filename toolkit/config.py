@@ -34,6 +34,19 @@ class TargetConfig(Options):
         if (self.ratio is None) == (self.value is None):
             self.fail("ratio", "give exactly one of 'ratio' and 'value'")
 
+    @classmethod
+    def hint(cls, key: str, value: Any) -> str | None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):  # `flops: 0.3`: a cost model's name
+            return f"a target names its cost model: {{cost: {key}, ratio: {value}}}"
+        return super().hint(key, value)
+
+    @classmethod
+    def scalar_hint(cls, value: Any) -> str | None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return (f"write {{ratio: {value}}} (a fraction of the dense cost under the task's cost model) or "
+                    f"{{cost: flops, ratio: {value}}}")
+        return None
+
 
 @dataclass
 class TaskConfig(Options):
@@ -48,6 +61,13 @@ class TaskConfig(Options):
     normalize: bool = option(False, help="divide each layer's error by ‖W‖² so one α fits layers of any scale")
     exclude: list[str] = option(default_factory=list, help="names or globs to leave out of 'layers'")
     shared: bool = option(False, help="compress all matched layers as one vector (one codebook / budget)")
+
+    @classmethod
+    def hint(cls, key: str, value: Any) -> str | None:
+        if key in ("ratio", "value"):
+            return f"a budget goes under target: {{{key}: {value!r}}}"
+        return (f"if it is an option of the scheme, it goes under options: {{{key}: {value!r}}}; `lcpress "
+                f"plugins --options` lists each scheme's")
 
     def validate(self) -> None:
         if not self.layers:
@@ -79,6 +99,9 @@ class ScheduleConfig(Options):
 @dataclass
 class TrainConfig(Options):
     """The built-in supervised L step (used when no train_fn is given)."""
+
+    SYNONYMS = {"learning_rate": "lr", "lr_base": "lr", "decay": "lr_decay", "gamma": "lr_decay",
+                "n_epochs": "epochs", "optim": "optimizer"}
 
     epochs: int = option(1, help="epochs per L step", ge=0)
     first_epochs: int | None = option(None, help="epochs of the first L step (default: 'epochs')", ge=0)

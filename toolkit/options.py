@@ -141,6 +141,23 @@ class Options:
                     self.fail(f.name, why)
         self.validate()
 
+    #: keys users write for a field under another name (``learning_rate`` for ``lr``), named in the error
+    SYNONYMS: typing.ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def hint(cls, key: str, value: Any) -> str | None:
+        """Advice for an unknown ``key`` given with ``value``, e.g. the field it belongs under; None: none.
+
+        Override it where a slip is common and its fix is known (``bits: 4`` for ``k: 16``); the error then
+        reads ``tasks[0].options.bits: unknown key (<hint>); allowed keys: …``.
+        """
+        return f"did you mean {cls.SYNONYMS[key]!r}?" if key in cls.SYNONYMS else None
+
+    @classmethod
+    def scalar_hint(cls, value: Any) -> str | None:
+        """Advice when a single value stands where this mapping belongs (``target: 0.3``); None: none."""
+        return None
+
     def validate(self) -> None:
         """Check value ranges; override and call :meth:`fail` on a bad value."""
 
@@ -213,13 +230,16 @@ def _build_dataclass(cls: type[T], data: Any, path: str) -> T:
     if isinstance(data, cls):
         return data
     if not isinstance(data, dict):
-        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__} {data!r}")
+        advice = cls.scalar_hint(data) if isinstance(data, (int, float, str)) else None
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__} {data!r}"
+                          + (f"; {advice}" if advice else ""))
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
     if unknown:
         key = unknown[0]
         close = difflib.get_close_matches(str(key), list(fields), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        advice = f"did you mean {close[0]!r}?" if close else cls.hint(str(key), data[key])
+        hint = f" ({advice})" if advice else ""
         raise ConfigError(f"{_join(path, key)}: unknown key{hint}; allowed keys: {', '.join(sorted(fields))}")
     hints = get_type_hints(cls)
     kwargs = {}
@@ -284,6 +304,9 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         (item_tp, *_rest) = get_args(tp) or (Any,)
         if isinstance(value, (str, int, float)) and item_tp is str and isinstance(value, str):
             value = [value]
+        if isinstance(value, dict) and isinstance(item_tp, type) and issubclass(item_tp, Options):
+            raise ConfigError(f"{path}: expected a list, got one mapping; make it a list item ('- ' before its "
+                              f"first key in YAML, [{{...}}] in Python)")
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected a list, got {value!r}")
         items = [_coerce(item_tp, v, _join(path, i)) for i, v in enumerate(value)]
