@@ -20,6 +20,13 @@ def test_demo_compresses_to_its_flops_target_and_keeps_accuracy(tmp_path, capsys
     assert (run / "model.safetensors").is_file()
 
 
+def test_demo_without_an_output_dir_leaves_no_files_and_says_how_to_keep_the_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--quiet", "--steps", "1"]) == 0
+    assert "next: `lcpress demo --output-dir runs/demo` keeps the run" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("model: {builtin: digits_cnn}\ndata: {builtin: digits}\ntasks:\n  - layers: ['*']\n    optoins: {}\n")

@@ -32,4 +32,7 @@ def run(args: argparse.Namespace) -> int:
         return run_compression(config, resume=False, force=False, quiet=args.quiet)
     with tempfile.TemporaryDirectory(prefix="lcpress-demo-") as tmp:
         config["output_dir"] = str(Path(tmp) / "run")
-        return run_compression(config, resume=False, force=False, quiet=args.quiet, keep_note=False)
+        code = run_compression(config, resume=False, force=False, quiet=args.quiet, keep_note=False)
+    print("next: `lcpress demo --output-dir runs/demo` keeps the run (model file, report with plots); "
+          "`lcpress compress config.yaml` compresses your own model (README: Configuration)")
+    return code
