@@ -22,7 +22,7 @@ import torch
 from torch.utils import benchmark
 
 import lcpress
-from lcpress import Form, LayerSpec, MeasuredCostModel, Options, form_module, option
+from lcpress import Form, LayerSpec, MeasuredCostModel, Options, form_module, option, timing_input
 
 
 #: The most seconds one measurement may take, as a multiple of its ``min_run_time`` (``max_run_time``'s default).
@@ -61,13 +61,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def timing_input(spec: LayerSpec, batch_size: int | None, dtype: torch.dtype, device: str = "cpu") -> torch.Tensor:
-    shape = list(spec.input_shape)
-    if batch_size is not None:
-        shape[0] = batch_size
-    return torch.randn(*shape, dtype=dtype, device=device)
 
 
 class CpuLatency(MeasuredCostModel):

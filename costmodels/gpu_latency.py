@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 
 import lcpress
-from lcpress import Form, LayerSpec, MeasuredCostModel, Options, form_module, option
+from lcpress import Form, LayerSpec, MeasuredCostModel, Options, form_module, option, timing_input
 
 
 @dataclass
@@ -58,10 +58,7 @@ def module_and_input(spec: LayerSpec, form: Form, options: GpuOptions):
     dtype = MeasuredCostModel.torch_dtype(options.dtype)
     device = torch.device("cuda", options.device)
     module = form_module(spec, form).to(device=device, dtype=dtype).eval()
-    shape = list(spec.input_shape)
-    if options.batch_size is not None:
-        shape[0] = options.batch_size
-    return module, torch.randn(*shape, device=device, dtype=dtype)
+    return module, timing_input(spec, options.batch_size, dtype, device)
 
 
 class GpuLatency(MeasuredCostModel):

@@ -125,6 +125,7 @@ class AdditiveScheme(Scheme):
     name = "additive"
     Options = AdditiveOptions
     options: AdditiveOptions
+    kinds = frozenset({"linear", "conv2d", "embedding"})  # as far as every part compresses the layer's kind
 
     def __init__(self, options: AdditiveOptions | None = None) -> None:
         super().__init__(options)
@@ -136,11 +137,13 @@ class AdditiveScheme(Scheme):
             label = f"additive part {j} ({part.name})"
             if part.selecting():
                 return f"{label} {Parts.FIXED_FORM_HINT}"
+            if factor > 1 and spec is not None and spec.kind == "embedding":
+                return f"{label}: a reshaped part realizes as interleaved Linear layers, not as a table lookup"
             if factor > 1 and spec is not None:
                 cols = math.prod(spec.weight_shape[1:])
                 if cols % factor:
                     return f"{label}: reshape {factor} does not divide the {cols} columns of the weight matrix"
-            problem = part.check_layer(None if spec is None or factor > 1 else spec, module)
+            problem = part.refuses(None if spec is None or factor > 1 else spec, module)
             if problem:
                 return f"{label}: {problem}"
         return None

@@ -85,6 +85,7 @@ class LowRankScheme(Scheme):
 
     name = "low_rank"
     Options = LowRankOptions
+    kinds = frozenset({"linear", "conv2d", "embedding"})  # a table: a thin table, then a Linear widening it
     options: LowRankOptions
 
     def selecting(self) -> bool:
@@ -93,6 +94,8 @@ class LowRankScheme(Scheme):
     def check_layer(self, spec: LayerSpec | None, module: nn.Module | None) -> str | None:
         if spec is not None and spec.kind == "conv2d" and spec.groups != 1:
             return "low_rank factorizes convolutions with groups=1 only"
+        if spec is not None and spec.kind == "embedding" and self.options.error == "output":
+            return "error: output weighs a layer's input directions, and an embedding's input is an index"
         return None
 
     def output_error(self) -> OutputError | None:
@@ -160,6 +163,8 @@ class LowRankScheme(Scheme):
         a, b = state.tensors["a"], state.tensors["b"]
         if isinstance(module, nn.Linear):
             return factorized_linear(module, a, b)
+        if isinstance(module, nn.Embedding):
+            return factorized_embedding(module, a, b)
         if isinstance(module, nn.Conv2d):
             return factorized_conv(module, a, b, state.meta["shape"])
         raise TypeError(f"low_rank cannot realize a {type(module).__name__}")
@@ -178,6 +183,18 @@ def factorized_linear(module: nn.Linear, a: torch.Tensor, b: torch.Tensor) -> nn
     first = nn.Linear(module.in_features, rank, bias=False, **kw)
     second = nn.Linear(rank, module.out_features, bias=module.bias is not None, **kw)
     return two_stage(first, second, b, a, module.bias)
+
+
+def factorized_embedding(module: nn.Embedding, a: torch.Tensor, b: torch.Tensor) -> nn.Sequential:
+    """Embedding(vocabulary, r) then Linear(r→width, no bias): row ``i`` of the table ``A B`` is ``A[i] B``."""
+    kw = {"device": module.weight.device, "dtype": module.weight.dtype}
+    rank = a.shape[1]
+    table = nn.Embedding(module.num_embeddings, rank, module.padding_idx, **kw)
+    widen = nn.Linear(rank, module.embedding_dim, bias=False, **kw)
+    with torch.no_grad():
+        table.weight.copy_(a)
+        widen.weight.copy_(b.T)
+    return nn.Sequential(table, widen)
 
 
 def factorized_conv(module: nn.Conv2d, a: torch.Tensor, b: torch.Tensor, shape: Shape) -> nn.Sequential:

@@ -117,6 +117,7 @@ class PruneScheme(Scheme):
     """Magnitude pruning (see the module docstring for the modes)."""
 
     name = "prune"
+    kinds = frozenset({"linear", "conv2d", "embedding"})  # a table too (unstructured): a DecodedEmbedding
     Options = PruneOptions
     options: PruneOptions
 
@@ -127,6 +128,8 @@ class PruneScheme(Scheme):
     def check_layer(self, spec: LayerSpec | None, module: nn.Module | None) -> str | None:
         if self.options.structured and spec is not None and spec.groups != 1:
             return "structured pruning removes rows of ungrouped layers only (groups=1)"
+        if self.options.structured and spec is not None and spec.kind == "embedding":
+            return "structured pruning would remove whole tokens from an embedding's table; prune it unstructured"
         return None
 
     # ---------------------------------------------------------------- C step

@@ -117,6 +117,7 @@ class QuantizeScheme(Scheme):
 
     name = "quantize"
     Options = QuantizeOptions
+    kinds = frozenset({"linear", "conv2d", "embedding"})  # a table too: stored as a DecodedEmbedding
     options: QuantizeOptions
 
     def selecting(self) -> bool:

@@ -48,6 +48,7 @@ class SequentialScheme(Scheme):
     name = "sequential"
     Options = SequentialOptions
     options: SequentialOptions
+    kinds = frozenset({"linear", "conv2d", "embedding"})  # as far as every part compresses the layer's kind
 
     def __init__(self, options: SequentialOptions | None = None) -> None:
         super().__init__(options)
@@ -57,7 +58,7 @@ class SequentialScheme(Scheme):
         for j, part in enumerate(self.parts):
             if part.selecting():
                 return f"sequential part {j} ({part.name}) {Parts.FIXED_FORM_HINT}"
-            problem = part.check_layer(spec, module)
+            problem = part.refuses(spec, module)
             if problem:
                 return f"sequential part {j} ({part.name}): {problem}"
         return None

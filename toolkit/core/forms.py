@@ -1,7 +1,7 @@
 """What a layer is (:class:`LayerSpec`) and what it can become (:class:`Form`).
 
 Cost models price *forms*, not schemes. A form says which primitive layers
-(Linear / Conv2d, with exact shapes) it executes; params, FLOPs and measured
+(Linear / Conv2d / Embedding, with exact shapes) it executes; params, FLOPs and measured
 latency are all computed from that list. A new scheme therefore gets every cost
 model for free as soon as its form can list its primitives — the Tucker-2 form
 of a third-party plugin is three convolutions, and FLOPs/params/latency follow.
@@ -21,7 +21,7 @@ Pair = tuple[int, int]
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """One Linear or Conv2d layer as traced on the example input.
+    """One Linear, Conv2d or Embedding layer as traced on the example input.
 
     ``input_shape`` is the shape of one call's input, batch included;
     ``calls`` counts how often the forward pass runs the layer (a shared layer
@@ -33,9 +33,13 @@ class LayerSpec:
     width, ``input_shape`` the queries' ``(batch, sequence, in_channels)``.
     Pruning attention heads shrinks it as it shrinks the projections, so the
     channel-group scheme prices it with them (see :mod:`lcpress.core.channels`).
+
+    ``kind="embedding"`` is a lookup table: ``in_channels`` rows (the vocabulary), ``out_channels`` wide,
+    ``input_shape`` the shape of the index tensor. Its weight is stored rows first, (vocabulary, width), and a
+    lookup multiplies nothing: 0 FLOPs.
     """
 
-    kind: Literal["linear", "conv2d", "attention"]
+    kind: Literal["linear", "conv2d", "attention", "embedding"]
     in_channels: int
     out_channels: int
     input_shape: tuple[int, ...]
@@ -51,10 +55,14 @@ class LayerSpec:
     def weight_shape(self) -> tuple[int, ...]:
         if self.kind == "linear":  # groups > 1: a block-diagonal Linear (grouped realizations)
             return (self.out_channels, self.in_channels // self.groups)
+        if self.kind == "embedding":
+            return (self.in_channels, self.out_channels)
         return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
 
     @property
     def output_shape(self) -> tuple[int, ...]:
+        if self.kind == "embedding":  # one row per index
+            return (*self.input_shape, self.out_channels)
         if self.kind != "conv2d":
             return (*self.input_shape[:-1], self.out_channels)
         batch, _, height, width = self.input_shape
@@ -92,6 +100,8 @@ class LayerSpec:
         if self.kind == "attention":
             keys = self.input_shape[-2]
             return 2 * self.positions * keys * (self.in_channels + self.out_channels) * self.calls
+        if self.kind == "embedding":  # a gather (FlopCounterMode counts none)
+            return 0
         macs_per_position = math.prod(self.weight_shape)
         return 2 * self.positions * macs_per_position * self.calls
 
@@ -188,6 +198,9 @@ class LowRank(Form):
 
     def primitives(self, spec: LayerSpec) -> tuple[LayerSpec, ...]:
         r = self.rank
+        if spec.kind == "embedding":  # a table r wide, then a Linear r→width: E = A·B
+            first = spec.with_(out_channels=r)
+            return (first, LayerSpec("linear", r, spec.out_channels, first.output_shape, bias=False, calls=spec.calls))
         if spec.kind == "linear":
             first = spec.with_(out_channels=r, bias=False)
             second = spec.with_(in_channels=r, input_shape=first.output_shape)

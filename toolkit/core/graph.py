@@ -1,7 +1,7 @@
 """Trace a model once: the layer specs, execution order, and a networkx graph.
 
 One forward pass on the example input records, through forward hooks, the
-input shape and the number of calls of every Linear and Conv2d layer (a shared
+input shape and the number of calls of every Linear, Conv2d and Embedding layer (a shared
 layer is priced per call). ``torch.fx`` then gives the dataflow graph as a
 networkx DiGraph; models fx cannot trace (data-dependent control flow, many
 Hugging Face models) get a chain graph in execution order instead, which is
@@ -23,7 +23,7 @@ from lcpress.core.surgery import call_model
 
 log = logging.getLogger("lcpress.graph")
 
-COMPRESSIBLE = (nn.Linear, nn.Conv2d)
+COMPRESSIBLE = (nn.Linear, nn.Conv2d, nn.Embedding)
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -51,7 +51,10 @@ class ModelGraph:
 
 
 def spec_of(module: nn.Module, input_shape: tuple[int, ...], calls: int = 1) -> LayerSpec:
-    """The :class:`LayerSpec` of a Linear or Conv2d module at ``input_shape``."""
+    """The :class:`LayerSpec` of a Linear, Conv2d or Embedding module at ``input_shape``."""
+    if isinstance(module, nn.Embedding):
+        return LayerSpec("embedding", module.num_embeddings, module.embedding_dim, tuple(input_shape), bias=False,
+                         calls=calls)
     if isinstance(module, nn.Linear):
         return LayerSpec("linear", module.in_features, module.out_features, tuple(input_shape),
                          bias=module.bias is not None, calls=calls)
@@ -65,7 +68,7 @@ def spec_of(module: nn.Module, input_shape: tuple[int, ...], calls: int = 1) -> 
             kernel_size=tuple(module.kernel_size), stride=tuple(module.stride), padding=padding,
             dilation=tuple(module.dilation), groups=module.groups, bias=module.bias is not None, calls=calls,
         )
-    raise TypeError(f"{type(module).__name__} is not a layer lcpress can price (Linear or Conv2d)")
+    raise TypeError(f"{type(module).__name__} is not a layer lcpress can price (Linear, Conv2d or Embedding)")
 
 
 def _resolve_padding(module: nn.Conv2d) -> tuple[int, int]:

@@ -59,6 +59,17 @@ def default_cache_dir() -> Path:
 PRIMITIVES_VERSION = 3
 
 
+def timing_input(spec: LayerSpec, batch_size: int | None, dtype: torch.dtype,
+                 device: str | torch.device = "cpu") -> torch.Tensor:
+    """A random input of layer ``spec`` (at ``batch_size``, if given) to time its forms on: indices for a table."""
+    shape = list(spec.input_shape)
+    if batch_size is not None:
+        shape[0] = batch_size
+    if spec.kind == "embedding":
+        return torch.randint(spec.in_channels, shape, device=device)
+    return torch.randn(*shape, dtype=dtype, device=device)
+
+
 def primitive_module(spec: LayerSpec, stage: bool = False) -> nn.Module:
     """A runnable torch module for one primitive layer (random weights): the module realization builds for it.
 
@@ -71,6 +82,8 @@ def primitive_module(spec: LayerSpec, stage: bool = False) -> nn.Module:
     """
     if spec.kind == "attention":
         return AttentionCore(spec.groups, spec.out_channels // spec.groups)
+    if spec.kind == "embedding":
+        return nn.Embedding(spec.in_channels, spec.out_channels)
     if spec.kind == "linear":
         if spec.groups > 1:
             return GroupedLinear(spec.in_channels, spec.out_channels, spec.groups)

@@ -11,7 +11,7 @@ Two steps, both before any training:
 * :func:`plan` traces the model and turns each task group into tasks (which
   parameters, through which view, by which scheme, priced how), failing on a
   pattern that matches no layer, a layer claimed by two groups, a layer that
-  is not a Linear/Conv2d, or a layer the scheme cannot handle.
+  is not a Linear/Conv2d/Embedding, or a layer the scheme cannot handle.
 
 Everything else — the engine, reports of running runs, sweeps, the CLI's
 ``profile`` and ``costs`` — works from a :class:`Resolved` or a :class:`Plan`
@@ -217,7 +217,8 @@ def plan_tasks(model: nn.Module, graph: ModelGraph, resolved: Resolved, example_
         g, cfg = group.index, group.config
         names, named = _match(cfg, modules, graph, g)
         if group.scheme_class.scope != "model":
-            names = _untied_layers(g, _fitting_layers(group, names, named, graph, modules), named, tied)
+            fitting = _fitting_layers(group, names, named, graph, modules, resolved.config.schedule.steps > 0)
+            names = _untied_layers(g, fitting, named, tied)
         for name in names:
             if name in claimed:
                 raise ConfigError(
@@ -250,16 +251,21 @@ def plan_tasks(model: nn.Module, graph: ModelGraph, resolved: Resolved, example_
 
 
 def _fitting_layers(group: GroupPlugins, names: list[str], named: set[str], graph: ModelGraph,
-                    modules: dict[str, nn.Module]) -> list[str]:
+                    modules: dict[str, nn.Module], trains: bool) -> list[str]:
     """The matched layers the group's scheme can compress; a layer it cannot is an error only if named exactly.
 
     A glob (``"*"`` over a MobileNet) reaches layers of every kind, depthwise convolutions among them; those
-    the scheme cannot handle are left alone with a warning, as a pattern's non-compressible modules are.
+    the scheme cannot handle are left alone with a warning, as a pattern's non-compressible modules are. So
+    are frozen layers (a fine-tuned model's embedding tables) when the run ``trains``: L steps could not move
+    them; named exactly, compress refuses them before training, saying how to unfreeze them.
     """
     scheme, g = group.scheme(), group.index
     kept, unfit = [], []
     for name in names:
-        problem = scheme.check_layer(graph.specs.get(name), modules[name])
+        problem = _layer_problem(modules[name]) or scheme.refuses(graph.specs.get(name), modules[name])
+        weight = getattr(modules[name], "weight", None)
+        if not problem and trains and name not in named and isinstance(weight, nn.Parameter) and not weight.requires_grad:
+            problem = "its weight is frozen (requires_grad=False), and LC's L steps train the weights they compress"
         if problem and name in named:
             raise ConfigError(f"tasks[{g}]: layer {name!r}: {problem}")
         if problem:
@@ -273,6 +279,15 @@ def _fitting_layers(group: GroupPlugins, names: list[str], named: set[str], grap
         log.warning("tasks[%d]: %d matched layer(s) left alone, which %s cannot compress: %s; exclude them to "
                     "silence this", g, len(unfit), group.config.scheme, listed(unfit))
     return kept
+
+
+def _layer_problem(module: nn.Module) -> str | None:
+    """Why lcpress cannot compress a layer of a kind it compresses, whatever the scheme; None: it can."""
+    if isinstance(module, nn.Embedding) and module.max_norm is not None:
+        return "an embedding with max_norm rescales its table's rows in place at every lookup"
+    if isinstance(module, nn.Embedding) and module.sparse:
+        return "an embedding with sparse=True has sparse gradients, and the LC penalty's gradient is dense"
+    return None
 
 
 def _tied_weights(model: nn.Module) -> dict[str, list[str]]:
@@ -393,7 +408,7 @@ def _match(cfg: TaskConfig, modules: dict[str, nn.Module], graph: ModelGraph, g:
             if not isinstance(module, COMPRESSIBLE):
                 raise ConfigError(
                     f"tasks[{g}].layers[{i}]: {name!r} is a {type(module).__name__}; lcpress compresses "
-                    f"nn.Linear and nn.Conv2d layers (name the layers inside it, e.g. '{name}.*')"
+                    f"nn.Linear, nn.Conv2d and nn.Embedding layers (name the layers inside it, e.g. '{name}.*')"
                 )
             if name not in graph.specs:
                 if explicit:
@@ -432,7 +447,8 @@ def _warn_other_weights(cfg: TaskConfig, modules: dict[str, nn.Module], pattern:
     if found:
         kinds = ", ".join(f"{count} {kind}" for kind, count in found.items())
         log.warning("tasks[%d].layers[%d]: %r also reaches %s, which lcpress does not compress (it compresses "
-                    "nn.Linear and nn.Conv2d); they stay as they are (exclude them to silence this)", g, i, pattern,
+                    "nn.Linear, nn.Conv2d and nn.Embedding); they stay as they are (exclude them to silence this)", g,
+                    i, pattern,
                     kinds)
 
 

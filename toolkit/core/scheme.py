@@ -122,7 +122,7 @@ class CStepContext:
     """Everything a C step may use besides the tensor itself.
 
     :ivar mu: current penalty parameter μ (μ0 during the direct-compression step).
-    :ivar spec: the layer, when the task is one Linear/Conv2d layer; else None.
+    :ivar spec: the layer, when the task is one Linear/Conv2d/Embedding layer; else None.
     :ivar cost_model: the task's cost model (prices forms of ``spec``).
     :ivar previous: the task's previous state, for warm starts; None at first.
     :ivar generator: seeded RNG; use it for anything random (k-means init …).
@@ -189,6 +189,10 @@ class Scheme(ABC):
     #: task group, whose parameters and layers the scheme chooses in :meth:`bind` (channel pruning reaches
     #: the consumers and norms of the matched layers), realized through :meth:`realize_layers`.
     scope: ClassVar[str] = "layer"
+    #: The kinds of layer (:attr:`LayerSpec.kind`) the scheme compresses. Embedding tables joined Linear and
+    #: Conv2d layers after schemes were first written, so a scheme takes them only when it says so: a scheme
+    #: whose ``realize`` builds an ``nn.Embedding`` (or whose default realization serves) adds "embedding".
+    kinds: ClassVar[frozenset[str]] = frozenset({"linear", "conv2d"})
 
     def __init__(self, options: Options | None = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -230,9 +234,22 @@ class Scheme(ABC):
 
         Called while the run is planned, before any training, so a config that
         names a layer the scheme cannot handle fails at once; a layer reached
-        only by a glob (``"*"``) is left alone instead, with a warning.
+        only by a glob (``"*"``) is left alone instead, with a warning. Only
+        layers of the scheme's :attr:`kinds` reach it.
         """
         return None
+
+    def refuses(self, spec: LayerSpec | None, module: nn.Module | None) -> str | None:
+        """Why this scheme cannot compress that layer (its kind, then :meth:`check_layer`), or None if it can.
+
+        What planning and the conformance kit ask; schemes override :meth:`check_layer`, not this.
+        """
+        if spec is not None and spec.kind not in self.kinds:
+            names = {"linear": "Linear", "conv2d": "Conv2d", "embedding": "Embedding"}
+            kinds = [names.get(k, k) for k in sorted(self.kinds, key=lambda k: (list(names) + [k]).index(k))]
+            said = kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " and " + kinds[-1]
+            return f"{self.name} compresses {said} layers, not {names.get(spec.kind, spec.kind)} layers"
+        return self.check_layer(spec, module)
 
     def output_error(self) -> OutputError | None:
         """How to measure error on the layer's outputs, ``‖(W − Δ)X‖²`` over real inputs; None: weight space.

@@ -8,8 +8,8 @@ torch. (:func:`lcpress.runs.results.export_run` does the same for a finished
 run directory: ``lcpress export RUN_DIR --onnx model.onnx``.)
 
 Layers that decode packed codes in their forward pass (``DecodedLinear``,
-``DecodedConv2d``: the quantized and sparse parts) are exported as the plain
-Linear/Conv2d they decode to, holding the decoded weight: ONNX has no use for
+``DecodedConv2d``, ``DecodedEmbedding``: the quantized and sparse parts) are exported as the plain
+Linear/Conv2d/Embedding they decode to, holding the decoded weight: ONNX has no use for
 bit unpacking at inference time, so those layers run at dense speed and are
 stored dense in the file.
 
@@ -32,7 +32,7 @@ from torch import nn
 from lcpress.atomic import replacing
 from lcpress.core.surgery import first_tensor, replace_module, uncompiled
 from lcpress.errors import LcpressError
-from lcpress.nn.codecs import DecodedConv2d, DecodedLinear
+from lcpress.nn.codecs import DecodedLayer
 
 @dataclass
 class Exported:
@@ -100,7 +100,7 @@ def decoded_copy(model: nn.Module) -> nn.Module:
     """``model``, or a copy of it in which every layer that decodes packed codes is the dense layer it decodes to."""
     import copy
 
-    names = [n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, (DecodedLinear, DecodedConv2d))]
+    names = [n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, DecodedLayer)]
     if not names:
         return model
     model = copy.deepcopy(model)
@@ -108,24 +108,9 @@ def decoded_copy(model: nn.Module) -> nn.Module:
     for name in names:
         module = model.get_submodule(name)
         if id(module) not in plain:
-            plain[id(module)] = _dense_layer(module)
+            plain[id(module)] = module.to_dense().eval()
         replace_module(model, name, plain[id(module)])
     return model
-
-
-@torch.no_grad()
-def _dense_layer(module: nn.Module) -> nn.Module:
-    weight = module.weight_now()
-    kw = {"device": weight.device, "dtype": weight.dtype, "bias": module.bias is not None}
-    if isinstance(module, DecodedLinear):
-        dense = nn.Linear(module.in_features, module.out_features, **kw)
-    else:
-        dense = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-                          module.dilation, module.groups, padding_mode=module.padding_mode, **kw)
-    dense.weight.copy_(weight)
-    if module.bias is not None:
-        dense.bias.copy_(module.bias)
-    return dense.eval()
 
 
 @contextlib.contextmanager

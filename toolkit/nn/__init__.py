@@ -10,7 +10,7 @@ every one of them is rebuilt from a saved file without pickle:
   place), :class:`InterleavedLowRank`, and :func:`two_stage` for two thin
   layers holding given factors;
 * store-small, run-dense layers (:mod:`lcpress.nn.codecs`):
-  :class:`DecodedLinear` / :class:`DecodedConv2d` holding weight codecs
+  :class:`DecodedLinear` / :class:`DecodedConv2d` / :class:`DecodedEmbedding` (all :class:`DecodedLayer`) holding weight codecs
   (:class:`CodebookWeight`, :class:`SparseWeight`,
   :class:`SparseCodebookWeight`, :class:`DenseWeight`), built by
   :func:`decoded`;
@@ -21,14 +21,14 @@ A plugin whose realized module is a class of its own allow-lists it with the
 """
 
 from lcpress.nn.bitpack import bits_for, pack_bits, packed_size, unpack_bits
-from lcpress.nn.codecs import (CodebookWeight, DecodedConv2d, DecodedLinear, DenseWeight, SparseCodebookWeight,
-                               SparseWeight, WeightCodec, decoded, sparse_index_bits)
+from lcpress.nn.codecs import (CodebookWeight, DecodedConv2d, DecodedEmbedding, DecodedLayer, DecodedLinear, DenseWeight,
+                               SparseCodebookWeight, SparseWeight, WeightCodec, decoded, sparse_index_bits)
 from lcpress.nn.modules import (GroupedLinear, InterleavedLowRank, ParallelSum, PointwiseConv2d, ScatterChannels,
                                 is_plain_pointwise, two_stage)
 
 __all__ = [
     "PointwiseConv2d", "is_plain_pointwise", "GroupedLinear", "ParallelSum", "ScatterChannels", "InterleavedLowRank", "two_stage",
     "WeightCodec", "DenseWeight", "CodebookWeight", "SparseWeight", "SparseCodebookWeight",
-    "DecodedLinear", "DecodedConv2d", "decoded", "sparse_index_bits",
+    "DecodedLayer", "DecodedLinear", "DecodedConv2d", "DecodedEmbedding", "decoded", "sparse_index_bits",
     "bits_for", "pack_bits", "unpack_bits", "packed_size",
 ]

@@ -19,7 +19,8 @@ from torch import nn
 
 from lcpress.errors import CheckpointError
 from lcpress.nn.modules import GroupedLinear, InterleavedLowRank, ParallelSum, PointwiseConv2d, ScatterChannels
-from lcpress.nn.codecs import CodebookWeight, DecodedConv2d, DecodedLinear, DenseWeight, SparseCodebookWeight, SparseWeight
+from lcpress.nn.codecs import (CodebookWeight, DecodedConv2d, DecodedEmbedding, DecodedLinear, DenseWeight,
+                               SparseCodebookWeight, SparseWeight)
 
 Args = Callable[[nn.Module], dict[str, Any]]
 #: class name → (class, function reading its constructor arguments from an instance)
@@ -80,6 +81,9 @@ ALLOWED: dict[str, tuple[type[nn.Module], Args]] = {
     "DecodedLinear": (DecodedLinear, lambda m: {"in_features": m.in_features, "out_features": m.out_features,
                                                 "bias": m.bias is not None}),
     "DecodedConv2d": (DecodedConv2d, _conv_args),
+    "DecodedEmbedding": (DecodedEmbedding, lambda m: {"num_embeddings": m.num_embeddings,
+                                                      "embedding_dim": m.embedding_dim,
+                                                      "padding_idx": m.padding_idx}),
     "CodebookWeight": (CodebookWeight, lambda m: {"shape": list(m.shape), "entries": m.entries}),
     "SparseWeight": (SparseWeight, lambda m: {"shape": list(m.shape), "nonzeros": m.nonzeros}),
     "SparseCodebookWeight": (SparseCodebookWeight, lambda m: {"shape": list(m.shape), "nonzeros": m.nonzeros,

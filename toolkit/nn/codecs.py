@@ -2,7 +2,7 @@
 
 A codebook-quantized or unstructured-sparse weight has no faster kernel on a
 CPU or GPU in plain PyTorch, but it can be *stored* in a fraction of the
-bits. :class:`DecodedLinear` and :class:`DecodedConv2d` hold one or more
+bits. :class:`DecodedLinear`, :class:`DecodedConv2d` and :class:`DecodedEmbedding` hold one or more
 *codecs* (:class:`CodebookWeight`: packed indices + codebook;
 :class:`SparseWeight`: non-zero values + a packed mask or index list;
 :class:`DenseWeight`) whose payloads are the module's buffers — so the state
@@ -171,8 +171,12 @@ def sparse_index_bits(numel: int, nonzeros: int) -> int:
     return min(numel, nonzeros * bits_for(numel))
 
 
-class _Decoded(nn.Module):
-    """Shared machinery: codecs, a bias, and the cached sum of the decoded weights."""
+class DecodedLayer(nn.Module):
+    """Base of the layers stored as codecs: the codecs, a bias, and the cached sum of the decoded weights.
+
+    Subclasses compute their layer's function with :meth:`weight_now` and give the plain layer they compute
+    with ``to_dense()``.
+    """
 
     codecs: nn.ModuleList
 
@@ -201,8 +205,16 @@ class _Decoded(nn.Module):
         bias_bits = 0 if self.bias is None else self.bias.numel() * self.bias.element_size() * 8
         return sum(c.storage_bits() for c in self.codecs) + bias_bits
 
+    @torch.no_grad()
+    def _filled(self, dense: nn.Module) -> nn.Module:
+        """``dense`` holding this layer's decoded weight and its bias, in this layer's mode."""
+        dense.weight.copy_(self.weight_now())
+        if self.bias is not None:
+            dense.bias.copy_(self.bias)
+        return dense.train(self.training)
 
-class DecodedLinear(_Decoded):
+
+class DecodedLinear(DecodedLayer):
     """A Linear layer whose weight is the sum of its codecs' decoded weights."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
@@ -222,11 +234,17 @@ class DecodedLinear(_Decoded):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight_now(), self.bias)
 
+    def to_dense(self) -> nn.Linear:
+        """The plain Linear this layer computes, holding the decoded weight (for ONNX, say)."""
+        weight = self.weight_now()
+        dense = nn.Linear(self.in_features, self.out_features, self.bias is not None, weight.device, weight.dtype)
+        return self._filled(dense)
+
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
 
 
-class DecodedConv2d(_Decoded):
+class DecodedConv2d(DecodedLayer):
     """A Conv2d layer whose weight is the sum of its codecs' decoded weights (same arguments as nn.Conv2d)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
@@ -249,6 +267,14 @@ class DecodedConv2d(_Decoded):
                 new.bias.copy_(conv.bias)
         return new.to(device=conv.weight.device, dtype=conv.weight.dtype)
 
+    def to_dense(self) -> nn.Conv2d:
+        """The plain Conv2d this layer computes, holding the decoded weight (for ONNX, say)."""
+        weight = self.weight_now()
+        dense = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                          self.dilation, self.groups, self.bias is not None, self.padding_mode, weight.device,
+                          weight.dtype)
+        return self._filled(dense)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight_now()
         if self.padding_mode != "zeros":
@@ -261,10 +287,41 @@ class DecodedConv2d(_Decoded):
                 f"padding={self.padding}, groups={self.groups}, bias={self.bias is not None}")
 
 
+class DecodedEmbedding(DecodedLayer):
+    """An Embedding whose table is the sum of its codecs' decoded tables (a lookup into the cached table)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+        self._init_decoded(embedding_dim, False)
+
+    @classmethod
+    def of(cls, embedding: nn.Embedding, codecs: Sequence[WeightCodec]) -> "DecodedEmbedding":
+        new = cls(embedding.num_embeddings, embedding.embedding_dim, embedding.padding_idx)
+        new.codecs.extend(codecs)
+        return new.to(device=embedding.weight.device, dtype=embedding.weight.dtype)  # the codecs' floats too
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.embedding(x, self.weight_now(), self.padding_idx)
+
+    def to_dense(self) -> nn.Embedding:
+        """The plain Embedding this layer computes, holding the decoded table (for ONNX, say)."""
+        weight = self.weight_now()
+        dense = nn.Embedding(self.num_embeddings, self.embedding_dim, self.padding_idx, device=weight.device,
+                             dtype=weight.dtype)
+        return self._filled(dense)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}" + (
+            f", padding_idx={self.padding_idx}" if self.padding_idx is not None else "")
+
+
 def decoded(module: nn.Module, codecs: Sequence[WeightCodec]) -> nn.Module:
-    """The Decoded counterpart of a Linear or Conv2d layer, holding ``codecs`` and its bias."""
+    """The Decoded counterpart of a Linear, Conv2d or Embedding layer, holding ``codecs`` (and its bias)."""
     if isinstance(module, nn.Linear):
         return DecodedLinear.of(module, codecs)
     if isinstance(module, nn.Conv2d):
         return DecodedConv2d.of(module, codecs)
-    raise TypeError(f"cannot store a {type(module).__name__} in packed form (Linear and Conv2d only)")
+    if isinstance(module, nn.Embedding):
+        return DecodedEmbedding.of(module, codecs)
+    raise TypeError(f"cannot store a {type(module).__name__} in packed form (Linear, Conv2d and Embedding only)")

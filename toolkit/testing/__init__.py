@@ -62,7 +62,7 @@ def check_scheme(
     :param scheme: the Scheme subclass (registered or not).
     :param options: its options: an Options instance, a dict as in a YAML config, or None for defaults.
     :param layers: layers to compress (default: :func:`default_layers`); those the
-        scheme's ``check_layer`` refuses are skipped and listed in the report.
+        scheme refuses (its ``kinds``, then its ``check_layer``) are skipped and listed in the report.
     :param budgets: for a scheme that does not select, options ordered from the
         smallest budget to the largest (e.g. ``[{"rank": 2}, {"rank": 4}]``), so
         the kit can check that the error does not rise with the budget.
@@ -73,14 +73,14 @@ def check_scheme(
     cases, refused = [], {}
     probe = scheme(opts)
     for case in layers if layers is not None else default_layers():
-        reason = probe.check_layer(case.spec(), case.module())
+        reason = probe.refuses(case.spec(), case.module())
         if reason is None:
             cases.append(case)
         else:
             refused[case.name] = reason
     subject = SchemeSubject(scheme, opts, cases, refused, seed, budgets_of(scheme, budgets), tuple(dtypes))
     report = Report(f"scheme {scheme.name!r}")
-    report.skipped.update({f"layer {name}": f"check_layer: {why}" for name, why in refused.items()})
+    report.skipped.update({f"layer {name}": f"refused: {why}" for name, why in refused.items()})
     with _one_thread():
         _run(SCHEME_CHECKS, subject, skip, report)
     return report

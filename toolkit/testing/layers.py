@@ -1,9 +1,9 @@
 """The layers the conformance kit compresses: small, seeded, and shaped to catch mistakes.
 
-Each :class:`LayerCase` is one Linear or Conv2d layer with the input it is
+Each :class:`LayerCase` is one Linear, Conv2d or Embedding layer with the input it is
 called on. The default set covers what realized modules get wrong most often:
 a Linear on a 3-D input, a missing bias, strides, dilation, non-square
-kernels, reflect padding, 1×1 and grouped convolutions. A scheme skips the
+kernels, reflect padding, 1×1 and grouped convolutions, a table with a padding row. A scheme skips the
 cases its ``check_layer`` refuses; a plugin author can pass their own cases.
 """
 
@@ -46,7 +46,11 @@ class LayerCase:
             return self.build()
 
     def input(self, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A seeded input: random values, or random indices for a table."""
         generator = torch.Generator().manual_seed(seed + 1)
+        spec = self.spec()
+        if spec.kind == "embedding":
+            return torch.randint(spec.in_channels, self.input_shape, generator=generator)
         return torch.randn(self.input_shape, generator=generator).to(dtype)
 
 
@@ -61,4 +65,5 @@ def default_layers() -> list[LayerCase]:
         LayerCase("conv1x1", lambda: nn.Conv2d(24, 16, 1), (2, 24, 5, 5)),
         LayerCase("conv_reflect_padding", lambda: nn.Conv2d(8, 12, 3, padding=1, padding_mode="reflect"), (1, 8, 7, 7)),
         LayerCase("conv_grouped", lambda: nn.Conv2d(8, 16, 3, groups=2), (1, 8, 7, 7)),
+        LayerCase("embedding_with_padding_row", lambda: nn.Embedding(64, 24, padding_idx=0), (3, 7)),
     ]
