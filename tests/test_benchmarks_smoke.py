@@ -58,7 +58,7 @@ def test_minilm_storage_quick_mode_runs(tmp_path):
     done = subprocess.run([sys.executable, str(BENCH / "minilm_storage.py"), "--quick", "--out", str(tmp_path / "o.md")],
                           capture_output=True, text=True, timeout=900, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "| torch dynamic int8, Linear layers |" in done.stdout and "every layer and table, LC" in done.stdout
+    assert "| torch dynamic int8, Linear layers, scale per channel |" in done.stdout and "every layer and table, LC" in done.stdout
 
 
 def test_equal_latency_keeps_the_split_best_on_validation(monkeypatch):
