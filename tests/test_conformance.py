@@ -161,6 +161,11 @@ class PickledMeta(LowRankScheme):
         return state
 
 
+class UnknownKind(LowRankScheme):
+    name = "unknown_kind"
+    kinds = frozenset({"linear", "lstm"})
+
+
 @dataclass(frozen=True)
 class Truncated(Form):
     """Claims to replace the layer with one primitive that outputs too few channels."""
@@ -191,6 +196,7 @@ class WrongForm(LowRankScheme):
     (SameModule, {}, r"realize\(\) must return a new module"),
     (PickledMeta, {}, r"State.meta must hold plain JSON values"),
     (WrongForm, {}, r"the last primitive outputs \(4, 1\), the layer \(4, 32\)"),
+    (UnknownKind, {}, r"kinds must be a non-empty set of 'linear', 'conv2d' and 'embedding', not frozenset"),
 ])
 def test_kit_catches_a_broken_scheme(scheme, kwargs, message):
     with pytest.raises(AssertionError, match=message):

@@ -131,6 +131,9 @@ def check_declaration(s: SchemeSubject) -> str | None:
             f"scheme {s.name!r}: the options given are a {type(s.options).__name__}, not its {s.cls.Options.__name__}")
     require(s.cls.allocation in ("sum", "minmax"), f"scheme {s.name!r}: allocation must be 'sum' or 'minmax'")
     require(s.cls.sensitivity in ("error", "measured"), f"scheme {s.name!r}: sensitivity must be 'error' or 'measured'")
+    kinds = getattr(s.cls, "kinds", None)
+    require(isinstance(kinds, (set, frozenset)) and bool(kinds) and kinds <= {"linear", "conv2d", "embedding"},
+            f"scheme {s.name!r}: kinds must be a non-empty set of 'linear', 'conv2d' and 'embedding', not {kinds!r}")
     require(bool(s.cases), f"scheme {s.name!r} refuses every layer of the kit ({s.refused}); pass layers=[...] "
                            f"with layers it compresses")
     return None
