@@ -104,6 +104,8 @@ def test_plugins_command_lists_package_and_version(capsys):
     out = capsys.readouterr().out
     assert "low_rank" in out and "flops" in out and "params" in out
     assert f"lcpress {lcpress.__version__}" in out
+    assert "(lcpress.plugins.quantize)  — Linear, Conv2d, Embedding" in out  # the layer kinds each scheme takes
+    assert "(lcpress.plugins.alds)  — Linear, Conv2d\n" in out
 
 
 class Doubler(torch.nn.Module):

@@ -29,6 +29,8 @@ def rows() -> list[dict[str, Any]]:
             if kind == "cost model":
                 reason = cls().unavailable_reason()
                 row["available"] = "yes" if reason is None else f"no: {reason}"
+            else:
+                row["layers"] = _layers_text(cls)
             row["options"] = [[r.name, r.type, str(r.default), r.bounds, r.help] for r in cls.Options.rows()]
             out.append(row)
     for kind, names in (("module", registry.modules), ("command", registry.commands)):
@@ -37,6 +39,14 @@ def rows() -> list[dict[str, Any]]:
             out.append({"kind": kind, "name": name, "package": origin.package, "version": origin.version,
                         "plugin": origin.plugin})
     return out
+
+
+def _layers_text(scheme: Any) -> str:
+    """What a scheme compresses, in words: its layer kinds, or the whole model's channel groups."""
+    if getattr(scheme, "scope", "layer") == "model":
+        return "channel groups of the whole model"
+    names = {"linear": "Linear", "conv2d": "Conv2d", "embedding": "Embedding"}
+    return ", ".join(names[k] for k in names if k in scheme.kinds)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{kind}s:")
         for r in listed:
             extra = f"  [{r['available']}]" if r.get("available", "yes") != "yes" else ""
+            extra += f"  — {r['layers']}" if r.get("layers") else ""
             print(f"  {r['name']:<{width}}{r['package']} {r['version']}  ({r['plugin']}){extra}")
             if args.options:
                 for name, tp, default, bounds, help_ in r.get("options", []):

@@ -87,7 +87,7 @@ def test_refuses_linear_and_grouped_layers_before_training(lcpress_plugins):
     lcpress_plugins(plugin)
     model = nn.Sequential(nn.Conv2d(4, 8, 3, groups=2), nn.Flatten(), nn.Linear(8 * 4 * 4, 3))
     config = {"tasks": [{"layers": ["2"], "scheme": "tucker2"}], "schedule": {"steps": 0}}
-    with pytest.raises(lcpress.ConfigError, match=r"layer '2': tucker2 decomposes Conv2d layers; use low_rank"):
+    with pytest.raises(lcpress.ConfigError, match=r"layer '2': tucker2 compresses Conv2d layers, not Linear layers"):
         lcpress.compress(model, config, example_input=torch.randn(1, 4, 6, 6))
     config["tasks"][0]["layers"] = ["0"]
     with pytest.raises(lcpress.ConfigError, match="groups=1 only"):

@@ -71,13 +71,12 @@ class Tucker2Scheme(Scheme):
     name = "tucker2"
     Options = Tucker2Options
     options: Tucker2Options
+    kinds = frozenset({"conv2d"})  # the layer kinds it takes: lcpress never hands it a Linear layer or a table
 
     def selecting(self) -> bool:
         return self.options.in_rank is None
 
     def check_layer(self, spec: LayerSpec | None, module: nn.Module | None) -> str | None:
-        if spec is not None and spec.kind != "conv2d":
-            return "tucker2 decomposes Conv2d layers; use low_rank for Linear layers"
         if spec is not None and spec.groups != 1:
             return "tucker2 decomposes convolutions with groups=1 only"
         return None
