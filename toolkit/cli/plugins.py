@@ -45,8 +45,9 @@ def _layers_text(scheme: Any) -> str:
     """What a scheme compresses, in words: its layer kinds, or the whole model's channel groups."""
     if getattr(scheme, "scope", "layer") == "model":
         return "channel groups of the whole model"
-    names = {"linear": "Linear", "conv2d": "Conv2d", "embedding": "Embedding"}
-    return ", ".join(names[k] for k in names if k in scheme.kinds)
+    from lcpress.core.scheme import kind_names
+
+    return ", ".join(kind_names(scheme.kinds))
 
 
 def run(args: argparse.Namespace) -> int:

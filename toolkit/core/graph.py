@@ -24,6 +24,8 @@ from lcpress.core.surgery import call_model
 log = logging.getLogger("lcpress.graph")
 
 COMPRESSIBLE = (nn.Linear, nn.Conv2d, nn.Embedding)
+#: The compressible classes in words, for messages: "nn.Linear, nn.Conv2d and nn.Embedding".
+COMPRESSIBLE_TEXT = ", ".join(f"nn.{c.__name__}" for c in COMPRESSIBLE[:-1]) + f" and nn.{COMPRESSIBLE[-1].__name__}"
 
 
 def is_conv1d(module: nn.Module) -> bool:

@@ -32,7 +32,7 @@ from torch import nn
 from lcpress.config import LCConfig, TaskConfig, parse_config
 from lcpress.core.costmodel import CostModel
 from lcpress.core.forms import LayerSpec
-from lcpress.core.graph import COMPRESSIBLE, ModelGraph, is_conv1d, trace
+from lcpress.core.graph import COMPRESSIBLE, COMPRESSIBLE_TEXT, ModelGraph, is_conv1d, trace
 from lcpress.core.registry import Registry, get_registry
 from lcpress.core.scheme import Scheme
 from lcpress.core.surgery import replace_module
@@ -245,8 +245,9 @@ def plan_tasks(model: nn.Module, graph: ModelGraph, resolved: Resolved, example_
             task_name = unit[0] if len(unit) == 1 else f"group{g}"
             tasks.append(Task(task_name, unit, params, view, scheme, cost_model, spec, g, cfg))
     _refuse_overlap(tasks)
-    for task in tasks:  # a model-scope task's binding reaches beyond the matched layers
-        _refuse_tied(task.group, [n for n in task.layers if n in tied], tied)
+    for task in tasks:  # a model-scope task's binding reaches beyond the matched layers _untied_layers saw
+        if task.scheme.scope == "model":
+            _refuse_tied(task.group, [n for n in task.layers if n in tied], tied)
     return tasks
 
 
@@ -408,7 +409,7 @@ def _match(cfg: TaskConfig, modules: dict[str, nn.Module], graph: ModelGraph, g:
             if not isinstance(module, COMPRESSIBLE):
                 raise ConfigError(
                     f"tasks[{g}].layers[{i}]: {name!r} is a {type(module).__name__}; lcpress compresses "
-                    f"nn.Linear, nn.Conv2d and nn.Embedding layers (name the layers inside it, e.g. '{name}.*')"
+                    f"{COMPRESSIBLE_TEXT} layers (name the layers inside it, e.g. '{name}.*')"
                 )
             if name not in graph.specs:
                 if explicit:
@@ -446,10 +447,8 @@ def _warn_other_weights(cfg: TaskConfig, modules: dict[str, nn.Module], pattern:
             found[type(module).__name__] = found.get(type(module).__name__, 0) + 1
     if found:
         kinds = ", ".join(f"{count} {kind}" for kind, count in found.items())
-        log.warning("tasks[%d].layers[%d]: %r also reaches %s, which lcpress does not compress (it compresses "
-                    "nn.Linear, nn.Conv2d and nn.Embedding); they stay as they are (exclude them to silence this)", g,
-                    i, pattern,
-                    kinds)
+        log.warning("tasks[%d].layers[%d]: %r also reaches %s, which lcpress does not compress (it compresses %s); "
+                    "they stay as they are (exclude them to silence this)", g, i, pattern, kinds, COMPRESSIBLE_TEXT)
 
 
 def _holds_a_matrix(module: nn.Module) -> bool:

@@ -158,6 +158,15 @@ class CStepContext:
         return [part.forms[j] for part, j in zip(self.candidates.parts, self.choice)]
 
 
+#: The layer kinds a scheme may compress (:attr:`Scheme.kinds`), with the class name users know them by.
+LAYER_KINDS = {"linear": "Linear", "conv2d": "Conv2d", "embedding": "Embedding"}
+
+
+def kind_names(kinds: "frozenset[str] | set[str]") -> list[str]:
+    """``kinds`` as class names, in :data:`LAYER_KINDS` order (unknown kinds last, as given)."""
+    return [LAYER_KINDS[k] for k in LAYER_KINDS if k in kinds] + sorted(k for k in kinds if k not in LAYER_KINDS)
+
+
 class Scheme(ABC):
     """A compression scheme. Subclass, set ``name`` and ``Options``, register.
 
@@ -245,10 +254,9 @@ class Scheme(ABC):
         What planning and the conformance kit ask; schemes override :meth:`check_layer`, not this.
         """
         if spec is not None and spec.kind not in self.kinds:
-            names = {"linear": "Linear", "conv2d": "Conv2d", "embedding": "Embedding"}
-            kinds = [names.get(k, k) for k in sorted(self.kinds, key=lambda k: (list(names) + [k]).index(k))]
+            kinds = kind_names(self.kinds)
             said = kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " and " + kinds[-1]
-            return f"{self.name} compresses {said} layers, not {names.get(spec.kind, spec.kind)} layers"
+            return f"{self.name} compresses {said} layers, not {LAYER_KINDS.get(spec.kind, spec.kind)} layers"
         return self.check_layer(spec, module)
 
     def output_error(self) -> OutputError | None:

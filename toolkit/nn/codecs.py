@@ -192,14 +192,17 @@ class DecodedLayer(nn.Module):
         graph (the decode from the stored payloads, which the traced module keeps as small as this one).
         """
         if torch.jit.is_tracing():
-            weight = sum(c.decode() for c in self.codecs)
-            return weight.to(self.bias.dtype) if self.bias is not None else weight
+            return self._decoded()
         key = tuple(b._version for c in self.codecs for b in c.buffers()) + tuple(
             id(b) for c in self.codecs for b in c.buffers())
         if self._cache is None or self._cache[0] != key:
-            weight = sum(c.decode() for c in self.codecs)
-            self._cache = (key, weight.to(self.bias.dtype) if self.bias is not None else weight)
+            self._cache = (key, self._decoded())
         return self._cache[1]
+
+    def _decoded(self) -> torch.Tensor:
+        """The sum of the codecs' decoded weights, in the bias's dtype where there is a bias."""
+        weight = sum(c.decode() for c in self.codecs)
+        return weight.to(self.bias.dtype) if self.bias is not None else weight
 
     def storage_bits(self) -> int:
         bias_bits = 0 if self.bias is None else self.bias.numel() * self.bias.element_size() * 8

@@ -31,7 +31,7 @@ from torch import nn
 from lcpress.core.forms import Form, LayerSpec
 from lcpress.errors import CStepError
 from lcpress.options import Options
-from lcpress.core.scheme import Scheme, State
+from lcpress.core.scheme import LAYER_KINDS, Scheme, State
 from lcpress.core.tree import join_tensors, split_tensors
 from lcpress.io.files import read_file, write_file
 from .harness import CStepRun, ParamCount, run_c_step
@@ -132,7 +132,7 @@ def check_declaration(s: SchemeSubject) -> str | None:
     require(s.cls.allocation in ("sum", "minmax"), f"scheme {s.name!r}: allocation must be 'sum' or 'minmax'")
     require(s.cls.sensitivity in ("error", "measured"), f"scheme {s.name!r}: sensitivity must be 'error' or 'measured'")
     kinds = getattr(s.cls, "kinds", None)
-    require(isinstance(kinds, (set, frozenset)) and bool(kinds) and kinds <= {"linear", "conv2d", "embedding"},
+    require(isinstance(kinds, (set, frozenset)) and bool(kinds) and kinds <= set(LAYER_KINDS),
             f"scheme {s.name!r}: kinds must be a non-empty set of 'linear', 'conv2d' and 'embedding', not {kinds!r}")
     require(bool(s.cases), f"scheme {s.name!r} refuses every layer of the kit ({s.refused}); pass layers=[...] "
                            f"with layers it compresses")
