@@ -138,6 +138,58 @@ def test_integer_codes_stored_as_floats_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match=f"{codes}.*stored as .*float32.*holds .*uint8"):
         lcpress.load(tmp_path / "bad.safetensors")
 
+def _tied_language_model():
+    """A token table whose matrix the output layer shares (as GPT-2's lm_head does), between two Linear layers."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 16), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 50))
+    model[3].weight = model[0].weight
+    return model
+
+
+@pytest.mark.parametrize("rebuilt", [True, False], ids=["from-the-file", "into-the-class"])
+def test_tied_weights_save_once_and_load_tied(tmp_path, rebuilt):
+    model = _tied_language_model()
+    tokens = torch.randint(0, 50, (4, 7))
+    lcpress.compress(model, {"tasks": [{"layers": ["*"], "options": {"rank": 4, "rank_multiple": 1}}],
+                             "schedule": {"steps": 0}}, example_input=tokens)
+    assert isinstance(model[1], nn.Sequential)  # the untied Linear layer is compressed; the tied pair stays dense
+    path = lcpress.save(model, tmp_path / "m.safetensors")
+    stored, manifest = lcpress.io.files.read_file(path)
+    assert manifest["tied"] == {"3.weight": "0.weight"} and "3.weight" not in stored
+    loaded = lcpress.load(path, model=None if rebuilt else _tied_language_model())
+    assert loaded[3].weight is loaded[0].weight  # one parameter, as saved: an optimizer updates it once
+    assert len(list(loaded.parameters())) == len(list(model.parameters()))
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens), model(tokens))
+
+
+def test_a_submodule_under_two_names_saves_and_stays_one_module(tmp_path):
+    torch.manual_seed(0)
+    block = nn.Linear(12, 12)
+    model = nn.Sequential(block, nn.ReLU(), block)
+    x = torch.randn(3, 12)
+    path = lcpress.save(model, tmp_path / "m.safetensors")
+    loaded = lcpress.load(path, model=nn.Sequential(block := nn.Linear(12, 12), nn.ReLU(), block))
+    assert loaded[0] is loaded[2] and loaded[0].weight is loaded[2].weight
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    rebuilt = lcpress.load(path)
+    assert rebuilt[0].weight is rebuilt[2].weight
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+
+
+def test_a_manifest_tying_names_the_file_does_not_hold_is_refused(tmp_path):
+    from lcpress.io.files import read_file, write_file
+
+    path = lcpress.save(_tied_language_model(), tmp_path / "m.safetensors")
+    tensors, manifest = read_file(path)
+    manifest["tied"] = {"3.weight": "9.weight"}
+    write_file(tmp_path / "bad.safetensors", tensors, manifest)
+    with pytest.raises(CheckpointError, match="ties '3.weight' to '9.weight'"):
+        lcpress.load(tmp_path / "bad.safetensors")
+
+
 def test_custom_model_without_architecture_says_what_to_pass(tmp_path):
     model, _ = _compressed_custom()
     path = lcpress.save(model, tmp_path / "m.safetensors")

@@ -51,6 +51,10 @@ def check_manifest(manifest: Any, path: str | Path) -> None:
         where.expect(name, str, f"not_rebuildable[{i}]")
     if manifest.get("config") is not None:
         where.expect(manifest["config"], dict, "config")
+    tied = manifest.get("tied", {})
+    where.expect(tied, dict, "tied")
+    for alias, name in tied.items():
+        where.expect(name, str, f"tied.{alias}")
 
 
 def _check_layer(layer: Any, field: str, where: "_Where") -> None:

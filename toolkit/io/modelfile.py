@@ -59,8 +59,38 @@ def save(model: nn.Module, path: str | Path, *, config: dict[str, Any] | None = 
         "not_rebuildable": missing,
         "config": config,
     }
-    write_file(path, dict(model.state_dict()), manifest)
+    tensors, tied = stored_once(model.state_dict())
+    if tied:
+        manifest["tied"] = tied
+    write_file(path, tensors, manifest)
     return path
+
+
+def stored_once(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Each tensor of ``state`` under its first name, and every other name of it mapped to that one.
+
+    A tied weight (an output layer sharing its embedding's matrix) or a submodule registered under two names
+    appears in ``state_dict`` once per name. safetensors stores a block of memory once, and a file holding two
+    copies would load them untied, so the file keeps one and the manifest says which names share it. A tensor
+    that overlaps another without being the same view is stored as its own copy.
+    """
+    kept: dict[str, torch.Tensor] = {}
+    tied: dict[str, str] = {}
+    views: dict[tuple, str] = {}
+    storages: set[tuple] = set()
+    for name, tensor in state.items():
+        storage = (tensor.device, tensor.untyped_storage().data_ptr())
+        view = (*storage, tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
+        if tensor.numel() and view in views:
+            tied[name] = views[view]
+            continue
+        if tensor.numel() == 0 or storage in storages:
+            tensor = tensor.clone()
+        else:
+            views[view] = name
+            storages.add(storage)
+        kept[name] = tensor
+    return kept, tied
 
 
 def allowed_modules() -> Allowed:
@@ -171,8 +201,11 @@ def load(path: str | Path, model: nn.Module | None = None, *, map_location: str 
             if layer.get("realized") and not any(layer["name"].startswith(f"{s}.") for s in swapped):
                 _swap_in(model, layer, allowed, path)
                 swapped.append(layer["name"])
+    tied = _tied(manifest, tensors, path)
+    tensors = {**tensors, **{alias: tensors[name] for alias, name in tied.items()}}
     _fitting(model, tensors, path)
     model.load_state_dict({k: v.to(map_location) for k, v in tensors.items()}, strict=True, assign=True)
+    _tie(model, tied)
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover:
         raise CheckpointError(f"model file {str(path)!r}: {leftover[0]!r} holds state the file does not store; "
@@ -180,6 +213,32 @@ def load(path: str | Path, model: nn.Module | None = None, *, map_location: str 
     model.lcpress_layers = manifest.get("layers", [])
     model.to(map_location)
     return passed
+
+
+def _tied(manifest: dict[str, Any], tensors: dict[str, torch.Tensor], path: str | Path) -> dict[str, str]:
+    """The manifest's map of tied names to stored ones, each checked against the stored tensors."""
+    tied = manifest.get("tied", {})
+    for alias, name in tied.items():
+        if name not in tensors or alias in tensors:
+            raise CheckpointError(f"model file {str(path)!r}: its manifest ties {alias!r} to {name!r}, but the file "
+                                  f"stores {'the first' if alias in tensors else 'no tensor'} of those names")
+    return tied
+
+
+def _tie(model: nn.Module, tied: dict[str, str]) -> None:
+    """Make every tied name hold the very parameter (or buffer) of the name it shares, as in the saved model.
+
+    ``load_state_dict(assign=True)`` gives each name a tensor of its own; an optimizer would then update a tied
+    weight twice and its two names would drift apart.
+    """
+    for alias, name in tied.items():
+        owner_name, _, leaf = alias.rpartition(".")
+        source_name, _, source_leaf = name.rpartition(".")
+        owner, source = get_module(model, owner_name), get_module(model, source_name)
+        if source_leaf in source._parameters:
+            owner._parameters[leaf] = source._parameters[source_leaf]
+        else:
+            owner._buffers[leaf] = source._buffers[source_leaf]
 
 
 def _swap_in(model: nn.Module, layer: dict[str, Any], allowed: Allowed, path: str | Path) -> None:

@@ -110,14 +110,19 @@ def _entry(m: nn.Module, allowed: Allowed) -> tuple[type[nn.Module], Args] | Non
 
 
 def module_to_json(module: nn.Module, allowed: Allowed = ALLOWED) -> dict[str, Any]:
-    """JSON description of ``module``'s tree (raises if a class is not allow-listed)."""
+    """JSON description of ``module``'s tree (raises if a class is not allow-listed).
+
+    A submodule registered under two names is described under each (``named_children`` would list it once and
+    the rebuilt model would lack the second name); the model file ties their tensors again on loading.
+    """
     entry = _entry(module, allowed)
     if entry is None:
         raise CheckpointError(f"{type(module).__name__} is not a module class lcpress can rebuild on its own")
     return {
         "type": type(module).__name__,
         "args": entry[1](module),
-        "children": [[name, module_to_json(child, allowed)] for name, child in module.named_children()],
+        "children": [[name, module_to_json(child, allowed)] for name, child in module._modules.items()
+                     if child is not None],
     }
 
 
