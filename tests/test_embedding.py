@@ -103,6 +103,12 @@ def test_under_flops_a_low_rank_table_costs_more_than_its_lookup_and_stays_dense
     assert "costs more than dense" in result.records[0].reason
 
 
+def test_a_params_budget_realizes_the_thin_table_the_budget_chose_though_the_task_prices_flops():
+    model, result, _ = _compress({"target": {"cost": "params", "ratio": 0.3}})  # cost: flops, the default
+    assert result.records[0].realized and isinstance(model.emb, nn.Sequential)
+    assert sum(p.numel() for p in model.emb.parameters()) <= 0.3 * VOCAB * WIDTH
+
+
 @pytest.mark.parametrize("task, stored_bits", [
     ({"scheme": "quantize", "options": {"k": 4}}, VOCAB * WIDTH * 2 + 4 * 32),
     ({"scheme": "prune", "options": {"keep": 700}}, None),

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from lcpress.core.costmodel import CostModel
 from lcpress.core.forms import Dense, Form, LayerSpec, form_to_dict
 from lcpress.core.guard import plugin_call
 from lcpress.core.plan import Task
@@ -52,19 +53,20 @@ def load_compressed(tasks: Sequence[Task], states: Sequence[State]) -> None:
 
 def realize(
     model: nn.Module, tasks: Sequence[Task], states: Sequence[State], aliases: dict[str, list[str]] | None = None,
-    specs: Mapping[str, LayerSpec] | None = None,
+    specs: Mapping[str, LayerSpec] | None = None, cost_models: Mapping[str, CostModel] | None = None,
 ) -> list[RealizedLayer]:
     """Replace, in place, every compressed layer of ``model`` by its realized module.
 
     The model is first loaded with Δ(θ). A multi-layer task is realized layer
     by layer when its scheme can :meth:`~lcpress.Scheme.split` its state. A
     layer stays a dense module holding Δ(θ) when its form is dense, when its
-    realized form would cost more than dense under the task's cost model
-    (with a warning: its compression is then not in the saved model), or when
+    realized form would cost more than dense under the cost model its budget is stated in (``cost_models``
+    by the target's name; the task's own cost model without a target), with a warning: its compression is
+    then not in the saved model; or when
     its parent reads its weight directly — so the model computes exactly the
     compressed function either way.
     """
-    aliases, specs = aliases or {}, specs or {}
+    aliases, specs, cost_models = aliases or {}, specs or {}, cost_models or {}
     load_compressed(tasks, states)
     records: list[RealizedLayer] = []
     fused: dict[str, str] = {}  # compressed layers a fused parent keeps dense: the parent's class
@@ -82,7 +84,8 @@ def realize(
                 continue
             form = task.scheme.form(layer_state)
             record.form = form_to_dict(form)
-            record.reason = _kept_dense(model, name, task, form, is_dense(layer_state), specs.get(name, task.spec))
+            record.reason = _kept_dense(model, name, task, form, is_dense(layer_state), specs.get(name, task.spec),
+                                        _judge(task, cost_models))
             if record.reason:
                 reader = _parent_reading_weights(model, name)
                 if reader and not isinstance(form, Dense):
@@ -143,7 +146,19 @@ def _layer_states(task: Task, state: State) -> list[tuple[str, State | None, str
     return [(name, s, "") for name, s in zip(task.layers, split)]
 
 
-def _kept_dense(model: nn.Module, name: str, task: Task, form: Form, dense: bool, spec: LayerSpec | None) -> str:
+def _judge(task: Task, cost_models: Mapping[str, CostModel]) -> CostModel:
+    """The cost model that decides whether a layer's form is worth realizing: the one its budget is stated in.
+
+    A ``target: {cost: params}`` over a token table chose a low rank because it stores fewer parameters;
+    judged by the task's default ``cost: flops`` (0 for a lookup) the table would be kept dense and the
+    delivered model would miss the budget the summary reports as met.
+    """
+    target = task.config.target
+    return cost_models.get(target.cost, task.cost_model) if target is not None else task.cost_model
+
+
+def _kept_dense(model: nn.Module, name: str, task: Task, form: Form, dense: bool, spec: LayerSpec | None,
+                judge: CostModel) -> str:
     """Why layer ``name`` stays a dense module holding Δ(θ), or "" when it is realized."""
     reader = _parent_reading_weights(model, name)
     if reader:
@@ -152,13 +167,13 @@ def _kept_dense(model: nn.Module, name: str, task: Task, form: Form, dense: bool
     if dense or isinstance(form, Dense):
         return "dense was the best form"
     if spec is not None:
-        cost, dense_cost = task.cost_model.costs(spec, [form, Dense()]).tolist()
+        cost, dense_cost = judge.costs(spec, [form, Dense()]).tolist()
         if cost > dense_cost:
             log.warning("layer %r: %s costs more than dense under %s (%.4g vs %.4g), so it stays a dense layer "
                         "holding Δ(θ) and its compression is not in the saved model; price it with the cost model "
                         "you care about (cost: storage for a smaller file, cost: params …)",
-                        name, form.describe(), task.cost_model.name, cost, dense_cost)
-            return f"{form.describe()} costs more than dense under {task.cost_model.name}: kept dense, holding Δ(θ)"
+                        name, form.describe(), judge.name, cost, dense_cost)
+            return f"{form.describe()} costs more than dense under {judge.name}: kept dense, holding Δ(θ)"
     return ""
 
 

@@ -457,7 +457,7 @@ def _finish(model, engine: LCEngine, graph, cost_models, config, example_input, 
     if normalize is not None:
         normalize(model)  # … with BatchNorm statistics of its own, saved with it …
     expected = eval_output(model, example_input)  # … and its output is what the realized model must match
-    records = realize(model, engine.tasks, states, graph.aliases, graph.specs)
+    records = realize(model, engine.tasks, states, graph.aliases, graph.specs, cost_models)
     max_err = verify(model, expected, example_input)  # before fine-tuning moves the realized weights
     tuned_metric = _fine_tune(model, finetune_fn, eval_fn, config, normalize, engine.progress)
     model.lcpress_layers = _layer_records(model, records)
