@@ -167,3 +167,18 @@ def test_listings_show_every_declared_range():
 def test_infinite_or_nan_schedule_values_are_refused(key, value):
     with pytest.raises(ConfigError, match=rf"schedule\.{key}: expected (a finite number|float \| 'auto'), got {value}"):
         lcpress.load_config({"tasks": [{"layers": ["*"]}], "schedule": {key: value}})
+
+
+def test_a_config_built_from_dataclasses_gets_the_checks_a_mapping_gets(tmp_path):
+    from lcpress import LCConfig, ScheduleConfig, TaskConfig
+    from lcpress.config import TargetConfig, parse_config
+
+    parsed = parse_config(LCConfig(tasks=[TaskConfig(layers=["*"], target={"ratio": 0.5})]))
+    assert parsed.tasks[0].target == TargetConfig(ratio=0.5)  # a mapping inside a dataclass becomes its config
+    out = tmp_path / "run"
+    bad = LCConfig(tasks=[TaskConfig(layers=["*"], options={"rank": 8})], schedule=ScheduleConfig(steps=2.5),
+                   output_dir=str(out))
+    with pytest.raises(ConfigError, match="schedule.steps: expected an integer, got 2.5"):
+        lcpress.compress(nn.Sequential(nn.Linear(8, 8)), bad, train_fn=lambda *a: None,
+                         example_input=torch.randn(1, 8))
+    assert not out.exists()  # refused before the run folder was made: the next try is not blocked

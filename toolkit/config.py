@@ -225,8 +225,8 @@ def parse_config(source: str | Path | dict[str, Any] | LCConfig) -> LCConfig:
     Plugin names and options are not looked at here: :func:`lcpress.load_config`
     resolves them too.
     """
-    if isinstance(source, LCConfig):
-        return source
+    if isinstance(source, LCConfig):  # built in code, it skipped from_dict's checks: a dict inside it, a "4"
+        return LCConfig.from_dict(source.to_dict())
     if isinstance(source, (str, Path)):
         return LCConfig.from_dict(config_file(source))
     return LCConfig.from_dict(source)
