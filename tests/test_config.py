@@ -182,3 +182,15 @@ def test_a_config_built_from_dataclasses_gets_the_checks_a_mapping_gets(tmp_path
         lcpress.compress(nn.Sequential(nn.Linear(8, 8)), bad, train_fn=lambda *a: None,
                          example_input=torch.randn(1, 8))
     assert not out.exists()  # refused before the run folder was made: the next try is not blocked
+
+
+@pytest.mark.parametrize("scheme", ["low_rank", "prune"])
+def test_a_choosing_scheme_with_neither_target_nor_alpha_is_refused_instead_of_compressing_nothing(scheme):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    config = {"tasks": [{"layers": ["*"], "scheme": scheme, "cost": "params"}], "schedule": {"steps": 0}}
+    with pytest.raises(ConfigError, match=r"tasks\[0\]: .*neither a target nor alpha > 0.*nothing would be compressed"):
+        lcpress.compress(model, config, example_input=torch.randn(1, 16))
+    config["tasks"][0]["alpha"] = 1.0
+    result = lcpress.compress(model, config, example_input=torch.randn(1, 16))
+    assert any(r.form["kind"] != "dense" for r in result.records)

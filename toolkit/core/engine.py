@@ -53,7 +53,7 @@ from lcpress.core.schedule import initial_mu, next_mu
 from lcpress.core.scheme import Coupled, CStepContext, State
 from lcpress.core.surgery import get_module
 from lcpress.core.tree import join_tensors, split_tensors
-from lcpress.errors import CStepError, LcpressError
+from lcpress.errors import ConfigError, CStepError, LcpressError
 from lcpress.progress import progress_bar, status_line
 
 log = logging.getLogger("lcpress.engine")
@@ -483,6 +483,8 @@ class LCEngine:
                 costs = [self._price(self.tasks[i], model, contexts[i].candidates.forms)
                          for i, model in zip(members, priced_by)]
                 choice = budget_mod.choose_with_alpha(costs, errors, cfg.alpha, mu)
+                if cfg.alpha == 0 and mu > 0:
+                    _refuse_all_dense(g, [contexts[i].candidates.forms[j] for i, j in zip(members, choice.indices)])
             self.selection[g] = choice
             for i, idx in zip(members, choice.indices):
                 contexts[i].choice = idx
@@ -780,6 +782,20 @@ def _unreachable(task: Task, model: CostModel, choice: budget_mod.Choice) -> str
     return (f"tasks[{task.group}].target: {model.name} ≤ {asked} is out of reach: the cheapest forms of the group's "
             f"layers reach {reach} of their dense {model.name}{at}, so those are used. Raise the target ratio, "
             f"compress more layers, or allow smaller forms (e.g. a smaller rank_multiple)")
+
+
+def _refuse_all_dense(group: int, chosen: list[Form]) -> None:
+    """A selecting task with neither α nor a target keeps every layer dense (no error beats dense): say so.
+
+    Otherwise the run trains every L step, reports "0 realized" and hands back the model it was given.
+    """
+    if chosen and all(isinstance(form, Dense) for form in chosen):
+        raise ConfigError(
+            f"tasks[{group}]: the scheme chooses each layer's form, but with neither a target nor alpha > 0 the "
+            f"C step keeps every layer dense (dense has no error), so nothing would be compressed. Set "
+            f"tasks[{group}].target (e.g. {{ratio: 0.5}}), tasks[{group}].alpha, or a fixed form in "
+            f"tasks[{group}].options (rank, keep, k)"
+        )
 
 
 def _delta_problem(delta: Any, w: torch.Tensor) -> str | None:
