@@ -77,6 +77,29 @@ def test_a_failing_eval_fn_passes_through_after_naming_the_intact_checkpoint(den
     assert list(resumed.history["step"]) == [0, 1, 2, 3, 4]
 
 
+def test_resuming_the_interrupted_model_object_keeps_the_first_dense_metric_and_its_mode(dense, tmp_path):
+    """A notebook: Ctrl-C mid-run leaves the model object at the last L step; resuming on it must not re-measure it."""
+    model = copy.deepcopy(dense).eval()
+    loaders = digits_loaders(64, 0)
+    config = dict(CONFIG, output_dir=str(tmp_path / "run"))
+    trainer = SupervisedTrainer(loaders[0], lcpress.config.TrainConfig(**CONFIG["train"]))
+    steps = []
+
+    def train_fn(model, penalty, step):
+        steps.append(step.index)
+        if len(steps) == 3:
+            raise KeyboardInterrupt
+        return trainer(model, penalty, step)
+
+    with pytest.raises(KeyboardInterrupt):
+        lcpress.compress(model, config, train_fn, loaders=loaders, progress=False)
+    assert not model.training  # it came in eval mode and goes back in it, even after the interrupt
+    first = lcpress.io.rundir.RunDirectory(tmp_path / "run").info()["dense_metric"]
+    resumed = lcpress.compress(model, config, trainer, loaders=loaders, resume=True, progress=False)
+    assert resumed.dense_metric == first
+    assert lcpress.io.rundir.RunDirectory(tmp_path / "run").info()["dense_metric"] == first
+
+
 def test_finished_run_is_not_overwritten_without_force(dense, tmp_path):
     _run(dense, tmp_path / "run")
     before = (tmp_path / "run" / "model.safetensors").read_bytes()

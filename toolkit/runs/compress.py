@@ -202,12 +202,26 @@ def compress(
     setup = _Setup(model, config, planned, train_fn, eval_fn, finetune_fn, normalize, probe, example_input, progress,
                    timed, calibrate)
     was_training = model.training
-    with _holding(run_dir):
-        resuming = distributed.on_main(lambda: _prepare(run_dir, config, resume, force, extend) if run_dir else False)
-        result = _run(setup, run_dir, resuming)
-    model.train(was_training)  # the mode the model came in: L steps train it, the end evaluates it
+    try:
+        with _holding(run_dir):
+            resuming = distributed.on_main(lambda: _prepare(run_dir, config, resume, force, extend) if run_dir
+                                           else False)
+            result = _run(setup, run_dir, resuming)
+    finally:
+        model.train(was_training)  # the mode the model came in, even after an error: L steps train it
     result.model = passed
     return result
+
+
+def _dense_metric(model: nn.Module, eval_fn: EvalFn | None, resumed: RunDirectory | None) -> float | None:
+    """The metric of the model before compression: measured now, or, when resuming, as the run first measured it.
+
+    A resumed run's model may be the object an interrupted run was training (a notebook after Ctrl-C): its
+    weights are the last L step's, and measuring them would overwrite the baseline every drop is judged by.
+    """
+    if resumed is not None and "dense_metric" in resumed.info():
+        return resumed.info()["dense_metric"]
+    return evaluated(model, eval_fn) if eval_fn is not None else None
 
 
 def _refuse_untrainable(model: nn.Module, tasks: list[Task], config: LCConfig) -> None:
@@ -284,7 +298,7 @@ def _run(setup: _Setup, run_dir: RunDirectory | None, resuming: bool) -> Compres
     checkpointer = FileCheckpointer(run_dir.checkpoint_path, config.to_dict()) if run_dir and config.checkpoint else None
 
     torch.manual_seed(config.seed)
-    dense_metric = evaluated(model, eval_fn) if eval_fn is not None else None
+    dense_metric = _dense_metric(model, eval_fn, run_dir if resuming else None)
     if run_dir is not None and distributed.is_main():  # what `lcpress report` needs while the run is running
         run_dir.update_info(plan=plan_record(graph, tasks), dense_metric=dense_metric,
                             example_input=input_record(example_input))
