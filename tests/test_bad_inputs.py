@@ -507,3 +507,20 @@ def test_files_written_atomically_keep_the_users_umask(tmp_path):
         assert path.stat().st_mode & 0o777 == 0o644
     finally:
         os.umask(old)
+
+
+def test_a_model_whose_forward_takes_one_dict_is_told_to_wrap_it():
+    class DictIn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, batch):
+            return self.fc(batch["x"])
+
+    config = {"tasks": [{"layers": ["fc"], "options": {"rank": 2}}], "schedule": {"steps": 0}}
+    batch = {"x": torch.randn(1, 8)}
+    with pytest.raises(LcpressError, match=r"unexpected keyword argument 'x'.*example_input=\(batch,\)"):
+        lcpress.compress(DictIn(), config, example_input=batch)
+    result = lcpress.compress(DictIn(), config, example_input=(batch,))
+    assert result.records[0].realized

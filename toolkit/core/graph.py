@@ -20,6 +20,7 @@ from torch import nn
 
 from lcpress.core.forms import LayerSpec
 from lcpress.core.surgery import call_model
+from lcpress.errors import LcpressError
 
 log = logging.getLogger("lcpress.graph")
 
@@ -107,7 +108,7 @@ def trace(model: nn.Module, example_input: Any) -> ModelGraph:
     model.eval()
     try:
         with torch.no_grad():
-            call_model(model, example_input)
+            _traced_call(model, example_input)
     finally:
         for h in handles:
             h.remove()
@@ -117,6 +118,20 @@ def trace(model: nn.Module, example_input: Any) -> ModelGraph:
     aliases = {names[0]: names[1:] for names in names_of.values() if len(names) > 1}
     graph, with_fx = _dataflow_graph(model, order)
     return ModelGraph(specs, order, graph, aliases, with_fx)
+
+
+def _traced_call(model: nn.Module, example_input: Any) -> None:
+    """Run the model once on ``example_input``; a dict the model's forward takes whole gets the fix named."""
+    try:
+        call_model(model, example_input)
+    except TypeError as exc:
+        if not isinstance(example_input, dict):
+            raise
+        raise LcpressError(
+            f"the model refused the example input ({type(exc).__name__}: {exc}). A dict is passed as keyword "
+            f"arguments, model(**batch), as Hugging Face models take it; if your model's forward takes the dict "
+            f"itself, wrap it in a tuple: example_input=(batch,), and have your loaders yield (batch,) too"
+        ) from exc
 
 
 def _dataflow_graph(model: nn.Module, order: list[str]) -> tuple[nx.DiGraph, bool]:

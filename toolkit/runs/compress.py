@@ -146,7 +146,9 @@ def compress(
         (top-1 accuracy, or cosine similarity to targets) on ``loaders[1]``.
     :param loaders: ``(train_loader, eval_loader)`` for the defaults above.
     :param example_input: an input of the model, traced to learn layer shapes
-        (and priced by cost models at its batch size). Default: one sample of
+        (and priced by cost models at its batch size). A tuple is passed as
+        positional arguments and a dict as keyword ones (``model(**batch)``); a
+        model whose forward takes one dict gets ``(batch,)``. Default: one sample of
         the first batch of the eval (else train) loader, else of ``calibration``.
     :param calibration: batches of ``(input, target)`` — or of inputs — (a loader, a list, or one batch) that
         lcpress reads, in a fixed order and without gradients, to re-estimate
