@@ -135,8 +135,9 @@ class ChannelScheme(Scheme):
         self.groups = [g for g, reason in self.skipped if not reason]
         self.skipped = [(g, reason) for g, reason in self.skipped if reason]
         self.untraced = found.reason
-        for g, reason in self.skipped:
-            log.info("channels: %s stays dense: %s", g.describe(), reason)
+        for g, reason in self.skipped:  # a group the user asked for that the model's structure keeps: warn
+            asked = g.blocked and not g.is_output and all(p in layers for p in g.producers)
+            (log.warning if asked else log.info)("channels: %s stays dense: %s", g.describe(), reason)
         modules = {name: m for name, m in model.named_modules()}
         touched = [n for n in modules if any(s.module == n for g in self.groups for s in g.slices)]
         params = [p for n in touched for p in _own_params(modules[n])]

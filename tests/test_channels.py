@@ -476,3 +476,15 @@ def test_an_unreachable_channel_target_is_reported_once_in_ratios(caplog):
     said = [r.getMessage() for r in caplog.records if "out of reach" in r.getMessage()]
     assert len(said) == 1, said  # four C steps, one warning
     assert said[0].startswith("tasks[0].target: flops ≤ 0.1% of dense is out of reach: the cheapest forms")
+
+
+def test_a_glob_warns_of_the_channels_a_grouped_conv_keeps_but_not_of_the_models_output(caplog):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1, groups=4),
+                          nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(64, 10))
+    config = {"tasks": [{"layers": ["*"], "scheme": "channels", "target": {"ratio": 0.5}}], "schedule": {"steps": 0}}
+    with caplog.at_level(logging.WARNING, logger="lcpress.channels"):
+        lcpress.compress(model, config, example_input=torch.randn(1, 3, 16, 16), progress=False)
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert said == ["channels: group 0: 32 channels of 0 stays dense: read by the grouped conv 2 (groups=4)"]

@@ -75,6 +75,8 @@ BATCH_NORMS = {aten._native_batch_norm_legit_no_training.default, aten.batch_nor
                aten.cudnn_batch_norm.default}
 
 NONE = -1  # the label of a value that carries no prunable channel
+#: why a group that produces the model's output stays: its width is the model's contract, not a choice
+OUTPUT = "reaches the model output"
 
 
 @dataclass
@@ -116,6 +118,11 @@ class ChannelGroup:
     def module_slices(self) -> list[Slice]:
         """The slices that live in a module's weights (an attention core's "heads" slice has none)."""
         return [s for s in self.slices if s.role != "heads"]
+
+    @property
+    def is_output(self) -> bool:
+        """True when the group is the model's output: its width is the model's contract, never a choice."""
+        return self.blocked == OUTPUT
 
     @property
     def unit(self) -> int:
@@ -226,7 +233,7 @@ class _Analysis:
                 self.env[node.name] = self._call(node)
             elif node.op == "output":
                 for value in _flat(node.args):
-                    self.labels.block(self._get(value), "reaches the model output")
+                    self.labels.block(self._get(value), OUTPUT)
         for name, count in self.calls.items():
             if count > 1:
                 self.labels.block(self.outputs_of.get(name), f"{name} is called {count} times (shared layer)")
