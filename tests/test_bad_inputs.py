@@ -59,10 +59,24 @@ def test_a_folder_lcpress_did_not_create_is_not_written_into(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "history.csv").write_text("my own history\n")
-    with pytest.raises(RunDirectoryError, match="a folder lcpress did not create and it holds files \\(history.csv\\)"):
+    (out / "notes.txt").write_text("mine too")
+    # history.csv is a name a run writes, so force would not help either: that is what is said
+    with pytest.raises(RunDirectoryError, match=r"holds history.csv, which lcpress did not write.*force=True \(CLI: "
+                                                r"--force\) never replaces"):
         _compress(out)
     assert (out / "history.csv").read_text() == "my own history\n"
-    assert sorted(p.name for p in out.iterdir()) == ["history.csv"]
+    (out / "history.csv").unlink()
+    with pytest.raises(RunDirectoryError, match=r"a folder lcpress did not create and it holds files \(notes.txt\).*"
+                                                r"pass force=True \(CLI: --force\) to add a run"):
+        _compress(out)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_resuming_a_run_that_is_not_there_leaves_no_folder_behind(tmp_path):
+    with pytest.raises(RunDirectoryError, match=r"holds no checkpoint to resume from; start the run without "
+                                                r"resume=True"):
+        _compress(tmp_path / "typo", resume=True)
+    assert not (tmp_path / "typo").exists()
 
 
 def test_force_never_replaces_a_file_lcpress_did_not_write(tmp_path):
@@ -401,8 +415,9 @@ def test_a_cost_model_returning_nan_is_named(plugins):
 
     plugins(Plugin())
     config = {"tasks": [{"layers": ["0"], "cost": "nan_cost", "alpha": 1e-3}], "schedule": {"steps": 0}}
-    with pytest.raises(PluginError, match="cost model 'nan_cost' priced the linear 12→24 layer .* at nan; costs must "
-                                          "be finite and non-negative"):
+    with pytest.raises(PluginError, match=r"cost model 'nan_cost' \(plugin 'nan_cost_plugin'.*\) pricing layer '0' at LC "
+                                          r"step 0: cost\(\) priced the linear 12→24 layer .* at nan; costs must be "
+                                          r"finite and non-negative"):
         lcpress.compress(_net(), config, example_input=X, progress=False)
 
 

@@ -113,7 +113,7 @@ def test_finished_run_is_not_overwritten_without_force(dense, tmp_path):
 def test_unfinished_run_needs_resume_or_force(dense, tmp_path, power_cut):
     with power_cut(at=1):
         _run(dense, tmp_path / "run")
-    with pytest.raises(RunDirectoryError, match="holds an unfinished run; use --resume"):
+    with pytest.raises(RunDirectoryError, match=r"holds an unfinished run; pass resume=True to continue it \(CLI: --resume\)"):
         _run(dense, tmp_path / "run")
     with pytest.raises(RunDirectoryError, match="holds no checkpoint"):
         _run(dense, tmp_path / "empty", resume=True)

@@ -49,6 +49,7 @@ class RunDirectory:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._made = False  # this process created the folder (for its lock)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -81,16 +82,19 @@ class RunDirectory:
         has_checkpoint = self.checkpoint_path.exists()
         if resume:
             if not has_checkpoint:
-                raise RunDirectoryError(f"--resume: {str(self.path)!r} holds no checkpoint to resume from")
+                raise RunDirectoryError(f"resume: {str(self.path)!r} holds no checkpoint to resume from; start the run "
+                                        f"without resume=True (CLI: --resume), or name the output_dir it ran in")
             if self.finished() and not (force or extend):
-                raise RunDirectoryError(f"{str(self.path)!r} holds a finished run; nothing to resume (--extend with "
-                                        f"more schedule.steps continues it; --force redoes it)")
+                raise RunDirectoryError(f"{str(self.path)!r} holds a finished run; nothing to resume (extend=True with "
+                                        f"more schedule.steps continues it, CLI: --extend; force=True redoes it, "
+                                        f"CLI: --force)")
             return True
         if (has_checkpoint or self.finished()) and not force:
-            what = "a finished run" if self.finished() else "an unfinished run"
+            go_on = ("resume=True, extend=True with more schedule.steps to continue it (CLI: --resume --extend)"
+                     if self.finished() else "resume=True to continue it (CLI: --resume)")
             raise RunDirectoryError(
-                f"{str(self.path)!r} holds {what}; use --resume to continue it, --force to replace it, "
-                f"or choose another output_dir"
+                f"{str(self.path)!r} holds {'a finished' if self.finished() else 'an unfinished'} run; pass {go_on}, "
+                f"force=True to replace it (CLI: --force), or choose another output_dir"
             )
         if force and self.is_run():
             for name in RUN_FILES:
@@ -124,17 +128,18 @@ class RunDirectory:
 
     def _refuse_foreign(self, force: bool) -> None:
         names = sorted(p.name for p in self._entries())
-        shown = listed(names, 5)
-        if not force:
-            raise RunDirectoryError(
-                f"{str(self.path)!r} is a folder lcpress did not create and it holds files ({shown}); lcpress writes "
-                f"only into new folders or its own run folders. Choose another output_dir, or pass --force to add a "
-                f"run beside those files (none of them is ever replaced or deleted)")
         clash = [n for n in RUN_FILES if (self.path / n).exists()]
-        if clash:
+        if clash:  # said first: force would not help
             raise RunDirectoryError(
                 f"{str(self.path)!r} holds {', '.join(clash)}, which lcpress did not write and a run would replace; "
-                f"--force never replaces files lcpress did not write: move them or choose another output_dir")
+                f"force=True (CLI: --force) never replaces files lcpress did not write: move them or choose another "
+                f"output_dir")
+        if not force:
+            raise RunDirectoryError(
+                f"{str(self.path)!r} is a folder lcpress did not create and it holds files ({listed(names, 5)}); "
+                f"lcpress writes only into new folders or its own run folders. Choose another output_dir, or pass "
+                f"force=True (CLI: --force) to add a run beside those files (none of them is ever replaced or "
+                f"deleted)")
 
     # ------------------------------------------------------------- run.json
     def write_info(self, info: dict[str, Any]) -> None:
@@ -157,6 +162,7 @@ class RunDirectory:
     def acquire(self) -> None:
         """Take ``run.lock``, or a :class:`RunDirectoryError` naming the run that holds it."""
         self._check_place()
+        self._made = not self.path.exists()  # removed again on release if the run then refused to start
         self._make()
         record = {"pid": os.getpid(), "host": socket.gethostname(),
                   "since": datetime.datetime.now().isoformat(timespec="seconds")}
@@ -178,6 +184,8 @@ class RunDirectory:
         holder = self._holder()
         if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
             self.lock_path.unlink(missing_ok=True)
+        if self._made and self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()  # made for the lock by a run that was refused before writing anything
 
     def _holder(self) -> dict[str, Any] | None:
         try:
