@@ -7,8 +7,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import lcpress
 from lcpress.core.forms import Dense, Form, LayerSpec, LowRank
@@ -341,3 +343,92 @@ def test_pytest11_entry_point_provides_the_fixtures():
     points = importlib.metadata.entry_points(group="pytest11")
     assert any(ep.value == "lcpress.testing.pytest_plugin" for ep in points), \
         "reinstall lcpress (pip install -e .) so its pytest11 entry point is registered"
+
+
+# ------------------------------------------- what the plugin raises, and what it declares
+class RaisingRealize(LowRankScheme):
+    name = "raising_realize"
+
+    def realize(self, state, module):
+        raise NotImplementedError("no realization yet")
+
+
+class RaisingCost(lcpress.CostModel):
+    name = "raising_cost"
+
+    def cost(self, spec, form):
+        if not isinstance(form, Dense):
+            raise ValueError(f"cannot price {form.describe()}")
+        return 1.0
+
+
+@dataclass
+class OutOfRangeOptions(lcpress.Options):
+    rank: int = lcpress.option(0, help="fixed rank", ge=1)
+
+
+class OutOfRangeDefault(LowRankScheme):
+    name = "out_of_range_default"
+    Options = OutOfRangeOptions
+
+
+def test_kit_names_the_check_and_layer_of_an_exception_the_plugin_raises():
+    with pytest.raises(AssertionError, match=r"scheme 'raising_realize' on layer 'linear', check 'realize': raised "
+                                             r"NotImplementedError: no realization yet"):
+        check_scheme(RaisingRealize)
+    with pytest.raises(AssertionError, match=r"cost model 'raising_cost' on linear 48→32 at input \(4, 48\), check "
+                                             r"'finite': raised ValueError: cannot price rank 1"):
+        check_cost_model(RaisingCost)
+
+
+def test_kit_fails_a_default_that_breaks_its_own_declaration():
+    with pytest.raises(AssertionError, match=r"scheme 'out_of_range_default', check 'declaration': the default of option "
+                                             r"'rank' \(0\) of OutOfRangeOptions is outside its declared range \(at "
+                                             r"least 1\)"):
+        check_scheme(OutOfRangeDefault)
+
+
+@pytest.mark.parametrize("price", [np.float32, np.int64, lambda x: torch.tensor(x)], ids=["float32", "int64", "tensor"])
+def test_kit_accepts_the_prices_the_core_accepts(price):
+    class Priced(lcpress.CostModel):
+        name = "priced"
+
+        def cost(self, spec, form):
+            return price(float(form.param_count(spec)))
+
+    assert set(check_cost_model(Priced).passed) == set(COST_MODEL_CHECKS)
+
+
+class DenseCopyRealize(LowRankScheme):
+    """Prices low-rank forms but realizes the base class's dense copy: the saved model would not be smaller."""
+
+    name = "dense_copy_realize"
+    realize = lcpress.Scheme.realize
+
+
+class Opaque(nn.Module):
+    """A realized module class no plugin allow-lists."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+class UnlistedRealize(LowRankScheme):
+    name = "unlisted_realize"
+
+    def realize(self, state, module):
+        return Opaque(super().realize(state, module))
+
+
+@pytest.mark.parametrize("scheme, said", [
+    (DenseCopyRealize, r"form\(\) says rank \d+, but realize\(\) is the base class's dense copy"),
+    (UnlistedRealize, r"realize\(\) returned Opaque, which a model file cannot rebuild; allow-list the class with the "
+                      r"lcpress_register_modules hook"),
+])
+def test_kit_fails_a_realization_the_saved_model_would_not_keep(scheme, said):
+    with pytest.raises(AssertionError, match=said):
+        check_scheme(scheme)

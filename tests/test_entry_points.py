@@ -155,3 +155,50 @@ def test_trace_switch_logs_every_hook_call(site, monkeypatch, caplog):
     traced = caplog.text
     assert "lcpress_register_schemes: calling plugin 'lcpress_test_plugin' (lcpress-test-plugin 1.2.3)" in traced
     assert "lcpress_register_cost_models: calling plugin 'lcpress.costmodels.flops'" in traced
+
+
+def test_hook_function_with_the_wrong_argument_is_one_line_naming_the_package_and_switches(site, capsys):
+    source = PLUGIN_SOURCE.replace("def lcpress_register_schemes(register):\n    register(KeepScheme)",
+                                   "def lcpress_register_schemes(registry):\n    registry(KeepScheme)")
+    _install(site, "lcpress-argname", source, "lcpress_test_argname")
+    _install(site, "lcpress-test-plugin", PLUGIN_SOURCE, "lcpress_test_plugin")
+    assert main(["plugins"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("lcpress: error: plugin 'lcpress_test_argname' (lcpress-argname "
+                                                   "1.2.3) does not fit lcpress's hooks")
+    assert "lcpress_register_schemes(registry)" in err and "{'registry'}" in err
+    assert "LCPRESS_LOAD_PLUGINS=" in err and "lcpress_test_plugin" in err and "LCPRESS_DISABLE_PLUGIN_AUTOLOAD=1" in err
+
+
+def test_plugin_raising_in_its_hook_names_the_switches_that_run_without_it(site):
+    source = PLUGIN_SOURCE.replace("    register(KeepScheme)", "    raise RuntimeError('boom in my hook')")
+    _install(site, "lcpress-raising", source, "lcpress_test_raising")
+    _install(site, "lcpress-test-plugin", PLUGIN_SOURCE, "lcpress_test_plugin")
+    with pytest.raises(PluginError, match=r"plugin 'lcpress_test_raising' \(lcpress-raising 1\.2\.3\) raised in "
+                                          r"lcpress_register_schemes: RuntimeError: boom in my hook\. Fix or uninstall "
+                                          r"lcpress-raising, or run without it: LCPRESS_LOAD_PLUGINS=.*"
+                                          r"lcpress_test_plugin.* to load only the others, or "
+                                          r"LCPRESS_DISABLE_PLUGIN_AUTOLOAD=1"):
+        lcpress.get_registry()
+
+
+def test_load_plugins_name_that_matches_no_entry_point_is_an_error(site, monkeypatch):
+    _install(site, "lcpress-test-plugin", PLUGIN_SOURCE, "lcpress_test_plugin")
+    monkeypatch.setenv("LCPRESS_LOAD_PLUGINS", "lcpress_test_plugn")
+    reset_registry()
+    with pytest.raises(PluginError, match=r"LCPRESS_LOAD_PLUGINS=lcpress_test_plugn names 'lcpress_test_plugn', which "
+                                          r"is no installed entry point of the 'lcpress' group \(did you mean "
+                                          r"'lcpress_test_plugin'\?\); installed: .*lcpress_test_plugin"):
+        lcpress.get_registry()
+
+
+def test_unknown_scheme_says_which_entry_points_load_plugins_left_out(site, monkeypatch):
+    _install(site, "lcpress-test-plugin", PLUGIN_SOURCE, "lcpress_test_plugin")
+    _install(site, "lcpress-other", PLUGIN_SOURCE.replace("keep_scaled", "keep_other").replace(
+        "constant_cost", "other_cost"), "lcpress_test_other")
+    monkeypatch.setenv("LCPRESS_LOAD_PLUGINS", "lcpress_test_other")
+    reset_registry()
+    with pytest.raises(lcpress.ConfigError, match=r"no scheme named 'keep_scaled'; registered: .*\. "
+                                                  r"LCPRESS_LOAD_PLUGINS=lcpress_test_other is set, so the installed "
+                                                  r"entry point\(s\) .*lcpress_test_plugin.* were not loaded"):
+        lcpress.load_config({"tasks": [{"layers": ["0"], "scheme": "keep_scaled"}]})

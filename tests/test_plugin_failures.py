@@ -156,7 +156,7 @@ def test_cost_model_failure_names_the_plugin_and_layer(plugins):
     plugins(CostPlugin())
     cfg = {"tasks": [{"layers": ["0"], "cost": "broken_cost", "alpha": 1e-6}], "schedule": {"steps": 0}}
     with pytest.raises(PluginError, match=r"cost model 'broken_cost' \(plugin 'cost_plugin'.*\) raised pricing "
-                                          r"layer '0': ZeroDivisionError: no table entry"):
+                                          r"layer '0' at LC step 0: ZeroDivisionError: no table entry"):
         lcpress.compress(tiny_model(), cfg, example_input=DATA[:1], progress=False)
 
 
@@ -215,3 +215,274 @@ def test_two_runtime_plugins_with_one_name_are_both_registered():
     with using_plugins(One(), Two()) as registry:
         assert {"flaky", "renamed"} <= set(registry.schemes.classes)
         assert registry.schemes.origins["renamed"].plugin == "same_name#2"
+
+
+# ------------------------------------------------- plugin code called while planning
+class Copy(lcpress.Scheme):
+    """Stores the weight as it is: a scheme whose only job is to host one broken method."""
+
+    name = "copy_base"
+
+    def compress(self, w, ctx):
+        return lcpress.State({"w": w.detach().clone()}, {})
+
+    def decompress(self, state):
+        return state.tensors["w"]
+
+
+class CheckLayerRaises(Copy):
+    name = "check_layer_raises"
+
+    def check_layer(self, spec, module):
+        return spec.no_such_attribute
+
+
+class InitRaises(Copy):
+    name = "init_raises"
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        raise RuntimeError("init failed")
+
+
+class SelectingRaises(Copy):
+    name = "selecting_raises"
+
+    def selecting(self):
+        raise AttributeError("oops")
+
+
+class UnavailableRaises(lcpress.CostModel):
+    name = "unavailable_raises"
+
+    def unavailable_reason(self):
+        raise OSError("no /dev/npu0")
+
+    def cost(self, spec, form):
+        return 1.0
+
+
+class PlanningPlugin:
+    __name__ = "planning_plugin"
+
+    @lcpress.hookimpl
+    def lcpress_register_schemes(self, register):
+        for scheme in (CheckLayerRaises, InitRaises, SelectingRaises):
+            register(scheme)
+
+    @lcpress.hookimpl
+    def lcpress_register_cost_models(self, register):
+        register(UnavailableRaises)
+
+
+@pytest.mark.parametrize("task,message", [
+    ({"scheme": "check_layer_raises"}, r"scheme 'check_layer_raises' \(plugin 'planning_plugin', \(registered at run "
+                                       r"time\)\) raised in check_layer\(\) on layer '0'.*AttributeError"),
+    ({"scheme": "init_raises"}, r"scheme 'init_raises' \(plugin 'planning_plugin'.*\) raised in __init__\(\) for "
+                                r"tasks\[0\]: RuntimeError: init failed"),
+    ({"scheme": "selecting_raises", "target": {"cost": "params", "ratio": 0.5}},
+     r"scheme 'selecting_raises' \(plugin 'planning_plugin'.*\) raised in selecting\(\) for tasks\[0\]: "
+     r"AttributeError: oops"),
+    ({"scheme": "low_rank", "cost": "unavailable_raises"},
+     r"cost model 'unavailable_raises' \(plugin 'planning_plugin'.*\) raised in unavailable_reason\(\): "
+     r"OSError: no /dev/npu0"),
+])
+def test_plugin_code_called_while_planning_is_named(plugins, task, message):
+    plugins(PlanningPlugin())
+    cfg = {"tasks": [{"layers": ["0"], **task}], "schedule": {"steps": 0}}
+    with pytest.raises(PluginError, match=message) as info:
+        compress(tiny_model(), cfg)
+    assert not isinstance(info.value, lcpress.ConfigError)  # the plugin's bug, not a key of the user's config
+
+
+# -------------------------------------------- prices for the history, reports, realization
+class RaisingCost(lcpress.CostModel):
+    """Prices dense layers only, and raises (as docs/plugins.md §2 says) for what it cannot price."""
+
+    name = "raising_cost"
+
+    def cost(self, spec, form):
+        if not isinstance(form, lcpress.Dense):
+            raise ValueError(f"cannot price {form.describe()}")
+        return float(spec.params)
+
+
+class NegativeCost(lcpress.CostModel):
+    name = "negative_cost"
+
+    def cost(self, spec, form):
+        return float(spec.params) if isinstance(form, lcpress.Dense) else -1.0
+
+
+class VectorizedRaising(lcpress.CostModel):
+    """Overrides costs() itself: the base's guard must still cover it."""
+
+    name = "vectorized_raising"
+
+    def cost(self, spec, form):
+        return 1.0
+
+    def costs(self, spec, forms):
+        raise KeyError("no table row")
+
+
+class PricingPlugin:
+    __name__ = "pricing_plugin"
+
+    @lcpress.hookimpl
+    def lcpress_register_cost_models(self, register):
+        for model in (RaisingCost, NegativeCost, VectorizedRaising):
+            register(model)
+
+
+def test_cost_model_raising_while_pricing_the_history_names_plugin_layer_and_step(plugins):
+    plugins(PricingPlugin())
+    cfg = {"tasks": [{"layers": ["0"], "options": {"rank": 2}, "cost": "raising_cost"}], "schedule": {"steps": 0}}
+    with pytest.raises(PluginError, match=r"cost model 'raising_cost' \(plugin 'pricing_plugin', \(registered at run "
+                                          r"time\)\) raised pricing layer '0' in form 'rank 2' at LC step 0: "
+                                          r"ValueError: cannot price rank 2"):
+        compress(tiny_model(), cfg)
+
+
+@pytest.mark.parametrize("name,message", [
+    ("raising_cost", r"raised pricing the linear 16→24 layer in form 'rank 1': ValueError: cannot price rank 1"),
+    ("vectorized_raising", r"raised pricing the linear 16→24 layer: KeyError: 'no table row'"),
+    ("negative_cost", r"pricing the linear 16→24 layer in form 'rank 1': cost\(\) priced the linear 16→24 layer in "
+                      r"form 'rank 1' at -1.0; costs must be finite and non-negative"),
+])
+def test_cost_model_guards_itself_for_callers_that_do_not(plugins, name, message):
+    """Realization and reports call costs() outside the engine: the cost model's own guard names it there."""
+    registry = plugins(PricingPlugin())
+    model = registry.cost_model(name)()
+    spec = lcpress.spec_of(nn.Linear(16, 24), (1, 16))
+    with pytest.raises(PluginError, match=rf"cost model '{name}' \(plugin 'pricing_plugin'.*\) {message}"):
+        model.costs(spec, [lcpress.LowRank(1)])
+
+
+def test_bad_price_names_plugin_package_layer_and_step(plugins):
+    plugins(PricingPlugin())
+    cfg = {"tasks": [{"layers": ["0"], "cost": "negative_cost", "target": {"cost": "negative_cost", "ratio": 0.5}}],
+           "schedule": {"steps": 0}}
+    with pytest.raises(PluginError, match=r"cost model 'negative_cost' \(plugin 'pricing_plugin', \(registered at run "
+                                          r"time\)\) pricing layer '0' at LC step 0: cost\(\) priced the linear 16→24 "
+                                          r"layer in form 'rank \d+' at -1.0; costs must be finite and non-negative"):
+        compress(tiny_model(), cfg)
+
+
+# ------------------------------------------------------- candidates the selection would trust
+class BadErrors(Copy):
+    """Selects between dense and rank 1, with an error it cannot have."""
+
+    name = "bad_errors"
+    error = float("nan")
+
+    def selecting(self):
+        return True
+
+    def candidates(self, w, ctx):
+        return lcpress.Candidates([lcpress.Dense(), lcpress.LowRank(1)], torch.tensor([0.0, type(self).error]))
+
+
+class BadErrorsPlugin:
+    __name__ = "bad_errors_plugin"
+
+    @lcpress.hookimpl
+    def lcpress_register_schemes(self, register):
+        register(BadErrors)
+
+
+@pytest.mark.parametrize("error,problem", [(float("nan"), "candidate errors hold NaN or infinite values"),
+                                           (-5.0, r"candidate errors must be non-negative .*got -5")])
+def test_unusable_candidate_errors_stop_the_c_step_naming_plugin_layer_and_step(plugins, monkeypatch, error, problem):
+    monkeypatch.setattr(BadErrors, "error", error)
+    plugins(BadErrorsPlugin())
+    cfg = {"tasks": [{"layers": ["0"], "scheme": "bad_errors", "target": {"cost": "params", "ratio": 0.5}}],
+           "schedule": {"steps": 0}}
+    with pytest.raises(CStepError, match=rf"scheme 'bad_errors' \(plugin 'bad_errors_plugin'.*\) on layer '0' at LC "
+                                         rf"step 0: {problem}"):
+        compress(tiny_model(), cfg)
+
+
+# ------------------------------------------------------------ a scheme's own meta keys
+class MetaForm(Copy):
+    """Stores its own form name under "form", as the built-ins do — here the word "dense"."""
+
+    name = "meta_form"
+
+    def compress(self, w, ctx):
+        return lcpress.State({"w": 0.5 * w.detach()}, {"form": "dense"})
+
+
+class MetaFormPlugin:
+    __name__ = "meta_form_plugin"
+
+    @lcpress.hookimpl
+    def lcpress_register_schemes(self, register):
+        register(MetaForm)
+
+
+def test_a_schemes_own_form_key_is_not_taken_for_the_cores_dense_marker(plugins):
+    plugins(MetaFormPlugin())
+    model = tiny_model()
+    w = model[0].weight.detach().clone()
+    compress(model, {"tasks": [{"layers": ["0"], "scheme": "meta_form"}], "schedule": {"steps": 0}})
+    assert torch.allclose(model[0].weight, 0.5 * w)  # the scheme's decompress ran, not the core's dense answer
+
+
+def test_dense_states_of_older_checkpoints_are_still_read_as_dense():
+    from lcpress.core.scheme import dense_state, is_dense
+
+    w = torch.randn(3, 4)
+    assert is_dense(dense_state(w)) and dense_state(w).meta.get("form") is None
+    old = lcpress.State({"weight": w}, {"form": "dense"})  # how checkpoints written before marked one
+    assert is_dense(old) and torch.equal(LowRankScheme().decompress(old), w)
+    assert not is_dense(lcpress.State({"w": w}, {"form": "dense"}))
+
+
+class PricedNotRealized(LowRankScheme):
+    """Chooses low-rank forms but keeps the base class's realize(): a dense copy."""
+
+    name = "priced_not_realized"
+    realize = lcpress.Scheme.realize
+
+
+class Unlisted(nn.Sequential):
+    """A realized module class no plugin allow-lists."""
+
+
+class UnlistedRealized(LowRankScheme):
+    name = "unlisted_realized"
+
+    def realize(self, state, module):
+        return Unlisted(*super().realize(state, module))
+
+
+class RealizingPlugin:
+    __name__ = "realizing_plugin"
+
+    @lcpress.hookimpl
+    def lcpress_register_schemes(self, register):
+        register(PricedNotRealized)
+        register(UnlistedRealized)
+
+
+def test_a_form_the_scheme_does_not_realize_is_reported_kept_dense_not_compressed(plugins, caplog):
+    plugins(RealizingPlugin())
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+    config = {"tasks": [{"layers": ["0"], "scheme": "priced_not_realized", "options": {"rank": 4}}],
+              "schedule": {"steps": 0}}
+    with caplog.at_level("WARNING", logger="lcpress.realize"):
+        result = lcpress.compress(model, config, example_input=torch.randn(1, 32), progress=False)
+    assert "has no realize() of its own" in caplog.text
+    row = result.layers.set_index("layer").loc["0"]
+    assert row["params_after"] == row["params_before"] == 32 * 32 + 32  # the report prices what the model is
+
+
+def test_a_realized_module_no_file_can_rebuild_is_named_before_the_model_is_saved(plugins, tmp_path):
+    plugins(RealizingPlugin())
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+    config = {"tasks": [{"layers": ["0"], "scheme": "unlisted_realized", "options": {"rank": 4}}],
+              "schedule": {"steps": 0}, "output_dir": str(tmp_path / "run")}
+    with pytest.raises(PluginError, match=r"scheme 'unlisted_realized' .*realized layer '0': realize\(\) returned "
+                                          r"Unlisted, which a model file cannot rebuild"):
+        lcpress.compress(model, config, example_input=torch.randn(1, 32), progress=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -188,3 +190,111 @@ def test_module_registration_must_be_a_module_class():
 
     with pytest.raises(PluginError, match="plugin 'bad_modules'.*nn.Module subclass"):
         build_registry(extra_plugins=(Bad(),), autoload=False)
+
+
+def test_module_class_named_like_a_builtin_one_is_refused():
+    class GroupedLinear(torch.nn.Module):  # the plugin's own class, named like lcpress.nn's
+        def __init__(self, features: int) -> None:
+            super().__init__()
+            self.inner = torch.nn.Linear(features, features)
+
+    class Shadowing:
+        __name__ = "shadowing_plugin"
+
+        @lcpress.hookimpl
+        def lcpress_register_modules(self, register):
+            register(GroupedLinear, lambda m: {"features": m.inner.in_features})
+
+    with pytest.raises(PluginError, match=r"plugin 'shadowing_plugin' .*registered module class .*GroupedLinear, but "
+                                          r"lcpress already rebuilds saved modules named 'GroupedLinear' as its own "
+                                          r"lcpress.nn.modules.GroupedLinear; rename your class"):
+        build_registry(extra_plugins=(Shadowing(),), autoload=False)
+
+
+@dataclasses.dataclass
+class OutOfRangeDefault(lcpress.Options):
+    dtype_bits: int = lcpress.option(3, help="bits of a stored number", choices=(8, 16, 32))
+
+
+@dataclasses.dataclass
+class WronglyTypedDefault(lcpress.Options):
+    rank: int = lcpress.option("four", help="rank", ge=1)
+
+
+class BadDefaultCost(lcpress.CostModel):
+    name = "bad_default_cost"
+    Options = OutOfRangeDefault
+
+    def cost(self, spec, form):
+        return 1.0
+
+
+class BadTypeScheme(lcpress.Scheme):
+    name = "bad_type_scheme"
+    Options = WronglyTypedDefault
+
+    def compress(self, w, ctx):
+        return lcpress.State({"w": w.detach().clone()}, {})
+
+    def decompress(self, state):
+        return state.tensors["w"]
+
+
+class RaisingUnavailable(lcpress.CostModel):
+    name = "npu_latency"
+
+    def unavailable_reason(self):
+        raise ModuleNotFoundError("No module named 'npu_driver'")
+
+    def cost(self, spec, form):
+        return 1.0
+
+
+class DeclarationsPlugin:
+    __name__ = "declarations_plugin"
+
+    @lcpress.hookimpl
+    def lcpress_register_schemes(self, register):
+        register(BadTypeScheme)
+
+    @lcpress.hookimpl
+    def lcpress_register_cost_models(self, register):
+        register(BadDefaultCost)
+        register(RaisingUnavailable)
+
+
+def test_options_default_that_breaks_its_declaration_is_the_plugins_error(plugins):
+    plugins(DeclarationsPlugin())
+    with pytest.raises(PluginError, match=r"scheme 'bad_type_scheme' \(plugin 'declarations_plugin'.*\) building its "
+                                          r"options for tasks\[0\]\.options: the default of option 'rank' \('four'\) "
+                                          r"of WronglyTypedDefault is not of its declared type, int") as info:
+        lcpress.load_config({"tasks": [{"layers": ["0"], "scheme": "bad_type_scheme"}]})
+    assert not isinstance(info.value, lcpress.ConfigError)  # never blamed on a key the user did not write
+    with pytest.raises(PluginError, match=r"cost model 'bad_default_cost' \(plugin 'declarations_plugin'.*\) building "
+                                          r"its options and an instance for tasks\[0\]\.cost: the default of option 'dtype_bits' \(3\) of OutOfRangeDefault is outside its "
+                                          r"declared range \(one of 8, 16 or 32\)"):
+        lcpress.load_config({"tasks": [{"layers": ["0"], "cost": "bad_default_cost"}]})
+
+
+def test_plugins_command_lists_broken_plugins_as_unusable_and_goes_on(plugins, capsys):
+    plugins(DeclarationsPlugin())
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "low_rank" in out and "params" in out  # every other plugin is still listed
+    assert ("(declarations_plugin)  [no: cost model 'npu_latency' (plugin 'declarations_plugin', (registered at run "
+            "time)) raised in unavailable_reason(): ModuleNotFoundError: No module named 'npu_driver'.]") in out
+    assert "bad_default_cost" in out and "[no: the default of option 'dtype_bits' (3)" in out
+    assert "[no: the default of option 'rank' ('four') of WronglyTypedDefault is not of its declared type, int]" in out
+
+
+def test_guard_adds_whose_and_where_to_lcpress_checks_on_a_plugins_result():
+    from lcpress.core.guard import plugin_call
+    from lcpress.errors import PluginContractError
+
+    with pytest.raises(PluginError, match=r"^cost model 'toy_cost' pricing layer 'fc' at LC step 3: returned -1\.$"):
+        with plugin_call(ToyCost(), "pricing layer 'fc' at LC step 3"):
+            raise PluginContractError("returned -1")
+    model = ToyCost()
+    with pytest.raises(PluginError, match=r"^cost model 'toy_cost' raised pricing layer 'fc': ValueError: no row\.$"):
+        with plugin_call(model, "pricing layer 'fc'"), plugin_call(model, "pricing the linear 4→4 layer"):
+            raise ValueError("no row")  # the outermost guard names it: its caller knows the layer's name

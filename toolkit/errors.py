@@ -38,6 +38,14 @@ class CStepError(PluginError):
     """
 
 
+class PluginContractError(PluginError):
+    """lcpress's own check found a plugin's result or declaration unusable (a NaN price, a default out of range).
+
+    Raised inside :func:`lcpress.core.guard.plugin_call`, which adds whose it is (plugin, package) and where
+    (layer, LC step); the message itself says what is wrong and what to fix.
+    """
+
+
 class PartError(PluginError):
     """A part of a composite scheme (``additive``, ``sequential``) raised; names the part and its plugin."""
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from lcpress.errors import ConfigError
+from lcpress.errors import ConfigError, PluginContractError
 
 T = TypeVar("T", bound="Options")
 
@@ -133,6 +134,9 @@ class Options:
     """Base of every options dataclass: strict ``from_dict``, declared bounds, and ``validate``."""
 
     def __post_init__(self) -> None:
+        problem = type(self).default_problem()
+        if problem:  # the declaring plugin's bug: never reported as a key of the user's config
+            raise PluginContractError(f"{problem}; fix the default where the option is declared")
         for f in dataclasses.fields(self):
             bounds = f.metadata.get("bounds")
             if bounds:
@@ -157,6 +161,13 @@ class Options:
     def scalar_hint(cls, value: Any) -> str | None:
         """Advice when a single value stands where this mapping belongs (``target: 0.3``); None: none."""
         return None
+
+    @classmethod
+    def default_problem(cls) -> str | None:
+        """What is wrong with a default this class declares — of another type than its field, or outside its
+        declared range — or None. Checked whenever options are built: a default that breaks its own declaration
+        would otherwise reach users as an error in a key they never wrote."""
+        return _default_problem(cls)
 
     def validate(self) -> None:
         """Check value ranges; override and call :meth:`fail` on a bad value."""
@@ -190,6 +201,33 @@ class Options:
             rows.append(OptionRow(f.name, _type_name(hints[f.name]), default, bounds.text() if bounds else "",
                                   f.metadata.get("help", "")))
         return rows
+
+
+@functools.cache
+def _default_problem(cls: type[Options]) -> str | None:
+    """:meth:`Options.default_problem`, once per class."""
+    try:
+        hints = get_type_hints(cls)
+    except Exception:  # a hint that cannot be resolved here: nothing to check the defaults against
+        return None
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            value = f.default_factory()  # type: ignore[misc]
+        else:
+            continue
+        said = f"the default of option {f.name!r} ({value!r}) of {cls.__qualname__}"
+        try:
+            _coerce(hints[f.name], value, f.name)
+        except ConfigError:
+            return f"{said} is not of its declared type, {_type_name(hints[f.name])}"
+        except TypeError:  # a hint the checker cannot test values against (a generic alias)
+            pass
+        bounds = f.metadata.get("bounds")
+        if bounds and bounds.problem(value):
+            return f"{said} is outside its declared range ({bounds.text()})"
+    return None
 
 
 def _join(path: str, key: Any) -> str:

@@ -26,10 +26,8 @@ def rows() -> list[dict[str, Any]]:
             cls, origin = table.classes[name], table.origins[name]
             row = {"kind": kind, "name": name, "package": origin.package, "version": origin.version,
                    "plugin": origin.plugin, "class": f"{cls.__module__}.{cls.__qualname__}"}
-            if kind == "cost model":
-                reason = cls().unavailable_reason()
-                row["available"] = "yes" if reason is None else f"no: {reason}"
-            else:
+            row["available"] = _availability(cls)
+            if kind == "scheme":
                 row["layers"] = _layers_text(cls)
             row["options"] = [[r.name, r.type, str(r.default), r.bounds, r.help] for r in cls.Options.rows()]
             out.append(row)
@@ -39,6 +37,26 @@ def rows() -> list[dict[str, Any]]:
             out.append({"kind": kind, "name": name, "package": origin.package, "version": origin.version,
                         "plugin": origin.plugin})
     return out
+
+
+def _availability(cls: Any) -> str:
+    """"yes", or "no: why": a cost model's unavailable_reason(); a plugin that raises, or whose option defaults break
+    their own declaration, is listed as unusable with its error, so the listing goes on for every other plugin."""
+    from lcpress.core.costmodel import CostModel
+    from lcpress.core.guard import plugin_call
+    from lcpress.errors import LcpressError
+
+    try:
+        problem = cls.Options.default_problem()
+        if problem:
+            return f"no: {problem}"
+        if not issubclass(cls, CostModel):
+            return "yes"
+        with plugin_call(cls, "in unavailable_reason()"):
+            reason = cls().unavailable_reason()
+    except LcpressError as exc:
+        return f"no: {exc}"
+    return "yes" if reason is None else f"no: {reason}"
 
 
 def _layers_text(scheme: Any) -> str:

@@ -30,7 +30,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Protocol, Sequence
 
 import pandas as pd
 import torch
@@ -50,7 +50,7 @@ from lcpress.core.plan import Task
 from lcpress.core.realize import load_compressed
 from lcpress.core.registry import plugin_label
 from lcpress.core.schedule import initial_mu, next_mu
-from lcpress.core.scheme import Coupled, CStepContext, State
+from lcpress.core.scheme import Candidates, Coupled, CStepContext, State
 from lcpress.core.surgery import get_module
 from lcpress.core.tree import join_tensors, split_tensors
 from lcpress.errors import ConfigError, CStepError, LcpressError
@@ -131,6 +131,7 @@ class LCEngine:
         before_eval: Callable[[nn.Module], None] | None = None,
         gradient_norm: Callable[[nn.Module, list[nn.Parameter]], float] | None = None,
         calibrate: CalibrateFn | None = None,
+        refuse_all_dense: bool = True,
     ) -> None:
         self.model = model
         self.tasks = list(tasks)
@@ -150,6 +151,9 @@ class LCEngine:
         self.gradient_norm = gradient_norm
         #: runs the model forward on training data, so the layers that need their inputs' moments see some
         self.calibrate = calibrate
+        #: stop when a selecting task with neither α nor a target keeps every layer dense (a run that would
+        #: compress nothing); the conformance kit probes α = 0 on purpose and turns it off
+        self.refuse_all_dense = refuse_all_dense
         #: the input metric Σ of each task whose scheme measures error on outputs (None: weight space)
         self.metrics: list[torch.Tensor | None] = [None] * len(self.tasks)
         self.collector = self._moment_collector()
@@ -381,10 +385,7 @@ class LCEngine:
                 delta = task.scheme.decompress(state)
             problem = _delta_problem(delta, w)
         if problem:
-            raise CStepError(
-                f"{plugin_label(task.scheme)} on layer {task.name!r} at LC step {k}: {problem}. Nothing of this "
-                f"step was kept; fix the plugin (or choose another scheme for this layer)"
-            )
+            _refuse(task, k, problem)
         return delta
 
     def c_step_inputs(self, k: int, mu: float) -> list[torch.Tensor]:
@@ -420,6 +421,9 @@ class LCEngine:
             with self._calling(self.tasks[members[0]], k, "candidates"):
                 found = scheme.candidates_many(items)
             for i, candidates in zip(members, found):
+                problem = _candidates_problem(candidates, inputs[i])
+                if problem:
+                    _refuse(self.tasks[i], k, problem)
                 contexts[i].candidates = candidates
         return contexts
 
@@ -475,15 +479,15 @@ class LCEngine:
             if measured:
                 errors = self._measured_drops(k, members, inputs, contexts, errors)
             if cfg.target is not None and mu > 0:
-                choice = self._choose_for_target(members, contexts, errors, cfg, minmax, warn=g not in self._told)
+                choice = self._choose_for_target(k, members, contexts, errors, cfg, minmax, warn=g not in self._told)
                 self._told.add(g)
             else:  # by α; at μ = 0 (schedule.dc_mu: 0, the LC toolkit's direct compression) by cost alone
                 priced_by = [self.cost_models[cfg.target.cost] if cfg.target is not None else self.tasks[i].cost_model
                              for i in members]
-                costs = [self._price(self.tasks[i], model, contexts[i].candidates.forms)
+                costs = [self._price(self.tasks[i], model, contexts[i].candidates.forms, k)
                          for i, model in zip(members, priced_by)]
                 choice = budget_mod.choose_with_alpha(costs, errors, cfg.alpha, mu)
-                if cfg.alpha == 0 and mu > 0:
+                if cfg.alpha == 0 and mu > 0 and self.refuse_all_dense:
                     _refuse_all_dense(g, [contexts[i].candidates.forms[j] for i, j in zip(members, choice.indices)])
             self.selection[g] = choice
             for i, idx in zip(members, choice.indices):
@@ -516,7 +520,7 @@ class LCEngine:
         """The metric with each layer alone compressed, at a few of its candidates (:mod:`lcpress.core.sensitivity`)."""
         cfg = self.tasks[members[0]].config
         model = self.cost_models[cfg.target.cost]
-        chosen = {i: sensitivity_mod.probes(self._price(self.tasks[i], model, contexts[i].candidates.forms),
+        chosen = {i: sensitivity_mod.probes(self._price(self.tasks[i], model, contexts[i].candidates.forms, k),
                                             errors[i], self.tasks[i].scheme.sensitivity_points) for i in members}
         with self._restoring():
             baseline = self._evaluate()
@@ -551,7 +555,7 @@ class LCEngine:
         if (cfg.normalize or minmax) and coupled.scales is not None:
             errors = [e / max(scale, 1e-300) for e, scale in zip(errors, coupled.scales)]
         model = self.cost_models[cfg.target.cost] if cfg.target is not None else task.cost_model
-        with plugin_call(model, f"pricing the layers of {task.name!r}"):
+        with plugin_call(model, f"pricing the layers of {task.name!r} at LC step {ctx.step}"):
             pricing = coupled_mod.CoupledPricing(task.layer_specs, coupled, model)
             dense = sum(model.dense_cost(spec) for spec in task.layer_specs.values())
             if cfg.target is None:
@@ -567,10 +571,10 @@ class LCEngine:
         ctx.choice = choice.indices
         return choice
 
-    def _choose_for_target(self, members, contexts, errors, cfg, minmax: bool, warn: bool) -> budget_mod.Choice:
+    def _choose_for_target(self, k: int, members, contexts, errors, cfg, minmax: bool, warn: bool) -> budget_mod.Choice:
         model = self.cost_models[cfg.target.cost]
-        costs = [self._price(self.tasks[i], model, contexts[i].candidates.forms) for i in members]
-        dense = sum(model.dense_cost(self.tasks[i].spec) for i in members)
+        costs = [self._price(self.tasks[i], model, contexts[i].candidates.forms, k) for i in members]
+        dense = sum(float(self._price(self.tasks[i], model, [Dense()], k)[0]) for i in members)
         budget = cfg.target.value if cfg.target.value is not None else cfg.target.ratio * dense
         choose = budget_mod.choose_minmax if minmax else budget_mod.choose_for_budget
         choice = choose(costs, errors, budget)
@@ -579,13 +583,14 @@ class LCEngine:
             log.warning("%s", _unreachable(self.tasks[members[0]], model, choice))
         return choice
 
-    def _price(self, task: Task, model: CostModel, forms: list[Form]) -> torch.Tensor:
+    def _price(self, task: Task, model: CostModel, forms: list[Form], k: int) -> torch.Tensor:
+        """``forms`` of the task's layer priced by ``model``, a failing price named with the layer and LC step ``k``."""
         if task.spec is None:
             raise LcpressError(
                 f"task {task.name!r} spans several layers, so cost model {model.name!r} cannot price it; "
                 f"use 'shared: false' or a scheme that does not select by cost"
             )
-        with plugin_call(model, f"pricing layer {task.name!r}"):
+        with plugin_call(model, f"pricing layer {task.name!r} at LC step {k}"):
             return model.costs(task.spec, forms)
 
     def update_multipliers(self, mu: float) -> None:
@@ -606,7 +611,7 @@ class LCEngine:
                 row["metric"] = self._evaluate()
         for name, model in self.cost_models.items():
             if self.graph is not None and not model.unavailable_reason():
-                row[f"cost_{name}"] = model.total(self.priced_layers())
+                row[f"cost_{name}"] = self._total(model, k)
         for g, choice in sorted(self.selection.items()):
             if choice.budget is not None:  # a global target: what was asked, what the forms cost
                 row[f"target{g}_requested"] = choice.budget
@@ -660,6 +665,15 @@ class LCEngine:
             else:
                 forms.update(zip(task.layers, task.scheme.layer_forms(state, task.view.shapes)))
         return forms
+
+    def _total(self, model: CostModel, k: int) -> float:
+        """The model's cost under ``model`` after LC step ``k``: the sum of its layers' prices (what
+        :meth:`CostModel.total` is, as the kit checks), each priced under a guard that names the layer and step."""
+        total = 0.0
+        for name, (spec, form) in zip(self.graph.specs, self.priced_layers()):
+            with plugin_call(model, f"pricing layer {name!r} in form {form.describe()!r} at LC step {k}"):
+                total += float(model.costs(spec, [form])[0])
+        return total
 
     def priced_layers(self) -> list[tuple[LayerSpec, Form]]:
         """(spec, form) of every traced layer: compressed ones in their form, others dense."""
@@ -796,6 +810,39 @@ def _refuse_all_dense(group: int, chosen: list[Form]) -> None:
             f"tasks[{group}].target (e.g. {{ratio: 0.5}}), tasks[{group}].alpha, or a fixed form in "
             f"tasks[{group}].options (rank, keep, k)"
         )
+
+
+def _refuse(task: Task, k: int, problem: str) -> NoReturn:
+    """A scheme's C step returned something unusable: stop before anything of the step is used or saved."""
+    raise CStepError(f"{plugin_label(task.scheme)} on layer {task.name!r} at LC step {k}: {problem}. Nothing of this "
+                     f"step was kept; fix the plugin (or choose another scheme for this layer)")
+
+
+def _candidates_problem(candidates: Any, w: torch.Tensor) -> str | None:
+    """What is wrong with a scheme's candidates for weight ``w``, or None.
+
+    The selection trusts the errors: a NaN one never wins nor loses a comparison (a target silently missed), a
+    negative one makes its form look better than exact. Rounding may leave an exact error a hair below zero.
+    """
+    if candidates is None:
+        return None
+    if isinstance(candidates, Coupled):
+        return next(filter(None, (_candidates_problem(part, w) for part in candidates.parts)), None)
+    if not isinstance(candidates, Candidates):
+        return f"candidates() returned a {type(candidates).__name__}, not lcpress.Candidates (or None)"
+    if not all(isinstance(form, Form) for form in candidates.forms):
+        return "every candidate form must be an lcpress.Form"
+    errors = candidates.errors
+    if not isinstance(errors, torch.Tensor) or tuple(errors.shape) != (len(candidates.forms),):
+        return (f"Candidates.errors must be a tensor of one error per form ({len(candidates.forms)}), got "
+                f"{type(errors).__name__} {tuple(getattr(errors, 'shape', ()))}")
+    errors = errors.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(errors).all()):
+        return "candidate errors hold NaN or infinite values"
+    tol = 1e-6 * max(float(errors.abs().max()), float(w.detach().double().square().sum()))
+    if bool((errors < -tol).any()):
+        return f"candidate errors must be non-negative (‖w − Δ‖² of each form), got {float(errors.min()):.3g}"
+    return None
 
 
 def _delta_problem(delta: Any, w: torch.Tensor) -> str | None:

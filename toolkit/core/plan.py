@@ -33,6 +33,7 @@ from lcpress.config import LCConfig, TaskConfig, parse_config
 from lcpress.core.costmodel import CostModel
 from lcpress.core.forms import LayerSpec
 from lcpress.core.graph import COMPRESSIBLE, COMPRESSIBLE_TEXT, ModelGraph, is_conv1d, trace
+from lcpress.core.guard import plugin_call
 from lcpress.core.registry import Registry, get_registry
 from lcpress.core.scheme import Scheme
 from lcpress.core.surgery import replace_module
@@ -58,7 +59,8 @@ class GroupPlugins:
 
     def scheme(self) -> Scheme:
         """A fresh scheme instance (one per task: schemes may keep per-layer scratch)."""
-        return self.scheme_class(self.options)
+        with plugin_call(self.scheme_class, f"in __init__() for tasks[{self.index}]"):
+            return self.scheme_class(self.options)
 
 
 @dataclass
@@ -100,9 +102,13 @@ def _lookup(registry: Registry, kind: str, name: str, key: str) -> type:
 def _group(cfg: TaskConfig, g: int, registry: Registry) -> GroupPlugins:
     where = f"tasks[{g}]"
     scheme_class = _lookup(registry, "scheme", cfg.scheme, f"{where}.scheme")
-    options = scheme_class.Options.from_dict(cfg.options, f"{where}.options")
+    with plugin_call(scheme_class, f"building its options for {where}.options"):
+        options = scheme_class.Options.from_dict(cfg.options, f"{where}.options")
     group = GroupPlugins(g, cfg, scheme_class, options)
-    if cfg.target is not None and not group.scheme().selecting():
+    scheme = group.scheme()
+    with plugin_call(scheme, f"in selecting() for {where}"):
+        selecting = scheme.selecting()
+    if cfg.target is not None and not selecting:
         raise ConfigError(
             f"{where}.target: with these options scheme {cfg.scheme!r} has a fixed form, so a budget cannot "
             f"steer it; drop the fixed rank / keep / k from {where}.options, or drop the target"
@@ -129,8 +135,10 @@ def _cost_models(config: LCConfig, registry: Registry, measured: bool) -> dict[s
         cls = _lookup(registry, "cost model", name, key)
         if not measured and issubclass(cls, MeasuredCostModel):
             continue
-        model = cls(cls.Options.from_dict(config.cost_models.get(name, {}), f"cost_models.{name}"))
-        reason = model.unavailable_reason()
+        with plugin_call(cls, f"building its options and an instance for {key}"):
+            model = cls(cls.Options.from_dict(config.cost_models.get(name, {}), f"cost_models.{name}"))
+        with plugin_call(model, "in unavailable_reason()"):
+            reason = model.unavailable_reason()
         if reason and name in used:
             raise ConfigError(f"{_cost_key(config, name)}: cost model {name!r} is not available here: {reason}")
         if not reason:
@@ -263,7 +271,8 @@ def _fitting_layers(group: GroupPlugins, names: list[str], named: set[str], grap
     scheme, g = group.scheme(), group.index
     kept, unfit = [], []
     for name in names:
-        problem = _layer_problem(modules[name]) or scheme.refuses(graph.specs.get(name), modules[name])
+        with plugin_call(scheme, f"in check_layer() on layer {name!r} (tasks[{g}])"):
+            problem = _layer_problem(modules[name]) or scheme.refuses(graph.specs.get(name), modules[name])
         weight = getattr(modules[name], "weight", None)
         if not problem and trains and name not in named and isinstance(weight, nn.Parameter) and not weight.requires_grad:
             problem = "its weight is frozen (requires_grad=False), and LC's L steps train the weights they compress"
@@ -362,7 +371,8 @@ def _bound_task(model: nn.Module, graph: ModelGraph, group: GroupPlugins, names:
         raise ConfigError(f"tasks[{group.index}]: scheme {group.config.scheme!r} analyses the model's graph and "
                           f"needs the example input; plan with plan(model, config, example_input)")
     scheme = group.scheme()
-    binding = scheme.bind(model, names, example_input)
+    with plugin_call(scheme, f"in bind() for tasks[{group.index}]"):
+        binding = scheme.bind(model, names, example_input)
     missing = [n for n in binding.layers if n not in graph.specs]
     if missing:
         raise ConfigError(f"tasks[{group.index}]: layers {missing} are not called by the forward pass on the example input")

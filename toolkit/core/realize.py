@@ -9,6 +9,7 @@ against the dense model loaded with Δ(θ). Every swap goes through
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -18,11 +19,13 @@ from torch import nn
 
 from lcpress.core.costmodel import CostModel
 from lcpress.core.forms import Dense, Form, LayerSpec, form_to_dict
-from lcpress.core.guard import plugin_call
+from lcpress.core.guard import plugin_call, plugin_label
 from lcpress.core.plan import Task
-from lcpress.core.scheme import State, is_dense
+from lcpress.core.registry import get_registry
+from lcpress.core.scheme import Scheme, State, is_dense
 from lcpress.core.surgery import call_model, first_tensor, get_module, replace_module
-from lcpress.errors import LcpressError, listed
+from lcpress.errors import LcpressError, PluginError, listed
+from lcpress.nn.architecture import unsupported, with_plugins
 
 log = logging.getLogger("lcpress.realize")
 
@@ -94,6 +97,9 @@ def realize(
             new = _realized_module(task, layer_state, module)
             if new is module:
                 raise LcpressError(f"scheme {task.scheme.name!r} returned the original module from realize()")
+            problem = unsaveable(new)
+            if problem:
+                raise PluginError(f"{plugin_label(task.scheme)} realized layer {name!r}: {problem}")
             replace_module(model, name, new, record.aliases)
             record.realized = True
     if fused:
@@ -166,6 +172,11 @@ def _kept_dense(model: nn.Module, name: str, task: Task, form: Form, dense: bool
                 f"(fused fast path), so a realized module cannot stand in for it")
     if dense or isinstance(form, Dense):
         return "dense was the best form"
+    if not overrides_realize(task.scheme):
+        log.warning("layer %r: scheme %r chose %s but has no realize() of its own, so the layer stays a dense layer "
+                    "holding Δ(θ) and the saved model is not smaller; the plugin should override realize()",
+                    name, task.scheme.name, form.describe())
+        return f"{task.scheme.name} has no realize() of its own: kept dense, holding Δ(θ)"
     if spec is not None:
         cost, dense_cost = judge.costs(spec, [form, Dense()]).tolist()
         if cost > dense_cost:
@@ -175,6 +186,23 @@ def _kept_dense(model: nn.Module, name: str, task: Task, form: Form, dense: bool
                         name, form.describe(), judge.name, cost, dense_cost)
             return f"{form.describe()} costs more than dense under {judge.name}: kept dense, holding Δ(θ)"
     return ""
+
+
+def overrides_realize(scheme: Scheme) -> bool:
+    """Whether ``scheme`` builds its own realized modules (the base :meth:`Scheme.realize` keeps a dense copy).
+
+    Unwrapped first: the core wraps a subclass's ``realize`` to answer dense states itself.
+    """
+    return inspect.unwrap(type(scheme).realize) is not Scheme.realize
+
+
+def unsaveable(module: nn.Module) -> str | None:
+    """Why a model file could not rebuild ``module`` (a class neither lcpress's nor allow-listed), or None."""
+    missing = unsupported(module, with_plugins(get_registry().modules))
+    if not missing:
+        return None
+    return (f"realize() returned {', '.join(missing)}, which a model file cannot rebuild; allow-list the class with "
+            f"the lcpress_register_modules hook (docs/plugins.md, section 7)")
 
 
 def _realized_module(task: Task, state: State, module: nn.Module) -> nn.Module:

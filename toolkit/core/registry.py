@@ -8,18 +8,22 @@ module classes allowed in saved files, and CLI commands:
 2. register the built-in modules of :data:`DEFAULT_PLUGINS`;
 3. load every entry point of the group ``lcpress`` — unless
    ``LCPRESS_DISABLE_PLUGIN_AUTOLOAD`` is set, and only the names in
-   ``LCPRESS_LOAD_PLUGINS=a,b`` when that is set;
+   ``LCPRESS_LOAD_PLUGINS=a,b`` when that is set (a name there that matches
+   no entry point is an error, not silence);
 4. ``check_pending()`` so a misspelled hook name is an error, not silence;
 5. call the registration hooks and record which plugin registered what.
 
-A name registered twice, or a plugin that raises while loading or
-registering, raises :class:`PluginError` naming the plugin.
-``LCPRESS_TRACE_PLUGINS=1`` logs every hook call.
+A name registered twice (or a module class named like one of lcpress's
+own), a hook function whose arguments are not the hook's, or a plugin that
+raises while loading or registering, raises :class:`PluginError` naming the
+plugin and its package — for an entry point, with the switches that run
+without it. ``LCPRESS_TRACE_PLUGINS=1`` logs every hook call.
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib
 import importlib.metadata
 import logging
@@ -32,8 +36,10 @@ from torch import nn
 
 from lcpress import hookspecs
 from lcpress.core.costmodel import CostModel
+from lcpress.core.guard import use_labels
 from lcpress.core.scheme import Scheme
 from lcpress.errors import PluginError
+from lcpress.nn.architecture import ALLOWED
 
 log = logging.getLogger("lcpress.plugins")
 
@@ -76,6 +82,8 @@ class Kind(Generic[T]):
     base: type
     classes: dict[str, type] = field(default_factory=dict)
     origins: dict[str, Origin] = field(default_factory=dict)
+    #: why an installed plugin may be missing from this registry (entry points LCPRESS_LOAD_PLUGINS left out)
+    note: str = ""
 
     def add(self, cls: type, origin: Origin) -> None:
         if not (isinstance(cls, type) and issubclass(cls, self.base)):
@@ -102,7 +110,7 @@ class Kind(Generic[T]):
         except KeyError:
             known = ", ".join(sorted(self.classes)) or "(none)"
             raise PluginError(
-                f"no {self.label} named {name!r}; registered: {known}. "
+                f"no {self.label} named {name!r}; registered: {known}. {self.note}"
                 f"A plugin package adds one through the 'lcpress' entry-point group "
                 f"(see docs/plugins.md); `lcpress plugins` lists what is installed."
             ) from None
@@ -140,6 +148,12 @@ class Registry:
         if not (isinstance(cls, type) and issubclass(cls, nn.Module)) or not callable(arguments):
             raise PluginError(f"plugin {origin.plugin!r}: register(ModuleClass, arguments) needs an nn.Module "
                               f"subclass and a function returning its constructor arguments, got {cls!r}")
+        builtin = ALLOWED.get(cls.__name__)
+        if builtin is not None:  # saved files name classes by name: the built-in would silently win on loading
+            raise PluginError(
+                f"plugin {origin.plugin!r} ({origin.package} {origin.version}) registered module class "
+                f"{cls.__module__}.{cls.__qualname__}, but lcpress already rebuilds saved modules named "
+                f"{cls.__name__!r} as its own {builtin[0].__module__}.{builtin[0].__qualname__}; rename your class")
         self._claim("module", cls.__name__, origin)
         self.modules[cls.__name__] = (cls, arguments)
 
@@ -242,8 +256,7 @@ def build_registry(extra_plugins: tuple[Any, ...] = (), autoload: bool | None = 
         _register(pm, importlib.import_module(module_name), module_name, _lcpress_origin(module_name), origins)
     if autoload is None:
         autoload = not os.environ.get("LCPRESS_DISABLE_PLUGIN_AUTOLOAD")
-    if autoload:
-        _load_entry_points(pm, origins)
+    note = _load_entry_points(pm, origins) if autoload else ""
     for plugin in extra_plugins:
         if pm.is_registered(plugin):
             continue
@@ -252,8 +265,12 @@ def build_registry(extra_plugins: tuple[Any, ...] = (), autoload: bool | None = 
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"a plugin implements a hook lcpress does not define: {exc}") from exc
-    return _collect(pm, origins)
+        origin = origins.get(pm.get_name(exc.plugin) or "", Origin("?", "unknown", ""))
+        raise PluginError(f"plugin {origin.plugin!r} ({origin.package} {origin.version}) implements a hook lcpress "
+                          f"does not define: {exc}.{_without(origin)}") from exc
+    registry = _collect(pm, origins)
+    registry.schemes.note = registry.cost_models.note = note
+    return registry
 
 
 def _unique_name(pm: pluggy.PluginManager, name: str) -> str:
@@ -279,19 +296,27 @@ def _version(dist: str) -> str:
 def _register(pm: pluggy.PluginManager, plugin: Any, name: str, origin: Origin, origins: dict[str, Origin]) -> None:
     if pm.has_plugin(name):
         return
-    pm.register(plugin, name=name)
+    try:
+        pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:  # a hook function whose arguments are not the hook's
+        raise PluginError(
+            f"plugin {name!r} ({origin.package} {origin.version}) does not fit lcpress's hooks: "
+            f"{'; '.join(str(exc).splitlines())}; the hooks and their arguments are in docs/plugins.md "
+            f"(Hook reference).{_without(origin)}") from None
     origins[name] = origin
 
 
-def _load_entry_points(pm: pluggy.PluginManager, origins: dict[str, Origin]) -> None:
-    allow = os.environ.get("LCPRESS_LOAD_PLUGINS")
-    allowed = {n.strip() for n in allow.split(",") if n.strip()} if allow else None
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+def _load_entry_points(pm: pluggy.PluginManager, origins: dict[str, Origin]) -> str:
+    """Load the entry points LCPRESS_LOAD_PLUGINS allows (all when unset); returns what the filter left out, in words."""
+    points = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    allowed = _allowed({ep.name for ep in points})
+    for ep in points:
         if allowed is not None and ep.name not in allowed:
             continue
         dist = getattr(ep, "dist", None)
         package = dist.metadata["Name"] if dist is not None else "unknown"
         version = dist.version if dist is not None else "unknown"
+        origin = Origin(ep.name, package, version)
         try:
             plugin = ep.load()
         except (Exception, SystemExit, KeyboardInterrupt) as exc:  # a plugin's sys.exit() must not end lcpress silently
@@ -299,10 +324,43 @@ def _load_entry_points(pm: pluggy.PluginManager, origins: dict[str, Origin]) -> 
                 type(exc).__name__, "raised")
             raise PluginError(
                 f"plugin {ep.name!r} (entry point {ep.value!r} of package {package} {version}) "
-                f"{what} while loading: {type(exc).__name__}: {exc}. Fix or uninstall that package, "
-                f"or set LCPRESS_DISABLE_PLUGIN_AUTOLOAD=1 to run without third-party plugins."
+                f"{what} while loading: {type(exc).__name__}: {exc}.{_without(origin)}"
             ) from exc
-        _register(pm, plugin, ep.name, Origin(ep.name, package, version), origins)
+        _register(pm, plugin, ep.name, origin, origins)
+    left_out = sorted({ep.name for ep in points} - allowed) if allowed is not None else []
+    if not left_out:
+        return ""
+    return (f"LCPRESS_LOAD_PLUGINS={os.environ.get('LCPRESS_LOAD_PLUGINS')} is set, so the installed entry point(s) "
+            f"{', '.join(left_out)} were not loaded. ")
+
+
+def _allowed(installed: set[str]) -> set[str] | None:
+    """The entry points LCPRESS_LOAD_PLUGINS names (None: unset, load all); a name that matches none is an error.
+
+    A misspelled name would otherwise leave its plugin out silently, and the run would fail later with "no
+    scheme named …" far from the cause.
+    """
+    allow = os.environ.get("LCPRESS_LOAD_PLUGINS")
+    if not allow:
+        return None
+    names = {n.strip() for n in allow.split(",") if n.strip()}
+    for name in sorted(names - installed):
+        close = difflib.get_close_matches(name, sorted(installed), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise PluginError(f"LCPRESS_LOAD_PLUGINS={allow} names {name!r}, which is no installed entry point of the "
+                          f"'lcpress' group{hint}; installed: {', '.join(sorted(installed)) or '(none)'}")
+    return names
+
+
+def _without(origin: Origin) -> str:
+    """How to run without a broken entry-point plugin: the switches, spelled out for this installation."""
+    installed = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    if origin.plugin not in installed or origin.package in ("lcpress", "(registered at run time)"):
+        return ""
+    others = sorted(installed - {origin.plugin})
+    keep = f"LCPRESS_LOAD_PLUGINS={','.join(others)} to load only the others, or " if others else ""
+    return (f" Fix or uninstall {origin.package}, or run without it: {keep}LCPRESS_DISABLE_PLUGIN_AUTOLOAD=1 to "
+            f"run without third-party plugins.")
 
 
 def _collect(pm: pluggy.PluginManager, origins: dict[str, Origin]) -> Registry:
@@ -329,6 +387,9 @@ def _collect(pm: pluggy.PluginManager, origins: dict[str, Origin]) -> Registry:
             except (Exception, SystemExit) as exc:
                 raise PluginError(
                     f"plugin {origin.plugin!r} ({origin.package} {origin.version}) raised in {hook_name}: "
-                    f"{type(exc).__name__}: {exc}"
+                    f"{type(exc).__name__}: {exc}.{_without(origin)}"
                 ) from exc
     return registry
+
+
+use_labels(plugin_label)  # the guard below the base classes names plugins as the registry knows them

@@ -389,16 +389,26 @@ def holding(module: nn.Module, weight: torch.Tensor) -> nn.Module:
 
 
 # ------------------------------------------------------------ the dense form
-DENSE_FORM = "dense"
+#: The meta key marking a state the core keeps dense. Namespaced: "form" is a natural key for a scheme's own meta.
+DENSE_KEY = "__lcpress_dense__"
+#: How checkpoints written before :data:`DENSE_KEY` marked a dense state; they still resume (and report).
+LEGACY_DENSE_META = {"form": "dense"}
 
 
 def dense_state(w: torch.Tensor) -> State:
     """θ of a layer the selection keeps dense: the weight itself."""
-    return State({"weight": w.detach().clone()}, {"form": DENSE_FORM})
+    return State({"weight": w.detach().clone()}, {DENSE_KEY: True})
 
 
 def is_dense(state: State | None) -> bool:
-    return state is not None and state.meta.get("form") == DENSE_FORM
+    """Whether the core kept this state dense: its marker, or the old one on exactly the state the core wrote.
+
+    A scheme's own state may say ``"form": "dense"`` freely: only a state holding nothing but ``weight`` with
+    that one meta entry — what a dense state was in an older checkpoint — is read as the core's.
+    """
+    if state is None:
+        return False
+    return state.meta.get(DENSE_KEY) is True or (state.meta == LEGACY_DENSE_META and set(state.tensors) == {"weight"})
 
 
 #: What each state-reading method of a scheme answers for a dense state, without asking the scheme.

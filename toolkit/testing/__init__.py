@@ -12,8 +12,10 @@ Plugin authors run it from their own test suite::
 
 Each function runs a battery of checks (``SCHEME_CHECKS``,
 ``COST_MODEL_CHECKS``), raises :class:`AssertionError` with a message naming
-the plugin, the layer and what to fix at the first violation, and otherwise
-returns a :class:`Report` of what passed and what did not apply. The C steps
+the plugin, the layer and what to fix at the first violation — an exception
+the plugin raises during a check becomes one too, naming the check and the
+layer — and otherwise returns a :class:`Report` of what passed and what did
+not apply. The C steps
 run through the real engine (:mod:`lcpress.testing.harness`), so a scheme that
 passes behaves the same inside ``lcpress compress``.
 
@@ -38,7 +40,7 @@ from lcpress.core.scheme import Scheme
 from .cost_checks import COST_MODEL_CHECKS, CostModelSubject, default_cases, default_forms
 from .harness import CStepRun, run_c_step
 from .layers import LayerCase, default_layers
-from .report import Report
+from .report import Report, require
 from .scheme_checks import SCHEME_CHECKS, SchemeSubject, budgets_of, options_of
 
 __all__ = [
@@ -69,17 +71,21 @@ def check_scheme(
     :param skip: names of checks to leave out (see ``SCHEME_CHECKS``).
     :param dtypes: weight dtypes the shape/dtype check compresses.
     """
+    label = f"scheme {getattr(scheme, 'name', scheme.__name__)!r}"
+    _declared(label, scheme)
     opts = options_of(scheme, options, f"{getattr(scheme, 'name', scheme.__name__)}.options")
     cases, refused = [], {}
-    probe = scheme(opts)
+    with _failing(f"{label}, check 'declaration' (creating it with these options)"):
+        probe = scheme(opts)
     for case in layers if layers is not None else default_layers():
-        reason = probe.refuses(case.spec(), case.module())
+        with _failing(f"{label} on layer {case.name!r}, check 'declaration' (refuses(), check_layer())"):
+            reason = probe.refuses(case.spec(), case.module())
         if reason is None:
             cases.append(case)
         else:
             refused[case.name] = reason
     subject = SchemeSubject(scheme, opts, cases, refused, seed, budgets_of(scheme, budgets), tuple(dtypes))
-    report = Report(f"scheme {scheme.name!r}")
+    report = Report(label)
     report.skipped.update({f"layer {name}": f"refused: {why}" for name, why in refused.items()})
     with _one_thread():
         _run(SCHEME_CHECKS, subject, skip, report)
@@ -104,9 +110,12 @@ def check_cost_model(
     A cost model whose ``unavailable_reason()`` is not None here (no GPU …) is
     not checked; the report's ``unavailable`` says why.
     """
+    label = f"cost model {getattr(cost_model, 'name', cost_model.__name__)!r}"
+    _declared(label, cost_model)
     opts = options_of(cost_model, options, f"cost_models.{getattr(cost_model, 'name', cost_model.__name__)}")
-    report = Report(f"cost model {cost_model.name!r}")
-    reason = cost_model(opts).unavailable_reason()
+    report = Report(label)
+    with _failing(f"{label}, check 'declaration' (creating it, unavailable_reason())"):
+        reason = cost_model(opts).unavailable_reason()
     if reason:
         report.unavailable = reason
         return report
@@ -129,6 +138,25 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def _declared(label: str, cls: type) -> None:
+    """The ``declaration`` check's part that must come first: an option default that breaks its own declaration
+    (its type, its range) fails before the options are built, which would raise."""
+    declared = getattr(cls, "Options", None)
+    problem = declared.default_problem() if isinstance(declared, type) and issubclass(declared, Options) else None
+    require(problem is None, f"{label}, check 'declaration': {problem}; fix the default where the option is declared")
+
+
+@contextlib.contextmanager
+def _failing(where: str) -> Iterator[None]:
+    """An exception the plugin raises in the block fails the check: an AssertionError saying where, as every check's."""
+    try:
+        yield
+    except AssertionError:
+        raise
+    except Exception as exc:
+        raise AssertionError(f"{where}: raised {type(exc).__name__}: {exc}") from exc
+
+
 def _run(checks: dict[str, Any], subject: Any, skip: Iterable[str], report: Report) -> None:
     skip = set(skip)
     unknown = skip - set(checks)
@@ -138,7 +166,14 @@ def _run(checks: dict[str, Any], subject: Any, skip: Iterable[str], report: Repo
         if name in skip:
             report.skipped[name] = "skipped by the caller"
             continue
-        why = check(subject)
+        subject.at = None
+        try:
+            why = check(subject)
+        except AssertionError:
+            raise
+        except Exception as exc:  # the plugin raised during the check: named with the check and the layer it was on
+            raise AssertionError(f"{subject.at or report.subject}, check {name!r}: raised {type(exc).__name__}: "
+                                 f"{exc}") from exc
         if why is None:
             report.passed.append(name)
         else:

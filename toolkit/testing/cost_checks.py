@@ -13,13 +13,12 @@ step relies on three things, checked here:
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Callable, Sequence, get_args
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence, get_args
 
 import torch
 
-from lcpress.core.costmodel import CostModel
+from lcpress.core.costmodel import CostModel, as_price
 from lcpress.core.forms import Dense, Form, LayerSpec, LowRank
 from lcpress.linalg.matrices import Shape
 from lcpress.options import Options
@@ -34,6 +33,8 @@ class CostModelSubject:
     cls: type[CostModel]
     options: Options
     cases: list[tuple[LayerSpec, list[Form]]]
+    #: the layer being checked, in words: what a failure the plugin raises is reported on
+    at: str | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -41,6 +42,12 @@ class CostModelSubject:
 
     def model(self) -> CostModel:
         return self.cls(self.options)
+
+    def each(self) -> Iterator[tuple[LayerSpec, list[Form]]]:
+        """The (layer, forms) pairs to check, each layer named in :attr:`at` while it is checked."""
+        for spec, forms in self.cases:
+            self.at = _where(self, spec)
+            yield spec, forms
 
 
 Check = Callable[[CostModelSubject], "str | None"]
@@ -69,12 +76,10 @@ def _where(s: CostModelSubject, spec: LayerSpec, form: Form | None = None) -> st
 
 
 def _valid(s: CostModelSubject, spec: LayerSpec, value: object, form: Form) -> float:
-    require(isinstance(value, (int, float)) and not isinstance(value, bool),
-            f"{_where(s, spec, form)}: cost() must return a number, got {type(value).__name__}")
-    value = float(value)  # type: ignore[arg-type]
-    require(math.isfinite(value) and value >= 0, f"{_where(s, spec, form)}: cost must be finite and non-negative, "
-                                                 f"got {value}")
-    return value
+    """A price the core accepts (:func:`lcpress.core.costmodel.as_price`: NumPy scalars and 0-d tensors too)."""
+    price = as_price(value)
+    require(price is not None, f"{_where(s, spec, form)}: cost must be finite and non-negative, got {value!r}")
+    return price
 
 
 def check_declaration(s: CostModelSubject) -> str | None:
@@ -90,7 +95,7 @@ def check_declaration(s: CostModelSubject) -> str | None:
 def check_dense(s: CostModelSubject) -> str | None:
     """The dense form of every layer has a finite, non-negative price."""
     model = s.model()
-    for spec, _ in s.cases:
+    for spec, _ in s.each():
         _valid(s, spec, model.cost(spec, Dense()), Dense())
     return None
 
@@ -98,7 +103,7 @@ def check_dense(s: CostModelSubject) -> str | None:
 def check_finite(s: CostModelSubject) -> str | None:
     """Every form of every layer has a finite, non-negative price."""
     model = s.model()
-    for spec, forms in s.cases:
+    for spec, forms in s.each():
         for form in forms:
             _valid(s, spec, model.cost(spec, form), form)
     return None
@@ -107,7 +112,7 @@ def check_finite(s: CostModelSubject) -> str | None:
 def check_vectorized(s: CostModelSubject) -> str | None:
     """``costs(spec, forms)`` is a float64 vector equal to the scalar prices, stable across instances."""
     vectorized, scalar, again = s.model(), s.model(), s.model()
-    for spec, forms in s.cases:
+    for spec, forms in s.each():
         where = _where(s, spec)
         batch = vectorized.costs(spec, forms)
         require(isinstance(batch, torch.Tensor) and batch.dtype == torch.float64 and tuple(batch.shape) == (len(forms),),

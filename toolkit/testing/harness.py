@@ -78,7 +78,7 @@ def run_c_step(
     holder = nn.Module()
     holder.register_parameter("weight", param)
     engine = LCEngine(holder, [task], ScheduleConfig(mu0=mu, steps=0), None,
-                      cost_models={cost_model.name: cost_model}, seed=seed, progress=False)
+                      cost_models={cost_model.name: cost_model}, seed=seed, progress=False, refuse_all_dense=False)
     engine.states[0] = previous
     engine.next_step = step
     seen: dict[str, Any] = {}

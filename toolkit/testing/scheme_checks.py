@@ -23,12 +23,13 @@ import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 
-from lcpress.core.forms import Form, LayerSpec
+from lcpress.core.forms import Dense, Form, LayerSpec
+from lcpress.core.realize import overrides_realize, unsaveable
 from lcpress.errors import CStepError
 from lcpress.options import Options
 from lcpress.core.scheme import LAYER_KINDS, Scheme, State
@@ -59,6 +60,8 @@ class SchemeSubject:
     budgets: list[Options] | None = None
     dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
     _cache: dict[Any, Any] = field(default_factory=dict)
+    #: the layer being checked, in words: what a failure the plugin raises is reported on
+    at: str | None = None
 
     @property
     def name(self) -> str:
@@ -99,6 +102,12 @@ class SchemeSubject:
 
     def where(self, case: LayerCase, extra: str = "") -> str:
         return f"scheme {self.name!r} on layer {case.name!r}{' (' + extra + ')' if extra else ''}"
+
+    def each(self, cases: Iterable[LayerCase] | None = None) -> Iterator[LayerCase]:
+        """The layers to check (default: all), each named in :attr:`at` while it is checked."""
+        for case in self.cases if cases is None else cases:
+            self.at = self.where(case)
+            yield case
 
 
 Check = Callable[[SchemeSubject], "str | None"]
@@ -141,7 +150,7 @@ def check_declaration(s: SchemeSubject) -> str | None:
 
 def check_shape_dtype(s: SchemeSubject) -> str | None:
     """Δ(θ) has w's shape, dtype and finite values, at the first C step and after a warm start."""
-    for case in s.cases:
+    for case in s.each():
         for dtype in s.dtypes:
             w = s.weight(case, dtype)
             ratio = SAMPLE_RATIOS[0] if s.selecting(case) else None
@@ -169,7 +178,7 @@ def check_candidates(s: SchemeSubject) -> str | None:
     selecting = [c for c in s.cases if s.selecting(c)]
     if not selecting:
         return "the scheme offers no candidates with these options (it does not select)"
-    for case in selecting:
+    for case in s.each(selecting):
         cands = s.run(case).candidates
         where = s.where(case)
         require(len(cands.forms) == len(cands.errors), f"{where}: {len(cands.forms)} forms but {len(cands.errors)} errors")
@@ -188,12 +197,10 @@ def check_candidates(s: SchemeSubject) -> str | None:
 
 def check_dense_candidate(s: SchemeSubject) -> str | None:
     """The dense layer is a candidate with error 0, so compression never costs more than dense."""
-    from lcpress.core.forms import Dense
-
     selecting = [c for c in s.cases if s.selecting(c)]
     if not selecting:
         return "the scheme offers no candidates with these options (it does not select)"
-    for case in selecting:
+    for case in s.each(selecting):
         cands = s.run(case).candidates
         dense = [i for i, f in enumerate(cands.forms) if isinstance(f, Dense)]
         require(bool(dense), f"{s.where(case)}: add lcpress.Dense() to the candidates (with error 0), so the core "
@@ -208,7 +215,7 @@ def check_exact_errors(s: SchemeSubject) -> str | None:
     selecting = [c for c in s.cases if s.selecting(c)]
     if not selecting:
         return "the scheme offers no candidates with these options (it does not select)"
-    for case in selecting:
+    for case in s.each(selecting):
         w = s.weight(case)
         tol = 1e-5 * energy(w) + 1e-12
         for ratio in BUDGET_RATIOS:
@@ -225,7 +232,7 @@ def check_exact_errors(s: SchemeSubject) -> str | None:
 def check_budget_monotone(s: SchemeSubject) -> str | None:
     """The error never rises when the budget grows (target ratios up, or α down)."""
     checked = False
-    for case in s.cases:
+    for case in s.each():
         w = s.weight(case)
         tol = 1e-6 * energy(w) + 1e-12
         if s.selecting(case):
@@ -252,7 +259,7 @@ def check_budget_monotone(s: SchemeSubject) -> str | None:
 
 def check_deterministic(s: SchemeSubject) -> str | None:
     """Same seed, same θ — bit for bit, whatever the global RNG state (use ctx.generator)."""
-    for case in s.cases:
+    for case in s.each():
         ratio = SAMPLE_RATIOS[0] if s.selecting(case) else None
         states = []
         for global_seed in (1234, 4321):
@@ -272,7 +279,7 @@ def check_deterministic(s: SchemeSubject) -> str | None:
 
 def check_form(s: SchemeSubject) -> str | None:
     """``form(state)`` is a hashable Form whose primitives chain from the layer's input to its output."""
-    for case in s.cases:
+    for case in s.each():
         spec = case.spec()
         for state in s.samples(case):
             form = s.scheme().form(state)
@@ -317,7 +324,7 @@ def _check_chain(spec: LayerSpec, chain: tuple[LayerSpec, ...], where: str, fill
 
 def check_realize(s: SchemeSubject) -> str | None:
     """The realized module computes the layer with weight Δ(θ), on the layer's real input."""
-    for case in s.cases:
+    for case in s.each():
         module = case.module(s.seed)
         x = case.input(s.seed)
         for state in s.samples(case):
@@ -327,9 +334,15 @@ def check_realize(s: SchemeSubject) -> str | None:
                 reference.weight.copy_(scheme.decompress(state).reshape(reference.weight.shape))
             original = copy.deepcopy(module)
             realized = scheme.realize(state, original)
-            where = s.where(case, f"form {scheme.form(state)!r}")
+            form = scheme.form(state)
+            where = s.where(case, f"form {form!r}")
             require(isinstance(realized, nn.Module), f"{where}: realize() must return an nn.Module")
             require(realized is not original, f"{where}: realize() must return a new module, not the one it was given")
+            require(overrides_realize(scheme) or isinstance(form, Dense),
+                    f"{where}: form() says {form.describe()}, but realize() is the base class's dense copy, so the "
+                    f"saved model would not have the form the C step priced; override realize()")
+            problem = unsaveable(realized)
+            require(problem is None, f"{where}: {problem}")
             with torch.no_grad():
                 want, got = reference.eval()(x), realized.eval()(x)
             require(tuple(got.shape) == tuple(want.shape),
@@ -344,7 +357,7 @@ def check_realize(s: SchemeSubject) -> str | None:
 def check_state_roundtrip(s: SchemeSubject) -> str | None:
     """θ survives a checkpoint: plain-JSON meta, tensors through safetensors, the same Δ(θ) and form after."""
     with tempfile.TemporaryDirectory(prefix="lcpress-conformance-") as tmp:
-        for case in s.cases:
+        for case in s.each():
             for i, state in enumerate(s.samples(case)):
                 scheme = s.scheme()
                 where = s.where(case)
