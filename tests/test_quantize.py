@@ -86,6 +86,7 @@ def test_realized_layer_equals_delta_and_stores_what_the_cost_model_counts(layer
     realized = model[0]
     assert isinstance(realized, DecodedConv2d if is_conv else DecodedLinear)
     assert result.max_abs_error <= 1e-6
+    assert torch.equal(realized.weight, result.tasks[0].scheme.decompress(result.states[0]))  # read as before
     spec = result.graph.specs["0"]
     form = result.tasks[0].scheme.form(result.states[0])
     counted = STORAGE.cost(spec, form)

@@ -226,3 +226,24 @@ def test_forms_without_a_rank_get_their_own_columns_and_no_rank_bar(finished_run
     assert [ax.get_title() for ax in fig.axes] == ["nonzeros", "bits"]
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["3"]
     assert rank_figure(table.assign(form_rank=float("nan"))) is None
+
+
+def test_an_absolute_target_is_reported_in_its_own_units(caplog):
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+    config = {"tasks": [{"layers": ["*"], "target": {"cost": "flops", "value": 100}}], "schedule": {"steps": 0}}
+    with caplog.at_level("WARNING", logger="lcpress.engine"):
+        result = lcpress.compress(model, config, example_input=torch.randn(1, 20), progress=False)
+    assert "flops ≤ 100 FLOPs (0.9% of dense) is out of reach" in caplog.text and "Raise the target value" in caplog.text
+    line = next(x for x in result.summary().splitlines() if x.startswith("tasks[0] target"))
+    assert line.startswith("tasks[0] target: flops ≤ 100; achieved 3,904 (34.7% of dense)")
+
+
+@pytest.mark.parametrize("value, quiet", [("1", True), ("yes", True), ("0", False), ("false", False), ("", False)])
+def test_lcpress_quiet_reads_zero_and_false_as_off(monkeypatch, value, quiet):
+    from lcpress.progress import quiet_env
+
+    monkeypatch.setenv("LCPRESS_QUIET", value)
+    assert quiet_env() is quiet

@@ -93,3 +93,22 @@ def test_convergence_problem_is_none_for_direct_compression():
     ok = [{"mu": 1, "distance": 5.0, "scale": 10.0}, {"mu": 2, "distance": 0.5, "scale": 10.0}]
     assert convergence_problem(ScheduleConfig(steps=1, tolerance=0.01), ok) is None
     assert "5.0% of ‖Δ(θ)‖" in convergence_problem(ScheduleConfig(steps=1, tolerance=0.001), ok)
+
+
+def test_auto_mu0_does_not_divide_by_the_rounding_of_an_exact_direct_compression():
+    auto = ScheduleConfig()
+    assert initial_mu(auto, gradient_norm=3.0, distance=1e-7, scale=6.0) == pytest.approx(3.0 / (auto.tolerance * 6.0))
+    assert initial_mu(auto, gradient_norm=3.0, distance=6.0, scale=6.0) == pytest.approx(0.5)  # far: G0/d0 as before
+
+
+def test_a_rank_as_large_as_the_layer_trains_stably_under_auto_mu0(dense_mlp, digits):
+    import copy
+
+    import lcpress
+
+    model = copy.deepcopy(dense_mlp)
+    config = {"tasks": [{"layers": ["3"], "options": {"rank": 64, "rank_multiple": 1}}], "schedule": {"steps": 1},
+              "train": {"epochs": 1}}
+    result = lcpress.compress(model, config, loaders=digits, progress=False)
+    assert result.history["mu"].iloc[0] < 100  # not G0 over float32 rounding (about 1e-6)
+    assert result.metric > result.dense_metric - 0.05

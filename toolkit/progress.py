@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 
 def quiet_env() -> bool:
-    return bool(os.environ.get("LCPRESS_QUIET"))
+    """``LCPRESS_QUIET`` set to anything but empty, 0, false, no or off (so ``LCPRESS_QUIET=0`` means talk)."""
+    return os.environ.get("LCPRESS_QUIET", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def in_notebook() -> bool:

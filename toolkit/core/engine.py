@@ -234,7 +234,7 @@ class LCEngine:
         self.c_step(0, provisional if dc_mu is None else dc_mu)
         if self.schedule.mu0 != "auto":
             return provisional
-        mu0 = initial_mu(self.schedule, self._gradient_at_delta(), self.distance())
+        mu0 = initial_mu(self.schedule, self._gradient_at_delta(), self.distance(), self.scale())
         if dc_mu is None and mu0 != provisional and any(t.config.target is None and t.config.alpha > 0 for t in self.tasks):
             self.c_step(0, mu0)
         return mu0
@@ -791,11 +791,14 @@ def _unreachable(task: Task, model: CostModel, choice: budget_mod.Choice) -> str
     dense = choice.dense_cost or 0.0
     batch = getattr(model.options, "batch_size", None) or (task.spec.input_shape[0] if task.spec else None)
     at = f" at batch {batch}" if batch else ""
-    asked = f"{choice.budget / dense:.1%} of dense" if dense else f"{choice.budget:.4g} {model.unit}"
+    by_value = task.config.target is not None and task.config.target.value is not None
+    share = f"{choice.budget / dense:.1%} of dense" if dense else ""
+    asked = (f"{choice.budget:.4g} {model.unit}" + (f" ({share})" if share else "")) if by_value or not dense else share
     reach = f"{choice.total_cost / dense:.1%}" if dense else f"{choice.total_cost:.4g} {model.unit}"
     return (f"tasks[{task.group}].target: {model.name} ≤ {asked} is out of reach: the cheapest forms of the group's "
-            f"layers reach {reach} of their dense {model.name}{at}, so those are used. Raise the target ratio, "
-            f"compress more layers, or allow smaller forms (e.g. a smaller rank_multiple)")
+            f"layers reach {reach} of their dense {model.name}{at}, so those are used. Raise the target "
+            f"{'value' if by_value else 'ratio'}, compress more layers, or allow smaller forms (e.g. a smaller "
+            f"rank_multiple)")
 
 
 def _refuse_all_dense(group: int, chosen: list[Form]) -> None:

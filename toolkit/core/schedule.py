@@ -35,10 +35,16 @@ MAX_FACTOR = 4.0
 FALLBACK_MU0 = 1e-3
 
 
-def initial_mu(config: ScheduleConfig, gradient_norm: float | None, distance: float) -> float:
-    """μ0: the configured number, else ``G0/d0`` (see the module docstring), else :data:`FALLBACK_MU0`."""
+def initial_mu(config: ScheduleConfig, gradient_norm: float | None, distance: float, scale: float = 0.0) -> float:
+    """μ0: the configured number, else ``G0/d0`` (see the module docstring), else :data:`FALLBACK_MU0`.
+
+    ``d0`` is taken as at least ``tolerance·‖Δ(θ)‖`` (``scale``): when the direct compression is already
+    (nearly) exact — a rank at or above the layer's — ``G0/d0`` would divide by rounding noise, and an L step
+    at that μ diverges. The μ that holds ``w`` within the tolerance is all such a run needs.
+    """
     if config.mu0 != "auto":
         return float(config.mu0)
+    distance = max(distance, config.tolerance * scale)
     if gradient_norm is None or not math.isfinite(gradient_norm) or gradient_norm <= 0 or distance <= 0:
         return FALLBACK_MU0
     return gradient_norm / distance

@@ -199,6 +199,12 @@ class DecodedLayer(nn.Module):
             self._cache = (key, self._decoded())
         return self._cache[1]
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The decoded dense weight, read-only: code that reads ``layer.weight`` (shapes, devices, tying checks)
+        keeps working after quantization or pruning. The layer stores its codecs, not this tensor."""
+        return self.weight_now()
+
     def _decoded(self) -> torch.Tensor:
         """The sum of the codecs' decoded weights, in the bias's dtype where there is a bias."""
         weight = sum(c.decode() for c in self.codecs)

@@ -176,10 +176,11 @@ def target_lines(config: Mapping[str, Any], row: Mapping[str, Any] | None) -> li
         line = f"tasks[{g}] target: {target.get('cost')} ≤ {asked}"
         achieved, dense = (row or {}).get(f"target{g}_achieved"), (row or {}).get(f"target{g}_dense")
         if _present(achieved) and _present(dense) and float(dense) > 0:
-            share = float(achieved) / float(dense)
             requested = (row or {}).get(f"target{g}_requested")
             missed = _present(requested) and float(achieved) > float(requested) * (1 + 1e-9)
-            line += f"; achieved {share:.1%}" + (" (out of reach: the cheapest forms)" if missed else "")
+            got = (f"{float(achieved) / float(dense):.1%}" if target.get("ratio") is not None  # in the units asked
+                   else f"{format_number(achieved)} ({float(achieved) / float(dense):.1%} of dense)")
+            line += f"; achieved {got}" + (" (out of reach: the cheapest forms)" if missed else "")
         lines.append(line)
     return lines
 
