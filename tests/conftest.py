@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("LCPRESS_QUIET", "1")
+# Cost tables and trained built-in models are cached per user; the suite keeps its own, fresh each session.
+os.environ.setdefault("LCPRESS_CACHE_DIR", tempfile.mkdtemp(prefix="lcpress-test-cache-"))
 # Keep third-party plugins installed in this environment out of the suite;
 # tests that exercise discovery turn autoload back on themselves.
 os.environ.setdefault("LCPRESS_DISABLE_PLUGIN_AUTOLOAD", "1")

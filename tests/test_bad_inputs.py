@@ -539,3 +539,57 @@ def test_a_model_whose_forward_takes_one_dict_is_told_to_wrap_it():
         lcpress.compress(DictIn(), config, example_input=batch)
     result = lcpress.compress(DictIn(), config, example_input=(batch,))
     assert result.records[0].realized
+
+
+def test_a_damaged_run_json_is_named_as_such_and_nothing_is_replaced(tmp_path):
+    out = tmp_path / "run"
+    _compress(out)
+    (out / "run.json").write_text('{"format": "lcpress-run", "stat')
+    before = sorted(p.name for p in out.iterdir())
+    for kw in ({"resume": True}, {"force": True}, {}):
+        with pytest.raises(RunDirectoryError, match=r"holds a run.json lcpress cannot read \(JSONDecodeError"):
+            _compress(out, **kw)
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_a_pickled_module_as_model_weights_is_one_line_that_never_advises_unpickling(tmp_path):
+    from lcpress.runs.sources import load_weights
+
+    torch.save(nn.Linear(3, 4), tmp_path / "full.pt")
+    with pytest.raises(LcpressError, match=r"is a pickled object \(it holds a torch.nn.modules.linear.Linear\), not a "
+                                           r"state dict.*save model.state_dict\(\)") as error:
+        load_weights(nn.Linear(3, 4), tmp_path / "full.pt")
+    assert "weights_only=False" not in str(error.value) and "\x1b" not in str(error.value)
+
+
+def _cli_config(tmp_path, **extra):
+    config = {"model": {"builtin": "digits_cnn", "pretrain_epochs": 1}, "data": {"builtin": "digits"},
+              "tasks": [{"layers": ["*"], "options": {"rank": 8}}], "schedule": {"steps": 0}, **extra}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_the_cli_refuses_a_run_it_cannot_keep_before_training_the_model(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LCPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "f").write_text("a file")
+    assert main(["compress", _cli_config(tmp_path), "--output-dir", str(tmp_path / "f" / "run")]) == 2
+    assert "lies under" in capsys.readouterr().err
+    assert main(["compress", _cli_config(tmp_path)]) == 2
+    assert "output_dir: the CLI keeps its result in a run folder" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()  # refused before the built-in model was trained
+
+
+def test_the_built_in_model_is_cached_in_lcpresss_folder_and_a_damaged_cache_is_rebuilt(tmp_path, monkeypatch,
+                                                                                       caplog):
+    monkeypatch.setenv("LCPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    mine = tmp_path / "mine"
+    assert main(["compress", _cli_config(tmp_path), "--output-dir", str(mine / "run"), "--quiet"]) == 0
+    assert sorted(p.name for p in mine.iterdir()) == ["run"]  # nothing beside the run in the user's folder
+    (cached,) = (tmp_path / "cache" / "models").iterdir()
+    cached.write_bytes(cached.read_bytes()[:100])
+    with caplog.at_level("WARNING", logger="lcpress"):
+        assert main(["compress", _cli_config(tmp_path), "--output-dir", str(mine / "again"), "--quiet"]) == 0
+    assert "could not be read" in caplog.text and "training it again" in caplog.text
+    names = sorted(p.name for p in (tmp_path / "cache" / "models").iterdir())
+    assert names[0] == cached.name and names[1].startswith(cached.name + ".corrupt-")

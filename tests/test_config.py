@@ -194,3 +194,16 @@ def test_a_choosing_scheme_with_neither_target_nor_alpha_is_refused_instead_of_c
     config["tasks"][0]["alpha"] = 1.0
     result = lcpress.compress(model, config, example_input=torch.randn(1, 16))
     assert any(r.form["kind"] != "dense" for r in result.records)
+
+
+def test_yaml_merge_keys_share_settings_and_a_duplicate_key_still_names_its_line(tmp_path):
+    from lcpress.config import read_yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text("tasks:\n  - &low {layers: ['0'], scheme: low_rank, options: {rank: 8}}\n"
+                    "  - <<: *low\n    layers: ['2']\n    options: {rank: 4}\n")
+    assert read_yaml(path)["tasks"][1] == {"layers": ["2"], "scheme": "low_rank", "options": {"rank": 4}}
+    path.write_text("seed: 1\nseed: 2\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: not valid YAML: key 'seed' appears twice .*\n  at line 2") as error:
+        read_yaml(path)
+    assert "<unicode string>" not in str(error.value)

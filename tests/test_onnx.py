@@ -217,3 +217,12 @@ def test_cli_rebuilds_other_models_through_the_config_it_is_given(tmp_path, caps
     assert "--config path/to/config.yaml" in capsys.readouterr().err
     assert main(["export", str(run), "--onnx", str(tmp_path / "net.onnx"), "--config", str(configs / "net.yaml")]) == 0
     assert (tmp_path / "net.onnx").is_file()
+
+def test_an_input_the_model_refuses_and_an_opset_the_exporter_cannot_write_are_one_line_each(tmp_path):
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    with pytest.raises(lcpress.LcpressError, match=r"the model does not accept an input of shape \(1, 3, 8, 8\) "
+                                           r"\(RuntimeError: .*channels.*\); give an example the model takes"):
+        export_onnx(model, tmp_path / "m.onnx", torch.randn(1, 3, 8, 8))
+    with pytest.raises(lcpress.LcpressError, match=r"opset 3 was asked for, but torch's exporter could only write opset \d+"):
+        export_onnx(model, tmp_path / "m.onnx", torch.randn(1, 1, 8, 8), opset=3, check=False)
+    assert not (tmp_path / "m.onnx").exists() and not list(tmp_path.iterdir())  # no file, no temporary left

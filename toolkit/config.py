@@ -263,8 +263,9 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from None
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except yaml.YAMLError as exc:  # its marks name "<unicode string>": the file is named in front instead
+        where = str(exc).replace(' in "<unicode string>",', " at")
+        raise ConfigError(f"{path}: not valid YAML: {where}") from None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -273,6 +274,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:  # type: ignore[override]
         seen: dict[Any, Any] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *shared`: merged keys may be overridden here
+                continue
             key = self.construct_object(key_node, deep=deep)
             try:
                 hash(key)

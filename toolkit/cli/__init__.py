@@ -45,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         return 0
     except KeyboardInterrupt:
-        print("lcpress: interrupted; the last checkpoint is intact (resume with --resume)", file=sys.stderr)
+        # a run that had written a checkpoint has said which one is intact, and how to resume it
+        print("lcpress: interrupted", file=sys.stderr)
         return 130
 
 

@@ -26,6 +26,7 @@ def inputs(data: dict[str, Any], quiet: bool) -> tuple[LCConfig, Any, tuple[Any,
     """The config, model and loaders a CLI command works on."""
     import torch
 
+    from lcpress.core.measured import default_cache_dir
     from lcpress.core.plan import load_config
     from lcpress.runs.distributed import main_first
     from lcpress.runs.sources import build_loaders, build_model
@@ -34,9 +35,10 @@ def inputs(data: dict[str, Any], quiet: bool) -> tuple[LCConfig, Any, tuple[Any,
     if config.model is None or config.data is None:
         raise ConfigError("the CLI needs 'model' and 'data' sections (the Python API takes objects instead)")
     train_loader, eval_loader = build_loaders(config.data, config.seed, config.base_dir)
-    cache = config.path(config.output_dir).parent / ".lcpress-cache" if config.output_dir else None
+    cache = default_cache_dir() / "models"  # lcpress's own cache folder, never the user's
     with main_first():  # under torchrun, rank 0 trains and caches a builtin model; the others load it
-        model = build_model(config.model, train_loader, cache, progress=not quiet, base_dir=config.base_dir)
+        model = build_model(config.model, train_loader, cache, progress=not quiet, base_dir=config.base_dir,
+                            seed=config.seed)
     generator = getattr(train_loader, "generator", None)
     if isinstance(generator, torch.Generator):
         generator.manual_seed(config.seed)  # same data order whether or not the model was just trained
@@ -57,6 +59,7 @@ def run_compression(data: dict[str, Any], *, resume: bool, force: bool, quiet: b
     from lcpress.runs import distributed
     from lcpress.runs.compress import compress
 
+    _refuse_early(data, resume=resume, force=force, extend=extend)
     with distributed.process_group(str(data.get("device", "cpu"))):  # joins torchrun's ranks, if any
         config, model, loaders = inputs(data, quiet or not distributed.is_main())
         result = compress(model, config, loaders=loaders, resume=resume, extend=extend, force=force,
@@ -70,3 +73,19 @@ def run_compression(data: dict[str, Any], *, resume: bool, force: bool, quiet: b
         print(f"saved: {result.run_dir / 'model.safetensors'}; report: {files.markdown} and {files.html.name} "
               f"(history.csv and layers.csv beside them)")
     return 0
+
+
+def _refuse_early(data: dict[str, Any], *, resume: bool, force: bool, extend: bool) -> None:
+    """What the run directory would refuse, and a run that would keep nothing, said before the model is built.
+
+    Building a built-in model trains it (seconds to minutes); a run that then cannot start, or whose result
+    the CLI could not keep, should not cost that.
+    """
+    from lcpress.config import parse_config
+    from lcpress.io.rundir import RunDirectory
+
+    config = parse_config(data)
+    if not config.output_dir:
+        raise ConfigError("output_dir: the CLI keeps its result in a run folder; set output_dir in the config or "
+                          "pass --output-dir (lcpress.compress in Python can run without one)")
+    RunDirectory(config.path(config.output_dir)).check(resume=resume, force=force, extend=extend)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,7 @@ def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor,
     model.eval()
     model = decoded_copy(model)
     try:
+        _refuse_unfit_input(model, example_input)
         x = example_input
         kwargs: dict[str, Any] = {}
         if dynamic_batch:
@@ -85,15 +87,42 @@ def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor,
             with replacing(path) as tmp, _quiet_exporter():
                 torch.onnx.export(model, (x,), str(tmp), dynamo=True, external_data=False, opset_version=opset,
                                   input_names=["input"], output_names=["output"], verbose=False, **kwargs)
+                _refuse_other_opset(tmp, opset)
+        except LcpressError:
+            raise
         except Exception as exc:
             hint = " (or export with dynamic_batch=False / --static-batch)" if dynamic_batch else ""
-            raise LcpressError(f"torch could not export the model to ONNX{hint}: {type(exc).__name__}: {exc}") from exc
+            said = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # the exporter colours its text for a terminal
+            raise LcpressError(f"torch could not export the model to ONNX{hint}: {type(exc).__name__}: {said}") from exc
         error = None
         if check and not missing_packages():
             error = max_abs_difference(path, model, example_input)
         return Exported(path, error)
     finally:
         source.train(was_training)
+
+
+def _refuse_unfit_input(model: nn.Module, x: torch.Tensor) -> None:
+    """Run the model once on the example: a wrong shape is the user's to fix, not an exporter failure to report."""
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception as exc:
+        raise LcpressError(f"the model does not accept an input of shape {tuple(x.shape)} ({type(exc).__name__}: "
+                           f"{exc}); give an example the model takes (CLI: --input-shape)") from None
+
+
+def _refuse_other_opset(path: Path, opset: int | None) -> None:
+    """The exporter falls back to its own opset when it cannot convert to the one asked for: refuse that file."""
+    if opset is None:
+        return
+    import onnx
+
+    written = {entry.domain: entry.version for entry in onnx.load(str(path), load_external_data=False).opset_import}
+    if written.get("", written.get("ai.onnx")) != opset:
+        raise LcpressError(f"opset {opset} was asked for, but torch's exporter could only write opset "
+                           f"{written.get('', written.get('ai.onnx'))}; leave the opset out (CLI: drop --opset) or "
+                           f"ask for that one")
 
 
 def decoded_copy(model: nn.Module) -> nn.Module:
@@ -117,15 +146,17 @@ def decoded_copy(model: nn.Module) -> nn.Module:
 def _quiet_exporter() -> Iterator[None]:
     """The exporter logs a warning per optional op library it cannot find, and torch.export warns of its own
     deprecations; keep those out of the user's log."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "torch.export", "torch._export")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:  # their failures reach the user as one lcpress error instead
+        logger.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def run_onnx(path: str | Path, x: torch.Tensor, threads: int | None = None) -> torch.Tensor:

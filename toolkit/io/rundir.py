@@ -65,6 +65,17 @@ class RunDirectory:
             return {}
         return info if isinstance(info, dict) else {}
 
+    def damage(self) -> str | None:
+        """Why ``run.json`` exists but cannot be read as lcpress's record of a run, or None."""
+        path = self.path / RUN_INFO
+        if not path.is_file():
+            return None
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None if isinstance(info, dict) else f"it holds a {type(info).__name__}, not a mapping"
+
     def finished(self) -> bool:
         return self.info().get("status") == "finished"
 
@@ -76,7 +87,27 @@ class RunDirectory:
     # ------------------------------------------------------------ preparing
     def prepare(self, *, resume: bool, force: bool, config: dict[str, Any], extend: bool = False) -> bool:
         """Make the directory ready; returns True when a checkpoint should be resumed."""
+        if self.check(resume=resume, force=force, extend=extend):
+            return True
+        if force and self.is_run():
+            for name in RUN_FILES:
+                (self.path / name).unlink(missing_ok=True)
+        self._make()
+        self.write_info({"format": RUN_FORMAT, "status": "running", "config": config})
+        return False
+
+    def check(self, *, resume: bool, force: bool, extend: bool = False) -> bool:
+        """Every refusal :meth:`prepare` would make, writing nothing; True when a checkpoint would be resumed.
+
+        The CLI asks before it builds the model, so a run that cannot start says so before minutes of training.
+        """
         self._check_place()
+        damage = self.damage()
+        if damage:  # neither lcpress's record nor clearly someone else's: touch nothing
+            raise RunDirectoryError(
+                f"{str(self.path)!r} holds a run.json lcpress cannot read ({damage}), so the run there can be neither "
+                f"resumed nor safely replaced; move the folder aside (its model and checkpoint files still load with "
+                f"lcpress.load / lcpress info) or choose another output_dir")
         if self.path.exists() and not self.is_run() and any(self._entries()):
             self._refuse_foreign(force)
         has_checkpoint = self.checkpoint_path.exists()
@@ -96,11 +127,6 @@ class RunDirectory:
                 f"{str(self.path)!r} holds {'a finished' if self.finished() else 'an unfinished'} run; pass {go_on}, "
                 f"force=True to replace it (CLI: --force), or choose another output_dir"
             )
-        if force and self.is_run():
-            for name in RUN_FILES:
-                (self.path / name).unlink(missing_ok=True)
-        self._make()
-        self.write_info({"format": RUN_FORMAT, "status": "running", "config": config})
         return False
 
     def _entries(self) -> Iterator[Path]:

@@ -16,7 +16,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import pickle
+import re
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -168,6 +171,12 @@ def _read_state(path: Path) -> dict[str, Any]:
             raise LcpressError(f"model.weights: {str(path)!r} is not a readable safetensors file: {exc}") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's own text advises loading it unsafely: lcpress never does
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        held = f" (it holds a {found.group(1)})" if found else ""
+        raise LcpressError(f"model.weights: {str(path)!r} is a pickled object{held}, not a state dict of tensors, "
+                           f"and lcpress never unpickles code; save model.state_dict() (torch.save or, better, "
+                           f"safetensors) and give that file") from None
     except Exception as exc:
         raise LcpressError(f"model.weights: cannot read {str(path)!r} as a weights-only state dict: {exc}") from exc
     if not isinstance(state, dict):
@@ -176,7 +185,7 @@ def _read_state(path: Path) -> dict[str, Any]:
 
 
 def build_model(cfg: ModelConfig, train_loader: Any, cache_dir: Path | None, progress: bool = True,
-                base_dir: str | Path | None = None) -> nn.Module:
+                base_dir: str | Path | None = None, seed: int = 0) -> nn.Module:
     """The model to compress, trained (built-ins) or with its weights loaded."""
     weights = Path(base_dir) / cfg.weights if cfg.weights and base_dir and not Path(cfg.weights).is_absolute() \
         else cfg.weights
@@ -191,18 +200,49 @@ def build_model(cfg: ModelConfig, train_loader: Any, cache_dir: Path | None, pro
     if weights:
         load_weights(model, weights)
         return model
-    # keyed by everything that shapes the trained weights, so a changed recipe retrains
-    key = f"dense-{cfg.builtin}-e{cfg.pretrain_epochs}.safetensors"
-    cached = cache_dir / key if cache_dir is not None else None
-    if cached is not None and cached.is_file():
-        load_weights(model, cached)
+    cached = cache_dir / _cache_key(cfg, train_loader, seed) if cache_dir is not None else None
+    if cached is not None and _load_cached(model, cached):
         return model
     torch.manual_seed(0)
     model = digits_cnn()
     train_dense(model, train_loader, epochs=cfg.pretrain_epochs, progress=progress)
     if cached is not None:
-        from safetensors.torch import save_file
-
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(cached))
+        _cache(model, cached)
     return model
+
+
+def _cache_key(cfg: ModelConfig, train_loader: Any, seed: int) -> str:
+    """Keyed by everything that shapes the trained weights (recipe, batch size, data order, lcpress's version),
+    so a changed recipe retrains instead of reading another recipe's model."""
+    from lcpress.version import __version__
+
+    batch = getattr(train_loader, "batch_size", None)
+    return f"dense-{cfg.builtin}-e{cfg.pretrain_epochs}-b{batch}-s{seed}-v{__version__}.safetensors"
+
+
+def _load_cached(model: nn.Module, path: Path) -> bool:
+    """Load a cached built-in model; a damaged file is moved aside with a warning (the model is retrained)."""
+    if not path.is_file():
+        return False
+    try:
+        load_weights(model, path)
+    except LcpressError as exc:
+        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+        path.replace(aside)
+        log.warning("the cached %s model %s could not be read (%s); moved it to %s and training it again",
+                    path.name.split("-")[1], path, exc, aside.name)
+        return False
+    return True
+
+
+def _cache(model: nn.Module, path: Path) -> None:
+    """Write the trained built-in model to the cache atomically (a kill mid-write leaves no half file)."""
+    from safetensors.torch import save
+
+    from lcpress.atomic import write_bytes_atomic
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, save({k: v.contiguous() for k, v in model.state_dict().items()}))
+    except OSError as exc:  # a cache is a convenience: the run goes on without it
+        log.warning("could not cache the trained model in %s (%s); the next run trains it again", path.parent, exc)
