@@ -426,10 +426,20 @@ def test_nan_weights_in_the_input_model_are_named_as_such():
     with torch.no_grad():
         model[2].weight[0, 0] = float("nan")
     config = {"tasks": [{"layers": ["*"], "options": {"rank": 2}}], "schedule": {"steps": 0}}
-    with pytest.raises(LcpressError, match=r"layer '2': its weight holds NaN or infinite values before compression") \
+    with pytest.raises(LcpressError, match=r"parameter '2.weight' holds NaN or infinite values before compression") \
             as error:
         lcpress.compress(model, config, example_input=X, progress=False)
     assert "learning rate" not in str(error.value)
+    model = _net()
+    with torch.no_grad():
+        model[0].bias[0] = float("inf")  # outside the compressed layer: still named before training
+    with pytest.raises(LcpressError, match=r"parameter '0.bias' holds NaN or infinite values"):
+        lcpress.compress(model, {"tasks": [{"layers": ["2"], "options": {"rank": 2}}], "schedule": {"steps": 0}},
+                         example_input=X, progress=False)
+    with torch.device("meta"):
+        unloaded = _net()
+    with pytest.raises(LcpressError, match=r"'0.weight' is on the meta device: the model's weights are not loaded"):
+        lcpress.compress(unloaded, config, example_input=X, progress=False)
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):

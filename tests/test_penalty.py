@@ -59,3 +59,22 @@ def test_no_parameters_is_a_zero_penalty_and_mismatched_shapes_are_refused():
     assert float(QuadraticPenalty([], [], 1.0)()) == 0.0
     with pytest.raises(ValueError, match="target of shape"):
         QuadraticPenalty([nn.Parameter(torch.ones(3))], [torch.ones(4)], 1.0)
+
+
+def test_a_detached_penalty_is_named_instead_of_silently_not_pulling(dense_mlp, digits):
+    import copy
+
+    import lcpress
+
+    def train_fn(model, penalty, step):
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        for x, y in digits[0]:
+            loss = torch.nn.functional.cross_entropy(model(x), y) + penalty().detach()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    config = {"tasks": [{"layers": ["3"], "options": {"rank": 8}}], "schedule": {"steps": 1}}
+    with pytest.raises(lcpress.LcpressError, match=r"called penalty\(\) but no gradient flowed back through it"):
+        lcpress.compress(copy.deepcopy(dense_mlp), config, train_fn, example_input=torch.randn(1, 64),
+                         progress=False)

@@ -162,3 +162,28 @@ def test_cli_resume(tmp_path, monkeypatch):
     a = load_file(str(tmp_path / "full" / "model.safetensors"))
     b = load_file(str(tmp_path / "cut" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resuming_into_a_model_of_other_shapes_names_the_first_difference(tmp_path):
+    import torch.nn as nn
+
+    def mlp(hidden):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(20, hidden), nn.ReLU(), nn.Linear(hidden, 4))
+
+    x = torch.randn(32, 20)
+    steps = []
+
+    def train_fn(model, penalty, step):
+        steps.append(step.index)
+        if len(steps) == 2:
+            raise KeyboardInterrupt
+        loss = model(x).square().mean() + penalty()
+        loss.backward()
+
+    config = {"tasks": [{"layers": ["0"], "options": {"rank": 4}}], "schedule": {"steps": 3, "mu0": 0.1},
+              "output_dir": str(tmp_path / "run")}
+    with pytest.raises(KeyboardInterrupt):
+        lcpress.compress(mlp(64), config, train_fn, example_input=x[:1], progress=False)
+    with pytest.raises(lcpress.LcpressError, match=r"another architecture \('0.bias' is \(64,\) there, \(128,\) here\)"):
+        lcpress.compress(mlp(128), config, train_fn, example_input=x[:1], resume=True, progress=False)

@@ -291,6 +291,11 @@ class LCEngine:
             raise LcpressError("train_fn trained the compressed weights without calling penalty(), so nothing "
                                "pulled them towards their compressed form. Add it to the loss you backpropagate: "
                                "loss = task_loss + penalty()")
+        if trained and calls and params and quadratic.backwards[0] == 0:  # called, but its gradient never arrived
+            raise LcpressError("train_fn called penalty() but no gradient flowed back through it (was it detached, "
+                               "or .item()-ed, or added to a loss that was not backpropagated?), so nothing pulled "
+                               "the weights towards their compressed form. Backpropagate it with the task's loss: "
+                               "(task_loss + penalty()).backward()")
         if calls and not trained and not self._said_untrained:  # once: a stale optimizer, or a learning rate of 0
             self._said_untrained = True
             log.warning("LC step %d: train_fn called penalty() but changed none of the compressed weights; does its "
@@ -743,7 +748,9 @@ class LCEngine:
                 f"the checkpoint compresses layers {meta['task_names']} but this config plans {names}; "
                 f"resume with the config the run started with, or start afresh with --force"
             )
-        self.model.load_state_dict(join_tensors(meta["model"], tensors))
+        state = join_tensors(meta["model"], tensors)
+        _refuse_other_model(state, self.model.state_dict())
+        self.model.load_state_dict(state)
         device = next(self.model.parameters()).device
         self.states = [None if s is None else _state(join_tensors(s, tensors)).to(device) for s in meta["states"]]
         self.multipliers = [None if m is None else join_tensors(m, tensors).to(device) for m in meta["multipliers"]]
@@ -760,6 +767,20 @@ class LCEngine:
     def _set_rng(self, k: int) -> None:
         torch.manual_seed(self.seed + k)
         random.seed(self.seed + k)
+
+
+def _refuse_other_model(saved: dict[str, torch.Tensor], current: dict[str, torch.Tensor]) -> None:
+    """A checkpoint resumes only into the model it was written from: the first difference, named."""
+    def shape(tensor: torch.Tensor | None) -> str:
+        return "absent" if tensor is None else str(tuple(tensor.shape))
+
+    for key in sorted(set(saved) | set(current)):
+        there, here = saved.get(key), current.get(key)
+        if shape(there) != shape(here):
+            raise LcpressError(
+                f"the checkpoint holds a model of another architecture ({key!r} is {shape(there)} there, "
+                f"{shape(here)} here); resume with the model the run started with, or start afresh with "
+                f"force=True (CLI: --force)")
 
 
 def _state(doc: dict[str, Any]) -> State:

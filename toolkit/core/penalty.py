@@ -36,20 +36,25 @@ class QuadraticPenalty:
         self.params = list(params)
         self.targets = [t.detach().to(device=p.device, dtype=p.dtype) for p, t in zip(params, targets)]
         self.mu = float(mu)
+        #: how many times a gradient flowed back through the penalty (0 after an L step that trained the
+        #: weights: the penalty was detached, or added to a loss that was never backpropagated)
+        self.backwards = [0]
 
     def __call__(self) -> torch.Tensor:
         if not self.params:
             return torch.zeros(())
-        return _Quadratic.apply(self.mu, self.targets, *self.params)
+        return _Quadratic.apply(self.mu, self.targets, self.backwards, *self.params)
 
 
 class _Quadratic(torch.autograd.Function):
     """Forward: ``μ/2 Σ‖p − t‖²``; backward: ``μ (p − t)`` per parameter, from the differences kept."""
 
     @staticmethod
-    def forward(ctx: Any, mu: float, targets: list[torch.Tensor], *params: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, mu: float, targets: list[torch.Tensor], backwards: list[int],
+                *params: torch.Tensor) -> torch.Tensor:
         diffs = torch._foreach_sub([p.detach() for p in params], targets)
         ctx.mu = mu
+        ctx.backwards = backwards
         ctx.diffs = diffs  # plain tensors, not saved for backward: no version counters to check, none needed
         norms = torch.stack(torch._foreach_norm(diffs))
         return 0.5 * mu * torch.sum(norms * norms)
@@ -59,4 +64,5 @@ class _Quadratic(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         grads = torch._foreach_mul(ctx.diffs, grad * ctx.mu)
         ctx.diffs = None
-        return (None, None, *(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad[2:])))
+        ctx.backwards[0] += 1
+        return (None, None, None, *(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad[3:])))

@@ -199,9 +199,26 @@ def plan(model: nn.Module, config: LCConfig, example_input: Any, resolved: Resol
     ``nn.Conv2d`` they compute (:func:`pointwise_as_conv`), the same function with the same state dict.
     """
     resolved = resolved or resolve(config)
+    refuse_broken_weights(model)
     pointwise_as_conv(model, config)
     graph = trace(model, example_input)
     return Plan(graph, plan_tasks(model, graph, resolved, example_input), resolved.cost_models, resolved)
+
+
+def refuse_broken_weights(model: nn.Module) -> None:
+    """Weights that are not loaded (``meta``) or not finite, named before anything is traced or trained.
+
+    Every parameter is checked, not only the compressed ones: a NaN bias elsewhere would surface as a NaN
+    training loss, blamed on the learning rate.
+    """
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_meta:
+            raise LcpressError(f"{name!r} is on the meta device: the model's weights are not loaded; load the trained "
+                               f"weights (or call model.to_empty() and load them) before compressing")
+    for name, param in model.named_parameters():
+        if param.is_floating_point() and not bool(torch.isfinite(param.detach()).all()):
+            raise LcpressError(f"parameter {name!r} holds NaN or infinite values before compression — the model (or "
+                               f"the weights file it was loaded from) is broken; compress a model with finite weights")
 
 
 def pointwise_as_conv(model: nn.Module, config: LCConfig) -> None:
@@ -243,12 +260,6 @@ def plan_tasks(model: nn.Module, graph: ModelGraph, resolved: Resolved, example_
             scheme = group.scheme()
             spec = graph.specs.get(unit[0]) if len(unit) == 1 else None
             params = [modules[n].weight for n in unit]
-            for name, param in zip(unit, params):
-                if not bool(torch.isfinite(param.detach()).all()):
-                    raise LcpressError(
-                        f"tasks[{g}]: layer {name!r}: its weight holds NaN or infinite values before compression — "
-                        f"the model (or the weights file it was loaded from) is broken; compress a model with finite "
-                        f"weights")
             view = TaskView("identity" if len(unit) == 1 else "flatten", tuple(tuple(p.shape) for p in params))
             task_name = unit[0] if len(unit) == 1 else f"group{g}"
             tasks.append(Task(task_name, unit, params, view, scheme, cost_model, spec, g, cfg))
