@@ -285,6 +285,12 @@ def test_info_command_prints_the_manifest(tmp_path, capsys):
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
     assert "loads without the model's code: yes" in out and "low_rank" in out and "rank=3" in out
+    (tmp_path / "run").mkdir()
+    assert main(["info", str(tmp_path / "run")]) == 2
+    assert "is a folder without a model.safetensors" in capsys.readouterr().err
+    lcpress.save(model, tmp_path / "run" / "model.safetensors")
+    assert main(["info", str(tmp_path / "run")]) == 0  # a run folder stands for its model file
+    assert "rank=3" in capsys.readouterr().out
 
 
 def test_a_write_that_fails_leaves_the_file_as_it_was(tmp_path):

@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lcpress {__version__}")
     sub = parser.add_subparsers(metavar="COMMAND")
     for command in COMMANDS:
-        p = sub.add_parser(command.NAME, help=command.HELP)
+        p = sub.add_parser(command.NAME, help=command.HELP, description=command.HELP[:1].upper() + command.HELP[1:])
         command.arguments(p)
         p.set_defaults(func=command.run)
     _plugin_commands(sub)

@@ -15,6 +15,7 @@ HELP = "train a CNN on scikit-learn's digits and compress it (no files, no netwo
 
 def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", help="keep the run here (default: a temporary directory)")
+    p.add_argument("--force", action="store_true", help="replace the demo run --output-dir holds")
     p.add_argument("--ratio", type=float, default=0.3, help="FLOPs target as a fraction of dense (default 0.3)")
     p.add_argument("--steps", type=int, default=None, help="LC steps (default 10)")
     add_quiet(p)
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         config["schedule"]["steps"] = args.steps
     if args.output_dir:
         config["output_dir"] = str(Path(args.output_dir).resolve())
-        return run_compression(config, resume=False, force=False, quiet=args.quiet)
+        return run_compression(config, resume=False, force=args.force, quiet=args.quiet)
     with tempfile.TemporaryDirectory(prefix="lcpress-demo-") as tmp:
         config["output_dir"] = str(Path(tmp) / "run")
         code = run_compression(config, resume=False, force=False, quiet=args.quiet, keep_note=False)

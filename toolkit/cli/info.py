@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from lcpress.errors import LcpressError
 
 NAME = "info"
 HELP = "print the manifest of a saved model file"
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file")
+    p.add_argument("file", help="a model file written by lcpress.save / lcpress compress (model.safetensors)")
 
 
 def run(args: argparse.Namespace) -> int:
     from lcpress.io.modelfile import inspect
 
-    report = inspect(args.file)  # the checks lcpress.load makes, on the meta device: nothing allocated, nothing run
+    report = inspect(_model_file(Path(args.file)))  # the checks lcpress.load makes, on the meta device: nothing allocated, nothing run
     manifest = report.manifest
     print(f"lcpress model file, written by lcpress {manifest['lcpress_version']} (torch {manifest['torch_version']})")
     print(f"loads without the model's code: {'yes' if report.rebuildable else f'no ({report.why_not})'}")
@@ -23,6 +26,16 @@ def run(args: argparse.Namespace) -> int:
         state = "realized" if layer.get("realized") else f"dense ({layer.get('reason', '')})"
         print(f"  {layer['name']}: {layer.get('scheme', '')} {form_text(layer.get('form') or {})} — {state}")
     return 0
+
+
+def _model_file(path: Path) -> Path:
+    """A run folder stands for the model file it holds."""
+    if path.is_dir():
+        if (path / "model.safetensors").is_file():
+            return path / "model.safetensors"
+        raise LcpressError(f"{str(path)!r} is a folder without a model.safetensors; give a model file (a run folder "
+                           f"holds one once its run has finished)")
+    return path
 
 
 def form_text(form: dict) -> str:
