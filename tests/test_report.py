@@ -103,8 +103,11 @@ def test_running_run_report_prices_the_checkpoint(dense_mlp, tmp_path, power_cut
     assert table["params_after"].sum() == last["cost_params"]
     assert table["flops_after"].sum() == last["cost_flops"]
     markdown = files.markdown.read_text()
-    assert "Run in progress" in markdown and "LC step 1 of 2 done" in markdown
+    assert "stopped after LC step 1 of 2; no process is running it" in markdown  # the power cut ended its process
     assert "the checkpoint after LC step 1" in markdown and "realized" not in markdown.split("## Per layer")[1].split("\n\n")[2]
+    with lcpress.io.rundir.RunDirectory(run).locked():  # a live process holds the run: it is running
+        markdown = write_report(run, plots=False).markdown.read_text()
+    assert "Run in progress" in markdown and "LC step 1 of 2 done" in markdown
 
 
 def test_a_damaged_checkpoint_is_named_and_the_rest_of_the_report_stands(dense_mlp, tmp_path, power_cut):

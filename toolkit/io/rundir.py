@@ -213,6 +213,11 @@ class RunDirectory:
         if self._made and self.path.is_dir() and not any(self.path.iterdir()):
             self.path.rmdir()  # made for the lock by a run that was refused before writing anything
 
+    def held(self) -> bool:
+        """True while a live process holds ``run.lock`` (a run whose process died or stopped holds none)."""
+        holder = self._holder()
+        return holder is not None and not _gone(holder)
+
     def _holder(self) -> dict[str, Any] | None:
         try:
             holder = json.loads(self.lock_path.read_text())

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from lcpress.io.rundir import RunDirectory
 from lcpress.reporting import plots as draw
 from lcpress.reporting.document import Bullets, Document, Heading, Image, Paragraph, Table
 from lcpress.reporting.runinfo import RunSummary, read_run
@@ -121,6 +122,10 @@ def _status(summary: RunSummary) -> str:
     of = f" of {planned}" if planned is not None else ""
     if summary.finished:
         return f"Finished run in {summary.path}: {max(summary.steps_done, 0)}{of} LC steps."
+    if not RunDirectory(summary.path).held():  # its process ended (an error, Ctrl-C, a kill) before the last step
+        done = f"after LC step {summary.steps_done}{of}" if summary.steps_done >= 0 else "before its first LC step"
+        return (f"Run in {summary.path} stopped {done}; no process is running it. This report shows it as of "
+                f"that step; `lcpress compress CONFIG --resume` continues it.")
     if summary.steps_done < 0:
         return f"Run in {summary.path} has started; no LC step has finished yet."
     return (f"Run in progress in {summary.path}: LC step {summary.steps_done}{of} done. "
