@@ -500,7 +500,7 @@ def test_a_config_file_of_the_wrong_kind_is_one_clear_line(tmp_path, capsys, con
 def test_a_factory_that_raises_is_named(tmp_path, capsys):
     (tmp_path / "raising.py").write_text("def model():\n    raise ValueError('no such checkpoint')\n")
     (tmp_path / "job.yaml").write_text("model: {factory: 'raising:model'}\ndata: {builtin: digits}\n"
-                                       "tasks: [{layers: ['*']}]\n")
+                                       "tasks: [{layers: ['*']}]\noutput_dir: run\n")
     assert main(["compress", str(tmp_path / "job.yaml")]) == 2
     assert "model.factory: 'raising:model' raised ValueError: no such checkpoint" in capsys.readouterr().err
 
