@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+import textwrap
 from pathlib import Path
 from typing import Any
 
 from lcpress.config import LCConfig, config_file
 from lcpress.errors import ConfigError
+
+
+def wrapped(text: str, indent: str) -> str:
+    """``text`` wrapped to the terminal's width (at most 100 columns), every line after ``indent``.
+
+    Option help runs to hundreds of characters; unwrapped, a listing in an 80-column terminal is unreadable.
+    """
+    width = max(40, min(100, shutil.get_terminal_size((100, 24)).columns))
+    return textwrap.fill(text, width=width, initial_indent=indent, subsequent_indent=indent,
+                         break_on_hyphens=False)
 
 
 def add_quiet(parser: argparse.ArgumentParser) -> None:

@@ -20,6 +20,7 @@ def run(args: argparse.Namespace) -> int:
 
 def options_reference(markdown: bool = False) -> str:
     """Every config key with type, default, range and help (docs/config.md embeds the markdown form)."""
+    from lcpress.cli.common import wrapped
     from lcpress.config import sections
 
     lines: list[str] = []
@@ -33,7 +34,7 @@ def options_reference(markdown: bool = False) -> str:
         else:
             lines.append(f"{title}:")
             lines += [f"  {r.name}: {r.type} = {_short(r.default)}" + (f"  ({r.bounds})" if r.bounds else "")
-                      + f"\n      {r.help}" for r in rows]
+                      + "\n" + wrapped(r.help, "      ") for r in rows]
     lines.append("Scheme and cost-model options: `lcpress plugins --options`.")
     return "\n".join(lines)
 

@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from lcpress.cli.common import wrapped
+
 NAME = "plugins"
 HELP = "list every scheme and cost model, with the package it came from"
 
@@ -86,5 +88,6 @@ def run(args: argparse.Namespace) -> int:
             if args.options:
                 for name, tp, default, bounds, help_ in r.get("options", []):
                     allowed = f" ({bounds})" if bounds else ""
-                    print(f"      {name}: {tp} = {default}{allowed}  — {help_}")
+                    print(f"      {name}: {tp} = {default}{allowed}")
+                    print(wrapped(help_, "          "))
     return 0
