@@ -291,6 +291,7 @@ def test_profile_fills_the_table_that_costs_then_reads(stair_job, capsys):
     assert main(["costs", str(stair_job)]) == 0
     table = capsys.readouterr().out
     assert "stair_latency" in table and "0" in table
+    assert "realized" not in table.splitlines()[0]  # a preview realizes nothing
     # `costs` read every candidate back from the table; it measured only the layer no task compresses
     assert StairTimer.calls[profiled:] == [Dense()]
 

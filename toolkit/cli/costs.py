@@ -16,13 +16,17 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lcpress.reporting.tables import format_table
+    from lcpress.reporting.tables import format_table, target_lines
     from lcpress.runs.preview import predict_costs
 
     config, model, example = planned_inputs(args)
     prediction = predict_costs(model, config, example, progress=not args.quiet)
-    print(format_table(prediction.table))
-    for g, choice in sorted(prediction.selection.items()):
+    print(format_table(prediction.table.drop(columns=["realized"], errors="ignore")))  # a preview realizes nothing
+    row = {}
+    for g, choice in prediction.selection.items():  # the wording lcpress compress uses for its targets
         if choice.budget is not None:
-            print(f"tasks[{g}] target: requested {choice.budget:.4g}, achieved {choice.total_cost:.4g}")
+            row.update({f"target{g}_requested": choice.budget, f"target{g}_achieved": choice.total_cost,
+                        f"target{g}_dense": choice.dense_cost})
+    for line in target_lines(config.to_dict(), row):
+        print(line)
     return 0

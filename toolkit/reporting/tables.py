@@ -98,12 +98,13 @@ def format_table(table: pd.DataFrame) -> str:
                or c.startswith("form_")]  # costs, and the form fields (renamed, unless a name was taken)
     sums = totals(table)
     total_row = {c: "" for c in shown.columns}
-    total_row.update({"layer": "TOTAL", "realized": ""})
+    total_row.update({"layer": "TOTAL"})
     total_row.update(sums)
     shown = pd.concat([shown, pd.DataFrame([total_row])], ignore_index=True)
     for col in numbers:
         shown[col] = shown[col].map(format_number)
-    shown["realized"] = shown["realized"].map(lambda v: "yes" if v is True else ("" if v == "" else "no"))
+    if "realized" in shown:  # a preview (lcpress costs) has no realized layers to show
+        shown["realized"] = shown["realized"].map(lambda v: "yes" if v is True else ("" if v in ("", None) else "no"))
     text = shown.to_string(index=False)
     ratios = []
     for col in sums:
