@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Sequence
 
@@ -135,15 +137,16 @@ class ChannelScheme(Scheme):
         self.groups = [g for g, reason in self.skipped if not reason]
         self.skipped = [(g, reason) for g, reason in self.skipped if reason]
         self.untraced = found.reason
-        for g, reason in self.skipped:  # a group the user asked for that the model's structure keeps: warn
-            asked = g.blocked and not g.is_output and all(p in layers for p in g.producers)
-            (log.warning if asked else log.info)("channels: %s stays dense: %s", g.describe(), reason)
+        for g, reason in self.skipped:
+            log.info("channels: %s stays dense: %s", g.describe(), reason)
+        _warn_kept(self.skipped, layers, found.traced and not self.groups)
         modules = {name: m for name, m in model.named_modules()}
         touched = [n for n in modules if any(s.module == n for g in self.groups for s in g.slices)]
         params = [p for n in touched for p in _own_params(modules[n])]
-        self.layers = [n for n in touched if isinstance(modules[n], PRICED)] if self.groups else list(layers)
+        priced = [n for n in layers if isinstance(modules[n], PRICED)]  # a glob may reach tables, norms …
+        self.layers = [n for n in touched if isinstance(modules[n], PRICED)] if self.groups else priced
         if not self.groups:
-            params = [modules[n].weight for n in layers]
+            params = [modules[n].weight for n in priced]
         self.sizes = {n: _channels(modules[n]) for n in self.layers}
         self.depthwise = {n for n in touched if isinstance(modules[n], nn.Conv2d) and modules[n].groups > 1}
         self.offsets, self.length = _offsets(touched, modules)
@@ -251,6 +254,24 @@ def _norms(w: torch.Tensor, index: torch.Tensor, metric: torch.Tensor | None) ->
     if metric is not None:
         squares = squares * metric.to(squares.device)[index]
     return squares.sum(1)
+
+
+def _warn_kept(skipped: list[tuple[ChannelGroup, str]], layers: list[str], nothing_left: bool) -> None:
+    """One warning for the groups of the asked-for layers that the model's structure keeps dense, by reason.
+
+    A transformer's residual stream keeps two groups per block: one line counting them says what a line per
+    group would, without burying the rest (each group is in the info log). The model's own output is not
+    counted: its width is the model's contract.
+    """
+    kept = [reason for g, reason in skipped if g.blocked and not g.is_output and all(p in layers for p in g.producers)]
+    if kept:
+        reasons = Counter(re.sub(r" in [\w.]+$", "", reason) for reason in kept)
+        log.warning("channels: %d channel group(s) of these layers stay dense: %s", len(kept),
+                    "; ".join(f"{n}× {why}" for why, n in reasons.items()))
+    if nothing_left:
+        own = [f"{g.describe()}: {reason}" for g, reason in skipped if any(p in layers for p in g.producers)]
+        log.warning("channels: no channel group of these layers can be pruned, so every layer stays dense%s",
+                    f" ({own[0]})" if own else "")
 
 
 def _own_params(module: nn.Module) -> list[nn.Parameter]:

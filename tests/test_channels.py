@@ -487,4 +487,45 @@ def test_a_glob_warns_of_the_channels_a_grouped_conv_keeps_but_not_of_the_models
     with caplog.at_level(logging.WARNING, logger="lcpress.channels"):
         lcpress.compress(model, config, example_input=torch.randn(1, 3, 16, 16), progress=False)
     said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert said == ["channels: group 0: 32 channels of 0 stays dense: read by the grouped conv 2 (groups=4)"]
+    assert said == ["channels: 1 channel group(s) of these layers stay dense: 1× read by the grouped conv 2 (groups=4)"]
+
+
+class FusedQKV(nn.Module):
+    """GPT-2's attention input: one layer's output cut into q, k, v by a size fixed in the code."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.qkv, self.proj = nn.Linear(16, 32), nn.Linear(32, 96), nn.Linear(32, 8)
+
+    def forward(self, x):
+        q, k, v = self.qkv(torch.relu(self.inp(x))).split(32, dim=-1)
+        return self.proj(q * k + v)
+
+
+def test_channels_cut_by_a_fixed_size_split_are_kept_and_the_rest_pruned(caplog):
+    torch.manual_seed(0)
+    model, x = FusedQKV(), torch.randn(4, 16)
+    config = {"tasks": [{"layers": ["*"], "scheme": "channels", "target": {"ratio": 0.6}}], "schedule": {"steps": 0}}
+    with caplog.at_level(logging.WARNING, logger="lcpress.channels"):
+        result = lcpress.compress(model, config, example_input=x, progress=False)
+    assert "cut into parts of fixed size by split.Tensor" in caplog.text
+    assert model.qkv.out_features == 96 and model.inp.out_features < 32  # q, k, v whole; the hidden layer pruned
+    assert result.max_abs_error < 1e-5 and model(x).shape == (4, 8)
+
+
+def test_channels_over_a_model_it_cannot_trace_leaves_tables_alone(caplog):
+    class Untraceable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.fc = nn.Embedding(20, 8), nn.Linear(8, 4)
+
+        def forward(self, tokens):
+            h = self.emb(tokens)
+            if h.sum() > 0:  # data-dependent control flow: torch.export cannot trace it
+                h = h * 2
+            return self.fc(h)
+
+    config = {"tasks": [{"layers": ["*"], "scheme": "channels", "target": {"ratio": 0.5}}], "schedule": {"steps": 0}}
+    with caplog.at_level(logging.WARNING, logger="lcpress.channels"):
+        result = lcpress.compress(Untraceable(), config, example_input=torch.randint(0, 20, (1, 5)), progress=False)
+    assert "every layer stays dense" in caplog.text and not any(r.realized for r in result.records)

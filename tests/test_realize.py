@@ -331,3 +331,43 @@ def test_planning_a_compressed_model_reaches_its_1x1_stages_as_convolutions(capl
     assert isinstance(model[0][1], lcpress.nn.PointwiseConv2d)  # a preview plans a copy: the model is left be
     with torch.no_grad():
         torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+
+
+def test_a_layer_whose_realized_module_the_forward_cannot_run_with_stays_dense_and_the_rest_is_realized(caplog):
+    class ReadsWeight(nn.Module):
+        """A forward that reads a layer's weight itself, as a ViT patch embedding reads its dtype."""
+
+        def __init__(self):
+            super().__init__()
+            self.patch, self.head = nn.Linear(16, 16), nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.patch(x.to(self.patch.weight.dtype))))
+
+    torch.manual_seed(0)
+    model, x = ReadsWeight(), torch.randn(2, 16)
+    config = {"tasks": [{"layers": ["patch", "head"], "options": {"rank": 2, "rank_multiple": 1}, "cost": "params"}],
+              "schedule": {"steps": 0}}
+    with caplog.at_level("WARNING", logger="lcpress.realize"):
+        result = lcpress.compress(model, config, example_input=x, progress=False)
+    assert "does not run with patch realized (AttributeError" in caplog.text
+    realized = {r.name: r.realized for r in result.records}
+    assert realized == {"patch": False, "head": True} and isinstance(model.patch, nn.Linear)
+    assert result.max_abs_error < 1e-5  # the model runs, and computes Δ(θ)
+
+
+def test_a_tokenizer_style_mapping_is_passed_as_keyword_arguments():
+    from collections import UserDict
+
+    class Keywords(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, input_ids=None, attention_mask=None):
+            return self.fc(input_ids * attention_mask)
+
+    batch = UserDict({"input_ids": torch.randn(1, 8), "attention_mask": torch.ones(1, 8)})  # BatchEncoding's base
+    result = lcpress.compress(Keywords(), {"tasks": [{"layers": ["fc"], "options": {"rank": 2}}],
+                                           "schedule": {"steps": 0}}, example_input=batch, progress=False)
+    assert result.records[0].realized

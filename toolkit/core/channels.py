@@ -47,8 +47,11 @@ MOVEMENT = {
     aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.flatten.using_ints,
     aten.unflatten.int, aten.transpose.int, aten.permute.default, aten.t.default, aten.unsqueeze.default,
     aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default, aten.expand.default, aten.slice.Tensor,
-    aten.select.int, aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default, aten.unbind.int,
+    aten.select.int, aten.unbind.int,
 }
+#: ops that cut a tensor into parts of sizes fixed in the model's code (GPT-2's fused q/k/v ``split(split_size)``):
+#: channels removed before them would shift every part, so the channels they cut are kept
+FIXED_SIZE_SPLITS = {aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default}
 #: ops whose output holds the input's values in place (copies, casts, dropout): the labels are the input's
 SAME = {
     aten.contiguous.default, aten.clone.default, aten.alias.default, aten.detach.default, aten.dropout.default,
@@ -282,6 +285,9 @@ class _Analysis:
             return None
         if target in BATCH_NORMS:
             return self._batch_norm(node)
+        if target in FIXED_SIZE_SPLITS:
+            self._block_inputs(node, f"cut into parts of fixed size by {self._where(node)}")
+            return None
         if target in MOVEMENT:
             return node.target(*(self._label_arg(a) for a in node.args), **node.kwargs)
         if target in SAME or target in UNARY:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import networkx as nx
 import torch
@@ -125,7 +125,7 @@ def _traced_call(model: nn.Module, example_input: Any) -> None:
     try:
         call_model(model, example_input)
     except TypeError as exc:
-        if not isinstance(example_input, dict):
+        if not isinstance(example_input, Mapping):
             raise
         raise LcpressError(
             f"the model refused the example input ({type(exc).__name__}: {exc}). A dict is passed as keyword "

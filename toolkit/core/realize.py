@@ -245,3 +245,60 @@ def verify(realized: nn.Module, expected: torch.Tensor, example_input: Any) -> f
     actual = eval_output(realized, example_input)
     return float((actual - expected).abs().max()) if actual.numel() else 0.0
 
+
+
+def realize_runnable(
+    model: nn.Module, tasks: Sequence[Task], states: Sequence[State], example_input: Any,
+    aliases: dict[str, list[str]] | None = None, specs: Mapping[str, LayerSpec] | None = None,
+    cost_models: Mapping[str, CostModel] | None = None,
+) -> list[RealizedLayer]:
+    """:func:`realize`, then run the model once; a task whose realized modules the model's forward cannot run
+    with is put back, dense and holding Δ(θ), with a warning — never a broken model.
+
+    Some forwards read a layer's ``.weight`` themselves (a ViT patch embedding checks its dtype) or cut a
+    layer's output into parts of sizes fixed in their code; realized modules cannot stand in there. Only
+    when the first run fails are the tasks realized one at a time, each run once, to find which.
+    """
+    before = dict(model.named_modules(remove_duplicate=False))
+    records = realize(model, tasks, states, aliases, specs, cost_models)
+    problem = _run_problem(model, example_input)
+    if problem is None:
+        return records
+    _put_back(model, before)
+    records = []
+    for task, state in zip(tasks, states):
+        current = dict(model.named_modules(remove_duplicate=False))
+        found = realize(model, [task], [state], aliases, specs, cost_models)
+        problem = _run_problem(model, example_input) if any(r.realized for r in found) else None
+        if problem is not None:
+            _put_back(model, current)
+            names = [r.name for r in found if r.realized]
+            log.warning("the model's forward does not run with %s realized (%s), so %s dense, holding Δ(θ); its "
+                        "compression is not in the saved model", listed(names), problem,
+                        "it stays" if len(names) == 1 else "they stay")
+            for record in found:
+                if record.realized:
+                    record.realized = False
+                    record.reason = f"the forward does not run with it realized ({problem}): kept dense, holding Δ(θ)"
+        records += found
+    return records
+
+
+def _run_problem(model: nn.Module, example_input: Any) -> str | None:
+    """What the model raises on the example input, as one line; None when it runs."""
+    try:
+        eval_output(model, example_input)
+    except Exception as exc:  # the user's forward, with modules it was not written for: any error
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None
+
+
+def _put_back(model: nn.Module, modules: dict[str, nn.Module]) -> None:
+    """Restore the module tree ``modules`` recorded (``named_modules``, parents first), whatever replaced what."""
+    for name, module in modules.items():
+        if not name:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = modules[parent_name]
+        if parent._modules.get(child) is not module:
+            parent._modules[child] = module

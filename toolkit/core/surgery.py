@@ -11,7 +11,7 @@ shared layer stays shared (PEFT's ``_replace_module``, torchao's
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -58,7 +58,7 @@ def replace_module(root: nn.Module, name: str, new: nn.Module, aliases: Sequence
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
     """``model(inputs)``: a dict is passed as keyword arguments (Hugging Face style), a tuple or list as positional ones."""
-    if isinstance(inputs, dict):
+    if isinstance(inputs, Mapping):  # a dict, or a tokenizer's BatchEncoding (a UserDict)
         return model(**inputs)
     if isinstance(inputs, (tuple, list)):
         return model(*inputs)
@@ -69,7 +69,7 @@ def first_tensor(out: Any) -> torch.Tensor:
     """The main tensor of a model's output (a tensor, the first of a tuple or dict, ``last_hidden_state``)."""
     if isinstance(out, torch.Tensor):
         return out
-    if isinstance(out, dict):
+    if isinstance(out, Mapping):
         return first_tensor(next(iter(out.values())))
     if isinstance(out, (tuple, list)):
         return first_tensor(out[0])

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import pandas as pd
 import torch
@@ -27,7 +27,7 @@ from lcpress.config import LCConfig, TrainConfig
 from lcpress.core.engine import CalibrateFn, EvalFn, LCEngine, LStep, TrainFn, evaluated
 from lcpress.core.graph import ModelGraph
 from lcpress.core.plan import Plan, Task, load_config, plan, refuse_broken_weights
-from lcpress.core.realize import RealizedLayer, eval_output, load_compressed, realize, verify
+from lcpress.core.realize import RealizedLayer, eval_output, load_compressed, realize_runnable, verify
 from lcpress.core.scheme import State
 from lcpress.core.surgery import call_model, uncompiled
 from lcpress.errors import ConfigError, LcpressError, RunDirectoryError
@@ -474,7 +474,7 @@ def _finish(model, engine: LCEngine, graph, cost_models, config, example_input, 
     if normalize is not None:
         normalize(model)  # … with BatchNorm statistics of its own, saved with it …
     expected = eval_output(model, example_input)  # … and its output is what the realized model must match
-    records = realize(model, engine.tasks, states, graph.aliases, graph.specs, cost_models)
+    records = realize_runnable(model, engine.tasks, states, example_input, graph.aliases, graph.specs, cost_models)
     max_err = verify(model, expected, example_input)  # before fine-tuning moves the realized weights
     tuned_metric = _fine_tune(model, finetune_fn, eval_fn, config, normalize, engine.progress)
     model.lcpress_layers = _layer_records(model, records)
@@ -620,7 +620,7 @@ def example_batch(example_input: Any, loaders: tuple[Any, Any] | None, device: t
         example_input = batch[0] if isinstance(batch, (tuple, list)) else batch
         if isinstance(example_input, torch.Tensor):
             example_input = example_input[:1]  # costs are per sample unless an example batch is given
-        elif isinstance(example_input, dict):  # tokenized text: one sample of every tensor
+        elif isinstance(example_input, Mapping):  # tokenized text: one sample of every tensor
             example_input = {k: v[:1] if isinstance(v, torch.Tensor) else v for k, v in example_input.items()}
     return to_device(example_input, device)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,7 @@ def to_device(batch: Any, device: torch.device | str) -> Any:
     """Move a tensor, or the tensors of a dict/tuple/list, to ``device``."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device)
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):  # a dict, or a tokenizer's BatchEncoding (a UserDict)
         return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (tuple, list)):
         return type(batch)(to_device(v, device) for v in batch)
