@@ -318,3 +318,11 @@ def test_a_file_saved_by_lcpress_0_1_still_loads_and_computes_the_same():
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(io["input"]), io["output"])
     assert [layer["realized"] for layer in model.lcpress_layers] == [True, False, True, True]
+
+
+def test_a_safetensors_file_lcpress_did_not_write_says_how_to_load_it(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file(nn.Linear(3, 4).state_dict(), str(tmp_path / "plain.safetensors"))
+    with pytest.raises(CheckpointError, match=r"a safetensors file lcpress did not write .*model.load_state_dict"):
+        lcpress.load(tmp_path / "plain.safetensors")

@@ -161,3 +161,21 @@ def test_quantized_form_storage():
 def test_bad_options_name_the_key(options, message):
     with pytest.raises(lcpress.ConfigError, match=message):
         lcpress.load_config({"tasks": [{"layers": ["*"], "scheme": "quantize", "options": options}]})
+
+
+def test_a_compiled_quantized_model_compiles_once_not_once_per_layer():
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    blocks = [nn.Sequential(nn.Linear(16, 16), nn.ReLU()) for _ in range(10)]  # more layers than dynamo's limit
+    model = nn.Sequential(*blocks, nn.Linear(16, 4))
+    x = torch.randn(2, 16)
+    lcpress.compress(model, {"tasks": [{"layers": ["*"], "scheme": "quantize", "options": {"k": 4}}],
+                             "schedule": {"steps": 0}}, example_input=x, progress=False)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, backend="eager")
+    with torch.no_grad():
+        for _ in range(2):
+            torch.testing.assert_close(compiled(x), model(x))
+    assert counters["stats"]["unique_graphs"] == 1

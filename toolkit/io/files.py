@@ -65,6 +65,11 @@ def read_file(path: str | Path, what: str = "file") -> tuple[dict[str, torch.Ten
         tensors = st_load(raw)
         header_len = int.from_bytes(raw[:8], "little")
         header = json.loads(raw[8 : 8 + header_len])
+        if isinstance(header, dict) and META_KEY not in (header.get("__metadata__") or {}):
+            raise CheckpointError(
+                f"{what} {str(path)!r} is a safetensors file lcpress did not write (it holds no lcpress manifest). A "
+                f"plain state dict (save_pretrained, safetensors.torch.save_file) loads with "
+                f"model.load_state_dict(safetensors.torch.load_file(path)), or as model.weights in a config")
         meta = json.loads(header["__metadata__"][META_KEY])
         if not isinstance(meta, dict):
             raise ValueError(f"its lcpress metadata is a {type(meta).__name__}, not a mapping")

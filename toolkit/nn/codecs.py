@@ -171,6 +171,12 @@ def sparse_index_bits(numel: int, nonzeros: int) -> int:
     return min(numel, nonzeros * bits_for(numel))
 
 
+
+def _compiling() -> bool:
+    """Whether torch.compile is tracing this call (torch ≥ 2.3 says so; earlier ones never trace through here)."""
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling()) if is_compiling is not None else False
+
 class DecodedLayer(nn.Module):
     """Base of the layers stored as codecs: the codecs, a bias, and the cached sum of the decoded weights.
 
@@ -190,8 +196,10 @@ class DecodedLayer(nn.Module):
 
         Under ``torch.jit.trace`` it is decoded at every call, so every traced invocation records the same
         graph (the decode from the stored payloads, which the traced module keeps as small as this one).
+        Under ``torch.compile`` too: the cache's key (buffer ids and versions) would be a guard per layer, and
+        dynamo would recompile for every layer until its recompile limit.
         """
-        if torch.jit.is_tracing():
+        if torch.jit.is_tracing() or _compiling():
             return self._decoded()
         key = tuple(b._version for c in self.codecs for b in c.buffers()) + tuple(
             id(b) for c in self.codecs for b in c.buffers())
