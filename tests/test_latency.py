@@ -108,11 +108,12 @@ def test_a_table_with_a_foreign_fingerprint_inside_is_ignored(cache, caplog):
     assert fresh.measurements == 1 and "another device" in caplog.text
 
 
-def test_a_corrupted_table_is_set_aside_and_rebuilt(cache, caplog):
+@pytest.mark.parametrize("damage", ['{"format": "lcpress-cost-table", "entries": {broken', "[]", "null"])
+def test_a_corrupted_table_is_set_aside_and_rebuilt(cache, caplog, damage):
     model = StairTimer()
     model.cost(SPEC, LowRank(8))
     path = model.table.path
-    path.write_text('{"format": "lcpress-cost-table", "entries": {broken')
+    path.write_text(damage)
     fresh = StairTimer()
     with caplog.at_level(logging.WARNING):
         assert fresh.cost(SPEC, LowRank(8)) == 1.0

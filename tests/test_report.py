@@ -250,3 +250,15 @@ def test_lcpress_quiet_reads_zero_and_false_as_off(monkeypatch, value, quiet):
 
     monkeypatch.setenv("LCPRESS_QUIET", value)
     assert quiet_env() is quiet
+
+
+def test_the_report_names_fine_tuning_and_the_runs_warnings(dense_mlp, tmp_path):
+    run = tmp_path / "tuned"
+    config = dict(CONFIG, output_dir=str(run), schedule={"mu0": 1e-5, "factor": 1.0, "steps": 1},
+                  finetune={"steps": 1})  # a μ that never grows: the run ends far from Δ(θ) and says so
+    result = lcpress.compress(copy.deepcopy(dense_mlp), config, loaders=digits_loaders(64, 0), progress=False)
+    assert any("did not converge" in w for w in result.warnings)
+    markdown = write_report(run, plots=False).markdown.read_text()
+    assert "finetune: 1 passes over the training data of the realized model" in markdown
+    assert "after 1 fine-tuning passes of the realized model (LC's last step:" in markdown
+    assert "## Warnings" in markdown and "LC did not converge" in markdown.split("## Warnings")[1]

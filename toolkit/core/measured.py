@@ -171,7 +171,7 @@ class CostTable:
             return
         try:
             doc = json.loads(self.path.read_text())
-            if doc.get("format") != TABLE_FORMAT or not isinstance(doc.get("entries"), dict):
+            if not isinstance(doc, dict) or doc.get("format") != TABLE_FORMAT or not isinstance(doc.get("entries"), dict):
                 raise ValueError("not an lcpress cost table")
             entries = {str(k): float(v) for k, v in doc["entries"].items()}
             if not all(math.isfinite(v) and v >= 0 for v in entries.values()):

@@ -71,6 +71,10 @@ def run_document(summary: RunSummary, *, plots: bool = True) -> Document:
     metric = _metric_line(summary)
     if metric:
         doc.add(Paragraph(metric))
+    if _listed(summary.info, "measured"):
+        doc.add(Bullets(_listed(summary.info, "measured")))  # the whole model timed: the sums above are per layer
+    if _listed(summary.info, "warnings"):
+        doc.add(Heading("Warnings"), Bullets(_listed(summary.info, "warnings")))
     if summary.layers is not None:
         doc.add(Heading("Per layer"), Paragraph(f"From {summary.layers_source}."))
         shown = display_columns(summary.layers)
@@ -150,6 +154,10 @@ def _config_lines(config: Mapping[str, Any]) -> list[str]:
         lines.append(f"schedule: {schedule.get('steps')} LC steps, μ0 {schedule.get('mu0')}, growth "
                      f"{schedule.get('factor')} per step"
                      + (", augmented Lagrangian" if schedule.get("augmented_lagrangian") else ""))
+    finetune = config.get("finetune") or {}
+    if finetune.get("steps"):
+        lines.append(f"finetune: {finetune['steps']} passes over the training data of the realized model, no penalty"
+                     + (f", from lr {finetune['lr']}" if finetune.get("lr") is not None else ""))
     return lines
 
 
@@ -172,6 +180,12 @@ def _totals_frame(summary: RunSummary) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["cost model", "dense", "compressed", "compressed / dense"])
 
 
+def _listed(info: Mapping[str, Any], key: str) -> list[str]:
+    """``info[key]`` as a list of lines (run.json of an older run has none)."""
+    value = info.get(key)
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
 def _metric_line(summary: RunSummary) -> str:
     dense = summary.info.get("dense_metric")
     latest = summary.info.get("metric") if summary.finished else None
@@ -179,8 +193,12 @@ def _metric_line(summary: RunSummary) -> str:
         values = summary.history["metric"].dropna()
         latest = float(values.iloc[-1]) if len(values) else None
     parts = []
+    before_tuning = summary.info.get("metric_before_fine_tuning") if summary.finished else None
+    tuned = (f", after {summary.info.get('fine_tune_passes')} fine-tuning passes of the realized model (LC's "
+             f"last step: {before_tuning:.4f}, as in the history)" if before_tuning is not None else "")
     if dense is not None and latest is not None:
-        parts.append(f"{summary.metric_name}: dense {dense:.4f} → compressed {latest:.4f} ({latest - dense:+.4f}).")
+        parts.append(f"{summary.metric_name}: dense {dense:.4f} → compressed {latest:.4f} ({latest - dense:+.4f})"
+                     f"{tuned}.")
     elif latest is not None:
         parts.append(f"{summary.metric_name} of the compressed weights: {latest:.4f}.")
     if summary.finished and summary.info.get("max_abs_error") is not None:

@@ -319,6 +319,8 @@ def _run(setup: _Setup, run_dir: RunDirectory | None, resuming: bool) -> Compres
                      setup.finetune_fn, eval_fn, setup.normalize)
     if dense_copy is not None:
         result.measured = measured_latency(setup.timed, dense_copy, model, example_input)
+        if run_dir is not None:  # the report shows the whole model as measured, beside the per-layer prices
+            run_dir.update_info(measured=result.measured)
     return result
 
 
@@ -500,7 +502,7 @@ def _finish(model, engine: LCEngine, graph, cost_models, config, example_input, 
             table.to_csv(run_dir.file("layers.csv"), index=False)
             result.save(run_dir.file("model.safetensors"), overwrite=True)
             run_dir.mark_finished(dense_metric=dense_metric, metric=result.metric, max_abs_error=max_err,
-                                  totals=result.totals, **tuned,
+                                  totals=result.totals, warnings=result.warnings, **tuned,
                                   **({"sensitivity": result.sensitivity} if result.sensitivity else {}))
 
         distributed.on_main(write)  # every rank returns once rank 0 has written the run directory
