@@ -76,6 +76,10 @@ def test_sweep_runs_every_target_and_the_baseline(dense_mlp, tmp_path, monkeypat
     monkeypatch.setattr("lcpress.runs.sweep.compress", no_run)
     again = sweep(dense_mlp, config, [0.3, 0.6], loaders=loaders, baseline=True, progress=False, reports=False)
     pd.testing.assert_frame_equal(again.points, points)
+    # … also when the config's own sweep section changed (a target added there): its points are not the runs
+    changed = dict(config, sweep={"targets": [0.3, 0.6, 0.9], "baseline": True})
+    again = sweep(dense_mlp, changed, [0.3, 0.6], loaders=loaders, baseline=True, progress=False, reports=False)
+    pd.testing.assert_frame_equal(again.points, points)
 
 
 def test_a_notebook_sweeps_with_the_functions_it_compresses_with(dense_mlp, tmp_path):

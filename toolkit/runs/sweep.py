@@ -174,6 +174,7 @@ def with_target(config: LCConfig, ratio: float, output_dir: Path) -> LCConfig:
         if task.get("target") is not None:
             task["target"] = {"cost": task["target"]["cost"], "ratio": ratio, "value": None}
     data["output_dir"] = str(output_dir)
+    data.pop("sweep", None)  # one point is one compression: the sweep's own settings do not shape it
     return LCConfig.from_dict(data)
 
 
@@ -190,13 +191,22 @@ def _existing(run_dir: Path, config: LCConfig, force: bool, done_key: str = "") 
     info = directory.info()
     if force or not info:
         return "fresh"
-    same = json.loads(json.dumps(info.get("config"), default=str)) == json.loads(json.dumps(config.to_dict(), default=str))
+    same = _point_config(info.get("config")) == _point_config(config.to_dict())
     if not same:
         raise RunDirectoryError(f"{str(run_dir)!r} holds a run of another config; use --force to redo the sweep's "
                                 f"runs, or choose another output_dir")
     if directory.finished() and (not done_key or info.get(done_key)):
         return "reuse"
     return "resume" if directory.checkpoint_path.exists() and not done_key else "fresh"
+
+
+def _point_config(config: Any) -> Any:
+    """A point's config as compared for reuse: JSON values, without the sweep's own section (adding a target or
+    the baseline to a sweep changes that section, not the runs already done)."""
+    plain = json.loads(json.dumps(config, default=str))
+    if isinstance(plain, dict):
+        plain.pop("sweep", None)
+    return plain
 
 
 def _lc_run(model, config, target, run_dir, inputs: _Inputs, force, progress, reports) -> dict[str, Any]:
