@@ -371,3 +371,13 @@ def test_a_tokenizer_style_mapping_is_passed_as_keyword_arguments():
     result = lcpress.compress(Keywords(), {"tasks": [{"layers": ["fc"], "options": {"rank": 2}}],
                                            "schedule": {"steps": 0}}, example_input=batch, progress=False)
     assert result.records[0].realized
+
+
+def test_a_preview_given_training_batches_picks_the_forms_the_run_picks_at_its_first_step(dense_mlp, digits):
+    import copy
+
+    config = {"tasks": [{"layers": ["1", "3"], "alpha": 2e-5, "options": {"rank_multiple": 1}}],
+              "schedule": {"steps": 1}, "train": {"epochs": 1}}  # α's trade-off depends on the μ0 the run measures
+    preview = lcpress.predict_costs(copy.deepcopy(dense_mlp), config, torch.randn(1, 64), calibration=digits[0])
+    result = lcpress.compress(copy.deepcopy(dense_mlp), config, loaders=digits, progress=False)
+    assert preview.table["flops_after"].sum() == result.history["cost_flops"].iloc[0]

@@ -57,12 +57,12 @@ def inputs(data: dict[str, Any], quiet: bool) -> tuple[LCConfig, Any, tuple[Any,
     return config, model, (train_loader, eval_loader)
 
 
-def planned_inputs(args: argparse.Namespace) -> tuple[LCConfig, Any, Any]:
-    """Config, model and the example input to trace, for commands that plan a run without training."""
+def planned_inputs(args: argparse.Namespace) -> tuple[LCConfig, Any, Any, Any]:
+    """Config, model, the example input to trace and the training batches, for commands that plan a run."""
     from lcpress.runs.compress import example_batch
 
     config, model, loaders = inputs(read_config_file(args.config), args.quiet)
-    return config, model, example_batch(None, loaders, next(model.parameters()).device)
+    return config, model, example_batch(None, loaders, next(model.parameters()).device), loaders[0]
 
 
 def run_compression(data: dict[str, Any], *, resume: bool, force: bool, quiet: bool, keep_note: bool = True,

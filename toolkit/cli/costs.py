@@ -19,8 +19,8 @@ def run(args: argparse.Namespace) -> int:
     from lcpress.reporting.tables import format_table, target_lines
     from lcpress.runs.preview import predict_costs
 
-    config, model, example = planned_inputs(args)
-    prediction = predict_costs(model, config, example, progress=not args.quiet)
+    config, model, example, train = planned_inputs(args)
+    prediction = predict_costs(model, config, example, calibration=train, progress=not args.quiet)
     print(format_table(prediction.table.drop(columns=["realized"], errors="ignore")))  # a preview realizes nothing
     row = {}
     for g, choice in prediction.selection.items():  # the wording lcpress compress uses for its targets

@@ -18,6 +18,6 @@ def arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from lcpress.runs.preview import profile_costs
 
-    config, model, example = planned_inputs(args)
+    config, model, example, _ = planned_inputs(args)
     print(profile_costs(model, config, example, progress=not args.quiet).summary())
     return 0
