@@ -23,6 +23,7 @@ single-process path is unchanged.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 from typing import Any, Callable, Iterator, TypeVar
@@ -67,6 +68,13 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
+#: How long a rank waits for the others in one collective. Ranks other than 0 wait while rank 0 runs a C step,
+#: which can take many minutes when a latency model measures its candidates for the first time (or measured
+#: sensitivity evaluates them); torch's default (30 minutes, 10 under NCCL) would end such a run. A rank that
+#: fails says so to the others at once, so a long wait does not hide failures.
+WAIT = datetime.timedelta(hours=6)
+
+
 def init_from_env(device: str = "cpu") -> bool:
     """Join the process group torchrun describes in the environment; True if this call created it.
 
@@ -82,7 +90,7 @@ def init_from_env(device: str = "cpu") -> bool:
         if not torch.cuda.is_available():
             raise ConfigError("device: 'cuda' was asked for but torch sees no CUDA device; use device: cpu")
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=WAIT)
     return True
 
 
