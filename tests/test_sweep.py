@@ -147,3 +147,12 @@ def test_the_baseline_trains_at_finetune_lr_where_one_is_set(dense_mlp, tmp_path
         cfg = baseline_config(dense_mlp, config, 0.5, torch.zeros(1, 64), tmp_path)
         assert cfg.schedule.steps == 0 and cfg.finetune.steps == 2  # one LC step + one fine-tuning pass
         assert finetune_train(cfg).lr == pytest.approx(lr)
+
+
+def test_sweep_under_torchrun_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    from lcpress.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["sweep", str(tmp_path / "any.yaml"), "--targets", "0.5"]) == 2
+    assert "lcpress sweep runs in one process: start it without torchrun" in capsys.readouterr().err

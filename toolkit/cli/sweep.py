@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lcpress.cli.common import add_quiet, inputs, read_config_file
+from lcpress.errors import LcpressError
 
 NAME = "sweep"
 HELP = "one compression per target ratio, and the accuracy–cost curve"
@@ -32,8 +33,12 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lcpress.runs.distributed import launched
     from lcpress.runs.sweep import sweep
 
+    if launched():  # every rank would run the whole sweep, and the ranks would meet at each point's run lock
+        raise LcpressError("lcpress sweep runs in one process: start it without torchrun (a single point runs on "
+                           "several ranks with `torchrun … -m lcpress compress`, its ratio set in the config)")
     data = read_config_file(args.config, args.output_dir)
     config, model, loaders = inputs(data, args.quiet)
     result = sweep(model, config, args.targets, loaders=loaders, baseline=args.baseline, force=args.force,
