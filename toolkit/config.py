@@ -195,7 +195,7 @@ class LCConfig(Options):
         16, help="batches of training data run forward before the direct compression to collect layer inputs, for "
                  "schemes that measure error on layer outputs (low_rank error: output)", ge=1)
     output_dir: str | None = option(None, help="run directory for checkpoints, history, report and model (relative to "
-                                               "base_dir)")
+                                               "base_dir); lcpress compress on the CLI needs one (or --output-dir)")
     base_dir: str | None = option(None, help="folder that relative paths (output_dir, model.weights) and "
                                              "'module:function' factories resolve against; default: the config file's "
                                              "folder, or the current directory for a config given as a mapping")

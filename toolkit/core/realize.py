@@ -246,7 +246,6 @@ def verify(realized: nn.Module, expected: torch.Tensor, example_input: Any) -> f
     return float((actual - expected).abs().max()) if actual.numel() else 0.0
 
 
-
 def realize_runnable(
     model: nn.Module, tasks: Sequence[Task], states: Sequence[State], example_input: Any,
     aliases: dict[str, list[str]] | None = None, specs: Mapping[str, LayerSpec] | None = None,
