@@ -190,8 +190,8 @@ def compress(
     train_fn = distributed.data_parallel(train_fn, model)
     data = calibration if calibration is not None else (loaders[0] if loaders is not None else None)
     normalize = _batchnorm_hook(model, config, data, device)
-    probe = _gradient_probe(config, data, device)
-    calibrate = _calibrate_fn(data, config, device)
+    probe = gradient_probe(config, data, device)
+    calibrate = calibrate_fn(data, config, device)
 
     planned = plan(model, config, example_input)
     _refuse_untrainable(model, planned.tasks, config)
@@ -338,7 +338,7 @@ def _holding(run_dir: RunDirectory | None) -> Iterator[None]:
             run_dir.release()
 
 
-def _calibrate_fn(data: Any, config: LCConfig, device: torch.device) -> CalibrateFn | None:
+def calibrate_fn(data: Any, config: LCConfig, device: torch.device) -> CalibrateFn | None:
     """Forward passes over the first ``calibration_batches`` training batches, in a fixed order."""
     if data is None:
         return None
@@ -428,7 +428,7 @@ def _batchnorm_hook(model: nn.Module, config: LCConfig, data: Any, device: torch
     return lambda m: recalibrate(m, data, config.batchnorm.batches, device)
 
 
-def _gradient_probe(config: LCConfig, data: Any, device: torch.device):
+def gradient_probe(config: LCConfig, data: Any, device: torch.device):
     """‖∇ training loss‖ for ``mu0: auto``, or None (a number was given, or there are no batches to measure on)."""
     if config.schedule.mu0 != "auto" or config.schedule.steps == 0:
         return None

@@ -110,14 +110,14 @@ def predict_costs(model: nn.Module, config: LCConfig | dict[str, Any] | str, exa
     ``calibration`` (training batches) lets the preview measure μ0 as the run will (``mu0: auto``, which sets
     the trade-off of an ``alpha`` selection) and collect the layers' inputs for ``error: output``.
     """
-    from lcpress.runs.compress import _calibrate_fn, _gradient_probe
+    from lcpress.runs.compress import calibrate_fn, gradient_probe
 
     config = load_config(config)
     engine = _engine(model, config, example_input, progress)
     if calibration is not None:
         device = next(model.parameters()).device
-        engine.gradient_norm = _gradient_probe(config, calibration, device)
-        engine.calibrate = _calibrate_fn(calibration, config, device)
+        engine.gradient_norm = gradient_probe(config, calibration, device)
+        engine.calibrate = calibrate_fn(calibration, config, device)
     engine.direct_compression()  # the run's own step 0: at dc_mu, or μ0 (a provisional one under mu0: auto)
     schemes = {name: t.scheme.name for t in engine.tasks for name in t.layers}
     table = layer_table(engine.graph, engine.forms(), engine.cost_models, schemes)
