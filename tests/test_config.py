@@ -207,3 +207,20 @@ def test_yaml_merge_keys_share_settings_and_a_duplicate_key_still_names_its_line
     with pytest.raises(ConfigError, match=r"c.yaml: not valid YAML: key 'seed' appears twice .*\n  at line 2") as error:
         read_yaml(path)
     assert "<unicode string>" not in str(error.value)
+
+
+def test_a_layer_that_is_no_compressible_kind_says_whether_it_holds_any(capsys):
+    model = nn.Sequential(nn.Sequential(nn.Linear(4, 4)), nn.LayerNorm(4))
+    for layer, said in [("0", r"'0' is a Sequential; .*name the layers inside it, e.g. '0.\*'"),
+                        ("1", r"'1' is a LayerNorm; .*layers, and it holds none")]:
+        with pytest.raises(ConfigError, match=said):
+            lcpress.compress(model, {"tasks": [{"layers": [layer], "options": {"rank": 2}}], "schedule": {"steps": 0}},
+                             example_input=torch.randn(1, 4))
+
+
+def test_resume_and_force_together_are_refused(tmp_path):
+    config = {"tasks": [{"layers": ["0"], "options": {"rank": 2}}], "schedule": {"steps": 0},
+              "output_dir": str(tmp_path / "run")}
+    with pytest.raises(ConfigError, match="pass one of them"):
+        lcpress.compress(nn.Sequential(nn.Linear(4, 4)), config, example_input=torch.randn(1, 4), resume=True,
+                         force=True)

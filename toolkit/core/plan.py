@@ -428,9 +428,11 @@ def _match(cfg: TaskConfig, modules: dict[str, nn.Module], graph: ModelGraph, g:
                 continue
             module = modules[name]
             if not isinstance(module, COMPRESSIBLE):
+                inside = any(isinstance(m, COMPRESSIBLE) for m in module.modules())
                 raise ConfigError(
                     f"tasks[{g}].layers[{i}]: {name!r} is a {type(module).__name__}; lcpress compresses "
-                    f"{COMPRESSIBLE_TEXT} layers (name the layers inside it, e.g. '{name}.*')"
+                    f"{COMPRESSIBLE_TEXT} layers"
+                    + (f" (name the layers inside it, e.g. '{name}.*')" if inside else ", and it holds none")
                 )
             if name not in graph.specs:
                 if explicit:

@@ -202,6 +202,9 @@ def compress(
         raise ConfigError("output_dir: resuming needs the run directory of the run to continue")
     if extend and not resume:
         raise ConfigError("extend continues a run: pass resume=True too (CLI: --resume --extend)")
+    if resume and force:
+        raise ConfigError("resume=True continues the run and force=True replaces it: pass one of them (CLI: --resume "
+                          "or --force)")
     setup = _Setup(model, config, planned, train_fn, eval_fn, finetune_fn, normalize, probe, example_input, progress,
                    timed, calibrate)
     was_training = model.training
