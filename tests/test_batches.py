@@ -71,3 +71,31 @@ class Doubled(TensorDataset):
 def test_other_loaders_are_iterated_as_they_are(loader):
     assert not reads_tensors(loader)
     assert batches(loader) is loader
+
+
+def test_the_built_in_loss_and_accuracy_take_a_language_models_token_logits():
+    from lcpress.runs.training import LOSSES, accuracy
+
+    torch.manual_seed(0)
+
+    class TinyLM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head = torch.nn.Embedding(11, 8), torch.nn.Linear(8, 11)
+
+        def forward(self, tokens):
+            return self.head(self.emb(tokens))  # (batch, tokens, vocabulary), as a causal LM's logits
+
+    tokens = torch.randint(0, 11, (6, 5))
+    targets = tokens.roll(-1, dims=1)
+    targets[:, -1] = -100  # no next token: left out, as Hugging Face labels do
+    model = TinyLM()
+    logits = model(tokens)
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1))
+    torch.testing.assert_close(LOSSES["cross_entropy"](logits, targets), expected)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(tokens, targets), batch_size=4)
+    right = (logits.argmax(-1) == targets)[targets != -100]
+    assert accuracy(model, loader) == pytest.approx(float(right.float().mean()))
+    images = torch.randn(3, 4, 2, 2)  # a segmentation's (batch, classes, h, w) stays torch's layout
+    labels = torch.randint(0, 4, (3, 2, 2))
+    torch.testing.assert_close(LOSSES["cross_entropy"](images, labels), torch.nn.functional.cross_entropy(images, labels))

@@ -112,7 +112,8 @@ class TrainConfig(Options):
     nesterov: bool = option(True, help="Nesterov momentum (SGD)")
     weight_decay: float = option(0.0, help="weight decay")
     loss: Literal["cross_entropy", "mse", "cosine"] = option(
-        "cross_entropy", help="loss of output vs target: cross_entropy (classes), mse or cosine (1 − cos; distilling embeddings)"
+        "cross_entropy", help="loss of output vs target: cross_entropy (classes; per token for (batch, tokens, vocabulary) "
+                                  "logits, targets of -100 ignored), mse or cosine (1 − cos; distilling embeddings)"
     )
 
 

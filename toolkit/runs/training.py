@@ -39,8 +39,25 @@ def cosine_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1 - F.cosine_similarity(output, target, dim=-1)).mean()
 
 
+def class_scores(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(output, target)`` with the classes in dimension 1, as torch's cross-entropy takes them.
+
+    A language model's logits put the classes last, ``(batch, tokens, vocabulary)`` against targets of shape
+    ``(batch, tokens)``: those are flattened to one row per token. Other shapes (``(batch, classes)``, a
+    segmentation's ``(batch, classes, h, w)``) are torch's layout already.
+    """
+    if output.dim() > 2 and tuple(output.shape[:-1]) == tuple(target.shape):
+        return output.flatten(0, -2), target.flatten()
+    return output, target
+
+
+def class_cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over classes in either layout (:func:`class_scores`); targets of -100 are ignored."""
+    return F.cross_entropy(*class_scores(output, target))
+
+
 #: The losses ``train.loss`` names.
-LOSSES: dict[str, Loss] = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss, "cosine": cosine_loss}
+LOSSES: dict[str, Loss] = {"cross_entropy": class_cross_entropy, "mse": F.mse_loss, "cosine": cosine_loss}
 
 
 def to_device(batch: Any, device: torch.device | str) -> Any:
@@ -213,8 +230,16 @@ def _len(loader: Iterable) -> int | None:
 
 
 def accuracy(model: nn.Module, loader: Iterable, device: str | torch.device = "cpu") -> float:
-    """Top-1 accuracy of ``model`` on ``loader`` (an ``eval_fn`` for classifiers)."""
-    return _mean_score(model, loader, device, lambda out, targets: (out.argmax(dim=1) == targets).sum())
+    """Top-1 accuracy of ``model`` on ``loader`` (an ``eval_fn`` for classifiers; per token for a language
+    model's ``(batch, tokens, vocabulary)`` logits, targets of -100 left out)."""
+    return _mean_score(model, loader, device, _correct)
+
+
+def _correct(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """How many predictions are right, and of how many."""
+    output, target = class_scores(output, target)
+    counted = target != -100
+    return (output.argmax(dim=1)[counted] == target[counted]).sum(), int(counted.sum())
 
 
 def mean_cosine(model: nn.Module, loader: Iterable, device: str | torch.device = "cpu") -> float:
@@ -224,14 +249,16 @@ def mean_cosine(model: nn.Module, loader: Iterable, device: str | torch.device =
 
 @torch.no_grad()
 def _mean_score(model: nn.Module, loader: Iterable, device: str | torch.device,
-                score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> float:
+                score: Callable[[torch.Tensor, torch.Tensor], Any]) -> float:
     """The per-sample mean of ``score(outputs, targets)`` (summed per batch) in eval mode, the mode restored after."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for inputs, targets in batches(loader):
-        total += float(score(forward(model, to_device(inputs, device)), targets.to(device)))
-        count += len(targets)
+        scored = score(forward(model, to_device(inputs, device)), targets.to(device))
+        value, n = scored if isinstance(scored, tuple) else (scored, len(targets))  # a score may say of how many
+        total += float(value)
+        count += n
     model.train(was_training)
     return total / max(count, 1)
 
