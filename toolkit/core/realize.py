@@ -246,24 +246,26 @@ def verify(realized: nn.Module, expected: torch.Tensor, example_input: Any) -> f
     return float((actual - expected).abs().max()) if actual.numel() else 0.0
 
 
-def realize_runnable(
-    model: nn.Module, tasks: Sequence[Task], states: Sequence[State], example_input: Any,
+def realize_and_verify(
+    model: nn.Module, tasks: Sequence[Task], states: Sequence[State], example_input: Any, expected: torch.Tensor,
     aliases: dict[str, list[str]] | None = None, specs: Mapping[str, LayerSpec] | None = None,
     cost_models: Mapping[str, CostModel] | None = None,
-) -> list[RealizedLayer]:
-    """:func:`realize`, then run the model once; a task whose realized modules the model's forward cannot run
-    with is put back, dense and holding Δ(θ), with a warning — never a broken model.
+) -> tuple[list[RealizedLayer], float]:
+    """:func:`realize`, then :func:`verify` (one run of the model); a task whose realized modules the model's
+    forward cannot run with is put back, dense and holding Δ(θ), with a warning — never a broken model.
 
     Some forwards read a layer's ``.weight`` themselves (a ViT patch embedding checks its dtype) or cut a
     layer's output into parts of sizes fixed in their code; realized modules cannot stand in there. Only
-    when the first run fails are the tasks realized one at a time, each run once, to find which.
+    when that run fails are the tasks realized one at a time, each run once, to find which.
     """
     before = dict(model.named_modules(remove_duplicate=False))
     records = realize(model, tasks, states, aliases, specs, cost_models)
-    problem = _run_problem(model, example_input)
-    if problem is None:
-        return records
-    _put_back(model, before)
+    try:
+        return records, verify(model, expected, example_input)
+    except LcpressError:  # lcpress's own refusal (outputs it cannot compare): not a module the forward rejects
+        raise
+    except Exception:  # the user's forward, with modules it was not written for: find which below
+        _put_back(model, before)
     records = []
     for task, state in zip(tasks, states):
         current = dict(model.named_modules(remove_duplicate=False))
@@ -280,7 +282,7 @@ def realize_runnable(
                     record.realized = False
                     record.reason = f"the forward does not run with it realized ({problem}): kept dense, holding Δ(θ)"
         records += found
-    return records
+    return records, verify(model, expected, example_input)
 
 
 def _run_problem(model: nn.Module, example_input: Any) -> str | None:

@@ -27,7 +27,7 @@ from lcpress.config import LCConfig, TrainConfig
 from lcpress.core.engine import CalibrateFn, EvalFn, LCEngine, LStep, TrainFn, evaluated
 from lcpress.core.graph import ModelGraph
 from lcpress.core.plan import Plan, Task, load_config, plan, refuse_broken_weights
-from lcpress.core.realize import RealizedLayer, eval_output, load_compressed, realize_runnable, verify
+from lcpress.core.realize import RealizedLayer, eval_output, load_compressed, realize_and_verify
 from lcpress.core.scheme import State
 from lcpress.core.surgery import call_model, uncompiled
 from lcpress.errors import ConfigError, LcpressError, RunDirectoryError
@@ -479,8 +479,8 @@ def _finish(model, engine: LCEngine, graph, cost_models, config, example_input, 
     if normalize is not None:
         normalize(model)  # … with BatchNorm statistics of its own, saved with it …
     expected = eval_output(model, example_input)  # … and its output is what the realized model must match
-    records = realize_runnable(model, engine.tasks, states, example_input, graph.aliases, graph.specs, cost_models)
-    max_err = verify(model, expected, example_input)  # before fine-tuning moves the realized weights
+    records, max_err = realize_and_verify(model, engine.tasks, states, example_input, expected, graph.aliases,
+                                          graph.specs, cost_models)  # before fine-tuning moves the realized weights
     tuned_metric = _fine_tune(model, finetune_fn, eval_fn, config, normalize, engine.progress)
     model.lcpress_layers = _layer_records(model, records)
     schemes = {name: t.scheme.name for t in engine.tasks for name in t.layers}
