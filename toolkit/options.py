@@ -191,16 +191,21 @@ class Options:
         hints = get_type_hints(cls)
         rows = []
         for f in dataclasses.fields(cls):
-            if f.default is not dataclasses.MISSING:
-                default = f.default
-            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-                default = _plain(f.default_factory())  # type: ignore[misc]
-            else:
-                default = "(required)"
+            default = _default(f)
+            default = "(required)" if default is dataclasses.MISSING else _plain(default)
             bounds = f.metadata.get("bounds")
             rows.append(OptionRow(f.name, _type_name(hints[f.name]), default, bounds.text() if bounds else "",
                                   f.metadata.get("help", "")))
         return rows
+
+
+def _default(f: dataclasses.Field) -> Any:
+    """A field's default value (built from its factory), or ``dataclasses.MISSING`` for a required one."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return dataclasses.MISSING
 
 
 @functools.cache
@@ -211,11 +216,8 @@ def _default_problem(cls: type[Options]) -> str | None:
     except Exception:  # a hint that cannot be resolved here: nothing to check the defaults against
         return None
     for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            value = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            value = f.default_factory()  # type: ignore[misc]
-        else:
+        value = _default(f)
+        if value is dataclasses.MISSING:
             continue
         said = f"the default of option {f.name!r} ({value!r}) of {cls.__qualname__}"
         try:
