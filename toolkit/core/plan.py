@@ -205,16 +205,21 @@ def plan(model: nn.Module, config: LCConfig, example_input: Any, resolved: Resol
     return Plan(graph, plan_tasks(model, graph, resolved, example_input), resolved.cost_models, resolved)
 
 
+def refuse_unloaded(model: nn.Module) -> None:
+    """Weights on the ``meta`` device (a model built but never loaded), named before anything moves or reads them."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_meta:
+            raise LcpressError(f"{name!r} is on the meta device: the model's weights are not loaded; load the trained "
+                               f"weights (or call model.to_empty() and load them) before compressing")
+
+
 def refuse_broken_weights(model: nn.Module) -> None:
     """Weights that are not loaded (``meta``) or not finite, named before anything is traced or trained.
 
     Every parameter is checked, not only the compressed ones: a NaN bias elsewhere would surface as a NaN
     training loss, blamed on the learning rate.
     """
-    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        if tensor.is_meta:
-            raise LcpressError(f"{name!r} is on the meta device: the model's weights are not loaded; load the trained "
-                               f"weights (or call model.to_empty() and load them) before compressing")
+    refuse_unloaded(model)
     for name, param in model.named_parameters():
         if param.is_floating_point() and not bool(torch.isfinite(param.detach()).all()):
             raise LcpressError(f"parameter {name!r} holds NaN or infinite values before compression — the model (or "

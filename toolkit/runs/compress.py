@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from lcpress.config import LCConfig, TrainConfig
 from lcpress.core.engine import CalibrateFn, EvalFn, LCEngine, LStep, TrainFn, evaluated
 from lcpress.core.graph import ModelGraph
-from lcpress.core.plan import Plan, Task, load_config, plan, refuse_broken_weights
+from lcpress.core.plan import Plan, Task, load_config, plan, refuse_unloaded
 from lcpress.core.realize import RealizedLayer, eval_output, load_compressed, realize_and_verify
 from lcpress.core.scheme import State
 from lcpress.core.surgery import call_model, uncompiled
@@ -177,7 +177,7 @@ def compress(
     device = distributed.local_device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: 'cuda' was asked for but torch sees no CUDA device; use device: cpu")
-    refuse_broken_weights(model)  # before .to(): a model on the meta device cannot move
+    refuse_unloaded(model)  # before .to(): a model on the meta device cannot move (planning checks the values)
     model.to(device)
     _refuse_unpaired(loaders)
     calibration = None if calibration is None else _one_or_many(calibration)
