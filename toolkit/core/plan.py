@@ -116,7 +116,8 @@ def _group(cfg: TaskConfig, g: int, registry: Registry) -> GroupPlugins:
     return group
 
 
-def _cost_model_names(config: LCConfig) -> list[str]:
+def cost_model_names(config: LCConfig) -> list[str]:
+    """Every cost model a run prices with: the reported ones, the tasks' and targets', and the configured ones."""
     names = list(REPORTED_COST_MODELS)
     for task in config.tasks:
         names.append(task.cost)
@@ -130,7 +131,7 @@ def _cost_models(config: LCConfig, registry: Registry, measured: bool) -> dict[s
 
     used = {t.cost for t in config.tasks} | {t.target.cost for t in config.tasks if t.target is not None}
     models: dict[str, CostModel] = {}
-    for name in _cost_model_names(config):
+    for name in cost_model_names(config):
         key = f"cost_models.{name}" if name in config.cost_models else _cost_key(config, name)
         cls = _lookup(registry, "cost model", name, key)
         if not measured and issubclass(cls, MeasuredCostModel):

@@ -31,7 +31,7 @@ import pandas as pd
 from lcpress.config import LCConfig
 from lcpress.core.forms import LayerSpec
 from lcpress.core.graph import ModelGraph
-from lcpress.core.plan import Task, resolve
+from lcpress.core.plan import Task, cost_model_names, resolve
 from lcpress.core.scheme import State
 from lcpress.core.tree import join_tensors
 from lcpress.errors import LcpressError
@@ -176,7 +176,7 @@ def _layers_of(checkpoint: tuple[dict[str, Any], dict[str, Any]] | None, info: d
         missing.append(f"the per-layer table: run.json's plan does not match its checkpoint ({type(exc).__name__}: "
                        f"{exc})")
         return None, ""
-    if _measures(info):
+    if _measures(info.get("config") or checkpoint[1].get("config")):
         missing.append("measured cost models in the per-layer table (only analytic ones are priced before a run "
                        "finishes; their totals per step are in the LC history)")
     return table, f"the checkpoint after LC step {step}"
@@ -192,17 +192,14 @@ def checkpoint_sensitivity(meta: dict[str, Any]) -> dict[str, dict[str, list[flo
     return {names[int(i)] if str(i).isdigit() and int(i) < len(names) else str(i): doc for i, doc in curves.items()}
 
 
-def _measures(info: dict[str, Any]) -> bool:
+def _measures(config: dict[str, Any]) -> bool:
     """Whether the run's config names a measured cost model (its per-layer prices are not re-measured here)."""
     from lcpress.core.measured import MeasuredCostModel
     from lcpress.core.registry import get_registry
 
-    config = info.get("config") or {}
-    names = set(config.get("cost_models") or {})
-    for task in config.get("tasks") or []:
-        names |= {task.get("cost"), (task.get("target") or {}).get("cost")}
     classes = get_registry().cost_models.classes
-    return any(isinstance(n, str) and issubclass(classes.get(n, object), MeasuredCostModel) for n in names)
+    names = cost_model_names(LCConfig.from_dict(config))  # read already, to price the checkpoint
+    return any(issubclass(classes.get(n, object), MeasuredCostModel) for n in names)
 
 
 def layers_from_checkpoint(tensors: dict[str, Any], meta: dict[str, Any],
