@@ -59,22 +59,23 @@ class RunDirectory:
         return self.path / name
 
     def info(self) -> dict[str, Any]:
-        try:
-            info = json.loads((self.path / RUN_INFO).read_text())
-        except (OSError, ValueError):
-            return {}
-        return info if isinstance(info, dict) else {}
+        """``run.json`` as a mapping; empty when there is none or it cannot be read (:meth:`damage` says why)."""
+        return self._read_info()[0]
 
     def damage(self) -> str | None:
         """Why ``run.json`` exists but cannot be read as lcpress's record of a run, or None."""
+        return self._read_info()[1]
+
+    def _read_info(self) -> tuple[dict[str, Any], str | None]:
+        """``run.json``'s mapping, and why it is unreadable when it exists but is not one."""
         path = self.path / RUN_INFO
         if not path.is_file():
-            return None
+            return {}, None
         try:
             info = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            return f"{type(exc).__name__}: {exc}"
-        return None if isinstance(info, dict) else f"it holds a {type(info).__name__}, not a mapping"
+            return {}, f"{type(exc).__name__}: {exc}"
+        return (info, None) if isinstance(info, dict) else ({}, f"it holds a {type(info).__name__}, not a mapping")
 
     def finished(self) -> bool:
         return self.info().get("status") == "finished"
