@@ -29,7 +29,7 @@ lcpress runs this kit on every built-in scheme and cost model.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -147,14 +147,18 @@ def _declared(label: str, cls: type) -> None:
 
 
 @contextlib.contextmanager
-def _failing(where: str) -> Iterator[None]:
-    """An exception the plugin raises in the block fails the check: an AssertionError saying where, as every check's."""
+def _failing(where: str | Callable[[], str]) -> Iterator[None]:
+    """An exception the plugin raises in the block fails the check: an AssertionError saying where, as every check's.
+
+    ``where`` may be a function, read only on failure (a check learns which layer it is on as it goes).
+    """
     try:
         yield
     except AssertionError:
         raise
     except Exception as exc:
-        raise AssertionError(f"{where}: raised {type(exc).__name__}: {exc}") from exc
+        said = where() if callable(where) else where
+        raise AssertionError(f"{said}: raised {type(exc).__name__}: {exc}") from exc
 
 
 def _run(checks: dict[str, Any], subject: Any, skip: Iterable[str], report: Report) -> None:
@@ -167,13 +171,8 @@ def _run(checks: dict[str, Any], subject: Any, skip: Iterable[str], report: Repo
             report.skipped[name] = "skipped by the caller"
             continue
         subject.at = None
-        try:
+        with _failing(lambda: f"{subject.at or report.subject}, check {name!r}"):  # named with the layer it was on
             why = check(subject)
-        except AssertionError:
-            raise
-        except Exception as exc:  # the plugin raised during the check: named with the check and the layer it was on
-            raise AssertionError(f"{subject.at or report.subject}, check {name!r}: raised {type(exc).__name__}: "
-                                 f"{exc}") from exc
         if why is None:
             report.passed.append(name)
         else:
