@@ -180,6 +180,20 @@ def test_a_glob_leaves_tied_layers_alone_with_a_warning_and_compresses_the_rest(
     assert "'a' (tied to b.weight)" in caplog.text and "'b' (tied to a.weight)" in caplog.text
 
 
+def test_a_tied_weight_is_counted_once_in_params_and_storage_and_runs_twice_in_flops():
+    """The per-layer table and totals count what the model stores: its real parameter count, before and after."""
+    model = TiedWeights()
+    stored_before = sum(p.numel() for p in model.parameters())  # named_parameters counts a shared tensor once
+    result = _compress(model, ["*"], torch.randn(4, 32), rank=1)
+    assert result.graph.specs["b"].tied and not result.graph.specs["a"].tied
+    assert result.totals["params_before"] == stored_before
+    assert result.totals["params_after"] == sum(p.numel() for p in model.parameters())
+    assert result.totals["storage_before"] == 32 * stored_before
+    row = result.layers.set_index("layer").loc["b"]
+    assert row["params_before"] == 32 and row["form"] == "dense (weight tied)"  # its bias alone
+    assert row["flops_before"] == row["flops_after"] == result.layers.set_index("layer").loc["a", "flops_before"]
+
+
 def test_untied_as_the_error_says_the_layer_compresses():
     model = TiedWeights()
     model.a.weight = nn.Parameter(model.a.weight.detach().clone())

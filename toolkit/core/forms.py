@@ -37,6 +37,11 @@ class LayerSpec:
     ``kind="embedding"`` is a lookup table: ``in_channels`` rows (the vocabulary), ``out_channels`` wide,
     ``input_shape`` the shape of the index tensor. Its weight is stored rows first, (vocabulary, width), and a
     lookup multiplies nothing: 0 FLOPs.
+
+    ``tied``: the layer's weight is the very tensor of a layer traced before it (a language model's output
+    layer tied to its token table). Both run, so it costs FLOPs and time as any layer does; its weight is
+    stored once, with the other layer, so its dense form stores only its bias. Tied layers are never
+    compressed (see :mod:`lcpress.core.plan`), so only the dense form needs to know.
     """
 
     kind: Literal["linear", "conv2d", "attention", "embedding"]
@@ -50,6 +55,7 @@ class LayerSpec:
     groups: int = 1
     bias: bool = True
     calls: int = 1
+    tied: bool = False
 
     @property
     def weight_shape(self) -> tuple[int, ...]:
@@ -106,7 +112,9 @@ class LayerSpec:
         return 2 * self.positions * macs_per_position * self.calls
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """JSON fields; ``tied`` only where it is set, so untied specs read as they did before it existed."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+                if k != "tied" or v}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LayerSpec":
@@ -176,6 +184,12 @@ class Dense(Form):
 
     def primitives(self, spec: LayerSpec) -> tuple[LayerSpec, ...]:
         return (spec,)
+
+    def param_count(self, spec: LayerSpec) -> int:
+        """A tied layer's weight is stored with the layer it is tied to: it stores its bias alone."""
+        if spec.tied:
+            return spec.out_channels if spec.bias else 0
+        return super().param_count(spec)
 
     def describe(self) -> str:
         return "dense"

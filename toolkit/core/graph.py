@@ -115,9 +115,24 @@ def trace(model: nn.Module, example_input: Any) -> ModelGraph:
         model.train(was_training)
     modules = dict(model.named_modules())
     specs = {name: spec_of(modules[name], shapes[id(modules[name])], calls[id(modules[name])]) for name in order}
+    for name in _tied_later(modules, order):
+        specs[name] = specs[name].with_(tied=True)
     aliases = {names[0]: names[1:] for names in names_of.values() if len(names) > 1}
     graph, with_fx = _dataflow_graph(model, order)
     return ModelGraph(specs, order, graph, aliases, with_fx)
+
+
+def _tied_later(modules: dict[str, nn.Module], order: list[str]) -> list[str]:
+    """Traced layers whose weight is the very tensor of a layer traced before them (tied weights): stored once."""
+    seen: set[int] = set()
+    later = []
+    for name in order:
+        weight = getattr(modules[name], "weight", None)
+        if isinstance(weight, torch.Tensor):
+            if id(weight) in seen:
+                later.append(name)
+            seen.add(id(weight))
+    return later
 
 
 def _traced_call(model: nn.Module, example_input: Any) -> None:

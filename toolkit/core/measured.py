@@ -235,7 +235,7 @@ def suspect(a: Known, b: Known, factor: float) -> Known | None:
 
 def table_key(spec: LayerSpec, form: Form, extra: dict[str, Any]) -> str:
     """Canonical text of what was measured: the layer, the form, and the measuring options."""
-    return json.dumps({"spec": spec.to_dict(), "form": form_to_dict(form), **extra}, sort_keys=True)
+    return json.dumps({"spec": spec.with_(tied=False).to_dict(), "form": form_to_dict(form), **extra}, sort_keys=True)
 
 
 class MeasuredCostModel(CostModel):
@@ -306,7 +306,7 @@ class MeasuredCostModel(CostModel):
             value = self._checked(spec, form, self.measure(spec, form))  # a NaN never reaches the table
             self.measurements += 1
             self.table.put(key, value)
-        layer = json.dumps({"spec": spec.to_dict(), **options}, sort_keys=True)
+        layer = json.dumps({"spec": spec.with_(tied=False).to_dict(), **options}, sort_keys=True)
         peers = self._known.setdefault((layer, structure(spec, form)), {})
         known = peers.setdefault(key, Known(key, form, sum(p.flops for p in form.primitives(spec)), value))
         if fresh and self.recheck_factor:

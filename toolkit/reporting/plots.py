@@ -63,7 +63,7 @@ def rank_figure(table: pd.DataFrame) -> "Figure | None":
     """
     if "form_rank" not in table or "full_rank" not in table or table["form_rank"].isna().all():
         return None
-    dense = table["form"] == "dense" if "form" in table else pd.Series(False, index=table.index)
+    dense = table["form"].str.startswith("dense") if "form" in table else pd.Series(False, index=table.index)
     ranked = table[table["form_rank"].notna() | dense]
     full = ranked["full_rank"].astype(float)
     chosen = ranked["form_rank"].astype(float).fillna(full)

@@ -54,6 +54,8 @@ def layer_table(
         text = form.describe()
         if name in kept_dense and not isinstance(form, Dense):
             form, text = Dense(), f"{text} → kept dense"
+        if spec.tied and isinstance(form, Dense):
+            text = "dense (weight tied)"  # its weight is counted with the layer it is tied to
         row = {
             "layer": name,
             "kind": spec.kind,
