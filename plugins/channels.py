@@ -340,7 +340,10 @@ def smaller(module: nn.Module, rows: set[int], columns: set[int]) -> nn.Module:
 
 
 def _smaller_norm(module: nn.Module, keep: torch.Tensor) -> nn.Module:
-    new = type(module)(len(keep), module.eps, module.momentum, module.affine, module.track_running_stats)
+    """The norm over the kept channels, on the device and in the dtype of the one it replaces."""
+    like = next((t for t in (module.weight, module.running_mean) if t is not None), None)
+    kw = {"device": like.device, "dtype": like.dtype} if like is not None else {}
+    new = type(module)(len(keep), module.eps, module.momentum, module.affine, module.track_running_stats, **kw)
     with torch.no_grad():
         for name in ("weight", "bias", "running_mean", "running_var"):
             old = getattr(module, name)
@@ -348,7 +351,7 @@ def _smaller_norm(module: nn.Module, keep: torch.Tensor) -> nn.Module:
                 getattr(new, name).copy_(old[keep])
         if module.num_batches_tracked is not None:
             new.num_batches_tracked.copy_(module.num_batches_tracked)
-    return new.to(module.running_mean.device if module.running_mean is not None else "cpu")
+    return new
 
 
 def _kept(total: int, removed: set[int]) -> torch.Tensor:

@@ -529,3 +529,78 @@ def test_channels_over_a_model_it_cannot_trace_leaves_tables_alone(caplog):
     with caplog.at_level(logging.WARNING, logger="lcpress.channels"):
         result = lcpress.compress(Untraceable(), config, example_input=torch.randint(0, 20, (1, 5)), progress=False)
     assert "every layer stays dense" in caplog.text and not any(r.realized for r in result.records)
+
+
+class _Mlp(nn.Module):
+    """a → b → out; subclasses change only how ``forward`` uses them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.out = nn.Linear(16, 32), nn.Linear(32, 32), nn.Linear(32, 4)
+
+
+class CalledTwice(_Mlp):
+    def forward(self, x):
+        return self.out(self.b(torch.relu(self.b(torch.relu(self.a(x))))))
+
+
+class FixedSlice(_Mlp):
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.out(torch.relu(self.b(h))[:, ::2].repeat(1, 2)) + h[:, :4].sum(1, keepdim=True)
+
+
+class WeightReadElsewhere(_Mlp):
+    def forward(self, x):
+        h = torch.relu(self.b(torch.relu(self.a(x))))
+        return self.out(h + F.linear(h, self.b.weight.t()))
+
+
+def _reasons(model, x):
+    return {g.blocked for g in channel_groups(model, x).groups if g.blocked}
+
+
+@pytest.mark.parametrize("make, reason", [
+    (CalledTwice, "b is called 2 times (shared layer)"),
+    (FixedSlice, "picked at fixed positions by slice.Tensor"),
+    (WeightReadElsewhere, "the weight of b is also read by t.default"),
+])
+def test_channels_a_pruned_model_could_not_follow_are_kept_with_the_reason(make, reason):
+    """Every call of a shared layer, a slice at fixed positions, a weight read outside its layer: the channels
+    they touch stay, so the realized model runs and equals Δ(θ) (the first used to price a negative width)."""
+    torch.manual_seed(0)
+    model, x = make(), torch.randn(3, 16)
+    assert any(reason in r for r in _reasons(model, x))
+    result = _compressed(model, x, ratio=0.6)
+    assert result.max_abs_error < 1e-5 and all(r.realized or r.form["kind"] == "dense" for r in result.records)
+
+
+def test_a_slice_of_the_whole_channel_axis_or_along_another_axis_blocks_nothing():
+    class Sliced(_Mlp):
+        def forward(self, x):  # x: (batch, tokens, 16); the slice takes tokens, and all channels
+            return self.out(torch.relu(self.b(torch.relu(self.a(x))))[:, 1:, :])
+
+    groups = channel_groups(Sliced(), torch.randn(2, 5, 16)).groups
+    assert [g.producers for g in groups if not g.blocked] == [["a"], ["b"]]
+
+
+def test_convs_with_same_padding_are_followed_as_numeric_padding_is():
+    def net(padding):
+        return nn.Sequential(nn.Conv2d(1, 8, 3, padding=padding), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=padding),
+                             nn.ReLU(), nn.Conv2d(8, 2, 3, padding=padding))
+
+    x = torch.randn(1, 1, 6, 6)
+    same = [(g.producers, g.consumers) for g in channel_groups(net("same"), x).prunable()]
+    assert same == [(g.producers, g.consumers) for g in channel_groups(net(1), x).prunable()] and len(same) == 2
+    torch.manual_seed(0)
+    assert _compressed(net("same"), x, ratio=0.5).max_abs_error < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_pruned_batch_norm_keeps_the_models_dtype(dtype):
+    torch.manual_seed(0)
+    model = _randomize_norms(Block()).to(dtype)
+    result = _compressed(model, torch.randn(2, 2, 5, 5, dtype=dtype), ratio=0.5)
+    assert all(r.realized for r in result.records if r.form["kind"] != "dense")
+    assert model.bn1.num_features < 6 and {p.dtype for p in model.parameters()} == {dtype}
+    assert model.bn1.running_mean.dtype == dtype

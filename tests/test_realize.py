@@ -370,6 +370,27 @@ def test_a_layer_whose_realized_module_the_forward_cannot_run_with_stays_dense_a
     assert result.max_abs_error < 1e-5  # the model runs, and computes Δ(θ)
 
 
+def test_a_target_line_says_which_layers_realization_kept_dense(tmp_path):
+    """The C step's "achieved" prices the forms chosen; the model holds a kept layer dense, and the line says so."""
+    class ReadsWeight(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.patch, self.head = nn.Linear(16, 16), nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.patch(x.to(self.patch.weight.dtype))))
+
+    torch.manual_seed(0)
+    config = {"tasks": [{"layers": ["patch"], "options": {"rank_multiple": 1}, "target": {"cost": "params", "ratio": 0.5}}],
+              "schedule": {"steps": 0},
+              "output_dir": str(tmp_path / "run")}
+    result = lcpress.compress(ReadsWeight(), config, example_input=torch.randn(2, 16), progress=False)
+    line = next(line for line in result.summary().splitlines() if line.startswith("tasks[0] target"))
+    assert "by the forms chosen, but realization kept 'patch' dense" in line
+    report = lcpress.write_report(tmp_path / "run", plots=False)
+    assert "realization kept 'patch' dense" in report.markdown.read_text()
+
+
 def test_a_tokenizer_style_mapping_is_passed_as_keyword_arguments():
     from collections import UserDict
 

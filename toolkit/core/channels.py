@@ -42,6 +42,10 @@ log = logging.getLogger("lcpress.channels")
 
 aten = torch.ops.aten
 
+#: the layers lcpress prunes (``conv2d.padding``: a conv whose padding is a string, ``"same"``)
+LAYERS = {aten.linear.default, aten.conv2d.default, aten.conv2d.padding, aten.convolution.default}
+#: ops that pick positions fixed in the model's code: along a channel axis, pruning would move what they pick
+PICKS = {aten.slice.Tensor, aten.select.int}
 #: ops that rearrange data: applied to the label tensor as they are to the activation
 MOVEMENT = {
     aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.flatten.using_ints,
@@ -228,6 +232,8 @@ class _Analysis:
         self.members: list[_Member] = []
         self.calls: dict[str, int] = {}
         self.outputs_of: dict[str, torch.Tensor] = {}  # producer module → its row labels
+        self.touched: dict[str, list[torch.Tensor]] = {}  # module → the labels of every call's input and output
+        self.read_elsewhere: dict[str, str] = {}  # layer → an op that reads its weight or bias outside its own call
         self.sites: dict[str, LayerSpec] = {}  # attention cores, priced with the head groups
 
     def run(self) -> ChannelGroups:
@@ -238,8 +244,12 @@ class _Analysis:
                 for value in _flat(node.args):
                     self.labels.block(self._get(value), OUTPUT)
         for name, count in self.calls.items():
-            if count > 1:
-                self.labels.block(self.outputs_of.get(name), f"{name} is called {count} times (shared layer)")
+            if count > 1:  # every call's input columns and output rows: a channel of one call is one of all
+                for labels in self.touched.get(name, []):
+                    self.labels.block(labels, f"{name} is called {count} times (shared layer)")
+        for name, where in self.read_elsewhere.items():  # a pruned weight would reach that op in another shape
+            for labels in self.touched.get(name, []):
+                self.labels.block(labels, f"the weight of {name} is also read by {where}")
         return ChannelGroups(self._groups(), True, attention=self.sites)
 
     # ------------------------------------------------------------- helpers
@@ -275,8 +285,9 @@ class _Analysis:
     # ----------------------------------------------------------- dispatch
     def _call(self, node: torch.fx.Node) -> Any:
         target = node.target
+        self._note_weight_reads(node)
         inputs = [self._get(v) for v in _flat((node.args, node.kwargs))]
-        if target in (aten.linear.default, aten.conv2d.default, aten.convolution.default):
+        if target in LAYERS:
             return self._layer(node)
         if target is _getitem:
             source = self.env.get(node.args[0].name)
@@ -288,6 +299,8 @@ class _Analysis:
         if target in FIXED_SIZE_SPLITS:
             self._block_inputs(node, f"cut into parts of fixed size by {self._where(node)}")
             return None
+        if target in PICKS:
+            self._block_fixed_pick(node)
         if target in MOVEMENT:
             return node.target(*(self._label_arg(a) for a in node.args), **node.kwargs)
         if target in SAME or target in UNARY:
@@ -314,6 +327,11 @@ class _Analysis:
             self.labels.block(x, f"read by {self._where(node)}, not an nn.Linear / nn.Conv2d")
             return None
         self.calls[name] = self.calls.get(name, 0) + 1
+        out = self._layer_call(node, name, module, x)
+        self.touched.setdefault(name, []).extend(t for t in (x, out) if t is not None)
+        return out
+
+    def _layer_call(self, node: torch.fx.Node, name: str, module: nn.Module, x: torch.Tensor | None) -> torch.Tensor | None:
         axis = -1 if isinstance(module, nn.Linear) else 1
         shape = self._shape(node)
         groups = module.groups if isinstance(module, nn.Conv2d) else 1
@@ -330,6 +348,29 @@ class _Analysis:
         self.outputs_of[name] = rows
         self.members.extend(_Member(name, "rows", int(label), r) for r, label in enumerate(rows.tolist()))
         return _along(rows, shape, axis)
+
+    def _note_weight_reads(self, node: torch.fx.Node) -> None:
+        """Remember a layer's weight or bias read by anything but that layer's own call (``F.linear(h, a.weight.t())``)."""
+        own = {1, 2} if node.target in LAYERS else set()
+        for i, value in enumerate(node.args):
+            name = self._module(value) if i not in own else None
+            if name is not None and isinstance(get_module(self.model, name), (nn.Linear, nn.Conv2d)):
+                self.read_elsewhere.setdefault(name, self._where(node))
+
+    def _block_fixed_pick(self, node: torch.fx.Node) -> None:
+        """``x[:, :16]``, ``x[:, ::2]``, ``x[:, 3]`` along an axis that carries channels pick positions written in the
+        model's code: once channels are removed, the same positions hold other channels, so those channels stay."""
+        x = self._get(node.args[0])
+        if x is None:
+            return
+        dim = (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) % x.dim()
+        if node.target is aten.slice.Tensor:
+            start, end, step = (list(node.args[2:5]) + [None] * 3)[:3]
+            whole = (start or 0) == 0 and (end is None or end >= x.shape[dim]) and (step or 1) == 1
+            if whole:
+                return
+        if bool((x != x.narrow(dim, 0, 1)).any()):
+            self.labels.block(x, f"picked at fixed positions by {self._where(node)}")
 
     def _columns(self, name: str, x: torch.Tensor, axis: int) -> None:
         """Record which input columns of ``name`` carry which channel; mixed columns block their labels."""

@@ -21,8 +21,8 @@ from lcpress.io.rundir import RunDirectory
 from lcpress.reporting import plots as draw
 from lcpress.reporting.document import Bullets, Document, Heading, Image, Paragraph, Table
 from lcpress.reporting.runinfo import RunSummary, read_run
-from lcpress.reporting.tables import (cell, display_columns, form_value_columns, target_lines,
-                                      totals)
+from lcpress.reporting.tables import (cell, display_columns, form_value_columns, kept_dense_layers,
+                                      target_lines, totals)
 
 
 @dataclass
@@ -66,7 +66,8 @@ def run_document(summary: RunSummary, *, plots: bool = True) -> Document:
     """The report of a :class:`~lcpress.reporting.runinfo.RunSummary` as a :class:`Document`."""
     doc = Document(f"lcpress report: {summary.path.name}")
     last = summary.history.iloc[-1].to_dict() if len(summary.history) else None
-    doc.add(Paragraph(_status(summary)), Bullets(_config_lines(summary.config) + target_lines(summary.config, last)))
+    targets = target_lines(summary.config, last, kept_dense_layers(summary.layers))
+    doc.add(Paragraph(_status(summary)), Bullets(_config_lines(summary.config) + targets))
     doc.add(Heading("Totals"), Table(_totals_frame(summary), cell))
     metric = _metric_line(summary)
     if metric:

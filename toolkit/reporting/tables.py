@@ -9,7 +9,7 @@ and the CLI all print tables through here.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, get_args
+from typing import Any, Iterable, Mapping, Sequence, get_args
 
 import pandas as pd
 import torch
@@ -18,10 +18,11 @@ from lcpress.core.costmodel import CostModel
 from lcpress.core.forms import Dense, Form, LayerSpec
 from lcpress.core.graph import ModelGraph
 from lcpress.core.plan import REPORTED_COST_MODELS
+from lcpress.errors import listed
 from lcpress.linalg.matrices import Shape, to_matrix
 
 __all__ = ["REPORTED_COST_MODELS", "layer_table", "format_table", "totals", "full_rank", "form_fields",
-           "form_value_columns", "display_columns", "format_number", "cell"]
+           "form_value_columns", "display_columns", "format_number", "cell", "kept_dense_layers", "target_lines"]
 
 
 def layer_table(
@@ -53,7 +54,7 @@ def layer_table(
         form = forms.get(name, Dense())
         text = form.describe()
         if name in kept_dense and not isinstance(form, Dense):
-            form, text = Dense(), f"{text} → kept dense"
+            form, text = Dense(), f"{text} {KEPT_DENSE}"
         if spec.tied and isinstance(form, Dense):
             text = "dense (weight tied)"  # its weight is counted with the layer it is tied to
         row = {
@@ -163,11 +164,24 @@ def cell(value: object) -> str:
     return str(value)
 
 
-def target_lines(config: Mapping[str, Any], row: Mapping[str, Any] | None) -> list[str]:
+KEPT_DENSE = "→ kept dense"
+
+
+def kept_dense_layers(table: pd.DataFrame | None) -> list[str]:
+    """The layers of a per-layer table whose compressed form realization kept dense (see :func:`layer_table`)."""
+    if table is None or "form" not in table or "layer" not in table:
+        return []
+    return list(table.loc[table["form"].astype(str).str.endswith(KEPT_DENSE), "layer"])
+
+
+def target_lines(config: Mapping[str, Any], row: Mapping[str, Any] | None, kept: Sequence[str] = ()) -> list[str]:
     """"tasks[0] target: flops ≤ 50.0% of dense; achieved 47.8%" for every task group with a target.
 
     ``config`` is a run config as a dict; ``row`` the history row of the
     step to report (its ``target<g>_*`` columns), or None before any step.
+    "Achieved" is what the last C step's forms cost; ``kept`` names layers
+    realization then kept dense, which the model holds at their dense cost,
+    so the line says the model is not at that figure.
     """
     lines = []
     for g, task in enumerate(config.get("tasks") or []):
@@ -184,6 +198,9 @@ def target_lines(config: Mapping[str, Any], row: Mapping[str, Any] | None) -> li
             got = (f"{float(achieved) / float(dense):.1%}" if target.get("ratio") is not None  # in the units asked
                    else f"{format_number(achieved)} ({float(achieved) / float(dense):.1%} of dense)")
             line += f"; achieved {got}" + (" (out of reach: the cheapest forms)" if missed else "")
+            if kept:
+                line += (f" by the forms chosen, but realization kept {listed([repr(k) for k in kept])} dense: the "
+                         f"model holds them at their dense cost (the table shows what it holds)")
         lines.append(line)
     return lines
 

@@ -36,7 +36,7 @@ from lcpress.io.checkpoint import FileCheckpointer
 from lcpress.io.modelfile import save
 from lcpress.io.rundir import RunDirectory, changed_keys
 from lcpress.reporting.runinfo import plan_record
-from lcpress.reporting.tables import format_table, layer_table, target_lines, totals
+from lcpress.reporting.tables import format_table, kept_dense_layers, layer_table, target_lines, totals
 from lcpress.core.costmodel import CostModel
 from lcpress.core.measured import MeasuredCostModel
 from lcpress.core.schedule import FALLBACK_MU0, convergence_problem
@@ -99,7 +99,8 @@ class CompressionResult:
             tuned = "" if self.metric_before_finetune is None else \
                 f" (after LC {self.metric_before_finetune:.4f}, then fine-tuned)"
             lines.append(f"{metric_name}: dense {self.dense_metric:.4f} → compressed {self.metric:.4f}{tuned}")
-        lines += target_lines(self.config.to_dict(), self.history.iloc[-1].to_dict() if len(self.history) else None)
+        lines += target_lines(self.config.to_dict(), self.history.iloc[-1].to_dict() if len(self.history) else None,
+                              kept_dense_layers(self.layers))
         lines.append(f"realized model vs Δ(θ): max |difference| = {self.max_abs_error:.2e}")
         lines += self.measured
         lines += [f"warning: {w}" for w in self.warnings]
