@@ -263,7 +263,7 @@ def smaller_layer(module: nn.Module, weight: torch.Tensor, kept: torch.Tensor) -
         dim = 1
     else:
         raise TypeError(f"prune cannot realize a {type(module).__name__}")
-    scatter = ScatterChannels(weight.shape[0], rows, dim).to(module.weight.device)
+    scatter = ScatterChannels(weight.shape[0], rows, dim).to(module.weight.device, module.weight.dtype)
     with torch.no_grad():
         small.weight.copy_(weight[kept])
         scatter.index.copy_(kept)

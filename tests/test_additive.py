@@ -96,8 +96,7 @@ def test_realized_linear_equals_dense_delta(name, bias, tmp_path):
 def test_realized_conv_equals_dense_delta():
     model = nn.Sequential(nn.Conv2d(6, 12, 3, padding=1), nn.ReLU(), nn.Flatten())
     x = torch.randn(2, 6, 8, 8)
-    parts = [{"scheme": "low_rank", "options": {"rank": 4}}, {"scheme": "prune", "options": {"keep_fraction": 0.05}},
-             {"scheme": "low_rank", "options": {"rank": 2}, "reshape": 3}]
+    parts = [{"scheme": "low_rank", "options": {"rank": 4}}, {"scheme": "prune", "options": {"keep_fraction": 0.05}}]
     config = {"tasks": [{"layers": ["0"], "scheme": "additive", "options": {"parts": parts}, "cost": "storage"}],
               "schedule": {"steps": 0}}
     result = lcpress.compress(model, config, example_input=x, progress=False)
@@ -227,3 +226,27 @@ def test_a_raising_part_is_named_with_its_plugin(plugins):
     config = {"tasks": [{"layers": ["0"], "scheme": "additive", "options": {"parts": parts}}], "schedule": {"steps": 0}}
     with pytest.raises(lcpress.LcpressError, match=r"scheme 'additive'.*layer '0'.*part 1, scheme 'broken_test'.*bad codebook"):
         lcpress.compress(model, config, example_input=torch.randn(1, 8), progress=False)
+
+
+@pytest.mark.parametrize("layer, part", [
+    (nn.Linear(64, 32), {"scheme": "quantize", "options": {"k": 2}, "reshape": 2}),
+    (nn.Linear(64, 32), {"scheme": "prune", "options": {"keep_fraction": 0.05}, "reshape": 2}),
+    (nn.Conv2d(6, 12, 3, padding=1), {"scheme": "low_rank", "options": {"rank": 2}, "reshape": 3}),
+])
+def test_a_reshaped_part_stored_dense_is_priced_as_the_file_stores_it(layer, part, tmp_path):
+    """A reshaped part with no module of its own is saved as a dense weight: params and storage count that."""
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    model = nn.Sequential(layer)
+    x = torch.randn(2, 6, 8, 8) if isinstance(layer, nn.Conv2d) else torch.randn(2, 64)
+    parts = [{"scheme": "low_rank", "options": {"rank": 2}}, part]
+    config = {"tasks": [{"layers": ["0"], "scheme": "additive", "options": {"parts": parts}, "cost": "storage"}],
+              "schedule": {"steps": 0}}
+    result = lcpress.compress(model, config, example_input=x, progress=False)
+    path = lcpress.save(model, tmp_path / "m.safetensors")
+    stored = sum(t.numel() * t.element_size() * 8 for t in load_file(path).values())
+    spec, form = result.graph.specs["0"], result.tasks[0].scheme.form(result.states[0])
+    assert STORAGE.cost(spec, form) > STORAGE.cost(spec, lcpress.Dense())  # low rank, plus the whole weight again
+    assert not result.records[0].realized  # so it stays dense (it was "realized" and reported at a fraction)
+    assert abs(stored - result.layers.iloc[0]["storage_after"]) <= 64  # the table prices what the file holds

@@ -556,6 +556,20 @@ class WeightReadElsewhere(_Mlp):
         return self.out(h + F.linear(h, self.b.weight.t()))
 
 
+class ScaledLinear(nn.Linear):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+class OwnForward(_Mlp):
+    def __init__(self) -> None:
+        super().__init__()
+        self.b = ScaledLinear(32, 32)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
 def _reasons(model, x):
     return {g.blocked for g in channel_groups(model, x).groups if g.blocked}
 
@@ -564,6 +578,7 @@ def _reasons(model, x):
     (CalledTwice, "b is called 2 times (shared layer)"),
     (FixedSlice, "picked at fixed positions by slice.Tensor"),
     (WeightReadElsewhere, "the weight of b is also read by t.default"),
+    (OwnForward, "read by b: its class ScaledLinear has a forward of its own"),
 ])
 def test_channels_a_pruned_model_could_not_follow_are_kept_with_the_reason(make, reason):
     """Every call of a shared layer, a slice at fixed positions, a weight read outside its layer: the channels

@@ -122,6 +122,8 @@ def test_cost_model_options_are_validated():
         load_config({"tasks": [{"layers": ["fc"]}], "cost_models": {"cpu_latency": {"batch_size": 0}}})
     with pytest.raises(ConfigError, match=r"cost_models\.cpu_latency\.thread: unknown key \(did you mean 'threads'"):
         load_config({"tasks": [{"layers": ["fc"]}], "cost_models": {"cpu_latency": {"thread": 2}}})
+    with pytest.raises(ConfigError, match=r"cost_models\.flops\.batch_size: cost_models\.flops takes no options"):
+        load_config({"tasks": [{"layers": ["fc"]}], "cost_models": {"flops": {"batch_size": 8}}})
     with pytest.raises(ConfigError, match=r"cost_models\.tpu_latency: no cost model named"):
         load_config({"tasks": [{"layers": ["fc"]}], "cost_models": {"tpu_latency": {}}})
 

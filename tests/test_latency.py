@@ -122,6 +122,80 @@ def test_a_corrupted_table_is_set_aside_and_rebuilt(cache, caplog, damage):
     assert json.loads(path.read_text())["entries"]  # rebuilt
 
 
+def test_an_entry_that_is_not_a_number_damages_the_table(cache, caplog):
+    model = StairTimer()
+    model.cost(SPEC, LowRank(8))
+    doc = json.loads(model.table.path.read_text())
+    doc["entries"] = {key: True for key in doc["entries"]}  # JSON true would read as 1.0
+    model.table.path.write_text(json.dumps(doc))
+    fresh = StairTimer()
+    with caplog.at_level(logging.WARNING):
+        assert fresh.cost(SPEC, LowRank(8)) == 1.0 and fresh.measurements == 1
+    assert "not a number" in caplog.text
+
+
+def test_a_folder_that_cannot_be_written_keeps_the_table_in_memory_with_one_warning(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("LCPRESS_CACHE_DIR", str(blocker / "cache"))  # a folder under a file cannot be made
+    model = StairTimer()
+    with caplog.at_level(logging.WARNING):
+        assert model.cost(SPEC, LowRank(8)) == 1.0 and model.cost(SPEC, LowRank(16)) == 2.0
+        assert model.cost(SPEC, LowRank(8)) == 1.0
+    assert model.measurements == 2 and caplog.text.count("cannot be written") == 1
+    assert "LCPRESS_CACHE_DIR" in caplog.text
+
+
+def test_a_damaged_table_that_cannot_be_moved_aside_is_measured_afresh(cache, monkeypatch, caplog):
+    model = StairTimer()
+    model.cost(SPEC, LowRank(8))
+    model.table.path.write_text("{broken")
+
+    def refused(*args):
+        raise PermissionError("read-only folder")
+
+    monkeypatch.setattr("lcpress.core.measured.os.replace", refused)
+    fresh = StairTimer()
+    with caplog.at_level(logging.WARNING):
+        assert fresh.cost(SPEC, LowRank(8)) == 1.0
+    assert "cannot be moved aside" in caplog.text
+
+
+def test_two_processes_filling_one_table_keep_each_others_entries(cache):
+    first, second = StairTimer(), StairTimer()  # each reads the table once, before the other writes
+    first.table, second.table  # noqa: B018 (load both now)
+    first.cost(SPEC, LowRank(8))
+    second.cost(SPEC, LowRank(16))
+    entries = json.loads(first.table.path.read_text())["entries"]
+    assert len(entries) == 2
+
+
+def test_a_layer_run_three_times_costs_three_calls_measured_once(cache):
+    model = StairTimer()
+    once, thrice = SPEC, SPEC.with_(calls=3)
+    assert model.costs(thrice, [LowRank(8), Dense()]).tolist() == [3.0, 300.0]
+    assert model.cost(thrice, LowRank(8)) == 3 * model.cost(once, LowRank(8))
+    assert model.measurements == 2  # rank 8 and dense, each once
+
+
+def test_plugin_forms_that_leave_kind_unset_never_share_table_entries(cache):
+    from dataclasses import dataclass
+
+    from lcpress.core.forms import Form
+    from lcpress.core.measured import table_key
+
+    @dataclass(frozen=True)
+    class Thin(Form):
+        rank: int
+
+    @dataclass(frozen=True)
+    class Fat(Form):
+        rank: int
+
+    assert table_key(SPEC, Thin(8), {}) != table_key(SPEC, Fat(8), {})
+    assert '"class"' not in table_key(SPEC, LowRank(8), {})  # built-in forms keep the keys they had
+
+
 def test_real_cpu_timer_smoke(cache):
     model = CpuLatency(CpuLatency.Options(min_run_time=0.01, threads=1))
     costs = model.costs(LayerSpec("linear", 32, 32, (4, 32)), [Dense(), LowRank(8)])

@@ -206,6 +206,34 @@ def test_wrong_architecture_is_refused(tmp_path):
         lcpress.load(path, model=other)
 
 
+class CustomHead(Custom):
+    """Custom with a head of another size: the file's compressed conv fits, its dense head does not."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16 * 6 * 6, 7)
+
+
+@pytest.mark.parametrize("make, options, message", [
+    (CustomHead, {}, r"tensor 'fc\.weight' is stored as \(5, 576\)"),
+    (Custom, {"map_location": "meta"}, "onto the meta device"),
+])
+def test_a_refused_load_leaves_the_given_model_as_it_was(tmp_path, make, options, message):
+    """The compressed layers are swapped in before the file's tensors are checked; a refusal puts them back."""
+    torch.manual_seed(0)
+    model, x = Custom(), torch.randn(2, 3, 6, 6)  # the conv is swapped in, then the dense head is refused
+    lcpress.compress(model, {"tasks": [{"layers": ["conv"], "options": {"rank": 4}}], "schedule": {"steps": 0}},
+                     example_input=x)
+    path = lcpress.save(model, tmp_path / "m.safetensors")
+    user = make()
+    before = {k: v.clone() for k, v in user.state_dict().items()}
+    with pytest.raises(CheckpointError, match=message):
+        lcpress.load(path, model=user, **options)
+    assert isinstance(user.conv, nn.Conv2d) and user.state_dict().keys() == before.keys()
+    assert all(torch.equal(user.state_dict()[k], v) for k, v in before.items())
+    user(x)  # it runs, on the CPU, as before
+
+
 def test_save_never_overwrites_by_accident(tmp_path):
     model, _ = _compressed_sequential()
     path = tmp_path / "m.safetensors"

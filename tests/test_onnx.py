@@ -226,3 +226,15 @@ def test_an_input_the_model_refuses_and_an_opset_the_exporter_cannot_write_are_o
     with pytest.raises(lcpress.LcpressError, match=r"opset 3 was asked for, but torch's exporter could only write opset \d+"):
         export_onnx(model, tmp_path / "m.onnx", torch.randn(1, 1, 8, 8), opset=3, check=False)
     assert not (tmp_path / "m.onnx").exists() and not list(tmp_path.iterdir())  # no file, no temporary left
+
+
+def test_export_inputs_keep_the_recorded_dtype_and_token_ids_are_valid_indices():
+    from lcpress.runs.results import example_for
+
+    tokens = {"example_input": {"shape": [1, 6], "dtype": "int64"}}
+    x = example_for(tokens, None)  # used to fail: torch.randn has no int64 kernel
+    assert x.dtype == torch.int64 and x.shape == (1, 6) and int(x.max()) == 0
+    y = example_for(tokens, [2, 9])  # --input-shape keeps the dtype the model takes
+    assert y.dtype == torch.int64 and y.shape == (2, 9)
+    images = example_for({"example_input": {"shape": [1, 3, 4, 4], "dtype": "float32"}}, [2, 3, 8, 8])
+    assert images.dtype == torch.float32 and images.shape == (2, 3, 8, 8) and images.std() > 0

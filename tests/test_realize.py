@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import lcpress
@@ -416,3 +417,71 @@ def test_a_preview_given_training_batches_picks_the_forms_the_run_picks_at_its_f
     preview = lcpress.predict_costs(copy.deepcopy(dense_mlp), config, torch.randn(1, 64), calibration=digits[0])
     result = lcpress.compress(copy.deepcopy(dense_mlp), config, loaders=digits, progress=False)
     assert preview.table["flops_after"].sum() == result.history["cost_flops"].iloc[0]
+
+
+class StandardizedConv(nn.Conv2d):
+    """A conv with a forward of its own (timm's StdConv2d standardizes its weight): plain layers cannot realize it."""
+
+    def forward(self, x):
+        w = self.weight - self.weight.mean(dim=(1, 2, 3), keepdim=True)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+def _hooked():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
+    model[0].register_forward_hook(lambda module, args, out: out * 2)
+    return model
+
+
+@pytest.mark.parametrize("make, problem", [
+    (lambda: nn.Sequential(StandardizedConv(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)), "has a forward of its own"),
+    (_hooked, "has forward hooks"),
+])
+def test_a_layer_plain_modules_cannot_realize_is_refused_by_name_and_left_alone_by_a_glob(make, problem, caplog):
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(lcpress.ConfigError, match=rf"layer '0': .*{problem}"):
+        _compress(make(), ["0"], x, rank=2)
+    torch.manual_seed(0)
+    model = make()
+    with caplog.at_level(logging.WARNING, logger="lcpress"):
+        result = _compress(model, ["*"], x, rank=2, rank_multiple=1)
+    assert [r.name for r in result.records] == ["2"] and problem in caplog.text
+    assert result.max_abs_error < 1e-5 and not result.warnings
+
+
+def test_a_realized_model_that_computes_something_else_is_a_warning_of_the_run():
+    """The last line of defence: whatever slipped past the checks, a realized model far from Δ(θ) is reported."""
+    from lcpress.core.realize import mismatch_warning
+
+    expected = torch.tensor([[2.0, -4.0]])
+    assert mismatch_warning(3e-6, expected) is None  # float rounding
+    assert "differs from Δ(θ)'s by up to 0.5 (12.5% of its largest output)" in mismatch_warning(0.5, expected)
+    assert mismatch_warning(0.05, expected.bfloat16()) is None  # half types round far more
+
+
+@pytest.mark.parametrize("scheme, options", [("quantize", {"k": 4}), ("prune", {"keep_fraction": 0.2}),
+                                             ("prune", {"structured": True, "keep": 8})])
+def test_a_float64_model_is_realized_in_float64_exactly(scheme, options):
+    """The bias of a decoded or row-pruned layer is copied in the model's dtype (it was rounded to float32)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).double()
+    with torch.no_grad():
+        model[0].bias.add_(0.1234567890123)
+    config = {"tasks": [{"layers": ["0"], "scheme": scheme, "options": options}], "schedule": {"steps": 0}}
+    result = lcpress.compress(model, config, example_input=torch.randn(3, 16, dtype=torch.float64), progress=False)
+    assert result.records[0].realized and result.max_abs_error < 1e-12
+    assert {t.dtype for t in model.state_dict().values() if t.is_floating_point()} == {torch.float64}
+
+
+def test_a_decoded_layer_first_run_in_inference_mode_still_trains_afterwards():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    config = {"tasks": [{"layers": ["0"], "scheme": "quantize", "options": {"k": 4}}], "schedule": {"steps": 0}}
+    lcpress.compress(model, config, example_input=torch.randn(1, 16), progress=False)
+    model[0]._cache = None  # as freshly loaded: nothing decoded yet
+    x = torch.randn(2, 16, requires_grad=True)
+    with torch.inference_mode():
+        expected = model(x.detach())
+    out = model(x)  # used to fail: "Inference tensors cannot be saved for backward"
+    out.sum().backward()
+    assert x.grad is not None and torch.equal(out.detach(), expected)

@@ -280,6 +280,8 @@ def _build_dataclass(cls: type[T], data: Any, path: str) -> T:
         close = difflib.get_close_matches(str(key), list(fields), n=1)
         advice = f"did you mean {close[0]!r}?" if close else cls.hint(str(key), data[key])
         hint = f" ({advice})" if advice else ""
+        if not fields:
+            raise ConfigError(f"{_join(path, key)}: {path or 'this'} takes no options; leave it out")
         raise ConfigError(f"{_join(path, key)}: unknown key{hint}; allowed keys: {', '.join(sorted(fields))}")
     hints = get_type_hints(cls)
     kwargs = {}

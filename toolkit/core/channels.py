@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from lcpress.core.forms import LayerSpec
+from lcpress.core.graph import realization_problem
 from lcpress.core.surgery import get_module
 from lcpress.errors import LcpressError
 
@@ -326,6 +327,12 @@ class _Analysis:
         if not isinstance(module, (nn.Linear, nn.Conv2d)):
             self.labels.block(x, f"read by {self._where(node)}, not an nn.Linear / nn.Conv2d")
             return None
+        problem = realization_problem(module)
+        if problem:
+            self.labels.block(x, f"read by {name}: {problem.split(';')[0]}")
+            rows = self.labels.new(module.weight.shape[0])
+            self.labels.block(rows, f"output of {name}: {problem.split(';')[0]}")
+            return _along(rows, self._shape(node), -1 if isinstance(module, nn.Linear) else 1)
         self.calls[name] = self.calls.get(name, 0) + 1
         out = self._layer_call(node, name, module, x)
         self.touched.setdefault(name, []).extend(t for t in (x, out) if t is not None)

@@ -42,6 +42,26 @@ def is_conv1d(module: nn.Module) -> bool:
             and isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.shape[1] == module.nf)
 
 
+def realization_problem(module: nn.Module) -> str | None:
+    """Why the modules realizing this layer could not stand in for it, or None.
+
+    A realized layer computes what its class's forward computes with Δ(θ); a subclass with a forward of its own
+    (timm's weight-standardized ``StdConv2d``) or hooks on the module would be dropped with it, and the model would
+    compute something else, so such layers are never compressed.
+    """
+    base = next((c for c in COMPRESSIBLE if isinstance(module, c)), None)
+    if base is not None and type(module).forward is not base.forward:
+        return (f"its class {type(module).__name__} has a forward of its own, which the plain layers realizing it "
+                f"would not run; exclude it, or compress a plain nn.{base.__name__} holding the weight it uses")
+    computed = not isinstance(getattr(module, "weight", None), nn.Parameter)  # a pre-hook computes the weight
+    hooks = [kind for kind, found in (("forward", module._forward_hooks),  # (torch's pruning): judged elsewhere
+                                      ("forward pre", {} if computed else module._forward_pre_hooks)) if found]
+    if hooks:
+        return (f"it has {' and '.join(hooks)} hooks, which the modules realizing it would not carry; remove them "
+                f"before compressing (and register them again on the result), or exclude the layer")
+    return None
+
+
 @dataclass
 class ModelGraph:
     """What one traced forward pass learned about a model."""

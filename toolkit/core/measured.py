@@ -164,27 +164,51 @@ class CostTable:
         self.model_name = model_name
         self.entries: dict[str, float] = {}
         self.hits = 0
+        self.unsaved = False  # the folder cannot be written: entries live in memory only
         self._load()
 
     def _load(self) -> None:
+        entries = self._read(quiet=False)
+        if entries is not None:
+            self.entries = entries
+
+    def _read(self, quiet: bool) -> dict[str, float] | None:
+        """The table's entries on disk, if it holds a table of this device; a damaged one is moved aside.
+
+        ``quiet``: re-read before a write (another process may have added entries); damage and other devices'
+        tables are then left to the first read's warning.
+        """
         if not self.path.exists():
-            return
+            return None
         try:
             doc = json.loads(self.path.read_text())
             if not isinstance(doc, dict) or doc.get("format") != TABLE_FORMAT or not isinstance(doc.get("entries"), dict):
                 raise ValueError("not an lcpress cost table")
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in doc["entries"].values()):
+                raise ValueError("it holds an entry that is not a number")
             entries = {str(k): float(v) for k, v in doc["entries"].items()}
             if not all(math.isfinite(v) and v >= 0 for v in entries.values()):
                 raise ValueError("it holds a NaN, infinite or negative cost")
         except (OSError, ValueError, TypeError) as exc:
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            os.replace(self.path, aside)
-            log.warning("cost table %s is unreadable (%s); moved it to %s and measuring afresh", self.path, exc, aside)
-            return
+            if not quiet:
+                self._set_aside(exc)
+            return None
         if doc.get("fingerprint") != self.fingerprint:
-            log.warning("cost table %s was measured on another device; ignoring it", self.path)
+            if not quiet:
+                log.warning("cost table %s was measured on another device; ignoring it", self.path)
+            return None
+        return entries
+
+    def _set_aside(self, problem: Exception) -> None:
+        """Move a damaged table out of the way (never delete what may be evidence), or leave it if that fails."""
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        try:
+            os.replace(self.path, aside)
+        except OSError as exc:  # a read-only folder, or another process moved it first
+            log.warning("cost table %s is unreadable (%s) and cannot be moved aside (%s); measuring afresh",
+                        self.path, problem, exc)
             return
-        self.entries = entries
+        log.warning("cost table %s is unreadable (%s); moved it to %s and measuring afresh", self.path, problem, aside)
 
     def get(self, key: str) -> float | None:
         value = self.entries.get(key)
@@ -193,10 +217,24 @@ class CostTable:
         return value
 
     def put(self, key: str, value: float) -> None:
+        """Add an entry and write the table, merged with what other processes wrote since it was read.
+
+        A folder that cannot be written keeps the table in memory for this run, with one warning: the run's
+        prices are as good, only the next run measures again.
+        """
         self.entries[key] = value
+        if self.unsaved:
+            return
+        self.entries = {**(self._read(quiet=True) or {}), **self.entries}
         doc = {"format": TABLE_FORMAT, "cost_model": self.model_name, "fingerprint": self.fingerprint,
                "entries": self.entries}
-        write_text_atomic(self.path, json.dumps(doc, indent=1, sort_keys=True))
+        try:
+            write_text_atomic(self.path, json.dumps(doc, indent=1, sort_keys=True))
+        except OSError as exc:
+            self.unsaved = True
+            log.warning("cost table %s cannot be written (%s): this run keeps its measurements in memory, and the "
+                        "next measures them again; point LCPRESS_CACHE_DIR (or cost_models.%s.cache_dir) at a "
+                        "writable folder to keep them", self.path, exc, self.model_name)
 
 
 @dataclass
@@ -234,8 +272,15 @@ def suspect(a: Known, b: Known, factor: float) -> Known | None:
 
 
 def table_key(spec: LayerSpec, form: Form, extra: dict[str, Any]) -> str:
-    """Canonical text of what was measured: the layer, the form, and the measuring options."""
-    return json.dumps({"spec": spec.with_(tied=False).to_dict(), "form": form_to_dict(form), **extra}, sort_keys=True)
+    """Canonical text of what was measured: the layer, the form, and the measuring options.
+
+    A form is named by its ``kind`` and fields; a plugin's form that leaves ``kind`` at the base's ``"form"`` is
+    named by its class too, so two such forms with the same fields never read each other's times.
+    """
+    described = form_to_dict(form)
+    if form.kind == Form.kind:
+        described["class"] = f"{type(form).__module__}.{type(form).__qualname__}"
+    return json.dumps({"spec": spec.with_(tied=False).to_dict(), "form": described, **extra}, sort_keys=True)
 
 
 class MeasuredCostModel(CostModel):
@@ -296,6 +341,8 @@ class MeasuredCostModel(CostModel):
             from lcpress.errors import LcpressError
 
             raise LcpressError(f"cost model {self.name!r} is not available here: {reason}")
+        if spec.calls != 1:  # measured once per call: a layer the forward runs n times costs n calls
+            return spec.calls * self.cost(spec.with_(calls=1), form)
         if isinstance(form, Resized):  # a smaller layer: measured as that layer, from an input of its own width
             return self.cost(form.primitives(spec)[0], Dense())
         options = {k: v for k, v in self.measure_options().items() if k != "cache_dir"}
@@ -315,6 +362,8 @@ class MeasuredCostModel(CostModel):
 
     def costs(self, spec: LayerSpec, forms: Sequence[Form]) -> torch.Tensor:
         """As :meth:`CostModel.costs`, read after all are measured: a later measurement may correct an earlier one."""
+        if spec.calls != 1:
+            return spec.calls * self.costs(spec.with_(calls=1), forms)
         super().costs(spec, forms)
         return torch.tensor([self._cache[(spec, form)] for form in forms], dtype=torch.float64)
 

@@ -32,7 +32,7 @@ from torch import nn
 from lcpress.config import LCConfig, TaskConfig, parse_config
 from lcpress.core.costmodel import CostModel
 from lcpress.core.forms import LayerSpec
-from lcpress.core.graph import COMPRESSIBLE, COMPRESSIBLE_TEXT, ModelGraph, is_conv1d, trace
+from lcpress.core.graph import COMPRESSIBLE, COMPRESSIBLE_TEXT, ModelGraph, is_conv1d, realization_problem, trace
 from lcpress.core.guard import plugin_call
 from lcpress.core.registry import Registry, get_registry
 from lcpress.core.scheme import Scheme
@@ -310,6 +310,9 @@ def _fitting_layers(group: GroupPlugins, names: list[str], named: set[str], grap
 
 def _layer_problem(module: nn.Module) -> str | None:
     """Why lcpress cannot compress a layer of a kind it compresses, whatever the scheme; None: it can."""
+    problem = realization_problem(module)
+    if problem:
+        return problem
     if isinstance(module, nn.Embedding) and module.max_norm is not None:
         return "an embedding with max_norm rescales its table's rows in place at every lookup"
     if isinstance(module, nn.Embedding) and module.sparse:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -244,6 +245,25 @@ def verify(realized: nn.Module, expected: torch.Tensor, example_input: Any) -> f
     """
     actual = eval_output(realized, example_input)
     return float((actual - expected).abs().max()) if actual.numel() else 0.0
+
+
+def mismatch_warning(max_abs_error: float, expected: torch.Tensor) -> str | None:
+    """What to tell the user when the realized model does not compute what Δ(θ) computes, beyond rounding; or None.
+
+    Realized forms equal Δ(θ) up to float rounding (the tests hold them under 1e-5). A larger difference means a
+    layer's module did more than its class's forward (a subclass's own forward, a hook) or the model reads a layer
+    in a way no realized module reproduces; checks before training refuse the known cases, this catches the rest.
+    """
+    scale = float(expected.detach().abs().max()) if expected.numel() else 0.0
+    if not math.isfinite(max_abs_error) or scale == 0.0:
+        return None if max_abs_error == 0.0 else f"the realized model's output differs from Δ(θ)'s ({max_abs_error})"
+    relative = 1e-3 if expected.dtype in (torch.float32, torch.float64) else 5e-2  # half types round far more
+    if max_abs_error <= relative * scale:
+        return None
+    return (f"the realized model's output differs from Δ(θ)'s by up to {max_abs_error:.3g} ({max_abs_error / scale:.1%} "
+            f"of its largest output): a compressed layer computes something its realized module does not (a "
+            f"subclass with its own forward, a hook, code that reads the layer's weight). The metric reported is "
+            f"Δ(θ)'s, not the returned model's; evaluate the returned model, and exclude the layer that differs")
 
 
 def realize_and_verify(

@@ -16,9 +16,10 @@ from safetensors.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -195,12 +196,38 @@ def load(path: str | Path, model: nn.Module | None = None, *, map_location: str 
         passed = model
     else:
         passed, model = model, uncompiled(model)  # a compiled architecture: its module takes the saved layers
-        swapped: list[str] = []
-        for layer in manifest.get("layers", []):
-            # a layer inside one already swapped in (compressed again, e.g. low rank then quantize) came with it
-            if layer.get("realized") and not any(layer["name"].startswith(f"{s}.") for s in swapped):
-                _swap_in(model, layer, allowed, path)
-                swapped.append(layer["name"])
+        with _undone_on_error(model):
+            _load_into(model, tensors, manifest, allowed, path, map_location)
+        return passed
+    _load_into(model, tensors, manifest, allowed, path, map_location, swap=False)
+    return passed
+
+
+@contextlib.contextmanager
+def _undone_on_error(model: nn.Module) -> Iterator[None]:
+    """Put every module's parameters, buffers and children back if the block fails: a load that is refused (a file
+    of another architecture, a device this machine lacks) leaves the user's model exactly as it was."""
+    saved = [(m, dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in model.modules()]
+    try:
+        yield
+    except BaseException:
+        for module, params, buffers, children in saved:
+            for table, old in ((module._parameters, params), (module._buffers, buffers), (module._modules, children)):
+                table.clear()
+                table.update(old)
+        raise
+
+
+def _load_into(model: nn.Module, tensors: dict[str, torch.Tensor], manifest: dict[str, Any], allowed: Allowed,
+               path: str | Path, map_location: str | torch.device, swap: bool = True) -> None:
+    """Swap the saved realized layers into ``model`` (``swap``), then give it the file's tensors."""
+    _refuse_unavailable(map_location, path)
+    swapped: list[str] = []
+    for layer in manifest.get("layers", []) if swap else ():
+        # a layer inside one already swapped in (compressed again, e.g. low rank then quantize) came with it
+        if layer.get("realized") and not any(layer["name"].startswith(f"{s}.") for s in swapped):
+            _swap_in(model, layer, allowed, path)
+            swapped.append(layer["name"])
     tied = _tied(manifest, tensors, path)
     tensors = {**tensors, **{alias: tensors[name] for alias, name in tied.items()}}
     _fitting(model, tensors, path)
@@ -212,7 +239,17 @@ def load(path: str | Path, model: nn.Module | None = None, *, map_location: str 
                               f"lcpress cannot rebuild that module class from a file")
     model.lcpress_layers = manifest.get("layers", [])
     model.to(map_location)
-    return passed
+
+
+def _refuse_unavailable(map_location: str | torch.device, path: str | Path) -> None:
+    """A device torch cannot use here is named before anything is built or moved."""
+    device = torch.device(map_location)
+    if device.type == "meta":
+        raise CheckpointError(f"cannot load {str(path)!r} onto the meta device: a loaded model holds the file's "
+                              f"weights; load it on 'cpu' (the default) and move it")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError(f"cannot load {str(path)!r} onto {str(device)!r}: torch sees no CUDA device here; "
+                              f"load it with map_location='cpu'")
 
 
 def _tied(manifest: dict[str, Any], tensors: dict[str, torch.Tensor], path: str | Path) -> dict[str, str]:

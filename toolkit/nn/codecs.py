@@ -204,6 +204,8 @@ class DecodedLayer(nn.Module):
         key = tuple(b._version for c in self.codecs for b in c.buffers()) + tuple(
             id(b) for c in self.codecs for b in c.buffers())
         if self._cache is None or self._cache[0] != key:
+            if torch.is_inference_mode_enabled():  # an inference tensor cached here would break autograd later
+                return self._decoded()
             self._cache = (key, self._decoded())
         return self._cache[1]
 
@@ -243,10 +245,11 @@ class DecodedLinear(DecodedLayer):
     def of(cls, linear: nn.Linear, codecs: Sequence[WeightCodec]) -> "DecodedLinear":
         new = cls(linear.in_features, linear.out_features, linear.bias is not None)
         new.codecs.extend(codecs)
+        new = new.to(device=linear.weight.device, dtype=linear.weight.dtype)  # before the bias: float64 stays exact
         if linear.bias is not None:
             with torch.no_grad():
                 new.bias.copy_(linear.bias)
-        return new.to(device=linear.weight.device, dtype=linear.weight.dtype)
+        return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight_now(), self.bias)
@@ -279,10 +282,11 @@ class DecodedConv2d(DecodedLayer):
         new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                   conv.groups, conv.bias is not None, conv.padding_mode)
         new.codecs.extend(codecs)
+        new = new.to(device=conv.weight.device, dtype=conv.weight.dtype)  # before the bias: float64 stays exact
         if conv.bias is not None:
             with torch.no_grad():
                 new.bias.copy_(conv.bias)
-        return new.to(device=conv.weight.device, dtype=conv.weight.dtype)
+        return new
 
     def to_dense(self) -> nn.Conv2d:
         """The plain Conv2d this layer computes, holding the decoded weight (for ONNX, say)."""

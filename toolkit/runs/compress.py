@@ -27,7 +27,8 @@ from lcpress.config import LCConfig, TrainConfig
 from lcpress.core.engine import CalibrateFn, EvalFn, LCEngine, LStep, TrainFn, evaluated
 from lcpress.core.graph import ModelGraph
 from lcpress.core.plan import Plan, Task, load_config, plan, refuse_unloaded
-from lcpress.core.realize import RealizedLayer, eval_output, load_compressed, realize_and_verify
+from lcpress.core.realize import (RealizedLayer, eval_output, load_compressed, mismatch_warning,
+                                  realize_and_verify)
 from lcpress.core.scheme import State
 from lcpress.core.surgery import call_model, uncompiled
 from lcpress.errors import ConfigError, LcpressError, RunDirectoryError
@@ -495,6 +496,9 @@ def _finish(model, engine: LCEngine, graph, cost_models, config, example_input, 
                                metric if tuned_metric is not None else None)
     result.sensitivity = {engine.tasks[i].name: curve.to_dict() for i, curve in sorted(engine.curves.items())}
     result.warnings = run_warnings(config, engine.history, dense_metric, result.metric)
+    mismatch = mismatch_warning(max_err, expected)
+    if mismatch:
+        result.warnings.append(mismatch)
     for warning in result.warnings:
         log.warning("%s", warning)
     if run_dir is not None:

@@ -64,19 +64,33 @@ def load_run_model(run_dir: str | Path, config: str | Path | None = None) -> tup
 
 
 def example_for(info: dict[str, Any], input_shape: Sequence[int] | None) -> torch.Tensor:
-    """An input for export: of ``input_shape``, else of the example input the run recorded."""
-    if input_shape is not None:
-        return torch.randn(*input_shape)
+    """An input for export: of the example input the run recorded, or of ``input_shape`` in the recorded dtype.
+
+    Integer inputs (token ids) are zeros, an index every table holds; real-valued ones are drawn at random.
+    """
     record = info.get("example_input")
+    dtype = _recorded_dtype(record)
+    if input_shape is not None:
+        return _filled(list(input_shape), dtype or torch.float32)
     try:
         shape = [int(s) for s in record["shape"]]
-        dtype = getattr(torch, str(record["dtype"]))
-        if not isinstance(dtype, torch.dtype) or not shape or min(shape) < 1 or len(shape) > 8:
+        if dtype is None or not shape or min(shape) < 1 or len(shape) > 8:
             raise ValueError
-    except (TypeError, KeyError, ValueError, AttributeError):
+    except (TypeError, KeyError, ValueError):
         raise LcpressError("the run did not record a usable input shape; give one, e.g. --input-shape 1,3,224,224") \
             from None
-    return torch.randn(*shape, dtype=dtype)
+    return _filled(shape, dtype)
+
+
+def _recorded_dtype(record: Any) -> torch.dtype | None:
+    dtype = getattr(torch, str(record.get("dtype")), None) if isinstance(record, dict) else None
+    return dtype if isinstance(dtype, torch.dtype) else None
+
+
+def _filled(shape: list[int], dtype: torch.dtype) -> torch.Tensor:
+    if dtype.is_floating_point or dtype.is_complex:
+        return torch.randn(*shape, dtype=dtype)
+    return torch.zeros(*shape, dtype=dtype)
 
 
 def export_run(run_dir: str | Path, path: str | Path, *, overwrite: bool = False,
