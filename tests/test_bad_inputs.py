@@ -21,7 +21,7 @@ import yaml
 from torch import nn
 
 import lcpress
-from lcpress import CheckpointError, CStepError, LcpressError, PluginError, RunDirectoryError
+from lcpress import CheckpointError, ConfigError, CStepError, LcpressError, PluginError, RunDirectoryError
 from lcpress.cli import main
 from lcpress.core.registry import reset_registry
 from lcpress.io.files import write_file
@@ -187,6 +187,89 @@ def test_a_finished_run_is_extended_by_more_steps_and_says_so(tmp_path):
     assert info["extensions"][0]["to_steps"] == 4 and info["config"]["schedule"]["steps"] == 4
     with pytest.raises(RunDirectoryError, match="set schedule.steps above the run's 4"):
         _compress(out, resume=True, extend=True, config=more)
+
+
+def test_an_extension_refused_for_its_checkpoint_leaves_the_finished_run_as_it_was(tmp_path):
+    out = tmp_path / "run"
+    _compress(out)
+    before = (out / "run.json").read_text()
+    checkpoint = out / "checkpoint.safetensors"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])  # cut short
+    more = {"schedule": {"steps": 4, "mu0": 0.01, "factor": 2.0}}
+    with pytest.raises(CheckpointError, match="not a readable lcpress file"):
+        _compress(out, resume=True, extend=True, config=more)
+    assert (out / "run.json").read_text() == before  # still the finished 2-step run (it became "running", 4 steps)
+
+
+def test_a_checkpoint_another_config_wrote_is_not_resumed(tmp_path, monkeypatch):
+    out, other = tmp_path / "run", tmp_path / "other-lr"
+    _interrupted(out, monkeypatch)
+    _compress(other, config={"train": {"lr": 0.5}})  # its checkpoint copied over this run's (a restored backup)
+    (out / "checkpoint.safetensors").write_bytes((other / "checkpoint.safetensors").read_bytes())
+    with pytest.raises(RunDirectoryError, match=r"written by a run of another config .*train\.lr: 0\.5 → 0\.01"):
+        _compress(out, resume=True)
+
+
+def test_half_written_copies_a_killed_run_left_are_removed_when_the_run_goes_on(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _interrupted(out, monkeypatch)
+    stale = out / ".checkpoint.safetensors.ab12cd34.tmp"  # what a SIGKILL during a checkpoint write leaves
+    stale.write_bytes(b"\0" * 1024)
+    mine = out / "notes.tmp"
+    mine.write_text("the user's")
+    _compress(out, resume=True)
+    assert not stale.exists() and mine.exists()
+
+
+def test_a_moved_project_resumes(tmp_path, monkeypatch):
+    """Config file and run folder moved together: base_dir changed, nothing the user could put back."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.yaml").write_text(yaml.safe_dump(_config("runs/a")))
+    monkeypatch.chdir(tmp_path)
+    original = lcpress.LCEngine.l_step
+
+    def cut(self, k, mu):
+        if k == 2:
+            raise KeyboardInterrupt
+        return original(self, k, mu)
+
+    with monkeypatch.context() as m:
+        m.setattr(lcpress.LCEngine, "l_step", cut)
+        with pytest.raises(KeyboardInterrupt):
+            lcpress.compress(_net(), project / "config.yaml", loaders=_data(), progress=False)
+    project.rename(tmp_path / "moved")
+    result = lcpress.compress(_net(), tmp_path / "moved" / "config.yaml", loaders=_data(), resume=True, progress=False)
+    assert list(result.history["step"]) == [0, 1, 2]
+
+
+def test_a_run_stopped_while_fine_tuning_names_its_checkpoint_and_resumes_from_the_dense_model(tmp_path, caplog):
+    """The model object is realized by then: resuming with it is refused with the fix, a fresh copy resumes."""
+    train, _ = _data()
+
+    buggy = [True]
+
+    def train_fn(model, penalty, step):
+        if step.index >= 2 and buggy[0]:  # the first fine-tuning pass (after LC steps 1 and 2)
+            raise RuntimeError("a bug in my fine-tuning")
+        for x, y in train:
+            model.zero_grad()
+            (torch.nn.functional.cross_entropy(model(x), y) + penalty()).backward()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p -= 0.01 * p.grad
+
+    config = _config(tmp_path / "run", finetune={"steps": 1}, tasks=[
+        {"layers": ["0"], "options": {"rank_multiple": 1}, "target": {"cost": "params", "ratio": 0.5}}])
+    model = _net()
+    with pytest.raises(RuntimeError, match="a bug in my fine-tuning"), caplog.at_level("ERROR", logger="lcpress"):
+        lcpress.compress(model, config, train_fn, example_input=torch.randn(1, 12), progress=False)
+    assert "the checkpoint after LC step 2 is intact" in caplog.text
+    with pytest.raises(ConfigError, match=r"'0' was realized by an lcpress run .* pass the dense model"):
+        lcpress.compress(model, config, train_fn, example_input=torch.randn(1, 12), resume=True, progress=False)
+    buggy[0] = False
+    result = lcpress.compress(_net(), config, train_fn, example_input=torch.randn(1, 12), resume=True, progress=False)
+    assert result.records[0].realized and result.metric_before_finetune is None and len(result.history) == 3
 
 
 # ------------------------------------------------------------------ nothing runs from a run directory

@@ -262,3 +262,21 @@ def test_the_report_names_fine_tuning_and_the_runs_warnings(dense_mlp, tmp_path)
     assert "finetune: 1 passes over the training data of the realized model" in markdown
     assert "after 1 fine-tuning passes of the realized model (LC's last step:" in markdown
     assert "## Warnings" in markdown and "LC did not converge" in markdown.split("## Warnings")[1]
+
+
+def test_a_report_that_fails_while_writing_keeps_the_one_before(finished_run, monkeypatch):
+    """Report files are replaced whole: a write cut short (a full disk, a file-size limit) leaves the last one."""
+    run, _ = finished_run
+    files = write_report(run, plots=False)
+    before = files.csv.read_text()
+    original = pd.DataFrame.to_csv
+
+    def cut_short(self, path, *args, **kwargs):
+        original(self.head(1), path, *args, **kwargs)
+        raise OSError(27, "File too large")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", cut_short)
+    with pytest.raises(OSError, match="File too large"):
+        write_report(run, plots=False)
+    assert files.csv.read_text() == before
+    assert not list(files.csv.parent.glob(".*.tmp"))

@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from lcpress.atomic import replacing
 from lcpress.config import ScheduleConfig
 from lcpress.core import budget as budget_mod
 from lcpress.core import coupled as coupled_mod
@@ -626,7 +627,8 @@ class LCEngine:
         self.history.append(row)
         self.next_step = k + 1
         if self.history_csv is not None:
-            self.history_frame().to_csv(self.history_csv, index=False)
+            with replacing(self.history_csv) as tmp:  # a kill mid-write keeps the last whole history
+                self.history_frame().to_csv(tmp, index=False)
         if self.checkpointer is not None:
             tensors, meta = self.snapshot()
             self.checkpointer.save(tensors, meta)

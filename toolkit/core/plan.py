@@ -401,6 +401,12 @@ def _bound_task(model: nn.Module, graph: ModelGraph, group: GroupPlugins, names:
                 group.index, group.config, {**{n: graph.specs[n] for n in binding.layers}, **binding.sites})
 
 
+def _realized_layers(modules: dict[str, nn.Module]) -> set[str]:
+    """Names of the layers an lcpress run realized in this model (its records, on the root module)."""
+    records = getattr(modules.get(""), "lcpress_layers", None) or []
+    return {r.get("name") for r in records if isinstance(r, dict) and r.get("realized")}
+
+
 def excluded(cfg: TaskConfig, name: str) -> bool:
     """Whether one of the task group's ``exclude`` patterns removes layer ``name``."""
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in cfg.exclude)
@@ -438,6 +444,12 @@ def _match(cfg: TaskConfig, modules: dict[str, nn.Module], graph: ModelGraph, g:
             module = modules[name]
             if not isinstance(module, COMPRESSIBLE):
                 inside = any(isinstance(m, COMPRESSIBLE) for m in module.modules())
+                if explicit and name in _realized_layers(modules):
+                    raise ConfigError(
+                        f"tasks[{g}].layers[{i}]: {name!r} was realized by an lcpress run (it is a "
+                        f"{type(module).__name__} now). To resume a run that stopped after realizing it, pass the "
+                        f"dense model the run started from (a fresh copy); to compress it further, name the layers "
+                        f"inside it, e.g. '{name}.*'")
                 raise ConfigError(
                     f"tasks[{g}].layers[{i}]: {name!r} is a {type(module).__name__}; lcpress compresses "
                     f"{COMPRESSIBLE_TEXT} layers"

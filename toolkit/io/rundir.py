@@ -88,7 +88,9 @@ class RunDirectory:
     # ------------------------------------------------------------ preparing
     def prepare(self, *, resume: bool, force: bool, config: dict[str, Any], extend: bool = False) -> bool:
         """Make the directory ready; returns True when a checkpoint should be resumed."""
-        if self.check(resume=resume, force=force, extend=extend):
+        resuming = self.check(resume=resume, force=force, extend=extend)
+        self._remove_stale_temporaries()
+        if resuming:
             return True
         if force and self.is_run():
             for name in RUN_FILES:
@@ -129,6 +131,15 @@ class RunDirectory:
                 f"force=True to replace it (CLI: --force), or choose another output_dir"
             )
         return False
+
+    def _remove_stale_temporaries(self) -> None:
+        """Half-written copies of the run's files (``.checkpoint.safetensors.x1y2.tmp``) that a killed process
+        left: the lock is held, so no one is writing them now, and each can be as large as a checkpoint."""
+        if not self.is_run():
+            return
+        for name in RUN_FILES:
+            for stale in self.path.glob(f".{name}.*.tmp"):
+                stale.unlink(missing_ok=True)
 
     def _entries(self) -> Iterator[Path]:
         return (p for p in self.path.iterdir() if p.name != LOCK)

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from lcpress.atomic import replacing, write_bytes_atomic, write_text_atomic
 from lcpress.io.rundir import RunDirectory
 from lcpress.reporting import plots as draw
 from lcpress.reporting.document import Bullets, Document, Heading, Image, Paragraph, Table
@@ -52,13 +53,14 @@ def write_report(run_dir: str | Path, *, plots: bool | None = None) -> ReportFil
     images = []
     for image in document.images:
         images.append(path / image.filename)
-        images[-1].write_bytes(image.data)
+        write_bytes_atomic(images[-1], image.data)
     csv = None
     if summary.layers is not None:
         csv = path / "report.csv"
-        summary.layers.to_csv(csv, index=False)
-    (path / "report.md").write_text(document.markdown())
-    (path / "report.html").write_text(document.html())
+        with replacing(csv) as tmp:
+            summary.layers.to_csv(tmp, index=False)
+    write_text_atomic(path / "report.md", document.markdown())
+    write_text_atomic(path / "report.html", document.html())
     return ReportFiles(path / "report.md", path / "report.html", csv, images)
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from lcpress.atomic import replacing
 from lcpress.config import LCConfig, TrainConfig
 from lcpress.core.engine import CalibrateFn, EvalFn, LCEngine, LStep, TrainFn, evaluated
 from lcpress.core.graph import ModelGraph
@@ -212,9 +213,9 @@ def compress(
     was_training = model.training
     try:
         with _holding(run_dir):
-            resuming = distributed.on_main(lambda: _prepare(run_dir, config, resume, force, extend) if run_dir
-                                           else False)
-            result = _run(setup, run_dir, resuming)
+            resuming, extension = distributed.on_main(lambda: _prepare(run_dir, config, resume, force, extend)
+                                                      if run_dir else (False, None))
+            result = _run(setup, run_dir, resuming, extension)
     finally:
         model.train(was_training)  # the mode the model came in, even after an error: L steps train it
     result.model = passed
@@ -297,11 +298,19 @@ class _Setup:
     calibrate: CalibrateFn | None = None  # runs training batches forward, for output-space metrics
 
 
-def _run(setup: _Setup, run_dir: RunDirectory | None, resuming: bool) -> CompressionResult:
-    """The run itself, once the run directory is held and ready."""
+def _run(setup: _Setup, run_dir: RunDirectory | None, resuming: bool,
+         extension: dict[str, Any] | None = None) -> CompressionResult:
+    """The run itself, once the run directory is held and ready.
+
+    A resumed run reads its checkpoint before it writes anything: an unreadable checkpoint, or one another config
+    wrote, is refused with run.json as it was (an extension is recorded only once the checkpoint is read).
+    """
     model, config, example_input = setup.model, setup.config, setup.example_input
     train_fn, eval_fn = setup.train_fn, setup.eval_fn
     graph, tasks, cost_models = setup.planned.graph, setup.planned.tasks, setup.planned.cost_models
+    resumed = _read_checkpoint(run_dir, config) if resuming else None
+    if extension is not None:
+        distributed.on_main(lambda: run_dir.update_info(status="running", **extension))
     dense_copy = copy.deepcopy(model) if setup.timed and distributed.is_main() else None
     checkpointer = FileCheckpointer(run_dir.checkpoint_path, config.to_dict()) if run_dir and config.checkpoint else None
 
@@ -315,13 +324,21 @@ def _run(setup: _Setup, run_dir: RunDirectory | None, resuming: bool) -> Compres
                           seed=config.seed, checkpointer=checkpointer, progress=setup.progress,
                           history_csv=run_dir.file("history.csv") if run_dir else None,
                           before_eval=setup.normalize, gradient_norm=setup.probe, calibrate=setup.calibrate)
-    if resuming:
-        tensors, meta = FileCheckpointer(run_dir.checkpoint_path, {}).load()
+    if resumed is not None:
+        tensors, meta = resumed
         engine.restore(tensors, meta["engine"])
         log.info("resuming %s after LC step %d", run_dir.path, engine.next_step - 1)
     engine.run()
-    result = _finish(model, engine, graph, cost_models, config, example_input, dense_metric, run_dir,
-                     setup.finetune_fn, eval_fn, setup.normalize)
+    try:
+        result = _finish(model, engine, graph, cost_models, config, example_input, dense_metric, run_dir,
+                         setup.finetune_fn, eval_fn, setup.normalize)
+    except BaseException as exc:
+        if engine.checkpointed is not None:
+            log.error("finishing the run stopped (%s) after its last LC step; the checkpoint after LC step %d is "
+                      "intact: continue with resume=True and the dense model the run started from (this model "
+                      "object may hold realized layers now; CLI: lcpress compress --resume)",
+                      type(exc).__name__, engine.checkpointed)
+        raise
     if dense_copy is not None:
         result.measured = measured_latency(setup.timed, dense_copy, model, example_input)
         if run_dir is not None:  # the report shows the whole model as measured, beside the per-layer prices
@@ -356,15 +373,38 @@ def calibrate_fn(data: Any, config: LCConfig, device: torch.device) -> Calibrate
     return calibrate
 
 
-def _prepare(run_dir: RunDirectory, config: LCConfig, resume: bool, force: bool, extend: bool) -> bool:
-    """Ready the run directory; when resuming, the config must be the recorded one (``extend``: more steps only)."""
+def _prepare(run_dir: RunDirectory, config: LCConfig, resume: bool, force: bool,
+             extend: bool) -> tuple[bool, dict[str, Any] | None]:
+    """Ready the run directory; when resuming, the config must be the recorded one (``extend``: more steps only).
+
+    Returns whether the run resumes, and the run.json fields an extension records once its checkpoint is read.
+    """
     resuming = run_dir.prepare(resume=resume, force=force, config=config.to_dict(), extend=extend)
-    if resuming:
-        _check_same_config(run_dir, config, extend)
-    return resuming
+    return resuming, (_check_same_config(run_dir, config, extend) if resuming else None)
 
 
-def _check_same_config(run_dir: RunDirectory, config: LCConfig, extend: bool) -> None:
+#: Config keys a resumed run may differ in: where the run lives, and where its config file lives (a moved project)
+RELOCATABLE = ("output_dir", "base_dir")
+
+
+def _read_checkpoint(run_dir: RunDirectory, config: LCConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The run's checkpoint, refused if another config wrote it (a checkpoint copied in from another run)."""
+    tensors, meta = FileCheckpointer(run_dir.checkpoint_path, {}).load()
+    written = meta.get("config")
+    if isinstance(written, dict):
+        with contextlib.suppress(LcpressError):
+            written = LCConfig.from_dict(written).to_dict()
+        changes = [c for c in changed_keys(written, config.to_dict(), ignore=RELOCATABLE)
+                   if not c.startswith("schedule.steps:")]  # an extension changes steps before its first checkpoint
+        if changes:
+            raise RunDirectoryError(
+                f"{str(run_dir.checkpoint_path)!r} was written by a run of another config than {str(run_dir.path)!r} "
+                f"records (changed: {'; '.join(changes)}), so resuming would mix two runs; put back this run's own "
+                f"checkpoint, or start afresh (--force)")
+    return tensors, meta
+
+
+def _check_same_config(run_dir: RunDirectory, config: LCConfig, extend: bool) -> dict[str, Any] | None:
     info = run_dir.info()
     recorded = info.get("config")
     if not isinstance(recorded, dict):
@@ -373,7 +413,7 @@ def _check_same_config(run_dir: RunDirectory, config: LCConfig, extend: bool) ->
     with contextlib.suppress(LcpressError):  # written by an older lcpress: compare with today's defaults filled in
         recorded = LCConfig.from_dict(recorded).to_dict()
     current = config.to_dict()
-    changes = changed_keys(recorded, current, ignore=("output_dir",))
+    changes = changed_keys(recorded, current, ignore=RELOCATABLE)
     before, after = (recorded.get("schedule") or {}).get("steps"), config.schedule.steps
     if extend:
         changes = [c for c in changes if not c.startswith("schedule.steps:")]
@@ -387,11 +427,12 @@ def _check_same_config(run_dir: RunDirectory, config: LCConfig, extend: bool) ->
             f"{str(run_dir.path)!r} holds a run of another config, and --resume continues a run with the config it "
             f"started with. Changed: {'; '.join(changes)}. Put those back, or start a new run (another output_dir, "
             f"or --force to replace this one).{hint}")
-    if extend:
-        extensions = list(info.get("extensions") or [])
-        extensions.append({"from_steps": before, "to_steps": after,
-                           "at": datetime.datetime.now().isoformat(timespec="seconds")})
-        run_dir.update_info(status="running", config=current, extensions=extensions)
+    if not extend:
+        return None
+    extensions = list(info.get("extensions") or [])
+    extensions.append({"from_steps": before, "to_steps": after,
+                       "at": datetime.datetime.now().isoformat(timespec="seconds")})
+    return {"config": current, "extensions": extensions}
 
 
 def _timed_targets(config: LCConfig, cost_models: dict[str, CostModel]) -> dict[str, MeasuredCostModel]:
@@ -483,8 +524,8 @@ def _finish(model, engine: LCEngine, graph, cost_models, config, example_input, 
     expected = eval_output(model, example_input)  # … and its output is what the realized model must match
     records, max_err = realize_and_verify(model, engine.tasks, states, example_input, expected, graph.aliases,
                                           graph.specs, cost_models)  # before fine-tuning moves the realized weights
+    model.lcpress_layers = _layer_records(model, records)  # set now: a failed fine-tuning leaves a realized model
     tuned_metric = _fine_tune(model, finetune_fn, eval_fn, config, normalize, engine.progress)
-    model.lcpress_layers = _layer_records(model, records)
     schemes = {name: t.scheme.name for t in engine.tasks for name in t.layers}
     kept = {r.name: r.reason for r in records if not r.realized}
     table = layer_table(graph, engine.forms(), cost_models, schemes, [r.name for r in records if r.realized], kept)
@@ -507,7 +548,8 @@ def _finish(model, engine: LCEngine, graph, cost_models, config, example_input, 
                                                  "fine_tune_passes": config.finetune.steps}
 
         def write() -> None:
-            table.to_csv(run_dir.file("layers.csv"), index=False)
+            with replacing(run_dir.file("layers.csv")) as tmp:
+                table.to_csv(tmp, index=False)
             result.save(run_dir.file("model.safetensors"), overwrite=True)
             run_dir.mark_finished(dense_metric=dense_metric, metric=result.metric, max_abs_error=max_err,
                                   totals=result.totals, warnings=result.warnings, **tuned,

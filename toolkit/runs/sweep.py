@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from lcpress.atomic import replacing, write_bytes_atomic, write_text_atomic
 from lcpress.config import LCConfig
 from lcpress.core.costmodel import CostModel
 from lcpress.core.forms import LayerSpec, LowRank
@@ -302,7 +303,8 @@ def _write(result: SweepResult, config: LCConfig, cost_names: list[str], primary
     out = result.output_dir
     out.mkdir(parents=True, exist_ok=True)
     files = {"csv": out / "sweep.csv", "markdown": out / "sweep.md", "html": out / "sweep.html"}
-    result.points.to_csv(files["csv"], index=False)
+    with replacing(files["csv"]) as tmp:
+        result.points.to_csv(tmp, index=False)
     names = [primary] + [n for n in cost_names if n != primary]
     doc = Document(f"lcpress sweep: {out.name}")
     doc.add(Paragraph(f"{config.metric} against cost, one LC run per target ratio of {primary}"
@@ -316,9 +318,9 @@ def _write(result: SweepResult, config: LCConfig, cost_names: list[str], primary
         if fig is not None:
             doc.add(Image("sweep.png", f"{config.metric} against cost", plots.png(fig)))
             files["png"] = out / "sweep.png"
-            files["png"].write_bytes(doc.images[-1].data)
+            write_bytes_atomic(files["png"], doc.images[-1].data)
     else:
         doc.add(Paragraph("The figure needs matplotlib: pip install 'lcpress[demo]'."))
-    files["markdown"].write_text(doc.markdown())
-    files["html"].write_text(doc.html())
+    write_text_atomic(files["markdown"], doc.markdown())
+    write_text_atomic(files["html"], doc.html())
     return files
