@@ -196,6 +196,16 @@ def test_plugin_forms_that_leave_kind_unset_never_share_table_entries(cache):
     assert '"class"' not in table_key(SPEC, LowRank(8), {})  # built-in forms keep the keys they had
 
 
+def test_a_compressed_model_measured_slower_than_dense_is_a_warning_of_the_run(cache, monkeypatch):
+    """The layer prices said faster; the whole model, timed at the end, says otherwise: the run says so."""
+    monkeypatch.setattr(StairTimer, "measure_model", lambda self, model, x: float(len(list(model.modules()))),
+                        raising=False)
+    with using_plugins(StairPlugin()):
+        result = _compress("stair_latency", ratio=0.05)
+    assert "measured stair_latency of the whole model" in result.measured[0]
+    assert any("measured no faster than the dense one under stair_latency" in w for w in result.warnings)
+
+
 def test_real_cpu_timer_smoke(cache):
     model = CpuLatency(CpuLatency.Options(min_run_time=0.01, threads=1))
     costs = model.costs(LayerSpec("linear", 32, 32, (4, 32)), [Dense(), LowRank(8)])

@@ -179,3 +179,39 @@ def test_a_compiled_quantized_model_compiles_once_not_once_per_layer():
         for _ in range(2):
             torch.testing.assert_close(compiled(x), model(x))
     assert counters["stats"]["unique_graphs"] == 1
+
+
+@pytest.mark.parametrize("scheme, cost", [("quantize", None), ("prune", None), ("quantize", "params")])
+def test_alpha_under_a_cost_no_form_lowers_is_refused_before_training(scheme, cost):
+    """Quantized and sparse layers run as dense products: under flops nothing is cheaper, and α could pick nothing."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    task = {"layers": ["*"], "scheme": scheme, "options": {"k": None} if scheme == "quantize" else {}, "alpha": 1e-3}
+    if cost:
+        task["cost"] = cost
+    trained = []
+
+    def train_fn(model, penalty, step):
+        trained.append(step.index)
+
+    with pytest.raises(lcpress.ConfigError, match=rf"under cost '{cost or 'flops'}' no form {scheme} offers costs "
+                                                  r"less than dense.*cost: storage"):
+        lcpress.compress(model, {"tasks": [task], "schedule": {"steps": 2, "mu0": 1e-2}}, train_fn,
+                         example_input=torch.randn(1, 16), progress=False)
+    assert trained == []
+
+
+def test_fine_tuning_a_quantized_layer_says_its_stored_values_stay(caplog):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    config = {"tasks": [{"layers": ["0"], "scheme": "quantize", "options": {"k": 4}}],
+              "schedule": {"steps": 0}, "finetune": {"steps": 1}}
+    seen = []
+
+    def train_fn(model, penalty, step):
+        seen.append(sorted(n for n, p in model.named_parameters() if p.requires_grad))
+
+    with caplog.at_level("WARNING", logger="lcpress"):
+        lcpress.compress(model, config, train_fn, example_input=torch.randn(1, 16), progress=False)
+    assert "1 layer(s) stored quantized or sparse ('0') keep their stored values and train their bias only" in caplog.text
+    assert "0.bias" in seen[-1] and not any(n.startswith("0.codecs") for n in seen[-1])

@@ -123,7 +123,8 @@ class FinetuneConfig(Options):
 
     steps: int = option(0, help="passes of the L step's training over the realized model, without the penalty "
                                 "(train.epochs epochs each with the built-in trainer, or one call of your train_fn); "
-                                "the learning rate keeps decaying from the last LC step unless lr is set; 0 = none",
+                                "the learning rate keeps decaying from the last LC step unless lr is set; layers stored "
+                                "quantized or sparse keep their stored values and train their bias only; 0 = none",
                         ge=0)
     lr: float | None = option(None, help="learning rate of the first fine-tuning pass (then · train.lr_decay per "
                                          "pass) with the built-in trainer; thin layers trained directly often want a "

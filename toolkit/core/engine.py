@@ -492,6 +492,9 @@ class LCEngine:
                              for i in members]
                 costs = [self._price(self.tasks[i], model, contexts[i].candidates.forms, k)
                          for i, model in zip(members, priced_by)]
+                if cfg.alpha > 0 and self.refuse_all_dense:
+                    _refuse_nothing_cheaper(g, [contexts[i].candidates.forms for i in members], costs,
+                                            priced_by[0].name, scheme.name)
                 choice = budget_mod.choose_with_alpha(costs, errors, cfg.alpha, mu)
                 if cfg.alpha == 0 and mu > 0 and self.refuse_all_dense:
                     _refuse_all_dense(g, [contexts[i].candidates.forms[j] for i, j in zip(members, choice.indices)])
@@ -836,6 +839,24 @@ def _refuse_all_dense(group: int, chosen: list[Form]) -> None:
             f"tasks[{group}].target (e.g. {{ratio: 0.5}}), tasks[{group}].alpha, or a fixed form in "
             f"tasks[{group}].options (rank, keep, k)"
         )
+
+
+def _refuse_nothing_cheaper(group: int, forms: list[list[Form]], costs: list[torch.Tensor], cost: str,
+                            scheme: str) -> None:
+    """α trades cost for error: when no candidate of any layer costs less than dense, α can never pick one.
+
+    Quantized and sparse layers run as dense products, so under ``flops`` (or a measured latency) they cost what
+    dense does; without this the run trains every L step and hands back the model dense.
+    """
+    for layer_forms, layer_costs in zip(forms, costs):
+        dense = [c for f, c in zip(layer_forms, layer_costs.tolist()) if isinstance(f, Dense)]
+        if not dense or any(c < dense[0] for f, c in zip(layer_forms, layer_costs.tolist()) if not isinstance(f, Dense)):
+            return
+    raise ConfigError(
+        f"tasks[{group}]: under cost {cost!r} no form {scheme} offers costs less than dense, so alpha can never "
+        f"choose one and every layer would stay dense. Price the task in what the scheme saves: tasks[{group}].cost: "
+        f"storage (quantize and prune store less but run as dense products; cost: params also counts a pruned "
+        f"layer's kept weights)")
 
 
 def _refuse(task: Task, k: int, problem: str) -> NoReturn:

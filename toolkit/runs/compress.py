@@ -32,11 +32,12 @@ from lcpress.core.realize import (RealizedLayer, eval_output, load_compressed, m
                                   realize_and_verify)
 from lcpress.core.scheme import State
 from lcpress.core.surgery import call_model, uncompiled
-from lcpress.errors import ConfigError, LcpressError, RunDirectoryError
+from lcpress.errors import ConfigError, LcpressError, RunDirectoryError, listed
 from lcpress.progress import status_line
 from lcpress.io.checkpoint import FileCheckpointer
 from lcpress.io.modelfile import save
 from lcpress.io.rundir import RunDirectory, changed_keys
+from lcpress.nn.codecs import DecodedLayer
 from lcpress.reporting.runinfo import plan_record
 from lcpress.reporting.tables import format_table, kept_dense_layers, layer_table, target_lines, totals
 from lcpress.core.costmodel import CostModel
@@ -340,9 +341,13 @@ def _run(setup: _Setup, run_dir: RunDirectory | None, resuming: bool,
                       type(exc).__name__, engine.checkpointed)
         raise
     if dense_copy is not None:
-        result.measured = measured_latency(setup.timed, dense_copy, model, example_input)
+        slower: list[str] = []
+        result.measured = measured_latency(setup.timed, dense_copy, model, example_input, slower=slower)
+        for warning in slower:
+            log.warning("%s", warning)
+        result.warnings += slower
         if run_dir is not None:  # the report shows the whole model as measured, beside the per-layer prices
-            run_dir.update_info(measured=result.measured)
+            run_dir.update_info(measured=result.measured, warnings=result.warnings)
     return result
 
 
@@ -442,8 +447,12 @@ def _timed_targets(config: LCConfig, cost_models: dict[str, CostModel]) -> dict[
 
 
 def measured_latency(models: dict[str, MeasuredCostModel], dense: nn.Module, compressed: nn.Module,
-                     example_input: Any, rounds: int = 3) -> list[str]:
-    """One line per cost model: the whole dense and compressed model measured, interleaved, fastest of ``rounds``."""
+                     example_input: Any, rounds: int = 3, slower: list[str] | None = None) -> list[str]:
+    """One line per cost model: the whole dense and compressed model measured, interleaved, fastest of ``rounds``.
+
+    ``slower`` collects a warning for every cost model under which the compressed model measured no faster
+    than the dense one: the layer prices the C step chose by did not hold for the whole model.
+    """
     lines = []
     for name, cost_model in models.items():
         before, after = [], []
@@ -458,6 +467,11 @@ def measured_latency(models: dict[str, MeasuredCostModel], dense: nn.Module, com
         at = f" at batch {batch}" if batch else ""
         lines.append(f"measured {name} of the whole model{at}: dense {b:.4g} {cost_model.unit} → compressed "
                      f"{a:.4g} {cost_model.unit} ({a / b:.1%} of dense)")
+        if slower is not None and a >= b:
+            slower.append(f"the compressed model measured no faster than the dense one under {name}{at} ({a:.4g} "
+                          f"against {b:.4g} {cost_model.unit}): the layer prices it was chosen by do not hold here. "
+                          f"Prices measured on a busy machine are often the cause: measure on a quiet one (for "
+                          f"cpu_latency, clock: thread with threads: 1), and look at the table with lcpress profile")
     return lines
 
 
@@ -598,6 +612,10 @@ def _fine_tune(model: nn.Module, finetune_fn, eval_fn, config: LCConfig, normali
     """``finetune.steps`` penalty-free passes over the realized model; its metric after them (None: no fine-tuning)."""
     if finetune_fn is None:
         return None
+    fixed = [name for name, m in model.named_modules() if isinstance(m, DecodedLayer)]
+    if fixed:
+        log.warning("fine-tuning trains the realized model's parameters: %d layer(s) stored quantized or sparse "
+                    "(%s) keep their stored values and train their bias only", len(fixed), listed([repr(n) for n in fixed]))
     finetune_fn = distributed.data_parallel(finetune_fn, model)  # over the realized model's parameters
     done, total = config.schedule.steps, config.schedule.steps + config.finetune.steps
     zero = next(model.parameters()).new_zeros(())
