@@ -303,7 +303,8 @@ def test_tampered_manifest_with_unknown_module_type(tmp_path):
 
     manifest["sha256"] = payload_digest(tensors, manifest)  # a forger can recompute the checksum
     save_file(tensors, str(path), metadata={"lcpress": json.dumps(manifest)})
-    with pytest.raises(CheckpointError, match="unknown type 'os.system'"):
+    with pytest.raises(CheckpointError, match=r"model file '.*m\.safetensors': .*unknown type 'os.system'.*"
+                                              r"`lcpress plugins` lists"):
         lcpress.load(path)
 
 
@@ -354,3 +355,18 @@ def test_a_safetensors_file_lcpress_did_not_write_says_how_to_load_it(tmp_path):
     save_file(nn.Linear(3, 4).state_dict(), str(tmp_path / "plain.safetensors"))
     with pytest.raises(CheckpointError, match=r"a safetensors file lcpress did not write .*model.load_state_dict"):
         lcpress.load(tmp_path / "plain.safetensors")
+
+
+def test_every_constructor_argument_that_changes_a_rebuilt_layer_round_trips(tmp_path):
+    """Rebuilt without the model's code, a pooling's divisor_override or a LayerNorm without bias computes as saved."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.AvgPool2d(2, divisor_override=1),
+                          nn.MaxPool2d(1, return_indices=False), nn.Flatten(), nn.LayerNorm(64, bias=False),
+                          nn.Dropout(0.1, inplace=True), nn.Linear(64, 8))
+    x = torch.randn(3, 2, 8, 8)
+    lcpress.compress(model, {"tasks": [{"layers": ["6"], "options": {"rank": 2, "rank_multiple": 1}}],
+                             "schedule": {"steps": 0}}, example_input=x, progress=False)
+    loaded = lcpress.load(lcpress.save(model, tmp_path / "m.safetensors")).eval()
+    assert loaded[1].divisor_override == 1 and loaded[4].bias is None and loaded[5].inplace
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x), rtol=0, atol=0)

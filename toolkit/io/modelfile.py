@@ -140,16 +140,19 @@ def inspect(path: str | Path) -> FileReport:
     return FileReport(manifest, True)
 
 
-def _on_meta(build, path: str | Path) -> nn.Module:
-    """Build a module tree on the ``meta`` device: shapes without memory, whatever sizes the file claims."""
+def _on_meta(build, path: str | Path, where: str = "") -> nn.Module:
+    """Build a module tree on the ``meta`` device: shapes without memory, whatever sizes the file claims.
+
+    ``where``: what is being built (", layer 'fc' (scheme tucker2)"), named with the file in any error.
+    """
     try:
         with torch.device("meta"):
             return build()
-    except CheckpointError:
-        raise
+    except CheckpointError as exc:
+        raise CheckpointError(f"model file {str(path)!r}{where}: {exc}") from None
     except Exception as exc:  # allow-listed constructors given arguments that no saved model has
-        raise CheckpointError(f"model file {str(path)!r}: its manifest describes a module lcpress cannot build: "
-                              f"{type(exc).__name__}: {exc}") from None
+        raise CheckpointError(f"model file {str(path)!r}{where}: its manifest describes a module lcpress cannot "
+                              f"build: {type(exc).__name__}: {exc}") from None
 
 
 def _fitting(model: nn.Module, tensors: dict[str, torch.Tensor], path: str | Path) -> nn.Module:
@@ -291,5 +294,6 @@ def _swap_in(model: nn.Module, layer: dict[str, Any], allowed: Allowed, path: st
             f"layer {layer['name']!r} of the given model does not match the saved one "
             f"(expected a weight of shape {layer['weight_shape']}); pass the architecture the model was compressed from"
         )
-    replace_module(model, layer["name"], _on_meta(lambda: module_from_json(layer["module"], allowed), path),
+    where = f", layer {layer['name']!r}" + (f" (scheme {layer['scheme']!r})" if layer.get("scheme") else "")
+    replace_module(model, layer["name"], _on_meta(lambda: module_from_json(layer["module"], allowed), path, where),
                    layer.get("aliases", []))

@@ -45,6 +45,8 @@ def _pool_args(m: nn.Module, names: tuple[str, ...]) -> dict[str, Any]:
 
 
 #: The classes every lcpress can rebuild: class name → (constructor, function reading its constructor arguments).
+#: Every argument that changes what a module computes or holds is read, so a rebuilt model computes what the saved
+#: one did (a pooling's divisor_override, a LayerNorm without bias).
 ALLOWED: dict[str, tuple[type[nn.Module], Args]] = {
     "Sequential": (nn.Sequential, lambda m: {}),
     "ModuleList": (nn.ModuleList, lambda m: {}),
@@ -54,7 +56,8 @@ ALLOWED: dict[str, tuple[type[nn.Module], Args]] = {
     "BatchNorm1d": (nn.BatchNorm1d, _norm_args),
     "BatchNorm2d": (nn.BatchNorm2d, _norm_args),
     "LayerNorm": (nn.LayerNorm, lambda m: {"normalized_shape": list(m.normalized_shape), "eps": m.eps,
-                                           "elementwise_affine": m.elementwise_affine}),
+                                           "elementwise_affine": m.elementwise_affine,
+                                           "bias": m.bias is not None or not m.elementwise_affine}),
     "ReLU": (nn.ReLU, lambda m: {"inplace": m.inplace}),
     "GELU": (nn.GELU, lambda m: {"approximate": m.approximate}),
     "SiLU": (nn.SiLU, lambda m: {}),
@@ -62,12 +65,13 @@ ALLOWED: dict[str, tuple[type[nn.Module], Args]] = {
     "Sigmoid": (nn.Sigmoid, lambda m: {}),
     "Identity": (nn.Identity, lambda m: {}),
     "Flatten": (nn.Flatten, lambda m: {"start_dim": m.start_dim, "end_dim": m.end_dim}),
-    "Dropout": (nn.Dropout, lambda m: {"p": m.p}),
+    "Dropout": (nn.Dropout, lambda m: {"p": m.p, "inplace": m.inplace}),
     "Softmax": (nn.Softmax, lambda m: {"dim": m.dim}),
     "LogSoftmax": (nn.LogSoftmax, lambda m: {"dim": m.dim}),
-    "MaxPool2d": (nn.MaxPool2d, lambda m: _pool_args(m, ("kernel_size", "stride", "padding", "dilation", "ceil_mode"))),
+    "MaxPool2d": (nn.MaxPool2d, lambda m: _pool_args(m, ("kernel_size", "stride", "padding", "dilation",
+                                                         "return_indices", "ceil_mode"))),
     "AvgPool2d": (nn.AvgPool2d, lambda m: _pool_args(m, ("kernel_size", "stride", "padding", "ceil_mode",
-                                                         "count_include_pad"))),
+                                                         "count_include_pad", "divisor_override"))),
     "AdaptiveAvgPool2d": (nn.AdaptiveAvgPool2d, lambda m: _pool_args(m, ("output_size",))),
     "PointwiseConv2d": (PointwiseConv2d, lambda m: {"in_channels": m.in_channels, "out_channels": m.out_channels,
                                                      "bias": m.bias is not None}),
@@ -90,7 +94,9 @@ ALLOWED: dict[str, tuple[type[nn.Module], Args]] = {
                                                                "entries": m.entries}),
     "DenseWeight": (DenseWeight, lambda m: {"shape": list(m.shape)}),
     "Embedding": (nn.Embedding, lambda m: {"num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim,
-                                           "padding_idx": m.padding_idx}),
+                                           "padding_idx": m.padding_idx, "max_norm": m.max_norm,
+                                           "norm_type": m.norm_type, "scale_grad_by_freq": m.scale_grad_by_freq,
+                                           "sparse": m.sparse}),
 }
 
 
@@ -132,7 +138,11 @@ def module_from_json(doc: dict[str, Any], allowed: Allowed = ALLOWED) -> nn.Modu
         kind = doc["type"]
         cls, _ = allowed[kind]
     except (KeyError, TypeError):
-        raise CheckpointError(f"the file describes a module of unknown type {doc.get('type')!r}") from None
+        raise CheckpointError(
+            f"the file describes a module of unknown type {doc.get('type')!r}: neither torch.nn, lcpress nor an "
+            f"installed plugin registers it. A plugin's scheme made it: install that package (`lcpress plugins` "
+            f"lists what is installed), and check that LCPRESS_DISABLE_PLUGIN_AUTOLOAD or LCPRESS_LOAD_PLUGINS "
+            f"does not leave it out") from None
     args = {k: tuple(v) if isinstance(v, list) else v for k, v in doc.get("args", {}).items()}
     try:
         module = cls(**args)
