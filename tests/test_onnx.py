@@ -80,8 +80,8 @@ def test_a_compiled_model_exports_the_module_it_holds(tmp_path):
         assert float((run_onnx(done.path, x) - net(x)).abs().max()) <= TOLERANCE
 
 
-def _combination(scheme: str, *parts: dict) -> list[dict]:
-    return [{"layers": ["2", "10"], "scheme": scheme, "cost": "storage", "options": {"parts": list(parts)}}]
+def _combination(scheme: str, *parts: dict, layers: tuple[str, ...] = ("2", "10")) -> list[dict]:
+    return [{"layers": list(layers), "scheme": scheme, "cost": "storage", "options": {"parts": list(parts)}}]
 
 
 PACKED = {  # the additive scheme's parallel branches, and layers that decode packed codes in forward()
@@ -89,7 +89,7 @@ PACKED = {  # the additive scheme's parallel branches, and layers that decode pa
         "additive", {"scheme": "low_rank", "options": {"rank": 8}}, {"scheme": "prune", "options": {"keep_fraction": 0.05}})),
     "reshaped low rank": (["additive", "low_rank"], _combination(
         "additive", {"scheme": "low_rank", "options": {"rank": 8}},
-        {"scheme": "low_rank", "options": {"rank": 8}, "reshape": 4})),
+        {"scheme": "low_rank", "options": {"rank": 8}, "reshape": 4}, layers=("8",))),  # a Linear's: realized
     "quantized + sparse": (["additive", "quantize", "prune"], _combination(
         "additive", {"scheme": "quantize", "options": {"k": 2}}, {"scheme": "prune", "options": {"keep_fraction": 0.01}})),
     "prune then quantize": (["sequential", "quantize", "prune"], _combination(
@@ -238,3 +238,23 @@ def test_export_inputs_keep_the_recorded_dtype_and_token_ids_are_valid_indices()
     assert y.dtype == torch.int64 and y.shape == (2, 9)
     images = example_for({"example_input": {"shape": [1, 3, 4, 4], "dtype": "float32"}}, [2, 3, 8, 8])
     assert images.dtype == torch.float32 and images.shape == (2, 3, 8, 8) and images.std() > 0
+
+
+def test_an_exported_file_names_no_path_of_this_machine(tmp_path):
+    import onnx
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    done = lcpress.export_onnx(model, tmp_path / "m.onnx", torch.randn(1, 8))
+    proto = onnx.load(str(done.path))
+    keys = {p.key for node in proto.graph.node for p in node.metadata_props}
+    assert "pkg.torch.onnx.stack_trace" not in keys and "namespace" in keys  # module names stay, for viewers
+    assert str(Path(torch.__file__).parent) not in done.path.read_bytes().decode("latin-1")
+
+
+def test_a_directory_or_a_dtype_onnxruntime_cannot_run_is_refused_and_writes_nothing(tmp_path):
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    with pytest.raises(lcpress.LcpressError, match="is a directory; give the file to write"):
+        lcpress.export_onnx(model, tmp_path, torch.randn(1, 8), overwrite=True)
+    with pytest.raises(lcpress.LcpressError, match="onnxruntime cannot run the exported file .*float32 copy"):
+        lcpress.export_onnx(model.to(torch.bfloat16), tmp_path / "m.onnx", torch.randn(1, 8, dtype=torch.bfloat16))
+    assert list(tmp_path.iterdir()) == []

@@ -60,6 +60,8 @@ def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor,
     :param check: run the file in onnxruntime (when installed) and compare with torch.
     """
     path = Path(path)
+    if path.is_dir():
+        raise LcpressError(f"{str(path)!r} is a directory; give the file to write, e.g. {str(path / 'model.onnx')!r}")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True (CLI: --force) to replace it")
     if not isinstance(example_input, torch.Tensor):
@@ -83,23 +85,65 @@ def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor,
             if x.shape[0] == 1:  # torch.export fixes size-1 dimensions; trace with two samples
                 x = torch.cat([x, x])
             kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
-        try:
-            with replacing(path) as tmp, _quiet_exporter():
-                torch.onnx.export(model, (x,), str(tmp), dynamo=True, external_data=False, opset_version=opset,
-                                  input_names=["input"], output_names=["output"], verbose=False, **kwargs)
-                _refuse_other_opset(tmp, opset)
-        except LcpressError:
-            raise
-        except Exception as exc:
-            hint = " (or export with dynamic_batch=False / --static-batch)" if dynamic_batch else ""
-            said = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # the exporter colours its text for a terminal
-            raise LcpressError(f"torch could not export the model to ONNX{hint}: {type(exc).__name__}: {said}") from exc
         error = None
-        if check and not missing_packages():
-            error = max_abs_difference(path, model, example_input)
+        with replacing(path) as tmp:  # written, cleaned and checked before it takes the name: a failure leaves none
+            _export(model, x, tmp, opset, dynamic_batch, kwargs)
+            _strip_source_paths(tmp)
+            if check and not missing_packages():
+                error = _checked(tmp, model, example_input)
         return Exported(path, error)
     finally:
         source.train(was_training)
+
+
+def _export(model: nn.Module, x: torch.Tensor, tmp: Path, opset: int | None, dynamic_batch: bool,
+            kwargs: dict[str, Any]) -> None:
+    """torch's exporter into ``tmp``; its failures as one :class:`LcpressError`."""
+    try:
+        with _quiet_exporter():
+            torch.onnx.export(model, (x,), str(tmp), dynamo=True, external_data=False, opset_version=opset,
+                              input_names=["input"], output_names=["output"], verbose=False, **kwargs)
+        _refuse_other_opset(tmp, opset)
+    except LcpressError:
+        raise
+    except Exception as exc:
+        hint = " (or export with dynamic_batch=False / --static-batch)" if dynamic_batch else ""
+        said = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # the exporter colours its text for a terminal
+        raise LcpressError(f"torch could not export the model to ONNX{hint}: {type(exc).__name__}: {said}") from exc
+
+
+def _strip_source_paths(path: Path) -> None:
+    """Drop the Python stack traces the exporter writes on every node: they name files of this machine (a
+    user's home, a project's path) in a file meant to be shipped, and are often larger than a small model."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    graphs = [proto.graph, *[f for f in proto.functions]]
+    changed = False
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+            if len(kept) != len(node.metadata_props):
+                changed = True
+                del node.metadata_props[:]
+                node.metadata_props.extend(kept)
+            for attribute in node.attribute:  # the bodies of If, Loop, Scan
+                graphs.extend([attribute.g] if attribute.HasField("g") else [])
+                graphs.extend(attribute.graphs)
+    if changed:
+        onnx.save(proto, str(path))
+
+
+def _checked(path: Path, model: nn.Module, x: torch.Tensor) -> float:
+    """onnxruntime's largest difference from torch on ``x``; a file it cannot run is refused, never written."""
+    try:
+        return max_abs_difference(path, model, x)
+    except Exception as exc:
+        raise LcpressError(
+            f"onnxruntime cannot run the exported file ({type(exc).__name__}: {str(exc).strip()[:300]}); its CPU "
+            f"provider runs float32 and float16 models, not every dtype ({x.dtype} input here): export a float32 "
+            f"copy (model.float()), or skip the check (check=False)") from None
 
 
 def _refuse_unfit_input(model: nn.Module, x: torch.Tensor) -> None:
