@@ -92,12 +92,17 @@ class CpuLatency(MeasuredCostModel):
         return at_low + (ratio - low) * (self._time(module, x, high) - at_low)
 
     def measure_model(self, model: torch.nn.Module, example_input: Any) -> float | None:
-        """Median ms of a whole forward pass, at ``batch_size`` (the example repeated) and this model's threads."""
+        """Median ms of a whole forward pass, at ``batch_size`` (the example repeated), this model's threads and
+        its ``dtype`` (a copy of the model converted to it, as the layer table was measured)."""
         if not isinstance(example_input, torch.Tensor):
             return None
         x = example_input
         if self.options.batch_size is not None:
             x = x[:1].expand(self.options.batch_size, *x.shape[1:]).contiguous()
+        dtype = self.torch_dtype(self.options.dtype)
+        if any(p.is_floating_point() and p.dtype != dtype for p in model.parameters()):
+            model = copy.deepcopy(model).to(dtype)
+            x = x.to(dtype) if x.is_floating_point() else x
         timer = benchmark.Timer("model(x)", globals={"model": model.eval(), "x": x}, num_threads=self.threads,
                                 timer=self._clock)
         with torch.no_grad():

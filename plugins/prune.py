@@ -130,6 +130,10 @@ class PruneScheme(Scheme):
             return "structured pruning removes rows of ungrouped layers only (groups=1)"
         if self.options.structured and spec is not None and spec.kind == "embedding":
             return "structured pruning would remove whole tokens from an embedding's table; prune it unstructured"
+        o = self.options
+        if o.structured and spec is not None and o.keep is not None and o.keep >= spec.out_channels:
+            return (f"keeping {o.keep} rows of its {spec.out_channels} prunes none; ask for fewer (keep, or "
+                    f"keep_fraction), or leave the layer out")
         return None
 
     # ---------------------------------------------------------------- C step

@@ -686,3 +686,10 @@ def test_the_built_in_model_is_cached_in_lcpresss_folder_and_a_damaged_cache_is_
     assert "could not be read" in caplog.text and "training it again" in caplog.text
     names = sorted(p.name for p in (tmp_path / "cache" / "models").iterdir())
     assert names[0] == cached.name and names[1].startswith(cached.name + ".corrupt-")
+
+
+def test_a_lazy_layer_not_yet_run_is_named_with_the_fix():
+    model = nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.Linear(8, 2))
+    with pytest.raises(LcpressError, match=r"'0.weight' is not initialized yet \(a lazy layer.*run the model once"):
+        lcpress.compress(model, {"tasks": [{"layers": ["2"], "options": {"rank": 1}}], "schedule": {"steps": 0}},
+                         example_input=torch.randn(1, 4), progress=False)

@@ -391,3 +391,21 @@ def test_profile_says_when_no_cost_model_measures(tmp_path, monkeypatch, capsys,
                                   "tasks": [{"layers": ["0"], "target": {"cost": "flops", "ratio": 0.5}}]}))
     assert main(["profile", str(config)]) == 0
     assert "no measured cost model" in capsys.readouterr().out
+
+
+def test_the_whole_model_is_timed_in_the_dtype_the_layers_were(cache, monkeypatch):
+    """A bfloat16 table beside a float32 whole-model time compared two different things."""
+    import lcpress.costmodels.cpu_latency as cpu
+
+    timed = []
+
+    class Recording(cpu.benchmark.Timer):
+        def __init__(self, stmt, globals, **kwargs):
+            timed.append((globals["model"].weight.dtype, globals["x"].dtype))
+            super().__init__(stmt, globals=globals, **kwargs)
+
+    monkeypatch.setattr(cpu.benchmark, "Timer", Recording)
+    model = nn.Linear(16, 16)
+    latency = CpuLatency(CpuLatency.Options.from_dict({"dtype": "bfloat16", "min_run_time": 0.01}))
+    assert latency.measure_model(model, torch.randn(2, 16)) > 0
+    assert timed == [(torch.bfloat16, torch.bfloat16)] and model.weight.dtype == torch.float32  # a converted copy

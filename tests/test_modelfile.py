@@ -370,3 +370,20 @@ def test_every_constructor_argument_that_changes_a_rebuilt_layer_round_trips(tmp
     assert loaded[1].divisor_override == 1 and loaded[4].bias is None and loaded[5].inplace
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model.eval()(x), rtol=0, atol=0)
+
+
+def test_a_model_compressed_inside_data_parallel_saves_loads_and_exports_as_the_plain_model(tmp_path):
+    torch.manual_seed(0)
+
+    def net():
+        return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+
+    wrapped = nn.DataParallel(net())
+    lcpress.compress(wrapped, {"tasks": [{"layers": ["module.0"], "options": {"rank": 4, "rank_multiple": 1}}],
+                               "schedule": {"steps": 0}}, example_input=torch.randn(2, 16), progress=False)
+    path = lcpress.save(wrapped, tmp_path / "m.safetensors")
+    assert [layer["name"] for layer in lcpress.io.modelfile.read_manifest(path)["layers"]] == ["0"]
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        for loaded in (lcpress.load(path), lcpress.load(path, model=net()), lcpress.load(path, model=nn.DataParallel(net()))):
+            torch.testing.assert_close(loaded(x), wrapped(x), rtol=0, atol=0)

@@ -171,3 +171,17 @@ def test_a_budget_with_a_fixed_form_is_refused_before_training():
                          "target": {"cost": "params", "ratio": 0.5}}], "schedule": {"steps": 0}}
     with pytest.raises(lcpress.ConfigError, match=r"tasks\[0\]\.target: .*fixed form"):
         lcpress.compress(model, config, example_input=torch.randn(1, 8), progress=False)
+
+
+def test_structured_pruning_that_would_keep_every_row_leaves_the_layer_alone(caplog):
+    """A Linear(32→1) asked to keep 8 rows has nothing to prune: named, it is refused; by a glob, left dense."""
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1))
+    task = {"scheme": "prune", "options": {"structured": True, "keep": 8}}
+    with pytest.raises(lcpress.ConfigError, match=r"layer '2': keeping 8 rows of its 1 prunes none"):
+        lcpress.compress(model, {"tasks": [{"layers": ["2"], **task}], "schedule": {"steps": 0}},
+                         example_input=torch.randn(1, 16), progress=False)
+    with caplog.at_level("WARNING", logger="lcpress"):
+        result = lcpress.compress(model, {"tasks": [{"layers": ["*"], **task}], "schedule": {"steps": 0}},
+                                  example_input=torch.randn(1, 16), progress=False)
+    assert [r.name for r in result.records] == ["0"] and isinstance(model[2], nn.Linear)
+    assert "prunes none" in caplog.text

@@ -209,6 +209,10 @@ def plan(model: nn.Module, config: LCConfig, example_input: Any, resolved: Resol
 def refuse_unloaded(model: nn.Module) -> None:
     """Weights on the ``meta`` device (a model built but never loaded), named before anything moves or reads them."""
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if isinstance(tensor, nn.parameter.UninitializedTensorMixin):
+            raise LcpressError(f"{name!r} is not initialized yet (a lazy layer, nn.LazyLinear or nn.LazyConv2d, "
+                               f"takes its shape from its first input): run the model once on an input, and load "
+                               f"the trained weights, before compressing")
         if tensor.is_meta:
             raise LcpressError(f"{name!r} is on the meta device: the model's weights are not loaded; load the trained "
                                f"weights (or call model.to_empty() and load them) before compressing")

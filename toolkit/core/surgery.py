@@ -39,6 +39,17 @@ def uncompiled(model: nn.Module) -> nn.Module:
     return inner if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module) else model
 
 
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The user's module inside ``torch.compile``'s, ``nn.DataParallel``'s or ``DistributedDataParallel``'s wrapper.
+
+    What a file holds and an exporter traces: the wrappers prefix every name (``_orig_mod.``, ``module.``) and are
+    no class a model file can rebuild, so a model saved from inside one loads into the plain architecture.
+    """
+    model = uncompiled(model)
+    parallel = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    return uncompiled(model.module) if isinstance(model, parallel) else model
+
+
 def replace_module(root: nn.Module, name: str, new: nn.Module, aliases: Sequence[str] = ()) -> nn.Module:
     """Put ``new`` at ``name`` (and every alias); returns the module it replaced.
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from lcpress.atomic import replacing
-from lcpress.core.surgery import first_tensor, replace_module, uncompiled
+from lcpress.core.surgery import first_tensor, replace_module, unwrapped
 from lcpress.errors import LcpressError
 from lcpress.nn.codecs import DecodedLayer
 
@@ -72,7 +72,7 @@ def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor,
     missing = missing_packages(check=False)
     if missing:
         raise LcpressError(f"ONNX export needs {', '.join(missing)}: pip install 'lcpress[onnx]'")
-    model = uncompiled(model)  # torch.export cannot trace torch.compile's wrapper; the module it holds exports
+    model = unwrapped(model)  # torch.export cannot trace torch.compile's or DataParallel's wrapper; what they hold exports
     source = model
     was_training = model.training
     model.eval()

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from lcpress.core.registry import get_registry
-from lcpress.core.surgery import get_module, replace_module, uncompiled
+from lcpress.core.surgery import get_module, replace_module, unwrapped
 from lcpress.errors import CheckpointError, LcpressError
 from lcpress.io.files import read_file, write_file
 from lcpress.io.manifest import check_manifest
@@ -41,10 +41,10 @@ def save(model: nn.Module, path: str | Path, *, config: dict[str, Any] | None = 
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True (CLI: --force) to replace it")
-    model = uncompiled(model)
+    outer, model = model, unwrapped(model)
     allowed = allowed_modules()
     layers = []
-    for record in getattr(model, "lcpress_layers", []):
+    for record in _records(outer, model):
         entry = dict(record)
         if entry.get("realized"):
             entry["module"] = module_to_json(get_module(model, entry["name"]), allowed)
@@ -175,6 +175,16 @@ def _fitting(model: nn.Module, tensors: dict[str, torch.Tensor], path: str | Pat
     return model
 
 
+def _records(outer: nn.Module, inner: nn.Module) -> list[dict[str, Any]]:
+    """The compressed layers' records, named inside ``inner``: a model compressed inside a wrapper
+    (``nn.DataParallel``) has them on the wrapper, every name prefixed with the wrapper's (``module.``)."""
+    if inner is outer or getattr(inner, "lcpress_layers", None):
+        return list(getattr(inner, "lcpress_layers", []))
+    prefix = next((f"{name}." for name, module in outer.named_modules() if module is inner and name), "")
+    return [dict(r, name=r["name"].removeprefix(prefix), aliases=[a.removeprefix(prefix) for a in r.get("aliases", [])])
+            for r in getattr(outer, "lcpress_layers", [])]
+
+
 def load(path: str | Path, model: nn.Module | None = None, *, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a saved model.
 
@@ -198,7 +208,7 @@ def load(path: str | Path, model: nn.Module | None = None, *, map_location: str 
         model = _on_meta(lambda: module_from_json(manifest["architecture"], allowed), path)
         passed = model
     else:
-        passed, model = model, uncompiled(model)  # a compiled architecture: its module takes the saved layers
+        passed, model = model, unwrapped(model)  # a compiled or DataParallel architecture: its module takes the layers
         with _undone_on_error(model):
             _load_into(model, tensors, manifest, allowed, path, map_location)
         return passed
