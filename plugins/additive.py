@@ -149,6 +149,14 @@ class AdditiveScheme(Scheme):
         self.parts = Parts(self.options.parts)
         self.factors = [p.reshape for p in self.options.parts]
 
+    def check_shared(self) -> str | None:
+        for j, (part, factor) in enumerate(zip(self.parts, self.factors)):
+            problem = part.check_shared() or (f"reshape {factor} views one layer's weight matrix, and a shared "
+                                              f"vector joins several" if factor > 1 else None)
+            if problem:
+                return f"additive part {j} ({part.name}): {problem}"
+        return None
+
     def check_layer(self, spec: LayerSpec | None, module: nn.Module | None) -> str | None:
         for j, (part, factor) in enumerate(zip(self.parts, self.factors)):
             label = f"additive part {j} ({part.name})"

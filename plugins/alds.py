@@ -81,6 +81,9 @@ class AldsScheme(Scheme):
     def selecting(self) -> bool:
         return True
 
+    def check_shared(self) -> str | None:
+        return "ALDS factorizes one layer's weight matrix, and a shared vector joins several"
+
     def check_layer(self, spec: LayerSpec | None, module: nn.Module | None) -> str | None:
         if spec is not None and spec.kind == "conv2d" and spec.groups != 1:
             return "alds decomposes convolutions with groups=1 only"

@@ -91,6 +91,9 @@ class LowRankScheme(Scheme):
     def selecting(self) -> bool:
         return self.options.rank is None
 
+    def check_shared(self) -> str | None:
+        return "low rank factorizes one layer's weight matrix, and a shared vector joins several"
+
     def check_layer(self, spec: LayerSpec | None, module: nn.Module | None) -> str | None:
         if spec is not None and spec.kind == "conv2d" and spec.groups != 1:
             return "low_rank factorizes convolutions with groups=1 only"

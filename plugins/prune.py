@@ -125,6 +125,10 @@ class PruneScheme(Scheme):
         o = self.options
         return o.mode == "l0_constraint" and o.keep is None and o.keep_fraction is None
 
+    def check_shared(self) -> str | None:
+        return "structured pruning removes one layer's rows, and a shared vector joins several" \
+            if self.options.structured else None
+
     def check_layer(self, spec: LayerSpec | None, module: nn.Module | None) -> str | None:
         if self.options.structured and spec is not None and spec.groups != 1:
             return "structured pruning removes rows of ungrouped layers only (groups=1)"

@@ -54,6 +54,13 @@ class SequentialScheme(Scheme):
         super().__init__(options)
         self.parts = Parts(self.options.parts)
 
+    def check_shared(self) -> str | None:
+        for j, part in enumerate(self.parts):
+            problem = part.check_shared()
+            if problem:
+                return f"sequential part {j} ({part.name}): {problem}"
+        return None
+
     def check_layer(self, spec: LayerSpec | None, module: nn.Module | None) -> str | None:
         for j, part in enumerate(self.parts):
             if part.selecting():

@@ -250,3 +250,21 @@ def test_a_reshaped_part_stored_dense_is_priced_as_the_file_stores_it(layer, par
     assert STORAGE.cost(spec, form) > STORAGE.cost(spec, lcpress.Dense())  # low rank, plus the whole weight again
     assert not result.records[0].realized  # so it stays dense (it was "realized" and reported at a fraction)
     assert abs(stored - result.layers.iloc[0]["storage_after"]) <= 64  # the table prices what the file holds
+
+
+@pytest.mark.parametrize("task, said", [
+    ({"scheme": "low_rank", "options": {"rank": 2}}, "low rank factorizes one layer's weight matrix"),
+    ({"scheme": "prune", "options": {"structured": True, "keep": 4}}, "structured pruning removes one layer's rows"),
+    ({"scheme": "additive", "options": {"parts": [{"scheme": "quantize", "options": {"k": 2}, "reshape": 2},
+                                                  {"scheme": "prune", "options": {"keep": 10}}]}},
+     r"additive part 0 \(quantize\): reshape 2 views one layer's weight matrix"),
+])
+def test_shared_with_a_scheme_that_needs_one_layers_matrix_is_refused_while_planning(task, said):
+    """It used to fail at LC step 0 as a plugin bug ("Fix the plugin") in a built-in scheme."""
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16))
+    config = {"tasks": [{"layers": ["0", "2"], "shared": True, **task}], "schedule": {"steps": 0}}
+    with pytest.raises(lcpress.ConfigError, match=rf"tasks\[0\]\.shared: {said}.*drop shared: true"):
+        lcpress.compress(model, config, example_input=torch.randn(1, 16), progress=False)
+    shared_codebook = {"tasks": [{"layers": ["0", "2"], "shared": True, "scheme": "quantize", "options": {"k": 2}}],
+                       "schedule": {"steps": 0}}
+    assert lcpress.compress(model, shared_codebook, example_input=torch.randn(1, 16), progress=False).records

@@ -215,3 +215,18 @@ def test_fine_tuning_a_quantized_layer_says_its_stored_values_stay(caplog):
         lcpress.compress(model, config, train_fn, example_input=torch.randn(1, 16), progress=False)
     assert "1 layer(s) stored quantized or sparse ('0') keep their stored values and train their bias only" in caplog.text
     assert "0.bias" in seen[-1] and not any(n.startswith("0.codecs") for n in seen[-1])
+
+
+def test_compressing_a_quantized_model_again_says_its_layers_are_stored_compressed():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.randn(1, 16)
+    quantize = {"scheme": "quantize", "options": {"k": 4}}
+    lcpress.compress(model, {"tasks": [{"layers": ["*"], **quantize}], "schedule": {"steps": 0}}, example_input=x,
+                     progress=False)
+    again = {"tasks": [{"layers": ["*"], **quantize}], "schedule": {"steps": 0}}
+    with pytest.raises(lcpress.ConfigError, match=r"stored compressed already \(DecodedLinear\); compress the original"):
+        lcpress.compress(model, again, example_input=x, progress=False)
+    again["tasks"][0]["layers"] = ["0"]
+    with pytest.raises(lcpress.ConfigError, match=r"'0' was realized by an lcpress run .*stored compressed, with no"):
+        lcpress.compress(model, again, example_input=x, progress=False)

@@ -265,6 +265,13 @@ def plan_tasks(model: nn.Module, graph: ModelGraph, resolved: Resolved, example_
         if group.scheme_class.scope == "model":
             tasks.append(_bound_task(model, graph, group, names, cost_model, example_input))
             continue
+        if cfg.shared and len(names) > 1:
+            scheme = group.scheme()
+            with plugin_call(scheme, f"in check_shared() (tasks[{g}])"):
+                problem = scheme.check_shared()
+            if problem:
+                raise ConfigError(f"tasks[{g}].shared: {problem}; drop shared: true (each layer compressed on "
+                                  f"its own), or choose a scheme that takes a joined vector (quantize, prune)")
         units = [names] if cfg.shared else [[n] for n in names]
         for unit in units:
             scheme = group.scheme()
@@ -405,6 +412,18 @@ def _bound_task(model: nn.Module, graph: ModelGraph, group: GroupPlugins, names:
                 group.index, group.config, {**{n: graph.specs[n] for n in binding.layers}, **binding.sites})
 
 
+def _what_there_is(modules: dict[str, nn.Module], graph: ModelGraph) -> str:
+    """The compressible layers a pattern could name, or why the model has none."""
+    if graph.order:
+        return f"compressible layers: {listed(graph.order, 12)}"
+    stored = sorted({type(m).__name__ for m in modules.values() if type(m).__name__.startswith("Decoded")})
+    if stored:
+        return (f"it has no {COMPRESSIBLE_TEXT} layer left: its layers are stored compressed already "
+                f"({', '.join(stored)}); compress the original model instead (the 'sequential' scheme prunes, "
+                f"then quantizes the survivors, in one run)")
+    return f"it has no {COMPRESSIBLE_TEXT} layer the forward pass on the example input calls"
+
+
 def _realized_layers(modules: dict[str, nn.Module]) -> set[str]:
     """Names of the layers an lcpress run realized in this model (its records, on the root module)."""
     records = getattr(modules.get(""), "lcpress_layers", None) or []
@@ -437,10 +456,8 @@ def _match(cfg: TaskConfig, modules: dict[str, nn.Module], graph: ModelGraph, g:
         if not explicit:
             _warn_other_weights(cfg, modules, pattern, g, i)
         if not hits:
-            known = listed(graph.order, 12)
-            raise ConfigError(
-                f"tasks[{g}].layers[{i}]: {pattern!r} matches no layer of the model; compressible layers: {known}"
-            )
+            raise ConfigError(f"tasks[{g}].layers[{i}]: {pattern!r} matches no layer of the model; "
+                              + _what_there_is(modules, graph))
         uncalled: list[str] = []
         for name in dict.fromkeys(canonical.get(h, h) for h in hits):
             if excluded(cfg, name):
@@ -452,8 +469,10 @@ def _match(cfg: TaskConfig, modules: dict[str, nn.Module], graph: ModelGraph, g:
                     raise ConfigError(
                         f"tasks[{g}].layers[{i}]: {name!r} was realized by an lcpress run (it is a "
                         f"{type(module).__name__} now). To resume a run that stopped after realizing it, pass the "
-                        f"dense model the run started from (a fresh copy); to compress it further, name the layers "
-                        f"inside it, e.g. '{name}.*'")
+                        f"dense model the run started from (a fresh copy); "
+                        + (f"to compress it further, name the layers inside it, e.g. '{name}.*'" if inside else
+                           "it is stored compressed, with no layer inside to compress again: compress the original "
+                           "model instead"))
                 raise ConfigError(
                     f"tasks[{g}].layers[{i}]: {name!r} is a {type(module).__name__}; lcpress compresses "
                     f"{COMPRESSIBLE_TEXT} layers"

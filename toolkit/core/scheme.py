@@ -248,6 +248,15 @@ class Scheme(ABC):
         """
         return None
 
+    def check_shared(self) -> str | None:
+        """Why this scheme cannot compress several layers' weights as one flattened vector, or None if it can.
+
+        ``shared: true`` hands the C step the task group's weights joined into one vector (one codebook over the
+        layers, one budget of non-zeros). A scheme that needs one layer's matrix (a factorization, whole rows)
+        says so here, and such a config fails while the run is planned, naming ``shared``. Default: None.
+        """
+        return None
+
     def refuses(self, spec: LayerSpec | None, module: nn.Module | None) -> str | None:
         """Why this scheme cannot compress that layer (its kind, then :meth:`check_layer`), or None if it can.
 
