@@ -189,6 +189,34 @@ def test_a_finished_run_is_extended_by_more_steps_and_says_so(tmp_path):
         _compress(out, resume=True, extend=True, config=more)
 
 
+def test_an_interrupted_extension_resumes_with_the_same_command(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _compress(out)
+    more = {"schedule": {"steps": 4, "mu0": 0.01, "factor": 2.0}}
+    original = lcpress.LCEngine.l_step
+
+    def cut(self, k, mu):
+        if k == 3:
+            raise KeyboardInterrupt
+        return original(self, k, mu)
+
+    with monkeypatch.context() as m:
+        m.setattr(lcpress.LCEngine, "l_step", cut)
+        with pytest.raises(KeyboardInterrupt):
+            _compress(out, resume=True, extend=True, config=more)
+    result = _compress(out, resume=True, extend=True, config=more)  # it said "set steps above the run's 4 (now 4)"
+    assert list(result.history["step"]) == [0, 1, 2, 3, 4]
+    assert len(json.loads((out / "run.json").read_text())["extensions"]) == 1
+
+
+def test_a_run_whose_run_json_is_lost_is_named_as_lcpress_run(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _interrupted(out, monkeypatch)
+    (out / "run.json").unlink()
+    with pytest.raises(RunDirectoryError, match=r"holds an lcpress run whose run.json is missing .*checkpoint records"):
+        _compress(out, resume=True)
+
+
 def test_an_extension_refused_for_its_checkpoint_leaves_the_finished_run_as_it_was(tmp_path):
     out = tmp_path / "run"
     _compress(out)
@@ -693,3 +721,27 @@ def test_a_lazy_layer_not_yet_run_is_named_with_the_fix():
     with pytest.raises(LcpressError, match=r"'0.weight' is not initialized yet \(a lazy layer.*run the model once"):
         lcpress.compress(model, {"tasks": [{"layers": ["2"], "options": {"rank": 1}}], "schedule": {"steps": 0}},
                          example_input=torch.randn(1, 4), progress=False)
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_the_last_one_stays(tmp_path, monkeypatch):
+    """A full disk mid-run: a FileWriteError naming the file (an OSError too), and the run resumes afterwards."""
+    out = tmp_path / "run"
+    import lcpress.io.files as files
+
+    real = files.write_bytes_atomic
+    calls = []
+
+    def full_disk(path, data):
+        calls.append(path)
+        if len(calls) == 2:  # the checkpoint after LC step 1
+            with lcpress.atomic.replacing(path) as tmp:
+                tmp.write_bytes(data[:10])
+                raise OSError(28, "No space left on device")
+        return real(path, data)
+
+    with monkeypatch.context() as m:
+        m.setattr(files, "write_bytes_atomic", full_disk)
+        with pytest.raises(lcpress.FileWriteError, match=r"cannot write '.*checkpoint.safetensors' \(No space left"):
+            _compress(out)
+    assert lcpress.io.files.read_file(out / "checkpoint.safetensors")[1]["engine"]["next_step"] == 1
+    assert list(_compress(out, resume=True).history["step"]) == [0, 1, 2]

@@ -34,3 +34,23 @@ def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "tasks[0].optoins: unknown key (did you mean 'options'?)" in err
     assert "Traceback" not in err
+
+
+def test_an_interrupted_demo_run_resumes_as_its_message_says(tmp_path, monkeypatch, capsys):
+    import lcpress
+
+    run = tmp_path / "demo"
+    original = lcpress.LCEngine.l_step
+
+    def cut(self, k, mu):
+        if k == 2:
+            raise KeyboardInterrupt
+        return original(self, k, mu)
+
+    with monkeypatch.context() as m:
+        m.setattr(lcpress.LCEngine, "l_step", cut)
+        assert main(["demo", "--quiet", "--steps", "3", "--output-dir", str(run)]) != 0
+    assert main(["demo", "--quiet", "--steps", "3", "--output-dir", str(run)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["demo", "--quiet", "--steps", "3", "--output-dir", str(run), "--resume"]) == 0
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"

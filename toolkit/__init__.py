@@ -19,8 +19,8 @@ from __future__ import annotations
 from lcpress.version import __version__
 
 # errors
-from lcpress.errors import (CheckpointError, ConfigError, CStepError, LcpressError, PartError, PluginContractError,
-                            PluginError, RunDirectoryError)
+from lcpress.errors import (CheckpointError, ConfigError, CStepError, FileWriteError, LcpressError, PartError,
+                            PluginContractError, PluginError, RunDirectoryError)
 
 # the config
 from lcpress.options import Options, option
@@ -72,7 +72,7 @@ __all__ = [
     "channel_groups", "ChannelGroups", "ChannelGroup", "Slice", "kept_sizes", "get_module", "replace_module", "SupervisedTrainer", "accuracy", "mean_cosine",
     # errors
     "LcpressError", "ConfigError", "PluginError", "CStepError", "PartError", "PluginContractError", "CheckpointError",
-    "RunDirectoryError",
+    "RunDirectoryError", "FileWriteError",
 ]
 
 # the built-in example (scikit-learn's digits, shipped inside scikit-learn): data, model, dense training

@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from lcpress.errors import FileWriteError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -32,16 +34,29 @@ def replacing(path: str | Path) -> Iterator[Path]:
     file they had.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except FileWriteError:
+        raise
+    except OSError as exc:  # a full disk, a file-size limit: said in one line, the old file kept
+        raise _write_error(path, exc) from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _write_error(path: Path, exc: OSError) -> FileWriteError:
+    error = FileWriteError(exc.errno, f"cannot write {str(path)!r} ({exc.strerror or exc}); the file it would "
+                                      f"replace is as it was. Free some space, or write elsewhere, and run again")
+    return error
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -56,3 +56,10 @@ class CheckpointError(LcpressError):
 
 class RunDirectoryError(LcpressError):
     """A run directory holds work that would be overwritten, or another run holds it."""
+
+
+class FileWriteError(LcpressError, OSError):
+    """A file could not be written (a full disk, a file-size limit, a read-only folder); the old file is intact.
+
+    Also an :class:`OSError`, so code that handles failed writes keeps handling it.
+    """

@@ -629,13 +629,13 @@ class LCEngine:
         row["seconds"] = seconds
         self.history.append(row)
         self.next_step = k + 1
-        if self.history_csv is not None:
-            with replacing(self.history_csv) as tmp:  # a kill mid-write keeps the last whole history
-                self.history_frame().to_csv(tmp, index=False)
-        if self.checkpointer is not None:
+        if self.checkpointer is not None:  # first: history.csv never runs ahead of what a resume continues from
             tensors, meta = self.snapshot()
             self.checkpointer.save(tensors, meta)
             self.checkpointed = k
+        if self.history_csv is not None:
+            with replacing(self.history_csv) as tmp:  # a kill mid-write keeps the last whole history
+                self.history_frame().to_csv(tmp, index=False)
         return row
 
     def distance(self) -> float:

@@ -105,12 +105,15 @@ class RunDirectory:
         The CLI asks before it builds the model, so a run that cannot start says so before minutes of training.
         """
         self._check_place()
+        holder = self._holder()
+        if self.held() and not _ours(holder):  # said first: neither resume nor force may touch a folder a live run writes
+            raise RunDirectoryError(_held_message(self.lock_path, holder))
         damage = self.damage()
         if damage:  # neither lcpress's record nor clearly someone else's: touch nothing
             raise RunDirectoryError(
                 f"{str(self.path)!r} holds a run.json lcpress cannot read ({damage}), so the run there can be neither "
-                f"resumed nor safely replaced; move the folder aside (its model and checkpoint files still load with "
-                f"lcpress.load / lcpress info) or choose another output_dir")
+                f"resumed nor safely replaced; move the folder aside (a finished run's model.safetensors still loads "
+                f"with lcpress.load; the checkpoint records the run's config) or choose another output_dir")
         if self.path.exists() and not self.is_run() and any(self._entries()):
             self._refuse_foreign(force)
         has_checkpoint = self.checkpoint_path.exists()
@@ -167,6 +170,11 @@ class RunDirectory:
     def _refuse_foreign(self, force: bool) -> None:
         names = sorted(p.name for p in self._entries())
         clash = [n for n in RUN_FILES if (self.path / n).exists()]
+        if clash and self.checkpoint_path.exists():  # lcpress's own run, its record lost
+            raise RunDirectoryError(
+                f"{str(self.path)!r} holds an lcpress run whose run.json is missing ({', '.join(clash)}), so the run "
+                f"can be neither resumed nor safely replaced; its checkpoint records the run's config. Move the "
+                f"folder aside, or choose another output_dir")
         if clash:  # said first: force would not help
             raise RunDirectoryError(
                 f"{str(self.path)!r} holds {', '.join(clash)}, which lcpress did not write and a run would replace; "
@@ -219,8 +227,7 @@ class RunDirectory:
         raise RunDirectoryError(_held_message(self.lock_path, self._holder()))
 
     def release(self) -> None:
-        holder = self._holder()
-        if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        if _ours(self._holder()):
             self.lock_path.unlink(missing_ok=True)
         if self._made and self.path.is_dir() and not any(self.path.iterdir()):
             self.path.rmdir()  # made for the lock by a run that was refused before writing anything
@@ -258,6 +265,11 @@ def _gone(holder: Mapping[str, Any]) -> bool:
     except PermissionError:  # it exists, under another user
         return False
     return False
+
+
+def _ours(holder: Mapping[str, Any] | None) -> bool:
+    """Whether a lock record is this process's own (it took the lock and is checking the folder it holds)."""
+    return holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
 
 
 def _held_message(path: Path, holder: Mapping[str, Any] | None) -> str:

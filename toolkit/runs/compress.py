@@ -420,6 +420,9 @@ def _check_same_config(run_dir: RunDirectory, config: LCConfig, extend: bool) ->
     current = config.to_dict()
     changes = changed_keys(recorded, current, ignore=RELOCATABLE)
     before, after = (recorded.get("schedule") or {}).get("steps"), config.schedule.steps
+    extensions = list(info.get("extensions") or [])
+    if extend and after == before and not run_dir.finished() and extensions and extensions[-1].get("to_steps") == after:
+        extend = False  # the same command again, after the extension was interrupted: it is recorded, resume it
     if extend:
         changes = [c for c in changes if not c.startswith("schedule.steps:")]
         if not isinstance(before, int) or after <= before:
@@ -434,7 +437,6 @@ def _check_same_config(run_dir: RunDirectory, config: LCConfig, extend: bool) ->
             f"or --force to replace this one).{hint}")
     if not extend:
         return None
-    extensions = list(info.get("extensions") or [])
     extensions.append({"from_steps": before, "to_steps": after,
                        "at": datetime.datetime.now().isoformat(timespec="seconds")})
     return {"config": current, "extensions": extensions}
