@@ -68,10 +68,13 @@ class PrunedRows(Form):
         return (spec.with_(out_channels=self.rows),)
 
     def param_count(self, spec: LayerSpec) -> int:
-        return self.primitives(spec)[0].params + ((spec.out_channels - self.rows) if spec.bias else 0)
+        """The kept rows, and the values the pruned outputs are filled with (their bias; one per output)."""
+        return self.primitives(spec)[0].params + spec.out_channels
 
     def storage_bits(self, spec: LayerSpec, dtype_bits: int = 32) -> int:
-        return self.param_count(spec) * dtype_bits + spec.out_channels  # a 1-bit row mask
+        """What the realized module stores (:class:`lcpress.nn.ScatterChannels`): the kept rows, the fill values
+        and the kept rows' positions as 64-bit indices."""
+        return self.param_count(spec) * dtype_bits + 64 * self.rows
 
     def describe(self) -> str:
         return f"{self.rows} rows"

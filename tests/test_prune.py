@@ -185,3 +185,16 @@ def test_structured_pruning_that_would_keep_every_row_leaves_the_layer_alone(cap
                                   example_input=torch.randn(1, 16), progress=False)
     assert [r.name for r in result.records] == ["0"] and isinstance(model[2], nn.Linear)
     assert "prunes none" in caplog.text
+
+
+def test_a_row_pruned_layer_is_priced_at_what_its_file_holds(tmp_path):
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
+    config = {"tasks": [{"layers": ["0"], "scheme": "prune", "options": {"structured": True, "keep": 8},
+                         "cost": "storage"}], "schedule": {"steps": 0}}
+    result = lcpress.compress(model, config, example_input=torch.randn(1, 64), progress=False)
+    stored = load_file(lcpress.save(model, tmp_path / "m.safetensors"))
+    bits = sum(t.numel() * t.element_size() * 8 for name, t in stored.items() if name.startswith("0."))
+    assert result.records[0].realized and bits == result.layers.iloc[0]["storage_after"]
