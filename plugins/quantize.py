@@ -110,6 +110,10 @@ class QuantizeOptions(Options):
             self.fail("zeros", "'keep' quantizes the non-zero weights with a fixed k; give k")
         if self.k is None and self.codebook != "adaptive":
             self.fail("k", f"a {self.codebook} codebook has a fixed size; leave k at its default")
+        size = {"binary": 2, "ternary": 3}.get(self.codebook)
+        if size is not None and self.k not in (2, size):  # 2 is the default, which a fixed codebook ignores
+            self.fail("k", f"a {self.codebook} codebook has {size} entries, so k: {self.k} would be ignored; leave k "
+                           f"out, or use codebook: adaptive for k entries")
 
 
 class QuantizeScheme(Scheme):

@@ -230,3 +230,10 @@ def test_compressing_a_quantized_model_again_says_its_layers_are_stored_compress
     again["tasks"][0]["layers"] = ["0"]
     with pytest.raises(lcpress.ConfigError, match=r"'0' was realized by an lcpress run .*stored compressed, with no"):
         lcpress.compress(model, again, example_input=x, progress=False)
+
+
+def test_a_fixed_codebook_refuses_a_k_it_would_ignore():
+    model = nn.Sequential(nn.Linear(16, 16))
+    config = {"tasks": [{"layers": ["0"], "scheme": "quantize", "options": {"codebook": "binary", "k": 8}}]}
+    with pytest.raises(lcpress.ConfigError, match=r"options\.k: a binary codebook has 2 entries, so k: 8 would be"):
+        lcpress.compress(model, config, example_input=torch.randn(1, 16), progress=False)
