@@ -387,3 +387,10 @@ def test_a_model_compressed_inside_data_parallel_saves_loads_and_exports_as_the_
     with torch.no_grad():
         for loaded in (lcpress.load(path), lcpress.load(path, model=net()), lcpress.load(path, model=nn.DataParallel(net()))):
             torch.testing.assert_close(loaded(x), wrapped(x), rtol=0, atol=0)
+
+
+def test_layers_loaded_into_a_model_in_eval_mode_are_in_eval_mode(tmp_path):
+    model, _ = _compressed_custom()
+    path = lcpress.save(model, tmp_path / "m.safetensors")
+    loaded = lcpress.load(path, model=Custom().eval())
+    assert not any(m.training for m in loaded.modules())

@@ -823,8 +823,9 @@ def _unreachable(task: Task, model: CostModel, choice: budget_mod.Choice) -> str
     reach = f"{choice.total_cost / dense:.1%}" if dense else f"{choice.total_cost:.4g} {model.unit}"
     return (f"tasks[{task.group}].target: {model.name} ≤ {asked} is out of reach: the cheapest forms of the group's "
             f"layers reach {reach} of their dense {model.name}{at}, so those are used. Raise the target "
-            f"{'value' if by_value else 'ratio'}, compress more layers, or allow smaller forms (e.g. a smaller "
-            f"rank_multiple)")
+            f"{'value' if by_value else 'ratio'}, compress more layers, price the task in what its scheme saves "
+            f"(quantized and sparse layers store less but run as dense ones: cost: storage), or allow smaller forms "
+            f"in the scheme's options (low_rank: a smaller rank_multiple)")
 
 
 def _refuse_all_dense(group: int, chosen: list[Form]) -> None:

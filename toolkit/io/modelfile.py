@@ -305,5 +305,5 @@ def _swap_in(model: nn.Module, layer: dict[str, Any], allowed: Allowed, path: st
             f"(expected a weight of shape {layer['weight_shape']}); pass the architecture the model was compressed from"
         )
     where = f", layer {layer['name']!r}" + (f" (scheme {layer['scheme']!r})" if layer.get("scheme") else "")
-    replace_module(model, layer["name"], _on_meta(lambda: module_from_json(layer["module"], allowed), path, where),
-                   layer.get("aliases", []))
+    new = _on_meta(lambda: module_from_json(layer["module"], allowed), path, where)
+    replace_module(model, layer["name"], new.train(current.training), layer.get("aliases", []))  # the mode it replaces
