@@ -121,6 +121,22 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
     assert (out / "model.safetensors").is_file()
 
 
+def test_a_run_that_found_the_same_stale_lock_late_leaves_the_winners_lock_in_place(tmp_path):
+    """Two runs see one dead process's lock; the first takes over, the second must not remove the fresh lock."""
+    from lcpress.io.rundir import RunDirectory
+
+    out = tmp_path / "run"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = {"pid": int(dead.stdout), "host": socket.gethostname(), "since": "x"}
+    winner = {"pid": os.getppid(), "host": socket.gethostname(), "since": "now"}  # a live process
+    (out / "run.lock").write_text(json.dumps(winner))  # the first run already took over
+    RunDirectory(out)._take_over(stale)  # the second, acting on the stale record it read before
+    assert json.loads((out / "run.lock").read_text()) == winner and sorted(p.name for p in out.iterdir()) == ["run.lock"]
+    with pytest.raises(RunDirectoryError, match="in use by another lcpress run"):
+        RunDirectory(out).acquire()
+
+
 def test_an_output_dir_that_is_a_file_or_under_one_is_refused(tmp_path):
     target = tmp_path / "file"
     target.write_text("x")

@@ -26,6 +26,7 @@ import datetime
 import json
 import os
 import socket
+import uuid
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -218,13 +219,34 @@ class RunDirectory:
             except FileExistsError:
                 holder = self._holder()
                 if holder is not None and _gone(holder):
-                    self.lock_path.unlink(missing_ok=True)  # its process ended without releasing it
+                    self._take_over(holder)  # its process ended without releasing it
                     continue
                 raise RunDirectoryError(_held_message(self.lock_path, holder)) from None
             with os.fdopen(fd, "w") as fh:
                 json.dump(record, fh)
             return
         raise RunDirectoryError(_held_message(self.lock_path, self._holder()))
+
+    def _take_over(self, stale: dict[str, Any]) -> None:
+        """Remove the lock a dead process left, and only that one.
+
+        Two runs may find the same stale lock at once. Each moves the lock aside under a name of its own (one
+        rename wins per lock file) and removes it only if it is the stale record it read; a fresh lock the other
+        run has taken meanwhile is put back, so that run keeps it and this one is refused.
+        """
+        aside = self.lock_path.with_name(f".{LOCK}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(self.lock_path, aside)
+        except FileNotFoundError:
+            return
+        try:
+            moved = json.loads(aside.read_text())
+        except (OSError, ValueError):
+            moved = None
+        if moved != stale:
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, self.lock_path)
+        aside.unlink(missing_ok=True)
 
     def release(self) -> None:
         if _ours(self._holder()):
