@@ -85,3 +85,17 @@ def test_graph_records_order_shapes_and_fx_dataflow():
     assert graph.specs["8"].input_shape == (1, 2048)
     assert graph.traced_with_fx
     assert graph.graph.has_edge("0", "1")
+
+
+def test_a_configured_cost_model_this_machine_lacks_is_named_once_when_no_task_uses_it(caplog, monkeypatch):
+    import lcpress
+
+    gpu = get_registry().cost_model("gpu_latency")
+    monkeypatch.setattr(gpu, "unavailable_reason", lambda self: "no CUDA device here")
+    config = {"tasks": [{"layers": ["0"], "options": {"rank": 2, "rank_multiple": 1}}],
+              "cost_models": {"gpu_latency": {"batch_size": 8}}, "schedule": {"steps": 0}}
+    with caplog.at_level("WARNING", logger="lcpress"):
+        result = lcpress.compress(nn.Sequential(nn.Linear(8, 8)), config, example_input=torch.randn(1, 8),
+                                  progress=False)
+    assert caplog.text.count("cost_models.gpu_latency: not available here (no CUDA device here)") == 1
+    assert "gpu_latency_after" not in result.layers

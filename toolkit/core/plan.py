@@ -79,15 +79,18 @@ def load_config(source: str | Path | dict[str, Any] | LCConfig) -> LCConfig:
     return config
 
 
-def resolve(config: LCConfig, registry: Registry | None = None, *, measured: bool = True) -> Resolved:
+def resolve(config: LCConfig, registry: Registry | None = None, *, measured: bool = True,
+            notes: bool = False) -> Resolved:
     """Resolve every scheme and cost model the config names, with their options.
 
     :param measured: also build the cost models that measure (and require them
         to be available here); False keeps only the analytic ones, for looking
         at a run on a machine that is not the one it measures.
+    :param notes: say which configured cost models this machine leaves out (once, when a run is planned; a
+        config is also resolved to validate it, silently).
     """
     registry = registry or get_registry()
-    cost_models = _cost_models(config, registry, measured)
+    cost_models = _cost_models(config, registry, measured, notes)
     groups = [_group(config.tasks[g], g, registry) for g in range(len(config.tasks))]
     return Resolved(config, groups, cost_models)
 
@@ -126,7 +129,7 @@ def cost_model_names(config: LCConfig) -> list[str]:
     return list(dict.fromkeys(names + list(config.cost_models)))
 
 
-def _cost_models(config: LCConfig, registry: Registry, measured: bool) -> dict[str, CostModel]:
+def _cost_models(config: LCConfig, registry: Registry, measured: bool, notes: bool = False) -> dict[str, CostModel]:
     from lcpress.core.measured import MeasuredCostModel
 
     used = {t.cost for t in config.tasks} | {t.target.cost for t in config.tasks if t.target is not None}
@@ -142,6 +145,9 @@ def _cost_models(config: LCConfig, registry: Registry, measured: bool) -> dict[s
             reason = model.unavailable_reason()
         if reason and name in used:
             raise ConfigError(f"{_cost_key(config, name)}: cost model {name!r} is not available here: {reason}")
+        if reason and notes and name in config.cost_models:  # configured but unused here: the run goes on
+            log.warning("cost_models.%s: not available here (%s); no task uses it, so the run's tables leave it "
+                        "out", name, reason)
         if not reason:
             models[name] = model
     return models
@@ -199,7 +205,7 @@ def plan(model: nn.Module, config: LCConfig, example_input: Any, resolved: Resol
     The one change it makes to ``model``: realized 1×1 stages that a task's patterns reach become the
     ``nn.Conv2d`` they compute (:func:`pointwise_as_conv`), the same function with the same state dict.
     """
-    resolved = resolved or resolve(config)
+    resolved = resolved or resolve(config, notes=True)
     refuse_broken_weights(model)
     pointwise_as_conv(model, config)
     graph = trace(model, example_input)
