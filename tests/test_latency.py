@@ -409,3 +409,23 @@ def test_the_whole_model_is_timed_in_the_dtype_the_layers_were(cache, monkeypatc
     latency = CpuLatency(CpuLatency.Options.from_dict({"dtype": "bfloat16", "min_run_time": 0.01}))
     assert latency.measure_model(model, torch.randn(2, 16)) > 0
     assert timed == [(torch.bfloat16, torch.bfloat16)] and model.weight.dtype == torch.float32  # a converted copy
+
+
+def test_batch_size_over_layers_whose_first_dimension_is_not_the_batch_is_a_warning(cache, caplog):
+    class Flattened(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.out = nn.Linear(32, 32), nn.Linear(32, 4)
+
+        def forward(self, x):  # (batch, tokens, width) → (batch·tokens, width)
+            return self.out(self.fc(x.reshape(-1, x.shape[-1])))
+
+    config = {"tasks": [{"layers": ["fc"], "options": {"rank": 4, "rank_multiple": 1}}],
+              "cost_models": {"stair_latency": {"batch_size": 8}}}
+    with using_plugins(StairPlugin()), caplog.at_level(logging.WARNING, logger="lcpress"):
+        lcpress.predict_costs(Flattened(), config, torch.randn(1, 16, 32))
+        assert "fc, out take inputs whose first dimension is not the example's batch of 1" in caplog.text
+        caplog.clear()
+        lcpress.predict_costs(nn.Sequential(nn.Linear(32, 32)), dict(config, tasks=[{"layers": ["0"], "options": {"rank": 4}}]),
+                              torch.randn(2, 32))
+    assert "first dimension" not in caplog.text

@@ -209,7 +209,32 @@ def plan(model: nn.Module, config: LCConfig, example_input: Any, resolved: Resol
     refuse_broken_weights(model)
     pointwise_as_conv(model, config)
     graph = trace(model, example_input)
+    _warn_batch_elsewhere(graph, resolved.cost_models, example_input)
     return Plan(graph, plan_tasks(model, graph, resolved, example_input), resolved.cost_models, resolved)
+
+
+def _warn_batch_elsewhere(graph: ModelGraph, cost_models: dict[str, CostModel], example_input: Any) -> None:
+    """A cost model's ``batch_size`` replaces the first dimension of each layer's input; say so where that
+    dimension is not the example's batch (tokens flattened into it, a sequence-first model)."""
+    sized = [name for name, m in cost_models.items() if getattr(m.options, "batch_size", None) is not None]
+    batch = _batch_of(example_input)
+    if not sized or batch is None:
+        return
+    elsewhere = [n for n, spec in graph.specs.items() if spec.input_shape and spec.input_shape[0] != batch]
+    if elsewhere:
+        log.warning("cost_models.%s.batch_size replaces the first dimension of each layer's input, but %s take "
+                    "inputs whose first dimension is not the example's batch of %d (tokens flattened into it, or "
+                    "a sequence-first model), so they would be timed at another size: pass example_input= a batch "
+                    "of the deployment size and leave batch_size out", sized[0], listed(elsewhere), batch)
+
+
+def _batch_of(example_input: Any) -> int | None:
+    """The batch size of an example input: the first dimension of its first tensor."""
+    if isinstance(example_input, torch.Tensor):
+        return int(example_input.shape[0]) if example_input.dim() else None
+    values = example_input.values() if isinstance(example_input, dict) else \
+        example_input if isinstance(example_input, (tuple, list)) else ()
+    return next((b for b in (_batch_of(v) for v in values) if b is not None), None)
 
 
 def refuse_unloaded(model: nn.Module) -> None:
