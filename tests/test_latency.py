@@ -426,6 +426,6 @@ def test_batch_size_over_layers_whose_first_dimension_is_not_the_batch_is_a_warn
         lcpress.predict_costs(Flattened(), config, torch.randn(1, 16, 32))
         assert "fc, out take inputs whose first dimension is not the example's batch of 1" in caplog.text
         caplog.clear()
-        lcpress.predict_costs(nn.Sequential(nn.Linear(32, 32)), dict(config, tasks=[{"layers": ["0"], "options": {"rank": 4}}]),
-                              torch.randn(2, 32))
+        plain = dict(config, tasks=[{"layers": ["0"], "options": {"rank": 4}}])
+        lcpress.predict_costs(nn.Sequential(nn.Linear(32, 32)), plain, torch.randn(2, 32))
     assert "first dimension" not in caplog.text
