@@ -552,7 +552,8 @@ def _finish(model, engine: LCEngine, graph, cost_models, config, example_input, 
                                metric if tuned_metric is None else tuned_metric, max_err, config, None, totals(table),
                                metric if tuned_metric is not None else None)
     result.sensitivity = {engine.tasks[i].name: curve.to_dict() for i, curve in sorted(engine.curves.items())}
-    result.warnings = run_warnings(config, engine.history, dense_metric, result.metric)
+    result.warnings = run_warnings(config, engine.history, dense_metric, result.metric,
+                                   getattr(eval_fn, "metric_name", "metric"))
     mismatch = mismatch_warning(max_err, expected)
     if mismatch:
         result.warnings.append(mismatch)
@@ -637,14 +638,14 @@ METRIC_DROP_WARNING = 0.05
 
 
 def run_warnings(config: LCConfig, history: list[dict[str, Any]], dense: float | None,
-                 compressed: float | None) -> list[str]:
+                 compressed: float | None, metric_name: str = "metric") -> list[str]:
     """What a finished run should tell its user to change: an unconverged LC path, a large loss of accuracy."""
     found = []
     problem = convergence_problem(config.schedule, history)
     if problem:
         found.append(problem)
     if dense is not None and compressed is not None and dense - compressed > METRIC_DROP_WARNING:
-        found.append(f"the compressed model's {config.metric} is {compressed:.4f}, {dense - compressed:.4f} below "
+        found.append(f"the compressed model's {metric_name} is {compressed:.4f}, {dense - compressed:.4f} below "
                      f"the dense model's {dense:.4f}: give the compression a larger budget (target ratio), more LC "
                      f"steps or L-step epochs, or fine-tune the realized model (finetune.steps)")
     return found
@@ -711,4 +712,5 @@ def _default_fns(train_fn, eval_fn, loaders, config: LCConfig, device, progress)
         def eval_fn(model: nn.Module) -> float:
             return measure(model, eval_loader, device)
 
+        eval_fn.metric_name = config.metric  # type: ignore[attr-defined]  # a user's eval_fn is just "metric"
     return train_fn, eval_fn
