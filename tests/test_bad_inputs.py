@@ -167,27 +167,18 @@ def test_a_read_only_folder_is_refused(tmp_path):
     ({"seed": 3}, "seed: 0 → 3"),
     ({"schedule": {"steps": 3, "mu0": 0.01, "factor": 2.0}}, "schedule.steps: 2 → 3"),
 ])
-def test_resume_refuses_a_changed_config_listing_the_keys(tmp_path, monkeypatch, change, listed):
+def test_resume_refuses_a_changed_config_listing_the_keys(tmp_path, power_cut, change, listed):
     out = tmp_path / "run"
-    _interrupted(out, monkeypatch)
+    _interrupted(out, power_cut)
     with pytest.raises(RunDirectoryError, match="holds a run of another config") as error:
         _compress(out, resume=True, config=change)
     assert listed in str(error.value)
     _compress(out, resume=True)  # with the config it started with, it finishes
 
 
-def _interrupted(out, monkeypatch):
-    original = lcpress.LCEngine.l_step
-
-    def cut(self, k, mu):
-        if k == 2:
-            raise KeyboardInterrupt
-        return original(self, k, mu)
-
-    with monkeypatch.context() as m:
-        m.setattr(lcpress.LCEngine, "l_step", cut)
-        with pytest.raises(KeyboardInterrupt):
-            _compress(out)
+def _interrupted(out, power_cut):
+    with power_cut(at=1):  # during LC step 2: the checkpoint after step 1 stays
+        _compress(out)
 
 
 def test_a_finished_run_is_extended_by_more_steps_and_says_so(tmp_path):
@@ -205,29 +196,20 @@ def test_a_finished_run_is_extended_by_more_steps_and_says_so(tmp_path):
         _compress(out, resume=True, extend=True, config=more)
 
 
-def test_an_interrupted_extension_resumes_with_the_same_command(tmp_path, monkeypatch):
+def test_an_interrupted_extension_resumes_with_the_same_command(tmp_path, power_cut):
     out = tmp_path / "run"
     _compress(out)
     more = {"schedule": {"steps": 4, "mu0": 0.01, "factor": 2.0}}
-    original = lcpress.LCEngine.l_step
-
-    def cut(self, k, mu):
-        if k == 3:
-            raise KeyboardInterrupt
-        return original(self, k, mu)
-
-    with monkeypatch.context() as m:
-        m.setattr(lcpress.LCEngine, "l_step", cut)
-        with pytest.raises(KeyboardInterrupt):
-            _compress(out, resume=True, extend=True, config=more)
+    with power_cut(at=2):  # during LC step 3, the extension's first
+        _compress(out, resume=True, extend=True, config=more)
     result = _compress(out, resume=True, extend=True, config=more)  # it said "set steps above the run's 4 (now 4)"
     assert list(result.history["step"]) == [0, 1, 2, 3, 4]
     assert len(json.loads((out / "run.json").read_text())["extensions"]) == 1
 
 
-def test_a_run_whose_run_json_is_lost_is_named_as_lcpress_run(tmp_path, monkeypatch):
+def test_a_run_whose_run_json_is_lost_is_named_as_lcpress_run(tmp_path, power_cut):
     out = tmp_path / "run"
-    _interrupted(out, monkeypatch)
+    _interrupted(out, power_cut)
     (out / "run.json").unlink()
     with pytest.raises(RunDirectoryError, match=r"holds an lcpress run whose run.json is missing .*checkpoint records"):
         _compress(out, resume=True)
@@ -245,18 +227,18 @@ def test_an_extension_refused_for_its_checkpoint_leaves_the_finished_run_as_it_w
     assert (out / "run.json").read_text() == before  # still the finished 2-step run (it became "running", 4 steps)
 
 
-def test_a_checkpoint_another_config_wrote_is_not_resumed(tmp_path, monkeypatch):
+def test_a_checkpoint_another_config_wrote_is_not_resumed(tmp_path, power_cut):
     out, other = tmp_path / "run", tmp_path / "other-lr"
-    _interrupted(out, monkeypatch)
+    _interrupted(out, power_cut)
     _compress(other, config={"train": {"lr": 0.5}})  # its checkpoint copied over this run's (a restored backup)
     (out / "checkpoint.safetensors").write_bytes((other / "checkpoint.safetensors").read_bytes())
     with pytest.raises(RunDirectoryError, match=r"written by a run of another config .*train\.lr: 0\.5 → 0\.01"):
         _compress(out, resume=True)
 
 
-def test_half_written_copies_a_killed_run_left_are_removed_when_the_run_goes_on(tmp_path, monkeypatch):
+def test_half_written_copies_a_killed_run_left_are_removed_when_the_run_goes_on(tmp_path, power_cut):
     out = tmp_path / "run"
-    _interrupted(out, monkeypatch)
+    _interrupted(out, power_cut)
     stale = out / ".checkpoint.safetensors.ab12cd34.tmp"  # what a SIGKILL during a checkpoint write leaves
     stale.write_bytes(b"\0" * 1024)
     mine = out / "notes.tmp"
@@ -265,23 +247,14 @@ def test_half_written_copies_a_killed_run_left_are_removed_when_the_run_goes_on(
     assert not stale.exists() and mine.exists()
 
 
-def test_a_moved_project_resumes(tmp_path, monkeypatch):
+def test_a_moved_project_resumes(tmp_path, monkeypatch, power_cut):
     """Config file and run folder moved together: base_dir changed, nothing the user could put back."""
     project = tmp_path / "project"
     project.mkdir()
     (project / "config.yaml").write_text(yaml.safe_dump(_config("runs/a")))
     monkeypatch.chdir(tmp_path)
-    original = lcpress.LCEngine.l_step
-
-    def cut(self, k, mu):
-        if k == 2:
-            raise KeyboardInterrupt
-        return original(self, k, mu)
-
-    with monkeypatch.context() as m:
-        m.setattr(lcpress.LCEngine, "l_step", cut)
-        with pytest.raises(KeyboardInterrupt):
-            lcpress.compress(_net(), project / "config.yaml", loaders=_data(), progress=False)
+    with power_cut(at=1):
+        lcpress.compress(_net(), project / "config.yaml", loaders=_data(), progress=False)
     project.rename(tmp_path / "moved")
     result = lcpress.compress(_net(), tmp_path / "moved" / "config.yaml", loaders=_data(), resume=True, progress=False)
     assert list(result.history["step"]) == [0, 1, 2]

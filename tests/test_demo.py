@@ -40,7 +40,7 @@ def test_an_interrupted_demo_run_resumes_as_its_message_says(tmp_path, monkeypat
     import lcpress
 
     run = tmp_path / "demo"
-    original = lcpress.LCEngine.l_step
+    original = lcpress.LCEngine.l_step  # the LC run's L steps, not the training of the demo's dense model
 
     def cut(self, k, mu):
         if k == 2:
