@@ -348,17 +348,18 @@ def test_planning_a_compressed_model_reaches_its_1x1_stages_as_convolutions(capl
         torch.testing.assert_close(model(x), before, rtol=0, atol=0)
 
 
+class ReadsWeight(nn.Module):
+    """A forward that reads a layer's weight itself, as a ViT patch embedding reads its dtype."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch, self.head = nn.Linear(16, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.patch(x.to(self.patch.weight.dtype))))
+
+
 def test_a_layer_whose_realized_module_the_forward_cannot_run_with_stays_dense_and_the_rest_is_realized(caplog):
-    class ReadsWeight(nn.Module):
-        """A forward that reads a layer's weight itself, as a ViT patch embedding reads its dtype."""
-
-        def __init__(self):
-            super().__init__()
-            self.patch, self.head = nn.Linear(16, 16), nn.Linear(16, 4)
-
-        def forward(self, x):
-            return self.head(torch.relu(self.patch(x.to(self.patch.weight.dtype))))
-
     torch.manual_seed(0)
     model, x = ReadsWeight(), torch.randn(2, 16)
     config = {"tasks": [{"layers": ["patch", "head"], "options": {"rank": 2, "rank_multiple": 1}, "cost": "params"}],
@@ -373,18 +374,10 @@ def test_a_layer_whose_realized_module_the_forward_cannot_run_with_stays_dense_a
 
 def test_a_target_line_says_which_layers_realization_kept_dense(tmp_path):
     """The C step's "achieved" prices the forms chosen; the model holds a kept layer dense, and the line says so."""
-    class ReadsWeight(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.patch, self.head = nn.Linear(16, 16), nn.Linear(16, 4)
-
-        def forward(self, x):
-            return self.head(torch.relu(self.patch(x.to(self.patch.weight.dtype))))
-
     torch.manual_seed(0)
-    config = {"tasks": [{"layers": ["patch"], "options": {"rank_multiple": 1}, "target": {"cost": "params", "ratio": 0.5}}],
-              "schedule": {"steps": 0},
-              "output_dir": str(tmp_path / "run")}
+    config = {"tasks": [{"layers": ["patch"], "options": {"rank_multiple": 1},
+                         "target": {"cost": "params", "ratio": 0.5}}],
+              "schedule": {"steps": 0}, "output_dir": str(tmp_path / "run")}
     result = lcpress.compress(ReadsWeight(), config, example_input=torch.randn(2, 16), progress=False)
     line = next(line for line in result.summary().splitlines() if line.startswith("tasks[0] target"))
     assert "by the forms chosen, but realization kept 'patch' dense" in line
