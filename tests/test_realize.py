@@ -426,9 +426,17 @@ def _hooked():
     return model
 
 
+def _forward_replaced():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
+    inner = model[0].forward
+    model[0].forward = lambda x: inner(x) * 2  # as accelerate's hooks wrap a module's forward
+    return model
+
+
 @pytest.mark.parametrize("make, problem", [
     (lambda: nn.Sequential(StandardizedConv(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)), "has a forward of its own"),
     (_hooked, "has forward hooks"),
+    (_forward_replaced, "its forward was replaced on the module itself"),
 ])
 def test_a_layer_plain_modules_cannot_realize_is_refused_by_name_and_left_alone_by_a_glob(make, problem, caplog):
     x = torch.randn(2, 3, 8, 8)

@@ -53,6 +53,10 @@ def realization_problem(module: nn.Module) -> str | None:
     if base is not None and type(module).forward is not base.forward:
         return (f"its class {type(module).__name__} has a forward of its own, which the plain layers realizing it "
                 f"would not run; exclude it, or compress a plain nn.{base.__name__} holding the weight it uses")
+    if base is not None and "forward" in vars(module):  # set on the instance (accelerate's device hooks do)
+        return ("its forward was replaced on the module itself (accelerate's device_map hooks do that), which the "
+                "plain layers realizing it would not carry; compress the model loaded without device_map, or "
+                "exclude the layer")
     computed = not isinstance(getattr(module, "weight", None), nn.Parameter)  # a pre-hook computes the weight
     hooks = [kind for kind, found in (("forward", module._forward_hooks),  # (torch's pruning): judged elsewhere
                                       ("forward pre", {} if computed else module._forward_pre_hooks)) if found]
