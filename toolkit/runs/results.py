@@ -7,6 +7,7 @@ checked in onnxruntime.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,6 +20,8 @@ from lcpress.io.export import Exported, export_onnx
 from lcpress.io.modelfile import load, read_manifest
 from lcpress.io.rundir import MODEL_FILE, RUN_INFO, RunDirectory
 from lcpress.runs.sources import call_factory
+
+log = logging.getLogger("lcpress.results")
 
 
 def load_run_model(run_dir: str | Path, config: str | Path | None = None) -> tuple[nn.Module, dict[str, Any]]:
@@ -46,7 +49,10 @@ def load_run_model(run_dir: str | Path, config: str | Path | None = None) -> tup
     if not model_file.is_file():
         raise CheckpointError(f"the finished run in {str(run.path)!r} has no {MODEL_FILE}; rerun it with --force")
     manifest = read_manifest(model_file)  # a truncated or edited file fails here, clearly
+    parsed = parse_config(config) if config is not None else None  # a config named is read, even when not needed
     if manifest.get("architecture") is not None:
+        if parsed is not None:
+            log.info("%s rebuilds from its file alone; its factory in %s is not run", model_file, config)
         return load(model_file), info
     classes = ", ".join(manifest.get("not_rebuildable", []))
     if config is None:
@@ -55,7 +61,6 @@ def load_run_model(run_dir: str | Path, config: str | Path | None = None) -> tup
             f"model.factory builds the architecture: --config path/to/config.yaml (lcpress imports it from that "
             f"file's folder, and never from the run directory), or export from Python: "
             f"lcpress.export_onnx(lcpress.load(path, model=MyNet()), 'model.onnx', example_input)")
-    parsed = parse_config(config)
     if parsed.model is None or parsed.model.factory is None:
         raise ConfigError(f"{config}: its model section names no factory, so it cannot build the architecture of "
                           f"{str(model_file)!r} ({classes})")
