@@ -734,3 +734,14 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_the_last_one_stays(
             _compress(out)
     assert lcpress.io.files.read_file(out / "checkpoint.safetensors")[1]["engine"]["next_step"] == 1
     assert list(_compress(out, resume=True).history["step"]) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("where", ["train", "calibration"])
+def test_a_generator_as_data_is_refused_before_it_is_used_up(where):
+    """Read at every LC step, a generator would train the first L step and leave the others nothing, silently."""
+    train, evaluation = _data()
+    batches = (batch for batch in train)
+    kwargs = {"loaders": (batches, evaluation)} if where == "train" else {"loaders": (train, evaluation),
+                                                                         "calibration": batches}
+    with pytest.raises(ConfigError, match=r"a generator can be read only once"):
+        lcpress.compress(_net(), _config(None, output_dir=None), progress=False, **kwargs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
@@ -99,3 +101,35 @@ def test_the_built_in_loss_and_accuracy_take_a_language_models_token_logits():
     images = torch.randn(3, 4, 2, 2)  # a segmentation's (batch, classes, h, w) stays torch's layout
     labels = torch.randint(0, 4, (3, 2, 2))
     torch.testing.assert_close(LOSSES["cross_entropy"](images, labels), torch.nn.functional.cross_entropy(images, labels))
+
+
+def test_calibration_batches_are_a_fixed_fair_sample_of_what_the_loader_yields():
+    """A dataset stored sorted by label, a subset sampler for a held-out split: calibration sees the loader's
+    indices only, every label, the same batches every time, and the loader's own generator is not advanced."""
+    from torch.utils.data import DataLoader, SubsetRandomSampler, TensorDataset
+
+    from lcpress.runs.training import fixed_batches
+
+    labels = torch.arange(10).repeat_interleave(100)  # sorted by class, as an ImageFolder stores it
+    dataset = TensorDataset(torch.arange(1000).float().unsqueeze(1), labels)
+    shuffled = DataLoader(dataset, batch_size=50, shuffle=True, generator=torch.Generator().manual_seed(3))
+    state = shuffled.generator.get_state()
+    first = [y for _, y in itertools.islice(fixed_batches(shuffled), 4)]
+    assert torch.equal(shuffled.generator.get_state(), state)
+    assert len(torch.cat(first).unique()) == 10  # the first 200 stored samples hold classes 0 and 1 only
+    again = [y for _, y in itertools.islice(fixed_batches(shuffled), 4)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    training_split = list(range(0, 1000, 2))  # the odd indices are held out for validation
+    split = DataLoader(dataset, batch_size=50, sampler=SubsetRandomSampler(training_split))
+    seen = torch.cat([x.squeeze(1) for x, _ in fixed_batches(split)]).long()
+    assert sorted(seen.tolist()) == training_split
+
+
+def test_the_built_in_mse_takes_a_regressions_flat_targets_and_refuses_other_shapes():
+    from lcpress import LcpressError
+    from lcpress.runs.training import LOSSES
+
+    output, target = torch.randn(8, 1), torch.randn(8)
+    assert torch.equal(LOSSES["mse"](output, target), torch.nn.functional.mse_loss(output, target.unsqueeze(1)))
+    with pytest.raises(LcpressError, match=r"train.loss mse: the model outputs \(8, 3\) but the targets are \(8,\)"):
+        LOSSES["mse"](torch.randn(8, 3), target)  # torch would broadcast this to (8, 8) … (8, 3)

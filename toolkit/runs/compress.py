@@ -185,6 +185,7 @@ def compress(
     model.to(device)
     _refuse_unpaired(loaders)
     calibration = None if calibration is None else _one_or_many(calibration)
+    _refuse_one_shot(loaders, calibration)
     example_input = example_batch(example_input, loaders, device, calibration)
     if distributed.active() and train_fn is None and loaders is not None:
         loaders = (distributed.shard_loader(loaders[0], config.seed), loaders[1])
@@ -649,6 +650,18 @@ def run_warnings(config: LCConfig, history: list[dict[str, Any]], dense: float |
                      f"the dense model's {dense:.4f}: give the compression a larger budget (target ratio), more LC "
                      f"steps or L-step epochs, or fine-tune the realized model (finetune.steps)")
     return found
+
+
+def _refuse_one_shot(loaders: tuple[Any, Any] | None, calibration: Any) -> None:
+    """Data read more than once (every L step, every evaluation, every BatchNorm re-estimation) cannot be a
+    generator: the first reader would use it up and every later one see nothing, silently."""
+    named = [(f"loaders[{i}]", loader) for i, loader in enumerate(loaders or ())] + [("calibration", calibration)]
+    for name, data in named:
+        if data is not None and isinstance(data, Iterator):
+            raise ConfigError(f"{name}: a {type(data).__name__} can be read only once, and lcpress reads its data at "
+                              f"every LC step; pass a DataLoader or a list of batches (list(...) of it)")
+        if isinstance(data, (list, tuple)) and not data and name == "calibration":
+            raise ConfigError("calibration: the list of batches is empty")
 
 
 def _refuse_unpaired(loaders: tuple[Any, Any] | None) -> None:

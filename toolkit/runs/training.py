@@ -12,14 +12,15 @@ checkpoints, so a resumed run continues exactly where it stopped. Any callable
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
 
 from lcpress.config import TrainConfig
 from lcpress.errors import LcpressError
@@ -34,9 +35,25 @@ log = logging.getLogger("lcpress")
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def _same_shape(loss: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``target`` in ``output``'s shape: a regression's (N,) targets against (N, 1) outputs lose the trailing 1;
+    any other mismatch is refused, as torch would broadcast it (to (N, N)) and train on the wrong error."""
+    if target.shape == output.shape:
+        return target
+    if output.dim() == target.dim() + 1 and output.shape[-1] == 1 and output.shape[:-1] == target.shape:
+        return target.unsqueeze(-1)
+    raise LcpressError(f"train.loss {loss}: the model outputs {tuple(output.shape)} but the targets are "
+                       f"{tuple(target.shape)}; give targets of the output's shape (or pass your own train_fn)")
+
+
+def mse_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error, refusing targets of another shape (which torch would broadcast)."""
+    return F.mse_loss(output, _same_shape("mse", output, target.to(output.dtype)))
+
+
 def cosine_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """1 − cos(output, target), averaged over the batch (scale-free, for embeddings)."""
-    return (1 - F.cosine_similarity(output, target, dim=-1)).mean()
+    return (1 - F.cosine_similarity(output, _same_shape("cosine", output, target), dim=-1)).mean()
 
 
 def class_scores(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,7 +74,7 @@ def class_cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Ten
 
 
 #: The losses ``train.loss`` names.
-LOSSES: dict[str, Loss] = {"cross_entropy": class_cross_entropy, "mse": F.mse_loss, "cosine": cosine_loss}
+LOSSES: dict[str, Loss] = {"cross_entropy": class_cross_entropy, "mse": mse_loss, "cosine": cosine_loss}
 
 
 def to_device(batch: Any, device: torch.device | str) -> Any:
@@ -72,16 +89,34 @@ def to_device(batch: Any, device: torch.device | str) -> Any:
 
 
 def fixed_batches(loader: Any) -> Iterable:
-    """The loader's data in a fixed order, without drawing from its shuffling generator.
+    """A fixed, representative sample of what the loader yields, without drawing from its shuffling generator.
 
-    Iterating a shuffled DataLoader advances its generator, which would change
-    the L steps' data order (and break bit-identical resumption); a DataLoader
-    is therefore read through a sequential twin over the same dataset.
+    BatchNorm re-estimation, ``error: output`` moments and ``mu0: auto`` read a few batches. They must be
+    the same at every LC step (and after a resume), must not advance the loader's generator (which would change
+    the L steps' data order), and must be a fair sample: a dataset stored sorted by class (an ``ImageFolder``)
+    read from its start holds only the first classes. So a DataLoader is read through a twin over the same
+    dataset that visits the indices its sampler would yield (a ``SubsetRandomSampler``'s subset, never a
+    held-out split) in one fixed random order, with its batch size, collate function and ``drop_last``.
     """
-    if isinstance(loader, DataLoader) and loader.batch_size is not None:
-        return DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=False, collate_fn=loader.collate_fn,
-                          num_workers=0)
-    return loader
+    if not isinstance(loader, DataLoader) or loader.batch_size is None or isinstance(loader.dataset, IterableDataset):
+        return loader
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=_fixed_order(loader),
+                      collate_fn=loader.collate_fn, drop_last=loader.drop_last, num_workers=0)
+
+
+def _fixed_order(loader: DataLoader) -> list[int]:
+    """The indices the loader's sampler draws from, in an order fixed by a seed of its own."""
+    sampler = loader.sampler
+    if isinstance(sampler, SequentialSampler) or (isinstance(sampler, RandomSampler) and not sampler.replacement
+                                                  and sampler.num_samples == len(loader.dataset)):
+        population = list(range(len(loader.dataset)))
+    elif isinstance(getattr(sampler, "indices", None), Sequence):  # SubsetRandomSampler, SubsetSequentialSampler
+        population = sorted(int(i) for i in sampler.indices)
+    else:  # any other sampler (weighted, distributed, a user's): what a copy of it draws, the loader's own untouched
+        with torch.random.fork_rng(devices=[]):
+            population = sorted(int(i) for i in copy.deepcopy(sampler))
+    order = torch.randperm(len(population), generator=torch.Generator().manual_seed(0))
+    return [population[i] for i in order.tolist()]
 
 
 def gradient_norm(model: nn.Module, params: list[nn.Parameter], loader: Iterable, loss_fn: Loss,
