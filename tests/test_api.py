@@ -488,3 +488,15 @@ def test_calibration_batches_give_the_example_input_when_none_is_passed():
     assert result.graph.specs["0"].input_shape == (1, 32)  # one sample, as from a loader
     with pytest.raises(lcpress.ConfigError, match="give example_input=.*, loaders= or calibration="):
         lcpress.compress(_trained_mlp(), config, _one_sgd_step(x, y), progress=False)
+
+
+def test_each_submodule_comes_back_in_the_mode_it_came_in():
+    """A training model with a BatchNorm frozen in eval mode (bn.eval()) is handed back so, not all in one mode."""
+    x, y = _data()
+    model = nn.Sequential(nn.Linear(x.shape[1], 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
+    model.train()
+    model[1].eval()
+    config = {"tasks": [{"layers": ["3"], "options": {"rank": 4, "rank_multiple": 1}}],
+              "schedule": {"steps": 1, "mu0": 1e-2}, "batchnorm": {"recalibrate": False}}
+    lcpress.compress(model, config, _one_sgd_step(x, y), example_input=x[:2], progress=False)
+    assert model.training and not model[1].training and all(m.training for m in model[3].modules())

@@ -143,3 +143,12 @@ def test_cheapest_breaks_ties_by_error():
     from lcpress.core.budget import cheapest
 
     assert cheapest(torch.tensor([3.0, 1.0, 1.0, 2.0]), torch.tensor([0.0, 5.0, 4.0, 1.0])) == 2
+
+
+def test_a_metric_that_is_not_a_number_is_a_warning_of_the_run():
+    from lcpress.config import LCConfig
+    from lcpress.runs.compress import run_warnings
+
+    config = LCConfig.from_dict({"tasks": [{"layers": ["0"]}], "schedule": {"steps": 0}})
+    said = run_warnings(config, [], 0.91, float("nan"), "accuracy")
+    assert len(said) == 1 and "the compressed model's accuracy is nan" in said[0]

@@ -486,3 +486,23 @@ def test_a_decoded_layer_first_run_in_inference_mode_still_trains_afterwards():
     out = model(x)  # used to fail: "Inference tensors cannot be saved for backward"
     out.sum().backward()
     assert x.grad is not None and torch.equal(out.detach(), expected)
+
+
+def test_a_model_returning_an_output_object_with_logits_is_realized_and_checked():
+    """The built-in trainer reads .logits; the realization check read only tensors, tuples, dicts."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Out:
+        logits: torch.Tensor
+
+    class Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(16, 4)
+
+        def forward(self, x):
+            return Out(self.fc(x))
+
+    result = _compress(Classifier(), ["fc"], torch.randn(2, 16), rank=2, rank_multiple=1)
+    assert result.records[0].realized and result.max_abs_error < 1e-5

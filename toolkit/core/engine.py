@@ -256,7 +256,8 @@ class LCEngine:
         raise LcpressError(
             f"LC step {k}: the L step's training loss is {loss} (μ = {self.history[-1]['mu']:.3g} before it); "
             f"{kept}lower the learning rate (train.lr) or the growth of μ (schedule.factor), or check the "
-            f"training function for a division by zero or a log of zero"
+            f"training function for a division by zero or a log of zero. The model object now holds the weights "
+            f"that step trained: load the trained weights again before the next try"
         )
 
     def l_step(self, k: int, mu: float) -> float | None:

@@ -84,6 +84,8 @@ def first_tensor(out: Any) -> torch.Tensor:
         return first_tensor(next(iter(out.values())))
     if isinstance(out, (tuple, list)):
         return first_tensor(out[0])
-    if hasattr(out, "last_hidden_state"):
-        return out.last_hidden_state
-    raise LcpressError(f"cannot compare model outputs of type {type(out).__name__}")
+    for field in ("logits", "last_hidden_state"):  # Hugging Face output objects, and outputs shaped like them
+        if isinstance(getattr(out, field, None), torch.Tensor):
+            return getattr(out, field)
+    raise LcpressError(f"cannot compare model outputs of type {type(out).__name__}: return a tensor, a tuple or "
+                       f"dict of tensors, or an object with a 'logits' or 'last_hidden_state' tensor")

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import datetime
 import logging
+import math
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -178,6 +179,7 @@ def compress(
     """
     config = load_config(config)
     passed, model = model, uncompiled(model)  # a torch.compile'd model: its layers keep the user's names
+    modes = _modes(model)  # each submodule's train/eval mode, handed back as it came (a frozen BatchNorm stays so)
     device = distributed.local_device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: 'cuda' was asked for but torch sees no CUDA device; use device: cpu")
@@ -198,7 +200,10 @@ def compress(
     probe = gradient_probe(config, data, device)
     calibrate = calibrate_fn(data, config, device)
 
-    planned = plan(model, config, example_input)
+    try:
+        planned = plan(model, config, example_input)
+    finally:
+        _restore_modes(model, modes)  # tracing runs the model in eval mode
     _refuse_untrainable(model, planned.tasks, config)
     timed = _timed_targets(config, planned.cost_models)
 
@@ -212,16 +217,30 @@ def compress(
                           "or --force)")
     setup = _Setup(model, config, planned, train_fn, eval_fn, finetune_fn, normalize, probe, example_input, progress,
                    timed, calibrate)
-    was_training = model.training
     try:
         with _holding(run_dir):
             resuming, extension = distributed.on_main(lambda: _prepare(run_dir, config, resume, force, extend)
                                                       if run_dir else (False, None))
             result = _run(setup, run_dir, resuming, extension)
     finally:
-        model.train(was_training)  # the mode the model came in, even after an error: L steps train it
+        _restore_modes(model, modes)  # the modes the model came in, even after an error: L steps train it
     result.model = passed
     return result
+
+
+def _modes(model: nn.Module) -> dict[str, bool]:
+    """Every submodule's train/eval mode, by name: a model may come with a frozen BatchNorm (``bn.eval()``)."""
+    return {name: m.training for name, m in model.named_modules()}
+
+
+def _restore_modes(model: nn.Module, modes: dict[str, bool]) -> None:
+    """Each submodule back in the mode it came in; realized layers take the mode of the layer they replace."""
+    model.train(modes.get("", model.training))
+    for name, module in model.named_modules():
+        owner = name
+        while owner not in modes and owner:
+            owner = owner.rpartition(".")[0]
+        module.training = modes.get(owner, module.training)
 
 
 def _dense_metric(model: nn.Module, eval_fn: EvalFn | None, resumed: RunDirectory | None) -> float | None:
@@ -507,15 +526,16 @@ def _one_or_many(batches: Any) -> Any:
     """``calibration=`` as batches: one batch alone (a tensor, a dict, an (inputs, targets) pair) becomes [batch].
 
     A list or loader is batches already. A tuple is one pair when it holds two tensors of one batch size whose
-    second is integer or has fewer dimensions (inputs and labels); otherwise it too is batches.
+    second is integer or has another shape (labels, regression or distillation targets); otherwise (two tensors
+    of one shape, which two batches of inputs also are) it too is batches: an autoencoder's pair goes as [(X, X)].
     """
     if isinstance(batches, (torch.Tensor, dict)):
         return [batches]
     if isinstance(batches, tuple) and len(batches) == 2 and all(isinstance(t, torch.Tensor) for t in batches):
         inputs, targets = batches
         if inputs.dim() and targets.dim() and len(inputs) == len(targets) and (
-                not targets.is_floating_point() or targets.dim() < inputs.dim()):
-            return [batches]
+                not targets.is_floating_point() or targets.shape != inputs.shape):
+            return [batches]  # two batches of inputs would have one shape; (X, X) alone stays ambiguous: [(X, X)]
     return batches
 
 
@@ -645,7 +665,10 @@ def run_warnings(config: LCConfig, history: list[dict[str, Any]], dense: float |
     problem = convergence_problem(config.schedule, history)
     if problem:
         found.append(problem)
-    if dense is not None and compressed is not None and dense - compressed > METRIC_DROP_WARNING:
+    if compressed is not None and not math.isfinite(compressed):
+        found.append(f"the compressed model's {metric_name} is {compressed}: evaluate the returned model yourself, "
+                     f"and check the evaluation for a division by zero or an empty loader")
+    elif dense is not None and compressed is not None and dense - compressed > METRIC_DROP_WARNING:
         found.append(f"the compressed model's {metric_name} is {compressed:.4f}, {dense - compressed:.4f} below "
                      f"the dense model's {dense:.4f}: give the compression a larger budget (target ratio), more LC "
                      f"steps or L-step epochs, or fine-tune the realized model (finetune.steps)")
