@@ -230,3 +230,17 @@ def test_allocation_is_a_validated_option_of_low_rank():
     assert scheme(scheme.Options.from_dict({"allocation": "minmax"})).allocation == "minmax"
     with pytest.raises(lcpress.ConfigError, match="allocation"):
         scheme.Options.from_dict({"allocation": "even"})
+
+
+def test_a_target_that_cannot_steer_the_choice_is_refused_or_said(caplog):
+    """A table lookup costs 0 FLOPs, so a flops target cannot choose its form; a target at dense asks for nothing."""
+    table = nn.Sequential(nn.Embedding(50, 16))
+    config = {"tasks": [{"layers": ["0"], "scheme": "quantize", "options": {"k": None},
+                         "target": {"cost": "flops", "ratio": 0.5}}], "schedule": {"steps": 0}}
+    with pytest.raises(lcpress.ConfigError, match=r"cost 0 FLOPs under 'flops' .*target: \{cost: params\}"):
+        lcpress.compress(table, config, example_input=torch.randint(0, 50, (1, 4)), progress=False)
+    mlp = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    config = {"tasks": [{"layers": ["*"], "target": {"cost": "params", "ratio": 1.0}}], "schedule": {"steps": 0}}
+    with caplog.at_level("WARNING", logger="lcpress"):
+        lcpress.compress(mlp, config, example_input=torch.randn(1, 16), progress=False)
+    assert "is at or above the group's dense" in caplog.text and "asks for no saving" in caplog.text

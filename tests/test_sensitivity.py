@@ -172,3 +172,13 @@ def test_a_resumed_run_keeps_its_curves_and_ends_where_an_uninterrupted_one_does
     assert info["sensitivity"] == full.sensitivity
     if matplotlib_available():  # the report draws the curves
         assert "report-sensitivity.png" in [p.name for p in resumed.write_report().images]
+
+
+def test_a_preview_of_a_measured_sensitivity_config_ranks_by_error_and_says_so(caplog):
+    """predict_costs / lcpress costs have no metric to measure with: they used to refuse the config."""
+    config = {"tasks": [{"layers": ["*"], "options": {"sensitivity": "measured", "rank_multiple": 1},
+                         "target": {"cost": "params", "ratio": 0.4}}]}
+    with caplog.at_level("WARNING", logger="lcpress"):
+        prediction = lcpress.predict_costs(_mlp(), config, torch.randn(1, 24), progress=False)
+    assert "this preview ranks them by relative error" in caplog.text
+    assert prediction.table["params_after"].sum() <= 0.4 * prediction.table["params_before"].sum()

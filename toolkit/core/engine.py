@@ -589,6 +589,8 @@ class LCEngine:
         choose = budget_mod.choose_minmax if minmax else budget_mod.choose_for_budget
         choice = choose(costs, errors, budget)
         choice.dense_cost = dense
+        if warn and self.refuse_all_dense:
+            _refuse_unsteerable(self.tasks[members[0]].group, model, dense, budget)
         if not choice.feasible and warn:  # once: the candidate sets do not change between steps
             log.warning("%s", _unreachable(self.tasks[members[0]], model, choice))
         return choice
@@ -841,6 +843,19 @@ def _refuse_all_dense(group: int, chosen: list[Form]) -> None:
             f"tasks[{group}].target (e.g. {{ratio: 0.5}}), tasks[{group}].alpha, or a fixed form in "
             f"tasks[{group}].options (rank, keep, k)"
         )
+
+
+def _refuse_unsteerable(group: int, model: CostModel, dense: float, budget: float) -> None:
+    """A target that cannot steer the choice: the layers cost nothing in its unit, or it asks for no saving."""
+    if dense == 0:
+        raise ConfigError(
+            f"tasks[{group}].target: the group's layers cost 0 {model.unit} under {model.name!r} (a table lookup "
+            f"multiplies nothing), so a target in it cannot choose their forms; state it in what they store "
+            f"(target: {{cost: params}} or {{cost: storage}})")
+    if budget >= dense:
+        log.warning("tasks[%d].target: %s ≤ %.4g %s is at or above the group's dense %.4g %s, so it asks for no "
+                    "saving and the layers may all stay dense; lower the target", group, model.name, budget,
+                    model.unit, dense, model.unit)
 
 
 def _refuse_nothing_cheaper(group: int, forms: list[list[Form]], costs: list[torch.Tensor], cost: str,

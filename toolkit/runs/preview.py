@@ -14,6 +14,7 @@ costs`` print their results — and both plan the run exactly as
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,8 @@ from lcpress.core.schedule import initial_mu
 from lcpress.nn.modules import PointwiseConv2d
 from lcpress.progress import progress_bar
 from lcpress.reporting.tables import layer_table
+
+log = logging.getLogger("lcpress.preview")
 
 
 @dataclass
@@ -73,6 +76,14 @@ def _engine(model: nn.Module, config: LCConfig, example_input: Any, progress: bo
     if any(isinstance(m, PointwiseConv2d) for m in model.modules()):
         model = copy.deepcopy(model)  # planning turns realized 1×1 stages into convs; a preview leaves the model be
     planned = plan(model, config, example_input)
+    measured = sorted({t.group for t in planned.tasks if t.scheme.sensitivity == "measured"})
+    for task in planned.tasks:  # a preview has no metric to measure with: it ranks by relative error
+        if task.scheme.sensitivity == "measured":
+            task.scheme.sensitivity = "error"
+    if measured:
+        log.warning("tasks[%s]: sensitivity: measured scores candidates by the run's metric, which a preview does "
+                    "not evaluate; this preview ranks them by relative error (sensitivity: error), so the run may "
+                    "choose other forms within the same budget", ", ".join(map(str, measured)))
     return LCEngine(model, planned.tasks, config.schedule, None, graph=planned.graph,
                     cost_models=planned.cost_models, seed=config.seed, progress=progress)
 
