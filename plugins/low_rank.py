@@ -84,6 +84,7 @@ class LowRankScheme(Scheme):
     """W ≈ A·B with A m×r and B r×n; realized as two thin layers."""
 
     name = "low_rank"
+    choosing_hint = "leave rank out"
     Options = LowRankOptions
     kinds = frozenset({"linear", "conv2d", "embedding"})  # a table: a thin table, then a Linear widening it
     options: LowRankOptions

@@ -120,6 +120,7 @@ class PruneScheme(Scheme):
     """Magnitude pruning (see the module docstring for the modes)."""
 
     name = "prune"
+    choosing_hint = "leave keep and keep_fraction out (mode l0_constraint)"
     kinds = frozenset({"linear", "conv2d", "embedding"})  # a table too (unstructured): a DecodedEmbedding
     Options = PruneOptions
     options: PruneOptions

@@ -120,6 +120,7 @@ class QuantizeScheme(Scheme):
     """Adaptive (k-means), binary or ternary codebook quantization of a weight (or several as one vector)."""
 
     name = "quantize"
+    choosing_hint = "set k: null (k_choices lists the codebook sizes it picks from)"
     Options = QuantizeOptions
     kinds = frozenset({"linear", "conv2d", "embedding"})  # a table too: stored as a DecodedEmbedding
     options: QuantizeOptions

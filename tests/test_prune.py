@@ -169,7 +169,8 @@ def test_a_budget_with_a_fixed_form_is_refused_before_training():
     model = nn.Sequential(nn.Linear(8, 8))
     config = {"tasks": [{"layers": ["0"], "scheme": "prune", "options": {"keep": 4},
                          "target": {"cost": "params", "ratio": 0.5}}], "schedule": {"steps": 0}}
-    with pytest.raises(lcpress.ConfigError, match=r"tasks\[0\]\.target: .*fixed form"):
+    with pytest.raises(lcpress.ConfigError, match=r"tasks\[0\]\.target: .*does not choose a form.*leave keep and "
+                                                  r"keep_fraction out"):
         lcpress.compress(model, config, example_input=torch.randn(1, 8), progress=False)
 
 

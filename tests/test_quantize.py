@@ -237,3 +237,16 @@ def test_a_fixed_codebook_refuses_a_k_it_would_ignore():
     config = {"tasks": [{"layers": ["0"], "scheme": "quantize", "options": {"codebook": "binary", "k": 8}}]}
     with pytest.raises(lcpress.ConfigError, match=r"options\.k: a binary codebook has 2 entries, so k: 8 would be"):
         lcpress.compress(model, config, example_input=torch.randn(1, 16), progress=False)
+
+
+@pytest.mark.parametrize("task, said", [
+    ({"scheme": "quantize"}, r"to let it choose, set k: null"),  # the default k: 2 fixes the form
+    ({"scheme": "additive", "options": {"parts": [{"scheme": "low_rank", "options": {"rank": 2}},
+                                                  {"scheme": "prune", "options": {"keep": 8}}]}},
+     r"it never chooses \(its parts' forms are fixed\): drop the target"),
+])
+def test_a_target_on_a_form_the_options_fix_says_how_to_let_the_scheme_choose(task, said):
+    model = nn.Sequential(nn.Linear(16, 16))
+    config = {"tasks": [{"layers": ["0"], "target": {"cost": "storage", "ratio": 0.5}, **task}]}
+    with pytest.raises(lcpress.ConfigError, match=rf"does not choose a form, so a budget cannot steer it; {said}"):
+        lcpress.compress(model, config, example_input=torch.randn(1, 16), progress=False)

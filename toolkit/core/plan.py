@@ -112,9 +112,11 @@ def _group(cfg: TaskConfig, g: int, registry: Registry) -> GroupPlugins:
     with plugin_call(scheme, f"in selecting() for {where}"):
         selecting = scheme.selecting()
     if cfg.target is not None and not selecting:
+        hint = scheme.choosing_hint
         raise ConfigError(
-            f"{where}.target: with these options scheme {cfg.scheme!r} has a fixed form, so a budget cannot "
-            f"steer it; drop the fixed rank / keep / k from {where}.options, or drop the target"
+            f"{where}.target: with these options scheme {cfg.scheme!r} does not choose a form, so a budget cannot "
+            f"steer it; " + (f"to let it choose, {hint} in {where}.options, or drop the target" if hint else
+                             "it never chooses (its parts' forms are fixed): drop the target")
         )
     return group
 

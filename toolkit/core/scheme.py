@@ -198,6 +198,9 @@ class Scheme(ABC):
     #: task group, whose parameters and layers the scheme chooses in :meth:`bind` (channel pruning reaches
     #: the consumers and norms of the matched layers), realized through :meth:`realize_layers`.
     scope: ClassVar[str] = "layer"
+    #: How to make the scheme choose its form (what a ``target`` or ``alpha`` needs), for the message when its
+    #: options fix it: low_rank's "leave rank out", quantize's "set k: null". Empty: the scheme never chooses.
+    choosing_hint: ClassVar[str] = ""
     #: The kinds of layer (:attr:`LayerSpec.kind`) the scheme compresses. Embedding tables joined Linear and
     #: Conv2d layers after schemes were first written, so a scheme takes them only when it says so: a scheme
     #: whose ``realize`` builds an ``nn.Embedding`` (or whose default realization serves) adds "embedding".
