@@ -244,3 +244,13 @@ def test_a_target_that_cannot_steer_the_choice_is_refused_or_said(caplog):
     with caplog.at_level("WARNING", logger="lcpress"):
         lcpress.compress(mlp, config, example_input=torch.randn(1, 16), progress=False)
     assert "is at or above the group's dense" in caplog.text and "asks for no saving" in caplog.text
+
+
+def test_an_alpha_too_small_to_compress_anything_is_said_once(caplog):
+    mlp = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    config = {"tasks": [{"layers": ["*"], "alpha": 1e-12, "options": {"rank_multiple": 1}}],
+              "schedule": {"steps": 0, "mu0": 1.0}}
+    with caplog.at_level("WARNING", logger="lcpress"):
+        result = lcpress.compress(mlp, config, example_input=torch.randn(1, 16), progress=False)
+    assert caplog.text.count("alpha = 1e-12 keeps every layer dense") == 1
+    assert not any(r.realized for r in result.records)

@@ -497,8 +497,14 @@ class LCEngine:
                     _refuse_nothing_cheaper(g, [contexts[i].candidates.forms for i in members], costs,
                                             priced_by[0].name, scheme.name)
                 choice = budget_mod.choose_with_alpha(costs, errors, cfg.alpha, mu)
+                chosen = [contexts[i].candidates.forms[j] for i, j in zip(members, choice.indices)]
                 if cfg.alpha == 0 and mu > 0 and self.refuse_all_dense:
-                    _refuse_all_dense(g, [contexts[i].candidates.forms[j] for i, j in zip(members, choice.indices)])
+                    _refuse_all_dense(g, chosen)
+                if cfg.alpha > 0 and mu > 0 and g not in self._told and all(isinstance(f, Dense) for f in chosen):
+                    self._told.add(g)  # once: a larger μ only makes errors weigh more
+                    log.warning("tasks[%d]: alpha = %g keeps every layer dense at μ = %.3g: no form saves enough "
+                                "cost to outweigh its error, so nothing is compressed; raise alpha, or state a "
+                                "target instead", g, cfg.alpha, mu)
             self.selection[g] = choice
             for i, idx in zip(members, choice.indices):
                 contexts[i].choice = idx

@@ -511,9 +511,13 @@ def _batchnorm_hook(model: nn.Module, config: LCConfig, data: Any, device: torch
 
 
 def gradient_probe(config: LCConfig, data: Any, device: torch.device):
-    """‖∇ training loss‖ for ``mu0: auto``, or None (a number was given, or there are no batches to measure on)."""
-    if config.schedule.mu0 != "auto" or config.schedule.steps == 0:
-        return None
+    """‖∇ training loss‖ for ``mu0: auto``, or None (a number was given, or there are no batches to measure on).
+
+    Measured for direct compression too (``schedule.steps: 0``) when there are batches: an ``alpha`` then weighs
+    cost against error at the μ a run with L steps starts from, and means the same in both.
+    """
+    if config.schedule.mu0 != "auto" or (config.schedule.steps == 0 and data is None):
+        return None  # direct compression alone needs μ only for α, which the batches given measure it for
     if data is None:
         log.warning("schedule.mu0 is 'auto' but lcpress has no training batches to measure it on (a train_fn and no "
                     "loaders): starting at μ0 = %g; pass loaders= or calibration=, or set schedule.mu0", FALLBACK_MU0)
