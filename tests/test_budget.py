@@ -254,3 +254,13 @@ def test_an_alpha_too_small_to_compress_anything_is_said_once(caplog):
         result = lcpress.compress(mlp, config, example_input=torch.randn(1, 16), progress=False)
     assert caplog.text.count("alpha = 1e-12 keeps every layer dense") == 1
     assert not any(r.realized for r in result.records)
+
+
+def test_a_preview_with_dc_mu_zero_shows_the_target_s_choice_not_the_cheapest_forms():
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+    config = {"tasks": [{"layers": ["0", "2"], "options": {"rank_multiple": 1},
+                         "target": {"cost": "flops", "ratio": 0.5}}], "schedule": {"steps": 2, "dc_mu": 0, "mu0": 1e-2}}
+    table = lcpress.predict_costs(mlp, config, torch.randn(1, 32), progress=False).table
+    flops = table.set_index("layer").loc[["0", "2"], ["flops_before", "flops_after"]].sum()
+    assert 0.4 < flops["flops_after"] / flops["flops_before"] <= 0.5  # the cheapest forms are far below it

@@ -118,6 +118,9 @@ def predict_costs(model: nn.Module, config: LCConfig | dict[str, Any] | str, exa
                   calibration: Any = None, progress: bool = True) -> Prediction:
     """Per-layer cost, dense and in the forms the direct-compression step chooses (no training).
 
+    With ``schedule.dc_mu: 0`` step 0 takes the cheapest forms by design, and a target or alpha first selects
+    at LC step 1: the preview shows that selection, from the trained weights.
+
     ``calibration`` (training batches) lets the preview measure μ0 as the run will (``mu0: auto``, which sets
     the trade-off of an ``alpha`` selection) and collect the layers' inputs for ``error: output``.
     """
@@ -129,7 +132,9 @@ def predict_costs(model: nn.Module, config: LCConfig | dict[str, Any] | str, exa
         device = next(model.parameters()).device
         engine.gradient_norm = gradient_probe(config, calibration, device)
         engine.calibrate = calibrate_fn(calibration, config, device)
-    engine.direct_compression()  # the run's own step 0: at dc_mu, or μ0 (a provisional one under mu0: auto)
+    mu0 = engine.direct_compression()  # the run's own step 0: at dc_mu, or μ0 (a provisional one under mu0: auto)
+    if config.schedule.dc_mu == 0 and config.schedule.steps > 0:  # step 0 took the cheapest forms; the run's
+        engine.c_step(1, mu0)  # selection starts at LC step 1: what it chooses from these weights
     schemes = {name: t.scheme.name for t in engine.tasks for name in t.layers}
     table = layer_table(engine.graph, engine.forms(), engine.cost_models, schemes)
     return Prediction(table, dict(engine.selection))
