@@ -500,3 +500,14 @@ def test_each_submodule_comes_back_in_the_mode_it_came_in():
               "schedule": {"steps": 1, "mu0": 1e-2}, "batchnorm": {"recalibrate": False}}
     lcpress.compress(model, config, _one_sgd_step(x, y), example_input=x[:2], progress=False)
     assert model.training and not model[1].training and all(m.training for m in model[3].modules())
+
+
+def test_compress_leaves_the_callers_random_generator_as_it_was():
+    x, y = _data()
+    model = _trained_mlp()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    lcpress.compress(model, {"tasks": [{"layers": ["2"], "options": {"rank": 4}}], "schedule": {"steps": 1}},
+                     _one_sgd_step(x, y), example_input=x[:1], progress=False)
+    assert torch.equal(torch.rand(3), expected)

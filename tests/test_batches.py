@@ -133,3 +133,21 @@ def test_the_built_in_mse_takes_a_regressions_flat_targets_and_refuses_other_sha
     assert torch.equal(LOSSES["mse"](output, target), torch.nn.functional.mse_loss(output, target.unsqueeze(1)))
     with pytest.raises(LcpressError, match=r"train.loss mse: the model outputs \(8, 3\) but the targets are \(8,\)"):
         LOSSES["mse"](torch.randn(8, 3), target)  # torch would broadcast this to (8, 8) … (8, 3)
+
+
+def test_mu0_auto_over_a_model_train_loss_cannot_read_says_to_set_mu0():
+    import lcpress
+
+    class Scores(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            return {"scores": self.fc(x), "features": x}
+
+    x, y = torch.randn(16, 8), torch.randint(0, 4, (16,))
+    with pytest.raises(lcpress.LcpressError, match=r"mu0 'auto' measures the gradient of train.loss .*Set schedule.mu0 "
+                                                   r"to a number"):
+        lcpress.compress(Scores(), {"tasks": [{"layers": ["fc"], "options": {"rank": 2}}], "schedule": {"steps": 1}},
+                         lambda model, penalty, step: None, example_input=x[:1], calibration=[(x, y)], progress=False)

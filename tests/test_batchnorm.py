@@ -131,3 +131,14 @@ def test_without_data_a_batchnorm_model_is_warned_about(trained, caplog):
     lcpress.compress(copy.deepcopy(trained), config, example_input=torch.zeros(1, 1, 8, 8), progress=False)
     assert "has 6 BatchNorm layers, but lcpress has no training batches" in caplog.text
     assert len(batchnorm_layers(trained)) == 6  # stem, two per block, the shortcut
+
+
+def test_batchnorm_statistics_from_one_sample_batches_are_refused_with_the_fix():
+    import lcpress
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 2))
+    x = torch.randn(4, 8)
+    with pytest.raises(lcpress.LcpressError, match=r"a batch of one sample has no spread .*at least 2 samples"):
+        lcpress.compress(model, {"tasks": [{"layers": ["3"], "options": {"rank": 1}}], "schedule": {"steps": 0}},
+                         example_input=x[:1], calibration=x[:1], progress=False)

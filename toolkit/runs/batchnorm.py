@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from lcpress.core.surgery import call_model
+from lcpress.errors import LcpressError
 from lcpress.runs.training import fixed_batches, to_device
 
 log = logging.getLogger("lcpress.batchnorm")
@@ -77,7 +78,15 @@ def recalibrate(model: nn.Module, loader: Any, batches: int, device: torch.devic
     try:
         for batch in itertools.islice(fixed_batches(loader), batches):
             inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
-            call_model(model, to_device(inputs, device))
+            try:
+                call_model(model, to_device(inputs, device))
+            except ValueError as exc:
+                if "more than 1 value per channel" not in str(exc):
+                    raise
+                raise LcpressError("BatchNorm statistics are re-estimated from training batches, and a batch of one "
+                                   "sample has no spread to normalise with: give batches of at least 2 samples "
+                                   "(calibration=, or the training loader), or set batchnorm.recalibrate: false") \
+                    from None
             used += 1
     finally:
         for handle in handles:

@@ -217,8 +217,10 @@ def compress(
                           "or --force)")
     setup = _Setup(model, config, planned, train_fn, eval_fn, finetune_fn, normalize, probe, example_input, progress,
                    timed, calibrate)
-    try:
-        with _holding(run_dir):
+    rng_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    try:  # the run seeds torch's generators itself (config.seed); the caller's are as they were afterwards
+        with _holding(run_dir), torch.random.fork_rng(devices=rng_devices):
             resuming, extension = distributed.on_main(lambda: _prepare(run_dir, config, resume, force, extend)
                                                       if run_dir else (False, None))
             result = _run(setup, run_dir, resuming, extension)
@@ -523,7 +525,16 @@ def gradient_probe(config: LCConfig, data: Any, device: torch.device):
                     "loaders): starting at μ0 = %g; pass loaders= or calibration=, or set schedule.mu0", FALLBACK_MU0)
         return None
     loss_fn = LOSSES[config.train.loss]
-    return lambda model, params: gradient_norm(model, params, data, loss_fn, device=device)
+
+    def probe(model: nn.Module, params: list[nn.Parameter]) -> float:
+        try:
+            return gradient_norm(model, params, data, loss_fn, device=device)
+        except LcpressError as exc:  # the built-in loss cannot read this model's output (a train_fn of your own can)
+            raise LcpressError(f"schedule.mu0 'auto' measures the gradient of train.loss ({config.train.loss}) on "
+                               f"training batches, and could not: {str(exc).split(';')[0]}. Set schedule.mu0 to a number (e.g. 1e-3), "
+                               f"or make the model's output a tensor train.loss takes") from None
+
+    return probe
 
 
 def _one_or_many(batches: Any) -> Any:

@@ -161,7 +161,7 @@ def forward(model: nn.Module, inputs: Any) -> torch.Tensor:
     out = call_model(model, inputs)
     if isinstance(out, torch.Tensor):
         return out
-    logits = getattr(out, "logits", None)
+    logits = out.get("logits") if isinstance(out, Mapping) else getattr(out, "logits", None)
     if isinstance(logits, torch.Tensor):
         return logits
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
