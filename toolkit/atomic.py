@@ -60,9 +60,9 @@ def _write_error(path: Path, exc: OSError) -> FileWriteError:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically (see :func:`replacing`)."""
-    with replacing(Path(path)) as tmp:
-        tmp.write_text(text)
+    """Replace ``path`` with ``text`` atomically (see :func:`replacing`), flushed to disk before the rename:
+    ``run.json`` says which files a run holds, and after a power loss it must not name a checkpoint that isn't."""
+    write_bytes_atomic(path, text.encode())
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
