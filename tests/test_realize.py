@@ -506,3 +506,20 @@ def test_a_model_returning_an_output_object_with_logits_is_realized_and_checked(
 
     result = _compress(Classifier(), ["fc"], torch.randn(2, 16), rank=2, rank_multiple=1)
     assert result.records[0].realized and result.max_abs_error < 1e-5
+
+
+def test_the_realization_check_sees_every_tensor_a_model_outputs():
+    """A tuple's first element may be the input passed through; comparing it alone proves nothing."""
+    from lcpress.core.realize import eval_output
+
+    class PassThrough(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return x, {"scores": self.fc(x)}
+
+    model, x = PassThrough(), torch.randn(2, 4)
+    with torch.no_grad():
+        assert torch.equal(eval_output(model, x), torch.cat([x.reshape(-1), model.fc(x).reshape(-1)]))

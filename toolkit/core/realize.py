@@ -228,13 +228,29 @@ def _parent_reading_weights(model: nn.Module, name: str) -> str | None:
 
 @torch.no_grad()
 def eval_output(model: nn.Module, example_input: Any) -> torch.Tensor:
-    """The model's (first) output tensor on ``example_input`` in eval mode; its own mode is restored."""
+    """Every floating-point tensor the model outputs on ``example_input`` in eval mode, as one flat tensor (its own
+    mode is restored): a tuple's first element may be an input passed through, and the check must see them all."""
     was = model.training
     model.eval()
     try:
-        return first_tensor(call_model(model, example_input))
+        out = call_model(model, example_input)
     finally:
         model.train(was)
+    tensors = [t for t in _tensors(out) if t.is_floating_point()]
+    if not tensors:
+        return first_tensor(out)
+    return torch.cat([t.detach().reshape(-1).to(tensors[0].dtype) for t in tensors])
+
+
+def _tensors(out: Any) -> list[torch.Tensor]:
+    """The tensors of a model output: a tensor, or those in a tuple, list or dict (Hugging Face outputs are dicts)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, Mapping):
+        return [t for v in out.values() for t in _tensors(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in _tensors(v)]
+    return [getattr(out, f) for f in ("logits", "last_hidden_state") if isinstance(getattr(out, f, None), torch.Tensor)]
 
 
 def verify(realized: nn.Module, expected: torch.Tensor, example_input: Any) -> float:
