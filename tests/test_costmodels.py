@@ -99,3 +99,18 @@ def test_a_configured_cost_model_this_machine_lacks_is_named_once_when_no_task_u
                                   progress=False)
     assert caplog.text.count("cost_models.gpu_latency: not available here (no CUDA device here)") == 1
     assert "gpu_latency_after" not in result.layers
+
+
+def test_storage_priced_at_another_width_than_the_model_holds_is_a_warning(caplog):
+    import lcpress
+
+    config = {"tasks": [{"layers": ["0"], "options": {"rank_multiple": 1},
+                         "target": {"cost": "storage", "ratio": 0.9}}], "cost_models": {"storage": {"dtype_bits": 16}},
+              "schedule": {"steps": 0}}
+    with caplog.at_level("WARNING", logger="lcpress"):
+        lcpress.compress(nn.Sequential(nn.Linear(8, 8)), config, example_input=torch.randn(1, 8), progress=False)
+        assert "dtype_bits: 16 prices each stored number at 16 bits, but the model holds 32-bit" in caplog.text
+        caplog.clear()
+        lcpress.compress(nn.Sequential(nn.Linear(8, 8)).half(), config, example_input=torch.randn(1, 8).half(),
+                         progress=False)
+    assert "dtype_bits" not in caplog.text

@@ -212,6 +212,7 @@ def plan(model: nn.Module, config: LCConfig, example_input: Any, resolved: Resol
     pointwise_as_conv(model, config)
     graph = trace(model, example_input)
     _warn_batch_elsewhere(graph, resolved.cost_models, example_input)
+    _warn_other_precision(model, config, resolved.cost_models)
     return Plan(graph, plan_tasks(model, graph, resolved, example_input), resolved.cost_models, resolved)
 
 
@@ -228,6 +229,20 @@ def _warn_batch_elsewhere(graph: ModelGraph, cost_models: dict[str, CostModel], 
                     "inputs whose first dimension is not the example's batch of %d (tokens flattened into it, or "
                     "a sequence-first model), so they would be timed at another size: pass example_input= a batch "
                     "of the deployment size and leave batch_size out", sized[0], listed(elsewhere), batch)
+
+
+def _warn_other_precision(model: nn.Module, config: LCConfig, cost_models: dict[str, CostModel]) -> None:
+    """A cost model priced at ``dtype_bits`` per stored number, over a model that stores another width: its
+    figures (and a target stated in it) would not describe the saved file."""
+    widths = {p.dtype.itemsize * 8 for p in model.parameters() if p.is_floating_point()}
+    used = {t.cost for t in config.tasks} | {t.target.cost for t in config.tasks if t.target is not None}
+    for name, cost_model in cost_models.items():
+        bits = getattr(cost_model.options, "dtype_bits", None)
+        if bits and len(widths) == 1 and bits not in widths and (name in used or name in config.cost_models):
+            held = widths.pop()
+            log.warning("cost_models.%s.dtype_bits: %d prices each stored number at %d bits, but the model holds "
+                        "%d-bit numbers, which the saved file stores: set dtype_bits: %d, or convert the model "
+                        "(model.half()) before compressing", name, bits, bits, held, held)
 
 
 def _batch_of(example_input: Any) -> int | None:
