@@ -745,3 +745,9 @@ def test_a_generator_as_data_is_refused_before_it_is_used_up(where):
                                                                          "calibration": batches}
     with pytest.raises(ConfigError, match=r"a generator can be read only once"):
         lcpress.compress(_net(), _config(None, output_dir=None), progress=False, **kwargs)
+
+
+def test_inputs_of_another_dtype_than_the_weights_are_named_with_the_cast():
+    config = {"tasks": [{"layers": ["0"], "options": {"rank": 2}}], "schedule": {"steps": 0}}
+    with pytest.raises(LcpressError, match=r"inputs are torch.float64 and its weights torch.float32; give inputs"):
+        lcpress.compress(_net(), config, example_input=torch.randn(1, 12, dtype=torch.float64), progress=False)

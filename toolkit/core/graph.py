@@ -163,6 +163,11 @@ def _traced_call(model: nn.Module, example_input: Any) -> None:
     """Run the model once on ``example_input``; a dict the model's forward takes whole gets the fix named."""
     try:
         call_model(model, example_input)
+    except RuntimeError as exc:
+        mismatch = _dtype_mismatch(model, example_input)
+        if mismatch is None:
+            raise
+        raise LcpressError(f"the model could not run the example input ({exc}): {mismatch}") from exc
     except TypeError as exc:
         if not isinstance(example_input, Mapping):
             raise
@@ -171,6 +176,26 @@ def _traced_call(model: nn.Module, example_input: Any) -> None:
             f"arguments, model(**batch), as Hugging Face models take it; if your model's forward takes the dict "
             f"itself, wrap it in a tuple: example_input=(batch,), and have your loaders yield (batch,) too"
         ) from exc
+
+
+def _dtype_mismatch(model: nn.Module, example_input: Any) -> str | None:
+    """What to change when the inputs' real-valued dtype is not the weights' (float64 data, a float32 model)."""
+    weights = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    stack, inputs = [example_input], set()
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            inputs.add(item.dtype)
+        elif isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, (tuple, list)):
+            stack.extend(item)
+    real = {d for d in inputs if d.is_floating_point}
+    if len(weights) != 1 or not real or real <= weights:
+        return None
+    want = next(iter(weights))
+    return (f"its inputs are {', '.join(sorted(str(d) for d in real))} and its weights {want}; give inputs of the "
+            f"weights' dtype (x.to({want}), or a collate_fn that casts them), or convert the model")
 
 
 def _dataflow_graph(model: nn.Module, order: list[str]) -> tuple[nx.DiGraph, bool]:
