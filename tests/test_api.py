@@ -129,6 +129,8 @@ def test_loaders_that_do_not_yield_pairs_are_refused_before_anything_runs(batch,
 @pytest.mark.parametrize("returned, named", [
     ({"accuracy": 0.9, "loss": 0.3}, r"eval_fn returned dict .*one number.*result\['accuracy'\]"),
     (None, "eval_fn returned NoneType None: it must return one number"),
+    ("0.9", "eval_fn returned str '0.9': it must return one number"),
+    (True, "eval_fn returned bool True: it must return one number"),
 ])
 def test_an_eval_fn_that_returns_no_number_is_named_before_training(returned, named):
     model = _trained_mlp()

@@ -78,6 +78,8 @@ CalibrateFn = Callable[[nn.Module], None]
 def returned_number(value: Any, function: str, meaning: str) -> float:
     """What a user function returned, as one float; anything else is named, with what to return instead."""
     try:
+        if isinstance(value, (str, bytes, bool)):  # float("0.9") and float(True) would pass as a metric
+            raise TypeError
         return float(value.detach() if isinstance(value, torch.Tensor) else value)  # `return loss` is common
     except (TypeError, ValueError, RuntimeError):
         shown = repr(value)
