@@ -493,15 +493,17 @@ def test_calibration_batches_give_the_example_input_when_none_is_passed():
 
 
 def test_each_submodule_comes_back_in_the_mode_it_came_in():
-    """A training model with a BatchNorm frozen in eval mode (bn.eval()) is handed back so, not all in one mode."""
+    """A training model with a BatchNorm frozen in eval mode (bn.eval()) is trained and handed back so."""
     x, y = _data()
     model = nn.Sequential(nn.Linear(x.shape[1], 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
     model.train()
     model[1].eval()
+    frozen = model[1].running_mean.clone()
     config = {"tasks": [{"layers": ["3"], "options": {"rank": 4, "rank_multiple": 1}}],
               "schedule": {"steps": 1, "mu0": 1e-2}, "batchnorm": {"recalibrate": False}}
     lcpress.compress(model, config, _one_sgd_step(x, y), example_input=x[:2], progress=False)
     assert model.training and not model[1].training and all(m.training for m in model[3].modules())
+    assert torch.equal(model[1].running_mean, frozen)  # the L steps left it frozen too
 
 
 def test_compress_leaves_the_callers_random_generator_as_it_was():

@@ -52,7 +52,7 @@ from lcpress.core.realize import load_compressed
 from lcpress.core.registry import plugin_label
 from lcpress.core.schedule import initial_mu, next_mu
 from lcpress.core.scheme import Candidates, Coupled, CStepContext, State
-from lcpress.core.surgery import get_module
+from lcpress.core.surgery import get_module, module_modes, restore_modes
 from lcpress.core.tree import join_tensors, split_tensors
 from lcpress.errors import ConfigError, CStepError, LcpressError
 from lcpress.progress import progress_bar, status_line
@@ -102,12 +102,12 @@ def evaluated(model: nn.Module, eval_fn: EvalFn) -> float:
     An L step leaves the model in training mode, and an ``eval_fn`` written for a notebook rarely calls
     ``model.eval()`` itself: its metric would move with dropout's random masks. The mode is restored after.
     """
-    was_training = model.training
+    modes = module_modes(model)
     model.eval()
     try:
         return metric_value(eval_fn(model))
     finally:
-        model.train(was_training)
+        restore_modes(modes)
 
 
 class Checkpointer(Protocol):
@@ -160,6 +160,8 @@ class LCEngine:
         #: the input metric Σ of each task whose scheme measures error on outputs (None: weight space)
         self.metrics: list[torch.Tensor | None] = [None] * len(self.tasks)
         self.collector = self._moment_collector()
+        #: submodules in eval mode inside a model that came in training mode: the L steps keep them so
+        self.frozen = [m for m in model.modules() if not m.training] if model.training else []
         self.states: list[State | None] = [None] * len(self.tasks)
         self.multipliers: list[torch.Tensor | None] = [None] * len(self.tasks)
         self.next_step = 0  # 0 = the DC step has not run yet
@@ -286,6 +288,8 @@ class LCEngine:
             return total
 
         self.model.train()
+        for module in self.frozen:  # a BatchNorm the user froze (bn.eval() in a training model) stays frozen
+            module.eval()
         weights = [p for task in self.tasks for p in task.params]
         versions = [p._version for p in weights]  # bumped by every in-place update (an optimizer step)
         with self._collecting():
@@ -342,11 +346,11 @@ class LCEngine:
                 "pass loaders=(train, eval) or calibration=<training batches> to lcpress.compress (or calibrate= to "
                 "LCEngine), or use the weight-space error"
             )
-        was_training = self.model.training
+        modes = module_modes(self.model)
         self.model.eval()
         with torch.no_grad(), self.collector.collecting():
             self.calibrate(self.model)
-        self.model.train(was_training)
+        restore_modes(modes)
         self._update_metrics()
 
     def _update_metrics(self) -> None:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lcpress.core.forms import LayerSpec
-from lcpress.core.surgery import call_model
+from lcpress.core.surgery import call_model, module_modes, restore_modes
 from lcpress.errors import LcpressError
 
 log = logging.getLogger("lcpress.graph")
@@ -128,7 +128,7 @@ def trace(model: nn.Module, example_input: Any) -> ModelGraph:
                 calls[key] = calls.get(key, 0) + 1
 
             handles.append(module.register_forward_pre_hook(hook))
-    was_training = model.training
+    modes = module_modes(model)
     model.eval()
     try:
         with torch.no_grad():
@@ -136,7 +136,7 @@ def trace(model: nn.Module, example_input: Any) -> ModelGraph:
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
+        restore_modes(modes)
     modules = dict(model.named_modules())
     specs = {name: spec_of(modules[name], shapes[id(modules[name])], calls[id(modules[name])]) for name in order}
     for name in _tied_later(modules, order):

@@ -24,7 +24,7 @@ from lcpress.core.guard import plugin_call, plugin_label
 from lcpress.core.plan import Task
 from lcpress.core.registry import get_registry
 from lcpress.core.scheme import Scheme, State, is_dense
-from lcpress.core.surgery import call_model, first_tensor, get_module, replace_module
+from lcpress.core.surgery import call_model, first_tensor, get_module, module_modes, replace_module, restore_modes
 from lcpress.errors import LcpressError, PluginError, listed
 from lcpress.nn.architecture import unsupported, with_plugins
 
@@ -230,12 +230,12 @@ def _parent_reading_weights(model: nn.Module, name: str) -> str | None:
 def eval_output(model: nn.Module, example_input: Any) -> torch.Tensor:
     """Every floating-point tensor the model outputs on ``example_input`` in eval mode, as one flat tensor (its own
     mode is restored): a tuple's first element may be an input passed through, and the check must see them all."""
-    was = model.training
+    modes = module_modes(model)
     model.eval()
     try:
         out = call_model(model, example_input)
     finally:
-        model.train(was)
+        restore_modes(modes)
     tensors = [t for t in _tensors(out) if t.is_floating_point()]
     if not tensors:
         return first_tensor(out)
@@ -276,7 +276,8 @@ def mismatch_warning(max_abs_error: float, expected: torch.Tensor) -> str | None
     relative = 1e-3 if expected.dtype in (torch.float32, torch.float64) else 5e-2  # half types round far more
     if max_abs_error <= relative * scale:
         return None
-    return (f"the realized model's output differs from Δ(θ)'s by up to {max_abs_error:.3g} ({max_abs_error / scale:.1%} "
+    share = max_abs_error / scale
+    return (f"the realized model's output differs from Δ(θ)'s by up to {max_abs_error:.3g} ({share:.1%} "
             f"of its largest output): a compressed layer computes something its realized module does not (a "
             f"subclass with its own forward, a hook, code that reads the layer's weight). The metric reported is "
             f"Δ(θ)'s, not the returned model's; evaluate the returned model, and exclude the layer that differs")

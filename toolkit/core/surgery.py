@@ -50,6 +50,18 @@ def unwrapped(model: nn.Module) -> nn.Module:
     return uncompiled(model.module) if isinstance(model, parallel) else model
 
 
+def module_modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """Every submodule with its train/eval mode: a model may hold a part its user froze (``bn.eval()``), which
+    ``model.train(was_training)`` after a pass in eval mode would unfreeze."""
+    return [(m, m.training) for m in model.modules()]
+
+
+def restore_modes(modes: list[tuple[nn.Module, bool]]) -> None:
+    """Each submodule back in the mode :func:`module_modes` recorded."""
+    for module, training in modes:
+        module.training = training
+
+
 def replace_module(root: nn.Module, name: str, new: nn.Module, aliases: Sequence[str] = ()) -> nn.Module:
     """Put ``new`` at ``name`` (and every alias); returns the module it replaced.
 

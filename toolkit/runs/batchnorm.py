@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lcpress.core.surgery import call_model
+from lcpress.core.surgery import call_model, module_modes, restore_modes
 from lcpress.errors import LcpressError
 from lcpress.runs.training import fixed_batches, to_device
 
@@ -67,7 +67,7 @@ def recalibrate(model: nn.Module, loader: Any, batches: int, device: torch.devic
     norms = batchnorm_layers(model)
     if not norms:
         return 0
-    was_training = model.training
+    modes = module_modes(model)
     moments = [_Moments() for _ in norms]
     handles = [m.register_forward_pre_hook(hook) for m, hook in zip(norms, moments)]
     saved = [(m.running_mean.clone(), m.running_var.clone()) for m in norms]
@@ -91,7 +91,7 @@ def recalibrate(model: nn.Module, loader: Any, batches: int, device: torch.devic
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
+        restore_modes(modes)
     for m, moment, (mean, var) in zip(norms, moments, saved):
         m.running_mean.copy_(mean)
         m.running_var.copy_(var)

@@ -26,7 +26,7 @@ from lcpress.config import TrainConfig
 from lcpress.errors import LcpressError
 from lcpress.core.engine import LStep, Penalty
 from lcpress.core.schedule import FALLBACK_MU0
-from lcpress.core.surgery import call_model
+from lcpress.core.surgery import call_model, module_modes, restore_modes
 from lcpress.progress import progress_bar
 from lcpress.runs.batches import batches
 
@@ -129,7 +129,7 @@ def gradient_norm(model: nn.Module, params: list[nn.Parameter], loader: Iterable
     """
     grads = [torch.zeros_like(p) for p in params]
     count = 0
-    was_training = model.training
+    modes = module_modes(model)
     model.train()
     with torch.random.fork_rng(devices=[]):
         for batch in itertools.islice(fixed_batches(loader), batches):
@@ -144,7 +144,7 @@ def gradient_norm(model: nn.Module, params: list[nn.Parameter], loader: Iterable
                 if piece is not None:
                     g += piece.detach()
             count += 1
-    model.train(was_training)
+    restore_modes(modes)
     if count == 0:
         return float("nan")  # μ0 falls back to FALLBACK_MU0
     return float(torch.sqrt(sum(torch.sum((g / count).double() ** 2) for g in grads)))
@@ -286,7 +286,7 @@ def mean_cosine(model: nn.Module, loader: Iterable, device: str | torch.device =
 def _mean_score(model: nn.Module, loader: Iterable, device: str | torch.device,
                 score: Callable[[torch.Tensor, torch.Tensor], Any]) -> float:
     """The per-sample mean of ``score(outputs, targets)`` (summed per batch) in eval mode, the mode restored after."""
-    was_training = model.training
+    modes = module_modes(model)
     model.eval()
     total, count = 0.0, 0
     for inputs, targets in batches(loader):
@@ -294,7 +294,7 @@ def _mean_score(model: nn.Module, loader: Iterable, device: str | torch.device,
         value, n = scored if isinstance(scored, tuple) else (scored, len(targets))  # a score may say of how many
         total += float(value)
         count += n
-    model.train(was_training)
+    restore_modes(modes)
     return total / max(count, 1)
 
 
