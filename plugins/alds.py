@@ -87,6 +87,9 @@ class AldsScheme(Scheme):
     def check_layer(self, spec: LayerSpec | None, module: nn.Module | None) -> str | None:
         if spec is not None and spec.kind == "conv2d" and spec.groups != 1:
             return "alds decomposes convolutions with groups=1 only"
+        if spec is not None and not any(spec.in_channels % k == 0 for k in self.options.groups):
+            return (f"none of the groups {sorted(set(self.options.groups))} divides its {spec.in_channels} input "
+                    f"channels; add a divisor to options.groups (1 always fits)")
         return None
 
     def candidates(self, w: torch.Tensor, ctx: CStepContext) -> Candidates:

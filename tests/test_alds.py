@@ -147,3 +147,11 @@ def test_alds_needs_a_selection():
     scheme = ALDS()
     with pytest.raises(ValueError, match="give 'alpha' or 'target'"):
         scheme.compress(torch.randn(4, 4), CStepContext(mu=1.0))
+
+
+def test_groups_that_divide_no_input_width_are_said_instead_of_blaming_the_target():
+    model = nn.Sequential(nn.Linear(30, 16), nn.ReLU(), nn.Linear(16, 4))
+    config = {"tasks": [{"layers": ["0"], "scheme": "alds", "options": {"groups": [4, 8]},
+                         "target": {"cost": "flops", "ratio": 0.5}}], "schedule": {"steps": 0}}
+    with pytest.raises(lcpress.ConfigError, match=r"layer '0': none of the groups \[4, 8\] divides its 30 input"):
+        lcpress.compress(model, config, example_input=torch.randn(1, 30), progress=False)
