@@ -209,7 +209,7 @@ class SupervisedTrainer:
                 self._pending_state = None
         return self.optimizer
 
-    def __call__(self, model: nn.Module, penalty: Penalty, step: LStep) -> float:
+    def __call__(self, model: nn.Module, penalty: Penalty, step: LStep) -> float | None:
         c = self.config
         optimizer = self._optimizer(model)
         for group in optimizer.param_groups:
@@ -234,7 +234,7 @@ class SupervisedTrainer:
                     total.add_(loss.detach(), alpha=len(targets))  # summed on the device: no wait for it per batch
                     count += len(targets)
                     bar.update(1)
-        return float(total) / max(count, 1)
+        return float(total) / count if count else None  # no batches (first_epochs: 0): no loss, not a loss of 0
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"epochs_done": self.epochs_done}
