@@ -151,3 +151,16 @@ def test_mu0_auto_over_a_model_train_loss_cannot_read_says_to_set_mu0():
                                                    r"to a number"):
         lcpress.compress(Scores(), {"tasks": [{"layers": ["fc"], "options": {"rank": 2}}], "schedule": {"steps": 1}},
                          lambda model, penalty, step: None, example_input=x[:1], calibration=[(x, y)], progress=False)
+
+
+def test_an_l_step_that_sees_no_batches_records_no_loss():
+    from lcpress.config import TrainConfig
+    from lcpress.core.engine import LStep
+    from lcpress.runs.training import SupervisedTrainer
+
+    model = torch.nn.Linear(3 * 2, 10)
+    loader = DataLoader(TensorDataset(torch.randn(8, 6), torch.randint(0, 10, (8,))), batch_size=4)
+    trainer = SupervisedTrainer(loader, TrainConfig(epochs=1, first_epochs=0), progress=False)
+    zero = torch.zeros(())
+    assert trainer(model, lambda: zero, LStep(0, 1.0, 2)) is None  # first_epochs: 0 trains nothing
+    assert isinstance(trainer(model, lambda: zero, LStep(1, 1.0, 2)), float)
