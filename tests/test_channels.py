@@ -619,3 +619,14 @@ def test_a_pruned_batch_norm_keeps_the_models_dtype(dtype):
     assert all(r.realized for r in result.records if r.form["kind"] != "dense")
     assert model.bn1.num_features < 6 and {p.dtype for p in model.parameters()} == {dtype}
     assert model.bn1.running_mean.dtype == dtype
+
+
+def test_a_layer_used_through_its_weight_and_never_called_is_named_with_the_fix():
+    class Functional(_Mlp):
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            return self.out(torch.relu(F.linear(h, self.b.weight, self.b.bias)))
+
+    config = {"tasks": [{"layers": ["*"], "scheme": "channels", "target": {"ratio": 0.6}}], "schedule": {"steps": 0}}
+    with pytest.raises(lcpress.ConfigError, match=r"reaches layers \['b'\] .*never calls them as modules .*F\.linear"):
+        lcpress.compress(Functional(), config, example_input=torch.randn(2, 16), progress=False)

@@ -454,7 +454,10 @@ def _bound_task(model: nn.Module, graph: ModelGraph, group: GroupPlugins, names:
         binding = scheme.bind(model, names, example_input)
     missing = [n for n in binding.layers if n not in graph.specs]
     if missing:
-        raise ConfigError(f"tasks[{group.index}]: layers {missing} are not called by the forward pass on the example input")
+        raise ConfigError(
+            f"tasks[{group.index}]: the scheme reaches layers {missing} through the model's graph, but the forward "
+            f"pass on the example input never calls them as modules (a weight used through F.linear or F.conv2d, "
+            f"say), so they cannot be priced; call the module (layer(x)) instead, or exclude them")
     view = TaskView("flatten", tuple(tuple(p.shape) for p in binding.params))
     return Task(f"group{group.index}", list(binding.layers), list(binding.params), view, scheme, cost_model, None,
                 group.index, group.config, {**{n: graph.specs[n] for n in binding.layers}, **binding.sites})
