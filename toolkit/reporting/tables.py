@@ -167,6 +167,11 @@ def cell(value: object) -> str:
 KEPT_DENSE = "→ kept dense"
 
 
+def share(ratio: float) -> str:
+    """A ratio as a percentage: one decimal, more digits below 0.1% (a 0.0004 target is not "0.0%")."""
+    return f"{ratio:.1%}" if ratio >= 0.001 or ratio == 0 else f"{100 * ratio:.2g}%"
+
+
 def kept_dense_layers(table: pd.DataFrame | None) -> list[str]:
     """The layers of a per-layer table whose compressed form realization kept dense (see :func:`layer_table`)."""
     if table is None or "form" not in table or "layer" not in table:
@@ -188,15 +193,15 @@ def target_lines(config: Mapping[str, Any], row: Mapping[str, Any] | None, kept:
         target = task.get("target") if isinstance(task, Mapping) else None
         if not target:
             continue
-        asked = (f"{target['ratio']:.1%} of dense" if target.get("ratio") is not None
+        asked = (f"{share(target['ratio'])} of dense" if target.get("ratio") is not None
                  else format_number(target.get("value")))
         line = f"tasks[{g}] target: {target.get('cost')} ≤ {asked}"
         achieved, dense = (row or {}).get(f"target{g}_achieved"), (row or {}).get(f"target{g}_dense")
         if _present(achieved) and _present(dense) and float(dense) > 0:
             requested = (row or {}).get(f"target{g}_requested")
             missed = _present(requested) and float(achieved) > float(requested) * (1 + 1e-9)
-            got = (f"{float(achieved) / float(dense):.1%}" if target.get("ratio") is not None  # in the units asked
-                   else f"{format_number(achieved)} ({float(achieved) / float(dense):.1%} of dense)")
+            got = (share(float(achieved) / float(dense)) if target.get("ratio") is not None  # in the units asked
+                   else f"{format_number(achieved)} ({share(float(achieved) / float(dense))} of dense)")
             line += f"; achieved {got}" + (" (out of reach: the cheapest forms)" if missed else "")
             if kept:
                 line += (f" by the forms chosen, but realization kept {listed([repr(k) for k in kept])} dense: the "
