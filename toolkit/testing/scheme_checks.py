@@ -380,6 +380,31 @@ def check_state_roundtrip(s: SchemeSubject) -> str | None:
     return None
 
 
+def check_shared(s: SchemeSubject) -> str | None:
+    """``check_shared()`` answers None or a reason; a scheme that takes a joined vector (None) compresses one.
+
+    ``shared: true`` hands a fixed-form scheme its task group's weights as one flat vector. A scheme that needs
+    one layer's matrix must say so in ``check_shared()``, or the run fails at its first C step as a plugin bug.
+    """
+    answer = s.scheme().check_shared()
+    require(answer is None or (isinstance(answer, str) and answer),
+            f"scheme {s.name!r}: check_shared() must return None or a reason (a non-empty string), not {answer!r}")
+    cases = [c for c in s.cases if not s.selecting(c)][:2]
+    if answer is not None or len(cases) < 1:
+        return None  # it refuses joined vectors (said), or it selects forms, which a joined vector cannot price
+    joined = torch.cat([s.weight(c).reshape(-1) for c in cases])
+    where = f"scheme {s.name!r} on {len(cases)} layers joined (shared: true)"
+    try:
+        run = run_c_step(s.scheme(), joined, None, layer="group0", cost_model=ParamCount(), mu=MU, seed=s.seed)
+        delta = s.scheme().decompress(run.state)
+    except Exception as exc:  # the engine's CStepError (naming the plugin) or the plugin's own
+        raise AssertionError(f"{where}: {type(exc).__name__}: {exc} — check_shared() returned None, which says it "
+                             f"takes a joined vector: return the reason it cannot from check_shared()") from None
+    require(tuple(delta.shape) == tuple(joined.shape),
+            f"{where}: Δ(θ) has shape {tuple(delta.shape)}, the joined vector {tuple(joined.shape)}")
+    return None
+
+
 #: Every scheme check, by name (pass names to ``skip=`` to leave some out).
 SCHEME_CHECKS: dict[str, Check] = {
     "declaration": check_declaration,
@@ -392,6 +417,7 @@ SCHEME_CHECKS: dict[str, Check] = {
     "form": check_form,
     "realize": check_realize,
     "state_roundtrip": check_state_roundtrip,
+    "shared": check_shared,
 }
 
 

@@ -81,6 +81,10 @@ class Tucker2Scheme(Scheme):
             return "tucker2 decomposes convolutions with groups=1 only"
         return None
 
+    def check_shared(self) -> str | None:
+        # shared: true joins a task group's weights into one vector; Tucker-2 needs one conv's 4-D kernel
+        return "tucker2 decomposes one convolution's 4-D kernel, and a shared vector joins several"
+
     def rank_pairs(self, w: torch.Tensor) -> list[tuple[int, int]]:
         """Candidate (out_rank, in_rank) pairs, minus those another pair beats at no extra cost.
 
