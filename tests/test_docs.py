@@ -71,7 +71,7 @@ def test_plugin_tutorial_passes_the_conformance_kit():
     from lcpress.testing import check_cost_model, check_scheme
 
     my_plugin = _tutorial_module()
-    assert check_scheme(my_plugin.MyLowRank).passed[-1] == "state_roundtrip"
+    assert check_scheme(my_plugin.MyLowRank).passed[-2:] == ["state_roundtrip", "shared"]
     fixed = check_scheme(my_plugin.MyLowRank, {"rank": 4}, budgets=[{"rank": 1}, {"rank": 4}, {"rank": 8}])
     assert "budget_monotone" in fixed.passed
     assert len(check_cost_model(my_plugin.MyParams).passed) == 4
