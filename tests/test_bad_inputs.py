@@ -751,3 +751,11 @@ def test_inputs_of_another_dtype_than_the_weights_are_named_with_the_cast():
     config = {"tasks": [{"layers": ["0"], "options": {"rank": 2}}], "schedule": {"steps": 0}}
     with pytest.raises(LcpressError, match=r"inputs are torch.float64 and its weights torch.float32; give inputs"):
         lcpress.compress(_net(), config, example_input=torch.randn(1, 12, dtype=torch.float64), progress=False)
+
+
+@pytest.mark.parametrize("layer", ["0", "0.0"])
+def test_a_scripted_submodule_is_named_as_torchscript(layer):
+    model = nn.Sequential(torch.jit.script(nn.Sequential(nn.Linear(8, 8))), nn.ReLU(), nn.Linear(8, 2))
+    with pytest.raises(ConfigError, match=rf"'{layer}' is a TorchScript module .*compress the plain model, then script"):
+        lcpress.compress(model, {"tasks": [{"layers": [layer], "options": {"rank": 2}}], "schedule": {"steps": 0}},
+                         example_input=torch.randn(1, 8), progress=False)

@@ -524,6 +524,9 @@ def _match(cfg: TaskConfig, modules: dict[str, nn.Module], graph: ModelGraph, g:
                         + (f"to compress it further, name the layers inside it, e.g. '{name}.*'" if inside else
                            "it is stored compressed, with no layer inside to compress again: compress the original "
                            "model instead"))
+                if isinstance(module, torch.jit.ScriptModule):
+                    raise ConfigError(f"tasks[{g}].layers[{i}]: {name!r} is a TorchScript module (torch.jit.script), "
+                                      f"whose layers lcpress cannot replace; compress the plain model, then script it")
                 raise ConfigError(
                     f"tasks[{g}].layers[{i}]: {name!r} is a {type(module).__name__}; lcpress compresses "
                     f"{COMPRESSIBLE_TEXT} layers"
