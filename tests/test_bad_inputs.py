@@ -753,6 +753,7 @@ def test_inputs_of_another_dtype_than_the_weights_are_named_with_the_cast():
         lcpress.compress(_net(), config, example_input=torch.randn(1, 12, dtype=torch.float64), progress=False)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # users still have them
 @pytest.mark.parametrize("layer", ["0", "0.0"])
 def test_a_scripted_submodule_is_named_as_torchscript(layer):
     model = nn.Sequential(torch.jit.script(nn.Sequential(nn.Linear(8, 8))), nn.ReLU(), nn.Linear(8, 2))
