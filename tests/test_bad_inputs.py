@@ -196,6 +196,23 @@ def test_a_finished_run_is_extended_by_more_steps_and_says_so(tmp_path):
         _compress(out, resume=True, extend=True, config=more)
 
 
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_a_finished_runs_lost_model_file_is_realized_again_by_resume(tmp_path, damage):
+    out = tmp_path / "run"
+    first = _compress(out)
+    model_file = out / "model.safetensors"
+    expected = lcpress.load(model_file, model=_net())
+    if damage == "delete":
+        model_file.unlink()
+    else:
+        model_file.write_bytes(model_file.read_bytes()[:100])
+    again = _compress(out, resume=True)  # no training: the checkpoint holds the finished run
+    assert list(again.history["step"]) == list(first.history["step"])
+    x = torch.randn(5, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(lcpress.load(model_file, model=_net())(x), expected(x), rtol=0, atol=0)
+
+
 def test_an_interrupted_extension_resumes_with_the_same_command(tmp_path, power_cut):
     out = tmp_path / "run"
     _compress(out)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import logging
 import os
 import socket
 import uuid
@@ -31,7 +32,10 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from lcpress.atomic import write_text_atomic
-from lcpress.errors import RunDirectoryError, listed
+from lcpress.errors import CheckpointError, RunDirectoryError, listed
+from lcpress.io.files import read_file
+
+log = logging.getLogger("lcpress.rundir")
 
 RUN_FORMAT = "lcpress-run"
 CHECKPOINT = "checkpoint.safetensors"
@@ -123,9 +127,13 @@ class RunDirectory:
                 raise RunDirectoryError(f"resume: {str(self.path)!r} holds no checkpoint to resume from; start the run "
                                         f"without resume=True (CLI: --resume), or name the output_dir it ran in")
             if self.finished() and not (force or extend):
-                raise RunDirectoryError(f"{str(self.path)!r} holds a finished run; nothing to resume (extend=True with "
-                                        f"more schedule.steps continues it, CLI: --extend; force=True redoes it, "
-                                        f"CLI: --force)")
+                damage = self._model_damage()
+                if damage is None:
+                    raise RunDirectoryError(f"{str(self.path)!r} holds a finished run; nothing to resume (extend=True "
+                                            f"with more schedule.steps continues it, CLI: --extend; force=True redoes "
+                                            f"it, CLI: --force)")
+                log.warning("%s: the finished run's %s %s; it is realized again from the checkpoint", self.path,
+                            MODEL_FILE, damage)
             return True
         if (has_checkpoint or self.finished()) and not force:
             go_on = ("resume=True, extend=True with more schedule.steps to continue it (CLI: --resume --extend)"
@@ -135,6 +143,17 @@ class RunDirectory:
                 f"force=True to replace it (CLI: --force), or choose another output_dir"
             )
         return False
+
+    def _model_damage(self) -> str | None:
+        """Why the finished run's model file cannot be loaded (missing, cut short, altered), or None."""
+        path = self.file(MODEL_FILE)
+        if not path.is_file():
+            return "is missing"
+        try:
+            read_file(path, what="model file")
+        except CheckpointError as exc:
+            return f"cannot be read ({exc})"
+        return None
 
     def _remove_stale_temporaries(self) -> None:
         """Half-written copies of the run's files (``.checkpoint.safetensors.x1y2.tmp``) that a killed process
