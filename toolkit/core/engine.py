@@ -154,8 +154,9 @@ class LCEngine:
         self.gradient_norm = gradient_norm
         #: runs the model forward on training data, so the layers that need their inputs' moments see some
         self.calibrate = calibrate
-        #: stop when a selecting task with neither α nor a target keeps every layer dense (a run that would
-        #: compress nothing); the conformance kit probes α = 0 on purpose and turns it off
+        #: stop (or say so) when a selection could compress nothing: α = 0 with no target, α under a cost no form
+        #: lowers, a target that cannot steer the choice; the conformance kit probes such cases on purpose and
+        #: turns it off
         self.refuse_all_dense = refuse_all_dense
         #: the input metric Σ of each task whose scheme measures error on outputs (None: weight space)
         self.metrics: list[torch.Tensor | None] = [None] * len(self.tasks)
