@@ -250,3 +250,17 @@ def test_a_target_on_a_form_the_options_fix_says_how_to_let_the_scheme_choose(ta
     config = {"tasks": [{"layers": ["0"], "target": {"cost": "storage", "ratio": 0.5}, **task}]}
     with pytest.raises(lcpress.ConfigError, match=rf"does not choose a form, so a budget cannot steer it; {said}"):
         lcpress.compress(model, config, example_input=torch.randn(1, 16), progress=False)
+
+
+def test_a_preview_shows_the_layers_realization_will_keep_dense_as_the_run_does():
+    """A 256-entry codebook over a 40-weight layer stores more than the layer: the run keeps it dense, and so
+    does the preview's table (it priced the codebook)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))  # layer 2: 256 weights
+    config = {"tasks": [{"layers": ["*"], "scheme": "quantize", "options": {"k": 256}, "cost": "storage"}],
+              "schedule": {"steps": 0}}
+    x = torch.randn(1, 64)
+    preview = lcpress.predict_costs(copy.deepcopy(model), config, x, progress=False).table.set_index("layer")
+    run = lcpress.compress(model, config, example_input=x, progress=False).layers.set_index("layer")
+    assert preview.loc["2", "form"].endswith("→ kept dense") and run.loc["2", "form"].endswith("→ kept dense")
+    assert preview["storage_after"].sum() == run["storage_after"].sum()

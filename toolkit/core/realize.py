@@ -89,7 +89,7 @@ def realize(
             form = task.scheme.form(layer_state)
             record.form = form_to_dict(form)
             record.reason = _kept_dense(model, name, task, form, is_dense(layer_state), specs.get(name, task.spec),
-                                        _judge(task, cost_models))
+                                        judging_cost_model(task, cost_models))
             if record.reason:
                 reader = _parent_reading_weights(model, name)
                 if reader and not isinstance(form, Dense):
@@ -153,7 +153,7 @@ def _layer_states(task: Task, state: State) -> list[tuple[str, State | None, str
     return [(name, s, "") for name, s in zip(task.layers, split)]
 
 
-def _judge(task: Task, cost_models: Mapping[str, CostModel]) -> CostModel:
+def judging_cost_model(task: Task, cost_models: Mapping[str, CostModel]) -> CostModel:
     """The cost model that decides whether a layer's form is worth realizing: the one its budget is stated in.
 
     A ``target: {cost: params}`` over a token table chose a low rank because it stores fewer parameters;
@@ -162,6 +162,15 @@ def _judge(task: Task, cost_models: Mapping[str, CostModel]) -> CostModel:
     """
     target = task.config.target
     return cost_models.get(target.cost, task.cost_model) if target is not None else task.cost_model
+
+
+def costlier_than_dense(task: Task, spec: LayerSpec | None, form: Form, cost_models: Mapping[str, CostModel]) -> bool:
+    """Whether realization will keep a layer's chosen form dense because it costs more than dense (what a preview
+    shows the same way the finished run's table does)."""
+    if spec is None or isinstance(form, Dense):
+        return False
+    cost, dense_cost = judging_cost_model(task, cost_models).costs(spec, [form, Dense()]).tolist()
+    return cost > dense_cost
 
 
 def _kept_dense(model: nn.Module, name: str, task: Task, form: Form, dense: bool, spec: LayerSpec | None,

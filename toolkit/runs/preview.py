@@ -26,6 +26,7 @@ from lcpress.core.budget import Choice
 from lcpress.core.engine import LCEngine
 from lcpress.core.measured import MeasuredCostModel
 from lcpress.core.plan import load_config, plan
+from lcpress.core.realize import costlier_than_dense
 from lcpress.core.schedule import initial_mu
 from lcpress.nn.modules import PointwiseConv2d
 from lcpress.progress import progress_bar
@@ -136,5 +137,8 @@ def predict_costs(model: nn.Module, config: LCConfig | dict[str, Any] | str, exa
     if config.schedule.dc_mu == 0 and config.schedule.steps > 0:  # step 0 took the cheapest forms; the run's
         engine.c_step(1, mu0)  # selection starts at LC step 1: what it chooses from these weights
     schemes = {name: t.scheme.name for t in engine.tasks for name in t.layers}
-    table = layer_table(engine.graph, engine.forms(), engine.cost_models, schemes)
+    forms = engine.forms()
+    kept = {name: "costs more than dense" for task in engine.tasks for name in task.layers  # as realization will
+            if name in forms and costlier_than_dense(task, engine.graph.specs.get(name), forms[name], engine.cost_models)}
+    table = layer_table(engine.graph, forms, engine.cost_models, schemes, kept_dense=kept)
     return Prediction(table, dict(engine.selection))
