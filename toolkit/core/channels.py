@@ -36,7 +36,7 @@ from torch import nn
 
 from lcpress.core.forms import LayerSpec
 from lcpress.core.graph import realization_problem
-from lcpress.core.surgery import get_module, module_modes, restore_modes
+from lcpress.core.surgery import get_module, in_mode
 from lcpress.errors import LcpressError
 
 log = logging.getLogger("lcpress.channels")
@@ -211,13 +211,8 @@ def channel_groups(model: nn.Module, example_input: Any) -> ChannelGroups:
 def _export(model: nn.Module, example_input: Any) -> Any:
     args, kwargs = ((), example_input) if isinstance(example_input, dict) else \
         ((tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)), {})
-    modes = module_modes(model)
-    model.eval()
-    try:
-        with torch.no_grad():
-            return torch.export.export(model, args, kwargs, strict=False)
-    finally:
-        restore_modes(modes)
+    with in_mode(model, training=False), torch.no_grad():
+        return torch.export.export(model, args, kwargs, strict=False)
 
 
 class _Analysis:

@@ -52,7 +52,7 @@ from lcpress.core.realize import load_compressed
 from lcpress.core.registry import plugin_label
 from lcpress.core.schedule import initial_mu, next_mu
 from lcpress.core.scheme import Candidates, Coupled, CStepContext, State
-from lcpress.core.surgery import get_module, module_modes, restore_modes
+from lcpress.core.surgery import get_module, in_mode
 from lcpress.core.tree import join_tensors, split_tensors
 from lcpress.errors import ConfigError, CStepError, LcpressError
 from lcpress.progress import progress_bar, status_line
@@ -102,12 +102,8 @@ def evaluated(model: nn.Module, eval_fn: EvalFn) -> float:
     An L step leaves the model in training mode, and an ``eval_fn`` written for a notebook rarely calls
     ``model.eval()`` itself: its metric would move with dropout's random masks. The mode is restored after.
     """
-    modes = module_modes(model)
-    model.eval()
-    try:
+    with in_mode(model, training=False):
         return metric_value(eval_fn(model))
-    finally:
-        restore_modes(modes)
 
 
 class Checkpointer(Protocol):
@@ -347,11 +343,8 @@ class LCEngine:
                 "pass loaders=(train, eval) or calibration=<training batches> to lcpress.compress (or calibrate= to "
                 "LCEngine), or use the weight-space error"
             )
-        modes = module_modes(self.model)
-        self.model.eval()
-        with torch.no_grad(), self.collector.collecting():
+        with in_mode(self.model, training=False), torch.no_grad(), self.collector.collecting():
             self.calibrate(self.model)
-        restore_modes(modes)
         self._update_metrics()
 
     def _update_metrics(self) -> None:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lcpress.core.forms import LayerSpec
-from lcpress.core.surgery import call_model, module_modes, restore_modes
+from lcpress.core.surgery import call_model, in_mode, tensors_in
 from lcpress.errors import LcpressError
 
 log = logging.getLogger("lcpress.graph")
@@ -128,15 +128,12 @@ def trace(model: nn.Module, example_input: Any) -> ModelGraph:
                 calls[key] = calls.get(key, 0) + 1
 
             handles.append(module.register_forward_pre_hook(hook))
-    modes = module_modes(model)
-    model.eval()
     try:
-        with torch.no_grad():
+        with in_mode(model, training=False), torch.no_grad():
             _traced_call(model, example_input)
     finally:
         for h in handles:
             h.remove()
-        restore_modes(modes)
     modules = dict(model.named_modules())
     specs = {name: spec_of(modules[name], shapes[id(modules[name])], calls[id(modules[name])]) for name in order}
     for name in _tied_later(modules, order):
@@ -181,16 +178,7 @@ def _traced_call(model: nn.Module, example_input: Any) -> None:
 def _dtype_mismatch(model: nn.Module, example_input: Any) -> str | None:
     """What to change when the inputs' real-valued dtype is not the weights' (float64 data, a float32 model)."""
     weights = {p.dtype for p in model.parameters() if p.is_floating_point()}
-    stack, inputs = [example_input], set()
-    while stack:
-        item = stack.pop()
-        if isinstance(item, torch.Tensor):
-            inputs.add(item.dtype)
-        elif isinstance(item, Mapping):
-            stack.extend(item.values())
-        elif isinstance(item, (tuple, list)):
-            stack.extend(item)
-    real = {d for d in inputs if d.is_floating_point}
+    real = {t.dtype for t in tensors_in(example_input) if t.is_floating_point()}
     if len(weights) != 1 or not real or real <= weights:
         return None
     want = next(iter(weights))

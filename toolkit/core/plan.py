@@ -36,7 +36,7 @@ from lcpress.core.graph import COMPRESSIBLE, COMPRESSIBLE_TEXT, ModelGraph, is_c
 from lcpress.core.guard import plugin_call
 from lcpress.core.registry import Registry, get_registry
 from lcpress.core.scheme import Scheme
-from lcpress.core.surgery import replace_module
+from lcpress.core.surgery import replace_module, tensors_in
 from lcpress.core.views import TaskView
 from lcpress.errors import ConfigError, LcpressError, PluginError, listed
 from lcpress.nn.modules import PointwiseConv2d
@@ -134,7 +134,7 @@ def cost_model_names(config: LCConfig) -> list[str]:
 def _cost_models(config: LCConfig, registry: Registry, measured: bool, notes: bool = False) -> dict[str, CostModel]:
     from lcpress.core.measured import MeasuredCostModel
 
-    used = {t.cost for t in config.tasks} | {t.target.cost for t in config.tasks if t.target is not None}
+    used = _priced_by_tasks(config)
     models: dict[str, CostModel] = {}
     for name in cost_model_names(config):
         key = f"cost_models.{name}" if name in config.cost_models else _cost_key(config, name)
@@ -153,6 +153,11 @@ def _cost_models(config: LCConfig, registry: Registry, measured: bool, notes: bo
         if not reason:
             models[name] = model
     return models
+
+
+def _priced_by_tasks(config: LCConfig) -> set[str]:
+    """The cost models the task groups price with: each one's ``cost`` and its target's."""
+    return {t.cost for t in config.tasks} | {t.target.cost for t in config.tasks if t.target is not None}
 
 
 def _cost_key(config: LCConfig, name: str) -> str:
@@ -235,11 +240,12 @@ def _warn_other_precision(model: nn.Module, config: LCConfig, cost_models: dict[
     """A cost model priced at ``dtype_bits`` per stored number, over a model that stores another width: its
     figures (and a target stated in it) would not describe the saved file."""
     widths = {p.dtype.itemsize * 8 for p in model.parameters() if p.is_floating_point()}
-    used = {t.cost for t in config.tasks} | {t.target.cost for t in config.tasks if t.target is not None}
+    if len(widths) != 1:
+        return
+    held, used = widths.pop(), _priced_by_tasks(config)
     for name, cost_model in cost_models.items():
         bits = getattr(cost_model.options, "dtype_bits", None)
-        if bits and len(widths) == 1 and bits not in widths and (name in used or name in config.cost_models):
-            held = widths.pop()
+        if bits and bits != held and (name in used or name in config.cost_models):
             log.warning("cost_models.%s.dtype_bits: %d prices each stored number at %d bits, but the model holds "
                         "%d-bit numbers, which the saved file stores: set dtype_bits: %d, or convert the model "
                         "(model.half()) before compressing", name, bits, bits, held, held)
@@ -247,11 +253,7 @@ def _warn_other_precision(model: nn.Module, config: LCConfig, cost_models: dict[
 
 def _batch_of(example_input: Any) -> int | None:
     """The batch size of an example input: the first dimension of its first tensor."""
-    if isinstance(example_input, torch.Tensor):
-        return int(example_input.shape[0]) if example_input.dim() else None
-    values = example_input.values() if isinstance(example_input, dict) else \
-        example_input if isinstance(example_input, (tuple, list)) else ()
-    return next((b for b in (_batch_of(v) for v in values) if b is not None), None)
+    return next((int(t.shape[0]) for t in tensors_in(example_input) if t.dim()), None)
 
 
 def refuse_unloaded(model: nn.Module) -> None:

@@ -24,7 +24,7 @@ from lcpress.core.guard import plugin_call, plugin_label
 from lcpress.core.plan import Task
 from lcpress.core.registry import get_registry
 from lcpress.core.scheme import Scheme, State, is_dense
-from lcpress.core.surgery import call_model, first_tensor, get_module, module_modes, replace_module, restore_modes
+from lcpress.core.surgery import call_model, first_tensor, get_module, in_mode, replace_module, tensors_in
 from lcpress.errors import LcpressError, PluginError, listed
 from lcpress.nn.architecture import unsupported, with_plugins
 
@@ -239,27 +239,12 @@ def _parent_reading_weights(model: nn.Module, name: str) -> str | None:
 def eval_output(model: nn.Module, example_input: Any) -> torch.Tensor:
     """Every floating-point tensor the model outputs on ``example_input`` in eval mode, as one flat tensor (its own
     mode is restored): a tuple's first element may be an input passed through, and the check must see them all."""
-    modes = module_modes(model)
-    model.eval()
-    try:
+    with in_mode(model, training=False):
         out = call_model(model, example_input)
-    finally:
-        restore_modes(modes)
-    tensors = [t for t in _tensors(out) if t.is_floating_point()]
+    tensors = [t for t in tensors_in(out) if t.is_floating_point()]
     if not tensors:
         return first_tensor(out)
     return torch.cat([t.detach().reshape(-1).to(tensors[0].dtype) for t in tensors])
-
-
-def _tensors(out: Any) -> list[torch.Tensor]:
-    """The tensors of a model output: a tensor, or those in a tuple, list or dict (Hugging Face outputs are dicts)."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, Mapping):
-        return [t for v in out.values() for t in _tensors(v)]
-    if isinstance(out, (tuple, list)):
-        return [t for v in out for t in _tensors(v)]
-    return [getattr(out, f) for f in ("logits", "last_hidden_state") if isinstance(getattr(out, f, None), torch.Tensor)]
 
 
 def verify(realized: nn.Module, expected: torch.Tensor, example_input: Any) -> float:

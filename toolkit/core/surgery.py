@@ -11,7 +11,8 @@ shared layer stays shared (PEFT's ``_replace_module``, torchao's
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import contextlib
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -50,16 +51,32 @@ def unwrapped(model: nn.Module) -> nn.Module:
     return uncompiled(model.module) if isinstance(model, parallel) else model
 
 
-def module_modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
-    """Every submodule with its train/eval mode: a model may hold a part its user froze (``bn.eval()``), which
+def module_modes(model: nn.Module) -> dict[str, bool]:
+    """Every submodule's train/eval mode, by name: a model may hold a part its user froze (``bn.eval()``), which
     ``model.train(was_training)`` after a pass in eval mode would unfreeze."""
-    return [(m, m.training) for m in model.modules()]
+    return {name: m.training for name, m in model.named_modules()}
 
 
-def restore_modes(modes: list[tuple[nn.Module, bool]]) -> None:
-    """Each submodule back in the mode :func:`module_modes` recorded."""
-    for module, training in modes:
-        module.training = training
+def restore_modes(model: nn.Module, modes: dict[str, bool]) -> None:
+    """Each submodule back in the mode :func:`module_modes` recorded; a module put in since (a realized layer)
+    takes the mode of the nearest recorded module above it, the layer it replaced."""
+    for name, module in model.named_modules():
+        owner = name
+        while owner not in modes and owner:
+            owner = owner.rpartition(".")[0]
+        module.training = modes.get(owner, module.training)
+
+
+@contextlib.contextmanager
+def in_mode(model: nn.Module, training: bool) -> Iterator[nn.Module]:
+    """The block with ``model`` in train (or eval) mode; every submodule's own mode is restored after, whatever
+    the block raised."""
+    modes = module_modes(model)
+    model.train(training)
+    try:
+        yield model
+    finally:
+        restore_modes(model, modes)
 
 
 def replace_module(root: nn.Module, name: str, new: nn.Module, aliases: Sequence[str] = ()) -> nn.Module:
@@ -86,6 +103,19 @@ def call_model(model: nn.Module, inputs: Any) -> Any:
     if isinstance(inputs, (tuple, list)):
         return model(*inputs)
     return model(inputs)
+
+
+def tensors_in(value: Any) -> list[torch.Tensor]:
+    """The tensors in a model's input or output: a tensor, those in a tuple, list or mapping (Hugging Face outputs
+    are dicts), or an output object's ``logits`` / ``last_hidden_state``."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, Mapping):
+        return [t for v in value.values() for t in tensors_in(v)]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in tensors_in(v)]
+    fields = (getattr(value, f, None) for f in ("logits", "last_hidden_state"))
+    return [t for t in fields if isinstance(t, torch.Tensor)]
 
 
 def first_tensor(out: Any) -> torch.Tensor:

@@ -111,8 +111,8 @@ class RunDirectory:
         """
         self._check_place()
         holder = self._holder()
-        if self.held() and not _ours(holder):  # said first: neither resume nor force may touch a folder a live run writes
-            raise RunDirectoryError(_held_message(self.lock_path, holder))
+        if holder is not None and not _gone(holder) and not _ours(holder):  # said first: no resume or force may
+            raise RunDirectoryError(_held_message(self.lock_path, holder))  # touch a folder a live run writes
         damage = self.damage()
         if damage:  # neither lcpress's record nor clearly someone else's: touch nothing
             raise RunDirectoryError(

@@ -91,7 +91,7 @@ def recalibrate(model: nn.Module, loader: Any, batches: int, device: torch.devic
     finally:
         for handle in handles:
             handle.remove()
-        restore_modes(modes)
+        restore_modes(model, modes)
     for m, moment, (mean, var) in zip(norms, moments, saved):
         m.running_mean.copy_(mean)
         m.running_var.copy_(var)

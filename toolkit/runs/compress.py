@@ -32,7 +32,7 @@ from lcpress.core.plan import Plan, Task, load_config, plan, refuse_unloaded
 from lcpress.core.realize import (RealizedLayer, eval_output, load_compressed, mismatch_warning,
                                   realize_and_verify)
 from lcpress.core.scheme import State
-from lcpress.core.surgery import call_model, uncompiled
+from lcpress.core.surgery import call_model, module_modes, restore_modes, uncompiled
 from lcpress.errors import ConfigError, LcpressError, RunDirectoryError, listed
 from lcpress.progress import status_line
 from lcpress.io.checkpoint import FileCheckpointer
@@ -179,7 +179,7 @@ def compress(
     """
     config = load_config(config)
     passed, model = model, uncompiled(model)  # a torch.compile'd model: its layers keep the user's names
-    modes = _modes(model)  # each submodule's train/eval mode, handed back as it came (a frozen BatchNorm stays so)
+    modes = module_modes(model)  # each submodule's train/eval mode, handed back as it came (a frozen BatchNorm stays)
     device = distributed.local_device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: 'cuda' was asked for but torch sees no CUDA device; use device: cpu")
@@ -203,7 +203,7 @@ def compress(
     try:
         planned = plan(model, config, example_input)
     finally:
-        _restore_modes(model, modes)  # tracing runs the model in eval mode
+        restore_modes(model, modes)  # tracing runs the model in eval mode
     _refuse_untrainable(model, planned.tasks, config)
     timed = _timed_targets(config, planned.cost_models)
 
@@ -225,24 +225,9 @@ def compress(
                                                       if run_dir else (False, None))
             result = _run(setup, run_dir, resuming, extension)
     finally:
-        _restore_modes(model, modes)  # the modes the model came in, even after an error: L steps train it
+        restore_modes(model, modes)  # the modes the model came in, even after an error: L steps train it
     result.model = passed
     return result
-
-
-def _modes(model: nn.Module) -> dict[str, bool]:
-    """Every submodule's train/eval mode, by name: a model may come with a frozen BatchNorm (``bn.eval()``)."""
-    return {name: m.training for name, m in model.named_modules()}
-
-
-def _restore_modes(model: nn.Module, modes: dict[str, bool]) -> None:
-    """Each submodule back in the mode it came in; realized layers take the mode of the layer they replace."""
-    model.train(modes.get("", model.training))
-    for name, module in model.named_modules():
-        owner = name
-        while owner not in modes and owner:
-            owner = owner.rpartition(".")[0]
-        module.training = modes.get(owner, module.training)
 
 
 def _dense_metric(model: nn.Module, eval_fn: EvalFn | None, resumed: RunDirectory | None) -> float | None:
@@ -419,9 +404,7 @@ def _read_checkpoint(run_dir: RunDirectory, config: LCConfig) -> tuple[dict[str,
     tensors, meta = FileCheckpointer(run_dir.checkpoint_path, {}).load()
     written = meta.get("config")
     if isinstance(written, dict):
-        with contextlib.suppress(LcpressError):
-            written = LCConfig.from_dict(written).to_dict()
-        changes = [c for c in changed_keys(written, config.to_dict(), ignore=RELOCATABLE)
+        changes = [c for c in changed_keys(_as_today(written), config.to_dict(), ignore=RELOCATABLE)
                    if not c.startswith("schedule.steps:")]  # an extension changes steps before its first checkpoint
         if changes:
             raise RunDirectoryError(
@@ -431,19 +414,26 @@ def _read_checkpoint(run_dir: RunDirectory, config: LCConfig) -> tuple[dict[str,
     return tensors, meta
 
 
+def _as_today(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A config a run recorded, with today's defaults filled in where an older lcpress wrote it, to compare."""
+    with contextlib.suppress(LcpressError):
+        return LCConfig.from_dict(recorded).to_dict()
+    return recorded
+
+
 def _check_same_config(run_dir: RunDirectory, config: LCConfig, extend: bool) -> dict[str, Any] | None:
     info = run_dir.info()
     recorded = info.get("config")
     if not isinstance(recorded, dict):
         raise RunDirectoryError(f"{str(run_dir.path)!r}: run.json records no config, so a resumed run could not be "
                                 f"checked against it; start afresh (--force)")
-    with contextlib.suppress(LcpressError):  # written by an older lcpress: compare with today's defaults filled in
-        recorded = LCConfig.from_dict(recorded).to_dict()
+    recorded = _as_today(recorded)
     current = config.to_dict()
     changes = changed_keys(recorded, current, ignore=RELOCATABLE)
     before, after = (recorded.get("schedule") or {}).get("steps"), config.schedule.steps
     extensions = list(info.get("extensions") or [])
-    if extend and after == before and not run_dir.finished() and extensions and extensions[-1].get("to_steps") == after:
+    unfinished = info.get("status") != "finished"
+    if extend and after == before and unfinished and extensions and extensions[-1].get("to_steps") == after:
         extend = False  # the same command again, after the extension was interrupted: it is recorded, resume it
     if extend:
         changes = [c for c in changes if not c.startswith("schedule.steps:")]
@@ -695,11 +685,11 @@ def _refuse_one_shot(loaders: tuple[Any, Any] | None, calibration: Any) -> None:
     generator: the first reader would use it up and every later one see nothing, silently."""
     named = [(f"loaders[{i}]", loader) for i, loader in enumerate(loaders or ())] + [("calibration", calibration)]
     for name, data in named:
-        if data is not None and isinstance(data, Iterator):
+        if isinstance(data, Iterator):
             raise ConfigError(f"{name}: a {type(data).__name__} can be read only once, and lcpress reads its data at "
                               f"every LC step; pass a DataLoader or a list of batches (list(...) of it)")
-        if isinstance(data, (list, tuple)) and not data and name == "calibration":
-            raise ConfigError("calibration: the list of batches is empty")
+    if isinstance(calibration, (list, tuple)) and not calibration:
+        raise ConfigError("calibration: the list of batches is empty")
 
 
 def _refuse_unpaired(loaders: tuple[Any, Any] | None) -> None:

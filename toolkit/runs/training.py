@@ -26,7 +26,7 @@ from lcpress.config import TrainConfig
 from lcpress.errors import LcpressError
 from lcpress.core.engine import LStep, Penalty
 from lcpress.core.schedule import FALLBACK_MU0
-from lcpress.core.surgery import call_model, module_modes, restore_modes
+from lcpress.core.surgery import call_model, in_mode
 from lcpress.progress import progress_bar
 from lcpress.runs.batches import batches
 
@@ -129,9 +129,7 @@ def gradient_norm(model: nn.Module, params: list[nn.Parameter], loader: Iterable
     """
     grads = [torch.zeros_like(p) for p in params]
     count = 0
-    modes = module_modes(model)
-    model.train()
-    with torch.random.fork_rng(devices=[]):
+    with in_mode(model, training=True), torch.random.fork_rng(devices=[]):
         for batch in itertools.islice(fixed_batches(loader), batches):
             if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor)):
                 log.warning("schedule.mu0 is 'auto' but the training batches it is measured on hold no targets (a "
@@ -144,7 +142,6 @@ def gradient_norm(model: nn.Module, params: list[nn.Parameter], loader: Iterable
                 if piece is not None:
                     g += piece.detach()
             count += 1
-    restore_modes(modes)
     if count == 0:
         return float("nan")  # μ0 falls back to FALLBACK_MU0
     return float(torch.sqrt(sum(torch.sum((g / count).double() ** 2) for g in grads)))
@@ -286,15 +283,13 @@ def mean_cosine(model: nn.Module, loader: Iterable, device: str | torch.device =
 def _mean_score(model: nn.Module, loader: Iterable, device: str | torch.device,
                 score: Callable[[torch.Tensor, torch.Tensor], Any]) -> float:
     """The per-sample mean of ``score(outputs, targets)`` (summed per batch) in eval mode, the mode restored after."""
-    modes = module_modes(model)
-    model.eval()
     total, count = 0.0, 0
-    for inputs, targets in batches(loader):
-        scored = score(forward(model, to_device(inputs, device)), targets.to(device))
-        value, n = scored if isinstance(scored, tuple) else (scored, len(targets))  # a score may say of how many
-        total += float(value)
-        count += n
-    restore_modes(modes)
+    with in_mode(model, training=False):
+        for inputs, targets in batches(loader):
+            scored = score(forward(model, to_device(inputs, device)), targets.to(device))
+            value, n = scored if isinstance(scored, tuple) else (scored, len(targets))  # a score may say of how many
+            total += float(value)
+            count += n
     return total / max(count, 1)
 
 
