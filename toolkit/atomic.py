@@ -54,9 +54,9 @@ def replacing(path: str | Path) -> Iterator[Path]:
 
 
 def _write_error(path: Path, exc: OSError) -> FileWriteError:
-    error = FileWriteError(exc.errno, f"cannot write {str(path)!r} ({exc.strerror or exc}); the file it would "
-                                      f"replace is as it was. Free some space, or write elsewhere, and run again")
-    return error
+    """One line for a failed write: which file, why, and that the file it would replace is kept."""
+    return FileWriteError(exc.errno, f"cannot write {str(path)!r} ({exc.strerror or exc}); the file it would "
+                                     f"replace is as it was. Free some space, or write elsewhere, and run again")
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

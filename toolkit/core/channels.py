@@ -324,14 +324,20 @@ class _Analysis:
             return None
         problem = realization_problem(module)
         if problem:
-            self.labels.block(x, f"read by {name}: {problem.split(';')[0]}")
-            rows = self.labels.new(module.weight.shape[0])
-            self.labels.block(rows, f"output of {name}: {problem.split(';')[0]}")
-            return _along(rows, self._shape(node), -1 if isinstance(module, nn.Linear) else 1)
+            axis = -1 if isinstance(module, nn.Linear) else 1
+            return self._kept_layer(module, x, self._shape(node), axis, f"{name}: {problem.split(';')[0]}")
         self.calls[name] = self.calls.get(name, 0) + 1
         out = self._layer_call(node, name, module, x)
         self.touched.setdefault(name, []).extend(t for t in (x, out) if t is not None)
         return out
+
+    def _kept_layer(self, module: nn.Module, x: torch.Tensor | None, shape: tuple[int, ...] | None, axis: int,
+                    who: str) -> torch.Tensor:
+        """A layer whose channels all stay: the labels it reads and its output rows are blocked, naming ``who``."""
+        self.labels.block(x, f"read by {who}")
+        rows = self.labels.new(module.weight.shape[0])
+        self.labels.block(rows, f"output of {who}")
+        return _along(rows, shape, axis)
 
     def _layer_call(self, node: torch.fx.Node, name: str, module: nn.Module, x: torch.Tensor | None) -> torch.Tensor | None:
         axis = -1 if isinstance(module, nn.Linear) else 1
@@ -340,10 +346,7 @@ class _Analysis:
         if groups > 1:
             if groups == module.in_channels == module.out_channels and x is not None:
                 return self._depthwise(name, x, shape)
-            self.labels.block(x, f"read by the grouped conv {name} (groups={groups})")
-            rows = self.labels.new(module.out_channels)
-            self.labels.block(rows, f"output of the grouped conv {name} (groups={groups})")
-            return _along(rows, shape, axis)
+            return self._kept_layer(module, x, shape, axis, f"the grouped conv {name} (groups={groups})")
         if x is not None:
             self._columns(name, x, axis)
         rows = self.labels.new(module.weight.shape[0])
