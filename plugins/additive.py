@@ -77,13 +77,15 @@ class Additive(Form):
 
     def param_count(self, spec: LayerSpec) -> int:
         bias = spec.out_channels if spec.bias else 0
-        return bias + sum(_stored(spec, f, p).param_count(_stored_spec(spec, f, p))
-                          for f, p in zip(self.parts, self.factors))
+        return bias + sum(form.param_count(part) for form, part in self._stored(spec))
 
     def storage_bits(self, spec: LayerSpec, dtype_bits: int = 32) -> int:
         bias = (spec.out_channels if spec.bias else 0) * dtype_bits
-        return bias + sum(_stored(spec, f, p).storage_bits(_stored_spec(spec, f, p), dtype_bits)
-                          for f, p in zip(self.parts, self.factors))
+        return bias + sum(form.storage_bits(part, dtype_bits) for form, part in self._stored(spec))
+
+    def _stored(self, spec: LayerSpec) -> list[tuple[Form, LayerSpec]]:
+        """Each part as the file stores it (see :func:`_stored_part`)."""
+        return [_stored_part(spec, form, factor) for form, factor in zip(self.parts, self.factors)]
 
     def describe(self) -> str:
         return " + ".join(f.describe() + (f" (reshape {p})" if p > 1 else "") for f, p in zip(self.parts, self.factors))
@@ -96,19 +98,18 @@ class Additive(Form):
         return fields
 
 
-def _realized_reshaped(spec: LayerSpec, form: Form, factor: int) -> bool:
+def _realized_reshaped(spec: LayerSpec, form: Form) -> bool:
     """A reshaped part has a module of its own only as a Linear's low rank (:class:`InterleavedLowRank`)."""
     return isinstance(form, LowRank) and spec.kind == "linear"
 
 
-def _stored(spec: LayerSpec, form: Form, factor: int) -> Form:
-    """What the saved file holds for a part: its form, or a dense weight for a reshaped part without a module of
-    its own (a reshaped sparse or quantized part, a conv's reshaped low rank), which is stored and run dense."""
-    return Dense() if factor > 1 and not _realized_reshaped(spec, form, factor) else form
-
-
-def _stored_spec(spec: LayerSpec, form: Form, factor: int) -> LayerSpec:
-    return spec.with_(bias=False) if factor > 1 and not _realized_reshaped(spec, form, factor) else _part_spec(spec, factor)
+def _stored_part(spec: LayerSpec, form: Form, factor: int) -> tuple[Form, LayerSpec]:
+    """What the saved file holds for a part, and the layer it is priced as: its form over its (reshaped) view, or
+    a dense weight for a reshaped part without a module of its own (a reshaped sparse or quantized part, a conv's
+    reshaped low rank), which is stored and run dense."""
+    if factor > 1 and not _realized_reshaped(spec, form):
+        return Dense(), spec.with_(bias=False)
+    return form, _part_spec(spec, factor)
 
 
 def _part_spec(spec: LayerSpec, factor: int) -> LayerSpec:
@@ -126,7 +127,7 @@ def _branch_primitives(spec: LayerSpec, form: Form, factor: int) -> tuple[LayerS
         inner = spec.with_(bias=False)
         prims = form.primitives(inner)
         return None if prims == (inner,) else prims
-    if not _realized_reshaped(spec, form, factor):
+    if not _realized_reshaped(spec, form):
         return None
     rows, cols, r = spec.out_channels, spec.in_channels, form.rank
     lead = spec.input_shape[:-1]
