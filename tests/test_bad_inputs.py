@@ -566,8 +566,26 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     def train_fn(model, penalty, step):
         return float("nan") if step.index == 1 else 0.5
 
-    with pytest.raises(LcpressError, match="LC step 2: the L step's training loss is nan.*the checkpoint after LC "
-                                           "step 1 is intact"):
+    with pytest.raises(LcpressError, match=r"LC step 2: the L step's training loss is nan \(μ = .*\); the checkpoint "
+                                           r"after LC step 1 is intact"):
+        lcpress.compress(_net(), config, train_fn, lambda m: 0.0, example_input=X, progress=False)
+    assert lcpress.io.files.read_file(out / "checkpoint.safetensors")[1]["engine"]["next_step"] == 2
+
+
+def test_weights_that_blow_up_with_a_finite_loss_stop_the_run_before_their_checkpoint(tmp_path):
+    """A diverging L step (lr·μ > 2 under plain SGD) may keep its loss finite while the weights grow by orders of
+    magnitude; Δ(θ) follows them, so nothing else notices. The last good checkpoint must survive."""
+    out = tmp_path / "run"
+    config = _config(out, tasks=[{"layers": ["0"], "options": {"rank": 4}}])
+
+    def train_fn(model, penalty, step):
+        penalty().backward()
+        with torch.no_grad():
+            model[0].weight.mul_(1e3 if step.index == 1 else 1.0)
+        return 0.5
+
+    with pytest.raises(LcpressError, match=r"LC step 2: the L step diverged: the compressed weights' norm grew 1e\+03× "
+                                           r"in one step .*\(μ = .*\); the checkpoint after LC step 1 is intact.*lr·μ > 2"):
         lcpress.compress(_net(), config, train_fn, lambda m: 0.0, example_input=X, progress=False)
     assert lcpress.io.files.read_file(out / "checkpoint.safetensors")[1]["engine"]["next_step"] == 2
 

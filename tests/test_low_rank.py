@@ -78,6 +78,32 @@ def test_tall_matrix_uses_right_vectors_and_stays_exact():
     assert float(torch.sum((w.double() - (a @ b).double()) ** 2)) == pytest.approx(float(torch.sum(s[10:] ** 2)), rel=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(40, 70), (90, 30)])
+def test_each_factor_carries_the_square_root_of_the_singular_values(shape):
+    """A = U√S, B = √S Vᵀ: both sides of the realized layer carry the same share of every direction."""
+    torch.manual_seed(5)
+    w = torch.randn(*shape) * 100
+    a, b = spectrum(w).factors(8)
+    s = torch.linalg.svdvals(w.double())[:8]
+    assert torch.allclose(a.double().norm(dim=0), s.sqrt(), rtol=1e-4)
+    assert torch.allclose(b.double().norm(dim=1), s.sqrt(), rtol=1e-4)
+
+
+def test_a_float16_low_rank_layer_does_not_overflow_between_its_thin_layers():
+    """A = U would put all of s₁ ≈ 64,000 on the first thin layer's output, past float16's 65,504."""
+    layer = nn.Linear(256, 256).half()
+    with torch.no_grad():
+        layer.weight.fill_(250.0)
+        layer.bias.zero_()
+    model = nn.Sequential(layer)
+    x = torch.ones(4, 256, dtype=torch.float16) * 0.075
+    config = {"tasks": [{"layers": ["0"], "options": {"rank": 8}}], "schedule": {"steps": 0}}
+    result = lcpress.compress(model, config, example_input=x, progress=False)
+    with torch.no_grad():
+        out = result.model(x)
+    assert torch.isfinite(out).all() and float(out.max()) == pytest.approx(4800.0, rel=1e-2)
+
+
 def test_alpha_zero_keeps_dense_and_large_alpha_takes_smallest_rank():
     torch.manual_seed(4)
     w = torch.randn(64, 64)

@@ -212,3 +212,22 @@ def test_a_restored_engine_continues_with_the_same_metrics():
     resumed.run()
     for a, b in zip(resumed.states, straight.states):
         torch.testing.assert_close(a.tensors, b.tensors, rtol=0, atol=0)
+
+
+def test_half_precision_inputs_give_the_second_moment_of_float64():
+    """Σ x xᵀ of float16 inputs of size ~60 passes float16's 65,504 after a few rows: it is summed in float64."""
+    torch.manual_seed(0)
+    layer = nn.Linear(32, 8).half()
+    x = (torch.randn(64, 32) * 60).half()
+    exact = x.double().T @ x.double() / 64
+    assert torch.allclose(_moment(layer, x), exact, rtol=1e-12)
+
+
+def test_inputs_that_hold_inf_are_named_by_layer_before_the_c_step():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    x = torch.randn(16, 8)
+    x[3, 2] = float("inf")
+    calibration = [(x, torch.zeros(16, dtype=torch.long))]
+    config = {"tasks": [{"layers": ["2"], "options": {"error": "output", "rank": 2}}], "schedule": {"steps": 0}}
+    with pytest.raises(LcpressError, match=r"layer '2': its inputs hold NaN or infinite values"):
+        lcpress.compress(model, config, example_input=x[:2], calibration=calibration, progress=False)

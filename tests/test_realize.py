@@ -458,6 +458,8 @@ def test_a_realized_model_that_computes_something_else_is_a_warning_of_the_run()
     assert mismatch_warning(3e-6, expected) is None  # float rounding
     assert "differs from Δ(θ)'s by up to 0.5 (12.5% of its largest output)" in mismatch_warning(0.5, expected)
     assert mismatch_warning(0.05, expected.bfloat16()) is None  # half types round far more
+    assert "outputs NaN or infinite values where Δ(θ)'s outputs are finite: a realized layer's intermediate " \
+           "overflowed torch.float16" in mismatch_warning(float("inf"), expected.half())
 
 
 @pytest.mark.parametrize("scheme, options", [("quantize", {"k": 4}), ("prune", {"keep_fraction": 0.2}),

@@ -59,6 +59,10 @@ from lcpress.progress import progress_bar, status_line
 
 log = logging.getLogger("lcpress.engine")
 
+#: How many times its norm the compressed weights may grow in one L step before the step counts as diverged.
+#: Training a trained model under a penalty towards a compressed form shrinks or barely moves them.
+DIVERGED = 100.0
+
 
 @dataclass(frozen=True)
 class LStep:
@@ -191,8 +195,9 @@ class LCEngine:
             for k in range(self.next_step, total + 1):
                 mu = next_mu(self.schedule, self.history, k)
                 start = time.perf_counter()
+                before = self._weight_norm()
                 loss = self.l_step(k, mu)
-                self._check_loss(k, loss)
+                self._check_loss(k, mu, loss, before)
                 self.c_step(k, mu)
                 if self.schedule.augmented_lagrangian:
                     self.update_multipliers(mu)
@@ -248,18 +253,36 @@ class LCEngine:
         with self.compressed():
             return float(self.gradient_norm(self.model, [p for t in self.tasks for p in t.params]))
 
-    def _check_loss(self, k: int, loss: float | None) -> None:
-        """A non-finite training loss ends the run before anything of this step is kept."""
-        if loss is None or math.isfinite(loss):
+    def _check_loss(self, k: int, mu: float, loss: float | None, before: float) -> None:
+        """A non-finite training loss, or weights that blew up, end the run before anything of this step is kept.
+
+        A diverging L step (plain SGD is unstable on the penalty once lr·μ > 2) can keep its loss finite for a
+        few steps while the weights grow by orders of magnitude; Δ(θ) follows them, so ‖w − Δ‖ stays small and
+        nothing else would notice. Checkpointing such a step would overwrite the last one worth resuming.
+        """
+        after = self._weight_norm()
+        if loss is not None and not math.isfinite(loss):
+            what = f"the L step's training loss is {loss}"
+        elif not math.isfinite(after):
+            what = "the L step left NaN or infinite values in the compressed weights"
+        elif before > 0 and after > DIVERGED * before:
+            what = (f"the L step diverged: the compressed weights' norm grew {after / before:.3g}× in one step "
+                    f"({before:.4g} → {after:.4g})")
+        else:
             return
         kept = (f"the checkpoint after LC step {k - 1} is intact (resume it after the fix); "
                 if self.checkpointer is not None else "")
         raise LcpressError(
-            f"LC step {k}: the L step's training loss is {loss} (μ = {self.history[-1]['mu']:.3g} before it); "
-            f"{kept}lower the learning rate (train.lr) or the growth of μ (schedule.factor), or check the "
-            f"training function for a division by zero or a log of zero. The model object now holds the weights "
-            f"that step trained: load the trained weights again before the next try"
+            f"LC step {k}: {what} (μ = {mu:.3g}); {kept}lower the learning rate (train.lr) or the growth of μ "
+            f"(schedule.factor) — with plain SGD the penalty alone diverges once lr·μ > 2 — or check the training "
+            f"function for a division by zero or a log of zero. The model object now holds the weights that step "
+            f"trained: load the trained weights again before the next try"
         )
+
+    def _weight_norm(self) -> float:
+        """‖w‖ over all tasks' weights, each in its penalty's norm (what a diverging L step inflates)."""
+        return math.sqrt(sum(float(self._squared_norm(i, task.weight().detach().double()))
+                             for i, task in enumerate(self.tasks)))
 
     def l_step(self, k: int, mu: float) -> float | None:
         """Train with the penalty pulling each task's weights towards Δ(θ) + λ/μ."""
@@ -353,6 +376,10 @@ class LCEngine:
             return
         by_task: dict[int, dict[str, torch.Tensor]] = {}
         for (i, name), moment in self.collector.take().items():
+            if not torch.isfinite(moment).all():
+                raise LcpressError(f"layer {name!r}: its inputs hold NaN or infinite values (or their second moment "
+                                   f"overflows), so its output-space error cannot be measured; check the data and the "
+                                   f"layers before it, or use the weight-space error for this layer")
             by_task.setdefault(i, {})[name] = moment
         for i, moments in by_task.items():
             scheme = self.tasks[i].scheme

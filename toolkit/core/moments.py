@@ -119,6 +119,8 @@ class MomentCollector:
                 else:  # the Gram matrix Σ x xᵀ
                     rows = input_vectors(module, args[0].detach())
                     rows = rows[:: -(-rows.shape[0] // self.max_rows)]  # at most max_rows, evenly strided
+                    if rows.dtype not in (torch.float32, torch.float64):  # a 16-bit Σ x xᵀ overflows past 65,504
+                        rows = rows.double()
                     total = (rows.T @ rows).to(torch.float64)
             self.sums[key] = total if key not in self.sums else self.sums[key] + total
             self.counts[key] = self.counts.get(key, 0) + rows.shape[0]

@@ -265,6 +265,10 @@ def mismatch_warning(max_abs_error: float, expected: torch.Tensor) -> str | None
     in a way no realized module reproduces; checks before training refuse the known cases, this catches the rest.
     """
     scale = float(expected.detach().abs().max()) if expected.numel() else 0.0
+    if not math.isfinite(max_abs_error) and math.isfinite(scale):
+        return (f"the realized model outputs NaN or infinite values where Δ(θ)'s outputs are finite: a realized "
+                f"layer's intermediate overflowed {expected.dtype}. Run the model in float32 or bfloat16, or exclude "
+                f"the layer whose thin layers overflow")
     if not math.isfinite(max_abs_error) or scale == 0.0:
         return None if max_abs_error == 0.0 else f"the realized model's output differs from Δ(θ)'s ({max_abs_error})"
     relative = 1e-3 if expected.dtype in (torch.float32, torch.float64) else 5e-2  # half types round far more

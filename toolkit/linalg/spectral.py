@@ -37,13 +37,25 @@ class Spectrum:
         return torch.cat([tail, tail.new_zeros(1)])
 
     def factors(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(A, B)`` with ``A @ B`` the best rank-``rank`` approximation; A is m×r, B r×n."""
+        """``(A, B)`` with ``A @ B`` the best rank-``rank`` approximation; A is m×r, B r×n.
+
+        Each of the r directions carries √s_i on both sides (A = U√S, B = √S Vᵀ) rather than all of s_i on
+        one: the realized thin layer's intermediate then has the size of the layer's outputs, where with
+        A = U it can be √m times larger and overflow a float16 model's 65,504.
+        """
         w = self.matrix.to(torch.float64)
         vectors = self.basis[:, :rank]
         if self.left:
-            a, b = vectors, vectors.T @ w
+            a, b = vectors, vectors.T @ w  # b's rows have norms s_i
+            root = b.norm(dim=1).sqrt()
         else:
-            a, b = w @ vectors, vectors.T
+            a, b = w @ vectors, vectors.T  # a's columns have norms s_i
+            root = a.norm(dim=0).sqrt()
+        root = torch.where(root > 0, root, torch.ones_like(root))  # a zero direction stays as it is
+        if self.left:
+            a, b = a * root, b / root[:, None]
+        else:
+            a, b = a / root, b * root[:, None]
         return a.to(self.matrix.dtype), b.to(self.matrix.dtype)
 
 
