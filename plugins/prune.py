@@ -249,7 +249,8 @@ def project_l1_ball(w: torch.Tensor, radius: float) -> torch.Tensor:
     ordered = torch.sort(magnitudes, descending=True)[0]
     excess = torch.cumsum(ordered, 0) - radius
     index = torch.arange(1, ordered.numel() + 1, dtype=torch.float64)
-    rho = int(torch.nonzero(ordered - excess / index > 0).max())
+    positive = torch.nonzero(ordered - excess / index > 0)
+    rho = int(positive.max()) if positive.numel() else 0  # a radius below rounding: only the largest survives
     level = float(excess[rho] / (rho + 1))
     return soft_threshold(w, level)
 

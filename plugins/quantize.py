@@ -168,7 +168,8 @@ class QuantizeScheme(Scheme):
         if self.options.solver == "lloyd":
             if warm:
                 init = previous.tensors["codebook"]
-            else:  # first C step: evenly spaced quantiles
+            else:  # first C step: evenly spaced quantiles (no more entries than there are weights)
+                k = min(k, values.numel())
                 init = torch.quantile(values.double().cpu(), (torch.arange(k, dtype=torch.float64) + 0.5) / k)
             return lloyd(values, init, self.options.iterations)
         return self._kmeans(values, k).codebook(k)  # the (near-)global optimum: nothing to warm-start

@@ -110,7 +110,12 @@ def test_storage_priced_at_another_width_than_the_model_holds_is_a_warning(caplo
     with caplog.at_level("WARNING", logger="lcpress"):
         lcpress.compress(nn.Sequential(nn.Linear(8, 8)), config, example_input=torch.randn(1, 8), progress=False)
         assert "dtype_bits: 16 prices each stored number at 16 bits, but the model holds 32-bit" in caplog.text
+        assert "(model.half())" in caplog.text
         caplog.clear()
         lcpress.compress(nn.Sequential(nn.Linear(8, 8)).half(), config, example_input=torch.randn(1, 8).half(),
                          progress=False)
-    assert "dtype_bits" not in caplog.text
+        assert "dtype_bits" not in caplog.text
+        config["cost_models"]["storage"]["dtype_bits"] = 32  # a half model priced at 32 bits: convert it back
+        lcpress.compress(nn.Sequential(nn.Linear(8, 8)).half(), config, example_input=torch.randn(1, 8).half(),
+                         progress=False)
+    assert "but the model holds 16-bit numbers" in caplog.text and "(model.float())" in caplog.text

@@ -97,7 +97,7 @@ def test_binned_solution_lies_between_the_exact_and_the_run_restricted_optimum(d
          "mixture": lambda: torch.cat([torch.randn(n // 2, generator=g) * 0.2, torch.randn(n // 2, generator=g) + 1]),
          }[draw]()
     exact, binned = optimal_kmeans(x, 16), binned_kmeans(x, 16, runs=runs)
-    _, _, p1, p2 = _sorted(x, 16)
+    _, _, p1, p2, _ = _sorted(x, 16)
     restricted, _ = _programme(torch.linspace(0, n, runs + 1, dtype=torch.float64).round().long().unique(), p1, p2, 16)
     assert torch.all(binned.errors >= exact.errors * (1 - 1e-12))
     assert torch.all(binned.errors <= restricted * (1 + 1e-12))
@@ -121,3 +121,25 @@ def test_binned_solution_with_long_runs_of_one_value_has_no_empty_entry():
     assert binned.errors[7] <= optimal_kmeans(x, 8).errors[7] * (1 + 1e-3)
     codebook, codes = binned.codebook(8)
     assert codebook.numel() == 8 and torch.isfinite(codebook).all() and torch.bincount(codes).min() > 0
+
+
+def test_values_with_a_large_common_offset_keep_their_optimal_error():
+    """Σx² − (Σx)²/n cancels when the values share an offset 10⁶ times their spread; about the median it does not."""
+    g = torch.Generator().manual_seed(0)
+    spread = torch.randn(5000, generator=g, dtype=torch.float64) * 1e-3
+    for offset in (1e4, 1e6):
+        shifted, centred = optimal_kmeans(spread + offset, 4), optimal_kmeans(spread, 4)
+        codebook, codes = shifted.codebook(4)
+        true = float(((spread + offset - codebook[codes]) ** 2).sum())
+        assert true == pytest.approx(float(centred.errors[3]), rel=1e-6)
+        assert float(shifted.errors[3]) == pytest.approx(true, rel=1e-6)
+
+
+@pytest.mark.parametrize("solve", [lambda x, k: optimal_kmeans(x, k).codebook(k),
+                                   lambda x, k: lloyd(x, torch.linspace(-1, 1, k), 30)])
+def test_a_codebook_holds_each_value_once_and_only_entries_in_use(solve):
+    """Two distinct values with k = 8: a 2-entry codebook (1-bit codes), not seven copies of one value."""
+    x = torch.tensor([-0.7] * 40 + [0.3] * 56, dtype=torch.float64)
+    codebook, codes = solve(x, 8)
+    assert codebook.tolist() == pytest.approx([-0.7, 0.3])
+    assert torch.allclose(codebook[codes], x, rtol=0, atol=1e-12)

@@ -226,3 +226,17 @@ def test_a_glob_leaves_depthwise_convs_alone_and_naming_one_is_refused(caplog):
     config["tasks"][0]["layers"] = ["2*"]
     with pytest.raises(lcpress.ConfigError, match=r"low_rank can compress none of the layers matched: '2'"):
         lcpress.compress(_mobile_block(), config, example_input=x)
+
+
+@pytest.mark.parametrize("allocation", ["sum", "minmax"])
+def test_a_budget_is_not_spent_on_rounding_past_an_exact_rank(allocation):
+    """An exactly rank-4 layer under a budget that allows rank 16 gets rank 4: ranks past it remove only
+    rounding (~1e-13·‖W‖²), and a target is a bound, not a quota."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.randn(64, 4) @ torch.randn(4, 64))
+    config = {"tasks": [{"layers": ["0"], "options": {"rank_multiple": 1, "allocation": allocation},
+                         "target": {"cost": "params", "ratio": 0.5}}], "schedule": {"steps": 0}}
+    result = lcpress.compress(model, config, example_input=torch.randn(2, 64), progress=False)
+    assert result.states[0].meta["rank"] == 4

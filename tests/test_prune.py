@@ -51,6 +51,8 @@ def test_l1_constraint_is_the_projection_onto_the_ball():
         assert float(((w - other) ** 2).sum()) >= distance - 1e-5
     inside = torch.tensor([0.1, -0.2])
     assert torch.equal(project_l1_ball(inside, 1.0), inside)
+    tiny = project_l1_ball(w, 1e-20)  # a radius below rounding of the weights: the largest one, shrunk to it
+    assert int((tiny != 0).sum()) <= 1 and float(tiny.abs().sum()) <= 1e-15
 
 
 def test_penalty_modes_threshold_at_the_closed_form_levels():

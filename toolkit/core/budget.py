@@ -19,6 +19,9 @@ from typing import Sequence
 
 import torch
 
+#: Errors below this share of ‖w‖² are float rounding: an exactly rank-4 layer's errors past rank 4 are ~1e-13·‖W‖².
+ROUNDING = 1e-10
+
 
 @dataclass
 class Choice:
@@ -33,6 +36,15 @@ class Choice:
     @property
     def feasible(self) -> bool:
         return self.budget is None or self.total_cost <= self.budget * (1 + 1e-9)
+
+
+def without_rounding(errors: torch.Tensor, scale: float) -> torch.Tensor:
+    """``errors`` with those within rounding of ``scale`` (the error of Δ = 0, ‖w‖²) set to 0.
+
+    Otherwise a budget is spent removing rounding: the forms past an exactly low-rank layer's rank differ by
+    ~1e-13·‖W‖², and the selection would take the largest that fits rather than the cheapest exact one.
+    """
+    return torch.where(errors <= ROUNDING * scale, torch.zeros_like(errors), errors)
 
 
 def pick(costs: torch.Tensor, errors: torch.Tensor, trade_off: float) -> int:

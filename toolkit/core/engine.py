@@ -507,8 +507,10 @@ class LCEngine:
             errors = []
             for i in members:
                 e = contexts[i].candidates.errors.to("cpu", torch.float64)  # costs are CPU tensors; SVDs stay on the device
+                zero = max(float(self._squared_norm(i, inputs[i].double())), 1e-300)  # the error of Δ = 0
+                e = budget_mod.without_rounding(e, zero)
                 if cfg.normalize or minmax or measured:  # relative to the error of Δ = 0, in the task's own metric
-                    e = e / max(float(self._squared_norm(i, inputs[i].double())), 1e-300)
+                    e = e / zero
                 errors.append(e)
             if measured:
                 errors = self._measured_drops(k, members, inputs, contexts, errors)
@@ -857,11 +859,13 @@ def _unreachable(task: Task, model: CostModel, choice: budget_mod.Choice) -> str
     share = f"{choice.budget / dense:.1%} of dense" if dense else ""
     asked = (f"{choice.budget:.4g} {model.unit}" + (f" ({share})" if share else "")) if by_value or not dense else share
     reach = f"{choice.total_cost / dense:.1%}" if dense else f"{choice.total_cost:.4g} {model.unit}"
+    multiple = getattr(task.scheme.options, "rank_multiple", None)
+    smaller = ("" if multiple == 1 else ", or allow smaller forms in the scheme's options"
+               + (f" (rank_multiple: {multiple} now)" if multiple else " (low_rank: a smaller rank_multiple)"))
     return (f"tasks[{task.group}].target: {model.name} ≤ {asked} is out of reach: the cheapest forms of the group's "
             f"layers reach {reach} of their dense {model.name}{at}, so those are used. Raise the target "
-            f"{'value' if by_value else 'ratio'}, compress more layers, price the task in what its scheme saves "
-            f"(quantized and sparse layers store less but run as dense ones: cost: storage), or allow smaller forms "
-            f"in the scheme's options (low_rank: a smaller rank_multiple)")
+            f"{'value' if by_value else 'ratio'}, compress more layers, or price the task in what its scheme saves "
+            f"(quantized and sparse layers store less but run as dense ones: cost: storage){smaller}")
 
 
 def _refuse_all_dense(group: int, chosen: list[Form]) -> None:

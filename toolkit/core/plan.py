@@ -246,9 +246,10 @@ def _warn_other_precision(model: nn.Module, config: LCConfig, cost_models: dict[
     for name, cost_model in cost_models.items():
         bits = getattr(cost_model.options, "dtype_bits", None)
         if bits and bits != held and (name in used or name in config.cost_models):
+            convert = "model.half()" if bits == 16 else "model.float()" if bits == 32 else "model.double()"
             log.warning("cost_models.%s.dtype_bits: %d prices each stored number at %d bits, but the model holds "
                         "%d-bit numbers, which the saved file stores: set dtype_bits: %d, or convert the model "
-                        "(model.half()) before compressing", name, bits, bits, held, held)
+                        "(%s) before compressing", name, bits, bits, held, held, convert)
 
 
 def _batch_of(example_input: Any) -> int | None:

@@ -39,13 +39,15 @@ class KMeans1D:
     :ivar errors: ``errors[k-1]`` is the optimal sum of squared errors with k entries.
     """
 
-    sorted_values: torch.Tensor  # float64, ascending
+    sorted_values: torch.Tensor  # float64, ascending, minus ``shift``
     order: torch.Tensor  # indices that sort the original vector
     errors: torch.Tensor  # float64, length K
     bounds: list[torch.Tensor]  # bounds[k-1]: the k+1 boundaries (indices into sorted_values) of k clusters
+    shift: float = 0.0  # the median, taken off every value so the prefix sums do not cancel
 
     def codebook(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(codebook, codes)`` of the optimal k-entry solution, codes in the original order."""
+        """``(codebook, codes)`` of the optimal k-entry solution, codes in the original order; a run of equal
+        values split over several clusters is one entry (there are fewer distinct values than k)."""
         bounds = self.bounds[min(k, len(self.bounds)) - 1]
         starts, ends = bounds[:-1], bounds[1:]
         keep = ends > starts  # empty clusters only when there are fewer distinct values than k
@@ -55,38 +57,59 @@ class KMeans1D:
         sorted_codes = torch.repeat_interleave(torch.arange(len(starts)), ends - starts)
         codes = torch.empty_like(sorted_codes)
         codes[self.order] = sorted_codes
-        return centres, codes
+        return compact(centres + self.shift, codes)
+
+
+def compact(centres: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An ascending codebook without the entries no code uses and without repeated entries, codes remapped.
+
+    A codebook of k entries stores ⌈log₂ k⌉ bits per weight: one whose entries repeat, or go unused, is
+    priced and stored larger than the same quantization needs.
+    """
+    used = torch.zeros(centres.numel(), dtype=torch.bool, device=centres.device)
+    used[codes] = True
+    entries, inverse = torch.unique_consecutive(centres[used], return_inverse=True)
+    remap = torch.full((centres.numel(),), -1, dtype=torch.long, device=centres.device)
+    remap[used] = inverse
+    return entries, remap[codes]
 
 
 def optimal_kmeans(x: torch.Tensor, max_k: int) -> KMeans1D:
     """Exact k-means of the values of ``x`` for every k ≤ ``max_k`` (see the module docstring)."""
-    values, order, p1, p2 = _sorted(x, max_k)
+    values, order, p1, p2, shift = _sorted(x, max_k)
     n = values.numel()
     errors, bounds = _programme(torch.arange(n + 1), p1, p2, max_k)
-    return KMeans1D(values, order, errors, bounds)
+    return KMeans1D(values, order, errors, bounds, shift)
 
 
 def binned_kmeans(x: torch.Tensor, max_k: int, runs: int = 1 << 16) -> KMeans1D:
     """k-means of the values of ``x`` for every k ≤ ``max_k``: the exact programme over ``runs`` equal-count runs
     of the sorted values, then Lloyd's iterations over all of them (see the module docstring)."""
-    values, order, p1, p2 = _sorted(x, max_k)
+    values, order, p1, p2, shift = _sorted(x, max_k)
     n = values.numel()
     edges = torch.unique(torch.linspace(0, n, runs + 1, dtype=torch.float64).round().long())
     errors, bounds = _programme(edges, p1, p2, max_k)
     refined = [_lloyd_sorted(values, p1, b) for b in bounds]
-    return KMeans1D(values, order, torch.stack([_total_sse(p1, p2, b) for b in refined]), refined)
+    return KMeans1D(values, order, torch.stack([_total_sse(p1, p2, b) for b in refined]), refined, shift)
 
 
-def _sorted(x: torch.Tensor, max_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The values ascending (float64), their order, and the prefix sums of values and squares."""
+def _sorted(x: torch.Tensor, max_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """The values ascending (float64) less their median, their order, the prefix sums of values and squares,
+    and the median.
+
+    A run's squared error is ``Σx² − (Σx)²/n`` from the prefix sums, which cancels catastrophically when the
+    values share an offset much larger than their spread; taken about the median, it does not.
+    """
     if max_k < 1:
         raise ValueError(f"max_k must be at least 1, got {max_k}")
     values, order = torch.sort(x.detach().reshape(-1).to(torch.float64).cpu())
     if values.numel() == 0:
         raise ValueError("cannot quantize an empty tensor")
+    shift = float(values[values.numel() // 2])
+    values = values - shift
     p1 = torch.cat([values.new_zeros(1), torch.cumsum(values, 0)])
     p2 = torch.cat([values.new_zeros(1), torch.cumsum(values * values, 0)])
-    return values, order, p1, p2
+    return values, order, p1, p2, shift
 
 
 def _programme(edges: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor,
@@ -212,7 +235,7 @@ def lloyd(x: torch.Tensor, codebook: torch.Tensor, iterations: int = 30) -> tupl
         centres, codes = updated, new_codes
         if converged:
             break
-    return centres, codes
+    return compact(centres, codes)
 
 
 def assign(values: torch.Tensor, sorted_codebook: torch.Tensor) -> torch.Tensor:
