@@ -324,6 +324,17 @@ def test_a_run_directory_from_elsewhere_runs_no_code_when_exported_from_inside_i
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("module", ["yaml", "pandas", "safetensors"])
+def test_python_m_lcpress_imports_nothing_from_the_folder_it_is_started_in(tmp_path, module):
+    """The package's own imports run before its __main__: a `yaml.py` there must not be the yaml imported."""
+    marker = tmp_path / "executed"
+    (tmp_path / f"{module}.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    done = subprocess.run([sys.executable, "-m", "lcpress", "plugins"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "LCPRESS_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists()
+
+
 def test_factories_and_relative_paths_resolve_against_the_config_file(tmp_path, monkeypatch):
     project = tmp_path / "project"
     project.mkdir()

@@ -308,6 +308,94 @@ def test_tampered_manifest_with_unknown_module_type(tmp_path):
         lcpress.load(path)
 
 
+def _forged(path, edit):
+    """The file at ``path`` with its manifest edited and its checksum recomputed, as a forger would."""
+    from safetensors.torch import load_file, save_file
+
+    from lcpress.io.files import payload_digest
+
+    manifest = lcpress.io.modelfile.read_manifest(path)
+    tensors = load_file(str(path))
+    edit(manifest, tensors)
+    manifest["sha256"] = payload_digest(tensors, manifest)
+    save_file(tensors, str(path), metadata={"lcpress": json.dumps(manifest)})
+    return path
+
+
+def _set_device(manifest, tensors):
+    manifest["architecture"]["children"][0][1]["args"]["device"] = "cpu"
+
+
+def _child_named(name):
+    def edit(manifest, tensors):
+        manifest["architecture"]["children"][0][1]["children"] = [[name, {"type": "ReLU", "args": {}}]]
+    return edit
+
+
+def _conv_child_named(name):
+    def edit(manifest, tensors):
+        layer = manifest["architecture"]["children"][0][1]["children"][0][1]
+        assert layer["type"] == "Conv2d"
+        layer["children"] = [[name, {"type": "ReLU", "args": {}}]]
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_set_device, r"args\.device: not a constructor argument a model file may set"),
+    (_child_named("_parameters"), r"'_parameters' is not a submodule name"),
+    (_child_named("forward"), r"'forward' is not a submodule name"),
+    (_child_named("a.b"), r"'a\.b' is not a submodule name"),
+    (_conv_child_named("in_channels"), r"its child 'in_channels': attribute 'in_channels' already exists"),
+])
+def test_a_forged_architecture_is_refused_before_anything_is_allocated(tmp_path, edit, message):
+    """device= would build the layer for real past the meta-device build; a child under a module's own attribute
+    would replace its state."""
+    model, _ = _compressed_sequential()
+    path = _forged(lcpress.save(model, tmp_path / "m.safetensors"), edit)
+    with pytest.raises(CheckpointError, match=message):
+        lcpress.load(path)
+
+
+def test_a_codec_larger_than_its_layer_is_refused_at_load(tmp_path):
+    """A few-KB file whose sparse 3×4 layer claims a 2²⁰×2²⁰ weight with one nonzero: every stored tensor has the
+    size the claim implies, so only the codec's shape against its layer's tells; refused at load, not at the first
+    forward (which would allocate 4 TB)."""
+    from lcpress.nn.bitpack import bits_for, pack_bits
+    from lcpress.nn.codecs import DecodedLinear, SparseWeight
+
+    w = torch.zeros(3, 4)
+    w[0, 1] = 1.0
+    model = nn.Sequential(DecodedLinear.of(nn.Linear(4, 3), [SparseWeight.of(w)]))
+    side = 2**20
+
+    def grow(manifest, tensors):
+        codec = manifest["architecture"]["children"][0][1]["children"][0][1]["children"][0][1]
+        codec["args"].update(shape=[side, side], nonzeros=1)
+        tensors["0.codecs.0.positions"] = pack_bits(torch.tensor([5]), bits_for(side * side))
+        tensors["0.codecs.0.values"] = torch.ones(1)
+
+    path = _forged(lcpress.save(model, tmp_path / "m.safetensors"), grow)
+    with pytest.raises(CheckpointError, match=r"layer '0' holds a weight of shape \(3, 4\), but the file decodes "
+                                              r"one of \(1048576, 1048576\)"):
+        lcpress.load(path)
+
+
+def test_an_alias_that_is_not_the_same_layer_is_refused_and_the_model_kept(tmp_path):
+    model, x = _compressed_custom()
+    path = lcpress.save(model, tmp_path / "m.safetensors")
+
+    def alias(manifest, tensors):
+        manifest["layers"][0]["aliases"] = ["fc.in_features"]
+
+    _forged(path, alias)
+    torch.manual_seed(1)
+    user = Custom()
+    with pytest.raises(CheckpointError, match=r"names 'fc\.in_features' as another name of layer 'conv'"):
+        lcpress.load(path, model=user)
+    assert user.fc.in_features == 576 and isinstance(user.conv, nn.Conv2d)
+    user(x)
+
+
 def test_info_command_prints_the_manifest(tmp_path, capsys):
     model, _ = _compressed_sequential()
     path = lcpress.save(model, tmp_path / "m.safetensors")

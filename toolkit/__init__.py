@@ -16,7 +16,16 @@ package is in docs/architecture.md.
 
 from __future__ import annotations
 
-from lcpress.version import __version__
+import os as _os
+import sys as _sys
+
+# `python -m lcpress` (and `torchrun -m lcpress`) put the current directory first on the import path, and this
+# package's own imports (yaml, pandas, torch …) run before __main__ could remove it: a `yaml.py` in the folder a
+# run is started from would run first. While the package is imported for -m, argv[0] is "-m".
+if _sys.argv[:1] == ["-m"]:
+    _sys.path[:] = [p for p in _sys.path if p not in ("", _os.getcwd())]
+
+from lcpress.version import __version__  # noqa: E402
 
 # errors
 from lcpress.errors import (CheckpointError, ConfigError, CStepError, FileWriteError, LcpressError, PartError,

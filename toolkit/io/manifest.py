@@ -16,6 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lcpress.errors import CheckpointError
 
 #: Deepest module tree a file may describe (a model nests a few dozen levels at most).
@@ -96,13 +98,30 @@ def check_module_tree(doc: Any, field: str, where: "_Where | str | Path") -> Non
         args = node.get("args", {})
         where.expect(args, dict, f"{at}.args")
         for key, value in args.items():
+            if not key.isidentifier() or key.startswith("_") or key in PLACEMENT:  # device= allocates past meta
+                raise where.error(f"{at}.args.{key}", "not a constructor argument a model file may set")
             _check_argument(value, f"{at}.args.{key}", where)
         children = node.get("children", [])
         where.expect(children, list, f"{at}.children")
         for i, child in enumerate(children):
             if not (isinstance(child, list) and len(child) == 2 and isinstance(child[0], str)):
                 raise where.error(f"{at}.children[{i}]", "expected [name, module]")
+            if not _child_name(child[0]):  # `_parameters`, `training`: attributes of every module, not children
+                raise where.error(f"{at}.children[{i}]", f"{child[0]!r} is not a submodule name")
             stack.append((child[1], f"{at}.children[{i}]", depth + 1))
+
+
+#: Constructor arguments that place or type a module's tensors: the file decides neither (they are built on the
+#: meta device and take the stored tensors' dtype).
+PLACEMENT = frozenset({"device", "dtype"})
+
+#: Names nn.Module itself holds: a child under one of them would replace the module's own state.
+_MODULE_ATTRIBUTES = frozenset(dir(torch.nn.Module()))
+
+
+def _child_name(name: str) -> bool:
+    """A name ``add_module`` takes for a child of any module: not empty, no dot, not an attribute every module has."""
+    return bool(name) and "." not in name and name not in _MODULE_ATTRIBUTES
 
 
 def _check_argument(value: Any, field: str, where: "_Where") -> None:

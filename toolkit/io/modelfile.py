@@ -30,6 +30,7 @@ from lcpress.errors import CheckpointError, LcpressError
 from lcpress.io.files import read_file, write_file
 from lcpress.io.manifest import check_manifest
 from lcpress.nn.architecture import Allowed, module_from_json, module_to_json, unsupported, with_plugins
+from lcpress.nn.codecs import DecodedLayer
 from lcpress.version import __version__
 
 FORMAT = "lcpress-model"
@@ -172,6 +173,11 @@ def _fitting(model: nn.Module, tensors: dict[str, torch.Tensor], path: str | Pat
         if tuple(stored.shape) != tuple(value.shape) or (stored.dtype != value.dtype and not floats):
             raise CheckpointError(f"model file {str(path)!r}: tensor {key!r} is stored as {tuple(stored.shape)} "
                                   f"{stored.dtype} but the described module holds {tuple(value.shape)} {value.dtype}")
+    for name, module in model.named_modules():  # a codec decodes its layer's weight: a larger one is a forged file
+        for codec in module.codecs if isinstance(module, DecodedLayer) else ():
+            if module.weight_shape is not None and tuple(codec.shape) != tuple(module.weight_shape):
+                raise CheckpointError(f"model file {str(path)!r}: layer {name!r} holds a weight of shape "
+                                      f"{tuple(module.weight_shape)}, but the file decodes one of {tuple(codec.shape)}")
     return model
 
 
@@ -304,6 +310,15 @@ def _swap_in(model: nn.Module, layer: dict[str, Any], allowed: Allowed, path: st
             f"layer {layer['name']!r} of the given model does not match the saved one "
             f"(expected a weight of shape {layer['weight_shape']}); pass the architecture the model was compressed from"
         )
+    for alias in layer.get("aliases", []):  # another name of this same layer (a shared module), nothing else
+        try:
+            same = isinstance(alias, str) and bool(alias) and get_module(model, alias) is current
+        except LcpressError:
+            same = False
+        if not same:
+            raise CheckpointError(f"model file {str(path)!r} names {alias!r} as another name of layer "
+                                  f"{layer['name']!r}, which it is not in the given model; pass the architecture the "
+                                  f"model was compressed from")
     where = f", layer {layer['name']!r}" + (f" (scheme {layer['scheme']!r})" if layer.get("scheme") else "")
     new = _on_meta(lambda: module_from_json(layer["module"], allowed), path, where)
     replace_module(model, layer["name"], new.train(current.training), layer.get("aliases", []))  # the mode it replaces

@@ -150,8 +150,8 @@ def module_from_json(doc: dict[str, Any], allowed: Allowed = ALLOWED) -> nn.Modu
         raise CheckpointError(f"cannot rebuild {kind} from the file's arguments {args}: {type(exc).__name__}: "
                               f"{exc}") from None
     for name, child in doc.get("children", []):
-        if isinstance(module, nn.Sequential) or isinstance(module, nn.ModuleList):
+        try:  # as torch registers a child: never over one of the module's own attributes (in_features, weight …)
             module.add_module(str(name), module_from_json(child, allowed))
-        else:
-            setattr(module, name, module_from_json(child, allowed))
+        except KeyError as exc:
+            raise CheckpointError(f"cannot rebuild {kind}: its child {name!r}: {exc.args[0]}") from None
     return module

@@ -186,6 +186,11 @@ class DecodedLayer(nn.Module):
 
     codecs: nn.ModuleList
 
+    @property
+    def weight_shape(self) -> tuple[int, ...] | None:
+        """The shape of the weight every codec must decode to (the plain layer's); None: a subclass that does not say."""
+        return None
+
     def _init_decoded(self, out_channels: int, bias: bool) -> None:
         self.codecs = nn.ModuleList()
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
@@ -241,6 +246,10 @@ class DecodedLinear(DecodedLayer):
         self.in_features, self.out_features = in_features, out_features
         self._init_decoded(out_features, bias)
 
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return (self.out_features, self.in_features)
+
     @classmethod
     def of(cls, linear: nn.Linear, codecs: Sequence[WeightCodec]) -> "DecodedLinear":
         new = cls(linear.in_features, linear.out_features, linear.bias is not None)
@@ -276,6 +285,10 @@ class DecodedConv2d(DecodedLayer):
                      "padding_mode", "_reversed_padding_repeated_twice"):
             setattr(self, name, getattr(template, name))
         self._init_decoded(out_channels, bias)
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
 
     @classmethod
     def of(cls, conv: nn.Conv2d, codecs: Sequence[WeightCodec]) -> "DecodedConv2d":
@@ -315,6 +328,10 @@ class DecodedEmbedding(DecodedLayer):
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
         self._init_decoded(embedding_dim, False)
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return (self.num_embeddings, self.embedding_dim)
 
     @classmethod
     def of(cls, embedding: nn.Embedding, codecs: Sequence[WeightCodec]) -> "DecodedEmbedding":
