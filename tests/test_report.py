@@ -152,6 +152,13 @@ def test_report_cli(finished_run, tmp_path, capsys):
     assert "report.html" in capsys.readouterr().out
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "is not an lcpress run directory" in capsys.readouterr().err
+    notes = tmp_path / "notes"  # a folder of the user's that happens to hold a history.csv: its report.md is theirs
+    notes.mkdir()
+    (notes / "history.csv").write_text("step,mu,train_loss\n0,1,0.5\n")
+    (notes / "report.md").write_text("my own notes")
+    assert main(["report", str(notes), "--no-plots"]) == 2
+    assert "no run.json of lcpress's" in capsys.readouterr().err
+    assert (notes / "report.md").read_text() == "my own notes" and not (notes / "report.html").exists()
 
 
 def test_per_step_lines_go_to_stderr_unless_quiet(dense_mlp, monkeypatch, capsys):

@@ -109,6 +109,30 @@ def test_a_notebook_sweeps_with_the_functions_it_compresses_with(dense_mlp, tmp_
         sweep(dense_mlp, config, [0.4], train_fn=train_fn, example_input=x, progress=False)
 
 
+def test_a_sweep_writes_into_no_folder_and_over_no_file_of_the_users(dense_mlp, tmp_path):
+    from lcpress.errors import RunDirectoryError
+
+    loaders = digits_loaders(64, 0)
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "sweep.md").write_text("my own sweep notes")
+    config = dict(CONFIG, schedule={"steps": 0}, output_dir=str(out))
+    with pytest.raises(RunDirectoryError, match=r"holds sweep\.md, which lcpress did not write"):
+        sweep(dense_mlp, config, [0.4], loaders=loaders, progress=False, reports=False)
+    assert (out / "sweep.md").read_text() == "my own sweep notes" and not any(out.glob("target-*"))
+    (out / "sweep.md").unlink()
+    point = out / "target-0.4"  # a folder of the user's under a point's name: no run goes into it without --force
+    point.mkdir()
+    (point / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirectoryError, match="is a folder lcpress did not create"):
+        sweep(dense_mlp, config, [0.4], loaders=loaders, progress=False, reports=False)
+    assert sorted(p.name for p in point.iterdir()) == ["notes.txt"]
+    point.rename(tmp_path / "kept")
+    first = sweep(dense_mlp, config, [0.4], loaders=loaders, progress=False, reports=False)
+    again = sweep(dense_mlp, config, [0.4], loaders=loaders, progress=False, reports=False)  # its own tables
+    assert first.files["markdown"] == again.files["markdown"] and (out / "sweep.csv").exists()
+
+
 def test_sweep_needs_a_target_and_targets(dense_mlp, tmp_path):
     loaders = digits_loaders(64, 0)
     no_target = {"tasks": [{"layers": ["1"], "options": {"rank": 8}}], "output_dir": str(tmp_path)}

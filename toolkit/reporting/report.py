@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from lcpress.atomic import replacing, write_bytes_atomic, write_text_atomic
+from lcpress.errors import RunDirectoryError
 from lcpress.io.rundir import RunDirectory
 from lcpress.reporting import plots as draw
 from lcpress.reporting.document import Bullets, Document, Heading, Image, Paragraph, Table
@@ -44,6 +45,10 @@ def write_report(run_dir: str | Path, *, plots: bool | None = None) -> ReportFil
         makes a missing matplotlib an error.
     """
     summary = read_run(run_dir)
+    if not RunDirectory(run_dir).is_run():  # report.md, report.html … of a folder lcpress did not make are the user's
+        raise RunDirectoryError(f"{str(run_dir)!r} is not an lcpress run directory (it has a history.csv but no "
+                                f"run.json of lcpress's), so no report is written into it; give the output_dir of an "
+                                f"lcpress run")
     if plots is None:
         plots = draw.matplotlib_available()
         if not plots:

@@ -128,6 +128,7 @@ def sweep(
                           "or loaders=(train, eval) for the built-in trainer and accuracy")
     inputs = _Inputs(train_fn, eval_fn, loaders, example_input, calibration)
     out = config.path(config.output_dir)  # type: ignore[arg-type]
+    _refuse_foreign_tables(out)
     rows: list[dict[str, Any]] = []
     dense_metric = None
     for i, target in enumerate(targets, 1):
@@ -186,6 +187,27 @@ def _reseed(loaders: tuple[Any, Any], seed: int) -> None:
         generator.manual_seed(seed)
 
 
+#: What the start of each file a sweep writes holds when the sweep wrote it.
+SWEEP_FILES = {"sweep.md": b"# lcpress sweep:", "sweep.html": b"lcpress sweep:", "sweep.csv": b"method,target,"}
+
+
+def _refuse_foreign_tables(out: Path) -> None:
+    """A sweep replaces its own tables and figure only: files of those names that it did not write are the user's."""
+    ours = {name: (out / name).is_file() and marker in (out / name).read_bytes()[:4096]
+            for name, marker in SWEEP_FILES.items()}
+    foreign = [name for name in SWEEP_FILES if (out / name).exists() and not ours[name]]
+    if (out / "sweep.png").exists() and not ours["sweep.md"]:
+        foreign.append("sweep.png")
+    if foreign:
+        raise RunDirectoryError(f"{str(out)!r} holds {', '.join(foreign)}, which lcpress did not write and the sweep "
+                                f"would replace; move them, or choose another output_dir")
+
+
+def _forcing(run_dir: Path, force: bool) -> bool:
+    """A point run afresh may replace a run of lcpress's own only; a folder of the user's is refused unless --force."""
+    return force or RunDirectory(run_dir).is_run()
+
+
 def _existing(run_dir: Path, config: LCConfig, force: bool, done_key: str = "") -> str:
     """'reuse' a finished run of the same config, 'resume' an unfinished one, else 'fresh'."""
     directory = RunDirectory(run_dir)
@@ -214,7 +236,8 @@ def _lc_run(model, config, target, run_dir, inputs: _Inputs, force, progress, re
     cfg = with_target(config, target, run_dir)
     state = _existing(run_dir, cfg, force)
     if state != "reuse":
-        inputs.compress(model, cfg, resume=state == "resume", force=state == "fresh", progress=progress)
+        inputs.compress(model, cfg, resume=state == "resume", force=state == "fresh" and _forcing(run_dir, force),
+                        progress=progress)
         if reports:
             write_report(run_dir)
     return RunDirectory(run_dir).info()
@@ -268,7 +291,7 @@ def _baseline_run(model, config, target, run_dir, inputs: _Inputs, force, progre
     cfg = baseline_config(copy.deepcopy(model).to(device), config, target, example, run_dir)
     if _existing(run_dir, cfg, force, done_key="fine_tuned") == "reuse":
         return RunDirectory(run_dir).info()
-    inputs.compress(model, cfg, force=True, progress=progress)
+    inputs.compress(model, cfg, force=_forcing(run_dir, force), progress=progress)
     RunDirectory(run_dir).update_info(fine_tuned=True, fine_tune_passes=cfg.finetune.steps)
     if reports:
         write_report(run_dir)
