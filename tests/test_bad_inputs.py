@@ -244,6 +244,17 @@ def test_an_extension_refused_for_its_checkpoint_leaves_the_finished_run_as_it_w
     assert (out / "run.json").read_text() == before  # still the finished 2-step run (it became "running", 4 steps)
 
 
+def test_an_extension_of_another_architecture_leaves_the_finished_run_as_it_was(tmp_path):
+    out = tmp_path / "run"
+    _compress(out)
+    before = (out / "run.json").read_text()
+    wider = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 4))
+    more = {"schedule": {"steps": 4, "mu0": 0.01, "factor": 2.0}}
+    with pytest.raises(LcpressError, match="another architecture"):
+        lcpress.compress(wider, _config(out, **more), loaders=_data(), resume=True, extend=True, progress=False)
+    assert (out / "run.json").read_text() == before
+
+
 def test_a_checkpoint_another_config_wrote_is_not_resumed(tmp_path, power_cut):
     out, other = tmp_path / "run", tmp_path / "other-lr"
     _interrupted(out, power_cut)

@@ -785,14 +785,7 @@ class LCEngine:
 
     def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         """Continue from a :meth:`snapshot`."""
-        names = [t.name for t in self.tasks]
-        if meta["task_names"] != names:
-            raise LcpressError(
-                f"the checkpoint compresses layers {meta['task_names']} but this config plans {names}; "
-                f"resume with the config the run started with, or start afresh with --force"
-            )
-        state = join_tensors(meta["model"], tensors)
-        _refuse_other_model(state, self.model.state_dict())
+        state = check_restorable(self.model, self.tasks, tensors, meta)
         self.model.load_state_dict(state)
         device = next(self.model.parameters()).device
         self.states = [None if s is None else _state(join_tensors(s, tensors)).to(device) for s in meta["states"]]
@@ -810,6 +803,21 @@ class LCEngine:
     def _set_rng(self, k: int) -> None:
         torch.manual_seed(self.seed + k)
         random.seed(self.seed + k)
+
+
+def check_restorable(model: nn.Module, tasks: Sequence[Task], tensors: dict[str, torch.Tensor],
+                     meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The model state a :meth:`LCEngine.snapshot` holds, when it can continue this model and these tasks; else
+    the refusal, raised before anything is changed (a run resumed or extended checks this before it writes)."""
+    names = [t.name for t in tasks]
+    if meta["task_names"] != names:
+        raise LcpressError(
+            f"the checkpoint compresses layers {meta['task_names']} but this config plans {names}; "
+            f"resume with the config the run started with, or start afresh with --force"
+        )
+    state = join_tensors(meta["model"], tensors)
+    _refuse_other_model(state, model.state_dict())
+    return state
 
 
 def _refuse_other_model(saved: dict[str, torch.Tensor], current: dict[str, torch.Tensor]) -> None:

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from lcpress.atomic import replacing
 from lcpress.config import LCConfig, TrainConfig
-from lcpress.core.engine import CalibrateFn, EvalFn, LCEngine, LStep, TrainFn, evaluated
+from lcpress.core.engine import CalibrateFn, EvalFn, LCEngine, LStep, TrainFn, check_restorable, evaluated
 from lcpress.core.graph import ModelGraph
 from lcpress.core.plan import Plan, Task, load_config, plan, refuse_unloaded
 from lcpress.core.realize import (RealizedLayer, eval_output, load_compressed, mismatch_warning,
@@ -317,6 +317,8 @@ def _run(setup: _Setup, run_dir: RunDirectory | None, resuming: bool,
     train_fn, eval_fn = setup.train_fn, setup.eval_fn
     graph, tasks, cost_models = setup.planned.graph, setup.planned.tasks, setup.planned.cost_models
     resumed = _read_checkpoint(run_dir, config) if resuming else None
+    if resumed is not None:  # another architecture or other layers: refused while run.json is as it was
+        check_restorable(model, tasks, resumed[0], resumed[1]["engine"])
     if extension is not None:
         distributed.on_main(lambda: run_dir.update_info(status="running", **extension))
     dense_copy = copy.deepcopy(model) if setup.timed and distributed.is_main() else None
