@@ -211,6 +211,19 @@ def test_yaml_merge_keys_share_settings_and_a_duplicate_key_still_names_its_line
     assert "<unicode string>" not in str(error.value)
 
 
+def test_a_config_whose_aliases_expand_past_any_real_config_is_refused_in_one_line(tmp_path):
+    """Nine aliases nested eight deep share one list in memory and spell out 43 million values in a message."""
+    from lcpress.config import read_yaml
+
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines + ["seed: *a8", ""]))
+    with pytest.raises(ConfigError, match=r"bomb.yaml: the config expands to more than 100,000 values") as error:
+        read_yaml(path)
+    assert len(str(error.value)) < 300
+
+
 def test_a_layer_that_is_no_compressible_kind_says_whether_it_holds_any(capsys):
     model = nn.Sequential(nn.Sequential(nn.Linear(4, 4)), nn.LayerNorm(4))
     for layer, said in [("0", r"'0' is a Sequential; .*name the layers inside it, e.g. '0.\*'"),

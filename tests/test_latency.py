@@ -108,7 +108,7 @@ def test_a_table_with_a_foreign_fingerprint_inside_is_ignored(cache, caplog):
     assert fresh.measurements == 1 and "another device" in caplog.text
 
 
-@pytest.mark.parametrize("damage", ['{"format": "lcpress-cost-table", "entries": {broken', "[]", "null"])
+@pytest.mark.parametrize("damage", ['{"format": "lcpress-cost-table", "entries": {broken', "[]", "null", "[" * 100_000])
 def test_a_corrupted_table_is_set_aside_and_rebuilt(cache, caplog, damage):
     model = StairTimer()
     model.cost(SPEC, LowRank(8))

@@ -410,6 +410,20 @@ def test_info_command_prints_the_manifest(tmp_path, capsys):
     assert "rank=3" in capsys.readouterr().out
 
 
+def test_info_prints_a_forged_files_text_as_text(tmp_path, capsys):
+    """A terminal control sequence in a version string could print a fake "loads …: yes" over the real line."""
+    model, _ = _compressed_sequential()
+
+    def forge(manifest, tensors):
+        manifest["lcpress_version"] = "0.2\x1b[2K\nloads without the model's code: yes\x1b[8m"
+        manifest["layers"][0]["form"] = {"parts": 5}
+
+    path = _forged(lcpress.save(model, tmp_path / "m.safetensors"), forge)
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\\x1b[2K" in out and "unreadable form 5" in out
+
+
 def test_a_write_that_fails_leaves_the_file_as_it_was(tmp_path):
     from lcpress.atomic import write_text_atomic
     from lcpress.atomic import replacing

@@ -258,3 +258,13 @@ def test_a_directory_or_a_dtype_onnxruntime_cannot_run_is_refused_and_writes_not
     with pytest.raises(lcpress.LcpressError, match="onnxruntime cannot run the exported file .*float32 copy"):
         lcpress.export_onnx(model.to(torch.bfloat16), tmp_path / "m.onnx", torch.randn(1, 8, dtype=torch.bfloat16))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_edited_run_json_cannot_make_export_allocate_terabytes():
+    from lcpress.errors import LcpressError
+    from lcpress.runs.results import example_for
+
+    record = {"example_input": {"shape": [1000000, 1000000, 16], "dtype": "float32"}}
+    with pytest.raises(LcpressError, match="did not record a usable input shape; give one, e.g. --input-shape"):
+        example_for(record, None)
+    assert example_for({"example_input": {"shape": [2, 3], "dtype": "float32"}}, None).shape == (2, 3)

@@ -287,3 +287,25 @@ def test_a_report_that_fails_while_writing_keeps_the_one_before(finished_run, mo
         write_report(run, plots=False)
     assert files.csv.read_text() == before
     assert not list(files.csv.parent.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda run: _edit_info(run, sensitivity=[1, 2]), "sensitivity should be a dict"),
+    (lambda run: _edit_info(run, plan={"layers": {"0": 5}, "tasks": [1]}), "plan should be a mapping of layers"),
+    (lambda run: (run / "history.csv").write_text("stage,mu\nx,1\n"), "has no column of whole LC step numbers"),
+])
+def test_an_edited_run_folder_gives_one_line_not_a_traceback(finished_run, tmp_path, capsys, edit, said):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(finished_run[0], run)
+    edit(run)
+    assert main(["report", str(run), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
+
+
+def _edit_info(run, **fields):
+    info = json.loads((run / "run.json").read_text())
+    info.update(fields)
+    (run / "run.json").write_text(json.dumps(info))

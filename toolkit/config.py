@@ -264,10 +264,35 @@ def read_yaml(path: str | Path) -> Any:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from None
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:  # its marks name "<unicode string>": the file is named in front instead
         where = str(exc).replace(' in "<unicode string>",', " at")
         raise ConfigError(f"{path}: not valid YAML: {where}") from None
+    if _expands_past(data, MAX_CONFIG_VALUES):
+        raise ConfigError(f"{path}: the config expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases "
+                          f"repeating a collection inside collections); a config holds a few hundred")
+    return data
+
+
+#: The most values a config may expand to. Aliases share one collection in memory, but every message, record
+#: and copy of the config spells each use out: nine aliases nested eight deep make 43 million.
+MAX_CONFIG_VALUES = 100_000
+
+
+def _expands_past(data: Any, limit: int) -> bool:
+    """Whether ``data``, each alias spelled out, holds more than ``limit`` values (counted without expanding)."""
+    stack, count = [data], 0
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -20,12 +20,20 @@ def run(args: argparse.Namespace) -> int:
 
     report = inspect(_model_file(Path(args.file)))  # the checks lcpress.load makes, on the meta device: nothing allocated, nothing run
     manifest = report.manifest
-    print(f"lcpress model file, written by lcpress {manifest['lcpress_version']} (torch {manifest['torch_version']})")
-    print(f"loads without the model's code: {'yes' if report.rebuildable else f'no ({report.why_not})'}")
+    print(f"lcpress model file, written by lcpress {shown(manifest['lcpress_version'])} "
+          f"(torch {shown(manifest['torch_version'])})")
+    print(f"loads without the model's code: {'yes' if report.rebuildable else f'no ({shown(report.why_not)})'}")
     for layer in manifest.get("layers", []):
-        state = "realized" if layer.get("realized") else f"dense ({layer.get('reason', '')})"
-        print(f"  {layer['name']}: {layer.get('scheme', '')} {form_text(layer.get('form') or {})} — {state}")
+        state = "realized" if layer.get("realized") else f"dense ({shown(layer.get('reason', ''))})"
+        print(f"  {shown(layer['name'])}: {shown(layer.get('scheme', ''))} {shown(form_text(layer.get('form')))} "
+              f"— {state}")
     return 0
+
+
+def shown(value: object) -> str:
+    """A file's text as printable: a terminal control sequence in a forged file could rewrite the lines above."""
+    text = str(value)
+    return text if text.isprintable() else repr(text)
 
 
 def _model_file(path: Path) -> Path:
@@ -38,9 +46,12 @@ def _model_file(path: Path) -> Path:
     return path
 
 
-def form_text(form: dict) -> str:
+def form_text(form: object) -> str:
     """A manifest's form as text: ``low_rank(rank=8) + sparse(nonzeros=40)`` for a form made of parts."""
+    if not isinstance(form, dict):
+        return "" if form is None else f"(unreadable form {form!r})"
     if "parts" in form:
-        return " + ".join(form_text(part) for part in form["parts"])
+        parts = form["parts"]
+        return " + ".join(form_text(part) for part in parts) if isinstance(parts, list) else form_text(parts)
     fields = ", ".join(f"{k}={v}" for k, v in form.items() if k != "kind" and v is not None)
     return f"{form.get('kind', '')}({fields})" if fields else form.get("kind", "")

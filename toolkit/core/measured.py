@@ -31,6 +31,7 @@ import math
 import logging
 import os
 import time
+import uuid
 from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,7 +190,7 @@ class CostTable:
             entries = {str(k): float(v) for k, v in doc["entries"].items()}
             if not all(math.isfinite(v) and v >= 0 for v in entries.values()):
                 raise ValueError("it holds a NaN, infinite or negative cost")
-        except (OSError, ValueError, TypeError) as exc:
+        except (OSError, ValueError, TypeError, RecursionError) as exc:  # RecursionError: JSON nested past Python's stack
             if not quiet:
                 self._set_aside(exc)
             return None
@@ -201,7 +202,8 @@ class CostTable:
 
     def _set_aside(self, problem: Exception) -> None:
         """Move a damaged table out of the way (never delete what may be evidence), or leave it if that fails."""
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-"
+                                    f"{uuid.uuid4().hex[:8]}")  # never over an earlier one set aside this second
         try:
             os.replace(self.path, aside)
         except OSError as exc:  # a read-only folder, or another process moved it first

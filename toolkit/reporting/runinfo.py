@@ -112,7 +112,7 @@ def read_run(path: str | Path) -> RunSummary:
 
 #: The shape of run.json that reports read: field → the type it must have when present.
 INFO_FIELDS = {"status": str, "config": dict, "plan": dict, "dense_metric": (int, float), "metric": (int, float),
-               "totals": dict}
+               "totals": dict, "sensitivity": dict}
 
 
 def _check_info(info: Any, path: Path) -> None:
@@ -131,18 +131,28 @@ def _check_info(info: Any, path: Path) -> None:
         refuse("config.tasks", "a list of mappings")
     if not isinstance(config.get("schedule") or {}, dict):
         refuse("config.schedule", "a mapping")
+    for i, task in enumerate(config.get("tasks", [])):
+        target = task.get("target") or {}
+        if not isinstance(target, dict) or not all(isinstance(target.get(k), (int, float, type(None)))
+                                                   for k in ("ratio", "value")):
+            refuse(f"config.tasks[{i}].target", "a mapping with a numeric ratio or value")
     plan = info.get("plan") or {}
-    if not isinstance(plan.get("layers", {}), dict) or not isinstance(plan.get("tasks", []), list):
-        refuse("plan", "a mapping of layers and a list of tasks")
+    if not isinstance(plan.get("layers", {}), dict) or not isinstance(plan.get("tasks", []), list) \
+            or not all(isinstance(spec, dict) for spec in plan.get("layers", {}).values()):
+        refuse("plan", "a mapping of layers (each a mapping) and a list of tasks")
 
 
 def _read_csv(path: Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     try:
-        return pd.read_csv(path, dtype={"layer": str})  # layer names such as "0" stay names
+        table = pd.read_csv(path, dtype={"layer": str})  # layer names such as "0" stay names
     except (ValueError, pd.errors.EmptyDataError):
         return None
+    if path.name == "history.csv" and ("step" not in table or not pd.api.types.is_integer_dtype(table["step"])):
+        raise LcpressError(f"{str(path)!r} has no column of whole LC step numbers ('step'); it was not written by "
+                           f"lcpress (or was edited), so no report can be made from it")
+    return table
 
 
 def _read_checkpoint(path: Path, missing: list[str]) -> tuple[dict[str, Any], dict[str, Any]] | None:

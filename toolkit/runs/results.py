@@ -8,6 +8,7 @@ checked in onnxruntime.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -68,6 +69,10 @@ def load_run_model(run_dir: str | Path, config: str | Path | None = None) -> tup
     return load(model_file, model=architecture), info
 
 
+#: The largest recorded example input export builds (an edited run.json must not allocate terabytes).
+MAX_EXAMPLE_VALUES = 1 << 28
+
+
 def example_for(info: dict[str, Any], input_shape: Sequence[int] | None) -> torch.Tensor:
     """An input for export: of the example input the run recorded, or of ``input_shape`` in the recorded dtype.
 
@@ -79,7 +84,7 @@ def example_for(info: dict[str, Any], input_shape: Sequence[int] | None) -> torc
         return _filled(list(input_shape), dtype or torch.float32)
     try:
         shape = [int(s) for s in record["shape"]]
-        if dtype is None or not shape or min(shape) < 1 or len(shape) > 8:
+        if dtype is None or not shape or min(shape) < 1 or len(shape) > 8 or math.prod(shape) > MAX_EXAMPLE_VALUES:
             raise ValueError
     except (TypeError, KeyError, ValueError):
         raise LcpressError("the run did not record a usable input shape; give one, e.g. --input-shape 1,3,224,224") \
