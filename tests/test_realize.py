@@ -225,31 +225,39 @@ def _torch_encoder():
                                  enable_nested_tensor=False).eval()
 
 
-def test_layers_inside_fused_torch_transformer_stay_dense_and_exact(caplog):
-    import copy
+def test_layers_inside_a_fused_torch_transformer_are_refused_before_training(caplog):
+    """TransformerEncoderLayer's fast path reads linear1/linear2's weights itself: no realized form could run
+    there, which is known when the run is planned, not after its L steps."""
+    from lcpress import ConfigError
 
-    model = _torch_encoder()
-    before = copy.deepcopy(model)
     x = torch.randn(2, 5, 32)
-    with caplog.at_level("WARNING", logger="lcpress"):
-        result = _compress(model, ["layers.0.linear1", "layers.0.linear2"], x, rank=8)
-    assert all(not r.realized and "reads the layer's weight directly" in r.reason for r in result.records)
-    warned = [r.message for r in caplog.records if "stay dense modules" in r.message]
-    assert len(warned) == 1 and "layers.0.linear1, layers.0.linear2" in warned[0]
-    assert "TransformerEncoderLayer" in warned[0]
-    ref = _dense_reference(result, before)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), ref(x), rtol=0, atol=1e-5)
+    with pytest.raises(ConfigError, match=r"layer 'layers.0.linear1': its parent TransformerEncoderLayer reads its "
+                                          r"weight inside its own forward"):
+        _compress(_torch_encoder(), ["layers.0.linear1", "layers.0.linear2"], x, rank=8)
+    with pytest.raises(ConfigError, match=r"can compress none of the layers matched: 'layers.0.linear1' \(its parent "
+                                          r"TransformerEncoderLayer"):
+        _compress(_torch_encoder(), ["*"], x, rank=8)
+
+
+class _Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.head = nn.Linear(32, 8)
+
+    def forward(self, x):
+        return self.head(self.attn(x, x, x, need_weights=False)[0])
 
 
 def test_glob_leaves_attention_out_proj_alone_with_a_warning(caplog):
-    """MultiheadAttention never calls out_proj: '*' skips it (saying so); the called Linears are compressed."""
-    model, x = _torch_encoder(), torch.randn(2, 5, 32)
+    """MultiheadAttention never calls out_proj: '*' skips it (saying so); the called Linear is compressed."""
+    torch.manual_seed(0)
+    model, x = _Attention().eval(), torch.randn(2, 5, 32)
     with caplog.at_level("WARNING", logger="lcpress"):
-        result = _compress(model, ["*"], x, rank=8)
-    assert [r.name for r in result.records] == ["layers.0.linear1", "layers.0.linear2"]
+        result = _compress(model, ["*"], x, rank=2)
+    assert [r.name for r in result.records] == ["head"] and result.records[0].realized
     skipped = [r.message for r in caplog.records if "also matches" in r.message]
-    assert len(skipped) == 1 and "'layers.0.self_attn.out_proj'" in skipped[0] and "MultiheadAttention" in skipped[0]
+    assert len(skipped) == 1 and "'attn.out_proj'" in skipped[0] and "MultiheadAttention" in skipped[0]
 
 
 def test_naming_attention_out_proj_is_refused_with_the_reason():
@@ -262,10 +270,10 @@ def test_naming_attention_out_proj_is_refused_with_the_reason():
 def test_exclude_applies_before_a_match_is_checked(caplog):
     """An excluded layer the forward never calls is neither an error nor a warning."""
     with caplog.at_level("WARNING", logger="lcpress"):
-        config = {"tasks": [{"layers": ["*"], "exclude": ["*out_proj"], "options": {"rank": 8}}],
+        config = {"tasks": [{"layers": ["*"], "exclude": ["*out_proj"], "options": {"rank": 2}}],
                   "schedule": {"steps": 0}}
-        result = lcpress.compress(_torch_encoder(), config, example_input=torch.randn(2, 5, 32))
-    assert len(result.records) == 2 and not [r for r in caplog.records if "also matches" in r.message]
+        result = lcpress.compress(_Attention().eval(), config, example_input=torch.randn(2, 5, 32))
+    assert len(result.records) == 1 and not [r for r in caplog.records if "also matches" in r.message]
 
 
 @pytest.mark.parametrize("task", [

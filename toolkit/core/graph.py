@@ -42,6 +42,20 @@ def is_conv1d(module: nn.Module) -> bool:
             and isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.shape[1] == module.nf)
 
 
+#: torch modules whose forward reads their children's ``.weight`` instead of calling them.
+WEIGHT_READING_PARENTS: tuple[type[nn.Module], ...] = (
+    nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer,
+)
+
+
+def parent_reading_weights(model: nn.Module, name: str) -> str | None:
+    """The class of the layer's parent when that parent's forward reads the layer's weight itself (a fused fast
+    path), so no realized module can stand in for the layer; else None."""
+    parent_name = name.rpartition(".")[0]
+    parent = model.get_submodule(parent_name) if parent_name else model
+    return type(parent).__name__ if isinstance(parent, WEIGHT_READING_PARENTS) else None
+
+
 def realization_problem(module: nn.Module) -> str | None:
     """Why the modules realizing this layer could not stand in for it, or None.
 

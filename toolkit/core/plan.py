@@ -32,7 +32,8 @@ from torch import nn
 from lcpress.config import LCConfig, TaskConfig, parse_config
 from lcpress.core.costmodel import CostModel
 from lcpress.core.forms import LayerSpec
-from lcpress.core.graph import COMPRESSIBLE, COMPRESSIBLE_TEXT, ModelGraph, is_conv1d, realization_problem, trace
+from lcpress.core.graph import (COMPRESSIBLE, COMPRESSIBLE_TEXT, ModelGraph, is_conv1d, parent_reading_weights,
+                                 realization_problem, trace)
 from lcpress.core.guard import plugin_call
 from lcpress.core.registry import Registry, get_registry
 from lcpress.core.scheme import Scheme
@@ -352,6 +353,10 @@ def _fitting_layers(group: GroupPlugins, names: list[str], named: set[str], grap
     for name in names:
         with plugin_call(scheme, f"in check_layer() on layer {name!r} (tasks[{g}])"):
             problem = _layer_problem(modules[name]) or scheme.refuses(graph.specs.get(name), modules[name])
+        reader = None if problem else parent_reading_weights(modules[""], name)
+        if reader:  # known now: L steps would train it, and realization would keep it a dense layer
+            problem = (f"its parent {reader} reads its weight inside its own forward (a fused fast path), so no "
+                       f"compressed form of it can run there")
         weight = getattr(modules[name], "weight", None)
         if not problem and trains and name not in named and isinstance(weight, nn.Parameter) and not weight.requires_grad:
             problem = "its weight is frozen (requires_grad=False), and LC's L steps train the weights they compress"

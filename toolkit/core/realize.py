@@ -20,6 +20,7 @@ from torch import nn
 
 from lcpress.core.costmodel import CostModel
 from lcpress.core.forms import Dense, Form, LayerSpec, form_to_dict
+from lcpress.core.graph import parent_reading_weights
 from lcpress.core.guard import plugin_call, plugin_label
 from lcpress.core.plan import Task
 from lcpress.core.registry import get_registry
@@ -91,7 +92,7 @@ def realize(
             record.reason = _kept_dense(model, name, task, form, is_dense(layer_state), specs.get(name, task.spec),
                                         judging_cost_model(task, cost_models))
             if record.reason:
-                reader = _parent_reading_weights(model, name)
+                reader = parent_reading_weights(model, name)
                 if reader and not isinstance(form, Dense):
                     fused[name] = reader
                 continue
@@ -176,7 +177,7 @@ def costlier_than_dense(task: Task, spec: LayerSpec | None, form: Form, cost_mod
 def _kept_dense(model: nn.Module, name: str, task: Task, form: Form, dense: bool, spec: LayerSpec | None,
                 judge: CostModel) -> str:
     """Why layer ``name`` stays a dense module holding Δ(θ), or "" when it is realized."""
-    reader = _parent_reading_weights(model, name)
+    reader = parent_reading_weights(model, name)
     if reader:
         return (f"kept dense, holding Δ(θ): its parent {reader} reads the layer's weight directly "
                 f"(fused fast path), so a realized module cannot stand in for it")
@@ -222,17 +223,6 @@ def _realized_module(task: Task, state: State, module: nn.Module) -> nn.Module:
                           "redoing the LC steps."):
         return task.scheme.realize(state, module)
 
-
-#: torch modules whose forward reads their children's ``.weight`` instead of calling them.
-WEIGHT_READING_PARENTS: tuple[type[nn.Module], ...] = (
-    nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer,
-)
-
-
-def _parent_reading_weights(model: nn.Module, name: str) -> str | None:
-    parent_name = name.rpartition(".")[0]
-    parent = get_module(model, parent_name) if parent_name else model
-    return type(parent).__name__ if isinstance(parent, WEIGHT_READING_PARENTS) else None
 
 
 @torch.no_grad()

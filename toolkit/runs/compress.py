@@ -244,13 +244,12 @@ def _dense_metric(model: nn.Module, eval_fn: EvalFn | None, resumed: RunDirector
 def _refuse_untrainable(model: nn.Module, tasks: list[Task], config: LCConfig) -> None:
     """LC's L steps train the compressed weights themselves; say before training when one cannot be trained so.
 
-    A frozen weight could never move towards Δ(θ). A parametrized one (weight
-    norm, spectral norm, ``torch.nn.utils.parametrize``) is recomputed from
-    other tensors at every call, so the penalty would pull on a copy. Direct
-    compression (no L steps) needs neither and compresses both.
+    A frozen weight could never move towards Δ(θ); direct compression (no L steps) compresses it. A parametrized
+    one (weight norm, spectral norm, ``torch.nn.utils.parametrize``, torch's pruning hooks) is recomputed from
+    other tensors at every call, so the penalty would pull on a copy, and even without L steps the Δ(θ) written
+    into it would be recomputed away: every evaluation and the check of the realized model would see the dense
+    layer.
     """
-    if config.schedule.steps == 0:
-        return
     from torch.nn.utils import parametrize
 
     names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
@@ -261,14 +260,14 @@ def _refuse_untrainable(model: nn.Module, tasks: list[Task], config: LCConfig) -
                 kinds = ", ".join(type(p).__name__ for p in module.parametrizations["weight"])
                 raise ConfigError(
                     f"tasks[{task.group}]: layer {layer!r} has a parametrized weight ({kinds}), which LC's L steps "
-                    f"cannot train towards its compressed form; fold it into a plain weight first "
-                    f"(torch.nn.utils.parametrize.remove_parametrizations(model.get_submodule({layer!r}), 'weight')), "
-                    f"or compress directly with schedule.steps: 0")
+                    f"cannot train towards its compressed form and lcpress cannot write Δ(θ) into; fold it into a "
+                    f"plain weight first (torch.nn.utils.parametrize.remove_parametrizations("
+                    f"model.get_submodule({layer!r}), 'weight'))")
             weight = getattr(module, "weight", None)
             if isinstance(weight, torch.Tensor) and not isinstance(weight, nn.Parameter):  # a hook recomputes it
                 raise ConfigError(_computed_weight(task, layer, module))
         frozen = [names[id(p)] for p in task.params if id(p) in names and not p.requires_grad]
-        if frozen:
+        if frozen and config.schedule.steps > 0:
             raise ConfigError(
                 f"tasks[{task.group}]: {frozen[0]} is frozen (requires_grad=False), but LC's L steps train the "
                 f"weights they compress towards their compressed form; unfreeze it for the run "
@@ -284,8 +283,8 @@ def _computed_weight(task: Task, layer: str, module: nn.Module) -> str:
     else:
         how, what = "make it a plain nn.Parameter", "a hook"
     return (f"tasks[{task.group}]: layer {layer!r} has a weight computed before every call ({what}), not a "
-            f"parameter LC's L steps can train towards its compressed form; fold it first ({how}), or compress "
-            f"directly with schedule.steps: 0")
+            f"parameter LC's L steps can train towards its compressed form or lcpress can write Δ(θ) into; fold it "
+            f"first ({how})")
 
 
 @dataclass
