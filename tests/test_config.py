@@ -239,3 +239,11 @@ def test_resume_and_force_together_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="pass one of them"):
         lcpress.compress(nn.Sequential(nn.Linear(4, 4)), config, example_input=torch.randn(1, 4), resume=True,
                          force=True)
+
+
+def test_a_compiled_models_wrapper_prefix_in_a_layer_name_is_named_with_the_fix():
+    model = torch.compile(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), backend="eager")
+    with pytest.raises(ConfigError, match=r"'_orig_mod.0' matches no layer of the model; layer names are the wrapped "
+                                          r"module's own: drop the '_orig_mod.' prefix"):
+        lcpress.compress(model, {"tasks": [{"layers": ["_orig_mod.0"], "options": {"rank": 1}}],
+                                 "schedule": {"steps": 0}}, example_input=torch.randn(1, 4), progress=False)

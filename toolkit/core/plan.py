@@ -375,13 +375,18 @@ def _fitting_layers(group: GroupPlugins, names: list[str], named: set[str], grap
     return kept
 
 
+#: What torch.compile's and DataParallel's wrappers put before every name; lcpress names layers inside them.
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+
 def _layer_problem(module: nn.Module) -> str | None:
     """Why lcpress cannot compress a layer of a kind it compresses, whatever the scheme; None: it can."""
     problem = realization_problem(module)
     if problem:
         return problem
     if isinstance(module, nn.Embedding) and module.max_norm is not None:
-        return "an embedding with max_norm rescales its table's rows in place at every lookup"
+        return ("an embedding with max_norm rescales its table's rows in place at every lookup; leave it out, or "
+                "renormalize the table once and set max_norm=None before compressing")
     if isinstance(module, nn.Embedding) and module.sparse:
         return "an embedding with sparse=True has sparse gradients, and the LC penalty's gradient is dense"
     return None
@@ -515,7 +520,10 @@ def _match(cfg: TaskConfig, modules: dict[str, nn.Module], graph: ModelGraph, g:
         if not explicit:
             _warn_other_weights(cfg, modules, pattern, g, i)
         if not hits:
-            raise ConfigError(f"tasks[{g}].layers[{i}]: {pattern!r} matches no layer of the model; "
+            wrapper = next((w for w in WRAPPER_PREFIXES if pattern.startswith(w)
+                            and any(fnmatch.fnmatchcase(n, pattern[len(w):]) for n in modules if n)), None)
+            hint = (f"; layer names are the wrapped module's own: drop the {wrapper!r} prefix" if wrapper else "")
+            raise ConfigError(f"tasks[{g}].layers[{i}]: {pattern!r} matches no layer of the model{hint}; "
                               + _what_there_is(modules, graph))
         uncalled: list[str] = []
         for name in dict.fromkeys(canonical.get(h, h) for h in hits):
