@@ -137,6 +137,11 @@ class ChannelScheme(Scheme):
         self.groups = [g for g, reason in self.skipped if not reason]
         self.skipped = [(g, reason) for g, reason in self.skipped if reason]
         self.untraced = found.reason
+        if found.unused and self.groups:
+            log.warning("channels: layers %s hold weights the forward pass on the example input never reads (a branch "
+                        "it does not take, a head used only in training); if they read channels this run prunes, the "
+                        "compressed model fails where they run. Give an example_input that takes every branch, or "
+                        "keep the layers that feed them whole (options.ignore)", ", ".join(found.unused))
         for g, reason in self.skipped:
             log.info("channels: %s stays dense: %s", g.describe(), reason)
         _warn_kept(self.skipped, layers, found.traced and not self.groups)

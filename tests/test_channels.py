@@ -630,3 +630,28 @@ def test_a_layer_used_through_its_weight_and_never_called_is_named_with_the_fix(
     config = {"tasks": [{"layers": ["*"], "scheme": "channels", "target": {"ratio": 0.6}}], "schedule": {"steps": 0}}
     with pytest.raises(lcpress.ConfigError, match=r"reaches layers \['b'\] .*never calls them as modules .*F\.linear"):
         lcpress.compress(Functional(), config, example_input=torch.randn(2, 16), progress=False)
+
+
+class _AuxHead(nn.Module):
+    """An auxiliary head used only in training (GoogLeNet style): eval-mode tracing never sees what it reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.main, self.aux = nn.Linear(8, 16), nn.Linear(16, 4), nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return (self.main(h), self.aux(h)) if self.training else self.main(h)
+
+
+def test_a_layer_the_traced_forward_never_reads_is_named_before_channels_prunes(caplog):
+    from lcpress.core.channels import channel_groups as groups
+
+    torch.manual_seed(0)
+    model, x = _AuxHead(), torch.randn(4, 8)
+    assert groups(model, x).unused == ["aux"]
+    config = {"tasks": [{"layers": ["*"], "scheme": "channels", "target": {"cost": "params", "ratio": 0.5}}],
+              "schedule": {"steps": 0}}
+    with caplog.at_level("WARNING", logger="lcpress"):
+        lcpress.compress(model, config, example_input=x, progress=False)
+    assert "channels: layers aux hold weights the forward pass on the example input never reads" in caplog.text

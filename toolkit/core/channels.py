@@ -150,6 +150,9 @@ class ChannelGroups:
     traced: bool
     reason: str = ""  # why tracing failed, when it did
     attention: dict[str, LayerSpec] = field(default_factory=dict)  # attention cores: sites of "heads" slices
+    #: layers holding weights the traced forward never reads (a branch the example input does not take, a head
+    #: used only in training): what they read when they do run is unknown
+    unused: list[str] = field(default_factory=list)
 
     def prunable(self) -> list[ChannelGroup]:
         return [g for g in self.groups if not g.blocked]
@@ -193,6 +196,10 @@ class _Member:
     role: str
     label: int
     index: int  # row or column
+
+
+#: Layers that read a tensor's channels: pruning a tensor one of them reads unseen breaks it.
+CHANNEL_READERS = (nn.Linear, nn.Conv2d, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
 
 def channel_groups(model: nn.Module, example_input: Any) -> ChannelGroups:
@@ -246,7 +253,15 @@ class _Analysis:
         for name, where in self.read_elsewhere.items():  # a pruned weight would reach that op in another shape
             for labels in self.touched.get(name, []):
                 self.labels.block(labels, f"the weight of {name} is also read by {where}")
-        return ChannelGroups(self._groups(), True, attention=self.sites)
+        return ChannelGroups(self._groups(), True, attention=self.sites, unused=self._unused())
+
+    def _unused(self) -> list[str]:
+        """Linear, conv and norm layers whose weight no node of the traced graph reads."""
+        unused = [self.param_of[n.name] for n in self.program.graph.nodes
+                  if n.op == "placeholder" and n.name in self.param_of and not n.users]
+        layers = dict.fromkeys(name.rpartition(".")[0] for name in unused if name.endswith(".weight"))
+        modules = dict(self.model.named_modules())
+        return [n for n in layers if isinstance(modules.get(n), CHANNEL_READERS)]
 
     # ------------------------------------------------------------- helpers
     def _get(self, value: Any) -> torch.Tensor | None:
