@@ -774,19 +774,18 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_the_last_one_stays(
     out = tmp_path / "run"
     import lcpress.io.files as files
 
-    real = files.write_bytes_atomic
+    real = files.st_save_file
     calls = []
 
-    def full_disk(path, data):
+    def full_disk(tensors, path, metadata):
         calls.append(path)
-        if len(calls) == 2:  # the checkpoint after LC step 1
-            with lcpress.atomic.replacing(path) as tmp:
-                tmp.write_bytes(data[:10])
-                raise OSError(28, "No space left on device")
-        return real(path, data)
+        if len(calls) == 2:  # the checkpoint after LC step 1: part of it written, then the disk is full
+            Path(path).write_bytes(b"\0" * 10)
+            raise OSError(28, "No space left on device")
+        return real(tensors, path, metadata=metadata)
 
     with monkeypatch.context() as m:
-        m.setattr(files, "write_bytes_atomic", full_disk)
+        m.setattr(files, "st_save_file", full_disk)
         with pytest.raises(lcpress.FileWriteError, match=r"cannot write '.*checkpoint.safetensors' \(No space left"):
             _compress(out)
     assert lcpress.io.files.read_file(out / "checkpoint.safetensors")[1]["engine"]["next_step"] == 1

@@ -71,3 +71,9 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def synced(path: str | Path) -> None:
+    """Flush a file another writer filled (safetensors writes its own) to disk, before :func:`replacing` renames it."""
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())

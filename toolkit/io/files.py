@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+from safetensors.torch import save_file as st_save_file
 
-from lcpress.atomic import write_bytes_atomic
+from lcpress.atomic import replacing, synced
 from lcpress.errors import CheckpointError
 
 META_KEY = "lcpress"
@@ -42,7 +42,8 @@ def payload_digest(tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():  # the tensor's own bytes, not a copy of them: a checkpoint is the model's size several times
+            h.update(memoryview(t.contiguous().view(-1).view(torch.uint8).numpy()))
     return h.hexdigest()
 
 
@@ -52,7 +53,9 @@ def write_file(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[st
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     doc = dict(meta, sha256=payload_digest(tensors, meta))
-    write_bytes_atomic(path, st_save(tensors, metadata={META_KEY: json.dumps(doc)}))
+    with replacing(path) as tmp:  # written straight to the file, never whole in memory as one bytes object
+        st_save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(doc)})
+        synced(tmp)
 
 
 def read_file(path: str | Path, what: str = "file") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -60,7 +63,7 @@ def read_file(path: str | Path, what: str = "file") -> tuple[dict[str, torch.Ten
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} {str(path)!r} does not exist")
-    raw = path.read_bytes()
+    raw = path.read_bytes()  # not memory-mapped: a tensor must not change when someone rewrites the file later
     try:
         tensors = st_load(raw)
         header_len = int.from_bytes(raw[:8], "little")
