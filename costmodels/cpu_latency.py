@@ -53,6 +53,31 @@ class CpuLatencyOptions(Options):
             self.fail("clock", "the thread clock counts the calling thread only: set threads: 1 with it")
 
 
+#: The most timing blocks one measurement takes. adaptive_autorange re-summarises every block so far after each
+#: one; when its block-size estimate comes out tiny (a busy machine during its warm-up), blocks of microseconds
+#: pile up to max_run_time and that re-summarising grows quadratic: a 64-wide model's timing once ran ten minutes.
+MAX_BLOCKS = 2000
+
+
+class _Enough(Exception):
+    """Raised from adaptive_autorange's callback to end a measurement at MAX_BLOCKS."""
+
+
+def median_seconds(timer: benchmark.Timer, run_times: dict[str, float]) -> float:
+    """Median seconds per run of ``timer`` by ``adaptive_autorange``, at most :data:`MAX_BLOCKS` blocks."""
+    blocks: list[float] = []
+
+    def count(number: int, seconds: float) -> None:
+        blocks.append(seconds / number)
+        if len(blocks) >= MAX_BLOCKS:
+            raise _Enough
+
+    try:
+        return timer.adaptive_autorange(callback=count, **run_times).median
+    except _Enough:
+        return float(torch.tensor(blocks).median())
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -106,7 +131,7 @@ class CpuLatency(MeasuredCostModel):
         timer = benchmark.Timer("model(x)", globals={"model": model.eval(), "x": x}, num_threads=self.threads,
                                 timer=self._clock)
         with torch.no_grad():
-            return timer.adaptive_autorange(**self._run_times).median * 1e3
+            return median_seconds(timer, self._run_times) * 1e3
 
     def _time(self, module: torch.nn.Module, x: torch.Tensor, copies: int) -> float:
         """Median ms per call while cycling ``copies`` copies of the weights (1 = cache-hot)."""
@@ -114,7 +139,7 @@ class CpuLatency(MeasuredCostModel):
         timer = benchmark.Timer("for m in modules: m(x)", globals={"modules": modules, "x": x}, num_threads=self.threads,
                                 timer=self._clock)
         with torch.no_grad():
-            return timer.adaptive_autorange(**self._run_times).median * 1e3 / copies
+            return median_seconds(timer, self._run_times) * 1e3 / copies
 
     @property
     def _run_times(self) -> dict[str, float]:

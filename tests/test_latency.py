@@ -108,6 +108,24 @@ def test_a_table_with_a_foreign_fingerprint_inside_is_ignored(cache, caplog):
     assert fresh.measurements == 1 and "another device" in caplog.text
 
 
+def test_a_table_is_written_once_per_layer_not_once_per_measurement(cache, monkeypatch):
+    """Rewriting a table of thousands of entries after every measurement made filling it quadratic."""
+    import lcpress.core.measured as measured
+
+    writes = []
+    real = measured.write_text_atomic
+    monkeypatch.setattr(measured, "write_text_atomic", lambda path, text: (writes.append(path), real(path, text)))
+    model = StairTimer()
+    model.recheck_factor = None  # the stairs would be measured again: count the first measurements only
+    forms = [LowRank(r) for r in range(1, 33)]
+    model.costs(SPEC, forms)
+    assert len(StairTimer.calls) == 32 and len(writes) <= 2  # at most the first put and the layer's flush
+    assert len(json.loads(model.table.path.read_text())["entries"]) == 32
+    fresh = StairTimer()
+    fresh.costs(SPEC, forms)
+    assert len(StairTimer.calls) == 32  # every entry was on disk: nothing measured again
+
+
 @pytest.mark.parametrize("damage", ['{"format": "lcpress-cost-table", "entries": {broken', "[]", "null", "[" * 100_000])
 def test_a_corrupted_table_is_set_aside_and_rebuilt(cache, caplog, damage):
     model = StairTimer()
@@ -429,3 +447,19 @@ def test_batch_size_over_layers_whose_first_dimension_is_not_the_batch_is_a_warn
         plain = dict(config, tasks=[{"layers": ["0"], "options": {"rank": 4}}])
         lcpress.predict_costs(nn.Sequential(nn.Linear(32, 32)), plain, torch.randn(2, 32))
     assert "first dimension" not in caplog.text
+
+
+def test_a_measurement_ends_at_its_block_limit(monkeypatch):
+    """adaptive_autorange re-summarises every block after each one: bounded, a measurement cannot run away."""
+    from torch.utils import benchmark
+
+    import lcpress.costmodels.cpu_latency as cpu
+
+    monkeypatch.setattr(cpu, "MAX_BLOCKS", 5)
+    seen = []
+    timer = benchmark.Timer("x + 1", globals={"x": torch.ones(1)})
+    real = timer.adaptive_autorange
+    monkeypatch.setattr(timer, "adaptive_autorange",
+                        lambda callback, **kw: real(callback=lambda n, t: (seen.append(t), callback(n, t)), **kw))
+    value = cpu.median_seconds(timer, {"min_run_time": 60.0, "max_run_time": 600.0})  # minutes, were it not bounded
+    assert len(seen) == 5 and 0 < value < 1e-2

@@ -25,6 +25,7 @@ again and the fastest of its measurements is kept (see
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import math
@@ -32,6 +33,7 @@ import logging
 import os
 import time
 import uuid
+import weakref
 from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +157,16 @@ def form_module(spec: LayerSpec, form: Form) -> nn.Module:
     return chains[0] if len(chains) == 1 else ParallelSum(chains)
 
 
+#: The most often a cost table is written while measurements come in, in seconds.
+WRITE_EVERY = 2.0
+
+
+def _flush_if_alive(table: "weakref.ref[CostTable]") -> None:
+    alive = table()
+    if alive is not None:
+        alive.flush()
+
+
 class CostTable:
     """Measurements of one cost model on one device, persisted as JSON."""
 
@@ -166,7 +178,10 @@ class CostTable:
         self.entries: dict[str, float] = {}
         self.hits = 0
         self.unsaved = False  # the folder cannot be written: entries live in memory only
+        self.dirty = False  # entries not written yet (see put)
+        self._written = 0.0  # time.monotonic() of the last write
         self._load()
+        atexit.register(_flush_if_alive, weakref.ref(self))  # what a run measured last is kept, however it ends
 
     def _load(self) -> None:
         entries = self._read(quiet=False)
@@ -225,8 +240,20 @@ class CostTable:
         prices are as good, only the next run measures again.
         """
         self.entries[key] = value
-        if self.unsaved:
+        self.dirty = True
+        if time.monotonic() - self._written >= WRITE_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the entries not written yet, merged with what other processes wrote since.
+
+        A table of thousands of entries costs tens of milliseconds to write; :meth:`put` writes at most once
+        every :data:`WRITE_EVERY` seconds (a large model measures thousands of forms), and a cost model flushes
+        after each layer's forms.
+        """
+        if not self.dirty or self.unsaved:
             return
+        self.dirty, self._written = False, time.monotonic()
         self.entries = {**(self._read(quiet=True) or {}), **self.entries}
         doc = {"format": TABLE_FORMAT, "cost_model": self.model_name, "fingerprint": self.fingerprint,
                "entries": self.entries}
@@ -367,6 +394,7 @@ class MeasuredCostModel(CostModel):
         if spec.calls != 1:
             return spec.calls * self.costs(spec.with_(calls=1), forms)
         super().costs(spec, forms)
+        self.table.flush()
         return torch.tensor([self._cache[(spec, form)] for form in forms], dtype=torch.float64)
 
     def recheck(self, spec: LayerSpec, new: Known, peers: list[Known]) -> None:
