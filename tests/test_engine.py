@@ -152,3 +152,16 @@ def test_a_metric_that_is_not_a_number_is_a_warning_of_the_run():
     config = LCConfig.from_dict({"tasks": [{"layers": ["0"]}], "schedule": {"steps": 0}})
     said = run_warnings(config, [], 0.91, float("nan"), "accuracy")
     assert len(said) == 1 and "the compressed model's accuracy is nan" in said[0]
+
+
+@pytest.mark.parametrize("task, probed", [
+    ({"layers": ["0", "2"], "target": {"cost": "params", "ratio": 0.5}}, False),  # a budget: μ0 selects nothing
+    ({"layers": ["0", "2"], "alpha": 1e-4}, True),  # α weighs cost against μ-weighted error
+])
+def test_direct_compression_measures_mu0_only_where_it_moves_the_choice(task, probed):
+    """The gradient probe is a forward and backward pass over calibration data: 15% of a BERT direct compression."""
+    calls = []
+    engine = _engine(_mlp(), [task], steps=0, mu0="auto")
+    engine.gradient_norm = lambda model, params: calls.append(1) or 1.0
+    engine.run()
+    assert bool(calls) == probed

@@ -240,3 +240,17 @@ def test_a_budget_is_not_spent_on_rounding_past_an_exact_rank(allocation):
                          "target": {"cost": "params", "ratio": 0.5}}], "schedule": {"steps": 0}}
     result = lcpress.compress(model, config, example_input=torch.randn(2, 64), progress=False)
     assert result.states[0].meta["rank"] == 4
+
+
+def test_spectra_stacked_a_few_at_a_time_are_the_spectra_of_one_stack(monkeypatch):
+    import lcpress.linalg.spectral as spectral
+
+    torch.manual_seed(6)
+    matrices = [torch.randn(12, 20) for _ in range(5)] + [torch.randn(30, 8) for _ in range(3)]
+    whole = spectral.spectra(matrices)
+    monkeypatch.setattr(spectral, "BATCH_BYTES", 1)  # one matrix per eigh
+    apart = spectral.spectra(matrices)
+    for a, b in zip(whole, apart):
+        assert a.left == b.left and torch.allclose(a.squared, b.squared, rtol=1e-12, atol=1e-10)
+        for r in (1, 4):
+            torch.testing.assert_close(torch.mm(*a.factors(r)), torch.mm(*b.factors(r)), rtol=1e-5, atol=1e-5)

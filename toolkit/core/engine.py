@@ -239,10 +239,11 @@ class LCEngine:
         dc_mu = self.schedule.dc_mu
         self.calibrate_metrics()
         self.c_step(0, provisional if dc_mu is None else dc_mu)
-        if self.schedule.mu0 != "auto":
-            return provisional
+        by_alpha = any(t.config.target is None and t.config.alpha > 0 for t in self.tasks)
+        if self.schedule.mu0 != "auto" or (self.schedule.steps == 0 and not by_alpha):
+            return provisional  # no L step follows, and no α trades cost against μ-weighted error: μ0 moves nothing
         mu0 = initial_mu(self.schedule, self._gradient_at_delta(), self.distance(), self.scale())
-        if dc_mu is None and mu0 != provisional and any(t.config.target is None and t.config.alpha > 0 for t in self.tasks):
+        if dc_mu is None and mu0 != provisional and by_alpha:
             self.c_step(0, mu0)
         return mu0
 

@@ -72,13 +72,22 @@ def spectra(matrices: Sequence[torch.Tensor]) -> list[Spectrum]:
     for i, m in enumerate(matrices):
         by_shape.setdefault(tuple(m.shape), []).append(i)
     out: list[Spectrum | None] = [None] * len(matrices)
-    for (rows, cols), indices in by_shape.items():
-        batch = torch.stack([matrices[i].detach().to(torch.float64) for i in indices])
-        left = rows <= cols
-        gram = batch @ batch.transpose(1, 2) if left else batch.transpose(1, 2) @ batch
-        values, vectors = torch.linalg.eigh(gram)
-        values = torch.flip(values.clamp_min(0), [1])
-        vectors = torch.flip(vectors, [2])
-        for j, i in enumerate(indices):
-            out[i] = Spectrum(matrices[i].detach(), values[j], vectors[j], left)
+    for (rows, cols), same in by_shape.items():
+        per_matrix = 8 * (rows * cols + 2 * min(rows, cols) ** 2)  # float64 copy, Gram matrix, eigenvectors
+        step = max(1, BATCH_BYTES // per_matrix)
+        for start in range(0, len(same), step):  # a bounded stack at a time: all of BERT's at once is 2.7× its weights
+            indices = same[start:start + step]
+            batch = torch.stack([matrices[i].detach().to(torch.float64) for i in indices])
+            left = rows <= cols
+            gram = batch @ batch.transpose(1, 2) if left else batch.transpose(1, 2) @ batch
+            del batch
+            values, vectors = torch.linalg.eigh(gram)
+            values = torch.flip(values.clamp_min(0), [1])
+            vectors = torch.flip(vectors, [2])
+            for j, i in enumerate(indices):
+                out[i] = Spectrum(matrices[i].detach(), values[j], vectors[j], left)
     return out  # type: ignore[return-value]
+
+
+#: The most bytes one batched eigendecomposition stacks (the CPU's eigh works matrix by matrix anyway).
+BATCH_BYTES = 64 * 2**20
