@@ -62,7 +62,8 @@ class _Quadratic(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        grads = torch._foreach_mul(ctx.diffs, grad * ctx.mu)
+        grads = ctx.diffs  # scaled in place: the differences are not needed again, and a copy is a model's size
+        torch._foreach_mul_(grads, grad * ctx.mu)
         ctx.diffs = None
         ctx.backwards[0] += 1
         return (None, None, None, *(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad[3:])))
