@@ -54,6 +54,19 @@ def test_resumed_run_equals_uninterrupted_run(dense, tmp_path, power_cut):
     assert full.history[columns].equals(resumed.history[columns])
 
 
+def test_resuming_with_another_thread_count_says_it_will_not_be_bit_identical(dense, tmp_path, power_cut, caplog):
+    with power_cut(at=1):
+        _run(dense, tmp_path / "cut")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        with caplog.at_level("WARNING", logger="lcpress"):
+            _run(dense, tmp_path / "cut", resume=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert f"checkpointed with {threads} torch threads and resumes with {threads + 1}" in caplog.text
+
+
 def test_a_failing_eval_fn_passes_through_after_naming_the_intact_checkpoint(dense, tmp_path, caplog):
     """A notebook user's own exception reaches them unchanged, with one line saying the run can continue."""
     calls = []

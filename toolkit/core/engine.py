@@ -779,6 +779,7 @@ class LCEngine:
             "task_names": [t.name for t in self.tasks],
             "sensitivity": {str(i): curve.to_dict() for i, curve in self.curves.items()},
             "rng": split_tensors(_rng_state(), tensors, "rng"),
+            "threads": torch.get_num_threads(),  # sums run in another order on another count: see restore
         }
         if hasattr(self.train_fn, "state_dict"):
             meta["trainer"] = split_tensors(self.train_fn.state_dict(), tensors, "trainer")
@@ -787,6 +788,12 @@ class LCEngine:
     def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         """Continue from a :meth:`snapshot`."""
         state = check_restorable(self.model, self.tasks, tensors, meta)
+        threads = meta.get("threads")
+        if isinstance(threads, int) and threads != torch.get_num_threads():
+            log.warning("the run was checkpointed with %d torch threads and resumes with %d: it continues correctly, "
+                        "but a convolution's sums run in another order, so it will not be bit-identical to a run "
+                        "never stopped (torch.set_num_threads(%d) makes it so)", threads, torch.get_num_threads(),
+                        threads)
         self.model.load_state_dict(state)
         device = next(self.model.parameters()).device
         self.states = [None if s is None else _state(join_tensors(s, tensors)).to(device) for s in meta["states"]]
