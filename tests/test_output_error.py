@@ -165,6 +165,7 @@ def test_distance_and_scale_of_an_output_space_task_are_in_its_metric():
             scale += float(torch.trace(delta @ metric @ delta.T))
         assert engine.distance() == pytest.approx(distance**0.5, rel=1e-6)
         assert engine.scale() == pytest.approx(scale**0.5, rel=1e-6)
+        assert engine.distance_and_scale() == pytest.approx((distance**0.5, scale**0.5), rel=1e-6)
 
 
 def test_calibration_is_required_and_the_message_says_how():

@@ -242,7 +242,7 @@ class LCEngine:
         by_alpha = any(t.config.target is None and t.config.alpha > 0 for t in self.tasks)
         if self.schedule.mu0 != "auto" or (self.schedule.steps == 0 and not by_alpha):
             return provisional  # no L step follows, and no α trades cost against μ-weighted error: μ0 moves nothing
-        mu0 = initial_mu(self.schedule, self._gradient_at_delta(), self.distance(), self.scale())
+        mu0 = initial_mu(self.schedule, self._gradient_at_delta(), *self.distance_and_scale())
         if dc_mu is None and mu0 != provisional and by_alpha:
             self.c_step(0, mu0)
         return mu0
@@ -652,8 +652,8 @@ class LCEngine:
 
     # --------------------------------------------------------------- records
     def _finish_step(self, k: int, mu: float, loss: float | None, seconds: float) -> dict[str, Any]:
-        row: dict[str, Any] = {"step": k, "mu": mu, "train_loss": loss, "distance": self.distance(),
-                               "scale": self.scale()}
+        distance, scale = self.distance_and_scale()
+        row: dict[str, Any] = {"step": k, "mu": mu, "train_loss": loss, "distance": distance, "scale": scale}
         if self.eval_fn is not None:
             with self.compressed():
                 row["metric"] = self._evaluate()
@@ -676,6 +676,17 @@ class LCEngine:
             with replacing(self.history_csv) as tmp:  # a kill mid-write keeps the last whole history
                 self.history_frame().to_csv(tmp, index=False)
         return row
+
+    def distance_and_scale(self) -> tuple[float, float]:
+        """:meth:`distance` and :meth:`scale` from one Δ(θ) per task (a decompression is a matrix product of the
+        layer's size, or a codebook lookup: every LC step computes both)."""
+        distance = scale = 0.0
+        for i, task in enumerate(self.tasks):
+            w = task.weight().detach()
+            delta = self._delta(i, self.next_step).to(w.device)
+            distance += float(self._squared_norm(i, w - delta))
+            scale += float(self._squared_norm(i, delta.double()))
+        return math.sqrt(distance), math.sqrt(scale)
 
     def distance(self) -> float:
         """‖w − Δ(θ)‖ over all tasks, each in its penalty's norm.
