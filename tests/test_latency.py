@@ -68,15 +68,18 @@ def test_selection_picks_the_fast_ranks(cache):
         assert isinstance(form, LowRank) and form.rank % 8 == 0
 
 
-def test_second_run_is_served_from_the_table(cache):
+def test_second_run_is_served_from_the_table(cache, monkeypatch, capsys):
+    monkeypatch.delenv("LCPRESS_QUIET", raising=False)  # the per-step lines, where the measuring is said
     with using_plugins(StairPlugin()):
         _compress("stair_latency")
+        assert "stair_latency: measured 64 forms of 2 layers in" in capsys.readouterr().err
         first = len(StairTimer.calls)
         assert first > 0
         model = StairTimer()
         assert model.cost(SPEC, LowRank(8)) == 1.0
         _compress("stair_latency")
     assert len(StairTimer.calls) == first  # nothing measured again
+    assert "measured" not in capsys.readouterr().err
     table = json.loads(next(cache.glob("stair_latency-*.json")).read_text())
     # the staircase's steps were measured again (see the recheck tests), so fewer entries than calls
     assert table["fingerprint"] == {"device": "stairs", "primitives": PRIMITIVES_VERSION} and len(table["entries"]) == len(set(map(repr, StairTimer.calls)))

@@ -619,7 +619,7 @@ class LCEngine:
 
     def _choose_for_target(self, k: int, members, contexts, errors, cfg, minmax: bool, warn: bool) -> budget_mod.Choice:
         model = self.cost_models[cfg.target.cost]
-        costs = [self._price(self.tasks[i], model, contexts[i].candidates.forms, k) for i in members]
+        costs = self._priced(model, members, contexts, k)
         dense = sum(float(self._price(self.tasks[i], model, [Dense()], k)[0]) for i in members)
         budget = cfg.target.value if cfg.target.value is not None else cfg.target.ratio * dense
         choose = budget_mod.choose_minmax if minmax else budget_mod.choose_for_budget
@@ -630,6 +630,22 @@ class LCEngine:
         if not choice.feasible and warn:  # once: the candidate sets do not change between steps
             log.warning("%s", _unreachable(self.tasks[members[0]], model, choice))
         return choice
+
+    def _priced(self, model: CostModel, members: list[int], contexts: list[CStepContext], k: int) -> list[torch.Tensor]:
+        """Every candidate of the members' layers priced by ``model``: a measured model's first prices take minutes
+        on a large model (thousands of forms timed), so they get a bar and a line saying what was measured."""
+        before, start = getattr(model, "measurements", 0), time.perf_counter()
+        costs = []
+        with progress_bar(total=len(members), desc=f"pricing by {model.name}", unit="layer",
+                          enabled=self.progress and hasattr(model, "measurements")) as bar:
+            for i in members:
+                costs.append(self._price(self.tasks[i], model, contexts[i].candidates.forms, k))
+                bar.update(1)
+        measured = getattr(model, "measurements", 0) - before
+        if measured:
+            status_line(f"{model.name}: measured {measured} forms of {len(members)} layers in "
+                        f"{time.perf_counter() - start:.0f} s; kept for later runs on this device", enabled=self.progress)
+        return costs
 
     def _price(self, task: Task, model: CostModel, forms: list[Form], k: int) -> torch.Tensor:
         """``forms`` of the task's layer priced by ``model``, a failing price named with the layer and LC step ``k``."""
