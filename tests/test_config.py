@@ -247,3 +247,12 @@ def test_a_compiled_models_wrapper_prefix_in_a_layer_name_is_named_with_the_fix(
                                           r"module's own: drop the '_orig_mod.' prefix"):
         lcpress.compress(model, {"tasks": [{"layers": ["_orig_mod.0"], "options": {"rank": 1}}],
                                  "schedule": {"steps": 0}}, example_input=torch.randn(1, 4), progress=False)
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script.*is deprecated:DeprecationWarning")
+def test_a_scripted_model_is_named_as_torchscript_with_the_fix():
+    model = torch.jit.script(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)))
+    with pytest.raises(ConfigError, match=r"its layers are TorchScript \(torch.jit.script\), which lcpress cannot "
+                                          r"change; compress the plain model, then script it"):
+        lcpress.compress(model, {"tasks": [{"layers": ["*"], "options": {"rank": 1}}], "schedule": {"steps": 0}},
+                         example_input=torch.randn(1, 4), progress=False)

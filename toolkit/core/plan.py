@@ -485,6 +485,9 @@ def _what_there_is(modules: dict[str, nn.Module], graph: ModelGraph) -> str:
         return (f"it has no {COMPRESSIBLE_TEXT} layer left: its layers are stored compressed already "
                 f"({', '.join(stored)}); compress the original model instead (the 'sequential' scheme prunes, "
                 f"then quantizes the survivors, in one run)")
+    if any(isinstance(m, torch.jit.ScriptModule) for m in modules.values()):
+        return (f"it has no {COMPRESSIBLE_TEXT} layer the forward pass calls as a plain module: its layers are "
+                f"TorchScript (torch.jit.script), which lcpress cannot change; compress the plain model, then script it")
     return f"it has no {COMPRESSIBLE_TEXT} layer the forward pass on the example input calls"
 
 
@@ -577,10 +580,12 @@ def _warn_other_weights(cfg: TaskConfig, modules: dict[str, nn.Module], pattern:
     module counts when it holds a weight matrix itself (not through a child): an LSTM's ``weight_ih_l0``,
     attention's ``in_proj_weight``; a learned token of shape (1, 1, d) is not a matrix.
     """
+    from torch.nn.utils.parametrize import ParametrizationList  # holds a parametrized layer's own weight
+
     found: dict[str, int] = {}
     for name, module in modules.items():
-        if (name and not isinstance(module, COMPRESSIBLE) and not is_conv1d(module) and _holds_a_matrix(module)
-                and reaches(cfg, name, pattern)):
+        if (name and not isinstance(module, (*COMPRESSIBLE, ParametrizationList)) and not is_conv1d(module)
+                and _holds_a_matrix(module) and reaches(cfg, name, pattern)):
             found[type(module).__name__] = found.get(type(module).__name__, 0) + 1
     if found:
         kinds = ", ".join(f"{count} {kind}" for kind, count in found.items())
