@@ -61,6 +61,22 @@ def test_minilm_storage_quick_mode_runs(tmp_path):
     assert "| torch dynamic int8, Linear layers, scale per channel |" in done.stdout and "every layer and table, LC" in done.stdout
 
 
+def test_scale_quick_mode_runs(tmp_path):
+    """Both models' three cases, each in its own process; without transformers the BERT row says why it is skipped."""
+    env = {**os.environ, "LCPRESS_CACHE_DIR": str(tmp_path), "LCPRESS_QUIET": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(BENCH / "scale.py"), "--quick", "--out", str(tmp_path / "out.md")],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| model | case | compress (s) |" in done.stdout and "|---|" in done.stdout
+    for case in ("training alone", "direct compression", "2 LC steps"):
+        assert f"| ResNet-50 | {case} |" in done.stdout
+        if importlib.util.find_spec("transformers") is not None:
+            assert f"| BERT-base | {case} |" in done.stdout
+    if importlib.util.find_spec("transformers") is None:
+        assert "| BERT-base | skipped: transformers is not installed" in done.stdout
+    assert not (tmp_path / "out.md").exists()  # quick mode prints its table and writes no results
+
+
 def test_equal_latency_keeps_the_split_best_on_validation(monkeypatch):
     """--lc-splits: every split runs, the best validation score wins (ties: more fine-tuning), the table shows all."""
     from types import SimpleNamespace
