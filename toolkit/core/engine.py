@@ -983,7 +983,8 @@ def _candidates_problem(candidates: Any, w: torch.Tensor) -> str | None:
     errors = errors.detach().to("cpu", torch.float64)
     if not bool(torch.isfinite(errors).all()):
         return "candidate errors hold NaN or infinite values"
-    tol = 1e-6 * max(float(errors.abs().max()), float(w.detach().double().square().sum()))
+    weight = w.detach() if w.dtype in (torch.float32, torch.float64) else w.detach().float()  # no 16-bit overflow
+    tol = 1e-6 * max(float(errors.abs().max()), float(torch.linalg.vector_norm(weight)) ** 2)  # no float64 copy
     if bool((errors < -tol).any()):
         return f"candidate errors must be non-negative (‖w − Δ‖² of each form), got {float(errors.min()):.3g}"
     return None
