@@ -197,7 +197,7 @@ class LCEngine:
                 start = time.perf_counter()
                 before = self._weight_norm()
                 loss = self.l_step(k, mu)
-                self._check_loss(k, mu, loss, before)
+                self._check_l_step(k, mu, loss, before)
                 self.c_step(k, mu)
                 if self.schedule.augmented_lagrangian:
                     self.update_multipliers(mu)
@@ -254,7 +254,7 @@ class LCEngine:
         with self.compressed():
             return float(self.gradient_norm(self.model, [p for t in self.tasks for p in t.params]))
 
-    def _check_loss(self, k: int, mu: float, loss: float | None, before: float) -> None:
+    def _check_l_step(self, k: int, mu: float, loss: float | None, before: float) -> None:
         """A non-finite training loss, or weights that blew up, end the run before anything of this step is kept.
 
         A diverging L step (plain SGD is unstable on the penalty once lr·μ > 2) can keep its loss finite for a
@@ -694,8 +694,15 @@ class LCEngine:
         return row
 
     def distance_and_scale(self) -> tuple[float, float]:
-        """:meth:`distance` and :meth:`scale` from one Δ(θ) per task (a decompression is a matrix product of the
-        layer's size, or a codebook lookup: every LC step computes both)."""
+        """‖w − Δ(θ)‖ and ‖Δ(θ)‖ over all tasks, each in its penalty's norm, from one Δ(θ) per task (a
+        decompression is a matrix product of the layer's size, or a codebook lookup: every LC step needs both).
+
+        A task whose scheme measures error on layer outputs is penalised in its
+        input metric, where directions the inputs never take cost nothing; its
+        weight-space distance need not fall as LC converges, so it is measured
+        in that metric (``tr(D Σ Dᵀ)``), as the penalty and the C step see it.
+        ``tolerance`` is relative to the second number.
+        """
         distance = scale = 0.0
         for i, task in enumerate(self.tasks):
             w = task.weight().detach()
@@ -705,23 +712,12 @@ class LCEngine:
         return math.sqrt(distance), math.sqrt(scale)
 
     def distance(self) -> float:
-        """‖w − Δ(θ)‖ over all tasks, each in its penalty's norm.
-
-        A task whose scheme measures error on layer outputs is penalised in its
-        input metric, where directions the inputs never take cost nothing; its
-        weight-space distance need not fall as LC converges, so it is measured
-        in that metric (``tr(D Σ Dᵀ)``), as the penalty and the C step see it.
-        """
-        total = 0.0
-        for i, task in enumerate(self.tasks):
-            w = task.weight().detach()
-            total += float(self._squared_norm(i, w - self._delta(i, self.next_step).to(w.device)))
-        return math.sqrt(total)
+        """‖w − Δ(θ)‖ (see :meth:`distance_and_scale`)."""
+        return self.distance_and_scale()[0]
 
     def scale(self) -> float:
-        """‖Δ(θ)‖ over all tasks, each in its penalty's norm: what ``tolerance`` is relative to."""
-        return math.sqrt(sum(float(self._squared_norm(i, self._delta(i, self.next_step).double()))
-                             for i in range(len(self.tasks))))
+        """‖Δ(θ)‖ (see :meth:`distance_and_scale`): what ``tolerance`` is relative to."""
+        return self.distance_and_scale()[1]
 
     def _squared_norm(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """``‖x‖²`` in task ``i``'s penalty norm: its input metric (in float64) for output-space error, else Frobenius."""

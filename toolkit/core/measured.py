@@ -234,7 +234,7 @@ class CostTable:
         return value
 
     def put(self, key: str, value: float) -> None:
-        """Add an entry and write the table, merged with what other processes wrote since it was read.
+        """Add an entry; the table is written (:meth:`flush`) if it was not in the last :data:`WRITE_EVERY` seconds.
 
         A folder that cannot be written keeps the table in memory for this run, with one warning: the run's
         prices are as good, only the next run measures again.

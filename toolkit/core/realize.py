@@ -224,7 +224,6 @@ def _realized_module(task: Task, state: State, module: nn.Module) -> nn.Module:
         return task.scheme.realize(state, module)
 
 
-
 @torch.no_grad()
 def eval_output(model: nn.Module, example_input: Any) -> torch.Tensor:
     """Every floating-point tensor the model outputs on ``example_input`` in eval mode, as one flat tensor (its own

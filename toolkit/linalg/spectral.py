@@ -52,10 +52,8 @@ class Spectrum:
             a, b = w @ vectors, vectors.T  # a's columns have norms s_i
             root = a.norm(dim=0).sqrt()
         root = torch.where(root > 0, root, torch.ones_like(root))  # a zero direction stays as it is
-        if self.left:
-            a, b = a * root, b / root[:, None]
-        else:
-            a, b = a / root, b * root[:, None]
+        move = root if self.left else 1 / root  # A·diag(c), diag(1/c)·B: the same product
+        a, b = a * move, b / move[:, None]
         return a.to(self.matrix.dtype), b.to(self.matrix.dtype)
 
 
@@ -75,10 +73,10 @@ def spectra(matrices: Sequence[torch.Tensor]) -> list[Spectrum]:
     for (rows, cols), same in by_shape.items():
         per_matrix = 8 * (rows * cols + 2 * min(rows, cols) ** 2)  # float64 copy, Gram matrix, eigenvectors
         step = max(1, BATCH_BYTES // per_matrix)
+        left = rows <= cols
         for start in range(0, len(same), step):  # a bounded stack at a time: all of BERT's at once is 2.7× its weights
             indices = same[start:start + step]
             batch = torch.stack([matrices[i].detach().to(torch.float64) for i in indices])
-            left = rows <= cols
             gram = batch @ batch.transpose(1, 2) if left else batch.transpose(1, 2) @ batch
             del batch
             values, vectors = torch.linalg.eigh(gram)

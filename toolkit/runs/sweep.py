@@ -193,14 +193,19 @@ SWEEP_FILES = {"sweep.md": b"# lcpress sweep:", "sweep.html": b"lcpress sweep:",
 
 def _refuse_foreign_tables(out: Path) -> None:
     """A sweep replaces its own tables and figure only: files of those names that it did not write are the user's."""
-    ours = {name: (out / name).is_file() and marker in (out / name).read_bytes()[:4096]
-            for name, marker in SWEEP_FILES.items()}
+    ours = {name: (out / name).is_file() and marker in _start(out / name) for name, marker in SWEEP_FILES.items()}
     foreign = [name for name in SWEEP_FILES if (out / name).exists() and not ours[name]]
     if (out / "sweep.png").exists() and not ours["sweep.md"]:
         foreign.append("sweep.png")
     if foreign:
         raise RunDirectoryError(f"{str(out)!r} holds {', '.join(foreign)}, which lcpress did not write and the sweep "
                                 f"would replace; move them, or choose another output_dir")
+
+
+def _start(path: Path) -> bytes:
+    """The first 4 KB of a file, where a sweep's own tables name themselves."""
+    with open(path, "rb") as fh:
+        return fh.read(4096)
 
 
 def _forcing(run_dir: Path, force: bool) -> bool:
