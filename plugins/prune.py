@@ -23,6 +23,7 @@ run as dense.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Sequence
@@ -33,6 +34,8 @@ from torch import nn
 import lcpress
 from lcpress import Candidates, CStepContext, Dense, Form, LayerSpec, Options, Scheme, State, option
 from lcpress.nn import ScatterChannels, SparseWeight, decoded, sparse_index_bits
+
+log = logging.getLogger("lcpress.prune")
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,7 @@ class PruneScheme(Scheme):
         if chosen is not None:
             theta = keep_largest(w, chosen.nonzeros)
         elif o.mode == "l0_constraint":
+            self._warn_if_keeping_all(w.numel())
             theta = keep_largest(w, _count(o, w.numel()))
         elif o.mode == "l1_constraint":
             theta = project_l1_ball(w, o.radius)
@@ -184,6 +188,19 @@ class PruneScheme(Scheme):
         else:
             theta = soft_threshold(w, o.alpha / ctx.mu if ctx.mu > 0 else math.inf)  # μ = 0: nothing pulls w back
         return State({"weight": theta}, {"form": "sparse", "nonzeros": int(torch.count_nonzero(theta))})
+
+    def _warn_if_keeping_all(self, total: int) -> None:
+        """Say once that an unstructured ``keep`` of at least the weights it prunes from prunes nothing.
+
+        Not refused when planned: with ``shared: true`` the count is over all the task's layers, which one
+        layer's check cannot see. The C step sees the whole vector, so the warning is right in both cases.
+        """
+        keep = self.options.keep
+        if keep is None or keep < total or getattr(self, "_warned_keeping_all", False):
+            return
+        self._warned_keeping_all = True
+        log.warning("prune: keep=%d is at least the %d weights it prunes from, so nothing is pruned; ask for "
+                    "fewer (keep, or keep_fraction), or leave the layer out", keep, total)
 
     def decompress(self, state: State) -> torch.Tensor:
         return state.tensors["weight"]

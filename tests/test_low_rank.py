@@ -254,3 +254,29 @@ def test_spectra_stacked_a_few_at_a_time_are_the_spectra_of_one_stack(monkeypatc
         assert a.left == b.left and torch.allclose(a.squared, b.squared, rtol=1e-12, atol=1e-10)
         for r in (1, 4):
             torch.testing.assert_close(torch.mm(*a.factors(r)), torch.mm(*b.factors(r)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_all_finite_agrees_with_the_entrywise_check(dtype):
+    """One sum decides for finite weights; a NaN, an inf or both infinities anywhere are found."""
+    from lcpress.linalg import all_finite
+
+    w = torch.randn(64, 48).to(dtype)
+    assert all_finite(w)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        broken = w.clone()
+        broken[17, 5] = bad
+        assert not all_finite(broken)
+    both = w.clone()
+    both[0, 0], both[1, 1] = float("inf"), float("-inf")  # sum is NaN, not inf
+    assert not all_finite(both)
+    assert all_finite(torch.empty(0, 3, dtype=dtype)) and all_finite(torch.arange(10))
+
+
+def test_all_finite_falls_back_when_finite_entries_overflow_their_sum():
+    """float16 entries of 60,000 are finite; their sum overflows, and that alone must not refuse the weight."""
+    from lcpress.linalg import all_finite
+
+    w = torch.full((1000,), 60000.0, dtype=torch.float16)
+    assert not bool(torch.isfinite(w.sum()))
+    assert all_finite(w)

@@ -201,3 +201,17 @@ def test_a_row_pruned_layer_is_priced_at_what_its_file_holds(tmp_path):
     stored = load_file(lcpress.save(model, tmp_path / "m.safetensors"))
     bits = sum(t.numel() * t.element_size() * 8 for name, t in stored.items() if name.startswith("0."))
     assert result.records[0].realized and bits == result.layers.iloc[0]["storage_after"]
+
+
+@pytest.mark.parametrize("shared, keep, warns", [(False, 200, True), (True, 600, False), (True, 800, True)])
+def test_an_unstructured_keep_of_every_weight_is_said_once(caplog, shared, keep, warns):
+    """keep ≥ the weights pruned from prunes nothing: said once per run, counted over a shared task's layers."""
+    model = nn.Sequential(nn.Linear(30, 20), nn.ReLU(), nn.Linear(20, 10))  # 600 + 200 weights
+    layers = ["*"] if shared else ["2"]
+    config = {"tasks": [{"layers": layers, "scheme": "prune", "options": {"keep": keep}, "shared": shared}],
+              "schedule": {"mu0": 1e-3, "factor": 2.0, "steps": 3}}
+    with caplog.at_level("WARNING", logger="lcpress"):
+        lcpress.compress(model, config, example_input=torch.randn(2, 30),
+                         train_fn=lambda m, penalty, epoch: None, progress=False)
+    said = [r for r in caplog.records if "nothing is pruned" in r.getMessage()]
+    assert len(said) == (1 if warns else 0)

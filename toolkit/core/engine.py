@@ -55,6 +55,7 @@ from lcpress.core.scheme import Candidates, Coupled, CStepContext, State
 from lcpress.core.surgery import get_module, in_mode
 from lcpress.core.tree import join_tensors, split_tensors
 from lcpress.errors import ConfigError, CStepError, LcpressError
+from lcpress.linalg.finite import all_finite
 from lcpress.progress import progress_bar, status_line
 
 log = logging.getLogger("lcpress.engine")
@@ -377,7 +378,7 @@ class LCEngine:
             return
         by_task: dict[int, dict[str, torch.Tensor]] = {}
         for (i, name), moment in self.collector.take().items():
-            if not torch.isfinite(moment).all():
+            if not all_finite(moment):
                 raise LcpressError(f"layer {name!r}: its inputs hold NaN or infinite values (or their second moment "
                                    f"overflows), so its output-space error cannot be measured; check the data and the "
                                    f"layers before it, or use the weight-space error for this layer")
@@ -428,7 +429,7 @@ class LCEngine:
         inputs = []
         for i, task in enumerate(self.tasks):
             w = task.weight().detach()
-            if not torch.isfinite(w).all():
+            if not all_finite(w):
                 raise LcpressError(
                     f"LC step {k}: the weights of {task.name!r} hold NaN or infinite values; "
                     f"lower the L step's learning rate or μ growth (schedule.factor)"
@@ -994,7 +995,7 @@ def _delta_problem(delta: Any, w: torch.Tensor) -> str | None:
         return f"Δ(θ) has shape {tuple(delta.shape)} but the weight it stands for has {tuple(w.shape)}"
     if delta.dtype != w.dtype:
         return f"Δ(θ) is {delta.dtype} but the weight is {w.dtype}"
-    if not bool(torch.isfinite(delta).all()):
+    if not all_finite(delta):
         return "Δ(θ) holds NaN or infinite values"
     return None
 

@@ -40,6 +40,7 @@ from lcpress.core.scheme import Scheme
 from lcpress.core.surgery import replace_module, tensors_in
 from lcpress.core.views import TaskView
 from lcpress.errors import ConfigError, LcpressError, PluginError, listed
+from lcpress.linalg.finite import all_finite
 from lcpress.nn.modules import PointwiseConv2d
 from lcpress.options import Options
 
@@ -278,7 +279,7 @@ def refuse_broken_weights(model: nn.Module) -> None:
     """
     refuse_unloaded(model)
     for name, param in model.named_parameters():
-        if param.is_floating_point() and not bool(torch.isfinite(param.detach()).all()):
+        if not all_finite(param.detach()):
             raise LcpressError(f"parameter {name!r} holds NaN or infinite values before compression — the model (or "
                                f"the weights file it was loaded from) is broken; compress a model with finite weights")
 

@@ -17,6 +17,8 @@ from typing import Sequence
 
 import torch
 
+from lcpress.linalg.finite import all_finite
+
 
 @dataclass
 class Spectrum:
@@ -64,7 +66,7 @@ def spectrum(matrix: torch.Tensor) -> Spectrum:
 
 def spectra(matrices: Sequence[torch.Tensor]) -> list[Spectrum]:
     """Spectra of many matrices; those of equal shape share one batched eigh."""
-    if any(not torch.isfinite(m).all() for m in matrices):
+    if not all(map(all_finite, matrices)):
         raise ValueError("the weight holds NaN or infinite values; fix the model (or the L step's learning rate) first")
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, m in enumerate(matrices):

@@ -35,6 +35,7 @@ from lcpress.options import Options
 from lcpress.core.scheme import LAYER_KINDS, Scheme, State
 from lcpress.core.tree import join_tensors, split_tensors
 from lcpress.io.files import read_file, write_file
+from lcpress.linalg.finite import all_finite
 from .harness import CStepRun, ParamCount, run_c_step
 from .layers import LayerCase
 from .report import require
@@ -169,7 +170,7 @@ def check_shape_dtype(s: SchemeSubject) -> str | None:
                 require(tuple(delta.shape) == tuple(w.shape),
                         f"{where}: decompress(compress(w)) has shape {tuple(delta.shape)}, w has {tuple(w.shape)}")
                 require(delta.dtype == w.dtype, f"{where}: decompress(compress(w)) is {delta.dtype}, w is {w.dtype}")
-                require(bool(torch.isfinite(delta).all()), f"{where}: Δ(θ) holds NaN or infinite values")
+                require(all_finite(delta), f"{where}: Δ(θ) holds NaN or infinite values")
     return None
 
 
