@@ -86,7 +86,7 @@ class Case:
     timing: Callable[[nn.Module], nn.Module] = lambda model: model  # a module called as m(x)
     aimet_input_shape: tuple[int, ...] | None = None
     run_metric: str = "accuracy"  # what lcpress reports on the validation split after every LC step
-    latency_batch: int = 32  # the batch size cpu_latency prices layers at (--latency-batch)
+    latency_batch: tuple[int, ...] = (32,)  # the batch sizes cpu_latency prices layers at (--latency-batch)
     lc_train_config: TrainConfig | None = None  # lcpress's L steps and fine-tuning; None: train_config (--lc-lr)
     weight_only: bool = False  # skip the activation-aware (error: output) latency runs (--no-aware)
     #: L-step counts lcpress's weight-space runs try, the rest of the passes fine-tuning (--lc-splits); the one
@@ -181,6 +181,11 @@ def uniform_svd(case: Case, ratio: float) -> tuple[nn.Module, dict[str, Any]]:
                     case.train_config)
 
 
+
+def latency_batches(batches: tuple[int, ...]) -> dict[str, object]:
+    """cpu_latency's option for the batch sizes to price at: ``batch_size`` for one, ``batch_sizes`` for several."""
+    return {"batch_size": batches[0]} if len(batches) == 1 else {"batch_sizes": list(batches)}
+
 def lcpress_run(case: Case, cost: str, ratio: float, error: str = "weight", steps: int | None = None,
                 finetune_lr: float | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """LC (or, with ``steps=0``, direct compression and fine-tuning) at a ``cost`` target; ``passes`` in all,
@@ -193,7 +198,7 @@ def lcpress_run(case: Case, cost: str, ratio: float, error: str = "weight", step
             "target": {"cost": cost, "ratio": ratio}}
     config = {"tasks": [task], "schedule": {**case.schedule, "steps": steps},
               "finetune": finetune_section(case.passes - steps, finetune_lr),
-              "cost_models": {"cpu_latency": {"batch_size": case.latency_batch, "threads": 1, "min_run_time": 0.05,
+              "cost_models": {"cpu_latency": {**latency_batches(case.latency_batch), "threads": 1, "min_run_time": 0.05,
                                               "clock": "thread"}}  # the shared machine: CPU time, as the final timing
               if cost == "cpu_latency" else {}}
     return compress(case, config, case.lc_train())
@@ -617,8 +622,9 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, help="training images (sentences) per pass, instead of the model's default")
     parser.add_argument("--one-shot", action="store_true",
                         help="also run lcpress one-shot (direct compression + the same fine-tuning) at the matched target")
-    parser.add_argument("--latency-batch", type=int, default=32,
-                        help="batch size the cpu_latency cost model measures layers at (the bar is at 1 and 32)")
+    parser.add_argument("--latency-batch", default="32",
+                        help="batch size the cpu_latency cost model measures layers at (the bar is at 1 and 32); "
+                             "several, comma-separated (1,32): priced by time per example summed over them")
     parser.add_argument("--lr", type=float, help="the peers' fine-tuning learning rate, instead of the model's default")
     parser.add_argument("--lc-lr", type=float, help="lcpress's L-step learning rate, instead of the model's default")
     parser.add_argument("--no-match", action="store_true",
@@ -660,7 +666,7 @@ def main() -> None:
     from equal_latency_cases import build  # noqa: E402 (the models and their data)
 
     case = build(args.model, args.quick, args.chunk)
-    case.latency_batch = args.latency_batch
+    case.latency_batch = tuple(int(b) for b in str(args.latency_batch).split(","))
     if args.shape:
         case.options = {**case.options, "shape": args.shape}
     if args.allocation:
@@ -730,7 +736,9 @@ def protocol(case: Case, seeds: int) -> str:
         text += f" (the seed spread: data order and C steps 0–{seeds - 1})"
     if case.peers:
         text += f"; peers: {', '.join(case.peers)} only"
-    return text + f". cpu_latency prices layers at batch {case.latency_batch}."
+    at = ("batch " + str(case.latency_batch[0]) if len(case.latency_batch) == 1 else
+          "batches " + " and ".join(map(str, case.latency_batch)) + " (time per example, summed)")
+    return text + f". cpu_latency prices layers at {at}."
 
 
 def write(case: Case, rows: list[dict[str, Any]], args: argparse.Namespace, out: Path, rounds: int,

@@ -11,12 +11,13 @@ or a sweep — measures nothing again.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import torch
 from torch.utils import benchmark
@@ -32,6 +33,10 @@ RUN_TIME_CAP = 20
 @dataclass
 class CpuLatencyOptions(Options):
     batch_size: int | None = option(None, help="batch size to time at (default: the traced example's)", ge=1)
+    batch_sizes: list[int] = option(
+        default_factory=list, help="time every form at each of these batch sizes and price it by its time per example "
+                                   "summed over them (ms), so the model is kept fast at all of them, e.g. [1, 32]; "
+                                   "instead of batch_size")
     threads: int | None = option(None, help="CPU threads (default: torch.get_num_threads())", ge=1)
     dtype: Literal["float32", "bfloat16", "float16"] = option("float32", help="data type of weights and input")
     min_run_time: float = option(0.2, help="seconds of timing per measurement (adaptive_autorange)", gt=0)
@@ -51,6 +56,12 @@ class CpuLatencyOptions(Options):
     def validate(self) -> None:
         if self.clock == "thread" and self.threads != 1:
             self.fail("clock", "the thread clock counts the calling thread only: set threads: 1 with it")
+        if self.batch_sizes and self.batch_size is not None:
+            self.fail("batch_sizes", "give batch_size (one batch size) or batch_sizes (several), not both")
+        if any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in self.batch_sizes):
+            self.fail("batch_sizes", f"batch sizes are whole numbers ≥ 1, got {self.batch_sizes}")
+        if len(set(self.batch_sizes)) != len(self.batch_sizes):
+            self.fail("batch_sizes", f"each batch size once, got {self.batch_sizes}")
 
 
 #: The most timing blocks one measurement takes. adaptive_autorange re-summarises every block so far after each
@@ -89,12 +100,50 @@ def cpu_model() -> str:
 
 
 class CpuLatency(MeasuredCostModel):
-    """Median forward latency in milliseconds on this CPU."""
+    """Median forward latency in milliseconds on this CPU.
+
+    With ``batch_sizes``, a form costs its time per example at each batch size, summed. A layer's forms rank
+    differently at different batch sizes: a rank on a fast kernel staircase at batch 32 can be slow at batch 1,
+    and a model chosen by batch-32 prices then misses a batch-1 latency it must also meet. Each batch size is
+    measured, cached and checked for interference as a ``batch_size`` run of its own would be (the same table
+    entries), so only the sum is new.
+    """
 
     name = "cpu_latency"
     unit = "ms"
     Options = CpuLatencyOptions
     options: CpuLatencyOptions
+
+    def __init__(self, options: CpuLatencyOptions | None = None) -> None:
+        super().__init__(options)
+        self._at_batch: dict[int, CpuLatency] = {}
+
+    def measure_options(self) -> dict[str, Any]:
+        """As the base's, without ``batch_sizes``: only single-batch measurements reach the table."""
+        return {k: v for k, v in super().measure_options().items() if k != "batch_sizes"}
+
+    def at_batch(self, batch_size: int) -> CpuLatency:
+        """This cost model timing at one batch size, sharing this one's cost table."""
+        single = self._at_batch.get(batch_size)
+        if single is None:
+            single = type(self)(dataclasses.replace(self.options, batch_size=batch_size, batch_sizes=[]))
+            single._table = self.table
+            self._at_batch[batch_size] = single
+        return single
+
+    def cost(self, spec: LayerSpec, form: Form) -> float:
+        if not self.options.batch_sizes:
+            return super().cost(spec, form)
+        return float(self.costs(spec, [form])[0])
+
+    def costs(self, spec: LayerSpec, forms: Sequence[Form]) -> torch.Tensor:
+        """Per batch size after all its forms are measured (a recheck may correct an earlier one), then summed."""
+        if not self.options.batch_sizes:
+            return super().costs(spec, forms)
+        total = sum(self.at_batch(b).costs(spec, forms) / b for b in self.options.batch_sizes)
+        self.measurements = sum(m.measurements for m in self._at_batch.values())
+        self.remeasured = sum(m.remeasured for m in self._at_batch.values())
+        return total
 
     @property
     def threads(self) -> int:
@@ -105,6 +154,8 @@ class CpuLatency(MeasuredCostModel):
                 "torch": torch.__version__}
 
     def measure(self, spec: LayerSpec, form: Form) -> float:
+        if self.options.batch_sizes:
+            return sum(self.at_batch(b).measure(spec, form) / b for b in self.options.batch_sizes)
         dtype = self.torch_dtype(self.options.dtype)
         module = form_module(spec, form).to(dtype).eval()
         x = timing_input(spec, self.options.batch_size, dtype)
@@ -118,9 +169,13 @@ class CpuLatency(MeasuredCostModel):
 
     def measure_model(self, model: torch.nn.Module, example_input: Any) -> float | None:
         """Median ms of a whole forward pass, at ``batch_size`` (the example repeated), this model's threads and
-        its ``dtype`` (a copy of the model converted to it, as the layer table was measured)."""
+        its ``dtype`` (a copy of the model converted to it, as the layer table was measured); with
+        ``batch_sizes``, the time per example at each, summed, as the layers are priced."""
         if not isinstance(example_input, torch.Tensor):
             return None
+        if self.options.batch_sizes:
+            times = [self.at_batch(b).measure_model(model, example_input) for b in self.options.batch_sizes]
+            return sum(t / b for t, b in zip(times, self.options.batch_sizes))  # type: ignore[operator]
         x = example_input
         if self.options.batch_size is not None:
             x = x[:1].expand(self.options.batch_size, *x.shape[1:]).contiguous()

@@ -35,6 +35,9 @@ class StairTimer(CpuLatency):
     def fingerprint(self):
         return {"device": "stairs"}
 
+    def measure_model(self, model, example_input):
+        return None  # no whole-model timing on the real CPU at the end of a run
+
 
 class StairPlugin:
     __name__ = "stair_timer_plugin"
@@ -432,7 +435,8 @@ def test_the_whole_model_is_timed_in_the_dtype_the_layers_were(cache, monkeypatc
     assert timed == [(torch.bfloat16, torch.bfloat16)] and model.weight.dtype == torch.float32  # a converted copy
 
 
-def test_batch_size_over_layers_whose_first_dimension_is_not_the_batch_is_a_warning(cache, caplog):
+@pytest.mark.parametrize("sizes", [{"batch_size": 8}, {"batch_sizes": [1, 8]}])
+def test_batch_size_over_layers_whose_first_dimension_is_not_the_batch_is_a_warning(cache, caplog, sizes):
     class Flattened(nn.Module):
         def __init__(self):
             super().__init__()
@@ -442,7 +446,7 @@ def test_batch_size_over_layers_whose_first_dimension_is_not_the_batch_is_a_warn
             return self.out(self.fc(x.reshape(-1, x.shape[-1])))
 
     config = {"tasks": [{"layers": ["fc"], "options": {"rank": 4, "rank_multiple": 1}}],
-              "cost_models": {"stair_latency": {"batch_size": 8}}}
+              "cost_models": {"stair_latency": sizes}}
     with using_plugins(StairPlugin()), caplog.at_level(logging.WARNING, logger="lcpress"):
         lcpress.predict_costs(Flattened(), config, torch.randn(1, 16, 32))
         assert "fc, out take inputs whose first dimension is not the example's batch of 1" in caplog.text
@@ -466,3 +470,80 @@ def test_a_measurement_ends_at_its_block_limit(monkeypatch):
                         lambda callback, **kw: real(callback=lambda n, t: (seen.append(t), callback(n, t)), **kw))
     value = cpu.median_seconds(timer, {"min_run_time": 60.0, "max_run_time": 600.0})  # minutes, were it not bounded
     assert len(seen) == 5 and 0 < value < 1e-2
+
+
+def _batch_times(self, module, x, copies):
+    """A deterministic CPU: a call costs its weights' size per example, plus 5 ms of overhead per call at batch 1."""
+    size = sum(p.numel() for p in module.parameters()) / 1000
+    return size * x.shape[0] + (5.0 if x.shape[0] == 1 else 0.0)
+
+
+def test_several_batch_sizes_price_the_time_per_example_summed_from_single_batch_entries(cache, monkeypatch):
+    monkeypatch.setattr(CpuLatency, "_time", _batch_times)
+    forms = [Dense(), LowRank(8), LowRank(16)]
+    both = CpuLatency(CpuLatency.Options.from_dict({"batch_sizes": [1, 4], "min_run_time": 0.01}))
+    summed = both.costs(SPEC, forms)
+    assert both.measurements == 6  # three forms at two batch sizes
+    singles = {b: CpuLatency(CpuLatency.Options.from_dict({"batch_size": b, "min_run_time": 0.01})) for b in (1, 4)}
+    apart = singles[1].costs(SPEC, forms) + singles[4].costs(SPEC, forms) / 4
+    assert torch.equal(summed, apart)
+    assert singles[1].measurements == singles[4].measurements == 0  # the batch_sizes run filled their entries
+    assert both.cost(SPEC, LowRank(8)) == pytest.approx(float(summed[1]))
+    model = nn.Sequential(nn.Linear(64, 64))
+    monkeypatch.setattr("lcpress.costmodels.cpu_latency.median_seconds",
+                        lambda timer, run_times: timer._globals["x"].shape[0] * 1e-3)  # 1 ms per example
+    assert both.measure_model(model, torch.randn(1, 64)) == pytest.approx(1.0 + 4.0 / 4)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"batch_sizes": [1, 32], "batch_size": 8}, "not both"),
+    ({"batch_sizes": [0, 32]}, "whole numbers"),
+    ({"batch_sizes": [32, 32]}, "each batch size once"),
+])
+def test_bad_batch_sizes_name_the_option(options, message):
+    with pytest.raises(lcpress.ConfigError, match=rf"batch_sizes.*{message}"):
+        CpuLatency.Options.from_dict(options)
+
+
+class BatchStairs(CpuLatency):
+    """A 'CPU' whose staircase depends on the batch: at batch 32 rank 16 runs as fast as rank 8; at batch 1 it
+    costs twice rank 8, as its work says."""
+
+    name = "batch_stairs"
+
+    def measure(self, spec, form):
+        if self.options.batch_sizes:
+            return super().measure(spec, form)
+        if not isinstance(form, LowRank):
+            return 40.0
+        if self.options.batch_size == 32 and form.rank == 16:
+            return 8.0
+        return float(form.rank)
+
+    def fingerprint(self):
+        return {"device": "batch stairs"}
+
+    def measure_model(self, model, example_input):
+        return None  # no whole-model timing on the real CPU at the end of the run
+
+
+class BatchStairsPlugin:
+    __name__ = "batch_stairs_plugin"
+
+    @lcpress.hookimpl
+    def lcpress_register_cost_models(self, register):
+        register(BatchStairs)
+
+
+@pytest.mark.parametrize("sizes, rank", [({"batch_size": 32}, 16), ({"batch_sizes": [1, 32]}, 8)])
+def test_a_budget_over_several_batch_sizes_keeps_off_one_batch_size_s_staircase(cache, sizes, rank):
+    """Priced at batch 32 alone, rank 16 is as cheap as rank 8 and wins; over batches 1 and 32 it costs more,
+    and a budget a quarter of dense fits rank 8 only."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64))
+    cfg = {"tasks": [{"layers": ["0"], "options": {"rank_multiple": 8}, "cost": "batch_stairs",
+                      "target": {"cost": "batch_stairs", "ratio": 0.25}}],
+           "cost_models": {"batch_stairs": sizes}, "schedule": {"steps": 0}}
+    with using_plugins(BatchStairsPlugin()):
+        result = lcpress.compress(model, cfg, example_input=torch.randn(1, 64), progress=False)
+    assert result.tasks[0].scheme.form(result.states[0]) == LowRank(rank)

@@ -894,7 +894,9 @@ def _unreachable(task: Task, model: CostModel, choice: budget_mod.Choice) -> str
     """The one warning for a target the cheapest forms cannot reach, in ratios of the dense cost."""
     dense = choice.dense_cost or 0.0
     batch = getattr(model.options, "batch_size", None) or (task.spec.input_shape[0] if task.spec else None)
-    at = f" at batch {batch}" if batch else ""
+    batches = getattr(model.options, "batch_sizes", None)
+    at = (f" at batches {', '.join(map(str, batches))} (per example, summed)" if batches else
+          f" at batch {batch}" if batch else "")
     by_value = task.config.target is not None and task.config.target.value is not None
     share = f"{choice.budget / dense:.1%} of dense" if dense else ""
     asked = (f"{choice.budget:.4g} {model.unit}" + (f" ({share})" if share else "")) if by_value or not dense else share

@@ -226,16 +226,17 @@ def plan(model: nn.Module, config: LCConfig, example_input: Any, resolved: Resol
 def _warn_batch_elsewhere(graph: ModelGraph, cost_models: dict[str, CostModel], example_input: Any) -> None:
     """A cost model's ``batch_size`` replaces the first dimension of each layer's input; say so where that
     dimension is not the example's batch (tokens flattened into it, a sequence-first model)."""
-    sized = [name for name, m in cost_models.items() if getattr(m.options, "batch_size", None) is not None]
+    sized = [name for name, m in cost_models.items()
+             if getattr(m.options, "batch_size", None) is not None or getattr(m.options, "batch_sizes", None)]
     batch = _batch_of(example_input)
     if not sized or batch is None:
         return
     elsewhere = [n for n, spec in graph.specs.items() if spec.input_shape and spec.input_shape[0] != batch]
     if elsewhere:
-        log.warning("cost_models.%s.batch_size replaces the first dimension of each layer's input, but %s take "
+        log.warning("cost_models.%s's batch size replaces the first dimension of each layer's input, but %s take "
                     "inputs whose first dimension is not the example's batch of %d (tokens flattened into it, or "
                     "a sequence-first model), so they would be timed at another size: pass example_input= a batch "
-                    "of the deployment size and leave batch_size out", sized[0], listed(elsewhere), batch)
+                    "of the deployment size and leave batch_size (batch_sizes) out", sized[0], listed(elsewhere), batch)
 
 
 def _warn_other_precision(model: nn.Module, config: LCConfig, cost_models: dict[str, CostModel]) -> None:

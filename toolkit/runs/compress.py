@@ -479,7 +479,9 @@ def measured_latency(models: dict[str, MeasuredCostModel], dense: nn.Module, com
         b, a = min(before), min(after)
         batch = getattr(cost_model.options, "batch_size", None) or (
             example_input.shape[0] if isinstance(example_input, torch.Tensor) else None)
-        at = f" at batch {batch}" if batch else ""
+        batches = getattr(cost_model.options, "batch_sizes", None)
+        at = (f" at batches {', '.join(map(str, batches))} (per example, summed)" if batches else
+              f" at batch {batch}" if batch else "")
         lines.append(f"measured {name} of the whole model{at}: dense {b:.4g} {cost_model.unit} → compressed "
                      f"{a:.4g} {cost_model.unit} ({a / b:.1%} of dense)")
         if slower is not None and a >= b:
