@@ -816,3 +816,18 @@ def test_a_scripted_submodule_is_named_as_torchscript(layer):
     with pytest.raises(ConfigError, match=rf"'{layer}' is a TorchScript module .*compress the plain model, then script"):
         lcpress.compress(model, {"tasks": [{"layers": [layer], "options": {"rank": 2}}], "schedule": {"steps": 0}},
                          example_input=torch.randn(1, 8), progress=False)
+
+
+def test_a_checkpoint_that_records_no_config_is_not_resumed(tmp_path, power_cut):
+    """Every checkpoint lcpress writes records its config; one without it cannot be checked as the run's own."""
+    from lcpress.io.files import read_file, write_file
+
+    out = tmp_path / "run"
+    _interrupted(out, power_cut)
+    path = out / "checkpoint.safetensors"
+    tensors, meta = read_file(path)
+    write_file(path, tensors, {k: v for k, v in meta.items() if k != "config"})
+    before = (out / "run.json").read_text()
+    with pytest.raises(RunDirectoryError, match=r"records no config, so it cannot be checked as this run's own"):
+        _compress(out, resume=True)
+    assert (out / "run.json").read_text() == before and path.exists()

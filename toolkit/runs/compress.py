@@ -404,14 +404,18 @@ def _read_checkpoint(run_dir: RunDirectory, config: LCConfig) -> tuple[dict[str,
     """The run's checkpoint, refused if another config wrote it (a checkpoint copied in from another run)."""
     tensors, meta = FileCheckpointer(run_dir.checkpoint_path, {}).load()
     written = meta.get("config")
-    if isinstance(written, dict):
-        changes = [c for c in changed_keys(_as_today(written), config.to_dict(), ignore=RELOCATABLE)
-                   if not c.startswith("schedule.steps:")]  # an extension changes steps before its first checkpoint
-        if changes:
-            raise RunDirectoryError(
-                f"{str(run_dir.checkpoint_path)!r} was written by a run of another config than {str(run_dir.path)!r} "
-                f"records (changed: {'; '.join(changes)}), so resuming would mix two runs; put back this run's own "
-                f"checkpoint, or start afresh (--force)")
+    if not isinstance(written, dict):  # every checkpoint lcpress writes records its config
+        raise RunDirectoryError(
+            f"{str(run_dir.checkpoint_path)!r} records no config, so it cannot be checked as this run's own "
+            f"checkpoint (lcpress writes one into every checkpoint); put back this run's own checkpoint, or start "
+            f"afresh (--force)")
+    changes = [c for c in changed_keys(_as_today(written), config.to_dict(), ignore=RELOCATABLE)
+               if not c.startswith("schedule.steps:")]  # an extension changes steps before its first checkpoint
+    if changes:
+        raise RunDirectoryError(
+            f"{str(run_dir.checkpoint_path)!r} was written by a run of another config than {str(run_dir.path)!r} "
+            f"records (changed: {'; '.join(changes)}), so resuming would mix two runs; put back this run's own "
+            f"checkpoint, or start afresh (--force)")
     return tensors, meta
 
 
