@@ -181,10 +181,10 @@ def uniform_svd(case: Case, ratio: float) -> tuple[nn.Module, dict[str, Any]]:
                     case.train_config)
 
 
-
 def latency_batches(batches: tuple[int, ...]) -> dict[str, object]:
     """cpu_latency's option for the batch sizes to price at: ``batch_size`` for one, ``batch_sizes`` for several."""
     return {"batch_size": batches[0]} if len(batches) == 1 else {"batch_sizes": list(batches)}
+
 
 def lcpress_run(case: Case, cost: str, ratio: float, error: str = "weight", steps: int | None = None,
                 finetune_lr: float | None = None) -> tuple[nn.Module, dict[str, Any]]:

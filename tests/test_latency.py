@@ -540,3 +540,14 @@ def test_a_budget_over_several_batch_sizes_keeps_off_one_batch_size_s_staircase(
     with using_plugins(StairPlugin(BatchStairs)):
         result = lcpress.compress(model, cfg, example_input=torch.randn(1, 64), progress=False)
     assert result.tasks[0].scheme.form(result.states[0]) == LowRank(rank)
+
+
+def test_messages_say_at_which_batch_sizes_a_price_holds():
+    from lcpress.core.costmodel import batch_text
+
+    def text(options, default):
+        return batch_text(CpuLatency(CpuLatency.Options.from_dict(options)), default)
+
+    assert text({"batch_sizes": [1, 32]}, 4) == " at batches 1, 32 (per example, summed)"
+    assert text({"batch_size": 8}, 4) == " at batch 8"
+    assert text({}, 4) == " at batch 4" and text({}, None) == ""

@@ -46,6 +46,17 @@ def layer_text(spec: LayerSpec) -> str:
     return f"the {spec.kind} {spec.in_channels}→{spec.out_channels} layer"
 
 
+def batch_text(model: CostModel, default: int | None) -> str:
+    """Where a price or a measurement holds, for a message: ``" at batch 32"`` (the model's ``batch_size``, else
+    ``default``), ``" at batches 1, 32 (per example, summed)"`` for a model priced over ``batch_sizes``, or ``""``
+    when neither is known."""
+    batches = getattr(model.options, "batch_sizes", None)
+    if batches:
+        return f" at batches {', '.join(map(str, batches))} (per example, summed)"
+    batch = getattr(model.options, "batch_size", None) or default
+    return f" at batch {batch}" if batch else ""
+
+
 def _guarded(costs: Costs) -> Costs:
     """``costs`` under the plugin guard, its prices checked: what every caller of ``costs()`` gets."""
     @functools.wraps(costs)

@@ -41,7 +41,7 @@ from lcpress.config import ScheduleConfig
 from lcpress.core import budget as budget_mod
 from lcpress.core import coupled as coupled_mod
 from lcpress.core import sensitivity as sensitivity_mod
-from lcpress.core.costmodel import CostModel
+from lcpress.core.costmodel import CostModel, batch_text
 from lcpress.core.forms import Dense, Form, LayerSpec
 from lcpress.core.graph import ModelGraph
 from lcpress.core.guard import plugin_call
@@ -893,10 +893,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def _unreachable(task: Task, model: CostModel, choice: budget_mod.Choice) -> str:
     """The one warning for a target the cheapest forms cannot reach, in ratios of the dense cost."""
     dense = choice.dense_cost or 0.0
-    batch = getattr(model.options, "batch_size", None) or (task.spec.input_shape[0] if task.spec else None)
-    batches = getattr(model.options, "batch_sizes", None)
-    at = (f" at batches {', '.join(map(str, batches))} (per example, summed)" if batches else
-          f" at batch {batch}" if batch else "")
+    at = batch_text(model, task.spec.input_shape[0] if task.spec else None)
     by_value = task.config.target is not None and task.config.target.value is not None
     share = f"{choice.budget / dense:.1%} of dense" if dense else ""
     asked = (f"{choice.budget:.4g} {model.unit}" + (f" ({share})" if share else "")) if by_value or not dense else share

@@ -17,8 +17,6 @@ def all_finite(tensor: torch.Tensor) -> bool:
     """True when every entry of ``tensor`` is finite (no NaN, no ±inf); integer tensors always are."""
     if not (tensor.is_floating_point() or tensor.is_complex()):
         return True
-    if tensor.numel() == 0:
-        return True
     if bool(torch.isfinite(tensor.sum())):
         return True
     return bool(torch.isfinite(tensor).all())  # an overflowing sum of finite entries, or a real NaN / inf

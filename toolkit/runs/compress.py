@@ -41,7 +41,7 @@ from lcpress.io.rundir import RunDirectory, changed_keys
 from lcpress.nn.codecs import DecodedLayer
 from lcpress.reporting.runinfo import plan_record
 from lcpress.reporting.tables import format_table, kept_dense_layers, layer_table, target_lines, totals
-from lcpress.core.costmodel import CostModel
+from lcpress.core.costmodel import CostModel, batch_text
 from lcpress.core.measured import MeasuredCostModel
 from lcpress.core.schedule import FALLBACK_MU0, convergence_problem
 from lcpress.runs import distributed
@@ -481,11 +481,7 @@ def measured_latency(models: dict[str, MeasuredCostModel], dense: nn.Module, com
         if None in before or None in after:
             continue
         b, a = min(before), min(after)
-        batch = getattr(cost_model.options, "batch_size", None) or (
-            example_input.shape[0] if isinstance(example_input, torch.Tensor) else None)
-        batches = getattr(cost_model.options, "batch_sizes", None)
-        at = (f" at batches {', '.join(map(str, batches))} (per example, summed)" if batches else
-              f" at batch {batch}" if batch else "")
+        at = batch_text(cost_model, example_input.shape[0] if isinstance(example_input, torch.Tensor) else None)
         lines.append(f"measured {name} of the whole model{at}: dense {b:.4g} {cost_model.unit} → compressed "
                      f"{a:.4g} {cost_model.unit} ({a / b:.1%} of dense)")
         if slower is not None and a >= b:
