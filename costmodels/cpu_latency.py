@@ -143,6 +143,7 @@ class CpuLatency(MeasuredCostModel):
         total = sum(self.at_batch(b).costs(spec, forms) / b for b in self.options.batch_sizes)
         self.measurements = sum(m.measurements for m in self._at_batch.values())
         self.remeasured = sum(m.remeasured for m in self._at_batch.values())
+        self.estimated = set().union(*(m.estimated for m in self._at_batch.values()))
         return total
 
     @property

@@ -79,7 +79,10 @@ def test_second_run_is_served_from_the_table(cache, monkeypatch, capsys):
     monkeypatch.delenv("LCPRESS_QUIET", raising=False)  # the per-step lines, where the measuring is said
     with using_plugins(StairPlugin()):
         _compress("stair_latency")
-        assert "stair_latency: measured 64 forms of 2 layers in" in capsys.readouterr().err
+        said = capsys.readouterr().err
+        # one 64→64 shape: dense and ranks 1–32 timed; ranks 33–63 do more FLOPs and store more than dense
+        assert "stair_latency: measured 33 forms of 2 layers in" in said
+        assert "(31 more do more FLOPs and store more than dense: priced from dense, not timed)" in said
         first = len(StairTimer.calls)
         assert first > 0
         model = StairTimer()
@@ -350,7 +353,7 @@ def test_a_staircase_that_holds_when_measured_again_is_kept(cache, caplog):
 def test_forms_of_different_structure_are_not_compared(cache):
     model = BusyTimer()
     BusyTimer.busy = set()
-    assert model.cost(SPEC, LowRank(64)) == 8.0 and model.cost(SPEC, Dense()) == 0.5  # dense 16× faster: fine
+    assert model.cost(SPEC, LowRank(24)) == 3.0 and model.cost(SPEC, Dense()) == 0.5  # dense 6× faster: fine
     assert model.remeasured == 0
 
 
@@ -551,3 +554,51 @@ def test_messages_say_at_which_batch_sizes_a_price_holds():
     assert text({"batch_sizes": [1, 32]}, 4) == " at batches 1, 32 (per example, summed)"
     assert text({"batch_size": 8}, 4) == " at batch 8"
     assert text({}, 4) == " at batch 4" and text({}, None) == ""
+
+
+def test_a_form_doing_more_work_than_dense_is_priced_from_dense_not_timed(cache):
+    """64→64: rank 32 breaks even (bias aside); rank 40 does 1.25× dense's FLOPs and stores more."""
+    model = StairTimer()
+    prices = model.costs(SPEC, [LowRank(32), LowRank(40), Dense()]).tolist()
+    assert prices == [4.0, 125.0, 100.0]  # rank 40: dense's 100 × its 1.25× FLOPs, above dense
+    assert LowRank(40) not in StairTimer.calls and LowRank(32) in StairTimer.calls
+    assert model.estimated == {(SPEC, LowRank(40))} and model.measurements == 2
+
+
+def test_a_subclass_can_time_forms_doing_more_work(cache):
+    class Thorough(StairTimer):
+        measure_more_work = True
+
+    model = Thorough()
+    assert model.cost(SPEC, LowRank(40)) == 5.0 and LowRank(40) in StairTimer.calls
+    assert model.estimated == set()
+
+
+def test_a_low_rank_embedding_storing_less_is_timed_though_its_lookup_counts_no_flops(cache):
+    table = LayerSpec("embedding", 1000, 64, (1, 16), bias=False)
+    model = StairTimer()
+    assert model.cost(table, LowRank(56)) == 7.0  # 56·1064 numbers < 64,000: timed, though it does more FLOPs
+    assert model.cost(table, LowRank(64)) == 100.0 * 64 * 1064 / 64_000  # stores more: dense × its storage ratio
+    assert StairTimer.calls == [LowRank(56), Dense()]
+
+
+def test_pricing_more_work_from_dense_changes_no_selection(cache):
+    """On a CPU where more work takes longer, a budgeted run chooses the same ranks whether forms above
+    break-even are timed or not (StairTimer's dense layer is slower than any rank: there they would differ)."""
+    class Proportional(StairTimer):
+        name = "proportional_latency"
+
+        def measure(self, spec, form):
+            return 4.5 if isinstance(form, Dense) else super().measure(spec, form)  # rank 32's FLOPs: 4.0
+
+    class Thorough(Proportional):
+        name = "thorough_latency"
+        measure_more_work = True
+
+    chosen = []
+    for timer in (Proportional, Thorough):
+        with using_plugins(StairPlugin(timer)):
+            for ratio in (0.05, 0.3, 0.9):
+                result = _compress(timer.name, ratio=ratio)
+                chosen.append([t.scheme.form(s) for t, s in zip(result.tasks, result.states)])
+    assert chosen[:3] == chosen[3:]

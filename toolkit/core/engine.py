@@ -636,6 +636,7 @@ class LCEngine:
         """Every candidate of the members' layers priced by ``model``: a measured model's first prices take minutes
         on a large model (thousands of forms timed), so they get a bar and a line saying what was measured."""
         before, start = getattr(model, "measurements", 0), time.perf_counter()
+        estimated_before = len(getattr(model, "estimated", ()))
         costs = []
         with progress_bar(total=len(members), desc=f"pricing by {model.name}", unit="layer",
                           enabled=self.progress and hasattr(model, "measurements")) as bar:
@@ -643,9 +644,13 @@ class LCEngine:
                 costs.append(self._price(self.tasks[i], model, contexts[i].candidates.forms, k))
                 bar.update(1)
         measured = getattr(model, "measurements", 0) - before
+        estimated = len(getattr(model, "estimated", ())) - estimated_before
         if measured:
+            skipped = (f" ({estimated} more do more FLOPs and store more than dense: priced from dense, not timed)"
+                       if estimated else "")
             status_line(f"{model.name}: measured {measured} forms of {len(members)} layers in "
-                        f"{time.perf_counter() - start:.0f} s; kept for later runs on this device", enabled=self.progress)
+                        f"{time.perf_counter() - start:.0f} s{skipped}; kept for later runs on this device",
+                        enabled=self.progress)
         return costs
 
     def _price(self, task: Task, model: CostModel, forms: list[Form], k: int) -> torch.Tensor:

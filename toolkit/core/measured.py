@@ -14,6 +14,10 @@ Subclasses implement :meth:`MeasuredCostModel.measure` and
 :meth:`MeasuredCostModel.fingerprint`; only the forms a C step asks for are
 measured (lazily), and each at most once per device.
 
+A form that does more FLOPs than the dense layer *and* stores more numbers
+(a factorization above its break-even rank) is not measured: it is priced
+from the dense layer's measurement (see :func:`more_work_than_dense`).
+
 A measurement taken while something else used the device is too slow, never
 too fast. So a fresh measurement is checked against the other forms of the
 same layer and structure known so far (e.g. every rank of a factorization):
@@ -227,9 +231,10 @@ class CostTable:
             return
         log.warning("cost table %s is unreadable (%s); moved it to %s and measuring afresh", self.path, problem, aside)
 
-    def get(self, key: str) -> float | None:
+    def get(self, key: str, counted: bool = True) -> float | None:
+        """The entry for ``key``, if measured; ``counted``: a form's price read from the table (:attr:`hits`)."""
         value = self.entries.get(key)
-        if value is not None:
+        if value is not None and counted:
             self.hits += 1
         return value
 
@@ -300,6 +305,34 @@ def suspect(a: Known, b: Known, factor: float) -> Known | None:
     return None
 
 
+def form_flops(spec: LayerSpec, form: Form) -> int:
+    """FLOPs of ``form`` for layer ``spec``: its primitives', as the ``flops`` cost model counts them."""
+    return sum(p.flops for p in form.primitives(spec))
+
+
+def more_work_than_dense(spec: LayerSpec, form: Form) -> bool:
+    """Whether ``form`` does more FLOPs than the dense layer and stores more numbers too.
+
+    Such a form is never worth choosing: dense computes the layer exactly, with less arithmetic and fewer
+    weights to read. Low-rank candidates above the break-even rank ``mn/(m+n)`` are the common case (half of
+    a square layer's ranks, and the slowest to time). Both counts must exceed dense: a low-rank embedding does
+    more FLOPs than its table lookup but stores less, and a quantized or sparse form does the dense FLOPs.
+    """
+    if isinstance(form, Dense):
+        return False
+    dense = Dense()
+    return (form_flops(spec, form) > form_flops(spec, dense)
+            and form.param_count(spec) > dense.param_count(spec))
+
+
+def work_over_dense(spec: LayerSpec, form: Form) -> float:
+    """How many times the dense layer's work ``form`` does: the larger of its FLOPs and parameter ratios (those
+    defined: an embedding's lookup counts no FLOPs); above 1 for a form :func:`more_work_than_dense`."""
+    dense = Dense()
+    pairs = ((form_flops(spec, form), form_flops(spec, dense)), (form.param_count(spec), dense.param_count(spec)))
+    return max((mine / theirs for mine, theirs in pairs if theirs > 0), default=2.0)
+
+
 def table_key(spec: LayerSpec, form: Form, extra: dict[str, Any]) -> str:
     """Canonical text of what was measured: the layer, the form, and the measuring options.
 
@@ -323,6 +356,12 @@ class MeasuredCostModel(CostModel):
     costs at most ``recheck_attempts`` more measurements per entry, and is kept."""
     recheck_attempts: int = 2
     """How many more times a suspect measurement is taken; the fastest is kept."""
+    measure_more_work: bool = False
+    """Whether forms doing more work than dense (:func:`more_work_than_dense`) are measured too.
+
+    False: such a form is priced as the dense layer's measurement times :func:`work_over_dense`, a price
+    above dense's, so no selection prefers it to dense (which has no error either), and its time is
+    not spent measuring it. A subclass for a device that runs some such forms faster than dense sets True."""
 
     @staticmethod
     def torch_dtype(name: str) -> torch.dtype:
@@ -335,6 +374,8 @@ class MeasuredCostModel(CostModel):
         self._known: dict[tuple[str, tuple], dict[str, Known]] = {}
         self.measurements = 0
         self.remeasured = 0
+        #: forms priced from the dense measurement without being measured (see :attr:`measure_more_work`)
+        self.estimated: set[tuple[LayerSpec, Form]] = set()
 
     @abstractmethod
     def fingerprint(self) -> dict[str, Any]:
@@ -374,9 +415,17 @@ class MeasuredCostModel(CostModel):
             return spec.calls * self.cost(spec.with_(calls=1), form)
         if isinstance(form, Resized):  # a smaller layer: measured as that layer, from an input of its own width
             return self.cost(form.primitives(spec)[0], Dense())
+        if not self.measure_more_work and more_work_than_dense(spec, form):
+            self.estimated.add((spec, form))
+            return self._timed(spec, Dense(), counted=False) * work_over_dense(spec, form)
+        return self._timed(spec, form)
+
+    def _timed(self, spec: LayerSpec, form: Form, counted: bool = True) -> float:
+        """The measured price of one form of a single-call layer: from the table, else measured now (and rechecked
+        against its peers). ``counted``: a table hit counts as a price read from the table."""
         options = {k: v for k, v in self.measure_options().items() if k != "cache_dir"}
         key = table_key(spec, form, options)
-        value = self.table.get(key)
+        value = self.table.get(key, counted=counted)
         fresh = value is None
         if fresh:
             value = self._checked(spec, form, self.measure(spec, form))  # a NaN never reaches the table
@@ -384,7 +433,7 @@ class MeasuredCostModel(CostModel):
             self.table.put(key, value)
         layer = json.dumps({"spec": spec.with_(tied=False).to_dict(), **options}, sort_keys=True)
         peers = self._known.setdefault((layer, structure(spec, form)), {})
-        known = peers.setdefault(key, Known(key, form, sum(p.flops for p in form.primitives(spec)), value))
+        known = peers.setdefault(key, Known(key, form, form_flops(spec, form), value))
         if fresh and self.recheck_factor:
             self.recheck(spec, known, list(peers.values()))
         return known.value

@@ -52,8 +52,10 @@ class Profile:
                          f"compresses — a target ratio below that is out of reach")
         for name, model in self.measured.items():
             again = f" ({model.remeasured} measured again: out of line with their neighbours)" if model.remeasured else ""
+            estimated = (f", {len(model.estimated)} priced from dense without timing (more FLOPs and parameters "
+                         f"than dense)") if model.estimated else ""
             lines.append(f"{name}: {model.measurements} measured now{again}, {model.table.hits} from the table "
-                         f"{model.table.path}")
+                         f"{model.table.path}{estimated}")
         return "\n".join(lines)
 
 
