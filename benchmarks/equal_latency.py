@@ -87,6 +87,7 @@ class Case:
     aimet_input_shape: tuple[int, ...] | None = None
     run_metric: str = "accuracy"  # what lcpress reports on the validation split after every LC step
     latency_batch: tuple[int, ...] = (32,)  # the batch sizes cpu_latency prices layers at (--latency-batch)
+    working_set_mb: float | str = 0.0  # cpu_latency's working_set_mb (--working-set-mb; 0: layers timed cache-hot)
     lc_train_config: TrainConfig | None = None  # lcpress's L steps and fine-tuning; None: train_config (--lc-lr)
     weight_only: bool = False  # skip the activation-aware (error: output) latency runs (--no-aware)
     #: L-step counts lcpress's weight-space runs try, the rest of the passes fine-tuning (--lc-splits); the one
@@ -199,7 +200,8 @@ def lcpress_run(case: Case, cost: str, ratio: float, error: str = "weight", step
     config = {"tasks": [task], "schedule": {**case.schedule, "steps": steps},
               "finetune": finetune_section(case.passes - steps, finetune_lr),
               "cost_models": {"cpu_latency": {**latency_batches(case.latency_batch), "threads": 1, "min_run_time": 0.05,
-                                              "clock": "thread"}}  # the shared machine: CPU time, as the final timing
+                                              "clock": "thread",  # the shared machine: CPU time, as the final timing
+                                              "working_set_mb": case.working_set_mb}}
               if cost == "cpu_latency" else {}}
     return compress(case, config, case.lc_train())
 
@@ -625,6 +627,10 @@ def main() -> None:
     parser.add_argument("--latency-batch", default="32",
                         help="batch size the cpu_latency cost model measures layers at (the bar is at 1 and 32); "
                              "several, comma-separated (1,32): priced by time per example summed over them")
+    parser.add_argument("--working-set-mb", type=lambda v: v if v == "auto" else float(v), default=0.0,
+                        help="cpu_latency's working_set_mb: time each layer cycling weight copies this large, as inside "
+                             "a model whose weights pass through the caches between its calls (0: cache-hot; auto: "
+                             "the model's own weights)")
     parser.add_argument("--lr", type=float, help="the peers' fine-tuning learning rate, instead of the model's default")
     parser.add_argument("--lc-lr", type=float, help="lcpress's L-step learning rate, instead of the model's default")
     parser.add_argument("--no-match", action="store_true",
@@ -667,6 +673,7 @@ def main() -> None:
 
     case = build(args.model, args.quick, args.chunk)
     case.latency_batch = tuple(int(b) for b in str(args.latency_batch).split(","))
+    case.working_set_mb = args.working_set_mb
     if args.shape:
         case.options = {**case.options, "shape": args.shape}
     if args.allocation:
@@ -738,7 +745,10 @@ def protocol(case: Case, seeds: int) -> str:
         text += f"; peers: {', '.join(case.peers)} only"
     at = ("batch " + str(case.latency_batch[0]) if len(case.latency_batch) == 1 else
           "batches " + " and ".join(map(str, case.latency_batch)) + " (time per example, summed)")
-    return text + f". cpu_latency prices layers at {at}."
+    cycled = (", cache-hot" if not case.working_set_mb else ", each timed cycling weight copies as large as the model's "
+              "weights (working_set_mb: auto)" if case.working_set_mb == "auto" else
+              f", each timed cycling {case.working_set_mb:g} MB of weight copies")
+    return text + f". cpu_latency prices layers at {at}{cycled}."
 
 
 def write(case: Case, rows: list[dict[str, Any]], args: argparse.Namespace, out: Path, rounds: int,

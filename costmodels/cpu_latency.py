@@ -12,19 +12,22 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 from torch.utils import benchmark
 
 import lcpress
-from lcpress import Form, LayerSpec, MeasuredCostModel, Options, form_module, option, timing_input
+from lcpress import Dense, Form, LayerSpec, MeasuredCostModel, Options, form_module, option, timing_input
 
+
+log = logging.getLogger("lcpress.cpu_latency")
 
 #: The most seconds one measurement may take, as a multiple of its ``min_run_time`` (``max_run_time``'s default).
 RUN_TIME_CAP = 20
@@ -44,10 +47,11 @@ class CpuLatencyOptions(Options):
         None, help="the most seconds one measurement may take while its timings stay noisy (default: "
                    "20 × min_run_time; torch's own default of 10 s per measurement makes a loaded machine "
                    "spend minutes on a table)", gt=0)
-    working_set_mb: float = option(0.0, help="cycle weight copies totalling this many MB so every timed call reads "
-                                             "its weights as inside a model of that size (between two whole numbers "
-                                             "of copies the latency is interpolated; 0: time the layer cache-hot)",
-                                  ge=0)
+    working_set_mb: float | Literal["auto"] = option(
+        0.0, help="cycle weight copies totalling this many MB so every timed call reads its weights as inside a "
+                  "model of that size (between two whole numbers of copies the latency is interpolated; 0: time the "
+                  "layer cache-hot; auto: the weights of the model being compressed, embedding tables left out, "
+                  "as they are read a few rows at a time)", ge=0)
     clock: Literal["wall", "thread"] = option(
         "wall", help="wall: elapsed time; thread: CPU time of the timing thread, which with threads: 1 runs every op, "
                      "so time the OS gives other processes on a shared machine is not counted")
@@ -117,6 +121,14 @@ class CpuLatency(MeasuredCostModel):
     def __init__(self, options: CpuLatencyOptions | None = None) -> None:
         super().__init__(options)
         self._at_batch: dict[int, CpuLatency] = {}
+
+    def for_layers(self, specs: Mapping[str, LayerSpec]) -> None:
+        """``working_set_mb: auto`` becomes the MB of weights the model's forward reads (see :func:`weight_mb`)."""
+        if self.options.working_set_mb == "auto":
+            self.options = dataclasses.replace(self.options, working_set_mb=weight_mb(specs, self.options.dtype))
+            self._at_batch.clear()  # one-batch instances copy the options
+            log.info("cpu_latency: working_set_mb: auto = %g MB, the weights of the model's %d layers",
+                     self.options.working_set_mb, sum(spec.kind != "embedding" for spec in specs.values()))
 
     def measure_options(self) -> dict[str, Any]:
         """As the base's, without ``batch_sizes``: only single-batch measurements reach the table."""
@@ -210,10 +222,21 @@ class CpuLatency(MeasuredCostModel):
 
     def _working_set_ratio(self, module: torch.nn.Module) -> float:
         """The configured working set in copies of the layer's weights (1 = cache-hot), at most 256."""
+        if self.options.working_set_mb == "auto":
+            raise lcpress.LcpressError(
+                "cpu_latency: working_set_mb: auto is the weight size of the model being compressed, known once a "
+                "run plans it; outside a run, call for_layers(specs) first or give the MB")
         weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
         if not self.options.working_set_mb or not weight_bytes:
             return 1.0
         return max(1.0, min(256.0, self.options.working_set_mb * 2**20 / weight_bytes))
+
+
+def weight_mb(specs: Mapping[str, LayerSpec], dtype: str = "float32") -> float:
+    """MB of the weights a forward pass reads in full: every layer's, once (a tied layer's with the layer it is
+    tied to), embedding tables left out (a lookup reads a few rows), at ``dtype``'s width."""
+    numbers = sum(Dense().param_count(spec) for spec in specs.values() if spec.kind != "embedding")
+    return round(numbers * torch.finfo(MeasuredCostModel.torch_dtype(dtype)).bits / 8 / 2**20, 3)
 
 
 @lcpress.hookimpl

@@ -287,6 +287,52 @@ def test_working_set_cycles_weight_copies(cache):
     assert hot.cost(spec, Dense()) > 0 and hot.measurements == 1
 
 
+class TiedLM(nn.Module):
+    """A token table, a Linear, and an output layer tied to the table (it stores its bias alone)."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Embedding(1000, 32)
+        self.mix = nn.Linear(32, 32)
+        self.out = nn.Linear(32, 1000)
+        self.out.weight = self.table.weight
+
+    def forward(self, ids):
+        return self.out(torch.tanh(self.mix(self.table(ids))))
+
+
+def test_working_set_auto_is_the_weights_a_forward_reads(cache):
+    """The Linear's 32·32 + 32 numbers and the tied output's 1,000 biases; the table's rows are looked up."""
+    from lcpress.costmodels.cpu_latency import weight_mb
+
+    class Priced(StairTimer):
+        name = "priced_latency"
+
+    cfg = {"tasks": [{"layers": ["mix"], "options": {"rank_multiple": 8}, "cost": "priced_latency",
+                      "target": {"cost": "priced_latency", "ratio": 0.5}}], "schedule": {"steps": 0},
+           "cost_models": {"priced_latency": {"working_set_mb": "auto", "batch_sizes": [1, 4]}}}
+    with using_plugins(StairPlugin(Priced)):
+        profile = lcpress.profile_costs(TiedLM(), cfg, torch.randint(1000, (1, 8)), progress=False)
+    model = profile.measured["priced_latency"]
+    expected = round((32 * 32 + 32 + 1000) * 4 / 2**20, 3)
+    assert model.options.working_set_mb == expected
+    assert {m.options.working_set_mb for m in model._at_batch.values()} == {expected}  # every batch size's timer
+    half = weight_mb({"mix": LayerSpec("linear", 32, 32, (1, 32))}, "float16")
+    assert half == round((32 * 32 + 32) * 2 / 2**20, 3)
+
+
+def test_working_set_auto_outside_a_run_says_what_to_do(cache):
+    model = CpuLatency(CpuLatency.Options(min_run_time=0.01, working_set_mb="auto"))
+    with pytest.raises(lcpress.LcpressError, match="for_layers"):
+        model.cost(SPEC, Dense())
+
+
+@pytest.mark.parametrize("value, said", [("most", "working_set_mb"), (-1, "non-negative")])
+def test_working_set_must_be_megabytes_or_auto(value, said):
+    with pytest.raises(lcpress.ConfigError, match=said):
+        CpuLatency.Options.from_dict({"working_set_mb": value}, "cost_models.cpu_latency")
+
+
 def test_a_working_set_between_whole_copies_interpolates(cache, monkeypatch):
     from lcpress.core.measured import form_module
 

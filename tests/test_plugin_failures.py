@@ -262,6 +262,16 @@ class UnavailableRaises(lcpress.CostModel):
         return 1.0
 
 
+class ForLayersRaises(lcpress.CostModel):
+    name = "for_layers_raises"
+
+    def for_layers(self, specs):
+        raise KeyError("conv9")
+
+    def cost(self, spec, form):
+        return 1.0
+
+
 class PlanningPlugin:
     __name__ = "planning_plugin"
 
@@ -273,6 +283,7 @@ class PlanningPlugin:
     @lcpress.hookimpl
     def lcpress_register_cost_models(self, register):
         register(UnavailableRaises)
+        register(ForLayersRaises)
 
 
 @pytest.mark.parametrize("task,message", [
@@ -286,6 +297,9 @@ class PlanningPlugin:
     ({"scheme": "low_rank", "cost": "unavailable_raises"},
      r"cost model 'unavailable_raises' \(plugin 'planning_plugin'.*\) raised in unavailable_reason\(\): "
      r"OSError: no /dev/npu0"),
+    ({"scheme": "low_rank", "cost": "for_layers_raises"},
+     r"cost model 'for_layers_raises' \(plugin 'planning_plugin'.*\) raised in for_layers\(\) while planning the run: "
+     r"KeyError: 'conv9'"),
 ])
 def test_plugin_code_called_while_planning_is_named(plugins, task, message):
     plugins(PlanningPlugin())

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar, Iterable, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 import torch
 
@@ -111,6 +111,14 @@ class CostModel(ABC):
     def unavailable_reason(self) -> str | None:
         """Why this model cannot run here (no GPU, no NVML …), or None if it can."""
         return None
+
+    def for_layers(self, specs: Mapping[str, LayerSpec]) -> None:
+        """Learn what a price depends on beyond one layer, from every traced layer of the model to compress.
+
+        Planning calls it once, before any price is asked for. A layer timed alone, for instance, runs with
+        its weights in cache, which inside a model it does not: ``cpu_latency``'s ``working_set_mb: auto``
+        reads the model's weight size here. Default: nothing.
+        """
 
     @abstractmethod
     def cost(self, spec: LayerSpec, form: Form) -> float:

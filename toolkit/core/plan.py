@@ -218,6 +218,9 @@ def plan(model: nn.Module, config: LCConfig, example_input: Any, resolved: Resol
     refuse_broken_weights(model)
     pointwise_as_conv(model, config)
     graph = trace(model, example_input)
+    for cost_model in resolved.cost_models.values():
+        with plugin_call(cost_model, "in for_layers() while planning the run"):
+            cost_model.for_layers(graph.specs)
     _warn_batch_elsewhere(graph, resolved.cost_models, example_input)
     _warn_other_precision(model, config, resolved.cost_models)
     return Plan(graph, plan_tasks(model, graph, resolved, example_input), resolved.cost_models, resolved)
