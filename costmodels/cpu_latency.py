@@ -127,8 +127,8 @@ class CpuLatency(MeasuredCostModel):
         if self.options.working_set_mb == "auto":
             self.options = dataclasses.replace(self.options, working_set_mb=weight_mb(specs, self.options.dtype))
             self._at_batch.clear()  # one-batch instances copy the options
-            log.info("cpu_latency: working_set_mb: auto = %g MB, the weights of the model's %d layers",
-                     self.options.working_set_mb, sum(spec.kind != "embedding" for spec in specs.values()))
+            log.info("cpu_latency: working_set_mb: auto = %g MB, the model's weights (embedding tables left out)",
+                     self.options.working_set_mb)
 
     def measure_options(self) -> dict[str, Any]:
         """As the base's, without ``batch_sizes``: only single-batch measurements reach the table."""
